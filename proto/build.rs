@@ -1,0 +1,36 @@
+//! Generates the registry API from `proto/` with a pure-Rust protobuf compiler
+//! (protox), so a fresh machine builds with cargo alone: no `protoc` needed.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let files = ["proto/registry/v1/registry.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    std::fs::write(out_dir.join("registry_descriptor.bin"), fds.encode_to_vec())?;
+
+    // Pass 1: messages, clients and servers as usual.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds.clone())?;
+
+    // Pass 2: the Registry server again, with `SubscribeResponse` replaced by
+    // `SubscribeFrame`, a pre-encoded message. This is what lets the node encode
+    // each event once and hand the same bytes to every subscriber.
+    let frames_dir = out_dir.join("frames");
+    std::fs::create_dir_all(&frames_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&frames_dir)
+        .extern_path(".registry.v1.SubscribeResponse", "crate::SubscribeFrame")
+        .extern_path(".registry.v1", "crate::v1")
+        .compile_fds(fds)?;
+    Ok(())
+}

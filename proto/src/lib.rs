@@ -1,0 +1,105 @@
+//! Protobuf and gRPC definitions of the registry.
+//!
+//! Layout:
+//! - [`v1`]: the public API (`registry.v1`): messages, clients and servers.
+//! - [`frames`]: the `Registry` server with `Subscribe` returning [`SubscribeFrame`],
+//!   a `SubscribeResponse` encoded once and shared by every subscriber.
+//! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
+//!
+//! This crate holds generated code and the few helpers that belong to the wire
+//! format; it depends on nothing else of the workspace.
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
+
+/// The public API, package `registry.v1`.
+#[allow(clippy::all, unreachable_pub, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("registry.v1");
+}
+
+/// The `Registry` server whose `Subscribe` stream yields pre-encoded frames.
+#[allow(clippy::all, unreachable_pub, missing_docs)]
+pub mod frames {
+    include!(concat!(env!("OUT_DIR"), "/frames/registry.v1.rs"));
+}
+
+/// Encoded `FileDescriptorSet` of every `.proto` of this crate.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/registry_descriptor.bin"));
+
+/// A `registry.v1.SubscribeResponse` already encoded to its wire bytes.
+///
+/// Cloning is a reference-count increment, so one frame built per event is shared
+/// by all subscribers of a service. It implements [`prost::Message`] only to be
+/// written by the gRPC codec; it is never decoded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubscribeFrame(pub Bytes);
+
+impl SubscribeFrame {
+    /// Encodes `msg` once.
+    pub fn encode(msg: &v1::SubscribeResponse) -> Self {
+        Self(Bytes::from(prost::Message::encode_to_vec(msg)))
+    }
+
+    /// Decodes the frame back into a message (tests and diagnostics).
+    pub fn decode(&self) -> Result<v1::SubscribeResponse, prost::DecodeError> {
+        prost::Message::decode(self.0.clone())
+    }
+}
+
+impl prost::Message for SubscribeFrame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        // A message's encoding is the concatenation of its fields, so the bytes of
+        // a whole SubscribeResponse are a valid body on their own.
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+impl v1::Status {
+    /// `STATUS_UNSPECIFIED` reads as UP.
+    pub fn effective(self) -> Self {
+        match self {
+            Self::Unspecified => Self::Up,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_wire_identical_to_the_message() {
+        let msg = v1::SubscribeResponse {
+            kind: Some(v1::subscribe_response::Kind::Progress(v1::Progress {
+                freshness: Some(v1::Freshness { oldest_origin_age_ms: 7, degraded: true }),
+                node_id: "n1".into(),
+            })),
+        };
+        let frame = SubscribeFrame::encode(&msg);
+        let mut written = Vec::new();
+        prost::Message::encode(&frame, &mut written).expect("vec has room");
+        assert_eq!(written, prost::Message::encode_to_vec(&msg));
+        assert_eq!(frame.decode().expect("decodes"), msg);
+    }
+}

@@ -1,0 +1,347 @@
+//! [`Store`]: the per-origin slices and the merged view over them.
+//!
+//! Records are indexed by key, each key holding the entries of every origin that
+//! has one (almost always exactly one). That makes the merged-view decision for a
+//! key a scan of a one- or two-element list instead of a look-up in every slice.
+
+use std::collections::HashMap;
+
+use crate::record::{Change, Entry, Key, Record};
+use crate::version::{Hlc, Origin, Version};
+
+/// Dense local handle of an [`Origin`]; meaningless outside this store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OriginId(u32);
+
+/// A change to the merged view: what subscribers and readers must learn.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ViewChange {
+    /// The key is now shown with this record (new, or replacing another one).
+    Upsert { key: Key, record: Record, origin: OriginId },
+    /// The key is no longer shown.
+    Remove { key: Key },
+}
+
+/// Everything one store operation caused.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Changes to the merged view, in order.
+    pub view: Vec<ViewChange>,
+    /// Changes to the own slice with their sequence numbers, to publish to peers.
+    pub local: Vec<(u64, Change)>,
+    /// Own-slice keys a newer write elsewhere took over or removed: the local
+    /// session or lease that held them no longer owns them.
+    pub superseded: Vec<Key>,
+}
+
+impl Outcome {
+    pub fn is_empty(&self) -> bool {
+        self.view.is_empty() && self.local.is_empty() && self.superseded.is_empty()
+    }
+}
+
+/// Summary of one slice, as beats and the Members API report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceStats {
+    pub origin: Origin,
+    /// Own slice: the last sequence number issued. Peers: not tracked here.
+    pub seq: u64,
+    /// Order-independent hash of all entries (XOR of per-entry hashes).
+    pub digest: u64,
+    pub entries: u64,
+    pub live: u64,
+}
+
+#[derive(Debug)]
+struct Slice {
+    origin: Origin,
+    seq: u64,
+    digest: u64,
+    entries: u64,
+    live: u64,
+}
+
+/// The replicated registry state of one node. See the crate docs.
+#[derive(Debug)]
+pub struct Store {
+    local: OriginId,
+    hlc: Hlc,
+    slices: HashMap<OriginId, Slice>,
+    ids: HashMap<Origin, OriginId>,
+    next_id: u32,
+    keys: HashMap<Key, Vec<(OriginId, Entry)>>,
+}
+
+impl Store {
+    /// A store whose own slice belongs to `local`.
+    pub fn new(local: Origin) -> Self {
+        let mut store = Self {
+            local: OriginId(0),
+            hlc: Hlc::new(&local.node),
+            slices: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
+            keys: HashMap::new(),
+        };
+        store.local = store.origin_id(&local);
+        store
+    }
+
+    pub fn local_id(&self) -> OriginId {
+        self.local
+    }
+
+    pub fn local_origin(&self) -> &Origin {
+        &self.slices[&self.local].origin
+    }
+
+    /// The handle of `origin`, registering an empty slice for it if new.
+    pub fn origin_id(&mut self, origin: &Origin) -> OriginId {
+        if let Some(id) = self.ids.get(origin) {
+            return *id;
+        }
+        let id = OriginId(self.next_id);
+        self.next_id += 1;
+        self.ids.insert(origin.clone(), id);
+        self.slices.insert(
+            id,
+            Slice { origin: origin.clone(), seq: 0, digest: 0, entries: 0, live: 0 },
+        );
+        id
+    }
+
+    pub fn origin(&self, id: OriginId) -> Option<&Origin> {
+        self.slices.get(&id).map(|s| &s.origin)
+    }
+
+    pub fn slice_stats(&self, id: OriginId) -> Option<SliceStats> {
+        self.slices.get(&id).map(|s| SliceStats {
+            origin: s.origin.clone(),
+            seq: s.seq,
+            digest: s.digest,
+            entries: s.entries,
+            live: s.live,
+        })
+    }
+
+    /// Number of keys with at least one entry, tombstones included.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The record the merged view shows for `key`, with its origin.
+    pub fn visible(&self, key: &Key) -> Option<(OriginId, &Record)> {
+        let holders = self.keys.get(key)?;
+        let (origin, entry) = self.winner(holders)?;
+        entry.record.as_ref().map(|r| (origin, r))
+    }
+
+    /// The own slice's entry for `key`.
+    pub fn local_entry(&self, key: &Key) -> Option<&Entry> {
+        self.keys.get(key)?.iter().find(|(o, _)| *o == self.local).map(|(_, e)| e)
+    }
+
+    /// Writes a live record into the own slice with a fresh version.
+    pub fn put_local(&mut self, key: Key, record: Record, wall_ms: u64) -> (Version, Outcome) {
+        let version = self.hlc.tick(wall_ms);
+        let mut out = Outcome::default();
+        let entry = Entry { version, record: Some(record) };
+        self.write_local(Change::Put { key, entry }, &mut out);
+        (version, out)
+    }
+
+    /// Removes `key` from the merged view by a write to the own slice.
+    ///
+    /// Where another origin holds a copy, the own slice keeps a newer tombstone
+    /// that hides it (and tells its owner to drop it); otherwise the own entry is
+    /// simply purged. Returns `None` when nothing visible or owned was there.
+    pub fn remove_local(&mut self, key: &Key, wall_ms: u64) -> Option<(Version, Outcome)> {
+        let holders = self.keys.get(key)?;
+        let local_live = holders.iter().any(|(o, e)| *o == self.local && e.is_live());
+        let shown = self.winner(holders).is_some_and(|(_, e)| e.is_live());
+        if !local_live && !shown {
+            return None;
+        }
+        let others = holders.iter().any(|(o, _)| *o != self.local);
+        let version = self.hlc.tick(wall_ms);
+        let mut out = Outcome::default();
+        let change = if others {
+            Change::Put { key: key.clone(), entry: Entry { version, record: None } }
+        } else {
+            Change::Purge { key: key.clone() }
+        };
+        self.write_local(change, &mut out);
+        Some((version, out))
+    }
+
+    /// Applies one change of a peer's slice, in that origin's order.
+    ///
+    /// A newer entry for a key the own slice holds takes the key over: the own
+    /// copy is purged (published as a local change) and reported as superseded.
+    pub fn apply_remote(&mut self, origin: OriginId, change: Change) -> Outcome {
+        let mut out = Outcome::default();
+        if origin == self.local || !self.slices.contains_key(&origin) {
+            return out;
+        }
+        match change {
+            Change::Put { key, entry } => {
+                self.hlc.observe(entry.version);
+                let newer = entry.version;
+                let local_older = self.local_entry(&key).map(|e| (e.version < newer, e.is_live()));
+                self.set(origin, key.clone(), Some(entry), &mut out);
+                if let Some((true, was_live)) = local_older {
+                    if was_live {
+                        out.superseded.push(key.clone());
+                    }
+                    self.write_local(Change::Purge { key }, &mut out);
+                }
+            }
+            Change::Purge { key } => self.set(origin, key, None, &mut out),
+        }
+        out
+    }
+
+    /// Removes a whole peer slice (a dead origin, or an older incarnation).
+    pub fn drop_origin(&mut self, origin: OriginId) -> Outcome {
+        let mut out = Outcome::default();
+        if origin == self.local {
+            return out;
+        }
+        let keys: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(_, holders)| holders.iter().any(|(o, _)| *o == origin))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.set(origin, key, None, &mut out);
+        }
+        if let Some(slice) = self.slices.remove(&origin) {
+            self.ids.remove(&slice.origin);
+        }
+        out
+    }
+
+    /// Purges own tombstones older than `ttl_ms`. The TTL must exceed every lease
+    /// so that no copy a tombstone hides can still be renewed.
+    pub fn gc_tombstones(&mut self, wall_ms: u64, ttl_ms: u64) -> Outcome {
+        let local = self.local;
+        let expired: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(_, holders)| {
+                holders.iter().any(|(o, e)| {
+                    *o == local && !e.is_live() && e.version.wall_ms().saturating_add(ttl_ms) < wall_ms
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Outcome::default();
+        for key in expired {
+            self.write_local(Change::Purge { key }, &mut out);
+        }
+        out
+    }
+
+    /// Every entry of one slice, for transfer to a peer.
+    pub fn slice_entries(&self, origin: OriginId) -> Vec<(Key, Entry)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, holders)| {
+                holders.iter().find(|(o, _)| *o == origin).map(|(_, e)| (k.clone(), e.clone()))
+            })
+            .collect()
+    }
+
+    /// Every record the merged view shows.
+    pub fn visible_records(&self) -> impl Iterator<Item = (&Key, OriginId, &Record)> + '_ {
+        self.keys.iter().filter_map(|(k, holders)| {
+            let (o, e) = self.winner(holders)?;
+            e.record.as_ref().map(|r| (k, o, r))
+        })
+    }
+
+    fn write_local(&mut self, change: Change, out: &mut Outcome) {
+        let local = self.local;
+        let slice = self.slices.get_mut(&local).expect("own slice always exists");
+        slice.seq += 1;
+        let seq = slice.seq;
+        match &change {
+            Change::Put { key, entry } => self.set(local, key.clone(), Some(entry.clone()), out),
+            Change::Purge { key } => self.set(local, key.clone(), None, out),
+        }
+        out.local.push((seq, change));
+    }
+
+    /// Sets (or with `None`, removes) `origin`'s entry for `key`, keeping the
+    /// slice digest and counts, and records the merged-view change if any.
+    fn set(&mut self, origin: OriginId, key: Key, new: Option<Entry>, out: &mut Outcome) {
+        if !self.slices.contains_key(&origin) {
+            return;
+        }
+        let added = new.as_ref().map(|e| (e.digest(&key), e.is_live()));
+        let holders = self.keys.entry(key.clone()).or_default();
+        let before = shown(&self.slices, holders);
+        let pos = holders.iter().position(|(o, _)| *o == origin);
+        let old = match (pos, new) {
+            (Some(i), Some(entry)) => Some(std::mem::replace(&mut holders[i].1, entry)),
+            (Some(i), None) => Some(holders.swap_remove(i).1),
+            (None, Some(entry)) => {
+                holders.push((origin, entry));
+                None
+            }
+            (None, None) => None,
+        };
+        let after = shown(&self.slices, holders);
+        if before != after {
+            out.view.push(match after {
+                Some((o, _)) => {
+                    let record = winner(&self.slices, holders)
+                        .and_then(|(_, e)| e.record.clone())
+                        .expect("shown implies a live winner");
+                    ViewChange::Upsert { key: key.clone(), record, origin: o }
+                }
+                None => ViewChange::Remove { key: key.clone() },
+            });
+        }
+        if holders.is_empty() {
+            self.keys.remove(&key);
+        }
+        let removed = old.as_ref().map(|e| (e.digest(&key), e.is_live()));
+        let slice = self.slices.get_mut(&origin).expect("checked above");
+        if let Some((digest, live)) = removed {
+            slice.digest ^= digest;
+            slice.entries -= 1;
+            slice.live -= u64::from(live);
+        }
+        if let Some((digest, live)) = added {
+            slice.digest ^= digest;
+            slice.entries += 1;
+            slice.live += u64::from(live);
+        }
+    }
+
+    fn winner<'a>(&self, holders: &'a [(OriginId, Entry)]) -> Option<(OriginId, &'a Entry)> {
+        winner(&self.slices, holders)
+    }
+}
+
+/// The origin and version of the live record the merged view shows, if any.
+fn shown(
+    slices: &HashMap<OriginId, Slice>,
+    holders: &[(OriginId, Entry)],
+) -> Option<(OriginId, Version)> {
+    winner(slices, holders).and_then(|(o, e)| e.is_live().then_some((o, e.version)))
+}
+
+/// The entry the merged view is decided by: highest version, ties broken by
+/// incarnation so that every node picks the same one.
+fn winner<'a>(
+    slices: &HashMap<OriginId, Slice>,
+    holders: &'a [(OriginId, Entry)],
+) -> Option<(OriginId, &'a Entry)> {
+    holders
+        .iter()
+        .max_by_key(|(o, e)| (e.version, slices.get(o).map_or(0, |s| s.origin.incarnation)))
+        .map(|(o, e)| (*o, e))
+}

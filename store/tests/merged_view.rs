@@ -1,0 +1,256 @@
+//! Scenarios over the store's public API: what the merged view shows when
+//! copies of a record live in several slices.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use registry_proto::v1;
+use registry_store::{Change, InstanceKey, Key, Origin, Outcome, Record, Store, ViewChange};
+
+fn key(id: &str) -> Key {
+    Key::Instance(InstanceKey::new("default", "orders", id))
+}
+
+fn instance(id: &str, port: u32) -> Record {
+    Record::Instance(Arc::new(v1::Instance {
+        namespace: "default".into(),
+        service: "orders".into(),
+        instance_id: id.into(),
+        host: "10.0.0.1".into(),
+        port,
+        ..Default::default()
+    }))
+}
+
+fn port_shown(store: &Store, k: &Key) -> Option<u32> {
+    match store.visible(k)?.1 {
+        Record::Instance(i) => Some(i.port),
+        Record::Consumer(_) => None,
+    }
+}
+
+/// Ships every local change of `from` to `to`, as the bus would.
+fn replicate(out: &Outcome, from: &Origin, to: &mut Store) -> Vec<Outcome> {
+    let id = to.origin_id(from);
+    out.local.iter().map(|(_, c)| to.apply_remote(id, c.clone())).collect()
+}
+
+#[test]
+fn a_provider_moving_to_another_node_never_disappears() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let k = key("i1");
+
+    let (_, out) = a.put_local(k.clone(), instance("i1", 1), 1_000);
+    replicate(&out, &oa, &mut b);
+    // The provider re-registers at B (e.g. after a reconnect) with a newer version.
+    let (_, out_b) = b.put_local(k.clone(), instance("i1", 2), 1_001);
+    assert!(out_b.view.iter().all(|c| matches!(c, ViewChange::Upsert { .. })));
+    let on_a = replicate(&out_b, &ob, &mut a);
+    // A sees the newer copy: its own copy is superseded and purged, never a removal.
+    assert!(on_a.iter().all(|o| o.view.iter().all(|c| !matches!(c, ViewChange::Remove { .. }))));
+    assert_eq!(on_a[0].superseded, vec![k.clone()]);
+    let purge: Vec<_> = on_a.iter().flat_map(|o| o.local.clone()).collect();
+    assert!(matches!(purge.as_slice(), [(2, Change::Purge { .. })]));
+    // The purge reaches B and removes nothing visible there either.
+    let on_b: Vec<Outcome> = purge
+        .iter()
+        .map(|(_, c)| {
+            let id = b.origin_id(&oa);
+            b.apply_remote(id, c.clone())
+        })
+        .collect();
+    assert!(on_b.iter().all(|o| o.view.is_empty()));
+    assert_eq!(port_shown(&a, &k), Some(2));
+    assert_eq!(port_shown(&b, &k), Some(2));
+}
+
+#[test]
+fn deregistering_at_a_non_owner_hides_the_copy_and_tells_the_owner() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let k = key("i1");
+    let (_, out) = a.put_local(k.clone(), instance("i1", 1), 1_000);
+    replicate(&out, &oa, &mut b);
+
+    let (_, out_b) = b.remove_local(&k, 1_000).expect("visible on b");
+    assert_eq!(out_b.view, vec![ViewChange::Remove { key: k.clone() }]);
+    assert_eq!(port_shown(&b, &k), None);
+    let on_a = replicate(&out_b, &ob, &mut a);
+    assert_eq!(on_a[0].superseded, vec![k.clone()]);
+    assert_eq!(port_shown(&a, &k), None);
+    assert!(a.local_entry(&k).is_none(), "owner dropped its copy");
+}
+
+#[test]
+fn removing_what_is_not_there_is_not_found() {
+    let mut a = Store::new(Origin::new("a", 1));
+    assert!(a.remove_local(&key("nope"), 1).is_none());
+}
+
+#[test]
+fn dropping_an_origin_removes_only_what_it_alone_showed() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let (_, o1) = a.put_local(key("only-a"), instance("only-a", 1), 10);
+    let (_, o2) = b.put_local(key("only-b"), instance("only-b", 2), 10);
+    replicate(&o2, &ob, &mut a);
+    let id_b = a.origin_id(&ob);
+    let out = a.drop_origin(id_b);
+    assert_eq!(out.view, vec![ViewChange::Remove { key: key("only-b") }]);
+    assert_eq!(port_shown(&a, &key("only-a")), Some(1));
+    drop(o1);
+}
+
+#[test]
+fn tombstones_are_collected_after_their_ttl() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let (_, out) = a.put_local(key("i"), instance("i", 1), 1_000);
+    replicate(&out, &oa, &mut b);
+    b.remove_local(&key("i"), 1_000).expect("shown");
+    assert!(b.gc_tombstones(2_000, 5_000).local.is_empty());
+    let gc = b.gc_tombstones(7_000, 5_000);
+    assert!(matches!(gc.local.as_slice(), [(_, Change::Purge { .. })]));
+    assert!(b.local_entry(&key("i")).is_none());
+}
+
+/// Recomputes a slice digest from scratch, to check the incremental one.
+fn digest_from_scratch(store: &Store, origin: &Origin) -> (u64, u64) {
+    let mut probe = Store::new(Origin::new("probe", 0));
+    let pid = probe.origin_id(origin);
+    let src = {
+        let mut st = store.slice_entries(store_id(store, origin));
+        st.sort_by(|x, y| x.0.cmp(&y.0));
+        st
+    };
+    for (k, e) in src {
+        probe.apply_remote(pid, Change::Put { key: k, entry: e });
+    }
+    let stats = probe.slice_stats(pid).expect("registered");
+    (stats.digest, stats.entries)
+}
+
+fn store_id(store: &Store, origin: &Origin) -> registry_store::OriginId {
+    assert_eq!(store.local_origin(), origin);
+    store.local_id()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put { node: usize, id: u8, port: u16 },
+    Remove { node: usize, id: u8 },
+    Deliver { from: usize, to: usize },
+    Gc { node: usize },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..3usize, 0..6u8, 1..1000u16).prop_map(|(node, id, port)| Op::Put { node, id, port }),
+        (0..3usize, 0..6u8).prop_map(|(node, id)| Op::Remove { node, id }),
+        (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Deliver { from, to }),
+        (0..3usize).prop_map(|node| Op::Gc { node }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// Three stores exchanging their changes in origin order (one queue per
+    /// link, delivered in random interleavings) end with identical merged views
+    /// and digests that match a from-scratch computation.
+    #[test]
+    fn stores_converge_and_digests_stay_exact(ops in prop::collection::vec(op(), 1..120)) {
+        let origins: Vec<Origin> = (0..3).map(|i| Origin::new(format!("n{i}"), 1)).collect();
+        let mut stores: Vec<Store> = origins.iter().map(|o| Store::new(o.clone())).collect();
+        // queues[from][to]: changes of `from`'s slice not yet applied at `to`.
+        let mut queues: Vec<Vec<Vec<Change>>> = vec![vec![Vec::new(); 3]; 3];
+        let mut clock = 1_000u64;
+        let push = |queues: &mut Vec<Vec<Vec<Change>>>, from: usize, out: &Outcome| {
+            for to in 0..3 {
+                if to != from {
+                    queues[from][to].extend(out.local.iter().map(|(_, c)| c.clone()));
+                }
+            }
+        };
+        for op in ops {
+            clock += 7;
+            match op {
+                Op::Put { node, id, port } => {
+                    let k = key(&id.to_string());
+                    let (_, out) = stores[node].put_local(k, instance(&id.to_string(), port.into()), clock);
+                    push(&mut queues, node, &out);
+                }
+                Op::Remove { node, id } => {
+                    if let Some((_, out)) = stores[node].remove_local(&key(&id.to_string()), clock) {
+                        push(&mut queues, node, &out);
+                    }
+                }
+                Op::Deliver { from, to } if from != to => {
+                    let pending = std::mem::take(&mut queues[from][to]);
+                    let id = stores[to].origin_id(&origins[from]);
+                    for c in pending {
+                        let out = stores[to].apply_remote(id, c);
+                        push(&mut queues, to, &out);
+                    }
+                }
+                Op::Deliver { .. } => {}
+                Op::Gc { node } => {
+                    let out = stores[node].gc_tombstones(clock, 50);
+                    push(&mut queues, node, &out);
+                }
+            }
+        }
+        // Quiesce: deliver until no queue holds anything.
+        loop {
+            let mut moved = false;
+            for from in 0..3 {
+                for to in 0..3 {
+                    if from == to || queues[from][to].is_empty() {
+                        continue;
+                    }
+                    moved = true;
+                    let pending = std::mem::take(&mut queues[from][to]);
+                    let id = stores[to].origin_id(&origins[from]);
+                    for c in pending {
+                        let out = stores[to].apply_remote(id, c);
+                        push(&mut queues, to, &out);
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        let view = |s: &Store| {
+            let mut v: Vec<(Key, u32)> = s
+                .visible_records()
+                .map(|(k, _, r)| match r {
+                    Record::Instance(i) => (k.clone(), i.port),
+                    Record::Consumer(_) => (k.clone(), 0),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        prop_assert_eq!(view(&stores[0]), view(&stores[1]));
+        prop_assert_eq!(view(&stores[1]), view(&stores[2]));
+        for (i, o) in origins.iter().enumerate() {
+            let stats = stores[i].slice_stats(stores[i].local_id()).expect("own slice");
+            prop_assert_eq!(digest_from_scratch(&stores[i], o), (stats.digest, stats.entries));
+            for (j, other) in stores.iter_mut().enumerate() {
+                if i != j {
+                    let id = other.origin_id(o);
+                    let copy = other.slice_stats(id).expect("known");
+                    prop_assert_eq!(copy.digest, stats.digest, "copy of {} at {}", o, j);
+                }
+            }
+        }
+    }
+}
