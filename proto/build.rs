@@ -15,10 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("registry_descriptor.bin"), fds.encode_to_vec())?;
 
     // Pass 1: messages, clients and servers as usual.
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds.clone())?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds.clone())?;
 
     // Pass 2: the Registry server again, with `SubscribeResponse` replaced by
     // `SubscribeFrame`, a pre-encoded message. This is what lets the node encode

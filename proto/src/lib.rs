@@ -25,8 +25,7 @@ pub mod frames {
 }
 
 /// Encoded `FileDescriptorSet` of every `.proto` of this crate.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/registry_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/registry_descriptor.bin"));
 
 /// A `registry.v1.SubscribeResponse` already encoded to its wire bytes.
 ///

@@ -103,10 +103,7 @@ impl Store {
         let id = OriginId(self.next_id);
         self.next_id += 1;
         self.ids.insert(origin.clone(), id);
-        self.slices.insert(
-            id,
-            Slice { origin: origin.clone(), seq: 0, digest: 0, entries: 0, live: 0 },
-        );
+        self.slices.insert(id, Slice { origin: origin.clone(), seq: 0, digest: 0, entries: 0, live: 0 });
         id
     }
 
@@ -230,9 +227,9 @@ impl Store {
             .keys
             .iter()
             .filter(|(_, holders)| {
-                holders.iter().any(|(o, e)| {
-                    *o == local && !e.is_live() && e.version.wall_ms().saturating_add(ttl_ms) < wall_ms
-                })
+                holders
+                    .iter()
+                    .any(|(o, e)| *o == local && !e.is_live() && e.version.wall_ms().saturating_add(ttl_ms) < wall_ms)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -247,9 +244,7 @@ impl Store {
     pub fn slice_entries(&self, origin: OriginId) -> Vec<(Key, Entry)> {
         self.keys
             .iter()
-            .filter_map(|(k, holders)| {
-                holders.iter().find(|(o, _)| *o == origin).map(|(_, e)| (k.clone(), e.clone()))
-            })
+            .filter_map(|(k, holders)| holders.iter().find(|(o, _)| *o == origin).map(|(_, e)| (k.clone(), e.clone())))
             .collect()
     }
 
@@ -327,19 +322,13 @@ impl Store {
 }
 
 /// The origin and version of the live record the merged view shows, if any.
-fn shown(
-    slices: &HashMap<OriginId, Slice>,
-    holders: &[(OriginId, Entry)],
-) -> Option<(OriginId, Version)> {
+fn shown(slices: &HashMap<OriginId, Slice>, holders: &[(OriginId, Entry)]) -> Option<(OriginId, Version)> {
     winner(slices, holders).and_then(|(o, e)| e.is_live().then_some((o, e.version)))
 }
 
 /// The entry the merged view is decided by: highest version, ties broken by
 /// incarnation so that every node picks the same one.
-fn winner<'a>(
-    slices: &HashMap<OriginId, Slice>,
-    holders: &'a [(OriginId, Entry)],
-) -> Option<(OriginId, &'a Entry)> {
+fn winner<'a>(slices: &HashMap<OriginId, Slice>, holders: &'a [(OriginId, Entry)]) -> Option<(OriginId, &'a Entry)> {
     holders
         .iter()
         .max_by_key(|(o, e)| (e.version, slices.get(o).map_or(0, |s| s.origin.incarnation)))

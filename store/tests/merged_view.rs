@@ -173,9 +173,9 @@ proptest! {
         let mut queues: Vec<Vec<Vec<Change>>> = vec![vec![Vec::new(); 3]; 3];
         let mut clock = 1_000u64;
         let push = |queues: &mut Vec<Vec<Vec<Change>>>, from: usize, out: &Outcome| {
-            for to in 0..3 {
+            for (to, queue) in queues[from].iter_mut().enumerate() {
                 if to != from {
-                    queues[from][to].extend(out.local.iter().map(|(_, c)| c.clone()));
+                    queue.extend(out.local.iter().map(|(_, c)| c.clone()));
                 }
             }
         };

@@ -1,0 +1,353 @@
+//! Node configuration: defaults, then an optional TOML file, then `REGISTRY_*`
+//! environment variables, then command-line flags; validated before anything
+//! starts. A bad value stops the binary with a message naming the setting and
+//! exit code 64 (EX_USAGE).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, reason: reason.into() }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything a node needs to start. Field names are the TOML keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique name of this node in its cluster. Default: the host name.
+    pub node_id: String,
+    /// gRPC listen address (registry.v1, health, reflection).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (/metrics, /healthz, /readyz).
+    pub http_addr: SocketAddr,
+    /// NATS servers; empty runs the node standalone.
+    pub nats_url: Vec<String>,
+    /// Cluster name: the NATS subject namespace, so clusters can share a NATS.
+    pub cluster: String,
+    pub log_format: LogFormat,
+    /// How long a shutdown waits for drained sessions to leave.
+    pub shutdown_grace_ms: u64,
+    pub sessions: SessionConfig,
+    pub subscriptions: SubscriptionConfig,
+    pub limits: Limits,
+}
+
+/// Provider sessions and leases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Heartbeat interval of a session that does not ask for one.
+    pub default_heartbeat_ms: u64,
+    pub min_heartbeat_ms: u64,
+    pub max_heartbeat_ms: u64,
+    /// A session's lease TTL is this many heartbeat intervals.
+    pub lease_heartbeats: u32,
+    /// How long instances of a session whose connection broke stay registered,
+    /// so a quick reconnect does not flap them.
+    pub reconnect_grace_ms: u64,
+    /// TTL of unary leases that do not ask for one.
+    pub default_lease_ttl_ms: u64,
+    pub min_lease_ttl_ms: u64,
+    pub max_lease_ttl_ms: u64,
+    /// Upper bound of the random delay a drained session is told to wait.
+    pub drain_jitter_ms: u64,
+    /// HTTP/2 keepalive ping interval: how fast a dead connection is noticed.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
+}
+
+/// Consumer streams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Events queued per subscriber before it is resynced with a snapshot.
+    pub queue_capacity: usize,
+    /// Interval of `progress` keepalives on idle streams.
+    pub progress_interval_ms: u64,
+}
+
+/// Input limits; anything beyond them is refused with INVALID_ARGUMENT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Namespace, service and zone names.
+    pub max_name_len: usize,
+    pub max_instance_id_len: usize,
+    pub max_host_len: usize,
+    pub max_metadata_entries: usize,
+    pub max_metadata_key_len: usize,
+    pub max_metadata_value_len: usize,
+    /// Sum of all metadata keys and values of one instance or consumer.
+    pub max_metadata_bytes: usize,
+    pub max_weight: u32,
+    pub max_instances_per_session: usize,
+    pub max_services_per_subscribe: usize,
+    /// Largest gRPC message accepted (tonic's own default is 4 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: default_node_id(),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            nats_url: Vec::new(),
+            cluster: "default".into(),
+            log_format: LogFormat::Text,
+            shutdown_grace_ms: 10_000,
+            sessions: SessionConfig::default(),
+            subscriptions: SubscriptionConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            default_heartbeat_ms: 5_000,
+            min_heartbeat_ms: 250,
+            max_heartbeat_ms: 60_000,
+            lease_heartbeats: 3,
+            reconnect_grace_ms: 3_000,
+            default_lease_ttl_ms: 30_000,
+            min_lease_ttl_ms: 1_000,
+            max_lease_ttl_ms: 3_600_000,
+            drain_jitter_ms: 2_000,
+            keepalive_interval_ms: 10_000,
+            keepalive_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 1_024, progress_interval_ms: 10_000 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_name_len: 128,
+            max_instance_id_len: 256,
+            max_host_len: 253,
+            max_metadata_entries: 64,
+            max_metadata_key_len: 128,
+            max_metadata_value_len: 1_024,
+            max_metadata_bytes: 16 * 1_024,
+            max_weight: 10_000,
+            max_instances_per_session: 1_000,
+            max_services_per_subscribe: 1_000,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl SessionConfig {
+    pub fn reconnect_grace(&self) -> Duration {
+        Duration::from_millis(self.reconnect_grace_ms)
+    }
+}
+
+/// The host name, made fit for a node id (NATS subject tokens allow no dots).
+fn default_node_id() -> String {
+    let host = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let id: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(64)
+        .collect();
+    if id.is_empty() { "registry-node".into() } else { id }
+}
+
+/// `[A-Za-z0-9_-]`, 1..=64: usable as a NATS subject token and in metrics.
+fn check_token(setting: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 64 {
+        return Err(invalid(setting, format!("must be 1 to 64 characters, got {}", value.len())));
+    }
+    if let Some(c) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(invalid(setting, format!("character {c:?} not allowed (use A-Z a-z 0-9 - _)")));
+    }
+    Ok(())
+}
+
+fn check_range(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(setting, format!("{value} is outside {min}..={max}")));
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    /// Checks every value; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_token("node_id", &self.node_id)?;
+        check_token("cluster", &self.cluster)?;
+        for url in &self.nats_url {
+            if url.trim().is_empty() || url.contains(char::is_whitespace) {
+                return Err(invalid("nats_url", format!("{url:?} is not a server URL")));
+            }
+        }
+        let s = &self.sessions;
+        check_range("sessions.min_heartbeat_ms", s.min_heartbeat_ms, 10, 3_600_000)?;
+        check_range("sessions.max_heartbeat_ms", s.max_heartbeat_ms, s.min_heartbeat_ms, 3_600_000)?;
+        check_range("sessions.default_heartbeat_ms", s.default_heartbeat_ms, s.min_heartbeat_ms, s.max_heartbeat_ms)?;
+        check_range("sessions.lease_heartbeats", s.lease_heartbeats.into(), 2, 100)?;
+        check_range("sessions.reconnect_grace_ms", s.reconnect_grace_ms, 0, 600_000)?;
+        check_range("sessions.min_lease_ttl_ms", s.min_lease_ttl_ms, 100, 86_400_000)?;
+        check_range("sessions.max_lease_ttl_ms", s.max_lease_ttl_ms, s.min_lease_ttl_ms, 86_400_000)?;
+        check_range("sessions.default_lease_ttl_ms", s.default_lease_ttl_ms, s.min_lease_ttl_ms, s.max_lease_ttl_ms)?;
+        check_range("sessions.drain_jitter_ms", s.drain_jitter_ms, 0, 600_000)?;
+        check_range("sessions.keepalive_interval_ms", s.keepalive_interval_ms, 100, 3_600_000)?;
+        check_range("sessions.keepalive_timeout_ms", s.keepalive_timeout_ms, 100, 3_600_000)?;
+        check_range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000)?;
+        let sub = &self.subscriptions;
+        check_range("subscriptions.queue_capacity", sub.queue_capacity as u64, 1, 1 << 20)?;
+        check_range("subscriptions.progress_interval_ms", sub.progress_interval_ms, 100, 3_600_000)?;
+        let l = &self.limits;
+        check_range("limits.max_name_len", l.max_name_len as u64, 1, 1_024)?;
+        check_range("limits.max_instance_id_len", l.max_instance_id_len as u64, 1, 4_096)?;
+        check_range("limits.max_host_len", l.max_host_len as u64, 1, 4_096)?;
+        check_range("limits.max_metadata_entries", l.max_metadata_entries as u64, 0, 100_000)?;
+        check_range("limits.max_metadata_key_len", l.max_metadata_key_len as u64, 1, 65_536)?;
+        check_range("limits.max_metadata_value_len", l.max_metadata_value_len as u64, 0, 1 << 20)?;
+        check_range("limits.max_metadata_bytes", l.max_metadata_bytes as u64, 0, 1 << 24)?;
+        check_range("limits.max_weight", l.max_weight.into(), 1, u32::MAX.into())?;
+        check_range("limits.max_instances_per_session", l.max_instances_per_session as u64, 1, 10_000_000)?;
+        check_range("limits.max_services_per_subscribe", l.max_services_per_subscribe as u64, 1, 1_000_000)?;
+        check_range("limits.max_message_bytes", l.max_message_bytes as u64, 1_024, 64 << 20)?;
+        Ok(())
+    }
+}
+
+/// Command line of the `registry-node` binary. Each flag can also be given as
+/// the `REGISTRY_*` environment variable shown in `--help`.
+#[derive(Debug, Default, Parser)]
+#[command(name = "registry-node", version, about = "AP service registry node")]
+pub struct Cli {
+    /// TOML configuration file (see config.example.toml).
+    #[arg(long, env = "REGISTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unique node name [default: host name].
+    #[arg(long, env = "REGISTRY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// gRPC listen address [default: 127.0.0.1:7070].
+    #[arg(long, env = "REGISTRY_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /metrics, /healthz, /readyz [default: 127.0.0.1:7071].
+    #[arg(long, env = "REGISTRY_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// NATS server URL; repeat or comma-separate for several. Absent: standalone.
+    #[arg(long, env = "REGISTRY_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+    /// Cluster name (NATS subject namespace) [default: default].
+    #[arg(long, env = "REGISTRY_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Validate the configuration, print it as TOML and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Cli {
+    /// Builds the effective configuration: defaults < file < env < flags.
+    pub fn load(&self) -> Result<NodeConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.clone(), source: Box::new(e) })?
+            }
+            None => NodeConfig::default(),
+        };
+        if let Some(v) = &self.node_id {
+            config.node_id = v.clone();
+        }
+        if let Some(v) = self.grpc_addr {
+            config.grpc_addr = v;
+        }
+        if let Some(v) = self.http_addr {
+            config.http_addr = v;
+        }
+        if !self.nats_url.is_empty() {
+            config.nats_url = self.nats_url.clone();
+        }
+        if let Some(v) = &self.cluster {
+            config.cluster = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            config.log_format = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("registry-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "node_id = \"from-file\"\ncluster = \"blue\"\n[limits]\nmax_weight = 7\n")
+            .expect("write");
+        let cli = Cli { config: Some(path), node_id: Some("from-flag".into()), ..Cli::default() };
+        let config = cli.load().expect("loads");
+        assert_eq!(config.node_id, "from-flag");
+        assert_eq!(config.cluster, "blue");
+        assert_eq!(config.limits.max_weight, 7);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut config = NodeConfig { node_id: "a.b".into(), ..NodeConfig::default() };
+        let err = config.validate().expect_err("dot refused").to_string();
+        assert!(err.contains("node_id"), "{err}");
+        config.node_id = "a".into();
+        config.sessions.default_heartbeat_ms = 10;
+        let err = config.validate().expect_err("below min").to_string();
+        assert!(err.contains("sessions.default_heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let err = toml::from_str::<NodeConfig>("node_idd = \"x\"").expect_err("typo refused");
+        assert!(err.to_string().contains("node_idd"), "{err}");
+    }
+}

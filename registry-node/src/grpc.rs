@@ -1,0 +1,350 @@
+//! The gRPC services: `registry.v1.Registry` and `registry.v1.Cluster`, and the
+//! one place where registry errors become gRPC statuses.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_proto::frames::registry_server;
+use registry_proto::{SubscribeFrame, v1};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, interval_at};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::registry::{Registry, RegistryError, display_key, wall_ms};
+use crate::session::run_session;
+use crate::validate::{self, Subscription};
+use crate::views::{Queued, ServiceKey, Subscriber};
+
+/// Maps a registry error to the status a client sees.
+pub fn status_of(e: &RegistryError) -> Status {
+    match e {
+        RegistryError::Invalid(v) => Status::invalid_argument(v.to_string()),
+        RegistryError::TooManyInstances { .. } => Status::resource_exhausted(e.to_string()),
+        RegistryError::NotOwned(_) | RegistryError::LeaseNotFound(_) => Status::not_found(e.to_string()),
+        RegistryError::Draining => Status::unavailable(e.to_string()),
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        status_of(&e)
+    }
+}
+
+/// Shutdown signals shared by every stream handler.
+#[derive(Clone, Debug)]
+pub struct StreamSignals {
+    /// Asks sessions to move elsewhere.
+    pub drain: CancellationToken,
+    /// Ends every stream now.
+    pub stop: CancellationToken,
+}
+
+/// `registry.v1.Registry`.
+#[derive(Clone, Debug)]
+pub struct RegistryApi {
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+    pub signals: StreamSignals,
+}
+
+impl RegistryApi {
+    fn invalid(&self, e: validate::ValidationError) -> Status {
+        Metrics::inc(&self.registry.metrics.rejections);
+        Status::invalid_argument(e.to_string())
+    }
+
+    fn check_ready(&self) -> Result<(), Status> {
+        if self.readiness.is_ready() {
+            Ok(())
+        } else {
+            Err(Status::unavailable("node is warming up: it has not loaded the registry yet; retry shortly"))
+        }
+    }
+
+    fn lease_ttl(&self, ttl_ms: u32) -> Result<Duration, Status> {
+        let s = &self.registry.config().sessions;
+        let ttl = match ttl_ms {
+            0 => s.default_lease_ttl_ms,
+            ms => u64::from(ms),
+        };
+        if ttl < s.min_lease_ttl_ms || ttl > s.max_lease_ttl_ms {
+            Metrics::inc(&self.registry.metrics.rejections);
+            return Err(Status::invalid_argument(format!(
+                "ttl_ms: {ttl} is outside {}..={} (sessions.min_lease_ttl_ms..=sessions.max_lease_ttl_ms)",
+                s.min_lease_ttl_ms, s.max_lease_ttl_ms
+            )));
+        }
+        Ok(Duration::from_millis(ttl))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryApi {
+    type RegisterStream = BoxStream<v1::RegisterResponse>;
+    type SubscribeStream = BoxStream<SubscribeFrame>;
+
+    async fn register(
+        &self,
+        request: Request<Streaming<v1::RegisterRequest>>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
+        self.registry.check_accepting()?;
+        let (tx, rx) = mpsc::channel(64);
+        let registry = self.registry.clone();
+        let signals = self.signals.clone();
+        tokio::spawn(run_session(registry, request.into_inner(), tx, signals.drain, signals.stop));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn register_instance(
+        &self,
+        request: Request<v1::RegisterInstanceRequest>,
+    ) -> Result<Response<v1::RegisterInstanceResponse>, Status> {
+        self.registry.check_accepting()?;
+        let req = request.into_inner();
+        let ttl = self.lease_ttl(req.ttl_ms)?;
+        let instance = req.instance.ok_or_else(|| {
+            self.invalid(validate::ValidationError { field: "instance".into(), reason: "is required".into() })
+        })?;
+        let instance = validate::instance(instance, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let key = validate::key_of(&instance);
+        let (lease_id, owner, ttl) = self.registry.lease(&req.lease_id, ttl)?;
+        let version = match self.registry.upsert(owner, instance) {
+            Ok(v) => v,
+            Err(e) => {
+                self.registry.drop_lease_if_empty(&lease_id);
+                Metrics::inc(&self.registry.metrics.rejections);
+                return Err(e.into());
+            }
+        };
+        Ok(Response::new(v1::RegisterInstanceResponse {
+            lease_id,
+            key: Some(key.to_proto()),
+            version,
+            ttl_ms: ttl.as_millis() as u32,
+            node_id: self.registry.node_id().to_string(),
+        }))
+    }
+
+    async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        let ttl = self.registry.renew(&request.into_inner().lease_id)?;
+        Ok(Response::new(v1::RenewResponse { ttl_ms: ttl.as_millis() as u32 }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        let k = request.into_inner().key.unwrap_or_default();
+        let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let found = self.registry.deregister(&key);
+        tracing::debug!(key = %display_key(&key), found, "deregister");
+        Ok(Response::new(v1::DeregisterResponse { found }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.registry.check_accepting()?;
+        self.check_ready()?;
+        let peer = request.remote_addr();
+        let sub =
+            validate::subscribe(request.into_inner(), &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let (tx, rx) = mpsc::channel(32);
+        let stream_id = self.registry.next_id();
+        let (subscriber, queue) = self.registry.views().new_subscriber(stream_id);
+        let mut info = sub.consumer.clone();
+        if info.consumer_id.is_empty() {
+            info.consumer_id = peer.map_or_else(|| format!("anonymous-{stream_id}"), |a| a.to_string());
+        }
+        if info.host.is_empty() {
+            info.host = peer.map(|a| a.ip().to_string()).unwrap_or_default();
+        }
+        let consumer = v1::Consumer {
+            info: Some(info),
+            node_id: self.registry.node_id().to_string(),
+            services: sub.services.clone(),
+            since_unix_ms: wall_ms(),
+        };
+        let stream_key = format!("{}-{}-{}", self.registry.node_id(), self.registry.incarnation(), stream_id);
+        self.registry.add_consumer(&sub.namespace, &stream_key, consumer);
+        if sub.services.is_empty() {
+            self.registry.views().watch_namespace(&subscriber, &sub.namespace);
+        } else {
+            self.registry.views().watch_services(&subscriber, &sub.namespace, &sub.services);
+        }
+        Metrics::inc(&self.registry.metrics.subscribers_active);
+        let task = SubscriberTask {
+            registry: self.registry.clone(),
+            subscription: sub,
+            subscriber,
+            stream_key,
+            stop: self.signals.stop.clone(),
+            out: tx,
+        };
+        tokio::spawn(task.run(queue));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<v1::GetServiceRequest>,
+    ) -> Result<Response<v1::GetServiceResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let (ns, service) = validate::service_ref(&req.namespace, &req.service, &self.registry.config().limits)
+            .map_err(|e| self.invalid(e))?;
+        let (revision, instances) = self.registry.views().get(&ns, &service);
+        Ok(Response::new(v1::GetServiceResponse { namespace: ns, service, instances, revision }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<v1::ListServicesRequest>,
+    ) -> Result<Response<v1::ListServicesResponse>, Status> {
+        self.check_ready()?;
+        let ns = validate::namespace(&request.into_inner().namespace, &self.registry.config().limits)
+            .map_err(|e| self.invalid(e))?;
+        let services = self.registry.views().list(&ns);
+        Ok(Response::new(v1::ListServicesResponse { namespace: ns, services }))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<v1::ListConsumersRequest>,
+    ) -> Result<Response<v1::ListConsumersResponse>, Status> {
+        self.check_ready()?;
+        let req = request.into_inner();
+        let limits = &self.registry.config().limits;
+        let ns = validate::namespace(&req.namespace, limits).map_err(|e| self.invalid(e))?;
+        if !req.service.is_empty() {
+            validate::name("service", &req.service, limits.max_name_len).map_err(|e| self.invalid(e))?;
+        }
+        let consumers = self.registry.list_consumers(&ns, &req.service);
+        Ok(Response::new(v1::ListConsumersResponse { consumers }))
+    }
+}
+
+/// The task behind one Subscribe stream: sends snapshots when needed, queued
+/// deltas otherwise, and progress keepalives when idle.
+struct SubscriberTask {
+    registry: Arc<Registry>,
+    subscription: Subscription,
+    subscriber: Arc<Subscriber>,
+    stream_key: String,
+    stop: CancellationToken,
+    out: mpsc::Sender<Result<SubscribeFrame, Status>>,
+}
+
+impl SubscriberTask {
+    async fn run(self, mut queue: mpsc::Receiver<Queued>) {
+        let period = Duration::from_millis(self.registry.config().subscriptions.progress_interval_ms);
+        let mut progress = interval_at(Instant::now() + period, period);
+        // Last revision sent per service: queued deltas at or below it are
+        // already covered by a snapshot.
+        let mut sent: HashMap<ServiceKey, u64> = HashMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {
+                    let _ = self.out.try_send(Err(Status::unavailable("node shut down; subscribe to another node")));
+                    break;
+                }
+                _ = self.out.closed() => break,
+                _ = self.subscriber.notify.notified() => {
+                    let mut open = true;
+                    for svc in self.subscriber.take_needs() {
+                        let freshness = self.registry.freshness();
+                        match self.registry.views().snapshot(&svc, freshness) {
+                            Some((revision, frame)) => {
+                                sent.insert(svc, revision);
+                                if !self.send(frame).await {
+                                    open = false;
+                                    break;
+                                }
+                            }
+                            None => {
+                                sent.remove(&svc);
+                            }
+                        }
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+                Some(q) = queue.recv() => {
+                    if sent.get(&q.service).is_some_and(|r| q.revision <= *r) {
+                        continue;
+                    }
+                    sent.insert(q.service, q.revision);
+                    if !self.send(q.frame).await {
+                        break;
+                    }
+                }
+                _ = progress.tick() => {
+                    let msg = v1::SubscribeResponse {
+                        kind: Some(v1::subscribe_response::Kind::Progress(v1::Progress {
+                            freshness: Some(self.registry.freshness()),
+                            node_id: self.registry.node_id().to_string(),
+                        })),
+                    };
+                    if !self.send(SubscribeFrame::encode(&msg)).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let views = self.registry.views();
+        views.unwatch(&self.subscriber, &self.subscription.namespace, &self.subscription.services);
+        self.registry.remove_consumer(&self.subscription.namespace, &self.stream_key);
+        Metrics::dec(&self.registry.metrics.subscribers_active);
+    }
+
+    /// Sends one frame; false once the stream is gone or the node stops.
+    async fn send(&self, frame: SubscribeFrame) -> bool {
+        tokio::select! {
+            r = self.out.send(Ok(frame)) => {
+                Metrics::inc(&self.registry.metrics.pushes);
+                r.is_ok()
+            }
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
+
+/// `registry.v1.Cluster`. A standalone node is a cluster of one.
+#[derive(Clone, Debug)]
+pub struct ClusterApi {
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+}
+
+#[tonic::async_trait]
+impl v1::cluster_server::Cluster for ClusterApi {
+    async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersResponse>, Status> {
+        let stats = self.registry.own_stats();
+        let me = v1::Member {
+            node_id: self.registry.node_id().to_string(),
+            incarnation: self.registry.incarnation(),
+            state: v1::MemberState::Local as i32,
+            advertise_addr: self.registry.config().grpc_addr.to_string(),
+            last_beat_age_ms: 0,
+            origin_seq: stats.seq,
+            applied_seq: stats.seq,
+            record_count: stats.live,
+            digest_match: true,
+            ready: self.readiness.is_ready(),
+        };
+        Ok(Response::new(v1::MembersResponse { members: vec![me], cluster: self.registry.config().cluster.clone() }))
+    }
+}

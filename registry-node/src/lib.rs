@@ -1,0 +1,31 @@
+//! The registry server: one node of an AP service registry.
+//!
+//! A node holds the whole registry in memory, serves the `registry.v1` gRPC API,
+//! applies local writes at once and (in a cluster) replicates them to its peers.
+//!
+//! Layout:
+//! - [`config`]: settings from file, env and flags, validated at start.
+//! - [`validate`]: checks of everything clients send, with typed refusals.
+//! - [`registry`]: the shared state: the store behind a single writer, ownership
+//!   of instances by sessions and leases, the consumer directory.
+//! - [`views`]: per-service views, revisions and the encode-once fan-out.
+//! - [`session`]: the task behind each `Register` stream.
+//! - [`grpc`]: the tonic services and the error-to-status mapping.
+//! - [`http`], [`metrics`], [`readiness`]: what operators look at.
+//! - [`node`]: wiring and lifecycle: start, serve, drain, stop.
+//!
+//! Dependencies point one way: node → bus-sync → store; everything → proto.
+
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod readiness;
+pub mod registry;
+pub mod session;
+pub mod validate;
+pub mod views;
+
+pub use config::{Cli, ConfigError, NodeConfig};
+pub use node::{NodeHandle, StartError, start};

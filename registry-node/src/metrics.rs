@@ -1,0 +1,74 @@
+//! Counters and gauges of the node, rendered in the Prometheus text format.
+//!
+//! Plain atomics: cheap enough for hot paths, no registry or macro machinery.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_active: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub leases_active: AtomicU64,
+    pub subscribers_active: AtomicU64,
+    pub registrations: AtomicU64,
+    pub deregistrations: AtomicU64,
+    pub expirations: AtomicU64,
+    pub rejections: AtomicU64,
+    pub pushes: AtomicU64,
+    pub subscriber_resyncs: AtomicU64,
+}
+
+/// Values computed at scrape time rather than counted.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub instances: u64,
+    pub services: u64,
+    pub store_keys: u64,
+    pub ready: bool,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, node_id: &str, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP registry_{name} {help}");
+            let _ = writeln!(out, "# TYPE registry_{name} {kind}");
+            let _ = writeln!(out, "registry_{name}{{node=\"{node_id}\"}} {value}");
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        line("ready", "gauge", "1 when the node serves reads.", u64::from(gauges.ready));
+        line("instances", "gauge", "Instances in the merged view.", gauges.instances);
+        line("services", "gauge", "Services with at least one instance.", gauges.services);
+        line("store_keys", "gauge", "Keys held in the store, tombstones included.", gauges.store_keys);
+        line("sessions", "gauge", "Open Register streams.", get(&self.sessions_active));
+        line("sessions_opened_total", "counter", "Register streams opened.", get(&self.sessions_opened));
+        line("leases", "gauge", "Live unary leases.", get(&self.leases_active));
+        line("subscribers", "gauge", "Open Subscribe streams.", get(&self.subscribers_active));
+        line("registrations_total", "counter", "Accepted instance upserts.", get(&self.registrations));
+        line("deregistrations_total", "counter", "Instances removed by their provider.", get(&self.deregistrations));
+        line(
+            "expirations_total",
+            "counter",
+            "Instances removed because their session or lease ended without goodbye.",
+            get(&self.expirations),
+        );
+        line("rejections_total", "counter", "Requests refused for invalid input or limits.", get(&self.rejections));
+        line("pushes_total", "counter", "Snapshots and deltas sent to subscribers.", get(&self.pushes));
+        line(
+            "subscriber_resyncs_total",
+            "counter",
+            "Times a subscriber fell behind and was sent a fresh snapshot.",
+            get(&self.subscriber_resyncs),
+        );
+        out
+    }
+}

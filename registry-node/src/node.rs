@@ -1,0 +1,194 @@
+//! Node lifecycle: bind, serve gRPC and HTTP, run background tasks, and shut down
+//! in order (unready, drain sessions, wait for them to leave, stop).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use registry_proto::frames::registry_server::RegistryServer;
+use registry_proto::v1::cluster_server::ClusterServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::grpc::{ClusterApi, RegistryApi, StreamSignals};
+use crate::readiness::Readiness;
+use crate::registry::Registry;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The gRPC address actually bound (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl NodeHandle {
+    /// Starts the graceful shutdown and waits until the node has stopped.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the node has stopped (after a shutdown began elsewhere).
+    pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// A new incarnation number: it only grows across restarts of a node.
+fn new_incarnation() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Starts a node: binds its ports and serves until shut down.
+pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
+    config.validate()?;
+    if !config.nats_url.is_empty() {
+        return Err(ConfigError::Invalid {
+            setting: "nats_url",
+            reason: "clustering over NATS is not available in this build yet; run without it".into(),
+        }
+        .into());
+    }
+    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let http_listener = bind("HTTP", config.http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "gRPC",
+        addr: config.grpc_addr,
+        source,
+    })?;
+    let http_addr = http_listener.local_addr().map_err(|source| StartError::Bind {
+        what: "HTTP",
+        addr: config.http_addr,
+        source,
+    })?;
+    config.grpc_addr = grpc_addr;
+    config.http_addr = http_addr;
+    let config = Arc::new(config);
+    let registry = Arc::new(Registry::new(config.clone(), new_incarnation()));
+    let readiness = Readiness::default();
+    let signals = StreamSignals { drain: CancellationToken::new(), stop: CancellationToken::new() };
+    let shutdown = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(registry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(registry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let api = RegistryApi { registry: registry.clone(), readiness: readiness.clone(), signals: signals.clone() };
+    let registry_service = RegistryServer::new(api).max_decoding_message_size(config.limits.max_message_bytes);
+    let cluster_service = ClusterServer::new(ClusterApi { registry: registry.clone(), readiness: readiness.clone() });
+    let s = &config.sessions;
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_millis(s.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(s.keepalive_timeout_ms)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(registry_service)
+        .add_service(cluster_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), signals.stop.clone().cancelled_owned());
+    let grpc_task = tokio::spawn(async move {
+        if let Err(e) = grpc.await {
+            warn!(error = %e, "gRPC server ended with an error");
+        }
+    });
+    let http = axum::serve(http_listener, crate::http::router(registry.clone(), readiness.clone()))
+        .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http.await {
+            warn!(error = %e, "HTTP server ended with an error");
+        }
+    });
+    let reaper_task = spawn_lease_reaper(registry.clone(), signals.stop.clone());
+
+    const REGISTRY_SERVICE: &str = "registry.v1.Registry";
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
+    readiness.set(true);
+    info!(node = %config.node_id, grpc = %grpc_addr, http = %http_addr, "registry node ready (standalone)");
+
+    let done = {
+        let (registry, readiness, shutdown) = (registry.clone(), readiness.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            info!("shutting down: draining sessions");
+            readiness.set(false);
+            registry.set_draining();
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
+            signals.drain.cancel();
+            let grace = Duration::from_millis(registry.config().shutdown_grace_ms);
+            let deadline = Instant::now() + grace;
+            while registry.metrics.sessions_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                sleep(Duration::from_millis(20)).await;
+            }
+            let left = registry.metrics.sessions_active.load(Ordering::Relaxed);
+            if left > 0 {
+                warn!(sessions = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
+            }
+            signals.stop.cancel();
+            let _ = tokio::join!(grpc_task, http_task, reaper_task);
+            info!("stopped");
+        })
+    };
+    Ok(NodeHandle { grpc_addr, http_addr, registry, readiness, shutdown, done })
+}
+
+/// Ends unary leases whose TTL passed.
+fn spawn_lease_reaper(registry: Arc<Registry>, stop: CancellationToken) -> JoinHandle<()> {
+    let tick = Duration::from_millis((registry.config().sessions.min_lease_ttl_ms / 4).clamp(10, 250));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = interval.tick() => {
+                    let n = registry.expire_leases(Instant::now());
+                    if n > 0 {
+                        info!(leases = n, "leases expired; their instances removed");
+                    }
+                }
+            }
+        }
+    })
+}

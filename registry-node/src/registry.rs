@@ -1,0 +1,398 @@
+//! [`Registry`]: the node's shared state, behind one small API that the gRPC
+//! layer, the session tasks and the lease reaper use.
+//!
+//! Writes go through one mutex around the store and the ownership tables: a write
+//! is a few hash-map operations, so a single writer costs little and makes every
+//! change, its revision and its fan-out happen in one order. Reads never take that
+//! mutex: they are served from [`Views`](crate::views::Views), a `DashMap` of
+//! per-service views that the writer keeps current.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use registry_proto::v1;
+use registry_store::{ConsumerKey, InstanceKey, Key, Origin, Outcome, Record, Store, ViewChange};
+use tokio::time::Instant;
+
+use crate::config::NodeConfig;
+use crate::metrics::{Gauges, Metrics};
+use crate::validate::{self, ValidationError};
+use crate::views::Views;
+
+/// Who holds a set of instances: a Register stream or a unary lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerId(pub u64);
+
+/// Why the registry refused a request. Mapped to a gRPC status in one place
+/// (`grpc.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("session holds {limit} instances, the limit (limits.max_instances_per_session)")]
+    TooManyInstances { limit: usize },
+    #[error("instance {0} is not registered by this session")]
+    NotOwned(String),
+    #[error("lease {0:?} is unknown or expired; register the instance again")]
+    LeaseNotFound(String),
+    #[error("node is shutting down; connect to another node")]
+    Draining,
+}
+
+/// Milliseconds since the Unix epoch, for versions and display only. Expiry
+/// decisions use the monotonic clock.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug)]
+struct Lease {
+    owner: OwnerId,
+    ttl: Duration,
+    deadline: Instant,
+}
+
+/// Everything written under the write lock.
+#[derive(Debug)]
+struct State {
+    store: Store,
+    owner_of: HashMap<InstanceKey, OwnerId>,
+    owned: HashMap<OwnerId, HashSet<InstanceKey>>,
+    leases: HashMap<String, Lease>,
+    lease_deadlines: BTreeSet<(Instant, String)>,
+}
+
+/// The node's registry. Cheap to share: wrap it in an `Arc`.
+#[derive(Debug)]
+pub struct Registry {
+    node_id: Arc<str>,
+    incarnation: u64,
+    config: Arc<NodeConfig>,
+    state: Mutex<State>,
+    views: Views,
+    consumers: DashMap<Arc<str>, HashMap<Arc<str>, Arc<v1::Consumer>>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(config: Arc<NodeConfig>, incarnation: u64) -> Self {
+        let node_id: Arc<str> = config.node_id.as_str().into();
+        let metrics = Arc::new(Metrics::default());
+        Self {
+            state: Mutex::new(State {
+                store: Store::new(Origin::new(node_id.clone(), incarnation)),
+                owner_of: HashMap::new(),
+                owned: HashMap::new(),
+                leases: HashMap::new(),
+                lease_deadlines: BTreeSet::new(),
+            }),
+            views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
+            consumers: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            node_id,
+            incarnation,
+            config,
+            metrics,
+        }
+    }
+
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    /// A node-unique id for sessions, leases and subscriptions.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new sessions and subscriptions once shutdown has begun.
+    pub fn check_accepting(&self) -> Result<(), RegistryError> {
+        if self.is_draining() { Err(RegistryError::Draining) } else { Ok(()) }
+    }
+
+    /// Starts tracking a new owner (a session or a lease).
+    pub fn open_owner(&self) -> OwnerId {
+        let id = OwnerId(self.next_id());
+        self.state.lock().owned.insert(id, HashSet::new());
+        id
+    }
+
+    /// Registers or updates an instance (already validated) for `owner`.
+    /// Returns the version the write got.
+    pub fn upsert(&self, owner: OwnerId, instance: v1::Instance) -> Result<u64, RegistryError> {
+        let key = validate::key_of(&instance);
+        let limit = self.config.limits.max_instances_per_session;
+        let mut st = self.state.lock();
+        let owned = st.owned.get(&owner).map_or(0, HashSet::len);
+        let already = st.owned.get(&owner).is_some_and(|s| s.contains(&key));
+        if !already && owned >= limit {
+            return Err(RegistryError::TooManyInstances { limit });
+        }
+        let (version, out) =
+            st.store.put_local(Key::Instance(key.clone()), Record::Instance(Arc::new(instance)), wall_ms());
+        if let Some(previous) = st.owner_of.insert(key.clone(), owner)
+            && previous != owner
+            && let Some(keys) = st.owned.get_mut(&previous)
+        {
+            keys.remove(&key);
+        }
+        st.owned.entry(owner).or_default().insert(key);
+        self.apply(&mut st, out);
+        Metrics::inc(&self.metrics.registrations);
+        Ok(version.hlc)
+    }
+
+    /// Removes one instance that `owner` registered.
+    pub fn remove_owned(&self, owner: OwnerId, key: &InstanceKey) -> Result<u64, RegistryError> {
+        let mut st = self.state.lock();
+        if st.owner_of.get(key) != Some(&owner) {
+            return Err(RegistryError::NotOwned(display_key(key)));
+        }
+        let version = self.remove_locked(&mut st, key);
+        Metrics::inc(&self.metrics.deregistrations);
+        Ok(version)
+    }
+
+    /// Removes an instance whoever registered it. Returns whether it was there.
+    pub fn deregister(&self, key: &InstanceKey) -> bool {
+        let mut st = self.state.lock();
+        let found = if st.owner_of.contains_key(key) {
+            self.remove_locked(&mut st, key);
+            true
+        } else {
+            match st.store.remove_local(&Key::Instance(key.clone()), wall_ms()) {
+                Some((_, out)) => {
+                    self.apply(&mut st, out);
+                    true
+                }
+                None => false,
+            }
+        };
+        if found {
+            Metrics::inc(&self.metrics.deregistrations);
+        }
+        found
+    }
+
+    /// Ends an owner: every instance it still holds is removed.
+    /// `expired` says whether it ended without a goodbye (counted apart).
+    pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
+        let mut st = self.state.lock();
+        let keys = st.owned.remove(&owner).unwrap_or_default();
+        for key in &keys {
+            if st.owner_of.get(key) == Some(&owner) {
+                self.remove_locked(&mut st, key);
+            }
+        }
+        let counter = if expired { &self.metrics.expirations } else { &self.metrics.deregistrations };
+        counter.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        keys.len()
+    }
+
+    fn remove_locked(&self, st: &mut State, key: &InstanceKey) -> u64 {
+        st.owner_of.remove(key);
+        let mut version = 0;
+        if let Some((v, out)) = st.store.remove_local(&Key::Instance(key.clone()), wall_ms()) {
+            version = v.hlc;
+            self.apply(st, out);
+        }
+        version
+    }
+
+    // ------------------------------------------------------------ unary leases
+
+    /// Creates a lease, or renews `lease_id` if given. Returns (lease id, owner, ttl).
+    pub fn lease(&self, lease_id: &str, ttl: Duration) -> Result<(String, OwnerId, Duration), RegistryError> {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        if lease_id.is_empty() {
+            let owner = OwnerId(self.next_id());
+            let id = format!("{}-{:x}-{}", self.node_id, self.incarnation, owner.0);
+            st.owned.insert(owner, HashSet::new());
+            st.lease_deadlines.insert((now + ttl, id.clone()));
+            st.leases.insert(id.clone(), Lease { owner, ttl, deadline: now + ttl });
+            Metrics::inc(&self.metrics.leases_active);
+            Ok((id, owner, ttl))
+        } else {
+            let (owner, ttl) = renew_locked(&mut st, lease_id, now)?;
+            Ok((lease_id.to_string(), owner, ttl))
+        }
+    }
+
+    /// Extends a lease by its TTL.
+    pub fn renew(&self, lease_id: &str) -> Result<Duration, RegistryError> {
+        let mut st = self.state.lock();
+        renew_locked(&mut st, lease_id, Instant::now()).map(|(_, ttl)| ttl)
+    }
+
+    /// Ends every lease whose deadline passed; returns how many.
+    pub fn expire_leases(&self, now: Instant) -> usize {
+        let expired: Vec<OwnerId> = {
+            let mut st = self.state.lock();
+            let mut owners = Vec::new();
+            while let Some((deadline, id)) = st.lease_deadlines.first().cloned() {
+                if deadline > now {
+                    break;
+                }
+                st.lease_deadlines.pop_first();
+                if let Some(lease) = st.leases.remove(&id) {
+                    owners.push(lease.owner);
+                }
+            }
+            owners
+        };
+        for owner in &expired {
+            Metrics::dec(&self.metrics.leases_active);
+            self.release(*owner, true);
+        }
+        expired.len()
+    }
+
+    /// Deletes a lease whose instances are gone (e.g. an empty new lease whose
+    /// first registration was refused).
+    pub fn drop_lease_if_empty(&self, lease_id: &str) {
+        let mut st = self.state.lock();
+        let Some(lease) = st.leases.get(lease_id) else { return };
+        if st.owned.get(&lease.owner).is_some_and(|k| !k.is_empty()) {
+            return;
+        }
+        let (owner, deadline) = (lease.owner, lease.deadline);
+        st.leases.remove(lease_id);
+        st.lease_deadlines.remove(&(deadline, lease_id.to_string()));
+        st.owned.remove(&owner);
+        Metrics::dec(&self.metrics.leases_active);
+    }
+
+    // ------------------------------------------------------------ consumers
+
+    /// Records a subscription in the consumer directory.
+    pub fn add_consumer(&self, namespace: &str, stream: &str, consumer: v1::Consumer) {
+        let key = Key::Consumer(ConsumerKey { namespace: namespace.into(), stream: stream.into() });
+        let mut st = self.state.lock();
+        let (_, out) = st.store.put_local(key, Record::Consumer(Arc::new(consumer)), wall_ms());
+        self.apply(&mut st, out);
+    }
+
+    pub fn remove_consumer(&self, namespace: &str, stream: &str) {
+        let key = Key::Consumer(ConsumerKey { namespace: namespace.into(), stream: stream.into() });
+        let mut st = self.state.lock();
+        if let Some((_, out)) = st.store.remove_local(&key, wall_ms()) {
+            self.apply(&mut st, out);
+        }
+    }
+
+    /// Consumers of `namespace` watching `service` (all of them if empty).
+    pub fn list_consumers(&self, namespace: &str, service: &str) -> Vec<v1::Consumer> {
+        let mut list: Vec<v1::Consumer> = self
+            .consumers
+            .get(namespace)
+            .map(|m| {
+                m.values()
+                    .filter(|c| service.is_empty() || c.services.is_empty() || c.services.iter().any(|s| s == service))
+                    .map(|c| (**c).clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by(|a, b| {
+            let id = |c: &v1::Consumer| c.info.as_ref().map(|i| i.consumer_id.clone()).unwrap_or_default();
+            id(a).cmp(&id(b)).then(a.since_unix_ms.cmp(&b.since_unix_ms))
+        });
+        list
+    }
+
+    // ------------------------------------------------------------ observation
+
+    /// Own slice statistics (sequence, digest, record count) for Members.
+    pub fn own_stats(&self) -> registry_store::SliceStats {
+        let st = self.state.lock();
+        st.store.slice_stats(st.store.local_id()).expect("own slice always exists")
+    }
+
+    pub fn gauges(&self, ready: bool) -> Gauges {
+        let (instances, services) = self.views.counts();
+        let store_keys = self.state.lock().store.key_count() as u64;
+        Gauges { instances, services, store_keys, ready }
+    }
+
+    /// Freshness of the views this node serves. A standalone node owns all its
+    /// data, so it is always current.
+    pub fn freshness(&self) -> v1::Freshness {
+        v1::Freshness { oldest_origin_age_ms: 0, degraded: false }
+    }
+
+    /// Applies what a store operation caused: ownership hand-overs, view
+    /// changes (with their fan-out) and consumer directory changes.
+    fn apply(&self, st: &mut State, out: Outcome) {
+        for key in &out.superseded {
+            if let Key::Instance(k) = key
+                && let Some(owner) = st.owner_of.remove(k)
+                && let Some(keys) = st.owned.get_mut(&owner)
+            {
+                keys.remove(k);
+            }
+        }
+        let mut instance_changes = Vec::with_capacity(out.view.len());
+        for change in out.view {
+            match change {
+                ViewChange::Upsert { key: Key::Consumer(k), record: Record::Consumer(c), .. } => {
+                    self.consumers.entry(k.namespace).or_default().insert(k.stream, c);
+                }
+                ViewChange::Remove { key: Key::Consumer(k) } => {
+                    let mut empty = false;
+                    if let Some(mut m) = self.consumers.get_mut(&k.namespace) {
+                        m.remove(&k.stream);
+                        empty = m.is_empty();
+                    }
+                    if empty {
+                        self.consumers.remove_if(&k.namespace, |_, m| m.is_empty());
+                    }
+                }
+                other => instance_changes.push(other),
+            }
+        }
+        if !instance_changes.is_empty() {
+            self.views.apply(instance_changes, self.freshness());
+        }
+    }
+}
+
+fn renew_locked(st: &mut State, lease_id: &str, now: Instant) -> Result<(OwnerId, Duration), RegistryError> {
+    let lease = st.leases.get_mut(lease_id).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_string()))?;
+    let old = (lease.deadline, lease_id.to_string());
+    lease.deadline = now + lease.ttl;
+    let (owner, ttl, deadline) = (lease.owner, lease.ttl, lease.deadline);
+    st.lease_deadlines.remove(&old);
+    st.lease_deadlines.insert((deadline, lease_id.to_string()));
+    Ok((owner, ttl))
+}
+
+pub fn display_key(k: &InstanceKey) -> String {
+    format!("{}/{}/{}", k.namespace, k.service, k.id)
+}

@@ -1,0 +1,222 @@
+//! Provider sessions: one task per `Register` stream.
+//!
+//! The session owns the instances it upserts. How it ends decides when they go:
+//! - `goodbye` or a clean half-close: removed at once;
+//! - a broken transport: removed after the reconnect grace, so a provider that
+//!   reconnects (to this or another node) and re-registers never flaps;
+//! - silence longer than the lease TTL: removed then.
+//!
+//! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use registry_proto::v1::{self, register_request::Kind as In, register_response::Kind as Out};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+use crate::registry::{OwnerId, Registry, RegistryError};
+use crate::validate;
+
+type Reply = Result<v1::RegisterResponse, Status>;
+
+/// What ended a session; decides how its instances are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Goodbye,
+    HalfClose,
+    Broken,
+    LeaseExpired,
+    Shutdown,
+}
+
+/// Runs one Register stream to its end.
+pub async fn run_session(
+    registry: Arc<Registry>,
+    mut inbound: Streaming<v1::RegisterRequest>,
+    out: mpsc::Sender<Reply>,
+    drain: CancellationToken,
+    stop: CancellationToken,
+) {
+    let cfg = registry.config().sessions.clone();
+    // The first message must open the session, within the default lease TTL.
+    let open_deadline =
+        Instant::now() + Duration::from_millis(cfg.default_heartbeat_ms * u64::from(cfg.lease_heartbeats));
+    let open = match timeout_at(open_deadline, inbound.message()).await {
+        Ok(Ok(Some(v1::RegisterRequest { kind: Some(In::Open(open)) }))) => open,
+        Ok(Ok(Some(_))) => {
+            let _ = out.send(Err(Status::failed_precondition("the first message of a session must be `open`"))).await;
+            return;
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => {
+            let _ = out.send(Err(Status::deadline_exceeded("no `open` message received in time"))).await;
+            return;
+        }
+    };
+    let interval_ms = match open.heartbeat_interval_ms {
+        0 => cfg.default_heartbeat_ms,
+        ms => u64::from(ms),
+    };
+    if interval_ms < cfg.min_heartbeat_ms || interval_ms > cfg.max_heartbeat_ms {
+        Metrics::inc(&registry.metrics.rejections);
+        let msg = format!(
+            "open.heartbeat_interval_ms: {interval_ms} is outside {}..={} (sessions.min_heartbeat_ms..=sessions.max_heartbeat_ms)",
+            cfg.min_heartbeat_ms, cfg.max_heartbeat_ms
+        );
+        let _ = out.send(Err(Status::invalid_argument(msg))).await;
+        return;
+    }
+    let ttl = Duration::from_millis(interval_ms * u64::from(cfg.lease_heartbeats));
+    let owner = registry.open_owner();
+    let session_id = format!("{}-{}", registry.node_id(), owner.0);
+    let opened = Out::Opened(v1::SessionOpened {
+        session_id: session_id.clone(),
+        node_id: registry.node_id().to_string(),
+        lease_ttl_ms: ttl.as_millis() as u32,
+        heartbeat_interval_ms: interval_ms as u32,
+    });
+    if out.send(Ok(reply(opened))).await.is_err() {
+        registry.release(owner, true);
+        return;
+    }
+    Metrics::inc(&registry.metrics.sessions_active);
+    Metrics::inc(&registry.metrics.sessions_opened);
+    debug!(session = %session_id, client = %open.client_name, ttl_ms = ttl.as_millis() as u64, "session opened");
+
+    let mut deadline = Instant::now() + ttl;
+    let mut drained = false;
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break End::Shutdown,
+            _ = drain.cancelled(), if !drained => {
+                drained = true;
+                let jitter = rand::rng().random_range(0..=cfg.drain_jitter_ms);
+                let drain = Out::Drain(v1::Drain {
+                    hint: String::new(),
+                    delay_ms: jitter as u32,
+                    reason: "node shutting down".into(),
+                });
+                if out.send(Ok(reply(drain))).await.is_err() {
+                    break End::Broken;
+                }
+            }
+            msg = timeout_at(deadline, inbound.message()) => match msg {
+                Err(_) => break End::LeaseExpired,
+                Ok(Err(status)) => {
+                    debug!(session = %session_id, %status, "session transport broke");
+                    break End::Broken;
+                }
+                Ok(Ok(None)) => break End::HalfClose,
+                Ok(Ok(Some(req))) => {
+                    deadline = Instant::now() + ttl;
+                    match handle(&registry, owner, req) {
+                        Step::Reply(r) => {
+                            if out.send(Ok(reply(r))).await.is_err() {
+                                break End::Broken;
+                            }
+                        }
+                        Step::Goodbye => break End::Goodbye,
+                    }
+                }
+            },
+        }
+    };
+    Metrics::dec(&registry.metrics.sessions_active);
+    match end {
+        End::Goodbye | End::HalfClose => {
+            let n = registry.release(owner, false);
+            debug!(session = %session_id, removed = n, ?end, "session ended");
+        }
+        End::Broken => {
+            // Keep the instances through a short grace so a reconnect does not flap
+            // them; a re-registration elsewhere takes them over meanwhile.
+            tokio::select! {
+                _ = sleep(cfg.reconnect_grace()) => {}
+                _ = stop.cancelled() => {}
+            }
+            let n = registry.release(owner, true);
+            info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
+        }
+        End::LeaseExpired => {
+            let n = registry.release(owner, true);
+            info!(session = %session_id, removed = n, ttl_ms = ttl.as_millis() as u64, "session silent past its lease; instances removed");
+            let _ = out.try_send(Err(Status::deadline_exceeded(format!(
+                "no message for {} ms (the lease TTL): session ended and its instances removed",
+                ttl.as_millis()
+            ))));
+        }
+        End::Shutdown => {
+            // The node is going away with its state; nothing to remove locally.
+            registry.release(owner, true);
+            let _ = out.try_send(Err(Status::unavailable("node shut down; reconnect to another node")));
+        }
+    }
+}
+
+enum Step {
+    Reply(Out),
+    Goodbye,
+}
+
+fn reply(kind: Out) -> v1::RegisterResponse {
+    v1::RegisterResponse { kind: Some(kind) }
+}
+
+fn rejected(registry: &Registry, key: Option<v1::InstanceKey>, code: Code, reason: String) -> Step {
+    Metrics::inc(&registry.metrics.rejections);
+    Step::Reply(Out::Rejected(v1::Rejected { key, reason, code: code as i32 }))
+}
+
+fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step {
+    let limits = &registry.config().limits;
+    match req.kind {
+        Some(In::Upsert(instance)) => {
+            let raw_key = v1::InstanceKey {
+                namespace: instance.namespace.clone(),
+                service: instance.service.clone(),
+                instance_id: instance.instance_id.clone(),
+            };
+            let instance = match validate::instance(instance, limits) {
+                Ok(i) => i,
+                Err(e) => return rejected(registry, Some(raw_key), Code::InvalidArgument, e.to_string()),
+            };
+            let key = validate::key_of(&instance).to_proto();
+            match registry.upsert(owner, instance) {
+                Ok(version) => Step::Reply(Out::Accepted(v1::Accepted { key: Some(key), version, removed: false })),
+                Err(e) => {
+                    let code = crate::grpc::status_of(&e).code();
+                    rejected(registry, Some(key), code, e.to_string())
+                }
+            }
+        }
+        Some(In::Remove(k)) => {
+            let key = match validate::instance_key("remove", &k, limits) {
+                Ok(key) => key,
+                Err(e) => return rejected(registry, Some(k), Code::InvalidArgument, e.to_string()),
+            };
+            match registry.remove_owned(owner, &key) {
+                Ok(version) => {
+                    Step::Reply(Out::Accepted(v1::Accepted { key: Some(key.to_proto()), version, removed: true }))
+                }
+                Err(e @ RegistryError::NotOwned(_)) => {
+                    rejected(registry, Some(key.to_proto()), Code::NotFound, e.to_string())
+                }
+                Err(e) => {
+                    let code = crate::grpc::status_of(&e).code();
+                    rejected(registry, Some(key.to_proto()), code, e.to_string())
+                }
+            }
+        }
+        Some(In::Heartbeat(hb)) => Step::Reply(Out::Pong(v1::Pong { nonce: hb.nonce })),
+        Some(In::Goodbye(_)) => Step::Goodbye,
+        Some(In::Open(_)) => rejected(registry, None, Code::FailedPrecondition, "session is already open".to_string()),
+        None => rejected(registry, None, Code::InvalidArgument, "message has no `kind`".to_string()),
+    }
+}

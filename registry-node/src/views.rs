@@ -1,0 +1,316 @@
+//! Per-service views of the merged registry, and the fan-out to subscribers.
+//!
+//! Each service has a [`ServiceView`]: its instances, a revision, the subscribers
+//! watching it and a cached encoded snapshot. The registry's single writer applies
+//! merged-view changes here; each change to a service becomes one delta, encoded
+//! once into a [`SubscribeFrame`] that every subscriber's queue shares.
+//!
+//! Revisions come from one node-wide counter, so a service's revision only grows,
+//! even if its view is dropped and created again; each delta names the revision it
+//! follows (`prev_revision`) so a consumer can check it missed nothing.
+//!
+//! A subscriber's queue is bounded. When it is full, the subscriber is marked as
+//! needing a snapshot of that service and nothing more is queued for it; its task
+//! then sends one fresh snapshot, which replaces everything it missed. Memory per
+//! subscriber stays bounded and no change is silently lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use registry_proto::{SubscribeFrame, v1};
+use registry_store::{Key, Record, ViewChange};
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::Metrics;
+
+/// `(namespace, service)`.
+pub type ServiceKey = (Arc<str>, Arc<str>);
+
+/// One queued event for one subscriber.
+#[derive(Debug)]
+pub struct Queued {
+    pub service: ServiceKey,
+    pub revision: u64,
+    pub frame: SubscribeFrame,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Services whose next message to this subscriber must be a snapshot.
+    needs_snapshot: BTreeSet<ServiceKey>,
+    /// Services this subscriber has had a snapshot of.
+    known: HashSet<ServiceKey>,
+}
+
+/// The writer's side of one Subscribe stream.
+#[derive(Debug)]
+pub struct Subscriber {
+    pub id: u64,
+    tx: mpsc::Sender<Queued>,
+    pending: Mutex<Pending>,
+    /// Woken when a snapshot is needed.
+    pub notify: Notify,
+}
+
+impl Subscriber {
+    /// Takes the services that need a snapshot, and counts them as known.
+    pub fn take_needs(&self) -> Vec<ServiceKey> {
+        let mut p = self.pending.lock();
+        let needs = std::mem::take(&mut p.needs_snapshot);
+        p.known.extend(needs.iter().cloned());
+        needs.into_iter().collect()
+    }
+
+    fn mark_needs(&self, service: &ServiceKey) {
+        let mut p = self.pending.lock();
+        p.known.insert(service.clone());
+        p.needs_snapshot.insert(service.clone());
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    fn deliver(&self, service: &ServiceKey, revision: u64, frame: &SubscribeFrame, metrics: &Metrics) {
+        let mut p = self.pending.lock();
+        if !p.known.contains(service) || p.needs_snapshot.contains(service) {
+            // First sight of a service (namespace watchers) or already behind:
+            // the snapshot it will get covers this change.
+            p.needs_snapshot.insert(service.clone());
+            drop(p);
+            self.notify.notify_one();
+            return;
+        }
+        let queued = Queued { service: service.clone(), revision, frame: frame.clone() };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(queued) {
+            p.needs_snapshot.insert(service.clone());
+            drop(p);
+            Metrics::inc(&metrics.subscriber_resyncs);
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// One service's view.
+#[derive(Debug, Default)]
+pub struct ServiceView {
+    pub revision: u64,
+    pub instances: BTreeMap<Arc<str>, Arc<v1::Instance>>,
+    subscribers: HashMap<u64, Arc<Subscriber>>,
+    snapshot: Option<SubscribeFrame>,
+}
+
+/// All service views of the node.
+#[derive(Debug)]
+pub struct Views {
+    map: DashMap<ServiceKey, ServiceView>,
+    /// Subscribers watching a whole namespace.
+    watchers: DashMap<Arc<str>, HashMap<u64, Arc<Subscriber>>>,
+    revision: AtomicU64,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Views {
+    pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self { map: DashMap::new(), watchers: DashMap::new(), revision: AtomicU64::new(0), queue_capacity, metrics }
+    }
+
+    /// A new subscriber and the receiving end of its queue.
+    pub fn new_subscriber(&self, id: u64) -> (Arc<Subscriber>, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let sub = Subscriber { id, tx, pending: Mutex::new(Pending::default()), notify: Notify::new() };
+        (Arc::new(sub), rx)
+    }
+
+    /// Watches the given services; the first message for each is a snapshot.
+    pub fn watch_services(&self, sub: &Arc<Subscriber>, namespace: &str, services: &[String]) {
+        for s in services {
+            let key: ServiceKey = (namespace.into(), s.as_str().into());
+            let mut view = self.map.entry(key.clone()).or_default();
+            view.subscribers.insert(sub.id, sub.clone());
+            sub.mark_needs(&key);
+        }
+    }
+
+    /// Watches every service of a namespace, present and future.
+    pub fn watch_namespace(&self, sub: &Arc<Subscriber>, namespace: &str) {
+        self.watchers.entry(namespace.into()).or_default().insert(sub.id, sub.clone());
+        for entry in self.map.iter() {
+            if &*entry.key().0 == namespace && !entry.value().instances.is_empty() {
+                sub.mark_needs(entry.key());
+            }
+        }
+    }
+
+    pub fn unwatch(&self, sub: &Subscriber, namespace: &str, services: &[String]) {
+        if services.is_empty() {
+            if let Some(mut w) = self.watchers.get_mut(namespace) {
+                w.remove(&sub.id);
+            }
+            self.watchers.remove_if(namespace, |_, w| w.is_empty());
+            return;
+        }
+        for s in services {
+            let key: ServiceKey = (namespace.into(), s.as_str().into());
+            if let Some(mut view) = self.map.get_mut(&key) {
+                view.subscribers.remove(&sub.id);
+            }
+            self.drop_if_unused(&key);
+        }
+    }
+
+    /// The current snapshot of a service as a shared frame, with its revision.
+    pub fn snapshot(&self, service: &ServiceKey, freshness: v1::Freshness) -> Option<(u64, SubscribeFrame)> {
+        let mut view = self.map.get_mut(service)?;
+        let revision = view.revision;
+        if view.snapshot.is_none() {
+            let msg = v1::SubscribeResponse {
+                kind: Some(v1::subscribe_response::Kind::Snapshot(v1::ServiceSnapshot {
+                    namespace: service.0.to_string(),
+                    service: service.1.to_string(),
+                    instances: view.instances.values().map(|i| (**i).clone()).collect(),
+                    revision,
+                    freshness: Some(freshness),
+                })),
+            };
+            view.snapshot = Some(SubscribeFrame::encode(&msg));
+        }
+        view.snapshot.clone().map(|f| (revision, f))
+    }
+
+    /// Instances and revision of one service (empty and 0 if unknown).
+    pub fn get(&self, namespace: &str, service: &str) -> (u64, Vec<v1::Instance>) {
+        let key: ServiceKey = (namespace.into(), service.into());
+        match self.map.get(&key) {
+            Some(v) => (v.revision, v.instances.values().map(|i| (**i).clone()).collect()),
+            None => (0, Vec::new()),
+        }
+    }
+
+    /// Services of a namespace that have instances, sorted by name.
+    pub fn list(&self, namespace: &str) -> Vec<v1::ServiceSummary> {
+        let mut out: Vec<v1::ServiceSummary> = self
+            .map
+            .iter()
+            .filter(|e| &*e.key().0 == namespace && !e.value().instances.is_empty())
+            .map(|e| v1::ServiceSummary {
+                service: e.key().1.to_string(),
+                instance_count: e.value().instances.len() as u32,
+                revision: e.value().revision,
+            })
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    /// (instances, services with at least one instance).
+    pub fn counts(&self) -> (u64, u64) {
+        self.map.iter().fold((0, 0), |(i, s), e| {
+            let n = e.value().instances.len() as u64;
+            (i + n, s + u64::from(n > 0))
+        })
+    }
+
+    /// Applies merged-view changes of instances, in order: one delta per touched
+    /// service, encoded once and queued to each subscriber.
+    pub fn apply(&self, changes: Vec<ViewChange>, freshness: v1::Freshness) {
+        // Net effect per service and instance id, keeping first-touch order.
+        let mut order: Vec<ServiceKey> = Vec::new();
+        let mut net: HashMap<ServiceKey, BTreeMap<Arc<str>, Option<Arc<v1::Instance>>>> = HashMap::new();
+        for change in changes {
+            let (key, value) = match change {
+                ViewChange::Upsert { key: Key::Instance(k), record: Record::Instance(i), .. } => (k, Some(i)),
+                ViewChange::Remove { key: Key::Instance(k) } => (k, None),
+                _ => continue,
+            };
+            let svc: ServiceKey = (key.namespace, key.service);
+            net.entry(svc.clone())
+                .or_insert_with(|| {
+                    order.push(svc);
+                    BTreeMap::new()
+                })
+                .insert(key.id, value);
+        }
+        for svc in order {
+            let Some(changes) = net.remove(&svc) else { continue };
+            self.apply_service(&svc, changes, &freshness);
+        }
+    }
+
+    fn apply_service(
+        &self,
+        svc: &ServiceKey,
+        changes: BTreeMap<Arc<str>, Option<Arc<v1::Instance>>>,
+        freshness: &v1::Freshness,
+    ) {
+        let mut view = self.map.entry(svc.clone()).or_default();
+        let mut upserted = Vec::new();
+        let mut removed = Vec::new();
+        for (id, value) in changes {
+            match value {
+                Some(instance) => {
+                    upserted.push((*instance).clone());
+                    view.instances.insert(id, instance);
+                }
+                None => {
+                    if view.instances.remove(&id).is_some() {
+                        removed.push(v1::InstanceKey {
+                            namespace: svc.0.to_string(),
+                            service: svc.1.to_string(),
+                            instance_id: id.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        if upserted.is_empty() && removed.is_empty() {
+            return;
+        }
+        let prev_revision = view.revision;
+        let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
+        view.revision = revision;
+        view.snapshot = None;
+        let frame = SubscribeFrame::encode(&v1::SubscribeResponse {
+            kind: Some(v1::subscribe_response::Kind::Delta(v1::ServiceDelta {
+                namespace: svc.0.to_string(),
+                service: svc.1.to_string(),
+                upserted,
+                removed,
+                revision,
+                prev_revision,
+                freshness: Some(*freshness),
+            })),
+        });
+        for sub in view.subscribers.values() {
+            sub.deliver(svc, revision, &frame, &self.metrics);
+        }
+        if let Some(watchers) = self.watchers.get(&svc.0) {
+            for sub in watchers.values() {
+                sub.deliver(svc, revision, &frame, &self.metrics);
+            }
+        }
+        let unused = view.instances.is_empty() && view.subscribers.is_empty();
+        drop(view);
+        if unused {
+            self.drop_if_unused(svc);
+        }
+    }
+
+    /// Forgets a view with no instances and no subscribers, so churn of service
+    /// names does not grow memory. Namespace watchers that knew it will get a
+    /// snapshot if it comes back.
+    fn drop_if_unused(&self, svc: &ServiceKey) {
+        let removed = self.map.remove_if(svc, |_, v| v.instances.is_empty() && v.subscribers.is_empty());
+        if removed.is_some()
+            && let Some(watchers) = self.watchers.get(&svc.0)
+        {
+            for sub in watchers.values() {
+                let mut p = sub.pending.lock();
+                p.known.remove(svc);
+                p.needs_snapshot.remove(svc);
+            }
+        }
+    }
+}
