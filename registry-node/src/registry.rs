@@ -206,11 +206,18 @@ impl Registry {
     pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
         let mut st = self.state.lock();
         let keys = st.owned.remove(&owner).unwrap_or_default();
+        // One outcome for all of them, so subscribers get one delta per service.
+        let mut all = Outcome::default();
+        let now = wall_ms();
         for key in &keys {
             if st.owner_of.get(key) == Some(&owner) {
-                self.remove_locked(&mut st, key);
+                st.owner_of.remove(key);
+                if let Some((_, out)) = st.store.remove_local(&Key::Instance(key.clone()), now) {
+                    all.extend(out);
+                }
             }
         }
+        self.apply(&mut st, all);
         let counter = if expired { &self.metrics.expirations } else { &self.metrics.deregistrations };
         counter.fetch_add(keys.len() as u64, Ordering::Relaxed);
         keys.len()

@@ -35,6 +35,13 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Appends what another operation caused, after this one's.
+    pub fn extend(&mut self, other: Outcome) {
+        self.view.extend(other.view);
+        self.local.extend(other.local);
+        self.superseded.extend(other.superseded);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.view.is_empty() && self.local.is_empty() && self.superseded.is_empty()
     }

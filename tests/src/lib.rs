@@ -1,1 +1,309 @@
+//! Test kit for end-to-end tests: start real nodes on free ports, talk to them
+//! with the generated gRPC clients, and wait for what a user would see.
+//!
+//! Every wait is a condition polled against a deadline; nothing sleeps and hopes.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use registry_node::{NodeConfig, NodeHandle};
+pub use registry_proto::v1;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use v1::register_request::Kind as In;
+use v1::register_response::Kind as Out;
+use v1::subscribe_response::Kind as Push;
+
+pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
+pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
+
+/// Generous bound for things that happen "at once" (one local round trip).
+pub const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// A node configuration for tests: loopback, free ports, short timers.
+pub fn test_config(node_id: &str) -> NodeConfig {
+    let mut c = NodeConfig {
+        node_id: node_id.into(),
+        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+        http_addr: "127.0.0.1:0".parse().expect("addr"),
+        shutdown_grace_ms: 2_000,
+        ..NodeConfig::default()
+    };
+    c.sessions.min_heartbeat_ms = 100;
+    c.sessions.reconnect_grace_ms = 1_000;
+    c.sessions.min_lease_ttl_ms = 500;
+    c.sessions.drain_jitter_ms = 100;
+    c.subscriptions.progress_interval_ms = 1_000;
+    c
+}
+
+pub async fn start_node(config: NodeConfig) -> Result<NodeHandle> {
+    registry_node::start(config).await.context("start node")
+}
+
+pub async fn channel(addr: SocketAddr) -> Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
+}
+
+pub async fn client(addr: SocketAddr) -> Result<RegistryClient> {
+    Ok(RegistryClient::new(channel(addr).await?))
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn instance(service: &str, id: &str, port: u32) -> v1::Instance {
+    v1::Instance {
+        service: service.into(),
+        instance_id: id.into(),
+        host: "127.0.0.1".into(),
+        port,
+        ..Default::default()
+    }
+}
+
+/// A provider's Register stream.
+pub struct Session {
+    tx: Option<mpsc::Sender<v1::RegisterRequest>>,
+    rx: Streaming<v1::RegisterResponse>,
+    pub opened: v1::SessionOpened,
+}
+
+impl Session {
+    /// Opens a session with the given heartbeat interval (0: node default).
+    pub async fn open(client: &mut RegistryClient, heartbeat_interval_ms: u32) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(1024);
+        tx.send(v1::RegisterRequest {
+            kind: Some(In::Open(v1::OpenSession { client_name: "test".into(), heartbeat_interval_ms })),
+        })
+        .await?;
+        let mut rx = client.register(ReceiverStream::new(rx)).await?.into_inner();
+        let first = timeout(PROMPTLY, rx.message()).await??.ok_or_else(|| anyhow!("stream ended"))?;
+        match first.kind {
+            Some(Out::Opened(opened)) => Ok(Self { tx: Some(tx), rx, opened }),
+            other => bail!("expected opened, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&self, kind: In) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| anyhow!("session half-closed"))?;
+        tx.send(v1::RegisterRequest { kind: Some(kind) }).await.map_err(|_| anyhow!("session stream closed"))
+    }
+
+    /// The next response, or the error status that ended the stream.
+    pub async fn next(&mut self) -> Result<Out> {
+        let msg = timeout(PROMPTLY, self.rx.message()).await.context("no response in time")??;
+        msg.and_then(|m| m.kind).ok_or_else(|| anyhow!("session stream ended"))
+    }
+
+    /// Upserts and returns the node's answer (accepted or rejected).
+    pub async fn upsert(&mut self, instance: v1::Instance) -> Result<Out> {
+        self.send(In::Upsert(instance)).await?;
+        self.next().await
+    }
+
+    pub async fn heartbeat(&mut self, nonce: u64) -> Result<Out> {
+        self.send(In::Heartbeat(v1::Heartbeat { nonce })).await?;
+        self.next().await
+    }
+
+    pub async fn goodbye(&self) -> Result<()> {
+        self.send(In::Goodbye(v1::Goodbye {})).await
+    }
+
+    /// Ends the request stream cleanly (HTTP/2 half-close).
+    pub fn half_close(&mut self) {
+        self.tx = None;
+    }
+}
+
+/// A consumer's Subscribe stream with the view it has materialized from it.
+pub struct Watch {
+    stream: Streaming<v1::SubscribeResponse>,
+    /// Per service: revision and instances by id.
+    pub views: HashMap<String, (u64, BTreeMap<String, v1::Instance>)>,
+    /// Every snapshot and delta received, in order (progress omitted).
+    pub log: Vec<Push>,
+    /// Progress messages received.
+    pub progress: usize,
+    /// Snapshots and deltas received (counted even when not logged).
+    pub received: usize,
+    keep_log: bool,
+}
+
+impl Watch {
+    pub async fn start(
+        client: &mut RegistryClient,
+        namespace: &str,
+        services: &[&str],
+        consumer_id: &str,
+    ) -> Result<Self> {
+        let req = v1::SubscribeRequest {
+            namespace: namespace.into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            consumer: Some(v1::ConsumerInfo {
+                consumer_id: consumer_id.into(),
+                host: "127.0.0.1".into(),
+                metadata: Default::default(),
+            }),
+        };
+        let stream = client.subscribe(req).await?.into_inner();
+        Ok(Self { stream, views: HashMap::new(), log: Vec::new(), progress: 0, received: 0, keep_log: true })
+    }
+
+    /// Stops keeping the message log (for long runs that measure memory).
+    pub fn without_log(mut self) -> Self {
+        self.keep_log = false;
+        self
+    }
+
+    /// Receives one message (waiting at most `within`) and applies it. Checks
+    /// that every delta follows the revision it says it follows.
+    pub async fn step(&mut self, within: Duration) -> Result<Push> {
+        let msg = timeout(within, self.stream.message())
+            .await
+            .context("no push in time")??
+            .ok_or_else(|| anyhow!("subscribe stream ended"))?;
+        let kind = msg.kind.ok_or_else(|| anyhow!("push without kind"))?;
+        match &kind {
+            Push::Snapshot(s) => {
+                let map = s.instances.iter().map(|i| (i.instance_id.clone(), i.clone())).collect();
+                self.views.insert(s.service.clone(), (s.revision, map));
+            }
+            Push::Delta(d) => {
+                let view = self
+                    .views
+                    .get_mut(&d.service)
+                    .ok_or_else(|| anyhow!("delta for {} before its snapshot", d.service))?;
+                if view.0 != d.prev_revision {
+                    bail!("delta for {} follows revision {} but the view is at {}", d.service, d.prev_revision, view.0);
+                }
+                view.0 = d.revision;
+                for i in &d.upserted {
+                    view.1.insert(i.instance_id.clone(), i.clone());
+                }
+                for k in &d.removed {
+                    view.1.remove(&k.instance_id);
+                }
+            }
+            Push::Progress(_) => self.progress += 1,
+        }
+        if !matches!(kind, Push::Progress(_)) {
+            self.received += 1;
+            if self.keep_log {
+                self.log.push(kind.clone());
+            }
+        }
+        Ok(kind)
+    }
+
+    /// Applies pushes until `cond` holds on the views, or fails after `within`.
+    pub async fn until<F>(&mut self, what: &str, within: Duration, mut cond: F) -> Result<()>
+    where
+        F: FnMut(&HashMap<String, (u64, BTreeMap<String, v1::Instance>)>) -> bool,
+    {
+        let deadline = Instant::now() + within;
+        while !cond(&self.views) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("timed out after {within:?} waiting for: {what}; views: {:?}", self.ids());
+            }
+            self.step(left).await.with_context(|| format!("waiting for: {what}"))?;
+        }
+        Ok(())
+    }
+
+    /// Instance ids per service, sorted.
+    pub fn ids(&self) -> BTreeMap<String, Vec<String>> {
+        self.views.iter().map(|(s, (_, m))| (s.clone(), m.keys().cloned().collect())).collect()
+    }
+
+    pub fn has(&self, service: &str, id: &str) -> bool {
+        self.views.get(service).is_some_and(|(_, m)| m.contains_key(id))
+    }
+}
+
+/// A TCP forwarder in front of a node whose connections the test can cut at
+/// once, the way a crashed process or a network fault ends them.
+pub struct CuttableLink {
+    pub addr: SocketAddr,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl CuttableLink {
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let cut = tokio_util::sync::CancellationToken::new();
+        let token = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else { break };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, cut })
+    }
+
+    /// Closes every connection through the link and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+impl Drop for CuttableLink {
+    fn drop(&mut self) {
+        self.cut.cancel();
+    }
+}
+
+/// A plain HTTP/1.1 GET, enough for /metrics, /healthz and /readyz.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    timeout(PROMPTLY, s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Value of an unlabelled-by-us metric line `registry_<name>{node="..."} v`.
+pub fn metric(body: &str, name: &str) -> Option<u64> {
+    let prefix = format!("registry_{name}{{");
+    body.lines().find(|l| l.starts_with(&prefix))?.rsplit(' ').next()?.parse().ok()
+}

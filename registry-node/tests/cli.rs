@@ -1,0 +1,53 @@
+//! The binary's command line: a refused configuration exits with code 64 and a
+//! message naming the setting.
+
+use std::process::Command;
+
+fn node() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_registry-node"));
+    // Only what the test sets counts, not the environment it runs in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("REGISTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn invalid_flag_value_exits_64_naming_the_setting() {
+    let out = node().args(["--node-id", "has.dot"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node_id"), "{err}");
+}
+
+#[test]
+fn invalid_env_value_exits_64() {
+    let out = node().env("REGISTRY_CLUSTER", "").output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster"));
+}
+
+#[test]
+fn config_file_errors_exit_64() {
+    let dir = std::env::temp_dir().join(format!("registry-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[sessions]\nreconnect_grace = 5\n").expect("write");
+    let out = node().arg("--config").arg(&bad).output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reconnect_grace"));
+    let missing = node().args(["--config", "/nonexistent/registry.toml"]).output().expect("runs");
+    assert_eq!(missing.status.code(), Some(64));
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.toml");
+    let out = node().args(["--config", example, "--node-id", "n7", "--check-config"]).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node_id = \"n7\""), "{text}");
+    assert!(text.contains("[limits]"), "{text}");
+}

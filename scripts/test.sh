@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every check of the project: formatting, lints, and the whole test suite
+# (unit, property and end-to-end tests against real nodes and nats-server).
+# Installs nats-server from the distribution packages when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nats-server >/dev/null 2>&1; then
+    echo "nats-server not found: installing the Debian package"
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server >/dev/null
+fi
+echo "nats-server: $(nats-server --version)"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
