@@ -7,7 +7,7 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let files = ["proto/registry/v1/registry.proto"];
+    let files = ["proto/registry/v1/registry.proto", "proto/registry/sync/v1/sync.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&frames_dir)
         .extern_path(".registry.v1.SubscribeResponse", "crate::SubscribeFrame")
         .extern_path(".registry.v1", "crate::v1")
+        .extern_path(".registry.sync.v1", "crate::sync")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,8 +2,23 @@
 //!
 //! Each node publishes the changes of its own slice, numbered by a per-incarnation
 //! sequence, and applies its peers' changes in order, repairing gaps by pulling
-//! ranges or whole slices. The protocol core is sans-IO: it takes local changes,
-//! bus messages and clock ticks, and returns messages to publish and changes to
-//! apply. Transports (NATS, and an in-memory bus for simulation) live around it.
+//! ranges or whole slices. Beats carry each origin's seq and slice digest, which
+//! reveals lost tails and diverged copies; silent peers become suspect, then
+//! orphaned, then removed (unless the safety valve holds).
+//!
+//! Layout:
+//! - [`core`]: the sans-IO protocol state machine ([`SyncCore`]).
+//! - [`wire`]: bus messages to and from the store's types, with validation.
+//! - [`cuts`]: consistent cuts of the own slice, served in pages.
+//! - [`memory`]: an in-memory bus with faults, for simulation tests.
 //!
 //! Depends on the store and the wire format only; never on tonic or the node.
+
+pub mod core;
+pub mod cuts;
+pub mod memory;
+pub mod wire;
+
+pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore};
+pub use crate::cuts::Cuts;
+pub use crate::wire::{Batch, BeatInfo, Page, Reply, Request, WireError};

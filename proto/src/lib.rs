@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`v1`]: the public API (`registry.v1`): messages, clients and servers.
+//! - [`sync`]: the bus messages nodes replicate their slices with (not public).
 //! - [`frames`]: the `Registry` server with `Subscribe` returning [`SubscribeFrame`],
 //!   a `SubscribeResponse` encoded once and shared by every subscriber.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
@@ -12,11 +13,24 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 
-/// The public API, package `registry.v1`.
+/// Generated code, one module per protobuf package (prost refers across packages
+/// by relative paths, so the nesting must mirror the package names).
 #[allow(clippy::all, unreachable_pub, missing_docs)]
-pub mod v1 {
-    tonic::include_proto!("registry.v1");
+pub mod registry {
+    pub mod v1 {
+        tonic::include_proto!("registry.v1");
+    }
+    pub mod sync {
+        pub mod v1 {
+            tonic::include_proto!("registry.sync.v1");
+        }
+    }
 }
+
+/// Messages nodes exchange over the bus, package `registry.sync.v1`.
+pub use registry::sync::v1 as sync;
+/// The public API, package `registry.v1`.
+pub use registry::v1;
 
 /// The `Registry` server whose `Subscribe` stream yields pre-encoded frames.
 #[allow(clippy::all, unreachable_pub, missing_docs)]

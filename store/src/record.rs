@@ -44,7 +44,7 @@ pub enum Key {
 }
 
 impl Key {
-    pub(crate) fn hash_into(&self, h: &mut StableHasher) {
+    fn hash_into(&self, h: &mut StableHasher) {
         match self {
             Key::Instance(k) => {
                 h.write(&[1]);
@@ -82,8 +82,9 @@ impl Entry {
         self.record.is_some()
     }
 
-    /// Contribution of this entry to its slice's digest.
-    pub(crate) fn digest(&self, key: &Key) -> u64 {
+    /// Contribution of this entry to its slice's digest; a slice's digest is the
+    /// XOR of these over its entries.
+    pub fn digest(&self, key: &Key) -> u64 {
         let mut h = StableHasher::new();
         key.hash_into(&mut h);
         h.write_u64(self.version.hlc);

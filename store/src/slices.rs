@@ -114,6 +114,11 @@ impl Store {
         id
     }
 
+    /// The handle of `origin` if this store knows it (registers nothing).
+    pub fn find_origin(&self, origin: &Origin) -> Option<OriginId> {
+        self.ids.get(origin).copied()
+    }
+
     pub fn origin(&self, id: OriginId) -> Option<&Origin> {
         self.slices.get(&id).map(|s| &s.origin)
     }
@@ -201,6 +206,37 @@ impl Store {
                 }
             }
             Change::Purge { key } => self.set(origin, key, None, &mut out),
+        }
+        out
+    }
+
+    /// Replaces a peer slice with a transferred copy, as a diff: keys the copy
+    /// lacks are purged, the others put. Unchanged keys cause no view change, so
+    /// a resync never makes instances blink.
+    pub fn replace_slice(&mut self, origin: OriginId, entries: Vec<(Key, Entry)>) -> Outcome {
+        let mut out = Outcome::default();
+        if origin == self.local || !self.slices.contains_key(&origin) {
+            return out;
+        }
+        let incoming: std::collections::HashSet<&Key> = entries.iter().map(|(k, _)| k).collect();
+        let stale: Vec<Key> = self
+            .keys
+            .iter()
+            .filter(|(k, holders)| holders.iter().any(|(o, _)| *o == origin) && !incoming.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            out.extend(self.apply_remote(origin, Change::Purge { key }));
+        }
+        for (key, entry) in entries {
+            let same = self
+                .keys
+                .get(&key)
+                .and_then(|h| h.iter().find(|(o, _)| *o == origin))
+                .is_some_and(|(_, e)| *e == entry);
+            if !same {
+                out.extend(self.apply_remote(origin, Change::Put { key, entry }));
+            }
         }
         out
     }

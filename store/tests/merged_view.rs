@@ -254,3 +254,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn replacing_a_slice_changes_only_what_differs() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let mut outs = Vec::new();
+    for id in ["x", "y", "z"] {
+        outs.push(a.put_local(key(id), instance(id, 1), 10).1);
+    }
+    for o in &outs {
+        replicate(o, &oa, &mut b);
+    }
+    // A changes y and drops z; B gets A's whole slice instead of the changes.
+    a.put_local(key("y"), instance("y", 2), 20);
+    a.remove_local(&key("z"), 20);
+    let id = b.origin_id(&oa);
+    let out = b.replace_slice(id, a.slice_entries(a.local_id()));
+    let mut changed: Vec<String> = out
+        .view
+        .iter()
+        .map(|c| match c {
+            ViewChange::Upsert { key: Key::Instance(k), .. } => format!("+{}", k.id),
+            ViewChange::Remove { key: Key::Instance(k) } => format!("-{}", k.id),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    changed.sort();
+    assert_eq!(changed, ["+y", "-z"], "x is untouched");
+    let own = a.slice_stats(a.local_id()).expect("own");
+    let copy = b.slice_stats(id).expect("copy");
+    assert_eq!((own.digest, own.entries), (copy.digest, copy.entries));
+}

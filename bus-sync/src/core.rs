@@ -1,0 +1,793 @@
+//! The protocol core: a pure state machine. Inputs are local changes, decoded bus
+//! messages, replies to its requests, bus connection changes and clock ticks (as
+//! milliseconds of a monotonic clock); outputs are [`Action`]s for the runtime to
+//! carry out, in order. No I/O, no clock reads, no randomness.
+//!
+//! Per peer origin it keeps the last applied sequence number and applies changes
+//! strictly in order: `seq == applied + 1` applies, `seq <= applied` is a
+//! duplicate, anything further is a gap, repaired by pulling the missing range
+//! from the origin's ring of recent changes or, failing that, its whole slice.
+//! Beats carry the origin's last seq and slice digest: a seq ahead of what was
+//! applied means a lost tail (pull), an equal seq with another digest means a
+//! diverged copy (pull the slice, counted: it should never happen).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use prost::Message as _;
+use registry_store::{Change, Entry, Key, Origin};
+
+use crate::wire::{Batch, BeatInfo, Page, Reply, Request, change_to_wire};
+
+/// Timers and bounds of the protocol. All durations in milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncConfig {
+    pub beat_interval_ms: u64,
+    /// A peer silent this long is suspect.
+    pub suspect_after_ms: u64,
+    /// A peer silent this long is orphaned: its records stay visible, flagged.
+    pub dead_after_ms: u64,
+    /// How long orphaned records stay before they are removed.
+    pub orphan_grace_ms: u64,
+    /// How long a starting node listens for peers before it may turn ready.
+    pub discovery_ms: u64,
+    /// A starting node turns ready after this even if not caught up (logged loudly).
+    pub ready_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Wait before retrying a failed pull.
+    pub retry_ms: u64,
+    /// Recent own changes kept to answer range pulls.
+    pub ring_capacity: usize,
+    /// Largest encoded size of a change batch (NATS max_payload is 1 MiB by default).
+    pub max_batch_bytes: usize,
+    /// Most changes in one range reply.
+    pub max_range_changes: usize,
+    /// Changes buffered per peer while a gap is being repaired.
+    pub buffer_limit: usize,
+    /// Largest share of all instances that orphan removal may take at once.
+    pub safety_valve_share: f64,
+    /// Below this many instances in all, the safety valve never holds.
+    pub safety_valve_min: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            beat_interval_ms: 1_000,
+            suspect_after_ms: 3_000,
+            dead_after_ms: 6_000,
+            orphan_grace_ms: 10_000,
+            discovery_ms: 1_000,
+            ready_timeout_ms: 60_000,
+            request_timeout_ms: 5_000,
+            retry_ms: 1_000,
+            ring_capacity: 100_000,
+            max_batch_bytes: 256 * 1024,
+            max_range_changes: 4_096,
+            buffer_limit: 100_000,
+            safety_valve_share: 0.5,
+            safety_valve_min: 10,
+        }
+    }
+}
+
+/// What the runtime must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Publish own changes `first_seq..` on `changes.<me>`.
+    PublishChanges {
+        first_seq: u64,
+        changes: Vec<Change>,
+    },
+    /// Publish a beat built from the own slice's current stats.
+    PublishBeat,
+    PublishHello,
+    /// Send a sync request to `to`'s node; answer with [`SyncCore::on_reply`].
+    Request {
+        id: u64,
+        to: Origin,
+        request: Request,
+    },
+    /// Apply changes `first_seq..` of `origin`'s slice, in order.
+    Apply {
+        origin: Origin,
+        first_seq: u64,
+        changes: Vec<Change>,
+    },
+    /// Replace `origin`'s slice with a transferred copy of it as of `cut_seq`.
+    ReplaceSlice {
+        origin: Origin,
+        cut_seq: u64,
+        entries: Vec<(Key, Entry)>,
+    },
+    /// Remove `origin`'s slice.
+    DropOrigin {
+        origin: Origin,
+    },
+    /// Flag (or unflag) `origin`'s records as orphaned in what clients see.
+    SetOrphaned {
+        origin: Origin,
+        orphaned: bool,
+    },
+    /// The node may serve reads now.
+    Ready {
+        timed_out: bool,
+    },
+}
+
+/// Liveness of a peer as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    Live,
+    Suspect,
+    Orphaned,
+}
+
+/// Protocol counters; the runtime exports them as metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub batches_published: u64,
+    pub changes_published: u64,
+    pub batches_applied: u64,
+    pub changes_applied: u64,
+    pub duplicates_dropped: u64,
+    pub gaps: u64,
+    pub range_pulls: u64,
+    pub slice_pulls: u64,
+    pub digest_mismatches: u64,
+    pub stale_dropped: u64,
+    pub invalid: u64,
+    pub buffer_overflows: u64,
+    pub requests_failed: u64,
+    pub origins_dropped: u64,
+    pub safety_valve_holds: u64,
+}
+
+/// One peer as the Members API shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerView {
+    pub origin: Origin,
+    pub state: PeerState,
+    pub last_heard_age_ms: u64,
+    pub beat: Option<BeatInfo>,
+    pub applied: u64,
+    pub loaded: bool,
+    pub syncing: bool,
+    /// An older incarnation kept only until its orphan grace ends.
+    pub retired: bool,
+}
+
+#[derive(Debug)]
+enum Pull {
+    Idle,
+    Range { id: u64 },
+    Slice { id: u64, cut_id: u64, staged: Vec<(Key, Entry)> },
+}
+
+#[derive(Debug)]
+struct Peer {
+    origin: Origin,
+    applied: u64,
+    /// Holds a consistent copy up to `applied` (from seq 1 or a slice).
+    loaded: bool,
+    beat: Option<BeatInfo>,
+    last_heard: u64,
+    state: PeerState,
+    orphaned_since: u64,
+    pull: Pull,
+    next_pull_at: u64,
+    need_slice: bool,
+    /// Batches ahead of `applied`, by first seq.
+    buffer: BTreeMap<u64, Vec<Change>>,
+    buffered: usize,
+}
+
+impl Peer {
+    fn new(origin: Origin, now: u64) -> Self {
+        Self {
+            origin,
+            applied: 0,
+            loaded: false,
+            beat: None,
+            last_heard: now,
+            state: PeerState::Live,
+            orphaned_since: 0,
+            pull: Pull::Idle,
+            next_pull_at: 0,
+            need_slice: false,
+            buffer: BTreeMap::new(),
+            buffered: 0,
+        }
+    }
+}
+
+/// An older incarnation of a peer: its sessions died with it, but its records
+/// stay (flagged) for the orphan grace so their providers can re-register
+/// without a flap.
+#[derive(Debug)]
+struct Retired {
+    origin: Origin,
+    since: u64,
+    live: u64,
+}
+
+/// The protocol state of one node. See the module docs.
+#[derive(Debug)]
+pub struct SyncCore {
+    me: Origin,
+    cfg: SyncConfig,
+    started: u64,
+    /// Last own seq handed to the core.
+    seq: u64,
+    ring: VecDeque<(u64, Change)>,
+    outbox: Vec<(u64, Change)>,
+    peers: BTreeMap<Arc<str>, Peer>,
+    retired: Vec<Retired>,
+    requests: HashMap<u64, (Arc<str>, u64)>,
+    next_request: u64,
+    bus_up: bool,
+    ready: bool,
+    last_beat: Option<u64>,
+    last_hello_answer: Option<u64>,
+    valve_holding: bool,
+    counters: Counters,
+}
+
+impl SyncCore {
+    pub fn new(me: Origin, cfg: SyncConfig, now: u64) -> Self {
+        Self {
+            me,
+            cfg,
+            started: now,
+            seq: 0,
+            ring: VecDeque::new(),
+            outbox: Vec::new(),
+            peers: BTreeMap::new(),
+            retired: Vec::new(),
+            requests: HashMap::new(),
+            next_request: 1,
+            bus_up: true,
+            ready: false,
+            last_beat: None,
+            last_hello_answer: None,
+            valve_holding: false,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn me(&self) -> &Origin {
+        &self.me
+    }
+
+    pub fn config(&self) -> &SyncConfig {
+        &self.cfg
+    }
+
+    /// Last own sequence number handed to the core.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn bus_up(&self) -> bool {
+        self.bus_up
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the safety valve is holding back orphan removal.
+    pub fn valve_holding(&self) -> bool {
+        self.valve_holding
+    }
+
+    /// Every known peer origin, including retired incarnations.
+    pub fn peers(&self, now: u64) -> Vec<PeerView> {
+        let mut out: Vec<PeerView> = self
+            .peers
+            .values()
+            .map(|p| PeerView {
+                origin: p.origin.clone(),
+                state: p.state,
+                last_heard_age_ms: now.saturating_sub(p.last_heard),
+                beat: p.beat.clone(),
+                applied: p.applied,
+                loaded: p.loaded,
+                syncing: !matches!(p.pull, Pull::Idle),
+                retired: false,
+            })
+            .collect();
+        out.extend(self.retired.iter().map(|r| PeerView {
+            origin: r.origin.clone(),
+            state: PeerState::Orphaned,
+            last_heard_age_ms: now.saturating_sub(r.since),
+            beat: None,
+            applied: 0,
+            loaded: true,
+            syncing: false,
+            retired: true,
+        }));
+        out
+    }
+
+    /// Changes of the own slice, in seq order, as the store made them.
+    pub fn local_changes(&mut self, changes: Vec<(u64, Change)>) {
+        for (seq, change) in changes {
+            if seq != self.seq + 1 {
+                // The store numbers changes one by one; anything else is a bug
+                // upstream. Peers will repair from beats, so keep going.
+                self.counters.invalid += 1;
+            }
+            self.seq = seq;
+            self.ring.push_back((seq, change.clone()));
+            if self.ring.len() > self.cfg.ring_capacity {
+                self.ring.pop_front();
+            }
+            self.outbox.push((seq, change));
+        }
+    }
+
+    /// Own changes not yet published, cut into batches under the size bound.
+    pub fn take_publishes(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut first_seq = 0;
+        let mut batch: Vec<Change> = Vec::new();
+        let mut bytes = 0usize;
+        for (seq, change) in std::mem::take(&mut self.outbox) {
+            let len = change_to_wire(&change).encoded_len() + 8;
+            if !batch.is_empty() && (bytes + len > self.cfg.max_batch_bytes || seq != first_seq + batch.len() as u64) {
+                self.push_batch(&mut actions, first_seq, std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            if batch.is_empty() {
+                first_seq = seq;
+            }
+            bytes += len;
+            batch.push(change);
+        }
+        if !batch.is_empty() {
+            self.push_batch(&mut actions, first_seq, batch);
+        }
+        actions
+    }
+
+    fn push_batch(&mut self, actions: &mut Vec<Action>, first_seq: u64, changes: Vec<Change>) {
+        self.counters.batches_published += 1;
+        self.counters.changes_published += changes.len() as u64;
+        actions.push(Action::PublishChanges { first_seq, changes });
+    }
+
+    /// Answers a range pull from the ring of recent changes.
+    pub fn serve_range(&self, incarnation: u64, from: u64, to: u64) -> Reply {
+        if incarnation != self.me.incarnation {
+            return Reply::Refused { reason: "no longer that incarnation".into(), pull_slice: false };
+        }
+        let to = to.min(self.seq).min(from.saturating_add(self.cfg.max_range_changes as u64 - 1));
+        if from > to {
+            return Reply::Empty;
+        }
+        let Some(&(front, _)) = self.ring.front() else {
+            return Reply::Refused { reason: "range no longer kept".into(), pull_slice: true };
+        };
+        if from < front {
+            return Reply::Refused { reason: "range no longer kept".into(), pull_slice: true };
+        }
+        let start = (from - front) as usize;
+        let changes: Vec<Change> =
+            self.ring.iter().skip(start).take((to - from + 1) as usize).map(|(_, c)| c.clone()).collect();
+        Reply::Range(Batch { origin: self.me.clone(), first_seq: from, changes })
+    }
+
+    /// The peer entry for `origin`, handling new and older incarnations.
+    fn peer_for(&mut self, origin: &Origin, now: u64, actions: &mut Vec<Action>) -> Option<Arc<str>> {
+        if origin.node == self.me.node {
+            // Our own echo, or another process claiming our node id.
+            if origin.incarnation != self.me.incarnation {
+                self.counters.stale_dropped += 1;
+            }
+            return None;
+        }
+        match self.peers.get(&origin.node) {
+            None => {
+                if self.retired.iter().any(|r| r.origin == *origin) {
+                    self.counters.stale_dropped += 1;
+                    return None;
+                }
+                self.peers.insert(origin.node.clone(), Peer::new(origin.clone(), now));
+            }
+            Some(p) if origin.incarnation > p.origin.incarnation => {
+                let old = self.peers.remove(&origin.node).expect("present");
+                for (id, (node, _)) in self.requests.clone() {
+                    if node == origin.node {
+                        self.requests.remove(&id);
+                    }
+                }
+                if old.loaded || old.applied > 0 {
+                    actions.push(Action::SetOrphaned { origin: old.origin.clone(), orphaned: true });
+                    let live = old.beat.as_ref().map_or(0, |b| b.live);
+                    self.retired.push(Retired { origin: old.origin, since: now, live });
+                } else {
+                    actions.push(Action::DropOrigin { origin: old.origin });
+                }
+                self.peers.insert(origin.node.clone(), Peer::new(origin.clone(), now));
+            }
+            Some(p) if origin.incarnation < p.origin.incarnation => {
+                self.counters.stale_dropped += 1;
+                return None;
+            }
+            Some(_) => {}
+        }
+        Some(origin.node.clone())
+    }
+
+    /// Records that a peer spoke: it is live again.
+    fn heard(&mut self, node: &Arc<str>, now: u64, actions: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(node) else { return };
+        p.last_heard = now;
+        if p.state == PeerState::Orphaned {
+            actions.push(Action::SetOrphaned { origin: p.origin.clone(), orphaned: false });
+        }
+        p.state = PeerState::Live;
+    }
+
+    /// A change batch published by a peer.
+    pub fn on_batch(&mut self, batch: Batch, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(node) = self.peer_for(&batch.origin, now, &mut actions) else { return actions };
+        self.heard(&node, now, &mut actions);
+        self.accept_batch(&node, batch.first_seq, batch.changes, &mut actions);
+        self.maybe_pull(&node, now, &mut actions);
+        actions
+    }
+
+    fn accept_batch(&mut self, node: &Arc<str>, first_seq: u64, changes: Vec<Change>, actions: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(node) else { return };
+        let last = first_seq + changes.len() as u64 - 1;
+        if last <= p.applied {
+            self.counters.duplicates_dropped += 1;
+            return;
+        }
+        let slicing = matches!(p.pull, Pull::Slice { .. });
+        if slicing || first_seq > p.applied + 1 {
+            if !slicing && !p.buffer.keys().any(|s| *s <= first_seq) {
+                self.counters.gaps += 1;
+            }
+            if p.buffered + changes.len() > self.cfg.buffer_limit {
+                self.counters.buffer_overflows += 1;
+                return;
+            }
+            p.buffered += changes.len();
+            p.buffer.insert(first_seq, changes);
+            return;
+        }
+        apply_suffix(p, first_seq, changes, actions, &mut self.counters);
+        drain_buffer(p, actions, &mut self.counters);
+    }
+
+    /// A beat of a peer; `copy` is this node's (digest, entries) of that origin's
+    /// slice right now ((0, 0) if it holds nothing of it).
+    pub fn on_beat(&mut self, origin: Origin, beat: BeatInfo, copy: (u64, u64), now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(node) = self.peer_for(&origin, now, &mut actions) else { return actions };
+        self.heard(&node, now, &mut actions);
+        let Some(p) = self.peers.get_mut(&node) else { return actions };
+        // Buffered batches beyond what the origin says it issued are bogus.
+        let before = p.buffer.len();
+        p.buffer.retain(|first, _| *first <= beat.seq);
+        if p.buffer.len() != before {
+            self.counters.invalid += 1;
+            p.buffered = p.buffer.values().map(Vec::len).sum();
+        }
+        if beat.seq < p.applied {
+            // Same incarnation cannot go backwards: our copy is suspect.
+            self.counters.invalid += 1;
+            p.need_slice = true;
+        } else if matches!(p.pull, Pull::Idle) {
+            if beat.seq == 0 && p.applied == 0 {
+                p.loaded = true;
+            } else if beat.seq > p.applied {
+                if p.buffer.is_empty() {
+                    self.counters.gaps += 1;
+                }
+                p.next_pull_at = p.next_pull_at.min(now);
+            } else if p.loaded && copy != (beat.digest, beat.entries) {
+                self.counters.digest_mismatches += 1;
+                p.need_slice = true;
+                p.next_pull_at = now;
+            }
+        }
+        p.beat = Some(beat);
+        self.maybe_pull(&node, now, &mut actions);
+        actions
+    }
+
+    /// Another node started: answer with a beat at once (at most every 100 ms).
+    pub fn on_hello(&mut self, origin: Origin, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(node) = self.peer_for(&origin, now, &mut actions) {
+            self.heard(&node, now, &mut actions);
+        }
+        if self.last_hello_answer.is_none_or(|t| now >= t + 100) {
+            self.last_hello_answer = Some(now);
+            self.last_beat = Some(now);
+            actions.push(Action::PublishBeat);
+        }
+        actions
+    }
+
+    /// The answer to request `id`, or `None` if it failed (timeout, no responder,
+    /// undecodable reply).
+    pub fn on_reply(&mut self, id: u64, reply: Option<Reply>, now: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some((node, _)) = self.requests.remove(&id) else { return actions };
+        let Some(p) = self.peers.get_mut(&node) else { return actions };
+        let current = match &p.pull {
+            Pull::Range { id: pid } | Pull::Slice { id: pid, .. } => *pid == id,
+            Pull::Idle => false,
+        };
+        if !current {
+            return actions;
+        }
+        let pull = std::mem::replace(&mut p.pull, Pull::Idle);
+        match reply {
+            None => {
+                self.counters.requests_failed += 1;
+                p.next_pull_at = now + self.cfg.retry_ms;
+            }
+            Some(Reply::Refused { pull_slice, .. }) => {
+                if pull_slice {
+                    p.need_slice = true;
+                    p.next_pull_at = now;
+                } else {
+                    p.next_pull_at = now + self.cfg.retry_ms;
+                }
+            }
+            Some(Reply::Empty) => {
+                // Nothing newer at the origin: the gap was a lost tail that never
+                // existed there. Drop buffered batches we cannot use.
+                p.next_pull_at = now + self.cfg.retry_ms;
+            }
+            Some(Reply::Range(batch)) => {
+                if batch.origin != p.origin {
+                    self.counters.invalid += 1;
+                } else {
+                    self.accept_batch(&node, batch.first_seq, batch.changes, &mut actions);
+                }
+            }
+            Some(Reply::Page(page)) => {
+                let Pull::Slice { cut_id, staged, .. } = pull else {
+                    self.counters.invalid += 1;
+                    return actions;
+                };
+                self.on_page(&node, cut_id, staged, page, now, &mut actions);
+            }
+        }
+        self.maybe_pull(&node, now, &mut actions);
+        actions
+    }
+
+    fn on_page(
+        &mut self,
+        node: &Arc<str>,
+        cut_id: u64,
+        mut staged: Vec<(Key, Entry)>,
+        page: Page,
+        now: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.peers.get_mut(node) else { return };
+        let consistent = page.offset == staged.len() as u64 && (cut_id == 0 || cut_id == page.cut_id);
+        if !consistent {
+            self.counters.invalid += 1;
+            p.need_slice = true;
+            p.next_pull_at = now + self.cfg.retry_ms;
+            return;
+        }
+        let more = !page.entries.is_empty() && page.offset + (page.entries.len() as u64) < page.total;
+        staged.extend(page.entries);
+        if more {
+            let id = self.next_request;
+            self.next_request += 1;
+            let request = Request::Page { cut_id: page.cut_id, offset: staged.len() as u64 };
+            p.pull = Pull::Slice { id, cut_id: page.cut_id, staged };
+            self.requests.insert(id, (node.clone(), now));
+            actions.push(Action::Request { id, to: p.origin.clone(), request });
+            return;
+        }
+        let digest = staged.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
+        if digest != page.digest || staged.len() as u64 != page.total {
+            self.counters.digest_mismatches += 1;
+            p.need_slice = true;
+            p.next_pull_at = now + self.cfg.retry_ms;
+            return;
+        }
+        actions.push(Action::ReplaceSlice { origin: p.origin.clone(), cut_seq: page.cut_seq, entries: staged });
+        p.applied = page.cut_seq;
+        p.loaded = true;
+        p.need_slice = false;
+        drain_buffer(p, actions, &mut self.counters);
+    }
+
+    /// Starts a pull for `node` if it needs one and none is running.
+    fn maybe_pull(&mut self, node: &Arc<str>, now: u64, actions: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(node) else { return };
+        if !matches!(p.pull, Pull::Idle) {
+            return;
+        }
+        // Batches buffered while a pull ran may fit now, even if the pull failed.
+        drain_buffer(p, actions, &mut self.counters);
+        if now < p.next_pull_at || !self.bus_up {
+            return;
+        }
+        let beat_seq = p.beat.as_ref().map_or(0, |b| b.seq);
+        let buffered_first = p.buffer.keys().next().copied();
+        let target = match buffered_first {
+            Some(first) => first - 1,
+            None => beat_seq,
+        };
+        let request = if p.need_slice || (!p.loaded && p.applied == 0 && target > 0 && buffered_first.is_none()) {
+            self.counters.slice_pulls += 1;
+            Request::Page { cut_id: 0, offset: 0 }
+        } else if target > p.applied {
+            self.counters.range_pulls += 1;
+            Request::Range { from_seq: p.applied + 1, to_seq: target }
+        } else {
+            return;
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        p.pull = match request {
+            Request::Page { .. } => Pull::Slice { id, cut_id: 0, staged: Vec::new() },
+            Request::Range { .. } => Pull::Range { id },
+        };
+        self.requests.insert(id, (node.clone(), now));
+        actions.push(Action::Request { id, to: p.origin.clone(), request });
+    }
+
+    /// The bus connection went down or came back.
+    pub fn on_bus(&mut self, up: bool, now: u64) -> Vec<Action> {
+        let was = self.bus_up;
+        self.bus_up = up;
+        let mut actions = Vec::new();
+        if up && !was {
+            // We were the ones cut off: give every peer a fresh start instead of
+            // orphaning them for our own outage, and ask everyone to beat.
+            for p in self.peers.values_mut() {
+                p.last_heard = now;
+            }
+            actions.push(Action::PublishHello);
+            actions.push(Action::PublishBeat);
+            self.last_beat = Some(now);
+        }
+        actions
+    }
+
+    /// Periodic work: beats, liveness, orphan removal, retries, readiness.
+    /// `own_live` is the number of live records in the own slice.
+    pub fn on_tick(&mut self, now: u64, own_live: u64) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.last_beat.is_none() {
+            actions.push(Action::PublishHello);
+        }
+        if self.last_beat.is_none_or(|t| now >= t + self.cfg.beat_interval_ms) {
+            self.last_beat = Some(now);
+            actions.push(Action::PublishBeat);
+        }
+        let expired: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, (_, sent))| now >= sent + self.cfg.request_timeout_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            actions.extend(self.on_reply(id, None, now));
+        }
+        if self.bus_up {
+            self.update_liveness(now, own_live, &mut actions);
+        }
+        let nodes: Vec<Arc<str>> = self.peers.keys().cloned().collect();
+        for node in nodes {
+            self.maybe_pull(&node, now, &mut actions);
+        }
+        if !self.ready {
+            let elapsed = now.saturating_sub(self.started);
+            let caught_up = self.peers.values().filter(|p| p.state == PeerState::Live).all(|p| {
+                p.loaded && matches!(p.pull, Pull::Idle) && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
+            });
+            if elapsed >= self.cfg.ready_timeout_ms {
+                self.ready = true;
+                actions.push(Action::Ready { timed_out: true });
+            } else if elapsed >= self.cfg.discovery_ms && caught_up {
+                self.ready = true;
+                actions.push(Action::Ready { timed_out: false });
+            }
+        }
+        actions
+    }
+
+    fn update_liveness(&mut self, now: u64, own_live: u64, actions: &mut Vec<Action>) {
+        for p in self.peers.values_mut() {
+            let silent = now.saturating_sub(p.last_heard);
+            if p.state != PeerState::Orphaned && silent >= self.cfg.dead_after_ms {
+                p.state = PeerState::Orphaned;
+                p.orphaned_since = now;
+                actions.push(Action::SetOrphaned { origin: p.origin.clone(), orphaned: true });
+            } else if p.state == PeerState::Live && silent >= self.cfg.suspect_after_ms {
+                p.state = PeerState::Suspect;
+            }
+        }
+        // Retired incarnations are certainly gone: no safety valve for them.
+        let grace = self.cfg.orphan_grace_ms;
+        let (gone, kept): (Vec<Retired>, Vec<Retired>) =
+            std::mem::take(&mut self.retired).into_iter().partition(|r| now >= r.since + grace);
+        self.retired = kept;
+        for r in gone {
+            self.counters.origins_dropped += 1;
+            actions.push(Action::DropOrigin { origin: r.origin });
+        }
+        let due: Vec<Arc<str>> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == PeerState::Orphaned && now >= p.orphaned_since + grace)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if due.is_empty() {
+            self.valve_holding = false;
+            return;
+        }
+        let live = |p: &Peer| p.beat.as_ref().map_or(0, |b| b.live);
+        let total: u64 =
+            own_live + self.peers.values().map(live).sum::<u64>() + self.retired.iter().map(|r| r.live).sum::<u64>();
+        let removing: u64 = due.iter().filter_map(|n| self.peers.get(n)).map(live).sum();
+        if total >= self.cfg.safety_valve_min && removing as f64 > total as f64 * self.cfg.safety_valve_share {
+            if !self.valve_holding {
+                self.counters.safety_valve_holds += 1;
+            }
+            self.valve_holding = true;
+            return;
+        }
+        self.valve_holding = false;
+        for node in due {
+            if let Some(p) = self.peers.remove(&node) {
+                self.requests.retain(|_, (n, _)| *n != node);
+                self.counters.origins_dropped += 1;
+                actions.push(Action::DropOrigin { origin: p.origin });
+            }
+        }
+    }
+}
+
+fn apply_suffix(p: &mut Peer, first_seq: u64, changes: Vec<Change>, actions: &mut Vec<Action>, c: &mut Counters) {
+    let skip = (p.applied + 1).saturating_sub(first_seq) as usize;
+    let changes: Vec<Change> = changes.into_iter().skip(skip).collect();
+    if changes.is_empty() {
+        return;
+    }
+    let first_seq = p.applied + 1;
+    p.applied += changes.len() as u64;
+    p.loaded = true;
+    c.batches_applied += 1;
+    c.changes_applied += changes.len() as u64;
+    actions.push(Action::Apply { origin: p.origin.clone(), first_seq, changes });
+}
+
+/// Applies buffered batches that have become contiguous; drops covered ones.
+fn drain_buffer(p: &mut Peer, actions: &mut Vec<Action>, c: &mut Counters) {
+    while let Some((&first, changes)) = p.buffer.iter().next() {
+        let last = first + changes.len() as u64 - 1;
+        if first > p.applied + 1 {
+            break;
+        }
+        let changes = p.buffer.remove(&first).expect("present");
+        p.buffered -= changes.len();
+        if last <= p.applied {
+            c.duplicates_dropped += 1;
+            continue;
+        }
+        apply_suffix(p, first, changes, actions, c);
+    }
+}

@@ -1,0 +1,87 @@
+//! Consistent cuts of the own slice, served page by page.
+//!
+//! A slice pull starts a cut: a copy of the own slice as of one sequence number.
+//! The requester pulls it in bounded pages (so no message nears the bus's payload
+//! limit and a slow requester only slows itself), then applies the changes after
+//! the cut's seq from the stream or the ring. Cuts are shared by reference, kept
+//! while pulled, and dropped after a while idle; the number of live cuts is
+//! bounded, so many joining nodes cannot multiply the memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use registry_store::{Entry, Key};
+
+use crate::wire::{Page, Reply};
+
+#[derive(Debug)]
+struct Cut {
+    seq: u64,
+    entries: Arc<Vec<(Key, Entry)>>,
+    digest: u64,
+    last_used: u64,
+}
+
+/// Live cuts of the own slice.
+#[derive(Debug)]
+pub struct Cuts {
+    cuts: HashMap<u64, Cut>,
+    next_id: u64,
+    page_entries: usize,
+    max_cuts: usize,
+    idle_ms: u64,
+}
+
+impl Cuts {
+    pub fn new(page_entries: usize, max_cuts: usize, idle_ms: u64) -> Self {
+        Self { cuts: HashMap::new(), next_id: 1, page_entries: page_entries.max(1), max_cuts, idle_ms }
+    }
+
+    /// Answers a page request. `cut_id` 0 starts a new cut from `snapshot`, which
+    /// returns the own slice and the seq it is at, taken atomically.
+    pub fn serve(
+        &mut self,
+        cut_id: u64,
+        offset: u64,
+        now: u64,
+        snapshot: impl FnOnce() -> (u64, Vec<(Key, Entry)>),
+    ) -> Reply {
+        self.cuts.retain(|_, c| now < c.last_used + self.idle_ms);
+        let id = if cut_id == 0 {
+            if self.cuts.len() >= self.max_cuts {
+                return Reply::Refused { reason: "too many slice transfers at once; retry".into(), pull_slice: false };
+            }
+            let (seq, mut entries) = snapshot();
+            // A stable order, so pages of one cut never overlap or skip.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let digest = entries.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
+            let id = self.next_id;
+            self.next_id += 1;
+            self.cuts.insert(id, Cut { seq, entries: Arc::new(entries), digest, last_used: now });
+            id
+        } else {
+            cut_id
+        };
+        let Some(cut) = self.cuts.get_mut(&id) else {
+            return Reply::Refused { reason: "unknown or expired cut; start over".into(), pull_slice: true };
+        };
+        cut.last_used = now;
+        let total = cut.entries.len() as u64;
+        if offset > total {
+            return Reply::Refused { reason: "offset past the end of the cut".into(), pull_slice: true };
+        }
+        let start = offset as usize;
+        let end = (start + self.page_entries).min(cut.entries.len());
+        let entries = cut.entries[start..end].to_vec();
+        let page = Page { cut_id: id, cut_seq: cut.seq, offset, total, digest: cut.digest, entries };
+        if end == cut.entries.len() {
+            // Fully served: a requester that lost the last page starts over.
+            self.cuts.remove(&id);
+        }
+        Reply::Page(page)
+    }
+
+    pub fn live(&self) -> usize {
+        self.cuts.len()
+    }
+}

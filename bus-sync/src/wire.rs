@@ -1,0 +1,350 @@
+//! Conversions between the store's types and the bus messages, with validation:
+//! anything that comes from the bus is checked here and refused with a typed
+//! error before the protocol core sees it.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use registry_proto::sync as pb;
+use registry_store::{Change, ConsumerKey, Entry, InstanceKey, Key, Origin, Record, Version};
+
+/// Longest string accepted in a key from the bus.
+const MAX_KEY_PART: usize = 4_096;
+
+/// Why a bus message was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("not a valid protobuf message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("invalid `{field}`: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> WireError {
+    WireError::Invalid { field, reason: reason.into() }
+}
+
+/// `[A-Za-z0-9_-]`, 1..=64: a node id that is also a NATS subject token.
+pub fn is_node_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn origin_to_wire(o: &Origin) -> pb::Origin {
+    pb::Origin { node_id: o.node.to_string(), incarnation: o.incarnation }
+}
+
+pub fn origin_from_wire(o: Option<pb::Origin>) -> Result<Origin, WireError> {
+    let o = o.ok_or(WireError::Missing("origin"))?;
+    if !is_node_token(&o.node_id) {
+        return Err(invalid("origin.node_id", format!("{:?} is not a node id", o.node_id)));
+    }
+    if o.incarnation == 0 {
+        return Err(invalid("origin.incarnation", "must not be 0"));
+    }
+    Ok(Origin::new(o.node_id, o.incarnation))
+}
+
+fn part(field: &'static str, s: &str) -> Result<Arc<str>, WireError> {
+    if s.is_empty() || s.len() > MAX_KEY_PART {
+        return Err(invalid(field, format!("length {} is outside 1..={MAX_KEY_PART}", s.len())));
+    }
+    Ok(s.into())
+}
+
+pub fn key_to_wire(k: &Key) -> pb::Key {
+    let kind = match k {
+        Key::Instance(k) => pb::key::Kind::Instance(k.to_proto()),
+        Key::Consumer(k) => pb::key::Kind::Consumer(pb::ConsumerKey {
+            namespace: k.namespace.to_string(),
+            stream: k.stream.to_string(),
+        }),
+    };
+    pb::Key { kind: Some(kind) }
+}
+
+pub fn key_from_wire(k: Option<pb::Key>) -> Result<Key, WireError> {
+    match k.and_then(|k| k.kind).ok_or(WireError::Missing("key"))? {
+        pb::key::Kind::Instance(k) => Ok(Key::Instance(InstanceKey {
+            namespace: part("key.namespace", &k.namespace)?,
+            service: part("key.service", &k.service)?,
+            id: part("key.instance_id", &k.instance_id)?,
+        })),
+        pb::key::Kind::Consumer(k) => Ok(Key::Consumer(ConsumerKey {
+            namespace: part("key.namespace", &k.namespace)?,
+            stream: part("key.stream", &k.stream)?,
+        })),
+    }
+}
+
+pub fn entry_to_wire(e: &Entry) -> pb::Entry {
+    pb::Entry {
+        version: Some(pb::Version { hlc: e.version.hlc, node: e.version.node }),
+        record: e.record.as_ref().map(|r| match r {
+            Record::Instance(i) => pb::entry::Record::Instance((**i).clone()),
+            Record::Consumer(c) => pb::entry::Record::Consumer((**c).clone()),
+        }),
+    }
+}
+
+/// Decodes an entry and checks that its record belongs to `key`.
+pub fn entry_from_wire(key: &Key, e: Option<pb::Entry>) -> Result<Entry, WireError> {
+    let e = e.ok_or(WireError::Missing("entry"))?;
+    let v = e.version.ok_or(WireError::Missing("entry.version"))?;
+    let version = Version { hlc: v.hlc, node: v.node };
+    let record = match (key, e.record) {
+        (_, None) => None,
+        (Key::Instance(k), Some(pb::entry::Record::Instance(i))) => {
+            if *k.namespace != i.namespace || *k.service != i.service || *k.id != i.instance_id {
+                return Err(invalid("entry.instance", "does not match its key"));
+            }
+            Some(Record::Instance(Arc::new(i)))
+        }
+        (Key::Consumer(_), Some(pb::entry::Record::Consumer(c))) => Some(Record::Consumer(Arc::new(c))),
+        _ => return Err(invalid("entry.record", "record kind does not match the key kind")),
+    };
+    Ok(Entry { version, record })
+}
+
+pub fn change_to_wire(c: &Change) -> pb::Change {
+    match c {
+        Change::Put { key, entry } => pb::Change { key: Some(key_to_wire(key)), put: Some(entry_to_wire(entry)) },
+        Change::Purge { key } => pb::Change { key: Some(key_to_wire(key)), put: None },
+    }
+}
+
+pub fn change_from_wire(c: pb::Change) -> Result<Change, WireError> {
+    let key = key_from_wire(c.key)?;
+    Ok(match c.put {
+        Some(e) => {
+            let entry = entry_from_wire(&key, Some(e))?;
+            Change::Put { key, entry }
+        }
+        None => Change::Purge { key },
+    })
+}
+
+/// A decoded, validated change batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub origin: Origin,
+    pub first_seq: u64,
+    pub changes: Vec<Change>,
+}
+
+impl Batch {
+    /// Sequence number of the last change.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.changes.len() as u64 - 1
+    }
+}
+
+pub fn batch_to_wire(origin: &Origin, first_seq: u64, changes: &[Change]) -> pb::ChangeBatch {
+    pb::ChangeBatch {
+        origin: Some(origin_to_wire(origin)),
+        first_seq,
+        changes: changes.iter().map(change_to_wire).collect(),
+    }
+}
+
+pub fn batch_from_wire(b: pb::ChangeBatch) -> Result<Batch, WireError> {
+    let origin = origin_from_wire(b.origin)?;
+    if b.changes.is_empty() {
+        return Err(invalid("changes", "batch is empty"));
+    }
+    if b.first_seq == 0 || b.first_seq.checked_add(b.changes.len() as u64).is_none() {
+        return Err(invalid("first_seq", format!("{} with {} changes is out of range", b.first_seq, b.changes.len())));
+    }
+    let changes = b.changes.into_iter().map(change_from_wire).collect::<Result<_, _>>()?;
+    Ok(Batch { origin, first_seq: b.first_seq, changes })
+}
+
+pub fn decode_batch(bytes: &[u8]) -> Result<Batch, WireError> {
+    batch_from_wire(pb::ChangeBatch::decode(bytes)?)
+}
+
+/// What a beat says about its origin.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BeatInfo {
+    pub seq: u64,
+    pub digest: u64,
+    pub entries: u64,
+    pub live: u64,
+    pub ready: bool,
+    pub advertise_addr: String,
+    pub start_unix_ms: u64,
+    pub leaving: bool,
+}
+
+pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
+    pb::Beat {
+        origin: Some(origin_to_wire(origin)),
+        seq: b.seq,
+        digest: b.digest,
+        entries: b.entries,
+        live: b.live,
+        ready: b.ready,
+        advertise_addr: b.advertise_addr.clone(),
+        start_unix_ms: b.start_unix_ms,
+        leaving: b.leaving,
+    }
+}
+
+pub fn decode_beat(bytes: &[u8]) -> Result<(Origin, BeatInfo), WireError> {
+    let b = pb::Beat::decode(bytes)?;
+    let origin = origin_from_wire(b.origin)?;
+    if b.live > b.entries {
+        return Err(invalid("live", "more live records than entries"));
+    }
+    if b.advertise_addr.len() > 256 {
+        return Err(invalid("advertise_addr", "longer than 256 bytes"));
+    }
+    Ok((
+        origin,
+        BeatInfo {
+            seq: b.seq,
+            digest: b.digest,
+            entries: b.entries,
+            live: b.live,
+            ready: b.ready,
+            advertise_addr: b.advertise_addr,
+            start_unix_ms: b.start_unix_ms,
+            leaving: b.leaving,
+        },
+    ))
+}
+
+pub fn hello_to_wire(origin: &Origin) -> pb::Hello {
+    pb::Hello { origin: Some(origin_to_wire(origin)) }
+}
+
+pub fn decode_hello(bytes: &[u8]) -> Result<Origin, WireError> {
+    origin_from_wire(pb::Hello::decode(bytes)?.origin)
+}
+
+/// A decoded sync request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Range { from_seq: u64, to_seq: u64 },
+    Page { cut_id: u64, offset: u64 },
+}
+
+pub fn request_to_wire(requester: &Origin, incarnation: u64, r: &Request) -> pb::SyncRequest {
+    let kind = match r {
+        Request::Range { from_seq, to_seq } => {
+            pb::sync_request::Kind::Range(pb::SeqRange { from_seq: *from_seq, to_seq: *to_seq })
+        }
+        Request::Page { cut_id, offset } => {
+            pb::sync_request::Kind::Page(pb::PageRequest { cut_id: *cut_id, offset: *offset })
+        }
+    };
+    pb::SyncRequest { requester: Some(origin_to_wire(requester)), incarnation, kind: Some(kind) }
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<(Origin, u64, Request), WireError> {
+    let r = pb::SyncRequest::decode(bytes)?;
+    let requester = origin_from_wire(r.requester)?;
+    let req = match r.kind.ok_or(WireError::Missing("kind"))? {
+        pb::sync_request::Kind::Range(g) => {
+            if g.from_seq == 0 || g.from_seq > g.to_seq {
+                return Err(invalid("range", format!("{}..={} is not a valid range", g.from_seq, g.to_seq)));
+            }
+            Request::Range { from_seq: g.from_seq, to_seq: g.to_seq }
+        }
+        pb::sync_request::Kind::Page(p) => Request::Page { cut_id: p.cut_id, offset: p.offset },
+    };
+    Ok((requester, r.incarnation, req))
+}
+
+/// A decoded page of a slice transfer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub cut_id: u64,
+    pub cut_seq: u64,
+    pub offset: u64,
+    pub total: u64,
+    pub digest: u64,
+    pub entries: Vec<(Key, Entry)>,
+}
+
+/// A decoded sync reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Range(Batch),
+    /// An empty range: nothing to send (the requester is already current).
+    Empty,
+    Page(Page),
+    Refused {
+        reason: String,
+        pull_slice: bool,
+    },
+}
+
+pub fn page_to_wire(p: &Page) -> pb::SyncReply {
+    pb::SyncReply {
+        kind: Some(pb::sync_reply::Kind::Page(pb::Page {
+            cut_id: p.cut_id,
+            cut_seq: p.cut_seq,
+            offset: p.offset,
+            total: p.total,
+            digest: p.digest,
+            entries: p
+                .entries
+                .iter()
+                .map(|(k, e)| pb::KeyEntry { key: Some(key_to_wire(k)), entry: Some(entry_to_wire(e)) })
+                .collect(),
+        })),
+    }
+}
+
+pub fn reply_to_wire(r: &Reply) -> pb::SyncReply {
+    match r {
+        Reply::Range(b) => {
+            pb::SyncReply { kind: Some(pb::sync_reply::Kind::Range(batch_to_wire(&b.origin, b.first_seq, &b.changes))) }
+        }
+        Reply::Empty => pb::SyncReply { kind: Some(pb::sync_reply::Kind::Range(pb::ChangeBatch::default())) },
+        Reply::Page(p) => page_to_wire(p),
+        Reply::Refused { reason, pull_slice } => refused_to_wire(reason.clone(), *pull_slice),
+    }
+}
+
+pub fn refused_to_wire(reason: impl Into<String>, pull_slice: bool) -> pb::SyncReply {
+    pb::SyncReply { kind: Some(pb::sync_reply::Kind::Refused(pb::Refused { reason: reason.into(), pull_slice })) }
+}
+
+pub fn decode_reply(bytes: &[u8]) -> Result<Reply, WireError> {
+    let r = pb::SyncReply::decode(bytes)?;
+    Ok(match r.kind.ok_or(WireError::Missing("kind"))? {
+        pb::sync_reply::Kind::Range(b) if b.changes.is_empty() => Reply::Empty,
+        pb::sync_reply::Kind::Range(b) => Reply::Range(batch_from_wire(b)?),
+        pb::sync_reply::Kind::Page(p) => {
+            let entries = p
+                .entries
+                .into_iter()
+                .map(|ke| {
+                    let key = key_from_wire(ke.key)?;
+                    let entry = entry_from_wire(&key, ke.entry)?;
+                    Ok((key, entry))
+                })
+                .collect::<Result<Vec<_>, WireError>>()?;
+            if p.offset.checked_add(entries.len() as u64).is_none_or(|end| end > p.total) {
+                return Err(invalid("page", "entries run past the total"));
+            }
+            Reply::Page(Page {
+                cut_id: p.cut_id,
+                cut_seq: p.cut_seq,
+                offset: p.offset,
+                total: p.total,
+                digest: p.digest,
+                entries,
+            })
+        }
+        pb::sync_reply::Kind::Refused(r) => Reply::Refused { reason: r.reason, pull_slice: r.pull_slice },
+    })
+}
+
+/// Encodes any bus message.
+pub fn encode(msg: &impl prost::Message) -> Vec<u8> {
+    msg.encode_to_vec()
+}
