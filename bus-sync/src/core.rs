@@ -230,6 +230,8 @@ pub struct SyncCore {
     last_beat: Option<u64>,
     last_hello_answer: Option<u64>,
     valve_holding: bool,
+    /// When the bus first came up: discovery runs from there.
+    discovery_from: Option<u64>,
     counters: Counters,
 }
 
@@ -251,6 +253,7 @@ impl SyncCore {
             last_beat: None,
             last_hello_answer: None,
             valve_holding: false,
+            discovery_from: Some(now),
             counters: Counters::default(),
         }
     }
@@ -558,13 +561,10 @@ impl SyncCore {
                     self.accept_batch(&node, batch.first_seq, batch.changes, &mut actions);
                 }
             }
-            Some(Reply::Page(page)) => {
-                let Pull::Slice { cut_id, staged, .. } = pull else {
-                    self.counters.invalid += 1;
-                    return actions;
-                };
-                self.on_page(&node, cut_id, staged, page, now, &mut actions);
-            }
+            Some(Reply::Page(page)) => match pull {
+                Pull::Slice { cut_id, staged, .. } => self.on_page(&node, cut_id, staged, page, now, &mut actions),
+                _ => self.counters.invalid += 1,
+            },
         }
         self.maybe_pull(&node, now, &mut actions);
         actions
@@ -580,7 +580,9 @@ impl SyncCore {
         actions: &mut Vec<Action>,
     ) {
         let Some(p) = self.peers.get_mut(node) else { return };
-        let consistent = page.offset == staged.len() as u64 && (cut_id == 0 || cut_id == page.cut_id);
+        // An origin's seq only grows, so a cut older than what we applied is bogus.
+        let consistent =
+            page.offset == staged.len() as u64 && (cut_id == 0 || cut_id == page.cut_id) && page.cut_seq >= p.applied;
         if !consistent {
             self.counters.invalid += 1;
             p.need_slice = true;
@@ -653,6 +655,13 @@ impl SyncCore {
         let was = self.bus_up;
         self.bus_up = up;
         let mut actions = Vec::new();
+        if !up && !self.ready {
+            // Discovery cannot happen without the bus: start it over when it is back.
+            self.discovery_from = None;
+        }
+        if up && self.discovery_from.is_none() {
+            self.discovery_from = Some(now);
+        }
         if up && !was {
             // We were the ones cut off: give every peer a fresh start instead of
             // orphaning them for our own outage, and ask everyone to beat.
@@ -698,10 +707,11 @@ impl SyncCore {
             let caught_up = self.peers.values().filter(|p| p.state == PeerState::Live).all(|p| {
                 p.loaded && matches!(p.pull, Pull::Idle) && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
             });
+            let discovered = self.discovery_from.is_some_and(|t| now >= t + self.cfg.discovery_ms);
             if elapsed >= self.cfg.ready_timeout_ms {
                 self.ready = true;
                 actions.push(Action::Ready { timed_out: true });
-            } else if elapsed >= self.cfg.discovery_ms && caught_up {
+            } else if self.bus_up && discovered && caught_up {
                 self.ready = true;
                 actions.push(Action::Ready { timed_out: false });
             }
@@ -762,13 +772,13 @@ impl SyncCore {
 }
 
 fn apply_suffix(p: &mut Peer, first_seq: u64, changes: Vec<Change>, actions: &mut Vec<Action>, c: &mut Counters) {
-    let skip = (p.applied + 1).saturating_sub(first_seq) as usize;
+    let skip = p.applied.saturating_add(1).saturating_sub(first_seq) as usize;
     let changes: Vec<Change> = changes.into_iter().skip(skip).collect();
     if changes.is_empty() {
         return;
     }
-    let first_seq = p.applied + 1;
-    p.applied += changes.len() as u64;
+    let first_seq = p.applied.saturating_add(1);
+    p.applied = p.applied.saturating_add(changes.len() as u64);
     p.loaded = true;
     c.batches_applied += 1;
     c.changes_applied += changes.len() as u64;
@@ -778,8 +788,8 @@ fn apply_suffix(p: &mut Peer, first_seq: u64, changes: Vec<Change>, actions: &mu
 /// Applies buffered batches that have become contiguous; drops covered ones.
 fn drain_buffer(p: &mut Peer, actions: &mut Vec<Action>, c: &mut Counters) {
     while let Some((&first, changes)) = p.buffer.iter().next() {
-        let last = first + changes.len() as u64 - 1;
-        if first > p.applied + 1 {
+        let last = first.saturating_add(changes.len() as u64 - 1);
+        if first > p.applied.saturating_add(1) {
             break;
         }
         let changes = p.buffer.remove(&first).expect("present");

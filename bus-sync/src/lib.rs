@@ -11,14 +11,17 @@
 //! - [`wire`]: bus messages to and from the store's types, with validation.
 //! - [`cuts`]: consistent cuts of the own slice, served in pages.
 //! - [`memory`]: an in-memory bus with faults, for simulation tests.
+//! - [`nats`]: the NATS transport and the task that runs the core ([`spawn_sync`]).
 //!
-//! Depends on the store and the wire format only; never on tonic or the node.
+//! Depends on the store, the wire format and NATS; never on tonic or the node.
 
 pub mod core;
 pub mod cuts;
 pub mod memory;
+pub mod nats;
 pub mod wire;
 
 pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore};
 pub use crate::cuts::Cuts;
+pub use crate::nats::{NatsConfig, Replica, SyncError, SyncHandle, SyncShared, spawn_sync};
 pub use crate::wire::{Batch, BeatInfo, Page, Reply, Request, WireError};

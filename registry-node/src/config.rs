@@ -54,6 +54,53 @@ pub struct NodeConfig {
     pub sessions: SessionConfig,
     pub subscriptions: SubscriptionConfig,
     pub limits: Limits,
+    pub sync: SyncSettings,
+}
+
+/// Replication between nodes (used only with `nats_url`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// First token of every NATS subject this cluster uses.
+    pub subject_prefix: String,
+    /// Address peers and operators are told to reach this node at (default:
+    /// the gRPC address).
+    pub advertise_addr: Option<String>,
+    pub beat_interval_ms: u64,
+    /// A peer silent this long is suspect.
+    pub suspect_after_ms: u64,
+    /// A peer silent this long is orphaned: its instances stay, flagged.
+    pub dead_after_ms: u64,
+    /// How long orphaned instances stay so their providers can re-register elsewhere.
+    pub orphan_grace_ms: u64,
+    /// A starting node serves reads after this even if it could not load its peers.
+    pub ready_timeout_ms: u64,
+    /// Orphan removal holds (and alarms) rather than remove more than this share
+    /// of all instances at once.
+    pub safety_valve_share: f64,
+    pub request_timeout_ms: u64,
+    /// Recent own changes kept to answer gap repairs.
+    pub ring_capacity: usize,
+    /// Entries per page of a slice transfer.
+    pub page_entries: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            subject_prefix: "registry".into(),
+            advertise_addr: None,
+            beat_interval_ms: 1_000,
+            suspect_after_ms: 3_000,
+            dead_after_ms: 6_000,
+            orphan_grace_ms: 10_000,
+            ready_timeout_ms: 60_000,
+            safety_valve_share: 0.5,
+            request_timeout_ms: 5_000,
+            ring_capacity: 100_000,
+            page_entries: 2_000,
+        }
+    }
 }
 
 /// Provider sessions and leases.
@@ -123,6 +170,7 @@ impl Default for NodeConfig {
             sessions: SessionConfig::default(),
             subscriptions: SubscriptionConfig::default(),
             limits: Limits::default(),
+            sync: SyncSettings::default(),
         }
     }
 }
@@ -166,6 +214,22 @@ impl Default for Limits {
             max_services_per_subscribe: 1_000,
             max_message_bytes: 1024 * 1024,
         }
+    }
+}
+
+impl NodeConfig {
+    /// Whether this node replicates over NATS.
+    pub fn clustered(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+
+    /// How long a tombstone is kept: longer than any copy it hides can live
+    /// (a lease or session TTL, the reconnect grace, and an origin's orphan
+    /// grace), so nothing it hides can come back.
+    pub fn tombstone_ttl_ms(&self) -> u64 {
+        let s = &self.sessions;
+        let session_ttl = s.max_heartbeat_ms * u64::from(s.lease_heartbeats);
+        s.max_lease_ttl_ms.max(session_ttl) + s.reconnect_grace_ms + self.sync.dead_after_ms + self.sync.orphan_grace_ms
     }
 }
 
@@ -242,6 +306,24 @@ impl NodeConfig {
         check_range("limits.max_instances_per_session", l.max_instances_per_session as u64, 1, 10_000_000)?;
         check_range("limits.max_services_per_subscribe", l.max_services_per_subscribe as u64, 1, 1_000_000)?;
         check_range("limits.max_message_bytes", l.max_message_bytes as u64, 1_024, 64 << 20)?;
+        let y = &self.sync;
+        check_token("sync.subject_prefix", &y.subject_prefix)?;
+        if let Some(a) = &y.advertise_addr
+            && (a.is_empty() || a.len() > 256 || a.contains(char::is_whitespace))
+        {
+            return Err(invalid("sync.advertise_addr", format!("{a:?} is not an address")));
+        }
+        check_range("sync.beat_interval_ms", y.beat_interval_ms, 50, 60_000)?;
+        check_range("sync.suspect_after_ms", y.suspect_after_ms, 2 * y.beat_interval_ms, 3_600_000)?;
+        check_range("sync.dead_after_ms", y.dead_after_ms, y.suspect_after_ms, 3_600_000)?;
+        check_range("sync.orphan_grace_ms", y.orphan_grace_ms, 0, 86_400_000)?;
+        check_range("sync.ready_timeout_ms", y.ready_timeout_ms, y.beat_interval_ms, 3_600_000)?;
+        check_range("sync.request_timeout_ms", y.request_timeout_ms, 100, 600_000)?;
+        check_range("sync.ring_capacity", y.ring_capacity as u64, 16, 100_000_000)?;
+        check_range("sync.page_entries", y.page_entries as u64, 1, 100_000)?;
+        if !(y.safety_valve_share > 0.0 && y.safety_valve_share <= 1.0) {
+            return Err(invalid("sync.safety_valve_share", format!("{} is outside (0, 1]", y.safety_valve_share)));
+        }
         Ok(())
     }
 }

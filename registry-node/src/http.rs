@@ -28,7 +28,10 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
 
 async fn metrics(State(h): State<Http>) -> impl IntoResponse {
     let gauges = h.registry.gauges(h.readiness.is_ready());
-    let body = h.registry.metrics.render(h.registry.node_id(), &gauges);
+    let mut body = h.registry.metrics.render(h.registry.node_id(), &gauges);
+    if let Some(sync) = h.registry.sync_state() {
+        crate::cluster::render_metrics(&mut body, h.registry.node_id(), sync);
+    }
     ([("content-type", "text/plain; version=0.0.4")], body)
 }
 

@@ -11,11 +11,14 @@
 //! - [`views`]: per-service views, revisions and the encode-once fan-out.
 //! - [`session`]: the task behind each `Register` stream.
 //! - [`grpc`]: the tonic services and the error-to-status mapping.
+//! - [`cluster`]: replication wiring (the replica the sync runtime drives,
+//!   Members, sync metrics).
 //! - [`http`], [`metrics`], [`readiness`]: what operators look at.
 //! - [`node`]: wiring and lifecycle: start, serve, drain, stop.
 //!
 //! Dependencies point one way: node → bus-sync → store; everything → proto.
 
+pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod http;

@@ -16,6 +16,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use bus_sync::{NatsConfig, SyncConfig, spawn_sync};
+use registry_store::Origin;
+
+use crate::cluster::{NodeReplica, REGISTRY_SERVICE};
 use crate::config::{ConfigError, NodeConfig};
 use crate::grpc::{ClusterApi, RegistryApi, StreamSignals};
 use crate::readiness::Readiness;
@@ -30,6 +34,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    #[error("replication: {0}")]
+    Sync(#[from] bus_sync::SyncError),
 }
 
 /// A running node.
@@ -41,6 +47,7 @@ pub struct NodeHandle {
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     shutdown: CancellationToken,
+    crash: CancellationToken,
     done: JoinHandle<()>,
 }
 
@@ -53,6 +60,13 @@ impl NodeHandle {
 
     /// Waits until the node has stopped (after a shutdown began elsewhere).
     pub async fn stopped(self) {
+        let _ = self.done.await;
+    }
+
+    /// Stops at once, as a crash would: replication stops first (peers only see
+    /// silence), then every stream and server ends without drain or goodbye.
+    pub async fn crash(self) {
+        self.crash.cancel();
         let _ = self.done.await;
     }
 
@@ -74,13 +88,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 /// Starts a node: binds its ports and serves until shut down.
 pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     config.validate()?;
-    if !config.nats_url.is_empty() {
-        return Err(ConfigError::Invalid {
-            setting: "nats_url",
-            reason: "clustering over NATS is not available in this build yet; run without it".into(),
-        }
-        .into());
-    }
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let http_listener = bind("HTTP", config.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind {
@@ -100,6 +107,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     let readiness = Readiness::default();
     let signals = StreamSignals { drain: CancellationToken::new(), stop: CancellationToken::new() };
     let shutdown = CancellationToken::new();
+    let crash = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -145,16 +153,48 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     });
     let reaper_task = spawn_lease_reaper(registry.clone(), signals.stop.clone());
 
-    const REGISTRY_SERVICE: &str = "registry.v1.Registry";
-    health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
-    readiness.set(true);
-    info!(node = %config.node_id, grpc = %grpc_addr, http = %http_addr, "registry node ready (standalone)");
+    // Replication runs until the very end, so the last removals still go out.
+    let sync_stop = CancellationToken::new();
+    let mut background = vec![reaper_task];
+    let sync = if config.clustered() {
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
+        let replica =
+            Arc::new(NodeReplica { registry: registry.clone(), readiness: readiness.clone(), health: health.clone() });
+        let me = Origin::new(config.node_id.as_str(), registry.incarnation());
+        let handle = spawn_sync(replica, me, nats_config(&config), sync_stop.clone()).await?;
+        registry.attach_sync(handle.shared.clone());
+        background.push(spawn_tombstone_gc(registry.clone(), signals.stop.clone()));
+        info!(
+            node = %config.node_id, grpc = %grpc_addr, http = %http_addr, cluster = %config.cluster,
+            "registry node started; warming up (loading the cluster state)"
+        );
+        Some(handle)
+    } else {
+        health.set_service_status("", ServingStatus::Serving).await;
+        health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
+        readiness.set(true);
+        info!(node = %config.node_id, grpc = %grpc_addr, http = %http_addr, "registry node ready (standalone)");
+        None
+    };
 
     let done = {
-        let (registry, readiness, shutdown) = (registry.clone(), readiness.clone(), shutdown.clone());
+        let (registry, readiness, shutdown, crash) =
+            (registry.clone(), readiness.clone(), shutdown.clone(), crash.clone());
         tokio::spawn(async move {
-            shutdown.cancelled().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = crash.cancelled() => {
+                    warn!("crashing on purpose: no drain, no goodbye");
+                    if let Some(sync) = sync {
+                        sync.abort();
+                    }
+                    readiness.set(false);
+                    signals.stop.cancel();
+                    let _ = tokio::join!(grpc_task, http_task);
+                    return;
+                }
+            }
             info!("shutting down: draining sessions");
             readiness.set(false);
             registry.set_draining();
@@ -171,11 +211,57 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
                 warn!(sessions = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
             }
             signals.stop.cancel();
-            let _ = tokio::join!(grpc_task, http_task, reaper_task);
+            let _ = tokio::join!(grpc_task, http_task);
+            for task in background {
+                let _ = task.await;
+            }
+            sync_stop.cancel();
+            if let Some(sync) = sync {
+                sync.join().await;
+            }
             info!("stopped");
         })
     };
-    Ok(NodeHandle { grpc_addr, http_addr, registry, readiness, shutdown, done })
+    Ok(NodeHandle { grpc_addr, http_addr, registry, readiness, shutdown, crash, done })
+}
+
+fn nats_config(config: &NodeConfig) -> NatsConfig {
+    let y = &config.sync;
+    NatsConfig {
+        urls: config.nats_url.clone(),
+        subject_prefix: y.subject_prefix.clone(),
+        cluster: config.cluster.clone(),
+        advertise_addr: y.advertise_addr.clone().unwrap_or_else(|| config.grpc_addr.to_string()),
+        start_unix_ms: crate::registry::wall_ms(),
+        page_entries: y.page_entries,
+        sync: SyncConfig {
+            beat_interval_ms: y.beat_interval_ms,
+            suspect_after_ms: y.suspect_after_ms,
+            dead_after_ms: y.dead_after_ms,
+            orphan_grace_ms: y.orphan_grace_ms,
+            discovery_ms: y.beat_interval_ms.max(500),
+            ready_timeout_ms: y.ready_timeout_ms,
+            request_timeout_ms: y.request_timeout_ms,
+            retry_ms: y.beat_interval_ms,
+            ring_capacity: y.ring_capacity,
+            safety_valve_share: y.safety_valve_share,
+            ..SyncConfig::default()
+        },
+    }
+}
+
+/// Purges own tombstones once nothing they hide can exist any more.
+fn spawn_tombstone_gc(registry: Arc<Registry>, stop: CancellationToken) -> JoinHandle<()> {
+    let ttl = registry.config().tombstone_ttl_ms();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis((ttl / 10).clamp(1_000, 60_000)));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = interval.tick() => registry.gc_tombstones(ttl),
+            }
+        }
+    })
 }
 
 /// Ends unary leases whose TTL passed.

@@ -8,14 +8,18 @@
 //! per-service views that the writer keeps current.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bus_sync::SyncShared;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use registry_proto::v1;
-use registry_store::{ConsumerKey, InstanceKey, Key, Origin, Outcome, Record, Store, ViewChange};
+use registry_store::{
+    Change, ConsumerKey, Entry, InstanceKey, Key, Origin, Outcome, Record, SliceStats, Store, ViewChange,
+};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
@@ -64,6 +68,8 @@ struct State {
     owned: HashMap<OwnerId, HashSet<InstanceKey>>,
     leases: HashMap<String, Lease>,
     lease_deadlines: BTreeSet<(Instant, String)>,
+    /// Own-slice changes not yet handed to replication (clustered nodes only).
+    outbox: Vec<(u64, Change)>,
 }
 
 /// The node's registry. Cheap to share: wrap it in an `Arc`.
@@ -78,6 +84,12 @@ pub struct Registry {
     next_id: AtomicU64,
     draining: AtomicBool,
     pub metrics: Arc<Metrics>,
+    clustered: bool,
+    local_changed: Notify,
+    /// Peer origins whose records are kept only for the orphan grace.
+    orphaned: Mutex<HashSet<Origin>>,
+    bus_down: AtomicBool,
+    sync: OnceLock<Arc<SyncShared>>,
 }
 
 impl Registry {
@@ -91,11 +103,17 @@ impl Registry {
                 owned: HashMap::new(),
                 leases: HashMap::new(),
                 lease_deadlines: BTreeSet::new(),
+                outbox: Vec::new(),
             }),
             views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
             consumers: DashMap::new(),
             next_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            clustered: config.clustered(),
+            local_changed: Notify::new(),
+            orphaned: Mutex::new(HashSet::new()),
+            bus_down: AtomicBool::new(config.clustered()),
+            sync: OnceLock::new(),
             node_id,
             incarnation,
             config,
@@ -348,15 +366,124 @@ impl Registry {
         Gauges { instances, services, store_keys, ready }
     }
 
-    /// Freshness of the views this node serves. A standalone node owns all its
-    /// data, so it is always current.
+    /// Freshness of what this node serves: the age of the oldest peer state it
+    /// holds (time since that peer was last heard), and whether part of it is
+    /// orphaned or this node is cut off from the bus. A standalone node owns all
+    /// its data, so it is always current.
     pub fn freshness(&self) -> v1::Freshness {
-        v1::Freshness { oldest_origin_age_ms: 0, degraded: false }
+        let Some(sync) = self.sync.get() else {
+            return v1::Freshness { oldest_origin_age_ms: 0, degraded: false };
+        };
+        let oldest = sync.peers.lock().iter().filter(|p| !p.retired).map(|p| p.last_heard_age_ms).max();
+        let degraded = self.bus_down.load(Ordering::Relaxed) || !self.orphaned.lock().is_empty();
+        v1::Freshness { oldest_origin_age_ms: oldest.unwrap_or(0), degraded }
+    }
+
+    /// Replication state, once replication runs.
+    pub fn sync_state(&self) -> Option<&Arc<SyncShared>> {
+        self.sync.get()
+    }
+
+    pub fn attach_sync(&self, shared: Arc<SyncShared>) {
+        let _ = self.sync.set(shared);
+    }
+
+    pub fn bus_connected(&self) -> bool {
+        !self.bus_down.load(Ordering::Relaxed)
+    }
+
+    /// Purges own tombstones past their TTL (they only hide copies that can no
+    /// longer exist).
+    pub fn gc_tombstones(&self, ttl_ms: u64) {
+        let mut st = self.state.lock();
+        let out = st.store.gc_tombstones(wall_ms(), ttl_ms);
+        self.apply(&mut st, out);
+    }
+
+    // ------------------------------------------------------------ replication
+
+    /// Own-slice changes made since the last call, in seq order.
+    pub fn take_outbox(&self) -> Vec<(u64, Change)> {
+        std::mem::take(&mut self.state.lock().outbox)
+    }
+
+    /// The outbox and the own slice's stats, together.
+    pub fn outbox_and_stats(&self) -> (Vec<(u64, Change)>, SliceStats) {
+        let mut st = self.state.lock();
+        let stats = st.store.slice_stats(st.store.local_id()).expect("own slice always exists");
+        (std::mem::take(&mut st.outbox), stats)
+    }
+
+    /// The own slice and its seq, atomically.
+    pub fn own_cut(&self) -> (u64, Vec<(Key, Entry)>) {
+        let st = self.state.lock();
+        let local = st.store.local_id();
+        let seq = st.store.slice_stats(local).map_or(0, |s| s.seq);
+        (seq, st.store.slice_entries(local))
+    }
+
+    pub fn copy_stats(&self, origin: &Origin) -> (u64, u64) {
+        let st = self.state.lock();
+        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
+    }
+
+    /// Applies a peer's changes, in its order.
+    pub fn apply_remote(&self, origin: &Origin, changes: Vec<Change>) {
+        let mut st = self.state.lock();
+        let id = st.store.origin_id(origin);
+        let mut all = Outcome::default();
+        for change in changes {
+            all.extend(st.store.apply_remote(id, change));
+        }
+        self.apply(&mut st, all);
+    }
+
+    pub fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
+        let mut st = self.state.lock();
+        let id = st.store.origin_id(origin);
+        let out = st.store.replace_slice(id, entries);
+        self.apply(&mut st, out);
+    }
+
+    pub fn drop_origin(&self, origin: &Origin) {
+        let mut st = self.state.lock();
+        if let Some(id) = st.store.find_origin(origin) {
+            let out = st.store.drop_origin(id);
+            self.apply(&mut st, out);
+        }
+        drop(st);
+        self.orphaned.lock().remove(origin);
+    }
+
+    pub fn set_orphaned(&self, origin: &Origin, orphaned: bool) {
+        let mut set = self.orphaned.lock();
+        if orphaned {
+            set.insert(origin.clone());
+        } else {
+            set.remove(origin);
+        }
+    }
+
+    pub fn set_bus_connected(&self, connected: bool) {
+        self.bus_down.store(!connected, Ordering::Relaxed);
+    }
+
+    pub fn own_live(&self) -> u64 {
+        self.own_stats().live
+    }
+
+    /// Woken whenever the own slice changed (clustered nodes).
+    pub fn local_changed(&self) -> &Notify {
+        &self.local_changed
     }
 
     /// Applies what a store operation caused: ownership hand-overs, view
     /// changes (with their fan-out) and consumer directory changes.
     fn apply(&self, st: &mut State, out: Outcome) {
+        if self.clustered && !out.local.is_empty() {
+            st.outbox.extend(out.local);
+            self.local_changed.notify_one();
+        }
         for key in &out.superseded {
             if let Key::Instance(k) = key
                 && let Some(owner) = st.owner_of.remove(k)

@@ -21,6 +21,8 @@ use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
 
+pub mod nats;
+
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
 
@@ -42,6 +44,39 @@ pub fn test_config(node_id: &str) -> NodeConfig {
     c.sessions.drain_jitter_ms = 100;
     c.subscriptions.progress_interval_ms = 1_000;
     c
+}
+
+/// A clustered node configuration for tests: fast beats and short graces.
+pub fn cluster_config(node_id: &str, nats_urls: &[String], cluster: &str) -> NodeConfig {
+    let mut c = test_config(node_id);
+    c.nats_url = nats_urls.to_vec();
+    c.cluster = cluster.into();
+    c.sync.beat_interval_ms = 200;
+    c.sync.suspect_after_ms = 600;
+    c.sync.dead_after_ms = 1_500;
+    c.sync.orphan_grace_ms = 3_000;
+    c.sync.ready_timeout_ms = 20_000;
+    c.sync.request_timeout_ms = 2_000;
+    c
+}
+
+/// Waits until a node serves reads.
+pub async fn until_ready(node: &NodeHandle) -> Result<()> {
+    let readiness = node.readiness.clone();
+    eventually("node ready", Duration::from_secs(20), || {
+        let r = readiness.clone();
+        async move { r.is_ready().then_some(()) }
+    })
+    .await
+}
+
+/// Instances of a service as GetService on `addr` returns them, by id.
+pub async fn service_ids(addr: SocketAddr, service: &str) -> Result<Vec<String>> {
+    let mut c = client(addr).await?;
+    let r = c.get_service(v1::GetServiceRequest { namespace: String::new(), service: service.into() }).await?;
+    let mut ids: Vec<String> = r.into_inner().instances.into_iter().map(|i| i.instance_id).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 pub async fn start_node(config: NodeConfig) -> Result<NodeHandle> {

@@ -1,0 +1,177 @@
+//! Wiring of replication into the node: the [`Replica`] the sync runtime works
+//! against, the `Cluster.Members` view and the replication metrics.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bus_sync::{PeerState, PeerView, Replica, SyncShared};
+use registry_proto::v1;
+use registry_store::{Change, Entry, Key, Origin, SliceStats};
+use tokio::sync::Notify;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::readiness::Readiness;
+use crate::registry::Registry;
+
+/// The gRPC service name health reports on besides "".
+pub const REGISTRY_SERVICE: &str = "registry.v1.Registry";
+
+/// The node as replication sees it.
+pub struct NodeReplica {
+    pub registry: Arc<Registry>,
+    pub readiness: Readiness,
+    pub health: HealthReporter,
+}
+
+impl Replica for NodeReplica {
+    fn take_local_changes(&self) -> Vec<(u64, Change)> {
+        self.registry.take_outbox()
+    }
+
+    fn beat_snapshot(&self) -> (Vec<(u64, Change)>, SliceStats) {
+        self.registry.outbox_and_stats()
+    }
+
+    fn own_cut(&self) -> (u64, Vec<(Key, Entry)>) {
+        self.registry.own_cut()
+    }
+
+    fn copy_stats(&self, origin: &Origin) -> (u64, u64) {
+        self.registry.copy_stats(origin)
+    }
+
+    fn apply(&self, origin: &Origin, changes: Vec<Change>) {
+        self.registry.apply_remote(origin, changes);
+    }
+
+    fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
+        self.registry.replace_slice(origin, entries);
+    }
+
+    fn drop_origin(&self, origin: &Origin) {
+        self.registry.drop_origin(origin);
+    }
+
+    fn set_orphaned(&self, origin: &Origin, orphaned: bool) {
+        self.registry.set_orphaned(origin, orphaned);
+    }
+
+    fn own_live(&self) -> u64 {
+        self.registry.own_live()
+    }
+
+    fn set_ready(&self, _timed_out: bool) {
+        if self.registry.is_draining() {
+            return;
+        }
+        self.readiness.set(true);
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            health.set_service_status("", ServingStatus::Serving).await;
+            health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
+        });
+    }
+
+    fn set_bus_connected(&self, connected: bool) {
+        self.registry.set_bus_connected(connected);
+    }
+
+    fn local_changed(&self) -> &Notify {
+        self.registry.local_changed()
+    }
+}
+
+fn member_state(p: &PeerView) -> v1::MemberState {
+    match p.state {
+        PeerState::Live => v1::MemberState::Live,
+        PeerState::Suspect => v1::MemberState::Suspect,
+        PeerState::Orphaned => v1::MemberState::Orphaned,
+    }
+}
+
+/// Every peer origin this node knows, as `Cluster.Members` reports them.
+pub fn peer_members(registry: &Registry, sync: &SyncShared) -> Vec<v1::Member> {
+    sync.peers
+        .lock()
+        .iter()
+        .map(|p| {
+            let beat = p.beat.clone().unwrap_or_default();
+            let (digest, entries) = registry.copy_stats(&p.origin);
+            v1::Member {
+                node_id: p.origin.node.to_string(),
+                incarnation: p.origin.incarnation,
+                state: member_state(p) as i32,
+                advertise_addr: beat.advertise_addr.clone(),
+                last_beat_age_ms: p.last_heard_age_ms,
+                origin_seq: beat.seq,
+                applied_seq: p.applied,
+                record_count: beat.live,
+                digest_match: p.beat.is_some()
+                    && p.applied == beat.seq
+                    && (digest, entries) == (beat.digest, beat.entries),
+                ready: beat.ready,
+            }
+        })
+        .collect()
+}
+
+/// Replication metrics in the Prometheus text format.
+pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
+    let c = sync.core.lock().clone();
+    let m = &sync.metrics;
+    let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP registry_sync_{name} {help}");
+        let _ = writeln!(out, "# TYPE registry_sync_{name} {kind}");
+        let _ = writeln!(out, "registry_sync_{name}{{node=\"{node_id}\"}} {value}");
+    };
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    line("bus_connected", "gauge", "1 while connected to NATS.", u64::from(m.bus_connected.load(Ordering::Relaxed)));
+    line(
+        "safety_valve_holding",
+        "gauge",
+        "1 while orphan removal is held back by the safety valve.",
+        u64::from(m.valve_holding.load(Ordering::Relaxed)),
+    );
+    line("changes_published_total", "counter", "Own changes published.", c.changes_published);
+    line("batches_published_total", "counter", "Change batches published.", c.batches_published);
+    line("changes_applied_total", "counter", "Peer changes applied.", c.changes_applied);
+    line("batches_applied_total", "counter", "Peer change batches applied.", c.batches_applied);
+    line("duplicates_dropped_total", "counter", "Duplicate batches dropped.", c.duplicates_dropped);
+    line("gaps_total", "counter", "Sequence gaps detected.", c.gaps);
+    line("range_pulls_total", "counter", "Missing ranges pulled from a peer's ring.", c.range_pulls);
+    line("slice_pulls_total", "counter", "Whole slices pulled from a peer.", c.slice_pulls);
+    line(
+        "digest_mismatches_total",
+        "counter",
+        "Copies found diverged from their origin (should stay 0).",
+        c.digest_mismatches,
+    );
+    line("stale_dropped_total", "counter", "Messages of older incarnations dropped.", c.stale_dropped);
+    line("invalid_total", "counter", "Protocol-level inconsistencies seen in peers' messages.", c.invalid);
+    line(
+        "buffer_overflows_total",
+        "counter",
+        "Batches not buffered during a repair (re-pulled later).",
+        c.buffer_overflows,
+    );
+    line("requests_failed_total", "counter", "Sync requests that failed or timed out.", c.requests_failed);
+    line("origins_dropped_total", "counter", "Peer slices removed after their grace.", c.origins_dropped);
+    line("safety_valve_holds_total", "counter", "Times the safety valve started holding.", c.safety_valve_holds);
+    line("garbage_messages_total", "counter", "Undecodable or forged bus messages ignored.", get(&m.garbage_messages));
+    line("publish_errors_total", "counter", "Publishes that failed (repaired from beats).", get(&m.publish_errors));
+    line(
+        "slow_consumer_events_total",
+        "counter",
+        "NATS slow-consumer drops (repaired from beats).",
+        get(&m.slow_consumer_events),
+    );
+    line("disconnects_total", "counter", "Times the NATS connection was lost.", get(&m.disconnects));
+    let _ = writeln!(out, "# HELP registry_sync_peer_lag Changes a peer issued that this node has not applied.");
+    let _ = writeln!(out, "# TYPE registry_sync_peer_lag gauge");
+    for p in sync.peers.lock().iter().filter(|p| !p.retired) {
+        let lag = p.beat.as_ref().map_or(0, |b| b.seq.saturating_sub(p.applied));
+        let _ = writeln!(out, "registry_sync_peer_lag{{node=\"{node_id}\",peer=\"{}\"}} {lag}", p.origin.node);
+    }
+}

@@ -1,0 +1,142 @@
+//! Real `nats-server` processes for tests: started on free loopback ports,
+//! killed on drop. A single server, or a cluster of servers joined by routes.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{eventually, http_get};
+
+/// A free TCP port on loopback (the OS picks it; we release it at once).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One nats-server child process.
+pub struct NatsServer {
+    pub port: u16,
+    pub monitor_port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// A standalone server.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(Vec::new(), free_port()?, free_port()?).await
+    }
+
+    async fn start_with(extra: Vec<String>, port: u16, monitor_port: u16) -> Result<Self> {
+        let mut args = vec![
+            "-a".to_string(),
+            "127.0.0.1".to_string(),
+            "-p".to_string(),
+            port.to_string(),
+            "-m".to_string(),
+            monitor_port.to_string(),
+        ];
+        args.extend(extra);
+        let log = std::env::temp_dir().join(format!("registry-test-nats-{port}.log"));
+        let mut server = Self { port, monitor_port, args, child: None, log };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("nats-server")
+            .args(&self.args)
+            .args(["-l", &self.log.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server (is it installed? scripts/test.sh installs it)")?;
+        self.child = Some(child);
+        let monitor: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse()?;
+        eventually("nats-server answers", Duration::from_secs(10), || async move {
+            http_get(monitor, "/healthz").await.ok().filter(|(s, _)| *s == 200).map(|_| ())
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Number of routes to other servers of its cluster.
+    pub async fn routes(&self) -> Result<usize> {
+        let monitor: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse()?;
+        let (_, body) = http_get(monitor, "/routez").await?;
+        let n = body
+            .split("\"num_routes\":")
+            .nth(1)
+            .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+        n.ok_or_else(|| anyhow::anyhow!("no num_routes in /routez"))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Several nats-servers joined by routes into one NATS cluster.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub async fn start(n: usize) -> Result<Self> {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+        let routes: Vec<String> = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let mut servers = Vec::new();
+        for (i, cport) in cluster_ports.iter().enumerate() {
+            let others: Vec<String> =
+                routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r.clone()).collect();
+            let extra = vec![
+                "--cluster_name".to_string(),
+                format!("test-{}", cluster_ports[0]),
+                "--cluster".to_string(),
+                format!("nats://127.0.0.1:{cport}"),
+                "--routes".to_string(),
+                others.join(","),
+            ];
+            servers.push(NatsServer::start_with(extra, free_port()?, free_port()?).await?);
+        }
+        let cluster = Self { servers };
+        for s in &cluster.servers {
+            let want = n - 1;
+            eventually("NATS routes connected", Duration::from_secs(15), || async move {
+                s.routes().await.ok().filter(|r| *r >= want).map(|_| ())
+            })
+            .await?;
+        }
+        if cluster.servers.is_empty() {
+            bail!("a cluster needs servers");
+        }
+        Ok(cluster)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.servers.iter().map(NatsServer::url).collect()
+    }
+}
