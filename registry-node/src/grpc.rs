@@ -1,7 +1,6 @@
 //! The gRPC services: `registry.v1.Registry` and `registry.v1.Cluster`, and the
 //! one place where registry errors become gRPC statuses.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use crate::readiness::Readiness;
 use crate::registry::{Registry, RegistryError, display_key, wall_ms};
 use crate::session::run_session;
 use crate::validate::{self, Subscription};
-use crate::views::{Queued, ServiceKey, Subscriber};
+use crate::views::{StreamItem, Subscriber};
 
 /// Maps a registry error to the status a client sees.
 pub fn status_of(e: &RegistryError) -> Status {
@@ -160,9 +159,9 @@ impl registry_server::Registry for RegistryApi {
         let peer = request.remote_addr();
         let sub =
             validate::subscribe(request.into_inner(), &self.registry.config().limits).map_err(|e| self.invalid(e))?;
-        let (tx, rx) = mpsc::channel(32);
         let stream_id = self.registry.next_id();
-        let (subscriber, queue) = self.registry.views().new_subscriber(stream_id);
+        let (subscriber, rx) = self.registry.views().new_subscriber(stream_id);
+        let tx = subscriber.sender();
         let mut info = sub.consumer.clone();
         if info.consumer_id.is_empty() {
             info.consumer_id = peer.map_or_else(|| format!("anonymous-{stream_id}"), |a| a.to_string());
@@ -192,7 +191,7 @@ impl registry_server::Registry for RegistryApi {
             stop: self.signals.stop.clone(),
             out: tx,
         };
-        tokio::spawn(task.run(queue));
+        tokio::spawn(task.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -235,25 +234,23 @@ impl registry_server::Registry for RegistryApi {
     }
 }
 
-/// The task behind one Subscribe stream: sends snapshots when needed, queued
-/// deltas otherwise, and progress keepalives when idle.
+/// The task behind one Subscribe stream. Deltas do not pass through it (the
+/// writer queues them straight into the stream); it sends snapshots when the
+/// subscriber needs them, progress keepalives, and cleans up when the stream ends.
 struct SubscriberTask {
     registry: Arc<Registry>,
     subscription: Subscription,
     subscriber: Arc<Subscriber>,
     stream_key: String,
     stop: CancellationToken,
-    out: mpsc::Sender<Result<SubscribeFrame, Status>>,
+    out: mpsc::Sender<StreamItem>,
 }
 
 impl SubscriberTask {
-    async fn run(self, mut queue: mpsc::Receiver<Queued>) {
+    async fn run(self) {
         let period = Duration::from_millis(self.registry.config().subscriptions.progress_interval_ms);
         let mut progress = interval_at(Instant::now() + period, period);
-        // Last revision sent per service: queued deltas at or below it are
-        // already covered by a snapshot.
-        let mut sent: HashMap<ServiceKey, u64> = HashMap::new();
-        loop {
+        'stream: loop {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
@@ -262,33 +259,18 @@ impl SubscriberTask {
                 }
                 _ = self.out.closed() => break,
                 _ = self.subscriber.notify.notified() => {
-                    let mut open = true;
-                    for svc in self.subscriber.take_needs() {
+                    for svc in self.subscriber.needs() {
+                        // Wait for room first, then take the snapshot: it is then
+                        // as fresh as it can be and nothing can overtake it.
+                        let permit = tokio::select! {
+                            p = self.out.reserve() => match p {
+                                Ok(p) => p,
+                                Err(_) => break 'stream,
+                            },
+                            _ = self.stop.cancelled() => break 'stream,
+                        };
                         let freshness = self.registry.freshness();
-                        match self.registry.views().snapshot(&svc, freshness) {
-                            Some((revision, frame)) => {
-                                sent.insert(svc, revision);
-                                if !self.send(frame).await {
-                                    open = false;
-                                    break;
-                                }
-                            }
-                            None => {
-                                sent.remove(&svc);
-                            }
-                        }
-                    }
-                    if !open {
-                        break;
-                    }
-                }
-                Some(q) = queue.recv() => {
-                    if sent.get(&q.service).is_some_and(|r| q.revision <= *r) {
-                        continue;
-                    }
-                    sent.insert(q.service, q.revision);
-                    if !self.send(q.frame).await {
-                        break;
+                        self.registry.views().send_snapshot(&self.subscriber, &svc, permit, freshness);
                     }
                 }
                 _ = progress.tick() => {
@@ -298,9 +280,8 @@ impl SubscriberTask {
                             node_id: self.registry.node_id().to_string(),
                         })),
                     };
-                    if !self.send(SubscribeFrame::encode(&msg)).await {
-                        break;
-                    }
+                    // A keepalive is worthless behind a full queue: skip it then.
+                    let _ = self.out.try_send(Ok(SubscribeFrame::encode(&msg)));
                 }
             }
         }
@@ -308,17 +289,6 @@ impl SubscriberTask {
         views.unwatch(&self.subscriber, &self.subscription.namespace, &self.subscription.services);
         self.registry.remove_consumer(&self.subscription.namespace, &self.stream_key);
         Metrics::dec(&self.registry.metrics.subscribers_active);
-    }
-
-    /// Sends one frame; false once the stream is gone or the node stops.
-    async fn send(&self, frame: SubscribeFrame) -> bool {
-        tokio::select! {
-            r = self.out.send(Ok(frame)) => {
-                Metrics::inc(&self.registry.metrics.pushes);
-                r.is_ok()
-            }
-            _ = self.stop.cancelled() => false,
-        }
     }
 }
 

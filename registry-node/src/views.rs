@@ -3,16 +3,18 @@
 //! Each service has a [`ServiceView`]: its instances, a revision, the subscribers
 //! watching it and a cached encoded snapshot. The registry's single writer applies
 //! merged-view changes here; each change to a service becomes one delta, encoded
-//! once into a [`SubscribeFrame`] that every subscriber's queue shares.
+//! once into a [`SubscribeFrame`] that every subscriber's stream shares.
 //!
 //! Revisions come from one node-wide counter, so a service's revision only grows,
 //! even if its view is dropped and created again; each delta names the revision it
 //! follows (`prev_revision`) so a consumer can check it missed nothing.
 //!
-//! A subscriber's queue is bounded. When it is full, the subscriber is marked as
-//! needing a snapshot of that service and nothing more is queued for it; its task
-//! then sends one fresh snapshot, which replaces everything it missed. Memory per
-//! subscriber stays bounded and no change is silently lost.
+//! A subscriber's stream is a bounded channel that the writer fills directly.
+//! When it is full, the subscriber is marked as needing a snapshot of that
+//! service and nothing more is queued for it; its task waits for room, then sends
+//! one fresh snapshot (taken under the view's lock, so nothing overtakes it),
+//! which replaces everything it missed. Memory per subscriber stays bounded and no
+//! change is silently lost.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -29,13 +31,9 @@ use crate::metrics::Metrics;
 /// `(namespace, service)`.
 pub type ServiceKey = (Arc<str>, Arc<str>);
 
-/// One queued event for one subscriber.
-#[derive(Debug)]
-pub struct Queued {
-    pub service: ServiceKey,
-    pub revision: u64,
-    pub frame: SubscribeFrame,
-}
+/// What a Subscribe stream yields: a shared pre-encoded frame, or the status
+/// that ends it.
+pub type StreamItem = Result<SubscribeFrame, tonic::Status>;
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -46,33 +44,37 @@ struct Pending {
 }
 
 /// The writer's side of one Subscribe stream.
+///
+/// Deltas go straight into the stream's bounded channel (the one the gRPC
+/// layer reads), so a push costs one `try_send` and no task wake-up of ours.
 #[derive(Debug)]
 pub struct Subscriber {
     pub id: u64,
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<StreamItem>,
     pending: Mutex<Pending>,
     /// Woken when a snapshot is needed.
     pub notify: Notify,
 }
 
 impl Subscriber {
-    /// Takes the services that need a snapshot, and counts them as known.
-    pub fn take_needs(&self) -> Vec<ServiceKey> {
-        let mut p = self.pending.lock();
-        let needs = std::mem::take(&mut p.needs_snapshot);
-        p.known.extend(needs.iter().cloned());
-        needs.into_iter().collect()
+    /// Services that need a snapshot now.
+    pub fn needs(&self) -> Vec<ServiceKey> {
+        self.pending.lock().needs_snapshot.iter().cloned().collect()
+    }
+
+    /// The sending side of the stream, for the task that serves it.
+    pub fn sender(&self) -> mpsc::Sender<StreamItem> {
+        self.tx.clone()
     }
 
     fn mark_needs(&self, service: &ServiceKey) {
         let mut p = self.pending.lock();
-        p.known.insert(service.clone());
         p.needs_snapshot.insert(service.clone());
         drop(p);
         self.notify.notify_one();
     }
 
-    fn deliver(&self, service: &ServiceKey, revision: u64, frame: &SubscribeFrame, metrics: &Metrics) {
+    fn deliver(&self, service: &ServiceKey, frame: &SubscribeFrame, metrics: &Metrics) {
         let mut p = self.pending.lock();
         if !p.known.contains(service) || p.needs_snapshot.contains(service) {
             // First sight of a service (namespace watchers) or already behind:
@@ -82,12 +84,15 @@ impl Subscriber {
             self.notify.notify_one();
             return;
         }
-        let queued = Queued { service: service.clone(), revision, frame: frame.clone() };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(queued) {
-            p.needs_snapshot.insert(service.clone());
-            drop(p);
-            Metrics::inc(&metrics.subscriber_resyncs);
-            self.notify.notify_one();
+        match self.tx.try_send(Ok(frame.clone())) {
+            Ok(()) => Metrics::inc(&metrics.pushes),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                p.needs_snapshot.insert(service.clone());
+                drop(p);
+                Metrics::inc(&metrics.subscriber_resyncs);
+                self.notify.notify_one();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -117,8 +122,8 @@ impl Views {
         Self { map: DashMap::new(), watchers: DashMap::new(), revision: AtomicU64::new(0), queue_capacity, metrics }
     }
 
-    /// A new subscriber and the receiving end of its queue.
-    pub fn new_subscriber(&self, id: u64) -> (Arc<Subscriber>, mpsc::Receiver<Queued>) {
+    /// A new subscriber, and the receiving end of its stream.
+    pub fn new_subscriber(&self, id: u64) -> (Arc<Subscriber>, mpsc::Receiver<StreamItem>) {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let sub = Subscriber { id, tx, pending: Mutex::new(Pending::default()), notify: Notify::new() };
         (Arc::new(sub), rx)
@@ -161,23 +166,47 @@ impl Views {
         }
     }
 
-    /// The current snapshot of a service as a shared frame, with its revision.
-    pub fn snapshot(&self, service: &ServiceKey, freshness: v1::Freshness) -> Option<(u64, SubscribeFrame)> {
-        let mut view = self.map.get_mut(service)?;
+    /// Sends the current snapshot of `service` through `permit`, if the
+    /// subscriber still needs one. Taken under the view's lock, so every delta
+    /// after it is queued behind it and every delta before it is covered.
+    /// Returns false if nothing was sent.
+    pub fn send_snapshot(
+        &self,
+        sub: &Subscriber,
+        service: &ServiceKey,
+        permit: mpsc::Permit<'_, StreamItem>,
+        freshness: v1::Freshness,
+    ) -> bool {
+        let Some(mut view) = self.map.get_mut(service) else {
+            // A namespace watcher's service that is gone again: nothing to show.
+            let mut p = sub.pending.lock();
+            p.needs_snapshot.remove(service);
+            p.known.remove(service);
+            return false;
+        };
+        let mut p = sub.pending.lock();
+        if !p.needs_snapshot.remove(service) {
+            return false;
+        }
+        p.known.insert(service.clone());
+        drop(p);
+        let view = &mut *view;
         let revision = view.revision;
-        if view.snapshot.is_none() {
-            let msg = v1::SubscribeResponse {
+        let instances = &view.instances;
+        let frame = view.snapshot.get_or_insert_with(|| {
+            SubscribeFrame::encode(&v1::SubscribeResponse {
                 kind: Some(v1::subscribe_response::Kind::Snapshot(v1::ServiceSnapshot {
                     namespace: service.0.to_string(),
                     service: service.1.to_string(),
-                    instances: view.instances.values().map(|i| (**i).clone()).collect(),
+                    instances: instances.values().map(|i| (**i).clone()).collect(),
                     revision,
                     freshness: Some(freshness),
                 })),
-            };
-            view.snapshot = Some(SubscribeFrame::encode(&msg));
-        }
-        view.snapshot.clone().map(|f| (revision, f))
+            })
+        });
+        permit.send(Ok(frame.clone()));
+        Metrics::inc(&self.metrics.pushes);
+        true
     }
 
     /// Instances and revision of one service (empty and 0 if unknown).
@@ -284,11 +313,11 @@ impl Views {
             })),
         });
         for sub in view.subscribers.values() {
-            sub.deliver(svc, revision, &frame, &self.metrics);
+            sub.deliver(svc, &frame, &self.metrics);
         }
         if let Some(watchers) = self.watchers.get(&svc.0) {
             for sub in watchers.values() {
-                sub.deliver(svc, revision, &frame, &self.metrics);
+                sub.deliver(svc, &frame, &self.metrics);
             }
         }
         let unused = view.instances.is_empty() && view.subscribers.is_empty();
