@@ -11,7 +11,6 @@
 //! Run: `cargo bench -p bus-sync --bench sync -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bus_sync::wire::{self, Batch};
@@ -52,7 +51,7 @@ fn puts(node: &str, n: usize) -> Vec<Change> {
             let i = instance(k);
             Change::Put {
                 key: Key::Instance(InstanceKey::new(&i.namespace, &i.service, &i.instance_id)),
-                entry: Entry { version: hlc.tick(WALL_MS), record: Some(Record::Instance(Arc::new(i))) },
+                entry: Entry { version: hlc.tick(WALL_MS), record: Some(Record::instance(&i)) },
             }
         })
         .collect()

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use registry_proto::sync as pb;
-use registry_store::{Change, ConsumerKey, Entry, InstanceKey, Key, Origin, Record, Version};
+use registry_proto::{sync as pb, v1};
+use registry_store::{Change, ConsumerKey, EncodedInstance, Entry, InstanceKey, Key, Origin, Record, Version};
 
 /// Longest string accepted in a key from the bus.
 const MAX_KEY_PART: usize = 4_096;
@@ -82,7 +82,7 @@ pub fn entry_to_wire(e: &Entry) -> pb::Entry {
     pb::Entry {
         version: Some(pb::Version { hlc: e.version.hlc, node: e.version.node }),
         record: e.record.as_ref().map(|r| match r {
-            Record::Instance(i) => pb::entry::Record::Instance((**i).clone()),
+            Record::Instance(i) => pb::entry::Record::Instance(i.bytes().to_vec()),
             Record::Consumer(c) => pb::entry::Record::Consumer((**c).clone()),
         }),
     }
@@ -95,11 +95,12 @@ pub fn entry_from_wire(key: &Key, e: Option<pb::Entry>) -> Result<Entry, WireErr
     let version = Version { hlc: v.hlc, node: v.node };
     let record = match (key, e.record) {
         (_, None) => None,
-        (Key::Instance(k), Some(pb::entry::Record::Instance(i))) => {
+        (Key::Instance(k), Some(pb::entry::Record::Instance(bytes))) => {
+            let i = v1::Instance::decode(&*bytes)?;
             if *k.namespace != i.namespace || *k.service != i.service || *k.id != i.instance_id {
                 return Err(invalid("entry.instance", "does not match its key"));
             }
-            Some(Record::Instance(Arc::new(i)))
+            Some(Record::Instance(EncodedInstance::from_checked(&bytes)))
         }
         (Key::Consumer(_), Some(pb::entry::Record::Consumer(c))) => Some(Record::Consumer(Arc::new(c))),
         _ => return Err(invalid("entry.record", "record kind does not match the key kind")),

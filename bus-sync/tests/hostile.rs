@@ -38,7 +38,7 @@ fn instance(k: u8, port: u32) -> v1::Instance {
 }
 
 fn entry(k: u8, port: u32) -> Entry {
-    Entry { version: Version { hlc: 1 << 20, node: 7 }, record: Some(Record::Instance(Arc::new(instance(k, port)))) }
+    Entry { version: Version { hlc: 1 << 20, node: 7 }, record: Some(Record::instance(&instance(k, port))) }
 }
 
 fn put(k: u8, port: u32) -> Change {
@@ -263,7 +263,7 @@ fn wire_put(key: &Key, record: Option<pb::entry::Record>) -> pb::Change {
 }
 
 fn wire_instance(i: v1::Instance) -> Option<pb::entry::Record> {
-    Some(pb::entry::Record::Instance(i))
+    Some(pb::entry::Record::Instance(prost::Message::encode_to_vec(&i)))
 }
 
 fn decode(b: &pb::ChangeBatch) -> Result<Batch, WireError> {

@@ -45,14 +45,14 @@ fn key(k: u8) -> Key {
 }
 
 fn record(k: u8, port: u16) -> Record {
-    Record::Instance(Arc::new(v1::Instance {
+    Record::instance(&v1::Instance {
         namespace: "default".into(),
         service: "svc".into(),
         instance_id: format!("i{k}"),
         host: "127.0.0.1".into(),
         port: port.into(),
         ..Default::default()
-    }))
+    })
 }
 
 struct SimNode {
@@ -246,7 +246,7 @@ impl SimNode {
         self.store
             .visible_records()
             .map(|(k, _, r)| match r {
-                Record::Instance(i) => (k.clone(), i.port),
+                Record::Instance(i) => (k.clone(), i.decode().map_or(0, |i| i.port)),
                 Record::Consumer(_) => (k.clone(), 0),
             })
             .collect()
@@ -366,7 +366,7 @@ impl Sim {
         for n in &self.nodes {
             for (k, e) in n.store.slice_entries(n.store.local_id()) {
                 let port = e.record.as_ref().map(|r| match r {
-                    Record::Instance(i) => i.port,
+                    Record::Instance(i) => i.decode().map_or(0, |i| i.port),
                     Record::Consumer(_) => 0,
                 });
                 let rank = (e.version, n.me.incarnation, port);

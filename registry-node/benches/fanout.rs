@@ -49,7 +49,7 @@ fn upsert(k: usize, port: u32, origin: OriginId) -> ViewChange {
     let i = instance(k, port);
     ViewChange::Upsert {
         key: Key::Instance(InstanceKey::new(&i.namespace, &i.service, &i.instance_id)),
-        record: Record::Instance(Arc::new(i)),
+        record: Record::instance(&i),
         origin,
     }
 }

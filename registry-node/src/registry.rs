@@ -168,13 +168,13 @@ impl Registry {
         let key = validate::key_of(&instance);
         let limit = self.config.limits.max_instances_per_session;
         let mut st = self.state.lock();
+        let key = st.store.intern_key(key);
         let owned = st.owned.get(&owner).map_or(0, HashSet::len);
         let already = st.owned.get(&owner).is_some_and(|s| s.contains(&key));
         if !already && owned >= limit {
             return Err(RegistryError::TooManyInstances { limit });
         }
-        let (version, out) =
-            st.store.put_local(Key::Instance(key.clone()), Record::Instance(Arc::new(instance)), wall_ms());
+        let (version, out) = st.store.put_local(Key::Instance(key.clone()), Record::instance(&instance), wall_ms());
         if let Some(previous) = st.owner_of.insert(key.clone(), owner)
             && previous != owner
             && let Some(keys) = st.owned.get_mut(&previous)

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use registry_proto::{SubscribeFrame, v1};
-use registry_store::{Key, Record, ViewChange};
+use registry_store::{EncodedInstance, Key, Record, ViewChange};
 use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
@@ -101,7 +101,7 @@ impl Subscriber {
 #[derive(Debug, Default)]
 pub struct ServiceView {
     pub revision: u64,
-    pub instances: BTreeMap<Arc<str>, Arc<v1::Instance>>,
+    pub instances: BTreeMap<Arc<str>, EncodedInstance>,
     subscribers: HashMap<u64, Arc<Subscriber>>,
     snapshot: Option<SubscribeFrame>,
 }
@@ -193,17 +193,8 @@ impl Views {
         let view = &mut *view;
         let revision = view.revision;
         let instances = &view.instances;
-        let frame = view.snapshot.get_or_insert_with(|| {
-            SubscribeFrame::encode(&v1::SubscribeResponse {
-                kind: Some(v1::subscribe_response::Kind::Snapshot(v1::ServiceSnapshot {
-                    namespace: service.0.to_string(),
-                    service: service.1.to_string(),
-                    instances: instances.values().map(|i| (**i).clone()).collect(),
-                    revision,
-                    freshness: Some(freshness),
-                })),
-            })
-        });
+        let frame =
+            view.snapshot.get_or_insert_with(|| frames::snapshot(service, instances.values(), revision, &freshness));
         permit.send(Ok(frame.clone()));
         Metrics::inc(&self.metrics.pushes);
         true
@@ -213,7 +204,9 @@ impl Views {
     pub fn get(&self, namespace: &str, service: &str) -> (u64, Vec<v1::Instance>) {
         let key: ServiceKey = (namespace.into(), service.into());
         match self.map.get(&key) {
-            Some(v) => (v.revision, v.instances.values().map(|i| (**i).clone()).collect()),
+            // Records were validated before they were stored; one that does not
+            // decode cannot exist, and would be skipped rather than fail the read.
+            Some(v) => (v.revision, v.instances.values().filter_map(|i| i.decode().ok()).collect()),
             None => (0, Vec::new()),
         }
     }
@@ -247,7 +240,7 @@ impl Views {
     pub fn apply(&self, changes: Vec<ViewChange>, freshness: v1::Freshness) {
         // Net effect per service and instance id, keeping first-touch order.
         let mut order: Vec<ServiceKey> = Vec::new();
-        let mut net: HashMap<ServiceKey, BTreeMap<Arc<str>, Option<Arc<v1::Instance>>>> = HashMap::new();
+        let mut net: HashMap<ServiceKey, BTreeMap<Arc<str>, Option<EncodedInstance>>> = HashMap::new();
         for change in changes {
             let (key, value) = match change {
                 ViewChange::Upsert { key: Key::Instance(k), record: Record::Instance(i), .. } => (k, Some(i)),
@@ -271,7 +264,7 @@ impl Views {
     fn apply_service(
         &self,
         svc: &ServiceKey,
-        changes: BTreeMap<Arc<str>, Option<Arc<v1::Instance>>>,
+        changes: BTreeMap<Arc<str>, Option<EncodedInstance>>,
         freshness: &v1::Freshness,
     ) {
         let mut view = self.map.entry(svc.clone()).or_default();
@@ -280,7 +273,7 @@ impl Views {
         for (id, value) in changes {
             match value {
                 Some(instance) => {
-                    upserted.push((*instance).clone());
+                    upserted.push(instance.clone());
                     view.instances.insert(id, instance);
                 }
                 None => {
@@ -301,17 +294,7 @@ impl Views {
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         view.revision = revision;
         view.snapshot = None;
-        let frame = SubscribeFrame::encode(&v1::SubscribeResponse {
-            kind: Some(v1::subscribe_response::Kind::Delta(v1::ServiceDelta {
-                namespace: svc.0.to_string(),
-                service: svc.1.to_string(),
-                upserted,
-                removed,
-                revision,
-                prev_revision,
-                freshness: Some(*freshness),
-            })),
-        });
+        let frame = frames::delta(svc, &upserted, &removed, revision, prev_revision, freshness);
         for sub in view.subscribers.values() {
             sub.deliver(svc, &frame, &self.metrics);
         }
@@ -340,6 +323,129 @@ impl Views {
                 p.known.remove(svc);
                 p.needs_snapshot.remove(svc);
             }
+        }
+    }
+}
+
+/// Subscribe messages written around instances that are already encoded: the
+/// instances' bytes are copied in as they are, never decoded and re-encoded. A
+/// `repeated Instance` field is a run of length-delimited fields, so the result
+/// is exactly what encoding the generated message would give.
+mod frames {
+    use prost::encoding::{self, WireType};
+    use registry_proto::{SubscribeFrame, v1};
+    use registry_store::EncodedInstance;
+
+    use super::ServiceKey;
+
+    const SNAPSHOT: u32 = 1;
+    const DELTA: u32 = 2;
+
+    fn raw(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(bytes.len() as u64, buf);
+        buf.extend_from_slice(bytes);
+    }
+
+    fn names(svc: &ServiceKey, buf: &mut Vec<u8>) {
+        raw(1, svc.0.as_bytes(), buf);
+        raw(2, svc.1.as_bytes(), buf);
+    }
+
+    fn wrap(kind: u32, inner: &[u8]) -> SubscribeFrame {
+        let mut out = Vec::with_capacity(inner.len() + 8);
+        raw(kind, inner, &mut out);
+        SubscribeFrame(out.into())
+    }
+
+    /// `SubscribeResponse { snapshot: ServiceSnapshot { .. } }`.
+    pub(super) fn snapshot<'a>(
+        svc: &ServiceKey,
+        instances: impl Iterator<Item = &'a EncodedInstance>,
+        revision: u64,
+        freshness: &v1::Freshness,
+    ) -> SubscribeFrame {
+        let mut inner = Vec::new();
+        names(svc, &mut inner);
+        for i in instances {
+            raw(3, i.bytes(), &mut inner);
+        }
+        encoding::uint64::encode(4, &revision, &mut inner);
+        encoding::message::encode(5, freshness, &mut inner);
+        wrap(SNAPSHOT, &inner)
+    }
+
+    /// `SubscribeResponse { delta: ServiceDelta { .. } }`.
+    pub(super) fn delta(
+        svc: &ServiceKey,
+        upserted: &[EncodedInstance],
+        removed: &[v1::InstanceKey],
+        revision: u64,
+        prev_revision: u64,
+        freshness: &v1::Freshness,
+    ) -> SubscribeFrame {
+        let mut inner = Vec::new();
+        names(svc, &mut inner);
+        for i in upserted {
+            raw(3, i.bytes(), &mut inner);
+        }
+        for k in removed {
+            encoding::message::encode(4, k, &mut inner);
+        }
+        encoding::uint64::encode(5, &revision, &mut inner);
+        encoding::uint64::encode(6, &prev_revision, &mut inner);
+        encoding::message::encode(7, freshness, &mut inner);
+        wrap(DELTA, &inner)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn inst(id: &str) -> v1::Instance {
+            v1::Instance {
+                namespace: "ns".into(),
+                service: "svc".into(),
+                instance_id: id.into(),
+                host: "h".into(),
+                port: 9,
+                metadata: [("k".to_string(), "v".to_string())].into(),
+                weight: Some(100),
+                ..Default::default()
+            }
+        }
+
+        #[test]
+        fn hand_written_frames_decode_to_the_generated_messages() {
+            let svc: ServiceKey = ("ns".into(), "svc".into());
+            let fresh = v1::Freshness { oldest_origin_age_ms: 12, degraded: true };
+            let all = [inst("a"), inst("b")];
+            let enc: Vec<EncodedInstance> = all.iter().map(EncodedInstance::encode).collect();
+            let snap = snapshot(&svc, enc.iter(), 7, &fresh).decode().expect("decodes");
+            let want = v1::SubscribeResponse {
+                kind: Some(v1::subscribe_response::Kind::Snapshot(v1::ServiceSnapshot {
+                    namespace: "ns".into(),
+                    service: "svc".into(),
+                    instances: all.to_vec(),
+                    revision: 7,
+                    freshness: Some(fresh),
+                })),
+            };
+            assert_eq!(snap, want);
+            let removed = [v1::InstanceKey { namespace: "ns".into(), service: "svc".into(), instance_id: "z".into() }];
+            let d = delta(&svc, &enc[..1], &removed, 9, 7, &fresh).decode().expect("decodes");
+            let want = v1::SubscribeResponse {
+                kind: Some(v1::subscribe_response::Kind::Delta(v1::ServiceDelta {
+                    namespace: "ns".into(),
+                    service: "svc".into(),
+                    upserted: vec![all[0].clone()],
+                    removed: removed.to_vec(),
+                    revision: 9,
+                    prev_revision: 7,
+                    freshness: Some(fresh),
+                })),
+            };
+            assert_eq!(d, want);
         }
     }
 }

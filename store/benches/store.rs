@@ -10,7 +10,6 @@
 //! Run: `cargo bench -p registry-store --bench store -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -51,7 +50,7 @@ fn key(k: usize) -> Key {
 }
 
 fn record(k: usize, port: u32) -> Record {
-    Record::Instance(Arc::new(instance(k, port)))
+    Record::instance(&instance(k, port))
 }
 
 /// A store whose local origin is `node-a`, plus the peer origin `node-b`.

@@ -61,12 +61,54 @@ impl Key {
     }
 }
 
+/// An instance held as its protobuf encoding: one allocation per record,
+/// shared by reference by the store, the views and the bus, and copied into
+/// outgoing messages as it is, without re-encoding. Decoded only where a struct
+/// is needed (validation of bus input, GetService).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedInstance(Arc<[u8]>);
+
+impl EncodedInstance {
+    pub fn encode(i: &v1::Instance) -> Self {
+        Self(prost::Message::encode_to_vec(i).into())
+    }
+
+    /// Wraps bytes the caller has checked decode as a valid instance.
+    pub fn from_checked(bytes: &[u8]) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn decode(&self) -> Result<v1::Instance, prost::DecodeError> {
+        prost::Message::decode(&*self.0)
+    }
+}
+
+impl std::fmt::Debug for EncodedInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.decode() {
+            Ok(i) => write!(f, "{}/{}/{}@{}:{}", i.namespace, i.service, i.instance_id, i.host, i.port),
+            Err(_) => write!(f, "<{} undecodable bytes>", self.0.len()),
+        }
+    }
+}
+
 /// A live record. Shared by reference: the store, the views and every pushed
 /// event point at the same allocation.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    Instance(Arc<v1::Instance>),
+    Instance(EncodedInstance),
     Consumer(Arc<v1::Consumer>),
+}
+
+impl Record {
+    /// An instance record (encoded once, here).
+    pub fn instance(i: &v1::Instance) -> Self {
+        Self::Instance(EncodedInstance::encode(i))
+    }
 }
 
 /// What one slice holds for a key: a live record or a tombstone.

@@ -4,9 +4,10 @@
 //! has one (almost always exactly one). That makes the merged-view decision for a
 //! key a scan of a one- or two-element list instead of a look-up in every slice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use crate::record::{Change, Entry, Key, Record};
+use crate::record::{Change, Entry, InstanceKey, Key, Record};
 use crate::version::{Hlc, Origin, Version};
 
 /// Dense local handle of an [`Origin`]; meaningless outside this store.
@@ -77,6 +78,8 @@ pub struct Store {
     ids: HashMap<Origin, OriginId>,
     next_id: u32,
     keys: HashMap<Key, Vec<(OriginId, Entry)>>,
+    /// Namespace and service names, one allocation each however many keys use them.
+    names: HashSet<Arc<str>>,
 }
 
 impl Store {
@@ -89,6 +92,7 @@ impl Store {
             ids: HashMap::new(),
             next_id: 0,
             keys: HashMap::new(),
+            names: HashSet::new(),
         };
         store.local = store.origin_id(&local);
         store
@@ -131,6 +135,22 @@ impl Store {
             entries: s.entries,
             live: s.live,
         })
+    }
+
+    fn intern(&mut self, name: &Arc<str>) -> Arc<str> {
+        match self.names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                self.names.insert(name.clone());
+                name.clone()
+            }
+        }
+    }
+
+    /// The key with its namespace and service names shared with every other key
+    /// that uses them. Callers that keep keys of their own use this to share too.
+    pub fn intern_key(&mut self, key: InstanceKey) -> InstanceKey {
+        InstanceKey { namespace: self.intern(&key.namespace), service: self.intern(&key.service), id: key.id }
     }
 
     /// Number of keys with at least one entry, tombstones included.
@@ -318,6 +338,10 @@ impl Store {
             return;
         }
         let added = new.as_ref().map(|e| (e.digest(&key), e.is_live()));
+        let key = match key {
+            Key::Instance(k) if new.is_some() => Key::Instance(self.intern_key(k)),
+            other => other,
+        };
         let holders = self.keys.entry(key.clone()).or_default();
         let before = shown(&self.slices, holders);
         let pos = holders.iter().position(|(o, _)| *o == origin);

@@ -1,8 +1,6 @@
 //! Scenarios over the store's public API: what the merged view shows when
 //! copies of a record live in several slices.
 
-use std::sync::Arc;
-
 use proptest::prelude::*;
 use registry_proto::v1;
 use registry_store::{Change, InstanceKey, Key, Origin, Outcome, Record, Store, ViewChange};
@@ -12,19 +10,19 @@ fn key(id: &str) -> Key {
 }
 
 fn instance(id: &str, port: u32) -> Record {
-    Record::Instance(Arc::new(v1::Instance {
+    Record::instance(&v1::Instance {
         namespace: "default".into(),
         service: "orders".into(),
         instance_id: id.into(),
         host: "10.0.0.1".into(),
         port,
         ..Default::default()
-    }))
+    })
 }
 
 fn port_shown(store: &Store, k: &Key) -> Option<u32> {
     match store.visible(k)?.1 {
-        Record::Instance(i) => Some(i.port),
+        Record::Instance(i) => i.decode().ok().map(|i| i.port),
         Record::Consumer(_) => None,
     }
 }
@@ -232,7 +230,7 @@ proptest! {
             let mut v: Vec<(Key, u32)> = s
                 .visible_records()
                 .map(|(k, _, r)| match r {
-                    Record::Instance(i) => (k.clone(), i.port),
+                    Record::Instance(i) => (k.clone(), i.decode().map_or(0, |i| i.port)),
                     Record::Consumer(_) => (k.clone(), 0),
                 })
                 .collect();
