@@ -66,11 +66,11 @@ pub fn key_to_wire(k: &Key) -> pb::Key {
 
 pub fn key_from_wire(k: Option<pb::Key>) -> Result<Key, WireError> {
     match k.and_then(|k| k.kind).ok_or(WireError::Missing("key"))? {
-        pb::key::Kind::Instance(k) => Ok(Key::Instance(InstanceKey {
-            namespace: part("key.namespace", &k.namespace)?,
-            service: part("key.service", &k.service)?,
-            id: part("key.instance_id", &k.instance_id)?,
-        })),
+        pb::key::Kind::Instance(k) => Ok(Key::Instance(InstanceKey::from_parts(
+            part("key.namespace", &k.namespace)?,
+            part("key.service", &k.service)?,
+            part("key.instance_id", &k.instance_id)?,
+        ))),
         pb::key::Kind::Consumer(k) => Ok(Key::Consumer(ConsumerKey {
             namespace: part("key.namespace", &k.namespace)?,
             stream: part("key.stream", &k.stream)?,

@@ -247,13 +247,13 @@ impl Views {
                 ViewChange::Remove { key: Key::Instance(k) } => (k, None),
                 _ => continue,
             };
-            let svc: ServiceKey = (key.namespace, key.service);
+            let svc: ServiceKey = (key.namespace.clone(), key.service.clone());
             net.entry(svc.clone())
                 .or_insert_with(|| {
                     order.push(svc);
                     BTreeMap::new()
                 })
-                .insert(key.id, value);
+                .insert(key.id.clone(), value);
         }
         for svc in order {
             let Some(changes) = net.remove(&svc) else { continue };

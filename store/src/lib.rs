@@ -21,6 +21,6 @@ pub mod record;
 pub mod slices;
 pub mod version;
 
-pub use record::{Change, ConsumerKey, EncodedInstance, Entry, InstanceKey, Key, Record};
+pub use record::{Change, ConsumerKey, EncodedInstance, Entry, InstanceKey, InstanceKeyParts, Key, Record};
 pub use slices::{OriginId, Outcome, SliceStats, Store, ViewChange};
 pub use version::{Hlc, Origin, Version};

@@ -7,16 +7,42 @@ use registry_proto::v1;
 use crate::version::{StableHasher, Version};
 
 /// Identifies one instance of a service.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceKey {
+///
+/// One pointer wide: a key is held by the store's index and the registry's
+/// ownership tables, whose hash-table buckets are sized by it, so the parts
+/// live behind one shared allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey(Arc<InstanceKeyParts>);
+
+/// The parts of an [`InstanceKey`], reached through it by `Deref`.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKeyParts {
     pub namespace: Arc<str>,
     pub service: Arc<str>,
     pub id: Arc<str>,
 }
 
+impl std::ops::Deref for InstanceKey {
+    type Target = InstanceKeyParts;
+
+    fn deref(&self) -> &InstanceKeyParts {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for InstanceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.service, self.id)
+    }
+}
+
 impl InstanceKey {
     pub fn new(namespace: &str, service: &str, id: &str) -> Self {
-        Self { namespace: namespace.into(), service: service.into(), id: id.into() }
+        Self::from_parts(namespace.into(), service.into(), id.into())
+    }
+
+    pub fn from_parts(namespace: Arc<str>, service: Arc<str>, id: Arc<str>) -> Self {
+        Self(Arc::new(InstanceKeyParts { namespace, service, id }))
     }
 
     pub fn to_proto(&self) -> v1::InstanceKey {

@@ -150,7 +150,12 @@ impl Store {
     /// The key with its namespace and service names shared with every other key
     /// that uses them. Callers that keep keys of their own use this to share too.
     pub fn intern_key(&mut self, key: InstanceKey) -> InstanceKey {
-        InstanceKey { namespace: self.intern(&key.namespace), service: self.intern(&key.service), id: key.id }
+        let namespace = self.intern(&key.namespace);
+        let service = self.intern(&key.service);
+        if Arc::ptr_eq(&namespace, &key.namespace) && Arc::ptr_eq(&service, &key.service) {
+            return key;
+        }
+        InstanceKey::from_parts(namespace, service, key.id.clone())
     }
 
     /// Number of keys with at least one entry, tombstones included.
