@@ -71,10 +71,10 @@ pub fn key_from_wire(k: Option<pb::Key>) -> Result<Key, WireError> {
             part("key.service", &k.service)?,
             part("key.instance_id", &k.instance_id)?,
         ))),
-        pb::key::Kind::Consumer(k) => Ok(Key::Consumer(ConsumerKey {
+        pb::key::Kind::Consumer(k) => Ok(Key::Consumer(std::sync::Arc::new(ConsumerKey {
             namespace: part("key.namespace", &k.namespace)?,
             stream: part("key.stream", &k.stream)?,
-        })),
+        }))),
     }
 }
 

@@ -10,7 +10,7 @@ use bus_sync::{Action, Counters, Cuts, SyncConfig, SyncCore};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use registry_proto::{sync as pb, v1};
-use registry_store::{Change, ConsumerKey, Entry, InstanceKey, Key, Origin, Record, Version};
+use registry_store::{Change, Entry, InstanceKey, Key, Origin, Record, Version};
 
 // ---------------------------------------------------------------- helpers
 
@@ -46,7 +46,7 @@ fn put(k: u8, port: u32) -> Change {
 }
 
 fn consumer_key() -> Key {
-    Key::Consumer(ConsumerKey { namespace: "default".into(), stream: "n1-1".into() })
+    Key::consumer("default", "n1-1")
 }
 
 fn slice(n: u8) -> Vec<(Key, Entry)> {

@@ -16,9 +16,7 @@ use bus_sync::SyncShared;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use registry_proto::v1;
-use registry_store::{
-    Change, ConsumerKey, Entry, InstanceKey, Key, Origin, Outcome, Record, SliceStats, Store, ViewChange,
-};
+use registry_store::{Change, Entry, InstanceKey, Key, Origin, Outcome, Record, SliceStats, Store, ViewChange};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -319,14 +317,14 @@ impl Registry {
 
     /// Records a subscription in the consumer directory.
     pub fn add_consumer(&self, namespace: &str, stream: &str, consumer: v1::Consumer) {
-        let key = Key::Consumer(ConsumerKey { namespace: namespace.into(), stream: stream.into() });
+        let key = Key::consumer(namespace, stream);
         let mut st = self.state.lock();
         let (_, out) = st.store.put_local(key, Record::Consumer(Arc::new(consumer)), wall_ms());
         self.apply(&mut st, out);
     }
 
     pub fn remove_consumer(&self, namespace: &str, stream: &str) {
-        let key = Key::Consumer(ConsumerKey { namespace: namespace.into(), stream: stream.into() });
+        let key = Key::consumer(namespace, stream);
         let mut st = self.state.lock();
         if let Some((_, out)) = st.store.remove_local(&key, wall_ms()) {
             self.apply(&mut st, out);
@@ -496,7 +494,7 @@ impl Registry {
         for change in out.view {
             match change {
                 ViewChange::Upsert { key: Key::Consumer(k), record: Record::Consumer(c), .. } => {
-                    self.consumers.entry(k.namespace).or_default().insert(k.stream, c);
+                    self.consumers.entry(k.namespace.clone()).or_default().insert(k.stream.clone(), c);
                 }
                 ViewChange::Remove { key: Key::Consumer(k) } => {
                     let mut empty = false;

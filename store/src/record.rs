@@ -62,11 +62,18 @@ pub struct ConsumerKey {
     pub stream: Arc<str>,
 }
 
-/// Key of a replicated record.
+/// Key of a replicated record. Both variants are one pointer, so the key is
+/// two words (see [`InstanceKey`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
     Instance(InstanceKey),
-    Consumer(ConsumerKey),
+    Consumer(Arc<ConsumerKey>),
+}
+
+impl Key {
+    pub fn consumer(namespace: &str, stream: &str) -> Self {
+        Self::Consumer(Arc::new(ConsumerKey { namespace: namespace.into(), stream: stream.into() }))
+    }
 }
 
 impl Key {
