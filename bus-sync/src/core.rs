@@ -100,6 +100,19 @@ pub enum Action {
         cut_seq: u64,
         entries: Vec<(Key, Entry)>,
     },
+    /// Put entries of a transfer into this node's (so far empty) copy of
+    /// `origin`'s slice, page by page as they arrive.
+    LoadEntries {
+        origin: Origin,
+        entries: Vec<(Key, Entry)>,
+    },
+    /// A page-by-page transfer is complete: the copy is `origin`'s slice as of
+    /// `cut_seq`.
+    SliceLoaded {
+        origin: Origin,
+        cut_seq: u64,
+        entries: u64,
+    },
     /// Remove `origin`'s slice.
     DropOrigin {
         origin: Origin,
@@ -161,7 +174,21 @@ pub struct PeerView {
 enum Pull {
     Idle,
     Range { id: u64 },
-    Slice { id: u64, cut_id: u64, staged: Vec<(Key, Entry)> },
+    Slice { id: u64, transfer: Transfer },
+}
+
+/// A slice transfer in progress.
+#[derive(Debug, Default)]
+struct Transfer {
+    /// 0 until the first page names the cut.
+    cut_id: u64,
+    received: u64,
+    /// XOR of the received entries' digests, checked against the cut's.
+    digest: u64,
+    /// Entries held back to replace an existing copy as a whole at the end.
+    /// `None`: this node holds nothing of the origin, so pages are loaded as
+    /// they arrive, overlapping the work of both nodes.
+    staged: Option<Vec<(Key, Entry)>>,
 }
 
 #[derive(Debug)]
@@ -177,6 +204,9 @@ struct Peer {
     pull: Pull,
     next_pull_at: u64,
     need_slice: bool,
+    /// A page-by-page load into the copy stopped half way: the next transfer
+    /// must replace the copy as a whole.
+    dirty: bool,
     /// Batches ahead of `applied`, by first seq.
     buffer: BTreeMap<u64, Vec<Change>>,
     buffered: usize,
@@ -195,6 +225,7 @@ impl Peer {
             pull: Pull::Idle,
             next_pull_at: 0,
             need_slice: false,
+            dirty: false,
             buffer: BTreeMap::new(),
             buffered: 0,
         }
@@ -562,7 +593,7 @@ impl SyncCore {
                 }
             }
             Some(Reply::Page(page)) => match pull {
-                Pull::Slice { cut_id, staged, .. } => self.on_page(&node, cut_id, staged, page, now, &mut actions),
+                Pull::Slice { transfer, .. } => self.on_page(&node, transfer, page, now, &mut actions),
                 _ => self.counters.invalid += 1,
             },
         }
@@ -570,46 +601,57 @@ impl SyncCore {
         actions
     }
 
-    fn on_page(
-        &mut self,
-        node: &Arc<str>,
-        cut_id: u64,
-        mut staged: Vec<(Key, Entry)>,
-        page: Page,
-        now: u64,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_page(&mut self, node: &Arc<str>, mut t: Transfer, page: Page, now: u64, actions: &mut Vec<Action>) {
         let Some(p) = self.peers.get_mut(node) else { return };
         // An origin's seq only grows, so a cut older than what we applied is bogus.
         let consistent =
-            page.offset == staged.len() as u64 && (cut_id == 0 || cut_id == page.cut_id) && page.cut_seq >= p.applied;
+            page.offset == t.received && (t.cut_id == 0 || t.cut_id == page.cut_id) && page.cut_seq >= p.applied;
         if !consistent {
             self.counters.invalid += 1;
             p.need_slice = true;
             p.next_pull_at = now + self.cfg.retry_ms;
             return;
         }
-        let more = !page.entries.is_empty() && page.offset + (page.entries.len() as u64) < page.total;
-        staged.extend(page.entries);
-        if more {
+        t.cut_id = page.cut_id;
+        t.received += page.entries.len() as u64;
+        t.digest = page.entries.iter().fold(t.digest, |acc, (k, e)| acc ^ e.digest(k));
+        let more = !page.entries.is_empty() && t.received < page.total;
+        let next = more.then(|| {
+            // Ask for the next page first, so the origin encodes it while this
+            // node loads the current one.
             let id = self.next_request;
             self.next_request += 1;
-            let request = Request::Page { cut_id: page.cut_id, offset: staged.len() as u64 };
-            p.pull = Pull::Slice { id, cut_id: page.cut_id, staged };
             self.requests.insert(id, (node.clone(), now));
+            let request = Request::Page { cut_id: page.cut_id, offset: t.received };
             actions.push(Action::Request { id, to: p.origin.clone(), request });
+            id
+        });
+        match &mut t.staged {
+            Some(staged) => staged.extend(page.entries),
+            None if !page.entries.is_empty() => {
+                p.dirty = true;
+                actions.push(Action::LoadEntries { origin: p.origin.clone(), entries: page.entries });
+            }
+            None => {}
+        }
+        if let Some(id) = next {
+            p.pull = Pull::Slice { id, transfer: t };
             return;
         }
-        let digest = staged.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
-        if digest != page.digest || staged.len() as u64 != page.total {
+        if t.digest != page.digest || t.received != page.total {
             self.counters.digest_mismatches += 1;
             p.need_slice = true;
             p.next_pull_at = now + self.cfg.retry_ms;
             return;
         }
-        actions.push(Action::ReplaceSlice { origin: p.origin.clone(), cut_seq: page.cut_seq, entries: staged });
+        let (origin, cut_seq) = (p.origin.clone(), page.cut_seq);
+        actions.push(match t.staged {
+            Some(entries) => Action::ReplaceSlice { origin, cut_seq, entries },
+            None => Action::SliceLoaded { origin, cut_seq, entries: t.received },
+        });
         p.applied = page.cut_seq;
         p.loaded = true;
+        p.dirty = false;
         p.need_slice = false;
         drain_buffer(p, actions, &mut self.counters);
     }
@@ -643,7 +685,11 @@ impl SyncCore {
         let id = self.next_request;
         self.next_request += 1;
         p.pull = match request {
-            Request::Page { .. } => Pull::Slice { id, cut_id: 0, staged: Vec::new() },
+            Request::Page { .. } => {
+                // Into a copy that holds nothing yet, pages load as they come.
+                let fresh = !p.loaded && !p.dirty;
+                Pull::Slice { id, transfer: Transfer { staged: (!fresh).then(Vec::new), ..Transfer::default() } }
+            }
             Request::Range { .. } => Pull::Range { id },
         };
         self.requests.insert(id, (node.clone(), now));

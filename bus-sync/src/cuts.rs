@@ -51,9 +51,8 @@ impl Cuts {
             if self.cuts.len() >= self.max_cuts {
                 return Reply::Refused { reason: "too many slice transfers at once; retry".into(), pull_slice: false };
             }
-            let (seq, mut entries) = snapshot();
-            // A stable order, so pages of one cut never overlap or skip.
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            // The cut is a copy: its order is fixed, so pages never overlap or skip.
+            let (seq, entries) = snapshot();
             let digest = entries.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
             let id = self.next_id;
             self.next_id += 1;

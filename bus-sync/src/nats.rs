@@ -41,6 +41,9 @@ pub trait Replica: Send + Sync + 'static {
     fn copy_stats(&self, origin: &Origin) -> (u64, u64);
     fn apply(&self, origin: &Origin, changes: Vec<Change>);
     fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>);
+    /// Puts entries into this node's copy of `origin`'s slice (a page of a
+    /// transfer into a copy that held nothing).
+    fn load_entries(&self, origin: &Origin, entries: Vec<(Key, Entry)>);
     fn drop_origin(&self, origin: &Origin);
     fn set_orphaned(&self, origin: &Origin, orphaned: bool);
     fn own_live(&self) -> u64;
@@ -139,6 +142,13 @@ impl Subjects {
     }
 }
 
+/// The outcome of a sync request, decoded by the task that sent it.
+enum Answer {
+    Reply(Reply),
+    Garbage(wire::WireError),
+    Failed,
+}
+
 enum Event {
     Connected,
     Disconnected,
@@ -201,6 +211,7 @@ pub async fn spawn_sync<R: Replica>(
         shared: shared.clone(),
         epoch,
         requests: JoinSet::new(),
+        transfers: std::collections::HashMap::new(),
     };
     let task = tokio::spawn(runtime.run(data, rpc, events_rx, stop));
     Ok(SyncHandle { shared, task })
@@ -216,6 +227,8 @@ struct Runtime<R: Replica> {
     shared: Arc<SyncShared>,
     epoch: Instant,
     requests: JoinSet<()>,
+    /// When each slice transfer started, for the log line when it ends.
+    transfers: std::collections::HashMap<Origin, Instant>,
 }
 
 impl<R: Replica> Runtime<R> {
@@ -230,7 +243,7 @@ impl<R: Replica> Runtime<R> {
         mut events: mpsc::Receiver<Event>,
         stop: CancellationToken,
     ) {
-        let (reply_tx, mut replies) = mpsc::channel::<(u64, Option<Bytes>)>(256);
+        let (reply_tx, mut replies) = mpsc::channel::<(u64, Answer)>(256);
         let tick_ms = (self.cfg.sync.beat_interval_ms / 4).clamp(10, 250);
         let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,15 +256,16 @@ impl<R: Replica> Runtime<R> {
                     self.serve(msg).await;
                     Vec::new()
                 }
-                Some((id, bytes)) = replies.recv() => {
-                    let reply = bytes.and_then(|b| match wire::decode_reply(&b) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
+                Some((id, answer)) = replies.recv() => {
+                    let reply = match answer {
+                        Answer::Reply(r) => Some(r),
+                        Answer::Failed => None,
+                        Answer::Garbage(e) => {
                             self.shared.metrics.garbage_messages.fetch_add(1, Ordering::Relaxed);
                             debug!(error = %e, "undecodable sync reply");
                             None
                         }
-                    });
+                    };
                     let now = self.now();
                     self.core.on_reply(id, reply, now)
                 }
@@ -374,15 +388,26 @@ impl<R: Replica> Runtime<R> {
                 self.cuts.serve(cut_id, offset, now, || replica.own_cut())
             }
         };
-        let payload = Bytes::from(wire::encode(&wire::reply_to_wire(&reply)));
-        if let Err(e) = self.client.publish(reply_to, payload).await {
-            self.shared.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
-            debug!(error = %e, "could not send a sync reply");
+        let is_page = matches!(reply, Reply::Page(_));
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        let send = async move {
+            let payload = Bytes::from(wire::encode(&wire::reply_to_wire(&reply)));
+            if let Err(e) = client.publish(reply_to, payload).await {
+                shared.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "could not send a sync reply");
+            }
+        };
+        if is_page {
+            // Encoding a page is the bulk of serving a slice: off the protocol loop.
+            self.requests.spawn(send);
+        } else {
+            send.await;
         }
     }
 
     /// Publishes own changes made since the last round.
-    async fn flush_local(&mut self, reply_tx: &mpsc::Sender<(u64, Option<Bytes>)>) {
+    async fn flush_local(&mut self, reply_tx: &mpsc::Sender<(u64, Answer)>) {
         let changes = self.replica.take_local_changes();
         if changes.is_empty() {
             return;
@@ -399,7 +424,7 @@ impl<R: Replica> Runtime<R> {
         }
     }
 
-    async fn execute(&mut self, actions: Vec<Action>, reply_tx: &mpsc::Sender<(u64, Option<Bytes>)>) {
+    async fn execute(&mut self, actions: Vec<Action>, reply_tx: &mpsc::Sender<(u64, Answer)>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -434,6 +459,9 @@ impl<R: Replica> Runtime<R> {
                     self.publish(self.subjects.hello.clone(), wire::encode(&msg)).await;
                 }
                 Action::Request { id, to, request } => {
+                    if matches!(request, Request::Page { offset: 0, .. }) {
+                        self.transfers.insert(to.clone(), Instant::now());
+                    }
                     let subject = format!("{}{}", self.subjects.sync_prefix, to.node);
                     let payload =
                         Bytes::from(wire::encode(&wire::request_to_wire(self.core.me(), to.incarnation, &request)));
@@ -441,20 +469,35 @@ impl<R: Replica> Runtime<R> {
                     let tx = reply_tx.clone();
                     let timeout = Duration::from_millis(self.cfg.sync.request_timeout_ms);
                     self.requests.spawn(async move {
-                        let answer = tokio::time::timeout(timeout, client.request(subject, payload)).await;
-                        let bytes = match answer {
-                            Ok(Ok(msg)) => Some(msg.payload),
-                            _ => None,
+                        // Decoded here, on whichever worker runs this task, so a
+                        // large page does not hold up the protocol loop.
+                        let answer = match tokio::time::timeout(timeout, client.request(subject, payload)).await {
+                            Ok(Ok(msg)) => match wire::decode_reply(&msg.payload) {
+                                Ok(reply) => Answer::Reply(reply),
+                                Err(e) => Answer::Garbage(e),
+                            },
+                            _ => Answer::Failed,
                         };
-                        let _ = tx.send((id, bytes)).await;
+                        let _ = tx.send((id, answer)).await;
                     });
                     // Reap finished request tasks so the set stays small.
                     while self.requests.try_join_next().is_some() {}
                 }
                 Action::Apply { origin, changes, .. } => self.replica.apply(&origin, changes),
                 Action::ReplaceSlice { origin, cut_seq, entries } => {
-                    debug!(%origin, cut_seq, entries = entries.len(), "loaded slice");
+                    let n = entries.len();
+                    let applying = Instant::now();
                     self.replica.replace_slice(&origin, entries);
+                    let transfer_ms = self.transfers.remove(&origin).map(|t| t.elapsed().as_millis() as u64);
+                    info!(
+                        %origin, cut_seq, entries = n, transfer_ms, apply_ms = applying.elapsed().as_millis() as u64,
+                        "loaded a peer's slice"
+                    );
+                }
+                Action::LoadEntries { origin, entries } => self.replica.load_entries(&origin, entries),
+                Action::SliceLoaded { origin, cut_seq, entries } => {
+                    let transfer_ms = self.transfers.remove(&origin).map(|t| t.elapsed().as_millis() as u64);
+                    info!(%origin, cut_seq, entries, transfer_ms, "loaded a peer's slice page by page");
                 }
                 Action::DropOrigin { origin } => {
                     info!(%origin, "dropped the slice of a departed node");

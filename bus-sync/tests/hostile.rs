@@ -470,7 +470,7 @@ fn core_with_peer() -> SyncCore {
 
 /// Whether `actions` change any slice.
 fn applies(actions: &[Action]) -> bool {
-    actions.iter().any(|a| matches!(a, Action::Apply { .. } | Action::ReplaceSlice { .. }))
+    actions.iter().any(|a| matches!(a, Action::Apply { .. } | Action::ReplaceSlice { .. } | Action::LoadEntries { .. }))
 }
 
 /// Last seq of `origin` the core has applied, if it knows the origin.
@@ -648,17 +648,33 @@ fn a_page_answering_a_range_pull_is_counted_invalid() {
 }
 
 #[test]
-fn a_page_whose_digest_does_not_match_is_not_applied() {
+fn a_page_whose_digest_does_not_match_is_not_trusted() {
     let mut core = core();
     let wanted = Request::Page { cut_id: 0, offset: 0 };
     let id = pull_id(&core.on_beat(peer(), BeatInfo { seq: 5, ..Default::default() }, (0, 0), 10), &wanted);
     let entries = slice(2);
     let digest = entries.iter().fold(0, |acc, (k, e)| acc ^ e.digest(k));
-    let page = Page { cut_id: 3, cut_seq: 5, offset: 0, total: 2, digest: digest ^ 1, entries };
+    let page = Page { cut_id: 3, cut_seq: 5, offset: 0, total: 2, digest: digest ^ 1, entries: entries.clone() };
     let before = core.counters().clone();
-    assert_eq!(core.on_reply(id, Some(Reply::Page(page)), 20), []);
+    // A copy that held nothing loads pages as they arrive, so this one is loaded…
+    let actions = core.on_reply(id, Some(Reply::Page(page)), 20);
+    assert!(matches!(actions.as_slice(), [Action::LoadEntries { .. }]), "{actions:?}");
     assert_eq!(core.counters(), &Counters { digest_mismatches: before.digest_mismatches + 1, ..before });
+    // …but not trusted: the copy is not counted as current…
     assert_eq!(applied(&core, &peer()), Some(0));
+    // …and the next transfer replaces it as a whole.
+    let retry = core.on_tick(20 + SyncConfig::default().retry_ms, 0);
+    let id = retry
+        .iter()
+        .find_map(|a| match a {
+            Action::Request { id, request, .. } if *request == wanted => Some(*id),
+            _ => None,
+        })
+        .expect("the slice is pulled again");
+    let page = Page { cut_id: 4, cut_seq: 5, offset: 0, total: 2, digest, entries };
+    let actions = core.on_reply(id, Some(Reply::Page(page)), 30);
+    assert!(matches!(actions.as_slice(), [Action::ReplaceSlice { cut_seq: 5, .. }]), "{actions:?}");
+    assert_eq!(applied(&core, &peer()), Some(5));
 }
 
 #[test]

@@ -168,6 +168,19 @@ impl SimNode {
                     let out = self.store.replace_slice(id, entries);
                     self.core.local_changes(out.local);
                 }
+                Action::LoadEntries { origin, entries } => {
+                    if self.applied.get(&origin).copied().unwrap_or(0) != 0 {
+                        return Err(format!("{}: page-by-page load into a copy of {origin} that holds data", self.me));
+                    }
+                    let id = self.store.origin_id(&origin);
+                    for (key, entry) in entries {
+                        let out = self.store.apply_remote(id, registry_store::Change::Put { key, entry });
+                        self.core.local_changes(out.local);
+                    }
+                }
+                Action::SliceLoaded { origin, cut_seq, .. } => {
+                    self.applied.insert(origin, cut_seq);
+                }
                 Action::DropOrigin { origin } => {
                     if let Some(id) = self.store.find_origin(&origin) {
                         let out = self.store.drop_origin(id);

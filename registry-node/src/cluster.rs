@@ -50,6 +50,11 @@ impl Replica for NodeReplica {
         self.registry.replace_slice(origin, entries);
     }
 
+    fn load_entries(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
+        let changes = entries.into_iter().map(|(key, entry)| Change::Put { key, entry }).collect();
+        self.registry.apply_remote(origin, changes);
+    }
+
     fn drop_origin(&self, origin: &Origin) {
         self.registry.drop_origin(origin);
     }

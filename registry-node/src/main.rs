@@ -40,6 +40,15 @@ async fn main() -> ExitCode {
             .init(),
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
+    // Listen for signals before the node says it is ready, so a SIGTERM sent
+    // right after that line is a graceful shutdown, not the default kill.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("registry-node: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let node = match registry_node::start(config).await {
         Ok(n) => n,
         Err(e @ StartError::Config(_)) => {
@@ -53,24 +62,29 @@ async fn main() -> ExitCode {
     };
     let shutdown = node.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         shutdown.cancel();
     });
     node.stopped().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT, either of which starts the graceful shutdown.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

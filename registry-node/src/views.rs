@@ -294,6 +294,17 @@ impl Views {
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         view.revision = revision;
         view.snapshot = None;
+        let watched = self.watchers.get(&svc.0).is_some_and(|w| !w.is_empty());
+        if view.subscribers.is_empty() && !watched {
+            // Nobody to tell (the common case while a node loads the registry):
+            // skip encoding the delta.
+            let unused = view.instances.is_empty();
+            drop(view);
+            if unused {
+                self.drop_if_unused(svc);
+            }
+            return;
+        }
         let frame = frames::delta(svc, &upserted, &removed, revision, prev_revision, freshness);
         for sub in view.subscribers.values() {
             sub.deliver(svc, &frame, &self.metrics);
