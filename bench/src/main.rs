@@ -3,21 +3,32 @@
 //!
 //! Build both binaries in one target dir first:
 //! `cargo build --release -p registry-node -p registry-bench`.
+//!
+//! `--system etcd` or `--system zookeeper` runs the same scenarios against the
+//! systems the registry is compared with (see `peers`); `bench/peers/*.sh`
+//! install them from Debian packages when they are missing.
 
+mod peers;
 mod procs;
 mod scenarios;
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::scenarios::Row;
 
 #[derive(Debug, Parser)]
 #[command(name = "registry-bench", about = "Benchmark scenarios for the registry")]
 struct Cli {
+    /// The system the scenarios run against.
+    #[arg(long, global = true, value_enum, default_value_t = System::Registry)]
+    system: System,
+    /// Maximum Java heap of each ZooKeeper server (-Xmx), in MiB.
+    #[arg(long, global = true, default_value_t = 4096)]
+    zk_heap_mb: u32,
     /// The registry-node binary [default: next to this binary].
     #[arg(long, global = true)]
     node_bin: Option<PathBuf>,
@@ -26,6 +37,16 @@ struct Cli {
     out: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum System {
+    /// Our registry-node processes (and nats-server).
+    Registry,
+    /// etcd 3.4 (Debian package etcd-server): leases, prefix watches.
+    Etcd,
+    /// ZooKeeper 3.8 (Debian package zookeeper): ephemeral znodes, persistent recursive watches.
+    Zookeeper,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,31 +103,11 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let bin = match &cli.node_bin {
-        Some(b) => b.clone(),
-        None => procs::default_node_bin()?,
-    };
-    let rows = match cli.scenario {
-        Scenario::Ingest { instances, nodes, pipelined } => {
-            scenarios::ingest(&bin, nodes, instances, pipelined).await?
-        }
-        Scenario::Propagation { rate, seconds } => scenarios::propagation(&bin, rate, seconds).await?,
-        Scenario::Fanout { subscribers, connections, flaps } => {
-            scenarios::fanout(&bin, subscribers, connections, flaps).await?
-        }
-        Scenario::Scale { instances, metadata } => scenarios::scale(&bin, instances, metadata).await?,
-        Scenario::Catchup { instances, metadata } => scenarios::catchup(&bin, instances, metadata).await?,
-        Scenario::Failure { rounds } => scenarios::failure(&bin, rounds).await?,
-        Scenario::Smoke => {
-            let mut rows = scenarios::ingest(&bin, 1, 2_000, true).await?;
-            rows.extend(scenarios::ingest(&bin, 3, 2_000, false).await?);
-            rows.extend(scenarios::propagation(&bin, 100, 1).await?);
-            rows.extend(scenarios::fanout(&bin, 50, 2, 3).await?);
-            rows.extend(scenarios::scale(&bin, 2_000, 200).await?);
-            rows.extend(scenarios::catchup(&bin, 2_000, 200).await?);
-            rows.extend(scenarios::failure(&bin, 1).await?);
-            rows
-        }
+    // On Ctrl-C or SIGTERM the run is dropped, so its server processes are
+    // killed (their handles kill them on drop) instead of outliving the bench.
+    let rows = tokio::select! {
+        rows = run(&cli) => rows?,
+        signal = interrupted() => bail!("stopped by {}", signal?),
     };
     let table = render(&rows);
     print!("{table}");
@@ -115,6 +116,91 @@ async fn main() -> Result<()> {
         f.write_all(table.as_bytes())?;
     }
     Ok(())
+}
+
+async fn interrupted() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").map_err(Into::into),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+async fn run(cli: &Cli) -> Result<Vec<Row>> {
+    if matches!(cli.scenario, Scenario::Smoke) && cli.system != System::Registry {
+        bail!("smoke runs the registry only (CI must not need etcd or Java); run the peer scenarios one by one");
+    }
+    Ok(match cli.system {
+        System::Registry => {
+            let bin = match &cli.node_bin {
+                Some(b) => b.clone(),
+                None => procs::default_node_bin()?,
+            };
+            registry(&bin, &cli.scenario).await?
+        }
+        System::Etcd => {
+            let etcd = peers::etcd::Etcd::locate()?;
+            eprintln!("system: etcd {}", etcd.version);
+            run_etcd(&etcd, &cli.scenario).await?
+        }
+        System::Zookeeper => {
+            let zk = peers::zookeeper::ZooKeeper::locate(cli.zk_heap_mb)?;
+            eprintln!("system: zookeeper {} (java -Xmx{}m)", zk.version, cli.zk_heap_mb);
+            run_zookeeper(&zk, &cli.scenario).await?
+        }
+    })
+}
+
+async fn registry(bin: &std::path::Path, scenario: &Scenario) -> Result<Vec<Row>> {
+    Ok(match *scenario {
+        Scenario::Ingest { instances, nodes, pipelined } => scenarios::ingest(bin, nodes, instances, pipelined).await?,
+        Scenario::Propagation { rate, seconds } => scenarios::propagation(bin, rate, seconds).await?,
+        Scenario::Fanout { subscribers, connections, flaps } => {
+            scenarios::fanout(bin, subscribers, connections, flaps).await?
+        }
+        Scenario::Scale { instances, metadata } => scenarios::scale(bin, instances, metadata).await?,
+        Scenario::Catchup { instances, metadata } => scenarios::catchup(bin, instances, metadata).await?,
+        Scenario::Failure { rounds } => scenarios::failure(bin, rounds).await?,
+        Scenario::Smoke => {
+            let mut rows = scenarios::ingest(bin, 1, 2_000, true).await?;
+            rows.extend(scenarios::ingest(bin, 3, 2_000, false).await?);
+            rows.extend(scenarios::propagation(bin, 100, 1).await?);
+            rows.extend(scenarios::fanout(bin, 50, 2, 3).await?);
+            rows.extend(scenarios::scale(bin, 2_000, 200).await?);
+            rows.extend(scenarios::catchup(bin, 2_000, 200).await?);
+            rows.extend(scenarios::failure(bin, 1).await?);
+            rows
+        }
+    })
+}
+
+async fn run_etcd(etcd: &peers::etcd::Etcd, scenario: &Scenario) -> Result<Vec<Row>> {
+    use peers::etcd;
+    Ok(match *scenario {
+        Scenario::Ingest { instances, nodes, pipelined } => etcd::ingest(etcd, nodes, instances, pipelined).await?,
+        Scenario::Propagation { rate, seconds } => etcd::propagation(etcd, rate, seconds).await?,
+        Scenario::Fanout { subscribers, connections, flaps } => {
+            etcd::fanout(etcd, subscribers, connections, flaps).await?
+        }
+        Scenario::Scale { instances, metadata } => etcd::scale(etcd, instances, metadata).await?,
+        Scenario::Catchup { instances, metadata } => etcd::catchup(etcd, instances, metadata).await?,
+        Scenario::Failure { rounds } => etcd::failure(etcd, rounds).await?,
+        Scenario::Smoke => bail!("smoke runs the registry only"),
+    })
+}
+
+async fn run_zookeeper(zk: &peers::zookeeper::ZooKeeper, scenario: &Scenario) -> Result<Vec<Row>> {
+    use peers::zookeeper as z;
+    Ok(match *scenario {
+        Scenario::Ingest { instances, nodes, pipelined } => z::ingest(zk, nodes, instances, pipelined).await?,
+        Scenario::Propagation { rate, seconds } => z::propagation(zk, rate, seconds).await?,
+        Scenario::Fanout { subscribers, connections, flaps } => z::fanout(zk, subscribers, connections, flaps).await?,
+        Scenario::Scale { instances, metadata } => z::scale(zk, instances, metadata).await?,
+        Scenario::Catchup { instances, metadata } => z::catchup(zk, instances, metadata).await?,
+        Scenario::Failure { rounds } => z::failure(zk, rounds).await?,
+        Scenario::Smoke => bail!("smoke runs the registry only"),
+    })
 }
 
 fn render(rows: &[Row]) -> String {

@@ -29,15 +29,15 @@ pub(crate) struct Row {
     pub(crate) unit: &'static str,
 }
 
-fn row(scenario: &str, variant: &str, metric: &str, value: f64, unit: &'static str) -> Row {
+pub(crate) fn row(scenario: &str, variant: &str, metric: &str, value: f64, unit: &'static str) -> Row {
     Row { scenario: scenario.into(), variant: variant.into(), metric: metric.into(), value, unit }
 }
 
-fn histogram() -> Result<Histogram<u64>> {
+pub(crate) fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }
 
-fn latency_rows(scenario: &str, variant: &str, h: &Histogram<u64>) -> Vec<Row> {
+pub(crate) fn latency_rows(scenario: &str, variant: &str, h: &Histogram<u64>) -> Vec<Row> {
     vec![
         row(scenario, variant, "p50", h.value_at_quantile(0.50) as f64 / 1_000.0, "ms"),
         row(scenario, variant, "p99", h.value_at_quantile(0.99) as f64 / 1_000.0, "ms"),
@@ -58,7 +58,7 @@ async fn cluster(bin: &Path, n: usize, tag: &str) -> Result<(Option<NatsServer>,
     Ok((Some(nats), nodes))
 }
 
-fn with_metadata(mut i: v1::Instance, bytes: usize) -> v1::Instance {
+pub(crate) fn with_metadata(mut i: v1::Instance, bytes: usize) -> v1::Instance {
     if bytes > 0 {
         i.metadata.insert("blob".into(), "m".repeat(bytes.saturating_sub(4)));
     }
@@ -85,7 +85,7 @@ async fn register_many(
         let mut c = channels[(s as usize) % channels.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut session = Session::open(&mut c, 0).await?;
-            let service = format!("svc-{}", s % 100);
+            let service = format!("svc-{s}");
             let make = |i: u32| with_metadata(instance(&service, &format!("s{s}-i{i}"), 1 + i % 60_000), metadata);
             if pipelined {
                 let mut sent = 0;
