@@ -66,26 +66,12 @@ impl NodeProc {
 
     /// User + system CPU seconds used so far.
     pub(crate) fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may hold spaces) start at ")".
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("odd /proc stat"))?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
-        let stime: f64 = f.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
-        Ok((utime + stime) / TICKS_PER_SECOND)
+        cpu_seconds(self.pid())
     }
 
     /// (current, peak) resident memory in KiB.
     pub(crate) fn rss_kib(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .ok_or_else(|| anyhow!("no {name} in /proc status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        rss_kib(self.pid())
     }
 
     /// A gauge or counter from the node's /metrics.
@@ -109,6 +95,30 @@ impl Drop for NodeProc {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// User + system CPU seconds a process has used so far (all its threads).
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ")".
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("odd /proc stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
+    let stime: f64 = f.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
+    Ok((utime + stime) / TICKS_PER_SECOND)
+}
+
+/// (current, peak) resident memory of a process in KiB.
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .ok_or_else(|| anyhow!("no {name} in /proc status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// The `registry-node` binary next to this one (both build into one target dir).

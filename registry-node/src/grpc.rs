@@ -9,8 +9,8 @@ use registry_proto::frames::registry_server;
 use registry_proto::{SubscribeFrame, v1};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -192,7 +192,7 @@ impl registry_server::Registry for RegistryApi {
             out: tx,
         };
         tokio::spawn(task.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(|status| *status)))))
     }
 
     async fn get_service(
@@ -254,7 +254,7 @@ impl SubscriberTask {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
-                    let _ = self.out.try_send(Err(Status::unavailable("node shut down; subscribe to another node")));
+                    let _ = self.out.try_send(Err(Box::new(Status::unavailable("node shut down; subscribe to another node"))));
                     break;
                 }
                 _ = self.out.closed() => break,

@@ -31,9 +31,10 @@ use crate::metrics::Metrics;
 /// `(namespace, service)`.
 pub type ServiceKey = (Arc<str>, Arc<str>);
 
-/// What a Subscribe stream yields: a shared pre-encoded frame, or the status
-/// that ends it.
-pub type StreamItem = Result<SubscribeFrame, tonic::Status>;
+/// What a Subscribe stream's queue holds: a shared pre-encoded frame, or the
+/// status that ends it. The status is boxed: it is rare and large, and every
+/// queue slot would otherwise be its size.
+pub type StreamItem = Result<SubscribeFrame, Box<tonic::Status>>;
 
 #[derive(Debug, Default)]
 struct Pending {

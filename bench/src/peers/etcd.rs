@@ -196,10 +196,25 @@ impl Client {
         })
     }
 
+    /// A put, retried with backoff (up to 200 ms, for at most a minute) while
+    /// etcd pushes back ("too many requests": its apply loop is more than 5,000
+    /// entries behind), as a well-behaved client does.
     async fn put(&mut self, key: String, value: Vec<u8>, lease: i64) -> Result<()> {
         let req = api::PutRequest { key: key.into_bytes(), value, lease, ..Default::default() };
-        self.kv.put(req).await?;
-        Ok(())
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.kv.put(req.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(status)
+                    if status.message().contains("too many requests") && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 
     /// A serializable read: served by the member asked, from what it has applied.
@@ -334,9 +349,15 @@ async fn wait_converged(client: &mut Client, target: i64, n: i64, what: &str, wi
     Ok(())
 }
 
+/// Puts in flight per lease when pipelining. The registry's sessions keep up to
+/// 512; 200 leases with 512 each overran etcd (HTTP/2 stream resets, and
+/// "too many requests" beyond 5,000 unapplied entries), so etcd gets 16
+/// (3,200 outstanding), which it takes.
+const ETCD_INFLIGHT: usize = 16;
+
 /// Registers `total` instances on member `i` over `sessions` leases (spread
-/// over 8 connections): pipelined (up to 512 puts in flight per lease, as the
-/// registry's sessions have) or one put at a time. Returns the leases.
+/// over 8 connections): pipelined (up to `ETCD_INFLIGHT` puts in flight per
+/// lease) or one put at a time. Returns the leases.
 async fn register_many(
     cluster: &Cluster,
     i: usize,
@@ -363,7 +384,7 @@ async fn register_many(
             if pipelined {
                 let mut inflight = JoinSet::new();
                 for i in 0..per {
-                    if inflight.len() >= 512
+                    if inflight.len() >= ETCD_INFLIGHT
                         && let Some(done) = inflight.join_next().await
                     {
                         done??;

@@ -42,9 +42,6 @@ pub(crate) const BENCH_TTL: Duration = Duration::from_secs(180);
 /// registry's 3 s reconnect grace.
 pub(crate) const FAILURE_TTL: Duration = Duration::from_secs(3);
 
-/// Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 /// The key (etcd) or znode path (ZooKeeper) of one instance.
 pub(crate) fn key(service: &str, id: &str) -> String {
     format!("{}/{id}", service_dir(service))
@@ -186,26 +183,12 @@ impl PeerProc {
 
     /// User + system CPU seconds used so far (all threads).
     pub(crate) fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may hold spaces) start at ")".
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("odd /proc stat"))?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11).ok_or_else(|| anyhow!("no utime"))?.parse()?;
-        let stime: f64 = f.get(12).ok_or_else(|| anyhow!("no stime"))?.parse()?;
-        Ok((utime + stime) / TICKS_PER_SECOND)
+        crate::procs::cpu_seconds(self.pid())
     }
 
     /// (current, peak) resident memory in KiB.
     pub(crate) fn rss_kib(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .ok_or_else(|| anyhow!("no {name} in /proc status"))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        crate::procs::rss_kib(self.pid())
     }
 }
 
