@@ -44,6 +44,9 @@ pub struct SyncConfig {
     pub max_range_changes: usize,
     /// Changes buffered per peer while a gap is being repaired.
     pub buffer_limit: usize,
+    /// Pages of a slice transfer requested ahead, so the origin encodes, the
+    /// bus carries and this node loads different pages at the same time.
+    pub pages_in_flight: usize,
     /// Largest share of all instances that orphan removal may take at once.
     pub safety_valve_share: f64,
     /// Below this many instances in all, the safety valve never holds.
@@ -65,6 +68,7 @@ impl Default for SyncConfig {
             max_batch_bytes: 256 * 1024,
             max_range_changes: 4_096,
             buffer_limit: 100_000,
+            pages_in_flight: 4,
             safety_valve_share: 0.5,
             safety_valve_min: 10,
         }
@@ -174,14 +178,23 @@ pub struct PeerView {
 enum Pull {
     Idle,
     Range { id: u64 },
-    Slice { id: u64, transfer: Transfer },
+    Slice { transfer: Transfer },
 }
 
-/// A slice transfer in progress.
+/// A slice transfer in progress. Pages are independent (a cut holds each key
+/// once), so they may arrive and be loaded in any order; completeness is checked
+/// by count and by the cut's digest.
 #[derive(Debug, Default)]
 struct Transfer {
     /// 0 until the first page names the cut.
     cut_id: u64,
+    cut_seq: u64,
+    total: u64,
+    /// Entries per page at the origin (known from the first page).
+    page_len: u64,
+    next_offset: u64,
+    /// Page requests not answered yet: request id → offset.
+    outstanding: BTreeMap<u64, u64>,
     received: u64,
     /// XOR of the received entries' digests, checked against the cut's.
     digest: u64,
@@ -560,7 +573,8 @@ impl SyncCore {
         let Some((node, _)) = self.requests.remove(&id) else { return actions };
         let Some(p) = self.peers.get_mut(&node) else { return actions };
         let current = match &p.pull {
-            Pull::Range { id: pid } | Pull::Slice { id: pid, .. } => *pid == id,
+            Pull::Range { id: pid } => *pid == id,
+            Pull::Slice { transfer } => transfer.outstanding.contains_key(&id),
             Pull::Idle => false,
         };
         if !current {
@@ -593,7 +607,7 @@ impl SyncCore {
                 }
             }
             Some(Reply::Page(page)) => match pull {
-                Pull::Slice { transfer, .. } => self.on_page(&node, transfer, page, now, &mut actions),
+                Pull::Slice { transfer } => self.on_page(&node, transfer, id, page, now, &mut actions),
                 _ => self.counters.invalid += 1,
             },
         }
@@ -601,55 +615,74 @@ impl SyncCore {
         actions
     }
 
-    fn on_page(&mut self, node: &Arc<str>, mut t: Transfer, page: Page, now: u64, actions: &mut Vec<Action>) {
+    fn on_page(&mut self, node: &Arc<str>, mut t: Transfer, id: u64, page: Page, now: u64, actions: &mut Vec<Action>) {
         let Some(p) = self.peers.get_mut(node) else { return };
-        // An origin's seq only grows, so a cut older than what we applied is bogus.
-        let consistent =
-            page.offset == t.received && (t.cut_id == 0 || t.cut_id == page.cut_id) && page.cut_seq >= p.applied;
+        let offset = t.outstanding.remove(&id).unwrap_or(u64::MAX);
+        let len = page.entries.len() as u64;
+        let first = t.page_len == 0;
+        // Every page must be the one asked for, of the same cut, of the expected
+        // size; an origin's seq only grows, so a cut older than what we applied
+        // is bogus.
+        let consistent = page.offset == offset
+            && page.cut_seq >= p.applied
+            && if first {
+                offset == 0 && len <= page.total
+            } else {
+                page.cut_id == t.cut_id
+                    && page.cut_seq == t.cut_seq
+                    && page.total == t.total
+                    && len == t.page_len.min(t.total - offset)
+            };
         if !consistent {
             self.counters.invalid += 1;
             p.need_slice = true;
             p.next_pull_at = now + self.cfg.retry_ms;
             return;
         }
-        t.cut_id = page.cut_id;
-        t.received += page.entries.len() as u64;
+        if first {
+            t.cut_id = page.cut_id;
+            t.cut_seq = page.cut_seq;
+            t.total = page.total;
+            t.page_len = len.max(1);
+            t.next_offset = len;
+        }
+        t.received += len;
         t.digest = page.entries.iter().fold(t.digest, |acc, (k, e)| acc ^ e.digest(k));
-        let more = !page.entries.is_empty() && t.received < page.total;
-        let next = more.then(|| {
-            // Ask for the next page first, so the origin encodes it while this
-            // node loads the current one.
+        // Keep the window full before loading this page, so the origin encodes
+        // the next pages while this node loads the current one.
+        while t.outstanding.len() < self.cfg.pages_in_flight.max(1) && t.next_offset < t.total {
             let id = self.next_request;
             self.next_request += 1;
             self.requests.insert(id, (node.clone(), now));
-            let request = Request::Page { cut_id: page.cut_id, offset: t.received };
+            t.outstanding.insert(id, t.next_offset);
+            let request = Request::Page { cut_id: t.cut_id, offset: t.next_offset };
             actions.push(Action::Request { id, to: p.origin.clone(), request });
-            id
-        });
+            t.next_offset += t.page_len;
+        }
         match &mut t.staged {
             Some(staged) => staged.extend(page.entries),
-            None if !page.entries.is_empty() => {
+            None if len > 0 => {
                 p.dirty = true;
                 actions.push(Action::LoadEntries { origin: p.origin.clone(), entries: page.entries });
             }
             None => {}
         }
-        if let Some(id) = next {
-            p.pull = Pull::Slice { id, transfer: t };
+        if t.received < t.total {
+            p.pull = Pull::Slice { transfer: t };
             return;
         }
-        if t.digest != page.digest || t.received != page.total {
+        if t.digest != page.digest || t.received != t.total {
             self.counters.digest_mismatches += 1;
             p.need_slice = true;
             p.next_pull_at = now + self.cfg.retry_ms;
             return;
         }
-        let (origin, cut_seq) = (p.origin.clone(), page.cut_seq);
+        let (origin, cut_seq) = (p.origin.clone(), t.cut_seq);
         actions.push(match t.staged {
             Some(entries) => Action::ReplaceSlice { origin, cut_seq, entries },
             None => Action::SliceLoaded { origin, cut_seq, entries: t.received },
         });
-        p.applied = page.cut_seq;
+        p.applied = cut_seq;
         p.loaded = true;
         p.dirty = false;
         p.need_slice = false;
@@ -688,7 +721,10 @@ impl SyncCore {
             Request::Page { .. } => {
                 // Into a copy that holds nothing yet, pages load as they come.
                 let fresh = !p.loaded && !p.dirty;
-                Pull::Slice { id, transfer: Transfer { staged: (!fresh).then(Vec::new), ..Transfer::default() } }
+                let outstanding = BTreeMap::from([(id, 0)]);
+                Pull::Slice {
+                    transfer: Transfer { outstanding, staged: (!fresh).then(Vec::new), ..Transfer::default() },
+                }
             }
             Request::Range { .. } => Pull::Range { id },
         };

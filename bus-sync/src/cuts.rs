@@ -20,6 +20,10 @@ struct Cut {
     entries: Arc<Vec<(Key, Entry)>>,
     digest: u64,
     last_used: u64,
+    /// Offsets served at least once, and how many entries they cover: pages
+    /// are asked for several at a time and may be asked again.
+    served: std::collections::HashSet<u64>,
+    served_entries: usize,
 }
 
 /// Live cuts of the own slice.
@@ -56,7 +60,15 @@ impl Cuts {
             let digest = entries.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
             let id = self.next_id;
             self.next_id += 1;
-            self.cuts.insert(id, Cut { seq, entries: Arc::new(entries), digest, last_used: now });
+            let cut = Cut {
+                seq,
+                entries: Arc::new(entries),
+                digest,
+                last_used: now,
+                served: std::collections::HashSet::new(),
+                served_entries: 0,
+            };
+            self.cuts.insert(id, cut);
             id
         } else {
             cut_id
@@ -72,9 +84,13 @@ impl Cuts {
         let start = offset as usize;
         let end = (start + self.page_entries).min(cut.entries.len());
         let entries = cut.entries[start..end].to_vec();
+        if cut.served.insert(offset) {
+            cut.served_entries += end - start;
+        }
+        let done = cut.served_entries >= cut.entries.len();
         let page = Page { cut_id: id, cut_seq: cut.seq, offset, total, digest: cut.digest, entries };
-        if end == cut.entries.len() {
-            // Fully served: a requester that lost the last page starts over.
+        if done {
+            // Every page served once: a requester that lost one starts over.
             self.cuts.remove(&id);
         }
         Reply::Page(page)

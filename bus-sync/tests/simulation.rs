@@ -35,6 +35,7 @@ fn config() -> SyncConfig {
         max_batch_bytes: 2_048,
         max_range_changes: 16,
         buffer_limit: 200,
+        pages_in_flight: 3,
         safety_valve_share: 0.5,
         safety_valve_min: 1_000_000, // the valve is tested apart; here removal must go through
     }
