@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::metrics::write_metric;
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 
@@ -127,9 +128,7 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
     let c = sync.core.lock().clone();
     let m = &sync.metrics;
     let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP registry_sync_{name} {help}");
-        let _ = writeln!(out, "# TYPE registry_sync_{name} {kind}");
-        let _ = writeln!(out, "registry_sync_{name}{{node=\"{node_id}\"}} {value}");
+        write_metric(out, &format!("registry_sync_{name}"), kind, help, node_id, value)
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     line("bus_connected", "gauge", "1 while connected to NATS.", u64::from(m.bus_connected.load(Ordering::Relaxed)));

@@ -28,6 +28,13 @@ pub struct Gauges {
     pub ready: bool,
 }
 
+/// Writes one metric with its HELP and TYPE lines, labelled with the node.
+pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, node_id: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name}{{node=\"{node_id}\"}} {value}");
+}
+
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -40,9 +47,7 @@ impl Metrics {
     pub fn render(&self, node_id: &str, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP registry_{name} {help}");
-            let _ = writeln!(out, "# TYPE registry_{name} {kind}");
-            let _ = writeln!(out, "registry_{name}{{node=\"{node_id}\"}} {value}");
+            write_metric(&mut out, &format!("registry_{name}"), kind, help, node_id, value)
         };
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         line("ready", "gauge", "1 when the node serves reads.", u64::from(gauges.ready));
