@@ -99,8 +99,10 @@ fn member_state(p: &PeerView) -> v1::MemberState {
 
 /// Every peer origin this node knows, as `Cluster.Members` reports them.
 pub fn peer_members(registry: &Registry, sync: &SyncShared) -> Vec<v1::Member> {
-    sync.peers
-        .lock()
+    // Copy the list out first: `copy_stats` takes the registry's write lock, and
+    // the writer takes the peers lock (for freshness) while holding it.
+    let peers = sync.peers.lock().clone();
+    peers
         .iter()
         .map(|p| {
             let beat = p.beat.clone().unwrap_or_default();
