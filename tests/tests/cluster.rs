@@ -397,3 +397,50 @@ async fn garbage_and_forged_bus_messages_are_counted_and_ignored() -> Result<()>
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let nodes = start_cluster(&[nats.url()], "t10", &["a", "b"]).await?;
+    let mut p = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
+    p.upsert(instance("svc", "x", 1)).await?;
+    let mut on_b = Watch::start(&mut client(nodes[1].grpc_addr).await?, "", &["svc"], "w").await?;
+    on_b.until("x replicated to b", PROMPTLY, |v| v.get("svc").is_some_and(|s| s.1.contains_key("x"))).await?;
+
+    nats.kill();
+    // The degraded flag reaches subscribers through progress keepalives (1 s).
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Push::Progress(pr) = on_b.step(left).await? {
+            if pr.freshness.is_some_and(|f| f.degraded) {
+                break;
+            }
+        }
+    }
+    let b_http = nodes[1].http_addr;
+    let (_, body) = http_get(b_http, "/metrics").await?;
+    assert_eq!(metric(&body, "sync_bus_connected"), Some(0));
+    // Longer than orphaned (1.5 s) + grace (3 s): a node that is itself cut off
+    // must not orphan or remove anyone. (Waiting out the period is the point.)
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    assert_eq!(service_ids(nodes[1].grpc_addr, "svc").await?, ["x"], "b keeps serving what it has");
+    assert!(removed_ids(&on_b).is_empty(), "no removal was pushed while cut off");
+
+    nats.restart().await?;
+    p.upsert(instance("svc", "y", 2)).await?;
+    on_b.until("b catches up after NATS is back", Duration::from_secs(15), |v| {
+        v.get("svc").is_some_and(|s| s.1.contains_key("x") && s.1.contains_key("y"))
+    })
+    .await?;
+    eventually("b reports the bus connected again", PROMPTLY, || async move {
+        let (_, body) = http_get(b_http, "/metrics").await.ok()?;
+        (metric(&body, "sync_bus_connected") == Some(1)).then_some(())
+    })
+    .await?;
+    assert!(removed_ids(&on_b).is_empty(), "x never disappeared for b's consumer");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
