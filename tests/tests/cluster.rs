@@ -412,10 +412,10 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
     let deadline = tokio::time::Instant::now() + PROMPTLY;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Push::Progress(pr) = on_b.step(left).await? {
-            if pr.freshness.is_some_and(|f| f.degraded) {
-                break;
-            }
+        if let Push::Progress(pr) = on_b.step(left).await?
+            && pr.freshness.is_some_and(|f| f.degraded)
+        {
+            break;
         }
     }
     let b_http = nodes[1].http_addr;
