@@ -106,24 +106,26 @@ async fn silent_session_is_removed_after_its_lease_ttl_and_heartbeats_keep_it() 
     let mut c = client(node.grpc_addr).await?;
     let mut watch = Watch::start(&mut c, "default", &["svc"], "w").await?;
     watch.step(PROMPTLY).await?;
-    let mut p = Session::open(&mut c, 100).await?;
-    assert_eq!(p.opened.lease_ttl_ms, 300);
+    let mut p = Session::open(&mut c, 200).await?;
+    assert_eq!(p.opened.lease_ttl_ms, 600);
     assert!(accepted(&p.upsert(instance("svc", "a", 1)).await?));
     watch.until("registered", PROMPTLY, |v| v["svc"].1.contains_key("a")).await?;
     // Heartbeating for several TTLs keeps the instance.
-    let until = Instant::now() + Duration::from_millis(1_000);
+    let until = Instant::now() + Duration::from_millis(2_000);
     let mut nonce = 0;
     while Instant::now() < until {
         nonce += 1;
         assert!(matches!(p.heartbeat(nonce).await?, Out::Pong(v1::Pong { nonce: n }) if n == nonce));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(watch.has("svc", "a"));
-    assert!(watch.log.iter().all(|m| !matches!(m, Push::Delta(d) if !d.removed.is_empty())), "no flap");
+    let got = c.get_service(v1::GetServiceRequest { namespace: String::new(), service: "svc".into() }).await?;
+    assert_eq!(got.into_inner().instances.len(), 1, "still registered");
+    let (_, body) = http_get(node.http_addr, "/metrics").await?;
+    assert_eq!(metric(&body, "expirations_total"), Some(0), "never expired while heartbeating");
     // Then silence: gone within the TTL (plus scheduling slack).
     let silent = Instant::now();
     watch.until("silent session removed", PROMPTLY, |v| v["svc"].1.is_empty()).await?;
-    assert!(silent.elapsed() >= Duration::from_millis(250));
+    assert!(silent.elapsed() >= Duration::from_millis(500));
     let err = p.next().await.expect_err("stream ends with a status");
     assert!(err.to_string().contains("lease TTL"), "{err}");
     node.shutdown().await;
