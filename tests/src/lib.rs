@@ -270,6 +270,21 @@ impl Watch {
         Ok(())
     }
 
+    /// Applies everything the node has sent so far: steps until the stream has
+    /// been quiet for 300 ms (on loopback a push arrives within milliseconds),
+    /// failing if it never goes quiet within `within`.
+    pub async fn drain(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.step(Duration::from_millis(300)).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("no push in time") => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("the stream never went quiet within {within:?}")
+    }
+
     /// Instance ids per service, sorted.
     pub fn ids(&self) -> BTreeMap<String, Vec<String>> {
         self.views.iter().map(|(s, (_, m))| (s.clone(), m.keys().cloned().collect())).collect()

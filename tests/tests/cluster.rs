@@ -144,6 +144,7 @@ async fn provider_moving_between_nodes_never_disappears_for_consumers() -> Resul
         (a.record_count == 0 && a.digest_match).then_some(())
     })
     .await?;
+    on_c.drain(PROMPTLY).await?;
     assert!(removed_ids(&on_c).is_empty(), "consumers saw a removal: {:?}", on_c.log);
     for n in &nodes {
         let ids = service_ids(n.grpc_addr, "api").await?;
@@ -181,6 +182,7 @@ async fn crashed_node_is_orphaned_then_removed_and_restart_brings_a_new_incarnat
     let waited = crashed.elapsed();
     assert!(waited >= Duration::from_millis(4_000), "removed after {waited:?}: before orphaned + grace");
     assert!(on_c.has("svc", "moves"));
+    on_c.drain(PROMPTLY).await?;
     assert_eq!(removed_ids(&on_c), ["dies"], "the re-registered provider never flapped");
 
     // A comes back as a new incarnation and catches up.
@@ -425,6 +427,7 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
     // must not orphan or remove anyone. (Waiting out the period is the point.)
     tokio::time::sleep(Duration::from_millis(5_500)).await;
     assert_eq!(service_ids(nodes[1].grpc_addr, "svc").await?, ["x"], "b keeps serving what it has");
+    on_b.drain(PROMPTLY).await?;
     assert!(removed_ids(&on_b).is_empty(), "no removal was pushed while cut off");
 
     nats.restart().await?;
@@ -438,6 +441,7 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
         (metric(&body, "sync_bus_connected") == Some(1)).then_some(())
     })
     .await?;
+    on_b.drain(PROMPTLY).await?;
     assert!(removed_ids(&on_b).is_empty(), "x never disappeared for b's consumer");
     for n in nodes {
         n.shutdown().await;
