@@ -73,7 +73,7 @@ fn fanout(c: &mut Criterion) {
     for n in [1usize, 100, 10_000] {
         let metrics = Arc::new(Metrics::default());
         let views = Views::new(QUEUE_CAPACITY, metrics.clone());
-        views.apply((0..INSTANCES).map(|k| upsert(k, 8080, origin)).collect(), freshness);
+        views.apply((0..INSTANCES).map(|k| upsert(k, 8080, origin)).collect(), || freshness);
 
         let mut subscribers = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);
@@ -113,7 +113,7 @@ fn fanout(c: &mut Criterion) {
                         .collect();
                     let start = Instant::now();
                     for changes in inputs {
-                        views.apply(changes, freshness);
+                        views.apply(changes, || freshness);
                     }
                     total += start.elapsed();
                     delivered += drain(&mut receivers);

@@ -510,7 +510,7 @@ impl Registry {
             }
         }
         if !instance_changes.is_empty() {
-            self.views.apply(instance_changes, self.freshness());
+            self.views.apply(instance_changes, || self.freshness());
         }
     }
 }

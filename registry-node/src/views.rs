@@ -238,7 +238,8 @@ impl Views {
 
     /// Applies merged-view changes of instances, in order: one delta per touched
     /// service, encoded once and queued to each subscriber.
-    pub fn apply(&self, changes: Vec<ViewChange>, freshness: v1::Freshness) {
+    /// `freshness` is asked only if a delta is encoded (someone watches).
+    pub fn apply(&self, changes: Vec<ViewChange>, freshness: impl Fn() -> v1::Freshness) {
         // Net effect per service and instance id, keeping first-touch order.
         let mut order: Vec<ServiceKey> = Vec::new();
         let mut net: HashMap<ServiceKey, BTreeMap<Arc<str>, Option<EncodedInstance>>> = HashMap::new();
@@ -266,7 +267,7 @@ impl Views {
         &self,
         svc: &ServiceKey,
         changes: BTreeMap<Arc<str>, Option<EncodedInstance>>,
-        freshness: &v1::Freshness,
+        freshness: &impl Fn() -> v1::Freshness,
     ) {
         let mut view = self.map.entry(svc.clone()).or_default();
         let mut upserted = Vec::new();
@@ -306,7 +307,7 @@ impl Views {
             }
             return;
         }
-        let frame = frames::delta(svc, &upserted, &removed, revision, prev_revision, freshness);
+        let frame = frames::delta(svc, &upserted, &removed, revision, prev_revision, &freshness());
         for sub in view.subscribers.values() {
             sub.deliver(svc, &frame, &self.metrics);
         }
