@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::metrics::{Gauges, Metrics};
-use crate::validate::{self, ValidationError};
+use crate::validate::ValidationError;
 use crate::views::Views;
 
 /// Who holds a set of instances: a Register stream or a unary lease.
@@ -163,10 +163,9 @@ impl Registry {
     /// Registers or updates an instance (already validated) for `owner`.
     /// Returns the version the write got.
     pub fn upsert(&self, owner: OwnerId, instance: v1::Instance) -> Result<u64, RegistryError> {
-        let key = validate::key_of(&instance);
         let limit = self.config.limits.max_instances_per_session;
         let mut st = self.state.lock();
-        let key = st.store.intern_key(key);
+        let key = st.store.instance_key(&instance.namespace, &instance.service, &instance.instance_id);
         let owned = st.owned.get(&owner).map_or(0, HashSet::len);
         let already = st.owned.get(&owner).is_some_and(|s| s.contains(&key));
         if !already && owned >= limit {
@@ -226,11 +225,10 @@ impl Registry {
         let mut all = Outcome::default();
         let now = wall_ms();
         for key in &keys {
-            if st.owner_of.get(key) == Some(&owner) {
-                st.owner_of.remove(key);
-                if let Some((_, out)) = st.store.remove_local(&Key::Instance(key.clone()), now) {
-                    all.extend(out);
-                }
+            if st.owner_of.get(key) == Some(&owner)
+                && let Some((_, out)) = take_out(&mut st, key, now)
+            {
+                all.extend(out);
             }
         }
         self.apply(&mut st, all);
@@ -240,13 +238,13 @@ impl Registry {
     }
 
     fn remove_locked(&self, st: &mut State, key: &InstanceKey) -> u64 {
-        st.owner_of.remove(key);
-        let mut version = 0;
-        if let Some((v, out)) = st.store.remove_local(&Key::Instance(key.clone()), wall_ms()) {
-            version = v.hlc;
-            self.apply(st, out);
+        match take_out(st, key, wall_ms()) {
+            Some((version, out)) => {
+                self.apply(st, out);
+                version.hlc
+            }
+            None => 0,
         }
-        version
     }
 
     // ------------------------------------------------------------ unary leases
@@ -513,6 +511,13 @@ impl Registry {
             self.views.apply(instance_changes, || self.freshness());
         }
     }
+}
+
+/// Forgets who owns `key` and removes it from the own slice; the caller applies
+/// the outcome (alone, or with others for one delta per service).
+fn take_out(st: &mut State, key: &InstanceKey, now: u64) -> Option<(registry_store::Version, Outcome)> {
+    st.owner_of.remove(key);
+    st.store.remove_local(&Key::Instance(key.clone()), now)
 }
 
 fn renew_locked(st: &mut State, lease_id: &str, now: Instant) -> Result<(OwnerId, Duration), RegistryError> {

@@ -147,6 +147,25 @@ impl Store {
         }
     }
 
+    fn intern_str(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = name.into();
+                self.names.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// An instance key built with the interned names, allocating only what is
+    /// new (the id and the key itself).
+    pub fn instance_key(&mut self, namespace: &str, service: &str, id: &str) -> InstanceKey {
+        let namespace = self.intern_str(namespace);
+        let service = self.intern_str(service);
+        InstanceKey::from_parts(namespace, service, id.into())
+    }
+
     /// The key with its namespace and service names shared with every other key
     /// that uses them. Callers that keep keys of their own use this to share too.
     pub fn intern_key(&mut self, key: InstanceKey) -> InstanceKey {
