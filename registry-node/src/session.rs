@@ -174,6 +174,12 @@ fn rejected(registry: &Registry, key: Option<v1::InstanceKey>, code: Code, reaso
     Step::Reply(Out::Rejected(v1::Rejected { key, reason, code: code as i32 }))
 }
 
+/// A refusal by the registry, with the code a unary call would have failed with
+/// (`grpc::status_of` is the one mapping).
+fn registry_rejected(registry: &Registry, key: Option<v1::InstanceKey>, e: &RegistryError) -> Step {
+    rejected(registry, key, crate::grpc::status_of(e).code(), e.to_string())
+}
+
 fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step {
     let limits = &registry.config().limits;
     match req.kind {
@@ -190,10 +196,7 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
             let key = validate::key_of(&instance).to_proto();
             match registry.upsert(owner, instance) {
                 Ok(version) => Step::Reply(Out::Accepted(v1::Accepted { key: Some(key), version, removed: false })),
-                Err(e) => {
-                    let code = crate::grpc::status_of(&e).code();
-                    rejected(registry, Some(key), code, e.to_string())
-                }
+                Err(e) => registry_rejected(registry, Some(key), &e),
             }
         }
         Some(In::Remove(k)) => {
@@ -205,13 +208,7 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
                 Ok(version) => {
                     Step::Reply(Out::Accepted(v1::Accepted { key: Some(key.to_proto()), version, removed: true }))
                 }
-                Err(e @ RegistryError::NotOwned(_)) => {
-                    rejected(registry, Some(key.to_proto()), Code::NotFound, e.to_string())
-                }
-                Err(e) => {
-                    let code = crate::grpc::status_of(&e).code();
-                    rejected(registry, Some(key.to_proto()), code, e.to_string())
-                }
+                Err(e) => registry_rejected(registry, Some(key.to_proto()), &e),
             }
         }
         Some(In::Heartbeat(hb)) => Step::Reply(Out::Pong(v1::Pong { nonce: hb.nonce })),
