@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::record::{Change, Entry, InstanceKey, Key, Record};
 use crate::version::{Hlc, Origin, Version};
 
@@ -69,6 +71,16 @@ struct Slice {
     live: u64,
 }
 
+/// The entries one key has, one per origin that holds it. Almost always one,
+/// kept inline in the index's bucket: a `Vec` would allocate room for four.
+type Holders = SmallVec<[(OriginId, Entry); 1]>;
+const _: () = assert!(std::mem::size_of::<Holders>() <= 56, "a holder list should fit one entry inline");
+
+/// Keyed per process (keys come from the network, so a fixed hash would let a
+/// client pick colliding names) but several times cheaper than SipHash on the
+/// short keys the index holds.
+type KeyHasher = foldhash::quality::RandomState;
+
 /// The replicated registry state of one node. See the crate docs.
 #[derive(Debug)]
 pub struct Store {
@@ -77,9 +89,9 @@ pub struct Store {
     slices: HashMap<OriginId, Slice>,
     ids: HashMap<Origin, OriginId>,
     next_id: u32,
-    keys: HashMap<Key, Vec<(OriginId, Entry)>>,
+    keys: HashMap<Key, Holders, KeyHasher>,
     /// Namespace and service names, one allocation each however many keys use them.
-    names: HashSet<Arc<str>>,
+    names: HashSet<Arc<str>, KeyHasher>,
 }
 
 impl Store {
@@ -91,8 +103,8 @@ impl Store {
             slices: HashMap::new(),
             ids: HashMap::new(),
             next_id: 0,
-            keys: HashMap::new(),
-            names: HashSet::new(),
+            keys: HashMap::default(),
+            names: HashSet::default(),
         };
         store.local = store.origin_id(&local);
         store
