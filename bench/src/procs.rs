@@ -28,6 +28,13 @@ pub(crate) struct NodeProc {
 pub(crate) const BENCH_CONFIG: &str =
     "[limits]\nmax_instances_per_session = 100000\n[sessions]\ndefault_heartbeat_ms = 60000\n";
 
+/// Where a node's log goes: nowhere, unless `BENCH_NODE_LOG` (a `RUST_LOG`
+/// filter such as `info`) asks for the nodes' timelines, which then go to the
+/// bench's stderr, apart from the result tables.
+fn node_log() -> Stdio {
+    if std::env::var_os("BENCH_NODE_LOG").is_some() { Stdio::from(std::io::stderr()) } else { Stdio::null() }
+}
+
 impl NodeProc {
     /// Starts a node and waits until it is ready.
     pub(crate) async fn start(bin: &Path, name: &str, nats: &[String], cluster: &str) -> Result<Self> {
@@ -40,8 +47,8 @@ impl NodeProc {
             .arg("--config")
             .arg(&config)
             .args(["--cluster", cluster])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(node_log())
             .stderr(Stdio::inherit());
         for url in nats {
             cmd.args(["--nats-url", url]);

@@ -14,6 +14,16 @@ use registry_store::{Entry, Key};
 
 use crate::wire::{Page, Reply};
 
+/// The own slice as of one sequence number, as the node hands it over to be
+/// served: its entries, and the slice's digest the node keeps incrementally
+/// (so serving a cut does not hash every entry again).
+#[derive(Debug, Default)]
+pub struct SliceCut {
+    pub seq: u64,
+    pub digest: u64,
+    pub entries: Vec<(Key, Entry)>,
+}
+
 #[derive(Debug)]
 struct Cut {
     seq: u64,
@@ -43,21 +53,15 @@ impl Cuts {
 
     /// Answers a page request. `cut_id` 0 starts a new cut from `snapshot`, which
     /// returns the own slice and the seq it is at, taken atomically.
-    pub fn serve(
-        &mut self,
-        cut_id: u64,
-        offset: u64,
-        now: u64,
-        snapshot: impl FnOnce() -> (u64, Vec<(Key, Entry)>),
-    ) -> Reply {
+    pub fn serve(&mut self, cut_id: u64, offset: u64, now: u64, snapshot: impl FnOnce() -> SliceCut) -> Reply {
         self.cuts.retain(|_, c| now < c.last_used + self.idle_ms);
         let id = if cut_id == 0 {
             if self.cuts.len() >= self.max_cuts {
                 return Reply::Refused { reason: "too many slice transfers at once; retry".into(), pull_slice: false };
             }
             // The cut is a copy: its order is fixed, so pages never overlap or skip.
-            let (seq, entries) = snapshot();
-            let digest = entries.iter().fold(0u64, |acc, (k, e)| acc ^ e.digest(k));
+            let SliceCut { seq, digest, entries } = snapshot();
+            debug_assert_eq!(digest, entries.iter().fold(0, |acc, (k, e)| acc ^ e.digest(k)), "slice digest");
             let id = self.next_id;
             self.next_id += 1;
             let cut = Cut {

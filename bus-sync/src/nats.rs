@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::core::{Action, Counters, PeerView, SyncConfig, SyncCore};
-use crate::cuts::Cuts;
+use crate::cuts::{Cuts, SliceCut};
 use crate::wire::{self, BeatInfo, Reply, Request};
 
 /// What the node offers the replication runtime. Every method is quick and
@@ -35,8 +35,8 @@ pub trait Replica: Send + Sync + 'static {
     /// Same, plus the own slice's stats as of the last of those changes, taken
     /// together so a beat never announces a seq before its changes.
     fn beat_snapshot(&self) -> (Vec<(u64, Change)>, SliceStats);
-    /// The own slice and the seq it is at, taken atomically.
-    fn own_cut(&self) -> (u64, Vec<(Key, Entry)>);
+    /// The own slice, its seq and digest, taken atomically.
+    fn own_cut(&self) -> SliceCut;
     /// (digest, entries) of this node's copy of `origin`'s slice; (0, 0) if none.
     fn copy_stats(&self, origin: &Origin) -> (u64, u64);
     fn apply(&self, origin: &Origin, changes: Vec<Change>);

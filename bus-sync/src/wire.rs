@@ -5,20 +5,9 @@
 use std::sync::Arc;
 
 use prost::Message as _;
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 use registry_proto::sync as pb;
 use registry_store::{Change, ConsumerKey, EncodedInstance, Entry, InstanceKey, Key, Origin, Record, Version};
-
-/// The identifying fields of a `registry.v1.Instance` (same tags); decoding an
-/// instance into it skips everything else.
-#[derive(Clone, PartialEq, prost::Message)]
-struct KeyFields {
-    #[prost(string, tag = "1")]
-    namespace: String,
-    #[prost(string, tag = "2")]
-    service: String,
-    #[prost(string, tag = "3")]
-    instance_id: String,
-}
 
 /// Longest string accepted in a key from the bus.
 const MAX_KEY_PART: usize = 4_096;
@@ -65,6 +54,28 @@ fn part(field: &'static str, s: &str) -> Result<Arc<str>, WireError> {
     Ok(s.into())
 }
 
+/// The namespace and service names of the previous key of a message: keys
+/// come in runs of one service (a cut is grouped by service), so a run shares
+/// one allocation per name instead of making one per key.
+#[derive(Default)]
+struct RecentNames {
+    namespace: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+}
+
+impl RecentNames {
+    fn get(slot: &mut Option<Arc<str>>, field: &'static str, s: &str) -> Result<Arc<str>, WireError> {
+        match slot {
+            Some(name) if **name == *s => Ok(name.clone()),
+            _ => {
+                let name = part(field, s)?;
+                *slot = Some(name.clone());
+                Ok(name)
+            }
+        }
+    }
+}
+
 pub fn key_to_wire(k: &Key) -> pb::Key {
     let kind = match k {
         Key::Instance(k) => pb::key::Kind::Instance(k.to_proto()),
@@ -77,10 +88,14 @@ pub fn key_to_wire(k: &Key) -> pb::Key {
 }
 
 pub fn key_from_wire(k: Option<pb::Key>) -> Result<Key, WireError> {
+    key_with_names(k, &mut RecentNames::default())
+}
+
+fn key_with_names(k: Option<pb::Key>, names: &mut RecentNames) -> Result<Key, WireError> {
     match k.and_then(|k| k.kind).ok_or(WireError::Missing("key"))? {
         pb::key::Kind::Instance(k) => Ok(Key::Instance(InstanceKey::from_parts(
-            part("key.namespace", &k.namespace)?,
-            part("key.service", &k.service)?,
+            RecentNames::get(&mut names.namespace, "key.namespace", &k.namespace)?,
+            RecentNames::get(&mut names.service, "key.service", &k.service)?,
             part("key.instance_id", &k.instance_id)?,
         ))),
         pb::key::Kind::Consumer(k) => Ok(Key::Consumer(std::sync::Arc::new(ConsumerKey {
@@ -108,19 +123,51 @@ pub fn entry_from_wire(key: &Key, e: Option<pb::Entry>) -> Result<Entry, WireErr
     let record = match (key, e.record) {
         (_, None) => None,
         (Key::Instance(k), Some(pb::entry::Record::Instance(bytes))) => {
-            // Only the identifying fields are decoded (the rest is skipped over,
-            // which still checks its framing): a slice transfer checks a
-            // million of these.
-            let i = KeyFields::decode(&*bytes)?;
-            if *k.namespace != i.namespace || *k.service != i.service || *k.id != i.instance_id {
-                return Err(invalid("entry.instance", "does not match its key"));
-            }
+            check_instance_key(&bytes, k)?;
             Some(Record::Instance(EncodedInstance::from_checked(&bytes)))
         }
         (Key::Consumer(_), Some(pb::entry::Record::Consumer(c))) => Some(Record::Consumer(Arc::new(c))),
         _ => return Err(invalid("entry.record", "record kind does not match the key kind")),
     };
     Ok(Entry { version, record })
+}
+
+/// Checks that `bytes` is a well-framed `registry.v1.Instance` whose
+/// identifying fields (tags 1-3) are `key`'s. Only those are looked at; the
+/// rest is skipped over, which still checks its framing. Allocates nothing: a
+/// slice transfer checks a million of these.
+fn check_instance_key(bytes: &[u8], key: &InstanceKey) -> Result<(), WireError> {
+    let mismatch = || invalid("entry.instance", "does not match its key");
+    let mut buf = bytes;
+    let mut seen = [false; 3];
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        match (tag, wire_type) {
+            (1..=3, WireType::LengthDelimited) => {
+                let len = usize::try_from(decode_varint(&mut buf)?).unwrap_or(usize::MAX);
+                if len > buf.len() {
+                    return Err(invalid("entry.instance", "a field runs past the end"));
+                }
+                let (value, rest) = buf.split_at(len);
+                buf = rest;
+                let (want, i) = match tag {
+                    1 => (&*key.namespace, 0),
+                    2 => (&*key.service, 1),
+                    _ => (&*key.id, 2),
+                };
+                if value != want.as_bytes() {
+                    return Err(mismatch());
+                }
+                seen[i] = true;
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())?,
+        }
+    }
+    // An absent field is the empty string, which no key part is.
+    if seen != [true; 3] {
+        return Err(mismatch());
+    }
+    Ok(())
 }
 
 pub fn change_to_wire(c: &Change) -> pb::Change {
@@ -131,7 +178,11 @@ pub fn change_to_wire(c: &Change) -> pb::Change {
 }
 
 pub fn change_from_wire(c: pb::Change) -> Result<Change, WireError> {
-    let key = key_from_wire(c.key)?;
+    change_with_names(c, &mut RecentNames::default())
+}
+
+fn change_with_names(c: pb::Change, names: &mut RecentNames) -> Result<Change, WireError> {
+    let key = key_with_names(c.key, names)?;
     Ok(match c.put {
         Some(e) => {
             let entry = entry_from_wire(&key, Some(e))?;
@@ -172,7 +223,8 @@ pub fn batch_from_wire(b: pb::ChangeBatch) -> Result<Batch, WireError> {
     if b.first_seq == 0 || b.first_seq.checked_add(b.changes.len() as u64).is_none() {
         return Err(invalid("first_seq", format!("{} with {} changes is out of range", b.first_seq, b.changes.len())));
     }
-    let changes = b.changes.into_iter().map(change_from_wire).collect::<Result<_, _>>()?;
+    let mut names = RecentNames::default();
+    let changes = b.changes.into_iter().map(|c| change_with_names(c, &mut names)).collect::<Result<_, _>>()?;
     Ok(Batch { origin, first_seq: b.first_seq, changes })
 }
 
@@ -335,11 +387,12 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, WireError> {
         pb::sync_reply::Kind::Range(b) if b.changes.is_empty() => Reply::Empty,
         pb::sync_reply::Kind::Range(b) => Reply::Range(batch_from_wire(b)?),
         pb::sync_reply::Kind::Page(p) => {
+            let mut names = RecentNames::default();
             let entries = p
                 .entries
                 .into_iter()
                 .map(|ke| {
-                    let key = key_from_wire(ke.key)?;
+                    let key = key_with_names(ke.key, &mut names)?;
                     let entry = entry_from_wire(&key, ke.entry)?;
                     Ok((key, entry))
                 })

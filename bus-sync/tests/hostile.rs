@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bus_sync::wire::{self, Batch, BeatInfo, Page, Reply, Request, WireError};
-use bus_sync::{Action, Counters, Cuts, SyncConfig, SyncCore};
+use bus_sync::{Action, Counters, Cuts, SliceCut, SyncConfig, SyncCore};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use registry_proto::{sync as pb, v1};
@@ -154,6 +154,44 @@ fn samples() -> Vec<Sample> {
         sample("page reply", wire::encode(&wire::reply_to_wire(&Reply::Page(page))), REPLY, true),
         sample("refused reply", wire::encode(&wire::refused_to_wire("range no longer kept", true)), REPLY, true),
     ]
+}
+
+/// A batch carrying `record` as the encoded instance of key `i1`.
+fn batch_with_record(record: Vec<u8>) -> Vec<u8> {
+    let mut b = wire::batch_to_wire(&peer(), 7, &[put(1, 80)]);
+    let Some(pb::Entry { record: Some(pb::entry::Record::Instance(bytes)), .. }) = &mut b.changes[0].put else {
+        panic!("an instance put")
+    };
+    *bytes = record;
+    wire::encode(&b)
+}
+
+#[test]
+fn an_instance_record_that_is_not_its_keys_is_refused() {
+    use prost::Message as _;
+    let good = instance(1, 80);
+    assert!(wire::decode_batch(&batch_with_record(good.encode_to_vec())).is_ok(), "the unforged batch is accepted");
+    let other_id = v1::Instance { instance_id: "i2".into(), ..good.clone() };
+    let no_service = v1::Instance { service: String::new(), ..good.clone() };
+    let mut truncated = good.encode_to_vec();
+    truncated.pop();
+    // Field 3 (instance_id) as a varint instead of a string.
+    let mut wrong_type = v1::Instance { instance_id: String::new(), ..good.clone() }.encode_to_vec();
+    wrong_type.extend([3 << 3, 1]);
+    // A second instance_id after the right one: protobuf's last value wins.
+    let mut repeated = good.encode_to_vec();
+    repeated.extend([3 << 3 | 2, 2, b'i', b'9']);
+    let forged = [
+        ("another key's record", other_id.encode_to_vec()),
+        ("a record without a service", no_service.encode_to_vec()),
+        ("a truncated record", truncated),
+        ("an id of the wrong wire type", wrong_type),
+        ("a second, different id", repeated),
+        ("not protobuf", vec![0xff; 12]),
+    ];
+    for (what, record) in forged {
+        assert!(wire::decode_batch(&batch_with_record(record)).is_err(), "{what} was accepted");
+    }
 }
 
 #[test]
@@ -703,8 +741,13 @@ fn a_page_with_a_forged_cut_seq_is_repaired_by_the_next_beat() {
 
 // ---------------------------------------------------------------- cuts
 
-fn no_snapshot() -> (u64, Vec<(Key, Entry)>) {
+fn no_snapshot() -> SliceCut {
     unreachable!("only a request for a new cut takes a snapshot")
+}
+
+fn cut_of(seq: u64, entries: Vec<(Key, Entry)>) -> SliceCut {
+    let digest = entries.iter().fold(0, |acc, (k, e)| acc ^ e.digest(k));
+    SliceCut { seq, digest, entries }
 }
 
 #[test]
@@ -720,12 +763,12 @@ fn serving_an_unknown_cut_asks_for_the_slice_again() {
 #[test]
 fn a_fully_served_or_expired_cut_is_unknown() {
     let mut cuts = Cuts::new(2, 4, 1_000);
-    let Reply::Page(whole) = cuts.serve(0, 0, 10, || (9, slice(2))) else { panic!("a page") };
+    let Reply::Page(whole) = cuts.serve(0, 0, 10, || cut_of(9, slice(2))) else { panic!("a page") };
     assert_eq!(cuts.live(), 0, "a cut served to its end is dropped");
     let reply = cuts.serve(whole.cut_id, 0, 20, no_snapshot);
     assert!(matches!(reply, Reply::Refused { pull_slice: true, .. }), "{reply:?}");
 
-    let Reply::Page(first) = cuts.serve(0, 0, 30, || (9, slice(3))) else { panic!("a page") };
+    let Reply::Page(first) = cuts.serve(0, 0, 30, || cut_of(9, slice(3))) else { panic!("a page") };
     let reply = cuts.serve(first.cut_id, 2, 30 + 1_000, no_snapshot);
     assert!(matches!(reply, Reply::Refused { pull_slice: true, .. }), "{reply:?}");
     assert_eq!(cuts.live(), 0);
@@ -734,7 +777,7 @@ fn a_fully_served_or_expired_cut_is_unknown() {
 #[test]
 fn an_offset_past_the_end_of_a_cut_is_refused() {
     let mut cuts = Cuts::new(2, 4, 1_000);
-    let Reply::Page(first) = cuts.serve(0, 0, 10, || (9, slice(3))) else { panic!("a page") };
+    let Reply::Page(first) = cuts.serve(0, 0, 10, || cut_of(9, slice(3))) else { panic!("a page") };
     assert_eq!((first.total, first.entries.len()), (3, 2));
     for offset in [4, 1_000, u64::MAX] {
         let reply = cuts.serve(first.cut_id, offset, 20, no_snapshot);

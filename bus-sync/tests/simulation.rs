@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bus_sync::memory::{BusMessage, Envelope, Faults, MemoryBus};
 use bus_sync::wire::{self, BeatInfo, Reply, Request};
-use bus_sync::{Action, Cuts, SyncConfig, SyncCore};
+use bus_sync::{Action, Cuts, SliceCut, SyncConfig, SyncCore};
 use proptest::prelude::*;
 use registry_proto::v1;
 use registry_store::{InstanceKey, Key, Origin, Record, Store};
@@ -228,7 +228,10 @@ impl SimNode {
                             let store = &self.store;
                             self.cuts.serve(cut_id, offset, now, || {
                                 let local = store.local_id();
-                                (store.slice_stats(local).expect("own").seq, store.slice_entries(local))
+                                let stats = store.slice_stats(local).expect("own");
+                                let mut entries = store.slice_entries(local);
+                                Store::group_by_service(&mut entries);
+                                SliceCut { seq: stats.seq, digest: stats.digest, entries }
                             })
                         }
                     }

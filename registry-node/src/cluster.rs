@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bus_sync::{PeerState, PeerView, Replica, SyncShared};
+use bus_sync::{PeerState, PeerView, Replica, SliceCut, SyncShared};
 use registry_proto::v1;
 use registry_store::{Change, Entry, Key, Origin, SliceStats};
 use tokio::sync::Notify;
@@ -35,7 +35,7 @@ impl Replica for NodeReplica {
         self.registry.outbox_and_stats()
     }
 
-    fn own_cut(&self) -> (u64, Vec<(Key, Entry)>) {
+    fn own_cut(&self) -> SliceCut {
         self.registry.own_cut()
     }
 

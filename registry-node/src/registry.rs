@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bus_sync::SyncShared;
+use bus_sync::{SliceCut, SyncShared};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use registry_proto::v1;
@@ -389,11 +389,12 @@ impl Registry {
     }
 
     /// Purges own tombstones past their TTL (they only hide copies that can no
-    /// longer exist).
+    /// longer exist), and names no key uses any more.
     pub fn gc_tombstones(&self, ttl_ms: u64) {
         let mut st = self.state.lock();
         let out = st.store.gc_tombstones(wall_ms(), ttl_ms);
         self.apply(&mut st, out);
+        st.store.forget_unused_names();
     }
 
     // ------------------------------------------------------------ replication
@@ -410,12 +411,16 @@ impl Registry {
         (std::mem::take(&mut st.outbox), stats)
     }
 
-    /// The own slice and its seq, atomically.
-    pub fn own_cut(&self) -> (u64, Vec<(Key, Entry)>) {
+    /// The own slice with its seq and digest, atomically; grouped by service
+    /// (outside the lock) for the peers that load it.
+    pub fn own_cut(&self) -> SliceCut {
         let st = self.state.lock();
         let local = st.store.local_id();
-        let seq = st.store.slice_stats(local).map_or(0, |s| s.seq);
-        (seq, st.store.slice_entries(local))
+        let stats = st.store.slice_stats(local).expect("own slice always exists");
+        let mut entries = st.store.slice_entries(local);
+        drop(st);
+        Store::group_by_service(&mut entries);
+        SliceCut { seq: stats.seq, digest: stats.digest, entries }
     }
 
     pub fn copy_stats(&self, origin: &Origin) -> (u64, u64) {

@@ -16,7 +16,7 @@
 //! which replaces everything it missed. Memory per subscriber stays bounded and no
 //! change is silently lost.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,6 +30,18 @@ use crate::metrics::Metrics;
 
 /// `(namespace, service)`.
 pub type ServiceKey = (Arc<str>, Arc<str>);
+
+/// Seeded per process (names come from clients) and cheaper than SipHash on
+/// the short names these maps are keyed by.
+type Hasher = foldhash::quality::RandomState;
+
+/// A service's instances by id. Unordered: a node loading a million
+/// instances inserts each in O(1) instead of descending a B-tree of string
+/// comparisons, and no reply promises an order.
+type Instances = HashMap<Arc<str>, EncodedInstance, Hasher>;
+
+/// Net changes to one service's instances: the record, or `None` for removed.
+type NetChanges = HashMap<Arc<str>, Option<EncodedInstance>, Hasher>;
 
 /// What a Subscribe stream's queue holds: a shared pre-encoded frame, or the
 /// status that ends it. The status is boxed: it is rare and large, and every
@@ -102,7 +114,7 @@ impl Subscriber {
 #[derive(Debug, Default)]
 pub struct ServiceView {
     pub revision: u64,
-    pub instances: BTreeMap<Arc<str>, EncodedInstance>,
+    pub instances: Instances,
     subscribers: HashMap<u64, Arc<Subscriber>>,
     snapshot: Option<SubscribeFrame>,
 }
@@ -110,7 +122,7 @@ pub struct ServiceView {
 /// All service views of the node.
 #[derive(Debug)]
 pub struct Views {
-    map: DashMap<ServiceKey, ServiceView>,
+    map: DashMap<ServiceKey, ServiceView, Hasher>,
     /// Subscribers watching a whole namespace.
     watchers: DashMap<Arc<str>, HashMap<u64, Arc<Subscriber>>>,
     revision: AtomicU64,
@@ -120,7 +132,13 @@ pub struct Views {
 
 impl Views {
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
-        Self { map: DashMap::new(), watchers: DashMap::new(), revision: AtomicU64::new(0), queue_capacity, metrics }
+        Self {
+            map: DashMap::with_hasher(Hasher::default()),
+            watchers: DashMap::new(),
+            revision: AtomicU64::new(0),
+            queue_capacity,
+            metrics,
+        }
     }
 
     /// A new subscriber, and the receiving end of its stream.
@@ -240,35 +258,34 @@ impl Views {
     /// service, encoded once and queued to each subscriber.
     /// `freshness` is asked only if a delta is encoded (someone watches).
     pub fn apply(&self, changes: Vec<ViewChange>, freshness: impl Fn() -> v1::Freshness) {
-        // Net effect per service and instance id, keeping first-touch order.
-        let mut order: Vec<ServiceKey> = Vec::new();
-        let mut net: HashMap<ServiceKey, BTreeMap<Arc<str>, Option<EncodedInstance>>> = HashMap::new();
+        // Net effect per service (in first-touch order) and instance id.
+        let mut runs: Vec<(ServiceKey, NetChanges)> = Vec::new();
+        let mut index: HashMap<ServiceKey, usize, Hasher> = HashMap::default();
         for change in changes {
             let (key, value) = match change {
                 ViewChange::Upsert { key: Key::Instance(k), record: Record::Instance(i), .. } => (k, Some(i)),
                 ViewChange::Remove { key: Key::Instance(k) } => (k, None),
                 _ => continue,
             };
-            let svc: ServiceKey = (key.namespace.clone(), key.service.clone());
-            net.entry(svc.clone())
-                .or_insert_with(|| {
-                    order.push(svc);
-                    BTreeMap::new()
-                })
-                .insert(key.id.clone(), value);
+            // Changes come in runs of one service (a session's batch, a page of
+            // a slice transfer); a run's names are the same interned pointers.
+            let run = match runs.last() {
+                Some(((ns, svc), _)) if Arc::ptr_eq(ns, &key.namespace) && Arc::ptr_eq(svc, &key.service) => {
+                    runs.len() - 1
+                }
+                _ => *index.entry((key.namespace.clone(), key.service.clone())).or_insert_with_key(|svc| {
+                    runs.push((svc.clone(), HashMap::default()));
+                    runs.len() - 1
+                }),
+            };
+            runs[run].1.insert(key.id.clone(), value);
         }
-        for svc in order {
-            let Some(changes) = net.remove(&svc) else { continue };
+        for (svc, changes) in runs {
             self.apply_service(&svc, changes, &freshness);
         }
     }
 
-    fn apply_service(
-        &self,
-        svc: &ServiceKey,
-        changes: BTreeMap<Arc<str>, Option<EncodedInstance>>,
-        freshness: &impl Fn() -> v1::Freshness,
-    ) {
+    fn apply_service(&self, svc: &ServiceKey, changes: NetChanges, freshness: &impl Fn() -> v1::Freshness) {
         let mut view = self.map.entry(svc.clone()).or_default();
         let mut upserted = Vec::new();
         let mut removed = Vec::new();

@@ -92,6 +92,9 @@ pub struct Store {
     keys: HashMap<Key, Holders, KeyHasher>,
     /// Namespace and service names, one allocation each however many keys use them.
     names: HashSet<Arc<str>, KeyHasher>,
+    /// The last namespace and service interned: keys come in runs of one
+    /// service, and a string comparison is cheaper than a set look-up.
+    recent: [Option<Arc<str>>; 2],
 }
 
 impl Store {
@@ -105,6 +108,7 @@ impl Store {
             next_id: 0,
             keys: HashMap::default(),
             names: HashSet::default(),
+            recent: [None, None],
         };
         store.local = store.origin_id(&local);
         store
@@ -149,40 +153,50 @@ impl Store {
         })
     }
 
-    fn intern(&mut self, name: &Arc<str>) -> Arc<str> {
-        match self.names.get(name) {
-            Some(n) => n.clone(),
-            None => {
-                self.names.insert(name.clone());
-                name.clone()
-            }
+    /// The shared copy of `name`; `slot` 0 is for namespaces, 1 for services.
+    fn intern(&mut self, name: &str, slot: usize) -> Arc<str> {
+        if let Some(recent) = &self.recent[slot]
+            && **recent == *name
+        {
+            return recent.clone();
         }
-    }
-
-    fn intern_str(&mut self, name: &str) -> Arc<str> {
-        match self.names.get(name) {
+        let shared = match self.names.get(name) {
             Some(n) => n.clone(),
             None => {
                 let n: Arc<str> = name.into();
                 self.names.insert(n.clone());
                 n
             }
-        }
+        };
+        self.recent[slot] = Some(shared.clone());
+        shared
+    }
+
+    /// Forgets names no key uses any more, so churn of service names does
+    /// not grow memory. Cheap enough to run with every tombstone sweep.
+    pub fn forget_unused_names(&mut self) {
+        self.recent = [None, None];
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+    }
+
+    /// Number of distinct namespace and service names held.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
     }
 
     /// An instance key built with the interned names, allocating only what is
     /// new (the id and the key itself).
     pub fn instance_key(&mut self, namespace: &str, service: &str, id: &str) -> InstanceKey {
-        let namespace = self.intern_str(namespace);
-        let service = self.intern_str(service);
+        let namespace = self.intern(namespace, 0);
+        let service = self.intern(service, 1);
         InstanceKey::from_parts(namespace, service, id.into())
     }
 
     /// The key with its namespace and service names shared with every other key
     /// that uses them. Callers that keep keys of their own use this to share too.
     pub fn intern_key(&mut self, key: InstanceKey) -> InstanceKey {
-        let namespace = self.intern(&key.namespace);
-        let service = self.intern(&key.service);
+        let namespace = self.intern(&key.namespace, 0);
+        let service = self.intern(&key.service, 1);
         if Arc::ptr_eq(&namespace, &key.namespace) && Arc::ptr_eq(&service, &key.service) {
             return key;
         }
@@ -252,16 +266,19 @@ impl Store {
             Change::Put { key, entry } => {
                 self.hlc.observe(entry.version);
                 let newer = entry.version;
-                let local_older = self.local_entry(&key).map(|e| (e.version < newer, e.is_live()));
-                self.set(origin, key.clone(), Some(entry), &mut out);
-                if let Some((true, was_live)) = local_older {
+                let local = self.set(origin, key.clone(), Some(entry), &mut out);
+                if let Some((version, was_live)) = local
+                    && version < newer
+                {
                     if was_live {
                         out.superseded.push(key.clone());
                     }
                     self.write_local(Change::Purge { key }, &mut out);
                 }
             }
-            Change::Purge { key } => self.set(origin, key, None, &mut out),
+            Change::Purge { key } => {
+                self.set(origin, key, None, &mut out);
+            }
         }
         out
     }
@@ -347,6 +364,21 @@ impl Store {
             .collect()
     }
 
+    /// Sorts entries (of [`Self::slice_entries`]) so that each service's keys
+    /// are next to each other: a peer loading them page by page then updates
+    /// one service view per run instead of one per entry. Groups by the
+    /// interned names' addresses, which is cheap and enough: the order only
+    /// has to be a grouping, and correctness never depends on it. (Keys are
+    /// computed once: comparing through the key pointers missed the cache.)
+    pub fn group_by_service(entries: &mut [(Key, Entry)]) {
+        entries.sort_by_cached_key(|(k, _)| match k {
+            Key::Instance(k) => {
+                (1, Arc::as_ptr(&k.namespace).cast::<u8>() as usize, Arc::as_ptr(&k.service).cast::<u8>() as usize)
+            }
+            Key::Consumer(_) => (0, 0, 0),
+        });
+    }
+
     /// Every record the merged view shows.
     pub fn visible_records(&self) -> impl Iterator<Item = (&Key, OriginId, &Record)> + '_ {
         self.keys.iter().filter_map(|(k, holders)| {
@@ -363,15 +395,17 @@ impl Store {
         match &change {
             Change::Put { key, entry } => self.set(local, key.clone(), Some(entry.clone()), out),
             Change::Purge { key } => self.set(local, key.clone(), None, out),
-        }
+        };
         out.local.push((seq, change));
     }
 
     /// Sets (or with `None`, removes) `origin`'s entry for `key`, keeping the
     /// slice digest and counts, and records the merged-view change if any.
-    fn set(&mut self, origin: OriginId, key: Key, new: Option<Entry>, out: &mut Outcome) {
+    /// Returns the version and liveness of the own slice's entry for `key`
+    /// as it was before (one look-up serves both).
+    fn set(&mut self, origin: OriginId, key: Key, new: Option<Entry>, out: &mut Outcome) -> Option<(Version, bool)> {
         if !self.slices.contains_key(&origin) {
-            return;
+            return None;
         }
         let added = new.as_ref().map(|e| (e.digest(&key), e.is_live()));
         let key = match key {
@@ -379,6 +413,7 @@ impl Store {
             other => other,
         };
         let holders = self.keys.entry(key.clone()).or_default();
+        let local = holders.iter().find(|(o, _)| *o == self.local).map(|(_, e)| (e.version, e.is_live()));
         let before = shown(&self.slices, holders);
         let pos = holders.iter().position(|(o, _)| *o == origin);
         let old = match (pos, new) {
@@ -417,6 +452,7 @@ impl Store {
             slice.entries += 1;
             slice.live += u64::from(live);
         }
+        local
     }
 
     fn winner<'a>(&self, holders: &'a [(OriginId, Entry)]) -> Option<(OriginId, &'a Entry)> {

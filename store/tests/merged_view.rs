@@ -285,3 +285,24 @@ fn replacing_a_slice_changes_only_what_differs() {
     let copy = b.slice_stats(id).expect("copy");
     assert_eq!((own.digest, own.entries), (copy.digest, copy.entries));
 }
+
+#[test]
+fn names_no_key_uses_are_forgotten() {
+    let mut store = Store::new(Origin::new("a", 1));
+    for n in 0..100 {
+        let service = format!("short-lived-{n}");
+        let k = Key::Instance(store.instance_key("default", &service, "i1"));
+        store.put_local(k.clone(), instance("i1", 1), 10);
+        store.remove_local(&k, 20);
+    }
+    let kept = Key::Instance(store.instance_key("default", "kept", "i1"));
+    store.put_local(kept.clone(), instance("i1", 1), 30);
+    store.forget_unused_names();
+    assert_eq!(store.name_count(), 2, "only the names of the live key remain");
+    assert!(store.visible(&kept).is_some());
+    // A forgotten name comes back when used again, shared as before.
+    let back = Key::Instance(store.instance_key("default", "short-lived-7", "i2"));
+    store.put_local(back.clone(), instance("i2", 1), 40);
+    assert_eq!(store.name_count(), 3);
+    assert_eq!(port_shown(&store, &back), Some(1));
+}

@@ -149,7 +149,13 @@ impl Session {
 
     /// The next response, or the error status that ended the stream.
     pub async fn next(&mut self) -> Result<Out> {
-        let msg = timeout(PROMPTLY, self.rx.message()).await.context("no response in time")??;
+        self.next_within(PROMPTLY).await
+    }
+
+    /// The next response within `bound` (for loads where one reply may queue
+    /// behind many others).
+    pub async fn next_within(&mut self, bound: Duration) -> Result<Out> {
+        let msg = timeout(bound, self.rx.message()).await.context("no response in time")??;
         msg.and_then(|m| m.kind).ok_or_else(|| anyhow!("session stream ended"))
     }
 
