@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use prost::Message as _;
+use registry_store::version::stable_hash;
 use registry_store::{Change, Entry, Key, Origin};
 
 use crate::wire::{Batch, BeatInfo, Page, Reply, Request, change_to_wire};
@@ -310,6 +311,29 @@ impl SyncCore {
         &self.cfg
     }
 
+    /// XOR of the stable hashes of this node's id and of every peer it holds
+    /// (in any state), sent in beats. A starting node compares it with its own
+    /// to tell that it knows every origin its peers know.
+    pub fn members_digest(&self) -> u64 {
+        self.peers.keys().fold(stable_hash(self.me.node.as_bytes()), |acc, n| acc ^ stable_hash(n.as_bytes()))
+    }
+
+    /// Every peer is ready and knows exactly the nodes this node knows (itself
+    /// included, or not yet): nothing is left to discover, so a starting node
+    /// need not wait out `discovery_ms`. A node that is alone, or hears from
+    /// a peer that is starting too, an older node (no digest) or one that
+    /// knows a node this one has not heard from, waits as before.
+    fn vouched(&self) -> bool {
+        let mine = self.members_digest();
+        let without_me = mine ^ stable_hash(self.me.node.as_bytes());
+        !self.peers.is_empty()
+            && self.peers.values().all(|p| {
+                p.beat
+                    .as_ref()
+                    .is_some_and(|b| b.ready && b.members != 0 && (b.members == mine || b.members == without_me))
+            })
+    }
+
     /// Last own sequence number handed to the core.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -549,6 +573,7 @@ impl SyncCore {
         }
         p.beat = Some(beat);
         self.maybe_pull(&node, now, &mut actions);
+        self.check_ready(now, &mut actions);
         actions
     }
 
@@ -612,6 +637,7 @@ impl SyncCore {
             },
         }
         self.maybe_pull(&node, now, &mut actions);
+        self.check_ready(now, &mut actions);
         actions
     }
 
@@ -784,12 +810,21 @@ impl SyncCore {
         for node in nodes {
             self.maybe_pull(&node, now, &mut actions);
         }
+        self.check_ready(now, &mut actions);
+        actions
+    }
+
+    /// Turns ready once caught up with every live peer and done discovering
+    /// (or at the ready timeout). Checked on ticks, and as soon as a beat or a
+    /// reply may have completed it, rather than up to a tick later.
+    fn check_ready(&mut self, now: u64, actions: &mut Vec<Action>) {
         if !self.ready {
             let elapsed = now.saturating_sub(self.started);
             let caught_up = self.peers.values().filter(|p| p.state == PeerState::Live).all(|p| {
                 p.loaded && matches!(p.pull, Pull::Idle) && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
             });
-            let discovered = self.discovery_from.is_some_and(|t| now >= t + self.cfg.discovery_ms);
+            let discovered = self.discovery_from.is_some_and(|t| now >= t + self.cfg.discovery_ms)
+                || (self.bus_up && self.vouched());
             if elapsed >= self.cfg.ready_timeout_ms {
                 self.ready = true;
                 actions.push(Action::Ready { timed_out: true });
@@ -798,7 +833,6 @@ impl SyncCore {
                 actions.push(Action::Ready { timed_out: false });
             }
         }
-        actions
     }
 
     fn update_liveness(&mut self, now: u64, own_live: u64, actions: &mut Vec<Action>) {

@@ -168,7 +168,10 @@ pub async fn spawn_sync<R: Replica>(
         .name(format!("registry-node {}", me.node))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempt| Duration::from_millis((100 * attempt as u64).min(2_000)))
+        // The first attempt counts as 1: connect at once, then back off.
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((100 * (attempt as u64).saturating_sub(1)).min(2_000))
+        })
         .request_timeout(Some(Duration::from_millis(cfg.sync.request_timeout_ms)))
         .subscription_capacity(1 << 16)
         .event_callback(move |event| {
@@ -450,6 +453,7 @@ impl<R: Replica> Runtime<R> {
                         advertise_addr: self.cfg.advertise_addr.clone(),
                         start_unix_ms: self.cfg.start_unix_ms,
                         leaving: false,
+                        members: self.core.members_digest(),
                     };
                     let msg = wire::beat_to_wire(self.core.me(), &beat);
                     self.publish(self.subjects.beat.clone(), wire::encode(&msg)).await;

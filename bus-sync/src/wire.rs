@@ -243,6 +243,8 @@ pub struct BeatInfo {
     pub advertise_addr: String,
     pub start_unix_ms: u64,
     pub leaving: bool,
+    /// Membership digest: see [`crate::SyncCore::members_digest`].
+    pub members: u64,
 }
 
 pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
@@ -256,6 +258,7 @@ pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
         advertise_addr: b.advertise_addr.clone(),
         start_unix_ms: b.start_unix_ms,
         leaving: b.leaving,
+        members: b.members,
     }
 }
 
@@ -279,6 +282,7 @@ pub fn decode_beat(bytes: &[u8]) -> Result<(Origin, BeatInfo), WireError> {
             advertise_addr: b.advertise_addr,
             start_unix_ms: b.start_unix_ms,
             leaving: b.leaving,
+            members: b.members,
         },
     ))
 }

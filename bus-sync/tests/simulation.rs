@@ -123,6 +123,7 @@ impl SimNode {
                         entries: stats.entries,
                         live: stats.live,
                         ready: self.core.is_ready(),
+                        members: self.core.members_digest(),
                         ..Default::default()
                     };
                     if self.bus_up {
