@@ -194,9 +194,21 @@ async fn crashed_node_is_orphaned_then_removed_and_restart_brings_a_new_incarnat
     })
     .await?;
     assert_eq!(ids, ["moves"]);
-    let members = ClusterClient::new(channel(nodes[0].grpc_addr).await?).members(v1::MembersRequest {}).await?;
-    let a_member = members.into_inner().members.into_iter().find(|m| m.node_id == "a");
-    assert_eq!(a_member.map(|m| m.incarnation), Some(a.registry.incarnation()));
+    // A may turn ready before B has heard its hello (B's beats vouch for what
+    // B knows), so B's member list shows the new incarnation shortly after.
+    let mut cluster = ClusterClient::new(channel(nodes[0].grpc_addr).await?);
+    let incarnation = a.registry.incarnation();
+    eventually("B lists A's new incarnation", PROMPTLY, || {
+        let mut cluster = cluster.clone();
+        async move {
+            let members = cluster.members(v1::MembersRequest {}).await.ok()?.into_inner().members;
+            members.into_iter().find(|m| m.node_id == "a" && m.incarnation == incarnation)
+        }
+    })
+    .await?;
+    let members = cluster.members(v1::MembersRequest {}).await?.into_inner().members;
+    let a_members: Vec<u64> = members.iter().filter(|m| m.node_id == "a").map(|m| m.incarnation).collect();
+    assert_eq!(a_members, [incarnation], "the old incarnation is gone");
     a.shutdown().await;
     for n in nodes {
         n.shutdown().await;
