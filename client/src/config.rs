@@ -32,6 +32,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Delays between reconnect attempts.
     pub backoff: Backoff,
+    /// After a drain, how long the old session stays open once the new one has
+    /// registered everything, before it says goodbye. The new registrations
+    /// must reach every node first (the old one included), or its goodbye could
+    /// overtake them and consumers would see a removal and a re-add.
+    pub handover: Duration,
     /// Try endpoints in the order given instead of from a random one (spreading
     /// clients over nodes is the default).
     pub in_order: bool,
@@ -57,6 +62,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             backoff: Backoff::default(),
+            handover: Duration::from_secs(1),
             in_order: false,
         }
     }

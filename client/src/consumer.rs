@@ -90,7 +90,9 @@ impl ServiceWatch {
         self.view.clone()
     }
 
-    /// A receiver of every event from now on (`tokio::sync::broadcast`).
+    /// A receiver of every event from now on (`tokio::sync::broadcast`). Events
+    /// are sent just before the view that includes them is published, so none
+    /// is both in [`ServiceWatch::current`] and still to come.
     ///
     /// ```no_run
     /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
@@ -203,8 +205,8 @@ impl WatchTask {
                 End::Broken(reason) => {
                     info!(service = %self.view.service, endpoint = %self.client.name(i), %reason, "watch lost its node; keeping the view and reconnecting");
                     self.view.stale = true;
-                    self.publish();
                     let _ = self.events.send(WatchEvent::Disconnected { reason });
+                    self.publish();
                     avoid = Some(i);
                     failures = 1;
                 }
@@ -249,12 +251,12 @@ impl WatchTask {
                 Push::Snapshot(s) if s.service == self.view.service => {
                     let changes = self.view.apply_snapshot(s);
                     self.view.endpoint = self.client.name(i);
-                    self.publish();
                     self.emit(changes);
                     if !synced {
                         synced = true;
                         let _ = self.events.send(WatchEvent::Synced { endpoint: self.view.endpoint.clone() });
                     }
+                    self.publish();
                 }
                 Push::Delta(d) if d.service == self.view.service => {
                     if !synced {
@@ -262,8 +264,8 @@ impl WatchTask {
                     }
                     match self.view.apply_delta(d) {
                         Ok(changes) => {
-                            self.publish();
                             self.emit(changes);
+                            self.publish();
                         }
                         Err(gap) => {
                             warn!(service = %self.view.service, %gap, "revision gap; resubscribing");
@@ -282,6 +284,8 @@ impl WatchTask {
         }
     }
 
+    /// Publishes the view. Always after the events it includes: whoever sees a
+    /// view and then subscribes to events gets no event the view already holds.
     fn publish(&self) {
         self.tx.send_replace(Arc::new(self.view.clone()));
     }

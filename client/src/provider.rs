@@ -36,6 +36,9 @@ pub struct ProviderState {
     pub sessions: u64,
     /// When the current session had registered everything.
     pub since: Option<Instant>,
+    /// When the attempt that opened the current session began, after its
+    /// backoff delay: the moment the node saw this provider come.
+    pub attempted_at: Option<Instant>,
 }
 
 /// (service, instance id): instances of one provider are unique by it.
@@ -99,6 +102,7 @@ impl Client {
             stop: stop.clone(),
             pending: VecDeque::new(),
             retry: Vec::new(),
+            retiring: None,
         };
         let first = task.first_session().await?;
         let task = tokio::spawn(task.run(first));
@@ -304,6 +308,8 @@ struct SessionTask {
     pending: VecDeque<Pending>,
     /// Commands sent on a session that broke before answering.
     retry: Vec<Command>,
+    /// The session a drain moved away from, and when it says goodbye.
+    retiring: Option<(Session, Instant)>,
 }
 
 impl SessionTask {
@@ -332,11 +338,13 @@ impl SessionTask {
         loop {
             match self.serve(&mut session).await {
                 End::Stop => {
+                    self.retire_now().await;
                     session.goodbye().await;
                     self.state.send_replace(ProviderState::default());
                     return;
                 }
                 End::Broken(reason) => {
+                    self.retire_now().await;
                     info!(endpoint = %self.client.name(session.endpoint), %reason, "provider session lost; reconnecting");
                     self.requeue();
                     self.state.send_modify(|s| {
@@ -359,13 +367,17 @@ impl SessionTask {
                     }
                     // Answers still owed by the old session come from the new one.
                     self.requeue();
+                    self.retire_now().await;
                     let Some(new) = self.reconnect(session.endpoint, false).await else {
                         session.goodbye().await;
                         return;
                     };
-                    // The new session registered everything with newer versions:
-                    // the old owner's goodbye removes nothing anyone sees.
-                    std::mem::replace(&mut session, new).goodbye().await;
+                    // The new session registered everything with newer versions.
+                    // The old one says goodbye after the handover delay, once the
+                    // new copies have reached every node: a goodbye that overtook
+                    // them would show consumers a removal and a re-add.
+                    let old = std::mem::replace(&mut session, new);
+                    self.retiring = Some((old, Instant::now() + self.client.config.handover));
                 }
             }
         }
@@ -389,6 +401,7 @@ impl SessionTask {
     }
 
     async fn open(&mut self, i: usize) -> Result<Session> {
+        let attempted_at = Instant::now();
         let config = &self.client.config;
         let (tx, rx) = mpsc::channel(256);
         let heartbeat_interval_ms = config.heartbeat_interval.map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32);
@@ -445,6 +458,7 @@ impl SessionTask {
             s.endpoint = Some(endpoint);
             s.sessions += 1;
             s.since = Some(Instant::now());
+            s.attempted_at = Some(attempted_at);
         });
         Ok(session)
     }
@@ -474,6 +488,12 @@ impl SessionTask {
         }
     }
 
+    async fn retire_now(&mut self) {
+        if let Some((old, _)) = self.retiring.take() {
+            old.goodbye().await;
+        }
+    }
+
     fn requeue(&mut self) {
         for p in self.pending.drain(..) {
             if let Pending::Command(c) = p {
@@ -495,8 +515,10 @@ impl SessionTask {
             self.pending.push_back(Pending::Command(c));
         }
         loop {
+            let retire_at = self.retiring.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stop,
+                _ = sleep_until(retire_at.unwrap_or(heard)), if retire_at.is_some() => self.retire_now().await,
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return End::Stop };
                     if !session.send(cmd.kind.clone()).await {

@@ -83,6 +83,20 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle> {
     registry_node::start(config).await.context("start node")
 }
 
+/// Starts clustered nodes named `names`, spread over the NATS servers given,
+/// and waits until every one is ready.
+pub async fn start_cluster(nats: &[String], cluster: &str, names: &[&str]) -> Result<Vec<NodeHandle>> {
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let url = nats[i % nats.len()].clone();
+        nodes.push(start_node(cluster_config(name, &[url], cluster)).await?);
+    }
+    for n in &nodes {
+        until_ready(n).await?;
+    }
+    Ok(nodes)
+}
+
 pub async fn channel(addr: SocketAddr) -> Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
 }
@@ -293,6 +307,19 @@ impl Watch {
     pub fn has(&self, service: &str, id: &str) -> bool {
         self.views.get(service).is_some_and(|(_, m)| m.contains_key(id))
     }
+}
+
+/// Instance ids removed by the deltas a watch received, in order.
+pub fn removed_ids(watch: &Watch) -> Vec<String> {
+    watch
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            Push::Delta(d) => Some(d.removed.iter().map(|k| k.instance_id.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// A TCP forwarder in front of a node whose connections the test can cut at

@@ -1,0 +1,236 @@
+//! The client library against real nodes (and real nats-server for clusters):
+//! providers and consumers that follow the cluster when nodes drain or die.
+//! Timers are the fast ones of `cluster_config` (beats 200 ms, orphaned after
+//! 1.5 s, removed 3 s later; reconnect grace 1 s; drain jitter 100 ms).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, ensure};
+use registry_client::{Client, ClientConfig, InstanceChange, ServiceView, WatchEvent};
+use registry_node::NodeHandle;
+use registry_tests::nats::NatsServer;
+use registry_tests::*;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+fn client_for(nodes: &[&NodeHandle]) -> Result<Client> {
+    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.grpc_addr)).collect();
+    Ok(Client::new(ClientConfig::new(endpoints).client_name("test").in_order(true))?)
+}
+
+/// Waits until the provider's session is on `node_id`.
+async fn until_on(provider: &registry_client::Provider, node_id: &str, within: Duration) -> Result<()> {
+    let mut state = provider.state();
+    let on = tokio::time::timeout(within, state.wait_for(|s| s.node_id.as_deref() == Some(node_id))).await;
+    match on {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(anyhow!("provider task ended")),
+        Err(_) => Err(anyhow!("provider not on {node_id} within {within:?}: {:?}", *provider.state().borrow())),
+    }
+}
+
+/// Every event received so far.
+fn drain_events(rx: &mut broadcast::Receiver<WatchEvent>) -> Vec<WatchEvent> {
+    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+}
+
+fn ids(view: &ServiceView) -> Vec<&str> {
+    view.instances.keys().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_fails_over_when_its_node_crashes_and_consumers_never_lose_it() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut nodes = start_cluster(&[nats.url()], "c1", &["a", "b", "c"]).await?;
+    let mut on_c = Watch::start(&mut client(nodes[2].grpc_addr).await?, "", &["api"], "w").await?;
+    on_c.step(PROMPTLY).await?;
+
+    let provider = client_for(&[&nodes[0], &nodes[1]])?.register([instance("api", "x", 1)]).await?;
+    until_on(&provider, "a", PROMPTLY).await?;
+    // A provider that never comes back, through a link cut with the crash: its
+    // removal shows when the window for a flap of "x" has passed.
+    let link = CuttableLink::start(nodes[0].grpc_addr).await?;
+    let mut dies = Session::open(&mut client(link.addr).await?, 0).await?;
+    dies.upsert(instance("api", "dies", 2)).await?;
+    on_c.until("both registered", PROMPTLY, |v| v["api"].1.len() == 2).await?;
+
+    nodes.remove(0).crash().await;
+    link.cut();
+    let crashed = Instant::now();
+    until_on(&provider, "b", PROMPTLY).await?;
+    let moved = crashed.elapsed();
+    on_c.until("the dead provider is removed", Duration::from_secs(10), |v| !v["api"].1.contains_key("dies")).await?;
+    on_c.drain(PROMPTLY).await?;
+    assert_eq!(removed_ids(&on_c), ["dies"], "x never disappeared (moved to b after {moved:?})");
+    assert!(on_c.has("api", "x"));
+    for n in &nodes {
+        assert_eq!(service_ids(n.grpc_addr, "api").await?, ["x"]);
+    }
+    provider.shutdown().await;
+    on_c.until("goodbye after the move removes it", PROMPTLY, |v| v["api"].1.is_empty()).await?;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_moves_on_drain_and_updates_follow_it() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut nodes = start_cluster(&[nats.url()], "c2", &["a", "b", "c"]).await?;
+    let mut on_c = Watch::start(&mut client(nodes[2].grpc_addr).await?, "", &["api"], "w").await?;
+    on_c.step(PROMPTLY).await?;
+    let provider = client_for(&[&nodes[0], &nodes[1]])?.register([instance("api", "x", 1)]).await?;
+    until_on(&provider, "a", PROMPTLY).await?;
+    on_c.until("registered", PROMPTLY, |v| v["api"].1.contains_key("x")).await?;
+
+    // A graceful shutdown drains: the provider re-registers on b before leaving a.
+    let a = nodes.remove(0);
+    let stopping = tokio::spawn(a.shutdown());
+    until_on(&provider, "b", PROMPTLY).await?;
+    stopping.await?;
+    assert_eq!(provider.state().borrow().sessions, 2);
+
+    // Updates go through the handle to the new node.
+    provider.set_status("api", "x", v1::Status::OutOfService).await?;
+    on_c.until("status change seen", PROMPTLY, |v| {
+        v["api"].1.get("x").is_some_and(|i| i.status() == v1::Status::OutOfService)
+    })
+    .await?;
+    provider.update("api", "x", |i| i.weight = Some(7)).await?;
+    on_c.until("weight change seen", PROMPTLY, |v| v["api"].1.get("x").is_some_and(|i| i.weight == Some(7))).await?;
+    let refused = provider.update("api", "x", |i| i.port = 0).await;
+    assert!(matches!(refused, Err(registry_client::Error::Rejected { .. })), "{refused:?}");
+    assert_eq!(provider.instances()[0].port, 1, "a refused update is not kept");
+    on_c.drain(PROMPTLY).await?;
+    assert!(removed_ids(&on_c).is_empty(), "consumers saw a removal: {:?}", on_c.log);
+
+    provider.deregister("api", "x").await?;
+    on_c.until("deregistered", PROMPTLY, |v| v["api"].1.is_empty()).await?;
+    provider.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_keeps_its_view_when_its_node_dies_and_resyncs_without_spurious_events() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut nodes = start_cluster(&[nats.url()], "c3", &["a", "b", "c"]).await?;
+    let provider = client_for(&[&nodes[2]])?.register([instance("api", "x", 1), instance("api", "y", 2)]).await?;
+    let consumer = client_for(&[&nodes[0], &nodes[1]])?;
+    let watch = consumer.watch("api").await?;
+    let view = watch.wait_for(|v| v.instances.len() == 2).await?;
+    ensure!(view.endpoint.contains(&nodes[0].grpc_addr.to_string()), "watching through a: {view:?}");
+    let mut events = watch.events();
+
+    nodes.remove(0).crash().await;
+    let stale = watch.wait_for(|v| v.stale).await?;
+    assert_eq!(ids(&stale), ["x", "y"], "the last good view is kept while disconnected");
+    // A change the consumer cannot see until it resyncs elsewhere.
+    provider.upsert(instance("api", "z", 3)).await?;
+    let b = nodes[0].grpc_addr.to_string();
+    let fresh = tokio::time::timeout(PROMPTLY, watch.wait_for(|v| !v.stale && v.instances.len() == 3)).await??;
+    assert!(fresh.endpoint.contains(&b), "resynced on b: {fresh:?}");
+    assert_eq!(ids(&fresh), ["x", "y", "z"]);
+
+    let seen = drain_events(&mut events);
+    let changes: Vec<&InstanceChange> =
+        seen.iter().filter_map(|e| if let WatchEvent::Changed(c) = e { Some(c) } else { None }).collect();
+    assert_eq!(changes.len(), 1, "only the real difference: {seen:?}");
+    assert!(matches!(changes[0], InstanceChange::Added(i) if i.instance_id == "z"), "{seen:?}");
+    assert!(matches!(seen.first(), Some(WatchEvent::Disconnected { .. })), "{seen:?}");
+    assert!(matches!(seen.last(), Some(WatchEvent::Synced { endpoint }) if endpoint.contains(&b)), "{seen:?}");
+
+    // And it follows changes from its new node.
+    provider.deregister("api", "y").await?;
+    watch.wait_for(|v| !v.instances.contains_key("y")).await?;
+    drop(watch);
+    provider.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_watches_skip_unreachable_nodes() -> Result<()> {
+    let node = start_node(test_config("n1")).await?;
+    let dead = format!("http://127.0.0.1:{}", nats::free_port()?);
+    let client = Client::new(ClientConfig::new([dead, format!("http://{}", node.grpc_addr)]).in_order(true))?;
+    let provider = client.register([instance("api", "x", 1)]).await?;
+    assert_eq!(provider.state().borrow().node_id.as_deref(), Some("n1"));
+    assert_eq!(client.get_service("api").await?.instances.len(), 1);
+    let watch = client.watch("api").await?;
+    assert_eq!(ids(&watch.current()), ["x"]);
+    drop(watch);
+    provider.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// 500 providers lose their node at the same instant. Their reconnects must
+/// spread out (full-jitter backoff), not land on the next node in one burst.
+/// Measured when each successful attempt began: completion times on a loaded
+/// 2-core machine bunch up behind the CPU, whatever the clients do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_of_a_lost_node_reconnect_spread_over_time() -> Result<()> {
+    const PROVIDERS: usize = 500;
+    let a = start_node(test_config("a")).await?;
+    let b = start_node(test_config("b")).await?;
+    let mut providers = Vec::new();
+    // Fifty at a time: all must land on a, none timed out over to b.
+    for batch in 0..PROVIDERS / 50 {
+        let mut starting = tokio::task::JoinSet::new();
+        for k in batch * 50..(batch + 1) * 50 {
+            let client = client_for(&[&a, &b])?;
+            starting.spawn(async move { client.register([instance("api", &format!("p{k}"), 1)]).await });
+        }
+        while let Some(p) = starting.join_next().await {
+            providers.push(Arc::new(p??));
+        }
+    }
+    eventually("all on a", PROMPTLY, || async {
+        (a.registry.views().get("default", "api").1.len() == PROVIDERS).then_some(())
+    })
+    .await?;
+
+    let mut moved = tokio::task::JoinSet::new();
+    for p in &providers {
+        let p = p.clone();
+        moved.spawn(async move {
+            until_on(&p, "b", Duration::from_secs(10)).await?;
+            p.state().borrow().attempted_at.ok_or_else(|| anyhow!("connected without a time"))
+        });
+    }
+    let crashed = Instant::now();
+    a.crash().await;
+    let mut at = Vec::new();
+    while let Some(t) = moved.join_next().await {
+        at.push(t??.duration_since(crashed));
+    }
+    at.sort();
+    let share_in =
+        |window: Duration| at.iter().map(|s| at.iter().filter(|t| **t >= *s && **t < *s + window).count()).max();
+    let busiest = share_in(Duration::from_millis(50)).unwrap_or(0);
+    let (p10, p90) = (at[PROVIDERS / 10], at[PROVIDERS * 9 / 10]);
+    eprintln!(
+        "reconnects: first {:?}, p10 {p10:?}, p90 {p90:?}, last {:?}, busiest 50 ms: {busiest}",
+        at[0],
+        at[PROVIDERS - 1]
+    );
+    // Uniform over the default 500 ms first backoff: p10..p90 is about 400 ms
+    // and a 50 ms window holds about a tenth; a burst would put nearly all in one.
+    assert!(p90 - p10 >= Duration::from_millis(250), "p10 {p10:?} .. p90 {p90:?}: not spread");
+    assert!(busiest <= PROVIDERS / 5, "{busiest} of {PROVIDERS} reconnected within one 50 ms window");
+    assert_eq!(b.registry.views().get("default", "api").1.len(), PROVIDERS);
+    for p in providers {
+        if let Ok(p) = Arc::try_unwrap(p) {
+            p.shutdown().await;
+        }
+    }
+    b.shutdown().await;
+    Ok(())
+}
