@@ -37,8 +37,9 @@ pub struct ClientConfig {
     /// must reach every node first (the old one included), or its goodbye could
     /// overtake them and consumers would see a removal and a re-add.
     pub handover: Duration,
-    /// Try endpoints in the order given instead of from a random one (spreading
-    /// clients over nodes is the default).
+    /// Start at the first endpoint given instead of a random one. Either way,
+    /// each call or stream starts one further in the list (round robin), and
+    /// fails over to the next ones.
     pub in_order: bool,
 }
 

@@ -171,6 +171,62 @@ async fn reads_and_watches_skip_unreachable_nodes() -> Result<()> {
     Ok(())
 }
 
+/// A node that is still warming up answers UNAVAILABLE; the client moves on to
+/// a ready node instead of showing an empty view. The new node is held warming
+/// by a forged peer that beats a slice it never serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warming_node_is_skipped_not_served_empty() -> Result<()> {
+    use prost::Message as _;
+    let nats = NatsServer::start().await?;
+    let nodes = start_cluster(&[nats.url()], "c4", &["a"]).await?;
+    let provider = client_for(&[&nodes[0]])?.register([instance("api", "x", 1)]).await?;
+    let bus = async_nats::connect(nats.url()).await?;
+    let ghost = tokio_util::sync::CancellationToken::new();
+    let beats = {
+        let ghost = ghost.clone();
+        let beat = registry_proto::sync::Beat {
+            origin: Some(registry_proto::sync::Origin { node_id: "ghost".into(), incarnation: 1 }),
+            seq: 5,
+            entries: 5,
+            live: 5,
+            ready: true,
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            while !ghost.is_cancelled() {
+                every.tick().await;
+                let _ = bus.publish("registry.c4.bus.beat", beat.encode_to_vec().into()).await;
+            }
+        })
+    };
+    let warming = start_node(cluster_config("w", &[nats.url()], "c4")).await?;
+    let refused = client(warming.grpc_addr)
+        .await?
+        .get_service(v1::GetServiceRequest { namespace: String::new(), service: "api".into() })
+        .await;
+    ensure!(refused.is_err_and(|s| s.code() == tonic::Code::Unavailable), "w must be warming up");
+
+    // Each client tries w first.
+    let read = client_for(&[&warming, &nodes[0]])?.get_service("api").await?;
+    assert_eq!(read.instances.len(), 1, "read served by a");
+    let watch = client_for(&[&warming, &nodes[0]])?.watch("api").await?;
+    let view = watch.current();
+    assert_eq!(ids(&view), ["x"]);
+    assert!(view.endpoint.contains(&nodes[0].grpc_addr.to_string()), "{view:?}");
+    assert!(!warming.readiness.is_ready(), "the test ran while w was warming");
+
+    drop(watch);
+    ghost.cancel();
+    beats.await?;
+    provider.shutdown().await;
+    warming.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 /// 500 providers lose their node at the same instant. Their reconnects must
 /// spread out (full-jitter backoff), not land on the next node in one burst.
 /// Measured when each successful attempt began: completion times on a loaded
