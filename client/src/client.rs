@@ -200,15 +200,24 @@ impl Inner {
 
     /// Runs a unary call on each node in turn until one answers; statuses that
     /// mean "try elsewhere" (unreachable, warming up, draining) move on.
-    pub(crate) async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        Ok(self.call_on(self.order(None), call).await?.1)
+    }
+
+    /// [`Inner::call`] over the endpoints `order`; returns which one answered.
+    pub(crate) async fn call_on<T, F, Fut>(&self, order: Vec<usize>, mut call: F) -> Result<(usize, T)>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = String::from("no endpoint tried");
-        for i in self.order(None) {
+        for i in order {
             match tokio::time::timeout(self.config.request_timeout, call(self.channel(i))).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => return Ok((i, response.into_inner())),
                 Ok(Err(status)) if is_retryable(&status) => last = format!("{}: {}", self.name(i), describe(&status)),
                 Ok(Err(status)) => return Err(Error::from_status(&status)),
                 Err(_) => last = format!("{}: no answer within {:?}", self.name(i), self.config.request_timeout),

@@ -29,6 +29,9 @@
 //!   goodbye on shutdown or drop.
 //! - `view`: [`ServiceView`], the pure core of a consumer's cache: snapshots,
 //!   deltas, revision gaps, real differences.
+//! - `lease`: [`Lease`], one instance under a unary TTL lease, renewed at the node
+//!   that granted it and registered again elsewhere when that node is gone or
+//!   answers NOT_FOUND.
 //! - `consumer`: [`ServiceWatch`], the task owning a `Subscribe` stream around a view.
 //! - `balance`: [`InstanceFilter`], [`choose_weighted`], [`balance_channel`].
 //! - `error`: [`Error`].
@@ -41,6 +44,7 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+mod lease;
 mod provider;
 mod view;
 
@@ -51,6 +55,7 @@ pub use client::Client;
 pub use config::{Backoff, ClientConfig};
 pub use consumer::{ServiceWatch, WatchEvent};
 pub use error::{Error, Result};
+pub use lease::{Lease, LeaseState};
 pub use provider::{Provider, ProviderState};
 /// The public API's messages (`registry.v1`), as this library returns them.
 pub use registry_proto::v1;

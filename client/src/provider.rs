@@ -285,6 +285,15 @@ impl Session {
     }
 }
 
+/// What a refused instance does to a new session.
+#[derive(Clone, Copy, Debug)]
+enum Refusals {
+    /// The first registration: the caller gets the refusal and no session.
+    Fail,
+    /// A re-registration: the others are registered all the same.
+    Skip,
+}
+
 /// How serving one session ended.
 enum End {
     Stop,
@@ -319,7 +328,7 @@ impl SessionTask {
         let deadline = Instant::now() + self.client.config.request_timeout;
         let mut attempt = 0;
         loop {
-            match self.connect(None).await {
+            match self.connect(None, Refusals::Fail).await {
                 Ok(s) => return Ok(s),
                 Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
                 Err(e) => {
@@ -385,10 +394,10 @@ impl SessionTask {
 
     /// Opens a session on some node (trying `avoid` last) and registers every
     /// desired instance in it.
-    async fn connect(&mut self, avoid: Option<usize>) -> Result<Session> {
+    async fn connect(&mut self, avoid: Option<usize>, refusals: Refusals) -> Result<Session> {
         let mut last = Error::Unavailable { last: "no endpoint tried".into() };
         for i in self.client.order(avoid) {
-            match self.open(i).await {
+            match self.open(i, refusals).await {
                 Ok(session) => return Ok(session),
                 Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
                 Err(e) => {
@@ -400,7 +409,7 @@ impl SessionTask {
         Err(last)
     }
 
-    async fn open(&mut self, i: usize) -> Result<Session> {
+    async fn open(&mut self, i: usize, refusals: Refusals) -> Result<Session> {
         let attempted_at = Instant::now();
         let config = &self.client.config;
         let (tx, rx) = mpsc::channel(256);
@@ -438,12 +447,20 @@ impl SessionTask {
             match msg.kind {
                 Some(Out::Accepted(_)) => left -= 1,
                 Some(Out::Rejected(r)) => {
+                    left -= 1;
                     let err = Error::rejected(r.code, r.reason);
                     // A draining node refuses everything: try another one.
                     if r.code == Code::Unavailable as i32 {
                         return Err(unavailable(&err.to_string()));
                     }
-                    return Err(err);
+                    match refusals {
+                        Refusals::Fail => {
+                            session.goodbye().await;
+                            return Err(err);
+                        }
+                        // One refused instance must not keep the others away.
+                        Refusals::Skip => warn!(key = ?r.key, error = %err, "re-registration refused"),
+                    }
                 }
                 // A drain while registering: this node is going away.
                 Some(Out::Drain(_)) => return Err(unavailable("node is draining")),
@@ -481,7 +498,7 @@ impl SessionTask {
             if self.stop.is_cancelled() {
                 return None;
             }
-            match self.connect(Some(lost)).await {
+            match self.connect(Some(lost), Refusals::Skip).await {
                 Ok(s) => return Some(s),
                 Err(e) => warn!(error = %e, attempt, "provider cannot re-register yet"),
             }

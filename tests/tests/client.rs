@@ -156,7 +156,7 @@ async fn consumer_keeps_its_view_when_its_node_dies_and_resyncs_without_spurious
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_and_watches_skip_unreachable_nodes() -> Result<()> {
+async fn reads_and_watches_skip_unreachable_nodes_and_a_dropped_provider_says_goodbye() -> Result<()> {
     let node = start_node(test_config("n1")).await?;
     let dead = format!("http://127.0.0.1:{}", nats::free_port()?);
     let client = Client::new(ClientConfig::new([dead, format!("http://{}", node.grpc_addr)]).in_order(true))?;
@@ -165,8 +165,41 @@ async fn reads_and_watches_skip_unreachable_nodes() -> Result<()> {
     assert_eq!(client.get_service("api").await?.instances.len(), 1);
     let watch = client.watch("api").await?;
     assert_eq!(ids(&watch.current()), ["x"]);
+    // Dropping the handle says goodbye: removed by its provider, not expired.
+    drop(provider);
+    watch.wait_for(|v| v.instances.is_empty()).await?;
+    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
+    assert_eq!(metric(&metrics, "deregistrations_total"), Some(1));
+    assert_eq!(metric(&metrics, "expirations_total"), Some(0));
     drop(watch);
-    provider.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A lease renewed at a node that no longer knows it (restarted here; a load
+/// balancer sending the renewal elsewhere is the same answer, NOT_FOUND) is
+/// registered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_the_node_forgot_is_registered_again() -> Result<()> {
+    let node = start_node(test_config("n1")).await?;
+    let addr = node.grpc_addr;
+    let client = client_for(&[&node])?;
+    let lease = client.register_lease(instance("batch", "j1", 1), Duration::from_millis(600)).await?;
+    let first = lease.state().borrow().clone();
+    assert_eq!((first.node_id.as_str(), first.registrations), ("n1", 1));
+    assert_eq!(service_ids(addr, "batch").await?, ["j1"]);
+
+    node.shutdown().await;
+    let mut config = test_config("n1");
+    config.grpc_addr = addr;
+    let node = start_node(config).await?;
+    let mut state = lease.state();
+    tokio::time::timeout(PROMPTLY, state.wait_for(|s| s.registrations == 2)).await??;
+    assert_ne!(state.borrow().lease_id, first.lease_id);
+    assert_eq!(service_ids(addr, "batch").await?, ["j1"]);
+
+    lease.deregister().await;
+    assert!(service_ids(addr, "batch").await?.is_empty());
     node.shutdown().await;
     Ok(())
 }
