@@ -20,6 +20,21 @@ use crate::error::{Error, Result, describe};
 use crate::view::{InstanceChange, ServiceView};
 
 /// What happened to a watched service, in order.
+///
+/// ```no_run
+/// # async fn demo(watch: registry_client::ServiceWatch) {
+/// use registry_client::{InstanceChange, WatchEvent};
+/// let mut events = watch.events();
+/// while let Ok(event) = events.recv().await {
+///     match event {
+///         WatchEvent::Changed(InstanceChange::Removed(i)) => println!("{} left", i.instance_id),
+///         WatchEvent::Changed(change) => println!("{} came or changed", change.instance().instance_id),
+///         WatchEvent::Disconnected { reason } => println!("serving the last good view: {reason}"),
+///         WatchEvent::Synced { endpoint } => println!("live again from {endpoint}"),
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum WatchEvent {
     /// An instance came, changed or went.

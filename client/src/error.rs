@@ -57,6 +57,13 @@ pub enum Error {
 }
 
 /// Result with [`Error`].
+///
+/// ```
+/// fn check(port: u32) -> registry_client::Result<u32> {
+///     Ok(port)
+/// }
+/// assert!(check(1).is_ok());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {

@@ -23,6 +23,13 @@ use crate::error::{Error, Result};
 type RegistryClient = v1::registry_client::RegistryClient<tonic::transport::Channel>;
 
 /// Where a lease is held.
+///
+/// ```no_run
+/// # async fn demo(lease: registry_client::Lease) {
+/// let state = lease.state().borrow().clone();
+/// println!("lease {} on {}, TTL {:?}", state.lease_id, state.node_id, state.ttl);
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseState {
     /// The lease id the granting node gave.

@@ -39,6 +39,8 @@
 //!
 //! It depends on the public API (`registry-proto`) only, never on the node's crates.
 
+#![warn(missing_docs)]
+
 mod balance;
 mod client;
 mod config;

@@ -26,6 +26,16 @@ use crate::client::{Client, Inner};
 use crate::error::{Error, Result, describe};
 
 /// Where the provider's session is.
+///
+/// ```no_run
+/// # async fn demo(provider: registry_client::Provider) {
+/// let mut state = provider.state();
+/// // Follow the session from node to node.
+/// while state.changed().await.is_ok() {
+///     println!("now on {:?} (session #{})", state.borrow().node_id, state.borrow().sessions);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProviderState {
     /// The node holding the session, when connected.

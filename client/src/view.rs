@@ -47,6 +47,16 @@ pub struct ServiceView {
 }
 
 /// One real difference between two views of a service.
+///
+/// ```
+/// use registry_client::{InstanceChange, ServiceView};
+/// use registry_client::v1::{Instance, ServiceSnapshot};
+///
+/// let mut view = ServiceView::new("default", "s");
+/// let a = Instance { instance_id: "a".into(), ..Default::default() };
+/// let changes = view.apply_snapshot(ServiceSnapshot { instances: vec![a.clone()], ..Default::default() });
+/// assert_eq!(changes, [InstanceChange::Added(a)]);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum InstanceChange {
     /// A new instance.
@@ -75,6 +85,15 @@ impl InstanceChange {
 
 /// A delta that does not follow the view's revision: something was lost, the
 /// view must be rebuilt from a new snapshot.
+///
+/// ```
+/// use registry_client::{RevisionGap, ServiceView};
+/// use registry_client::v1::ServiceDelta;
+///
+/// let mut view = ServiceView::new("default", "s");
+/// let late = ServiceDelta { revision: 8, prev_revision: 7, ..Default::default() };
+/// assert_eq!(view.apply_delta(late), Err(RevisionGap { revision: 0, prev_revision: 7 }));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("delta follows revision {prev_revision} but the view is at {revision}")]
 pub struct RevisionGap {
