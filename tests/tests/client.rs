@@ -176,6 +176,33 @@ async fn reads_and_watches_skip_unreachable_nodes_and_a_dropped_provider_says_go
     Ok(())
 }
 
+/// A node cut off from its peers says so, and the watch shows it: the view is
+/// kept (not stale: the node still streams) and flagged degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_shows_when_its_node_is_cut_off() -> Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let nodes = start_cluster(&[nats.url()], "c5", &["a", "b"]).await?;
+    let provider = client_for(&[&nodes[0]])?.register([instance("api", "x", 1)]).await?;
+    let watch = client_for(&[&nodes[1]])?.watch("api").await?;
+    watch.wait_for(|v| v.instances.contains_key("x")).await?;
+    assert!(!watch.current().degraded);
+
+    nats.kill();
+    // Pushed with the next progress keepalive (1 s).
+    let degraded = tokio::time::timeout(PROMPTLY, watch.wait_for(|v| v.degraded)).await??;
+    assert_eq!(ids(&degraded), ["x"]);
+    assert!(!degraded.stale);
+    nats.restart().await?;
+    tokio::time::timeout(Duration::from_secs(10), watch.wait_for(|v| !v.degraded)).await??;
+
+    drop(watch);
+    provider.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 /// A lease renewed at a node that no longer knows it (restarted here; a load
 /// balancer sending the renewal elsewhere is the same answer, NOT_FOUND) is
 /// registered again.

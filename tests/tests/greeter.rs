@@ -29,12 +29,29 @@ async fn greeter_client_follows_servers_through_the_registry() -> Result<()> {
     let reply = greeter.say_hello(hello(0)).await?.into_inner();
     assert_eq!((reply.message.as_str(), reply.server.as_str()), ("Hello call 0", "g1"));
 
-    // A second server comes, the first one leaves: every call still succeeds,
-    // and the answers move to g2.
+    // A second server comes; the first goes OUT_OF_SERVICE and the channel
+    // stops sending to it.
     let second = GreeterServer::start(&on_a, "127.0.0.1:0".parse()?, "g2").await?;
+    first.provider().set_status(greeter_example::SERVICE, "g1", v1::Status::OutOfService).await?;
+    let mut calls = 0;
+    eventually("only g2 answers", PROMPTLY, || {
+        let mut greeter = greeter.clone();
+        calls += 10;
+        let base = calls;
+        async move {
+            for n in 0..10 {
+                if greeter.say_hello(hello(base + n)).await.ok()?.into_inner().server != "g2" {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await?;
+    // Back in service, then it leaves: every call still succeeds.
+    first.provider().set_status(greeter_example::SERVICE, "g1", v1::Status::Up).await?;
     let stopping = tokio::spawn(first.stop_after(Duration::from_millis(300)));
     // Call without pause until g1 has deregistered, drained and stopped.
-    let mut calls = 0;
     while !stopping.is_finished() {
         calls += 1;
         let reply = tokio::time::timeout(PROMPTLY, greeter.say_hello(hello(calls))).await??.into_inner();

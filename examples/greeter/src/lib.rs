@@ -88,6 +88,18 @@ impl GreeterServer {
         Ok(Self { addr, provider, stop, task })
     }
 
+    /// The registration, for updates (status, weight, metadata).
+    ///
+    /// ```no_run
+    /// # async fn demo(server: greeter_example::GreeterServer) -> anyhow::Result<()> {
+    /// use registry_client::v1::Status;
+    /// server.provider().set_status(greeter_example::SERVICE, "g1", Status::OutOfService).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
     /// Deregisters, gives consumers `drain` to stop sending here, then stops
     /// serving (the reverse order of [`GreeterServer::start`]).
     pub async fn stop_after(self, drain: Duration) {
