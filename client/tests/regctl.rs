@@ -117,6 +117,45 @@ async fn regctl_exit_codes() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regctl_watch_prints_one_line_per_change() {
+    let node = start_node().await;
+    let ep = format!("http://{}", node.grpc_addr);
+    let client = Client::new(ClientConfig::new([ep.clone()])).expect("client");
+    let provider = client.register([instance("10.0.0.1", 1)]).await.expect("registered");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_regctl"))
+        .args(["--endpoint", &ep, "watch", "orders"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("regctl watch starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut next = async || tokio::time::timeout(Duration::from_secs(5), lines.recv()).await.expect("a line in time");
+    assert_eq!(next().await.as_deref(), Some("added 10.0.0.1:1 10.0.0.1:1 up"));
+    provider.upsert(instance("10.0.0.2", 2)).await.expect("second");
+    assert_eq!(next().await.as_deref(), Some("added 10.0.0.2:2 10.0.0.2:2 up"));
+    provider.deregister("orders", "10.0.0.1:1").await.expect("removed");
+    assert_eq!(next().await.as_deref(), Some("removed 10.0.0.1:1 10.0.0.1:1 up"));
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("exit");
+    assert_eq!(status.code(), Some(0));
+    reader.await.expect("join");
+    provider.shutdown().await;
+    node.shutdown().await;
+}
+
+fn instance(host: &str, port: u32) -> registry_client::v1::Instance {
+    registry_client::v1::Instance { service: "orders".into(), host: host.into(), port, ..Default::default() }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
