@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result, describe, is_retryable};
 
-type RegistryClient = v1::registry_client::RegistryClient<Channel>;
+pub(crate) type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
 
 /// A connection to a registry cluster: the entry point of the library.

@@ -15,7 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Inner};
+use crate::client::{Client, Inner, RegistryClient};
 use crate::error::{Error, Result, describe};
 use crate::view::{InstanceChange, ServiceView};
 
@@ -232,7 +232,7 @@ impl WatchTask {
     /// Opens a Subscribe stream on the first node that accepts it.
     async fn open_any(&self, avoid: Option<usize>) -> Option<(usize, Streaming<v1::SubscribeResponse>)> {
         for i in self.client.order(avoid) {
-            let mut c = v1::registry_client::RegistryClient::new(self.client.channel(i));
+            let mut c = RegistryClient::new(self.client.channel(i));
             let opened = tokio::select! {
                 _ = self.stop.cancelled() => return None,
                 r = timeout(self.client.config.request_timeout, c.subscribe(self.request.clone())) => r,

@@ -17,10 +17,9 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{Client, Inner};
+use crate::client::{Client, Inner, RegistryClient};
 use crate::error::{Error, Result};
-
-type RegistryClient = v1::registry_client::RegistryClient<tonic::transport::Channel>;
+use crate::provider::normalize;
 
 /// Where a lease is held.
 ///
@@ -74,13 +73,8 @@ impl Client {
     /// let lease = client.register_lease(me, Duration::ZERO).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn register_lease(&self, mut instance: v1::Instance, ttl: Duration) -> Result<Lease> {
-        if instance.namespace.is_empty() {
-            instance.namespace = self.inner.config.namespace.clone();
-        }
-        if instance.instance_id.is_empty() {
-            instance.instance_id = format!("{}:{}", instance.host, instance.port);
-        }
+    pub async fn register_lease(&self, instance: v1::Instance, ttl: Duration) -> Result<Lease> {
+        let instance = normalize(instance, &self.inner.config.namespace);
         let ttl_ms = ttl.as_millis().min(u128::from(u32::MAX)) as u32;
         let mut task =
             LeaseTask { client: self.inner.clone(), instance, ttl_ms, endpoint: 0, state: LeaseState::default() };

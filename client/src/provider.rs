@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Inner};
+use crate::client::{Client, Inner, RegistryClient};
 use crate::error::{Error, Result, describe};
 
 /// Where the provider's session is.
@@ -258,7 +258,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn normalize(mut i: v1::Instance, namespace: &str) -> v1::Instance {
+/// Fills what the registry would default, so keys are stable client-side: the
+/// namespace (the client's) and the instance id (`host:port`).
+pub(crate) fn normalize(mut i: v1::Instance, namespace: &str) -> v1::Instance {
     if i.namespace.is_empty() {
         i.namespace = namespace.to_string();
     }
@@ -426,7 +428,7 @@ impl SessionTask {
         let heartbeat_interval_ms = config.heartbeat_interval.map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32);
         let open = In::Open(v1::OpenSession { client_name: config.client_name.clone(), heartbeat_interval_ms });
         let _ = tx.send(v1::RegisterRequest { kind: Some(open) }).await;
-        let mut client = v1::registry_client::RegistryClient::new(self.client.channel(i));
+        let mut client = RegistryClient::new(self.client.channel(i));
         let unavailable = |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(i)) };
         let mut rx = match timeout(config.request_timeout, client.register(ReceiverStream::new(rx))).await {
             Ok(Ok(r)) => r.into_inner(),
