@@ -187,6 +187,14 @@ impl Inner {
         node.channel.get_or_init(|| node.endpoint.connect_lazy()).clone()
     }
 
+    /// The channel for a stream that goes to endpoint `i` after losing its node
+    /// there (`lost`). Then it gets a new connection of its own: the shared one
+    /// may still lead to the draining node, while a new one lets the load
+    /// balancer behind a single endpoint pick another node.
+    pub(crate) fn stream_channel(&self, i: usize, lost: Option<usize>) -> Channel {
+        if lost == Some(i) { self.nodes[i % self.nodes.len()].endpoint.connect_lazy() } else { self.channel(i) }
+    }
+
     /// Endpoint indexes to try, starting with the next in rotation; `avoid` (the
     /// node just lost) goes last, so a single endpoint behind a load balancer is
     /// still retried.

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Streaming;
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::client::{Client, Inner, RegistryClient};
@@ -204,7 +205,7 @@ impl WatchTask {
                     _ = sleep(delay) => {}
                 }
             }
-            let Some((i, stream)) = self.open_any(avoid).await else {
+            let Some((i, _channel, stream)) = self.open_any(avoid).await else {
                 if self.stop.is_cancelled() {
                     return;
                 }
@@ -229,16 +230,18 @@ impl WatchTask {
         }
     }
 
-    /// Opens a Subscribe stream on the first node that accepts it.
-    async fn open_any(&self, avoid: Option<usize>) -> Option<(usize, Streaming<v1::SubscribeResponse>)> {
+    /// Opens a Subscribe stream on the first node that accepts it. The channel
+    /// comes back with it: a stream's own connection must outlive it.
+    async fn open_any(&self, avoid: Option<usize>) -> Option<(usize, Channel, Streaming<v1::SubscribeResponse>)> {
         for i in self.client.order(avoid) {
-            let mut c = RegistryClient::new(self.client.channel(i));
+            let channel = self.client.stream_channel(i, avoid);
+            let mut c = RegistryClient::new(channel.clone());
             let opened = tokio::select! {
                 _ = self.stop.cancelled() => return None,
                 r = timeout(self.client.config.request_timeout, c.subscribe(self.request.clone())) => r,
             };
             match opened {
-                Ok(Ok(stream)) => return Some((i, stream.into_inner())),
+                Ok(Ok(stream)) => return Some((i, channel, stream.into_inner())),
                 // Warming up, draining or unreachable: the next node may serve.
                 Ok(Err(status)) => {
                     debug!(endpoint = %self.client.name(i), status = %describe(&status), "subscribe refused")

@@ -277,6 +277,8 @@ fn key(i: &v1::Instance) -> Key {
 /// One open Register stream.
 struct Session {
     endpoint: usize,
+    /// Keeps a connection of the session's own alive as long as the session.
+    _channel: tonic::transport::Channel,
     tx: mpsc::Sender<v1::RegisterRequest>,
     rx: Streaming<v1::RegisterResponse>,
     opened: v1::SessionOpened,
@@ -409,7 +411,7 @@ impl SessionTask {
     async fn connect(&mut self, avoid: Option<usize>, refusals: Refusals) -> Result<Session> {
         let mut last = Error::Unavailable { last: "no endpoint tried".into() };
         for i in self.client.order(avoid) {
-            match self.open(i, refusals).await {
+            match self.open(i, avoid, refusals).await {
                 Ok(session) => return Ok(session),
                 Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
                 Err(e) => {
@@ -421,14 +423,15 @@ impl SessionTask {
         Err(last)
     }
 
-    async fn open(&mut self, i: usize, refusals: Refusals) -> Result<Session> {
+    async fn open(&mut self, i: usize, lost: Option<usize>, refusals: Refusals) -> Result<Session> {
         let attempted_at = Instant::now();
         let config = &self.client.config;
         let (tx, rx) = mpsc::channel(256);
         let heartbeat_interval_ms = config.heartbeat_interval.map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32);
         let open = In::Open(v1::OpenSession { client_name: config.client_name.clone(), heartbeat_interval_ms });
         let _ = tx.send(v1::RegisterRequest { kind: Some(open) }).await;
-        let mut client = RegistryClient::new(self.client.channel(i));
+        let channel = self.client.stream_channel(i, lost);
+        let mut client = RegistryClient::new(channel.clone());
         let unavailable = |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(i)) };
         let mut rx = match timeout(config.request_timeout, client.register(ReceiverStream::new(rx))).await {
             Ok(Ok(r)) => r.into_inner(),
@@ -441,7 +444,7 @@ impl SessionTask {
             Ok(Err(status)) => return Err(Error::from_status(&status)),
             Err(_) => return Err(unavailable("no `opened` in time")),
         };
-        let mut session = Session { endpoint: i, tx, rx, opened };
+        let mut session = Session { endpoint: i, _channel: channel, tx, rx, opened };
         let instances: Vec<v1::Instance> = lock(&self.desired).values().cloned().collect();
         for instance in &instances {
             if !session.send(In::Upsert(instance.clone())).await {

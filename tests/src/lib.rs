@@ -367,6 +367,57 @@ impl Drop for CuttableLink {
     }
 }
 
+/// A TCP load balancer in front of several nodes, as a DNS name behind a load
+/// balancer looks to a client: each new connection goes to the next target in
+/// turn, skipping targets that refuse it.
+pub struct BalancingLink {
+    pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl BalancingLink {
+    pub async fn start(targets: Vec<SocketAddr>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else { break };
+                let mut outbound = None;
+                for k in 0..targets.len() {
+                    let target = targets[(next + k) % targets.len()];
+                    if let Ok(s) = tokio::net::TcpStream::connect(target).await {
+                        next = (next + k + 1) % targets.len();
+                        outbound = Some(s);
+                        break;
+                    }
+                }
+                let Some(mut outbound) = outbound else { continue };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for BalancingLink {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A plain HTTP/1.1 GET, enough for /metrics, /healthz and /readyz.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;

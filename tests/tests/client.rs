@@ -231,6 +231,46 @@ async fn a_lease_the_node_forgot_is_registered_again() -> Result<()> {
     Ok(())
 }
 
+/// One endpoint, a load balancer over two nodes: when the node behind the
+/// client's connection drains, the provider and the watch move over new
+/// connections (the old one still leads to the draining node), and consumers
+/// never see the instance go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_load_balancer_provider_and_watch_move_on_drain() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut nodes = start_cluster(&[nats.url()], "c8", &["a", "b", "c"]).await?;
+    let mut on_c = Watch::start(&mut client(nodes[2].grpc_addr).await?, "", &["api"], "w").await?;
+    on_c.step(PROMPTLY).await?;
+    let lb = BalancingLink::start(vec![nodes[0].grpc_addr, nodes[1].grpc_addr]).await?;
+    // One client: its provider and watch share the first connection, to a.
+    let client = Client::new(ClientConfig::new([format!("http://{}", lb.addr)]))?;
+    let provider = client.register([instance("api", "x", 1)]).await?;
+    until_on(&provider, "a", PROMPTLY).await?;
+    let watch = client.watch("api").await?;
+    let mut events = watch.events();
+    on_c.until("registered", PROMPTLY, |v| v["api"].1.contains_key("x")).await?;
+
+    let stopping = tokio::spawn(nodes.remove(0).shutdown());
+    until_on(&provider, "b", PROMPTLY).await?;
+    stopping.await?;
+    let view = tokio::time::timeout(PROMPTLY, watch.wait_for(|v| !v.stale && v.instances.contains_key("x"))).await??;
+    assert_eq!(ids(&view), ["x"]);
+    on_c.drain(PROMPTLY).await?;
+    assert!(removed_ids(&on_c).is_empty(), "consumers saw a removal: {:?}", on_c.log);
+    let removed: Vec<WatchEvent> = drain_events(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, WatchEvent::Changed(InstanceChange::Removed(_))))
+        .collect();
+    assert!(removed.is_empty(), "the watch saw a removal: {removed:?}");
+
+    drop(watch);
+    provider.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 /// A node that is still warming up answers UNAVAILABLE; the client moves on to
 /// a ready node instead of showing an empty view. The new node is held warming
 /// by a forged peer that beats a slice it never serves.
