@@ -58,7 +58,7 @@ impl ClientConfig {
         Self {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             namespace: "default".into(),
-            client_name: std::env::args().next().unwrap_or_else(|| "registry-client".into()),
+            client_name: program_name(),
             heartbeat_interval: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
@@ -138,6 +138,14 @@ impl ClientConfig {
         self.in_order = in_order;
         self
     }
+}
+
+/// The running program's file name: what a consumer is listed as by default.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "registry-client".into())
 }
 
 /// Exponential backoff with full jitter: attempt `n` waits a uniformly random
