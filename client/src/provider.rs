@@ -122,7 +122,8 @@ impl Client {
 
 impl Provider {
     /// Registers another instance, or replaces one with the same service and id.
-    /// Waits for the node's answer.
+    /// Waits for the node's answer; while the provider is between nodes, that is
+    /// the answer of the next session.
     ///
     /// ```no_run
     /// # async fn demo(provider: registry_client::Provider) -> Result<(), registry_client::Error> {
