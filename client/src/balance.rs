@@ -237,6 +237,30 @@ where
     channel
 }
 
+/// What turns the balancer's set (`current`: id -> address) into `wanted`:
+/// removals for instances gone, inserts for new ones and for those whose
+/// address changed. Other changes (weight, metadata) keep the connection.
+fn balancer_changes<E>(
+    current: &mut HashMap<String, String>,
+    wanted: HashMap<String, (String, E)>,
+) -> Vec<Change<String, E>> {
+    let mut changes: Vec<Change<String, E>> = Vec::new();
+    current.retain(|id, _| {
+        let keep = wanted.contains_key(id);
+        if !keep {
+            changes.push(Change::Remove(id.clone()));
+        }
+        keep
+    });
+    for (id, (addr, ep)) in wanted {
+        if current.get(&id) != Some(&addr) {
+            current.insert(id.clone(), addr);
+            changes.push(Change::Insert(id, ep));
+        }
+    }
+    changes
+}
+
 /// Keeps the balancer's endpoint set equal to the filtered view.
 async fn follow<F>(watch: ServiceWatch, filter: InstanceFilter, endpoint: F, tx: mpsc::Sender<Change<String, Endpoint>>)
 where
@@ -253,24 +277,48 @@ where
                 .filter_map(|i| Some((i.instance_id.clone(), (format!("{}:{}", i.host, i.port), endpoint(i)?))))
                 .collect()
         };
-        let gone: Vec<String> = current.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
-        for id in gone {
-            current.remove(&id);
-            if tx.send(Change::Remove(id)).await.is_err() {
+        for change in balancer_changes(&mut current, wanted) {
+            if tx.send(change).await.is_err() {
                 return;
-            }
-        }
-        for (id, (addr, ep)) in wanted {
-            if current.get(&id) != Some(&addr) {
-                current.insert(id.clone(), addr);
-                if tx.send(Change::Insert(id, ep)).await.is_err() {
-                    return;
-                }
             }
         }
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(entries: &[(&str, &str)]) -> HashMap<String, (String, ())> {
+        entries.iter().map(|(id, addr)| (id.to_string(), (addr.to_string(), ()))).collect()
+    }
+
+    fn summary(changes: Vec<Change<String, ()>>) -> Vec<String> {
+        let mut s: Vec<String> = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Insert(id, ()) => format!("+{id}"),
+                Change::Remove(id) => format!("-{id}"),
+            })
+            .collect();
+        s.sort();
+        s
+    }
+
+    #[test]
+    fn the_balancer_gets_only_what_changed() {
+        let mut current = HashMap::new();
+        let first = balancer_changes(&mut current, wanted(&[("a", "h:1"), ("b", "h:2")]));
+        assert_eq!(summary(first), ["+a", "+b"]);
+        assert!(balancer_changes(&mut current, wanted(&[("a", "h:1"), ("b", "h:2")])).is_empty());
+        let moved = balancer_changes(&mut current, wanted(&[("a", "h:1"), ("b", "h:9"), ("c", "h:3")]));
+        assert_eq!(summary(moved), ["+b", "+c"]);
+        let gone = balancer_changes(&mut current, wanted(&[("c", "h:3")]));
+        assert_eq!(summary(gone), ["-a", "-b"]);
+        assert_eq!(current.len(), 1);
     }
 }
