@@ -83,6 +83,20 @@ pub async fn start_node(config: NodeConfig) -> Result<NodeHandle> {
     registry_node::start(config).await.context("start node")
 }
 
+/// Starts clustered nodes named `names`, spread over the NATS servers given,
+/// and waits until every one is ready.
+pub async fn start_cluster(nats: &[String], cluster: &str, names: &[&str]) -> Result<Vec<NodeHandle>> {
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let url = nats[i % nats.len()].clone();
+        nodes.push(start_node(cluster_config(name, &[url], cluster)).await?);
+    }
+    for n in &nodes {
+        until_ready(n).await?;
+    }
+    Ok(nodes)
+}
+
 pub async fn channel(addr: SocketAddr) -> Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
 }
@@ -301,6 +315,19 @@ impl Watch {
     }
 }
 
+/// Instance ids removed by the deltas a watch received, in order.
+pub fn removed_ids(watch: &Watch) -> Vec<String> {
+    watch
+        .log
+        .iter()
+        .filter_map(|m| match m {
+            Push::Delta(d) => Some(d.removed.iter().map(|k| k.instance_id.clone()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// A TCP forwarder in front of a node whose connections the test can cut at
 /// once, the way a crashed process or a network fault ends them.
 pub struct CuttableLink {
@@ -343,6 +370,57 @@ impl CuttableLink {
 impl Drop for CuttableLink {
     fn drop(&mut self) {
         self.cut.cancel();
+    }
+}
+
+/// A TCP load balancer in front of several nodes, as a DNS name behind a load
+/// balancer looks to a client: each new connection goes to the next target in
+/// turn, skipping targets that refuse it.
+pub struct BalancingLink {
+    pub addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl BalancingLink {
+    pub async fn start(targets: Vec<SocketAddr>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else { break };
+                let mut outbound = None;
+                for k in 0..targets.len() {
+                    let target = targets[(next + k) % targets.len()];
+                    if let Ok(s) = tokio::net::TcpStream::connect(target).await {
+                        next = (next + k + 1) % targets.len();
+                        outbound = Some(s);
+                        break;
+                    }
+                }
+                let Some(mut outbound) = outbound else { continue };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, stop })
+    }
+}
+
+impl Drop for BalancingLink {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

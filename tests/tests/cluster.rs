@@ -6,36 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use registry_node::NodeHandle;
 use registry_tests::nats::{NatsCluster, NatsServer};
 use registry_tests::*;
 use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
-
-async fn start_cluster(nats: &[String], cluster: &str, names: &[&str]) -> Result<Vec<NodeHandle>> {
-    let mut nodes = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        // Spread the nodes over the NATS servers given.
-        let url = nats[i % nats.len()].clone();
-        nodes.push(start_node(cluster_config(name, &[url], cluster)).await?);
-    }
-    for n in &nodes {
-        until_ready(n).await?;
-    }
-    Ok(nodes)
-}
-
-fn removed_ids(watch: &Watch) -> Vec<String> {
-    watch
-        .log
-        .iter()
-        .filter_map(|m| match m {
-            Push::Delta(d) => Some(d.removed.iter().map(|k| k.instance_id.clone()).collect::<Vec<_>>()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_on_one_node_reaches_subscribers_on_another() -> Result<()> {

@@ -1,0 +1,197 @@
+//! Client settings and the reconnect backoff.
+
+use std::time::Duration;
+
+/// How a [`Client`](crate::Client) reaches the registry.
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_client::ClientConfig;
+///
+/// let config = ClientConfig::new(["http://10.0.0.1:7070", "10.0.0.2:7070"])
+///     .namespace("prod")
+///     .client_name("checkout")
+///     .request_timeout(Duration::from_secs(3));
+/// assert_eq!(config.endpoints.len(), 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Node addresses (`http://host:port`, or `host:port`). One DNS name behind
+    /// a load balancer works too: every reconnect resolves it again.
+    pub endpoints: Vec<String>,
+    /// Namespace of every call that does not name one (default `"default"`).
+    pub namespace: String,
+    /// Names this process in the node's logs and consumer directory.
+    pub client_name: String,
+    /// How often a provider session heartbeats; `None` takes the node's default.
+    pub heartbeat_interval: Option<Duration>,
+    /// Bound on one unary call, on opening a stream, and on the first
+    /// registration or first view.
+    pub request_timeout: Duration,
+    /// Bound on establishing a TCP connection to one node.
+    pub connect_timeout: Duration,
+    /// Delays between reconnect attempts.
+    pub backoff: Backoff,
+    /// After a drain, how long the old session stays open once the new one has
+    /// registered everything, before it says goodbye. The new registrations
+    /// must reach every node first (the old one included), or its goodbye could
+    /// overtake them and consumers would see a removal and a re-add.
+    pub handover: Duration,
+    /// Start at the first endpoint given instead of a random one. Either way,
+    /// each call or stream starts one further in the list (round robin), and
+    /// fails over to the next ones.
+    pub in_order: bool,
+}
+
+impl ClientConfig {
+    /// Settings with defaults for the given endpoints.
+    ///
+    /// ```
+    /// let c = registry_client::ClientConfig::new(["http://127.0.0.1:7070"]);
+    /// assert_eq!(c.namespace, "default");
+    /// ```
+    pub fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            namespace: "default".into(),
+            client_name: program_name(),
+            heartbeat_interval: None,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            backoff: Backoff::default(),
+            handover: Duration::from_secs(1),
+            in_order: false,
+        }
+    }
+
+    /// Sets [`ClientConfig::namespace`].
+    ///
+    /// ```
+    /// let c = registry_client::ClientConfig::new(["127.0.0.1:7070"]).namespace("prod");
+    /// assert_eq!(c.namespace, "prod");
+    /// ```
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets [`ClientConfig::client_name`].
+    ///
+    /// ```
+    /// let c = registry_client::ClientConfig::new(["127.0.0.1:7070"]).client_name("checkout");
+    /// assert_eq!(c.client_name, "checkout");
+    /// ```
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// Sets [`ClientConfig::heartbeat_interval`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = registry_client::ClientConfig::new(["127.0.0.1:7070"]).heartbeat_interval(Duration::from_secs(1));
+    /// assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(1)));
+    /// ```
+    pub fn heartbeat_interval(mut self, every: Duration) -> Self {
+        self.heartbeat_interval = Some(every);
+        self
+    }
+
+    /// Sets [`ClientConfig::request_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let c = registry_client::ClientConfig::new(["127.0.0.1:7070"]).request_timeout(Duration::from_secs(1));
+    /// assert_eq!(c.request_timeout, Duration::from_secs(1));
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ClientConfig::backoff`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use registry_client::{Backoff, ClientConfig};
+    /// let b = Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(1) };
+    /// let c = ClientConfig::new(["127.0.0.1:7070"]).backoff(b);
+    /// assert_eq!(c.backoff.initial, Duration::from_millis(50));
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets [`ClientConfig::in_order`].
+    ///
+    /// ```
+    /// let c = registry_client::ClientConfig::new(["a:1", "b:1"]).in_order(true);
+    /// assert!(c.in_order);
+    /// ```
+    pub fn in_order(mut self, in_order: bool) -> Self {
+        self.in_order = in_order;
+        self
+    }
+}
+
+/// The running program's file name: what a consumer is listed as by default.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "registry-client".into())
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a uniformly random
+/// time in `0..=min(max, initial * 2^n)`.
+///
+/// Full jitter is what keeps a crowd apart: when a node dies, every provider on
+/// it loses its session at the same instant, and the first retry already spreads
+/// them over `initial` instead of hitting the next node in one burst.
+///
+/// ```
+/// use std::time::Duration;
+/// use registry_client::Backoff;
+///
+/// let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) };
+/// assert_eq!(b.cap(0), Duration::from_millis(100));
+/// assert_eq!(b.cap(3), Duration::from_millis(800));
+/// assert_eq!(b.cap(10), Duration::from_secs(1));
+/// assert_eq!(b.delay(2, 0.5), Duration::from_millis(200));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Upper bound of the first retry's delay.
+    pub initial: Duration,
+    /// Upper bound of any delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial: Duration::from_millis(500), max: Duration::from_secs(10) }
+    }
+}
+
+impl Backoff {
+    /// Upper bound of the delay before attempt `attempt` (0-based).
+    pub fn cap(&self, attempt: u32) -> Duration {
+        self.initial.saturating_mul(1u32 << attempt.min(20)).min(self.max)
+    }
+
+    /// The delay for `attempt` given a uniform sample `unit` in `0.0..=1.0`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        self.cap(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+
+    /// The delay for `attempt` with a fresh random sample.
+    pub(crate) fn random_delay(&self, attempt: u32) -> Duration {
+        self.delay(attempt, rand::random::<f64>())
+    }
+}

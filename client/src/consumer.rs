@@ -1,0 +1,317 @@
+//! Consumers: [`ServiceWatch`], a live, cached view of one service kept current
+//! by a `Subscribe` stream that follows the cluster from node to node.
+//!
+//! The task behind a watch owns the stream. It applies the snapshot and the
+//! deltas to a [`ServiceView`], resubscribes on a revision gap, and when its node
+//! goes away it marks the view stale (never empties it), moves to another node
+//! with jittered backoff, and on the new snapshot emits only what really changed.
+
+use std::sync::Arc;
+
+use registry_proto::v1::{self, subscribe_response::Kind as Push};
+use tokio::sync::{broadcast, watch};
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::Streaming;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use crate::client::{Client, Inner, RegistryClient};
+use crate::error::{Error, Result, describe};
+use crate::view::{InstanceChange, ServiceView};
+
+/// What happened to a watched service, in order.
+///
+/// ```no_run
+/// # async fn demo(watch: registry_client::ServiceWatch) {
+/// use registry_client::{InstanceChange, WatchEvent};
+/// let mut events = watch.events();
+/// while let Ok(event) = events.recv().await {
+///     match event {
+///         WatchEvent::Changed(InstanceChange::Removed(i)) => println!("{} left", i.instance_id),
+///         WatchEvent::Changed(change) => println!("{} came or changed", change.instance().instance_id),
+///         WatchEvent::Disconnected { reason } => println!("serving the last good view: {reason}"),
+///         WatchEvent::Synced { endpoint } => println!("live again from {endpoint}"),
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchEvent {
+    /// An instance came, changed or went.
+    Changed(InstanceChange),
+    /// The stream to the serving node broke; the view is kept and marked stale.
+    Disconnected {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// A node streams the view again (after a snapshot that was merged in).
+    Synced {
+        /// The endpoint now serving the view.
+        endpoint: String,
+    },
+}
+
+/// A live view of one service. Cheap to clone; the stream behind it stops when
+/// the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+/// use registry_client::{InstanceFilter, WatchEvent};
+///
+/// let orders = client.watch("orders").await?;
+/// let view = orders.current();
+/// println!("{} instances, stale: {}", view.instances.len(), view.stale);
+/// let mut events = orders.events();
+/// while let Ok(event) = events.recv().await {
+///     println!("{event:?}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServiceWatch {
+    view: watch::Receiver<Arc<ServiceView>>,
+    events: broadcast::Sender<WatchEvent>,
+    _stop: Arc<DropGuard>,
+}
+
+/// Events buffered per receiver; a slower receiver gets `Lagged` and should
+/// read [`ServiceWatch::current`].
+const EVENT_BUFFER: usize = 1024;
+
+impl ServiceWatch {
+    /// The view now.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+    /// let n = client.watch("orders").await?.current().instances.len();
+    /// # Ok(()) }
+    /// ```
+    pub fn current(&self) -> Arc<ServiceView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver of every new view (`tokio::sync::watch`): intermediate views
+    /// may be skipped, the latest never is.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+    /// let mut views = client.watch("orders").await?.views();
+    /// while views.changed().await.is_ok() {
+    ///     println!("{} instances", views.borrow().instances.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn views(&self) -> watch::Receiver<Arc<ServiceView>> {
+        self.view.clone()
+    }
+
+    /// A receiver of every event from now on (`tokio::sync::broadcast`). Events
+    /// are sent just before the view that includes them is published, so none
+    /// is both in [`ServiceWatch::current`] and still to come.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+    /// let mut events = client.watch("orders").await?.events();
+    /// let first = events.recv().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> broadcast::Receiver<WatchEvent> {
+        self.events.subscribe()
+    }
+
+    /// Waits until the view satisfies `cond` and returns it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+    /// let orders = client.watch("orders").await?;
+    /// let view = orders.wait_for(|v| !v.instances.is_empty()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for(&self, mut cond: impl FnMut(&ServiceView) -> bool) -> Result<Arc<ServiceView>> {
+        let mut rx = self.view.clone();
+        let view = rx.wait_for(|v| cond(v)).await.map_err(|_| Error::Closed)?;
+        Ok(view.clone())
+    }
+}
+
+impl Client {
+    /// Watches `service`: returns once a node has sent its first snapshot (nodes
+    /// still warming up are skipped), or [`Error::Unavailable`] after the
+    /// request timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
+    /// let orders = client.watch("orders").await?;
+    /// for i in orders.current().instances.values() {
+    ///     println!("{}:{}", i.host, i.port);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch(&self, service: &str) -> Result<ServiceWatch> {
+        let config = &self.inner.config;
+        let view = ServiceView::new(&config.namespace, service);
+        let (tx, rx) = watch::channel(Arc::new(view.clone()));
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let stop = CancellationToken::new();
+        let request = v1::SubscribeRequest {
+            namespace: config.namespace.clone(),
+            services: vec![service.to_string()],
+            consumer: Some(v1::ConsumerInfo {
+                consumer_id: config.client_name.clone(),
+                host: String::new(),
+                metadata: Default::default(),
+            }),
+        };
+        let task =
+            WatchTask { client: self.inner.clone(), request, view, tx, events: events.clone(), stop: stop.clone() };
+        tokio::spawn(task.run());
+        let watch = ServiceWatch { view: rx, events, _stop: Arc::new(stop.drop_guard()) };
+        match timeout(config.request_timeout, watch.wait_for(|v| !v.stale)).await {
+            Ok(Ok(_)) => Ok(watch),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Unavailable {
+                last: format!("no node sent a view of {service} within {:?}", config.request_timeout),
+            }),
+        }
+    }
+}
+
+/// How following one stream ended.
+enum End {
+    Stop,
+    Gap,
+    Broken(String),
+}
+
+struct WatchTask {
+    client: Arc<Inner>,
+    request: v1::SubscribeRequest,
+    view: ServiceView,
+    tx: watch::Sender<Arc<ServiceView>>,
+    events: broadcast::Sender<WatchEvent>,
+    stop: CancellationToken,
+}
+
+impl WatchTask {
+    async fn run(mut self) {
+        let mut avoid = None;
+        let mut failures = 0u32;
+        loop {
+            if failures > 0 {
+                let delay = self.client.config.backoff.random_delay(failures - 1);
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = sleep(delay) => {}
+                }
+            }
+            let Some((i, _channel, stream)) = self.open_any(avoid).await else {
+                if self.stop.is_cancelled() {
+                    return;
+                }
+                failures += 1;
+                continue;
+            };
+            match self.follow(i, stream).await {
+                End::Stop => return,
+                End::Gap => {
+                    avoid = None;
+                    failures = 0;
+                }
+                End::Broken(reason) => {
+                    info!(service = %self.view.service, endpoint = %self.client.name(i), %reason, "watch lost its node; keeping the view and reconnecting");
+                    self.view.stale = true;
+                    let _ = self.events.send(WatchEvent::Disconnected { reason });
+                    self.publish();
+                    avoid = Some(i);
+                    failures = 1;
+                }
+            }
+        }
+    }
+
+    /// Opens a Subscribe stream on the first node that accepts it. The channel
+    /// comes back with it: a stream's own connection must outlive it.
+    async fn open_any(&self, avoid: Option<usize>) -> Option<(usize, Channel, Streaming<v1::SubscribeResponse>)> {
+        for i in self.client.order(avoid) {
+            let channel = self.client.stream_channel(i, avoid);
+            let mut c = RegistryClient::new(channel.clone());
+            let opened = tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                r = timeout(self.client.config.request_timeout, c.subscribe(self.request.clone())) => r,
+            };
+            match opened {
+                Ok(Ok(stream)) => return Some((i, channel, stream.into_inner())),
+                // Warming up, draining or unreachable: the next node may serve.
+                Ok(Err(status)) => {
+                    debug!(endpoint = %self.client.name(i), status = %describe(&status), "subscribe refused")
+                }
+                Err(_) => debug!(endpoint = %self.client.name(i), "subscribe timed out"),
+            }
+        }
+        None
+    }
+
+    async fn follow(&mut self, i: usize, mut stream: Streaming<v1::SubscribeResponse>) -> End {
+        let mut synced = false;
+        loop {
+            let msg = tokio::select! {
+                _ = self.stop.cancelled() => return End::Stop,
+                m = stream.message() => m,
+            };
+            let kind = match msg {
+                Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
+                Ok(Some(_)) => continue,
+                Ok(None) => return End::Broken("stream ended".into()),
+                Err(status) => return End::Broken(describe(&status)),
+            };
+            match kind {
+                Push::Snapshot(s) if s.service == self.view.service => {
+                    let changes = self.view.apply_snapshot(s);
+                    self.view.endpoint = self.client.name(i);
+                    self.emit(changes);
+                    if !synced {
+                        synced = true;
+                        let _ = self.events.send(WatchEvent::Synced { endpoint: self.view.endpoint.clone() });
+                    }
+                    self.publish();
+                }
+                Push::Delta(d) if d.service == self.view.service => {
+                    if !synced {
+                        return End::Gap;
+                    }
+                    match self.view.apply_delta(d) {
+                        Ok(changes) => {
+                            self.emit(changes);
+                            self.publish();
+                        }
+                        Err(gap) => {
+                            warn!(service = %self.view.service, %gap, "revision gap; resubscribing");
+                            return End::Gap;
+                        }
+                    }
+                }
+                Push::Progress(p) => {
+                    if self.view.set_freshness(p.freshness) {
+                        self.publish();
+                    }
+                }
+                // Another service on the same stream: not ours.
+                Push::Snapshot(_) | Push::Delta(_) => {}
+            }
+        }
+    }
+
+    /// Publishes the view. Always after the events it includes: whoever sees a
+    /// view and then subscribes to events gets no event the view already holds.
+    fn publish(&self) {
+        self.tx.send_replace(Arc::new(self.view.clone()));
+    }
+
+    fn emit(&self, changes: Vec<InstanceChange>) {
+        for c in changes {
+            // No receiver is fine: events are optional.
+            let _ = self.events.send(WatchEvent::Changed(c));
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Client library of the registry: register providers, watch services, and feed
+//! tonic's load balancer with live instances.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), registry_client::Error> {
+//! use registry_client::{Client, ClientConfig, InstanceFilter, balance_channel};
+//! use registry_client::v1::Instance;
+//!
+//! let client = Client::new(ClientConfig::new(["http://10.0.0.1:7070", "http://10.0.0.2:7070"]))?;
+//!
+//! // A provider: registered until dropped or shut down, heartbeats in the background,
+//! // follows the cluster when its node drains or dies.
+//! let me = Instance { service: "greeter".into(), host: "10.0.0.7".into(), port: 50051, ..Default::default() };
+//! let provider = client.register([me]).await?;
+//!
+//! // A consumer: a live view of a service, and a channel balancing over it.
+//! let greeters = client.watch("greeter").await?;
+//! let channel = balance_channel(&greeters, InstanceFilter::up());
+//! # drop((provider, channel));
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`config`](ClientConfig): endpoints, timeouts, the jittered [`Backoff`].
+//! - `client`: [`Client`], one lazily connected channel per node, unary reads that
+//!   fail over from node to node (`UNAVAILABLE`, including "warming up", moves on).
+//! - `provider`: [`Provider`], the task owning a `Register` session: heartbeats,
+//!   updates, moves on drain (make-before-break) or loss (jittered reconnect),
+//!   goodbye on shutdown or drop.
+//! - `view`: [`ServiceView`], the pure core of a consumer's cache: snapshots,
+//!   deltas, revision gaps, real differences.
+//! - `lease`: [`Lease`], one instance under a unary TTL lease, renewed at the node
+//!   that granted it and registered again elsewhere when that node is gone or
+//!   answers NOT_FOUND.
+//! - `consumer`: [`ServiceWatch`], the task owning a `Subscribe` stream around a view.
+//! - `balance`: [`InstanceFilter`], [`choose_weighted`], [`balance_channel`].
+//! - `error`: [`Error`].
+//! - `src/bin/regctl.rs`: the command line, built on this library.
+//!
+//! It depends on the public API (`registry-proto`) only, never on the node's crates.
+
+#![warn(missing_docs)]
+
+mod balance;
+mod client;
+mod config;
+mod consumer;
+mod error;
+mod lease;
+mod provider;
+mod view;
+
+pub use balance::{
+    InstanceFilter, balance_channel, balance_channel_with, choose_weighted, plaintext_endpoint, weight_of,
+};
+pub use client::Client;
+pub use config::{Backoff, ClientConfig};
+pub use consumer::{ServiceWatch, WatchEvent};
+pub use error::{Error, Result};
+pub use lease::{Lease, LeaseState};
+pub use provider::{Provider, ProviderState};
+/// The public API's messages (`registry.v1`), as this library returns them.
+pub use registry_proto::v1;
+pub use view::{InstanceChange, RevisionGap, ServiceView};
