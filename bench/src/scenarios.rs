@@ -17,7 +17,7 @@ use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
 
-use crate::procs::NodeProc;
+use crate::procs::{NodeProc, start_node};
 
 /// One measured value.
 #[derive(Clone, Debug)]
@@ -48,12 +48,12 @@ pub(crate) fn latency_rows(scenario: &str, variant: &str, h: &Histogram<u64>) ->
 
 async fn cluster(bin: &Path, n: usize, tag: &str) -> Result<(Option<NatsServer>, Vec<NodeProc>)> {
     if n == 1 {
-        return Ok((None, vec![NodeProc::start(bin, "a", &[], tag).await?]));
+        return Ok((None, vec![start_node(bin, "a", &[], tag).await?]));
     }
     let nats = NatsServer::start().await?;
     let mut nodes = Vec::new();
     for name in ["a", "b", "c", "d", "e"].iter().take(n) {
-        nodes.push(NodeProc::start(bin, name, &[nats.url()], tag).await?);
+        nodes.push(start_node(bin, name, &[nats.url()], tag).await?);
     }
     Ok((Some(nats), nodes))
 }
@@ -332,7 +332,7 @@ pub(crate) async fn catchup(bin: &Path, instances: u32, metadata: usize) -> Resu
     procs[1].wait_instances(u64::from(instances), Duration::from_secs(600)).await?;
     let origin_cpu = procs[0].cpu_seconds()?;
     let t0 = Instant::now();
-    let joiner = NodeProc::start(bin, "cold", &[nats.url()], "catchup").await?;
+    let joiner = start_node(bin, "cold", &[nats.url()], "catchup").await?;
     let ready = t0.elapsed();
     // CPU is the steadier number on a shared machine: wall time also counts
     // whatever else runs on its two cores.

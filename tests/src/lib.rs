@@ -22,6 +22,7 @@ use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
 
 pub mod nats;
+pub mod procs;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
