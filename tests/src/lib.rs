@@ -21,6 +21,7 @@ use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
 
+pub mod faults;
 pub mod nats;
 pub mod procs;
 

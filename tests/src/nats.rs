@@ -66,6 +66,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -94,6 +99,10 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // A stopped server must be continued to die.
+        if let Some(child) = &self.child {
+            let _ = crate::procs::send_signal(child.id(), "CONT");
+        }
         self.kill();
         let _ = std::fs::remove_file(&self.log);
     }

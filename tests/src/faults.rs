@@ -1,0 +1,439 @@
+//! The fault-injection harness: a cluster of real `registry-node` processes
+//! and real `nats-server`s, providers and consumers through the client
+//! library, and a checker that compares what every node and every consumer
+//! shows with what should be there.
+//!
+//! A scenario starts a [`ProcCluster`], registers [`Fleet`] providers and
+//! watches, injects its fault, and records numbers in a [`Report`]: each row a
+//! measure, its bound, what was measured and whether it passed. Reports print
+//! as a table and are appended to `fault-report.md` in the test target's
+//! temporary directory (or `FAULT_REPORT`), so a run leaves the numbers behind.
+//!
+//! The checker's notion of truth is the set of instances whose providers are
+//! alive ([`Fleet::expected`]). Flaps are removals a consumer saw of an
+//! instance whose provider never stopped: the thing an AP registry must not do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use parking_lot::Mutex;
+use registry_client::{Backoff, Client, ClientConfig, InstanceChange, Provider, ServiceWatch, WatchEvent};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::nats::{NatsCluster, NatsServer};
+use crate::procs::{NodeProc, node_bin};
+use crate::{client, instance, v1};
+
+/// Node configuration for fault scenarios: the fast timers of the in-process
+/// cluster tests (beats 200 ms, orphaned after 1.5 s, removed 3 s later,
+/// reconnect grace 1 s), so faults play out in seconds.
+pub const FAULT_CONFIG: &str = "\
+shutdown_grace_ms = 2000
+[sessions]
+min_heartbeat_ms = 100
+default_heartbeat_ms = 200
+reconnect_grace_ms = 1000
+min_lease_ttl_ms = 500
+drain_jitter_ms = 100
+[subscriptions]
+progress_interval_ms = 1000
+[sync]
+beat_interval_ms = 200
+suspect_after_ms = 600
+dead_after_ms = 1500
+orphan_grace_ms = 3000
+ready_timeout_ms = 20000
+request_timeout_ms = 2000
+";
+
+/// Reconnect grace of [`FAULT_CONFIG`].
+pub const RECONNECT_GRACE: Duration = Duration::from_millis(1_000);
+/// Silence after which [`FAULT_CONFIG`] orphans a peer.
+pub const DEAD_AFTER: Duration = Duration::from_millis(1_500);
+/// Orphan grace of [`FAULT_CONFIG`].
+pub const ORPHAN_GRACE: Duration = Duration::from_millis(3_000);
+/// Beat interval of [`FAULT_CONFIG`].
+pub const BEAT: Duration = Duration::from_millis(200);
+
+/// The NATS side of a cluster: one server, or several joined by routes.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            Nats::Single(s) => vec![s.url()],
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The server at `i` (the only one of a single-server setup).
+    pub fn server(&mut self, i: usize) -> &mut NatsServer {
+        match self {
+            Nats::Single(s) => s,
+            Nats::Cluster(c) => {
+                let n = c.servers.len();
+                &mut c.servers[i % n]
+            }
+        }
+    }
+}
+
+/// Registry nodes as processes, each on its own NATS server when there are
+/// several (node i on server i), all in one registry cluster.
+pub struct ProcCluster {
+    pub nats: Nats,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl ProcCluster {
+    /// `names.len()` nodes on `nats_servers` NATS servers (1: a single server).
+    pub async fn start(cluster: &str, names: &[&str], nats_servers: usize) -> Result<Self> {
+        let nats = if nats_servers <= 1 {
+            Nats::Single(NatsServer::start().await?)
+        } else {
+            Nats::Cluster(NatsCluster::start(nats_servers).await?)
+        };
+        let urls = nats.urls();
+        let bin = node_bin()?;
+        let mut nodes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            // Each node prefers its own server but knows them all, as in production.
+            let mut mine = urls.clone();
+            mine.rotate_left(i % urls.len());
+            nodes.push(NodeProc::spawn(&bin, name, &mine, cluster, FAULT_CONFIG)?);
+        }
+        for n in &nodes {
+            n.wait_ready(Duration::from_secs(60)).await?;
+        }
+        Ok(Self { nats, nodes })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://{}", n.grpc)).collect()
+    }
+
+    pub fn grpc_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.grpc).collect()
+    }
+
+    /// Peak resident memory of every running node, in MiB.
+    pub fn peak_rss_mib(&self) -> Vec<(String, f64)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.rss_kib().ok().map(|(_, peak)| (n.name.clone(), peak as f64 / 1024.0)))
+            .collect()
+    }
+}
+
+/// A client for fault scenarios: every node's endpoint, tried in order from
+/// the `first`, with quick retries.
+pub fn fault_client(endpoints: &[String], first: usize, name: &str) -> Result<Client> {
+    let mut mine = endpoints.to_vec();
+    mine.rotate_left(first % endpoints.len().max(1));
+    let config = ClientConfig::new(mine)
+        .client_name(name)
+        .in_order(true)
+        .heartbeat_interval(Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(2))
+        .backoff(Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) });
+    Ok(Client::new(config)?)
+}
+
+/// Providers and consumers through the client library, with the bookkeeping
+/// the checker needs: who is alive, and every removal each consumer saw.
+#[derive(Default)]
+pub struct Fleet {
+    /// Live providers by (service, instance id).
+    providers: BTreeMap<(String, String), Provider>,
+    /// Instances whose providers stopped on purpose (removals of these are no flap).
+    gone: BTreeSet<(String, String)>,
+    watches: Vec<ServiceWatch>,
+    removals: Arc<Mutex<Vec<Removal>>>,
+    recorders: Vec<JoinHandle<()>>,
+}
+
+/// A removal one consumer saw.
+#[derive(Clone, Debug)]
+pub struct Removal {
+    pub consumer: usize,
+    pub service: String,
+    pub id: String,
+    pub at: Instant,
+}
+
+impl Fleet {
+    /// Registers one provider per (service, id), each with its own client
+    /// whose endpoints start at a different node, so sessions spread.
+    pub async fn register(&mut self, endpoints: &[String], service: &str, ids: &[String]) -> Result<()> {
+        for (i, id) in ids.iter().enumerate() {
+            let client = fault_client(endpoints, self.providers.len() + i, &format!("provider-{id}"))?;
+            let provider = client.register([instance(service, id, 1 + i as u32)]).await?;
+            self.providers.insert((service.into(), id.clone()), provider);
+        }
+        Ok(())
+    }
+
+    /// One consumer per endpoint (each starting at a different node) watching
+    /// `service`; their removals are recorded from now on.
+    pub async fn watch(&mut self, endpoints: &[String], service: &str) -> Result<()> {
+        for i in 0..endpoints.len() {
+            let client = fault_client(endpoints, i, &format!("consumer-{i}"))?;
+            let watch = client.watch(service).await?;
+            let consumer = self.watches.len();
+            let mut events = watch.events();
+            let removals = self.removals.clone();
+            self.recorders.push(tokio::spawn(async move {
+                while let Ok(event) = events.recv().await {
+                    if let WatchEvent::Changed(InstanceChange::Removed(i)) = event {
+                        removals.lock().push(Removal {
+                            consumer,
+                            service: i.service.clone(),
+                            id: i.instance_id.clone(),
+                            at: Instant::now(),
+                        });
+                    }
+                }
+            }));
+            self.watches.push(watch);
+        }
+        Ok(())
+    }
+
+    pub fn watches(&self) -> &[ServiceWatch] {
+        &self.watches
+    }
+
+    /// Stops a provider on purpose (goodbye): its removal is expected.
+    pub async fn stop(&mut self, service: &str, id: &str) {
+        let key = (service.to_string(), id.to_string());
+        if let Some(p) = self.providers.remove(&key) {
+            p.shutdown().await;
+        }
+        self.gone.insert(key);
+    }
+
+    /// How many live providers hold their session on node `node`.
+    pub fn on_node(&self, node: &str) -> usize {
+        self.providers.values().filter(|p| p.state().borrow().node_id.as_deref() == Some(node)).count()
+    }
+
+    /// Waits until no live provider holds its session on `node`; returns how
+    /// long that took.
+    pub async fn moved_off(&self, node: &str, within: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        while self.on_node(node) > 0 {
+            if start.elapsed() >= within {
+                bail!("{} providers still on {node} after {within:?}", self.on_node(node));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(start.elapsed())
+    }
+
+    /// What every view should show: service → ids of live providers.
+    pub fn expected(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (service, id) in self.providers.keys() {
+            out.entry(service.clone()).or_default().insert(id.clone());
+        }
+        for (service, _) in &self.gone {
+            out.entry(service.clone()).or_default();
+        }
+        out
+    }
+
+    /// Removals consumers saw of instances whose providers never stopped.
+    pub fn flaps(&self) -> Vec<Removal> {
+        self.removals
+            .lock()
+            .iter()
+            .filter(|r| self.providers.contains_key(&(r.service.clone(), r.id.clone())))
+            .cloned()
+            .collect()
+    }
+
+    /// Every removal seen so far.
+    pub fn removals(&self) -> Vec<Removal> {
+        self.removals.lock().clone()
+    }
+
+    /// Ends every provider with a goodbye and stops recording.
+    pub async fn shutdown(mut self) {
+        for (_, p) in std::mem::take(&mut self.providers) {
+            p.shutdown().await;
+        }
+        for r in &self.recorders {
+            r.abort();
+        }
+    }
+}
+
+/// What one node's merged view shows: service → instance ids (services with
+/// no instance left out).
+pub async fn node_view(addr: SocketAddr) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut c = client(addr).await?;
+    let services = c.list_services(v1::ListServicesRequest { namespace: String::new() }).await?.into_inner().services;
+    let mut out = BTreeMap::new();
+    for s in services {
+        let r = c.get_service(v1::GetServiceRequest { namespace: String::new(), service: s.service.clone() }).await?;
+        let ids: BTreeSet<String> = r.into_inner().instances.into_iter().map(|i| i.instance_id).collect();
+        if !ids.is_empty() {
+            out.insert(s.service, ids);
+        }
+    }
+    Ok(out)
+}
+
+/// The expected view without empty services (the shape of [`node_view`]).
+fn non_empty(expected: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    expected.iter().filter(|(_, ids)| !ids.is_empty()).map(|(s, ids)| (s.clone(), ids.clone())).collect()
+}
+
+/// What differs from `expected`, node by node and consumer by consumer
+/// (empty when everything agrees).
+pub async fn differences(
+    nodes: &[(String, SocketAddr)],
+    watches: &[ServiceWatch],
+    expected: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let want = non_empty(expected);
+    let mut out = Vec::new();
+    for (name, addr) in nodes {
+        match node_view(*addr).await {
+            Ok(view) if view == want => {}
+            Ok(view) => out.push(format!("node {name} shows {view:?}")),
+            Err(e) => out.push(format!("node {name} does not answer: {e:#}")),
+        }
+    }
+    for (i, w) in watches.iter().enumerate() {
+        let view = w.current();
+        let ids: BTreeSet<String> = view.instances.keys().cloned().collect();
+        let want = expected.get(&view.service).cloned().unwrap_or_default();
+        if ids != want || view.stale {
+            out.push(format!("consumer {i} of {} shows {ids:?} (stale: {})", view.service, view.stale));
+        }
+    }
+    out
+}
+
+/// Waits until every node and every consumer shows `expected`; returns how
+/// long that took, or the differences left at the deadline.
+pub async fn converge(
+    nodes: &[(String, SocketAddr)],
+    watches: &[ServiceWatch],
+    expected: &BTreeMap<String, BTreeSet<String>>,
+    within: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let diff = differences(nodes, watches, expected).await;
+        if diff.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= within {
+            bail!("not converged within {within:?}:\n  {}", diff.join("\n  "));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One scenario's numbers.
+pub struct Report {
+    scenario: String,
+    rows: Vec<Row>,
+}
+
+struct Row {
+    measure: String,
+    bound: String,
+    measured: String,
+    pass: bool,
+}
+
+impl Report {
+    pub fn new(scenario: &str) -> Self {
+        Self { scenario: scenario.into(), rows: Vec::new() }
+    }
+
+    /// Records a measure against its bound.
+    pub fn row(&mut self, measure: &str, bound: impl Into<String>, measured: impl Into<String>, pass: bool) {
+        self.rows.push(Row { measure: measure.into(), bound: bound.into(), measured: measured.into(), pass });
+    }
+
+    /// A duration that must not exceed `bound`.
+    pub fn within(&mut self, measure: &str, bound: Duration, measured: Duration) {
+        self.row(
+            measure,
+            format!("≤ {:.2} s", bound.as_secs_f64()),
+            format!("{:.2} s", measured.as_secs_f64()),
+            measured <= bound,
+        );
+    }
+
+    /// A count that must be `bound` or less.
+    pub fn at_most(&mut self, measure: &str, bound: usize, measured: usize) {
+        self.row(measure, format!("≤ {bound}"), measured.to_string(), measured <= bound);
+    }
+
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.pass)
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "| scenario | measure | bound | measured | pass |\n|---|---|---|---|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                self.scenario,
+                r.measure,
+                r.bound,
+                r.measured,
+                if r.pass { "yes" } else { "NO" }
+            );
+        }
+        s
+    }
+
+    /// Prints the table, appends it to the report file, and fails if a row failed.
+    pub fn finish(self) -> Result<()> {
+        let table = self.table();
+        println!("{table}");
+        let path = report_path();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        std::io::Write::write_all(&mut file, format!("{table}\n").as_bytes())?;
+        if !self.passed() {
+            bail!("scenario {} missed a bound:\n{table}", self.scenario);
+        }
+        Ok(())
+    }
+}
+
+/// `FAULT_REPORT`, or `fault-report.md` in the system's temporary directory.
+pub fn report_path() -> PathBuf {
+    std::env::var_os("FAULT_REPORT").map_or_else(|| std::env::temp_dir().join("fault-report.md"), PathBuf::from)
+}
+
+/// True when the full matrix (and the soak) should run: `FAULTS=full`.
+pub fn full_matrix() -> bool {
+    std::env::var("FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// Ids `prefix-0..n`.
+pub fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}

@@ -1,0 +1,329 @@
+//! Fault injection against real processes: `registry-node` binaries, real
+//! `nats-server`s, providers and consumers through the client library. Each
+//! scenario injects one fault, checks the guarantees of the design (every
+//! node's merged view and every consumer's view converge on the live
+//! providers; no live provider ever disappears from a consumer; dead ones go
+//! within their bound) and reports its numbers (see `registry_tests::faults`).
+//!
+//! `cargo test` runs these; `FAULTS=full` adds the longer variants.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use registry_tests::faults::*;
+use registry_tests::procs::send_signal;
+use registry_tests::{eventually, v1};
+use tokio::time::Instant;
+
+fn named(cluster: &ProcCluster) -> Vec<(String, SocketAddr)> {
+    cluster.nodes.iter().filter(|n| n.pid() != 0).map(|n| (n.name.clone(), n.grpc)).collect()
+}
+
+fn flap_row(report: &mut Report, fleet: &Fleet) {
+    let flaps = fleet.flaps();
+    report.at_most("live providers missing from a consumer (flaps)", 0, flaps.len());
+    if !flaps.is_empty() {
+        println!("flaps: {flaps:?}");
+    }
+}
+
+fn rss_row(report: &mut Report, cluster: &ProcCluster) {
+    let peak = cluster.peak_rss_mib().into_iter().map(|(_, m)| m).fold(0.0, f64::max);
+    report.row("peak RSS of a node", "≤ 256 MiB", format!("{peak:.0} MiB"), peak <= 256.0);
+}
+
+/// 1. `kill -9` a registry node, then restart it (a new incarnation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_and_restarted() -> Result<()> {
+    let mut report = Report::new("node kill -9, restart");
+    let mut cluster = ProcCluster::start("f1", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 9)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let on_a = fleet.on_node("a");
+    report.row("providers on the node to kill", "> 0", on_a.to_string(), on_a > 0);
+    let killed = Instant::now();
+    cluster.nodes[0].kill9()?;
+    let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
+    report.within("providers moved to other nodes", RECONNECT_GRACE, moved);
+    // Providers on a move to b or c; a's copies stay hidden behind theirs.
+    let moved = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+    report.within("every view correct again after the kill", Duration::from_secs(5), moved.max(killed.elapsed()));
+    // Past the time a's slice is orphaned and dropped: still nobody missing.
+    tokio::time::sleep_until(killed + DEAD_AFTER + ORPHAN_GRACE + BEAT * 3).await;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
+
+    let restarted = Instant::now();
+    cluster.nodes[0].restart().await?;
+    let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+    report.within("restarted node ready and converged", Duration::from_secs(5), restarted.elapsed().max(back));
+    flap_row(&mut report, &fleet);
+    rss_row(&mut report, &cluster);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// 2. `SIGSTOP` a node past the time its peers declare it dead and drop its
+/// state, then `SIGCONT`: the zombie must not bring back what its providers
+/// took elsewhere or what died meanwhile, and must not flap anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stopped_past_dead_time_then_continued() -> Result<()> {
+    let mut report = Report::new("node SIGSTOP past dead time, SIGCONT");
+    let cluster = ProcCluster::start("f2", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 9)).await?;
+    fleet.watch(&endpoints[1..], "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let on_a = fleet.on_node("a");
+    report.row("providers on the node to stop", "> 0", on_a.to_string(), on_a > 0);
+    cluster.nodes[0].signal("STOP")?;
+    let stopped = Instant::now();
+    // Providers notice the silence within a lease (3 heartbeats of 200 ms) and move.
+    let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
+    report.within("providers moved off the stopped node", Duration::from_millis(600) + RECONNECT_GRACE, moved);
+    let others = &named(&cluster)[1..];
+    converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+    // One provider stops for good while a is frozen.
+    fleet.stop("api", "p-3").await;
+    tokio::time::sleep_until(stopped + DEAD_AFTER + ORPHAN_GRACE + Duration::from_secs(1)).await;
+    converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
+
+    cluster.nodes[0].signal("CONT")?;
+    let resumed = Instant::now();
+    let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+    report.within("all views correct after SIGCONT", Duration::from_secs(5), back.max(resumed.elapsed()));
+    // Watch a while longer: nothing the zombie held may reappear or vanish.
+    let quiet_until = Instant::now() + ORPHAN_GRACE;
+    let mut wrong = 0;
+    while Instant::now() < quiet_until {
+        wrong += usize::from(!differences(&named(&cluster), fleet.watches(), &fleet.expected()).await.is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.at_most("checks with a wrong view after convergence", 0, wrong);
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// 3. `kill -9` nats-server while providers come and go, then restart it;
+/// and `SIGSTOP` it for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_stopped_while_writes_continue() -> Result<()> {
+    let mut report = Report::new("nats-server kill -9 / SIGSTOP under writes");
+    let mut cluster = ProcCluster::start("f3", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    cluster.nats.server(0).kill();
+    // While the bus is down every node keeps serving; writes go on locally.
+    fleet.register(&endpoints, "api", &ids("during-outage", 3)).await?;
+    fleet.stop("api", "p-1").await;
+    tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
+    let healed = Instant::now();
+    cluster.nats.server(0).restart().await?;
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    report.within("converged after NATS restart", Duration::from_secs(5), t.max(healed.elapsed()));
+
+    let pid = cluster.nats.server(0).pid();
+    send_signal(pid, "STOP")?;
+    fleet.register(&endpoints, "api", &ids("during-stop", 2)).await?;
+    tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
+    send_signal(pid, "CONT")?;
+    let resumed = Instant::now();
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    report.within("converged after NATS SIGCONT", Duration::from_secs(5), t.max(resumed.elapsed()));
+    flap_row(&mut report, &fleet);
+    rss_row(&mut report, &cluster);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// A provider as its own process: `regctl register`, holding a session.
+struct ProviderProc(Child);
+
+impl ProviderProc {
+    fn start(endpoint: &str, service: &str, id: &str) -> Result<Self> {
+        let regctl = registry_tests::procs::node_bin()?.with_file_name("regctl");
+        if !regctl.exists() {
+            bail!("{} not built (cargo build -p registry-client)", regctl.display());
+        }
+        let child = Command::new(regctl)
+            .args(["--endpoint", endpoint, "register", service, "--host", "10.0.0.9", "--port", "9000"])
+            .args(["--instance-id", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting regctl")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for ProviderProc {
+    fn drop(&mut self) {
+        let _ = send_signal(self.0.id(), "CONT");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// 5. A provider process killed (`kill -9`: gone within the reconnect grace
+/// everywhere) and one stopped (`SIGSTOP`: gone within its lease TTL; kept
+/// as long as it heartbeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_processes_killed_and_stopped() -> Result<()> {
+    let mut report = Report::new("provider kill -9 / SIGSTOP");
+    let cluster = ProcCluster::start("f5", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("stable", 3)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    let mut killed = ProviderProc::start(&endpoints[0], "api", "killed")?;
+    let stopped = ProviderProc::start(&endpoints[1], "api", "stopped")?;
+    let mut with_both = fleet.expected();
+    with_both.entry("api".into()).or_default().extend(["killed".to_string(), "stopped".to_string()]);
+    converge(&named(&cluster), fleet.watches(), &with_both, Duration::from_secs(10)).await?;
+    // Heartbeating for several lease TTLs: never removed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    report.at_most(
+        "checks where a heartbeating process was missing",
+        0,
+        differences(&named(&cluster), fleet.watches(), &with_both).await.len(),
+    );
+
+    let t0 = Instant::now();
+    killed.0.kill()?;
+    killed.0.wait()?;
+    let mut without_killed = with_both.clone();
+    without_killed.entry("api".into()).or_default().remove("killed");
+    let gone = converge(&named(&cluster), fleet.watches(), &without_killed, Duration::from_secs(10)).await?;
+    report.within(
+        "killed provider gone everywhere",
+        RECONNECT_GRACE + Duration::from_millis(1_000),
+        gone.max(t0.elapsed()),
+    );
+
+    let t0 = Instant::now();
+    send_signal(stopped.0.id(), "STOP")?;
+    let gone = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    // The session's lease is three heartbeat intervals; regctl uses the node's default.
+    let ttl = Duration::from_millis(3 * 200);
+    report.within("stopped provider gone everywhere", ttl + Duration::from_millis(1_000), gone.max(t0.elapsed()));
+    flap_row(&mut report, &fleet);
+    drop(stopped);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// 9. Hostile bus traffic from a raw NATS client: garbage, forged origins,
+/// absurd sequence numbers and ranges. Counted, ignored, no state change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
+    use prost::Message as _;
+    use registry_proto::sync as pb;
+    let mut report = Report::new("hostile bus traffic");
+    let mut cluster = ProcCluster::start("f9", &["a", "b"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 4)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    let garbage_before = cluster.nodes[1].metric("sync_garbage_messages_total").await.unwrap_or(0);
+
+    let nats = async_nats::connect(cluster.nats.server(0).url()).await?;
+    let base = "registry.f9";
+    let origin = |node: &str, incarnation| Some(pb::Origin { node_id: node.into(), incarnation });
+    let forged_put = |node: &str, first_seq| pb::ChangeBatch {
+        origin: origin(node, 1),
+        first_seq,
+        changes: vec![pb::Change {
+            key: Some(pb::Key {
+                kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
+                    namespace: "default".into(),
+                    service: "api".into(),
+                    instance_id: "forged".into(),
+                })),
+            }),
+            put: Some(pb::Entry {
+                version: Some(pb::Version { hlc: u64::MAX, node: 1 }),
+                record: Some(pb::entry::Record::Instance(
+                    v1::Instance {
+                        namespace: "default".into(),
+                        service: "api".into(),
+                        instance_id: "other".into(),
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                )),
+            }),
+        }],
+    };
+    let messages: Vec<(String, Vec<u8>)> = vec![
+        (format!("{base}.bus.changes.a"), vec![0xff; 64]),
+        (format!("{base}.bus.beat"), b"not protobuf at all".to_vec()),
+        (format!("{base}.bus.hello"), vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+        // A batch on a's subject claiming to come from b: forged origin.
+        (format!("{base}.bus.changes.a"), forged_put("b", 1).encode_to_vec()),
+        // A record that is not its key's, from an unknown node, at seq u64::MAX - 1.
+        (format!("{base}.bus.changes.x"), forged_put("x", u64::MAX - 1).encode_to_vec()),
+        // Requests with an inverted range and a cut nobody made.
+        (
+            format!("{base}.sync.a"),
+            pb::SyncRequest {
+                requester: origin("x", 1),
+                incarnation: 1,
+                kind: Some(pb::sync_request::Kind::Range(pb::SeqRange { from_seq: 9, to_seq: 2 })),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            format!("{base}.sync.a"),
+            pb::SyncRequest {
+                requester: origin("x", 1),
+                incarnation: 1,
+                kind: Some(pb::sync_request::Kind::Page(pb::PageRequest { cut_id: u64::MAX, offset: u64::MAX })),
+            }
+            .encode_to_vec(),
+        ),
+        // A beat of a replayed, older incarnation of b.
+        (
+            format!("{base}.bus.beat"),
+            pb::Beat { origin: origin("b", 1), seq: u64::MAX, ..Default::default() }.encode_to_vec(),
+        ),
+    ];
+    for round in 0..20 {
+        for (subject, payload) in &messages {
+            nats.publish(subject.clone(), payload.clone().into()).await?;
+        }
+        if round % 5 == 0 {
+            nats.flush().await?;
+        }
+    }
+    nats.flush().await?;
+    let counted = eventually("garbage counted", Duration::from_secs(5), || async {
+        cluster.nodes[1].metric("sync_garbage_messages_total").await.filter(|n| *n >= garbage_before + 20)
+    })
+    .await?;
+    report.row(
+        "garbage messages counted by a peer",
+        "> 0",
+        (counted - garbage_before).to_string(),
+        counted > garbage_before,
+    );
+    let alive = cluster.nodes.iter_mut().all(|n| n.is_running());
+    report.row("every node still running", "yes", if alive { "yes" } else { "no" }, alive);
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await;
+    report.row("views unchanged", "no forged instance anywhere", if t.is_ok() { "none" } else { "changed" }, t.is_ok());
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
