@@ -61,10 +61,11 @@ pub const ORPHAN_GRACE: Duration = Duration::from_millis(3_000);
 /// Beat interval of [`FAULT_CONFIG`].
 pub const BEAT: Duration = Duration::from_millis(200);
 
-/// The NATS side of a cluster: one server, or several joined by routes.
+/// The NATS side of a cluster: one server, or several joined by routes that
+/// a test can cut.
 pub enum Nats {
     Single(NatsServer),
-    Cluster(NatsCluster),
+    Cluster(PartitionableNats),
 }
 
 impl Nats {
@@ -80,9 +81,17 @@ impl Nats {
         match self {
             Nats::Single(s) => s,
             Nats::Cluster(c) => {
-                let n = c.servers.len();
-                &mut c.servers[i % n]
+                let n = c.cluster.servers.len();
+                &mut c.cluster.servers[i % n]
             }
+        }
+    }
+
+    /// The cluster's routes, to partition it (None for a single server).
+    pub fn routes(&self) -> Option<&PartitionableNats> {
+        match self {
+            Nats::Single(_) => None,
+            Nats::Cluster(c) => Some(c),
         }
     }
 }
@@ -100,15 +109,15 @@ impl ProcCluster {
         let nats = if nats_servers <= 1 {
             Nats::Single(NatsServer::start().await?)
         } else {
-            Nats::Cluster(NatsCluster::start(nats_servers).await?)
+            Nats::Cluster(PartitionableNats::start(nats_servers).await?)
         };
         let urls = nats.urls();
         let bin = node_bin()?;
         let mut nodes = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            // Each node prefers its own server but knows them all, as in production.
-            let mut mine = urls.clone();
-            mine.rotate_left(i % urls.len());
+            // Node i on server i only, so a partition between servers is one
+            // between known groups of nodes.
+            let mine = [urls[i % urls.len()].clone()];
             nodes.push(NodeProc::spawn(&bin, name, &mine, cluster, FAULT_CONFIG)?);
         }
         for n in &nodes {
@@ -131,6 +140,156 @@ impl ProcCluster {
             .iter()
             .filter_map(|n| n.rss_kib().ok().map(|(_, peak)| (n.name.clone(), peak as f64 / 1024.0)))
             .collect()
+    }
+}
+
+/// What a [`FaultLink`] lets through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Everything, both ways.
+    Up,
+    /// Nothing: connections are closed and new ones refused (closed at once).
+    Down,
+    /// Bytes from the side that dialed are dropped; the other way passes.
+    DropFromDialer,
+    /// Bytes towards the side that dialed are dropped; the other way passes.
+    DropToDialer,
+}
+
+/// A TCP proxy whose state a test changes at any time: a network between two
+/// processes that can fail (both ways or one way) and heal.
+pub struct FaultLink {
+    pub addr: SocketAddr,
+    state: tokio::sync::watch::Sender<LinkState>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl FaultLink {
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (state, _) = tokio::sync::watch::channel(LinkState::Up);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (states, token) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((inbound, _)) = accepted else { break };
+                if *states.borrow() == LinkState::Down {
+                    continue;
+                }
+                let (rx, token) = (states.subscribe(), token.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (in_r, in_w) = inbound.into_split();
+                    let (out_r, out_w) = outbound.into_split();
+                    let forward = pump(in_r, out_w, rx.clone(), LinkState::DropFromDialer);
+                    let backward = pump(out_r, in_w, rx.clone(), LinkState::DropToDialer);
+                    let mut down = rx;
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = forward => {}
+                        _ = backward => {}
+                        _ = down.wait_for(|s| *s == LinkState::Down) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, state, stop })
+    }
+
+    pub fn set(&self, state: LinkState) {
+        self.state.send_replace(state);
+    }
+}
+
+impl Drop for FaultLink {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Copies bytes from `r` to `w`, dropping them while the link is in `drop_in`.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    state: tokio::sync::watch::Receiver<LinkState>,
+    drop_in: LinkState,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if *state.borrow() == drop_in {
+            continue;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A NATS cluster whose routes all go through [`FaultLink`]s: `links[i][j]`
+/// carries what server i dials to reach server j.
+pub struct PartitionableNats {
+    pub cluster: NatsCluster,
+    links: Vec<Vec<Option<FaultLink>>>,
+}
+
+impl PartitionableNats {
+    pub async fn start(n: usize) -> Result<Self> {
+        // Hold the route ports while the links bind theirs, so no link takes one.
+        let held: Vec<std::net::TcpListener> =
+            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<std::io::Result<_>>()?;
+        let mut links = Vec::new();
+        let mut routes = Vec::new();
+        for i in 0..n {
+            let mut row = Vec::new();
+            let mut mine = Vec::new();
+            for (j, port) in ports.iter().enumerate() {
+                if i == j {
+                    row.push(None);
+                    continue;
+                }
+                let link = FaultLink::start(format!("127.0.0.1:{port}").parse()?).await?;
+                mine.push(format!("nats://{}", link.addr));
+                row.push(Some(link));
+            }
+            links.push(row);
+            routes.push(mine);
+        }
+        drop(held);
+        let cluster = NatsCluster::start_routed(&ports, routes).await?;
+        Ok(Self { cluster, links })
+    }
+
+    /// Cuts the links between servers `i` and `j`: nothing passes, or with
+    /// `one_way` nothing from `j` reaches `i` (whichever side dialed).
+    pub fn cut(&self, i: usize, j: usize, one_way: bool) {
+        let (ij, ji) = (self.links[i][j].as_ref(), self.links[j][i].as_ref());
+        let (a, b) = if one_way {
+            (LinkState::DropToDialer, LinkState::DropFromDialer)
+        } else {
+            (LinkState::Down, LinkState::Down)
+        };
+        ij.into_iter().for_each(|l| l.set(a));
+        ji.into_iter().for_each(|l| l.set(b));
+    }
+
+    /// Every link up again.
+    pub fn heal(&self) {
+        self.links.iter().flatten().flatten().for_each(|l| l.set(LinkState::Up));
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.cluster.urls()
     }
 }
 

@@ -117,10 +117,19 @@ impl NatsCluster {
     pub async fn start(n: usize) -> Result<Self> {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
         let routes: Vec<String> = cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        let others = (0..n)
+            .map(|i| routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r.clone()).collect())
+            .collect();
+        Self::start_routed(&cluster_ports, others).await
+    }
+
+    /// Servers listening for routes on `cluster_ports`, server i dialing the
+    /// route URLs `routes[i]` (which may lead through proxies that a test
+    /// cuts to partition the cluster).
+    pub async fn start_routed(cluster_ports: &[u16], routes: Vec<Vec<String>>) -> Result<Self> {
+        let n = cluster_ports.len();
         let mut servers = Vec::new();
-        for (i, cport) in cluster_ports.iter().enumerate() {
-            let others: Vec<String> =
-                routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r.clone()).collect();
+        for (cport, others) in cluster_ports.iter().zip(routes) {
             let extra = vec![
                 "--cluster_name".to_string(),
                 format!("test-{}", cluster_ports[0]),

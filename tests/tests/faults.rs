@@ -34,7 +34,7 @@ fn rss_row(report: &mut Report, cluster: &ProcCluster) {
     report.row("peak RSS of a node", "≤ 256 MiB", format!("{peak:.0} MiB"), peak <= 256.0);
 }
 
-/// 1. `kill -9` a registry node, then restart it (a new incarnation).
+/// Fault 1: `kill -9` a registry node, then restart it (a new incarnation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_and_restarted() -> Result<()> {
     let mut report = Report::new("node kill -9, restart");
@@ -68,7 +68,7 @@ async fn node_killed_and_restarted() -> Result<()> {
     report.finish()
 }
 
-/// 2. `SIGSTOP` a node past the time its peers declare it dead and drop its
+/// Fault 2: `SIGSTOP` a node past the time its peers declare it dead and drop its
 /// state, then `SIGCONT`: the zombie must not bring back what its providers
 /// took elsewhere or what died meanwhile, and must not flap anyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +112,7 @@ async fn node_stopped_past_dead_time_then_continued() -> Result<()> {
     report.finish()
 }
 
-/// 3. `kill -9` nats-server while providers come and go, then restart it;
+/// Fault 3: `kill -9` nats-server while providers come and go, then restart it;
 /// and `SIGSTOP` it for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_and_stopped_while_writes_continue() -> Result<()> {
@@ -176,7 +176,7 @@ impl Drop for ProviderProc {
     }
 }
 
-/// 5. A provider process killed (`kill -9`: gone within the reconnect grace
+/// Fault 5: A provider process killed (`kill -9`: gone within the reconnect grace
 /// everywhere) and one stopped (`SIGSTOP`: gone within its lease TTL; kept
 /// as long as it heartbeats).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ async fn provider_processes_killed_and_stopped() -> Result<()> {
     report.finish()
 }
 
-/// 9. Hostile bus traffic from a raw NATS client: garbage, forged origins,
+/// Fault 9: Hostile bus traffic from a raw NATS client: garbage, forged origins,
 /// absurd sequence numbers and ranges. Counted, ignored, no state change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
@@ -326,4 +326,59 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
     flap_row(&mut report, &fleet);
     fleet.shutdown().await;
     report.finish()
+}
+
+/// Fault 4: A partition between NATS servers of a cluster (node a's server cut off
+/// from b's and c's), both ways or one way, shorter than the orphan grace,
+/// then healed: nothing lost, no flap, the cut-off side flagged degraded.
+async fn nats_partition(one_way: bool) -> Result<()> {
+    let what = if one_way { "one way" } else { "both ways" };
+    let mut report = Report::new(&format!("NATS route partition, {what}"));
+    let cluster = ProcCluster::start(if one_way { "f4b" } else { "f4a" }, &["a", "b", "c"], 3).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let routes = cluster.nats.routes().context("a NATS cluster")?;
+    routes.cut(0, 1, one_way);
+    routes.cut(0, 2, one_way);
+    let cut = Instant::now();
+    // Written on b during the partition: a cannot know yet.
+    fleet.register(&endpoints[1..2], "api", &ids("during-partition", 2)).await?;
+    let on_a = fleet.watches()[0].clone();
+    let flagged = tokio::time::timeout(DEAD_AFTER + Duration::from_secs(2), on_a.wait_for(|v| v.degraded)).await;
+    report.row(
+        "a's consumer told its view is degraded",
+        format!("within {:.1} s", (DEAD_AFTER + Duration::from_secs(2)).as_secs_f64()),
+        if flagged.is_ok() { format!("after {:.2} s", cut.elapsed().as_secs_f64()) } else { "never".into() },
+        matches!(flagged, Ok(Ok(_))),
+    );
+    // Heal before the orphan grace ends: partitions shorter than it cost nothing.
+    tokio::time::sleep_until(cut + DEAD_AFTER + ORPHAN_GRACE / 2).await;
+    routes.heal();
+    let healed = Instant::now();
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    report.within("converged after heal", Duration::from_secs(5), t.max(healed.elapsed()));
+    let cleared = tokio::time::timeout(Duration::from_secs(5), on_a.wait_for(|v| !v.degraded)).await;
+    report.row(
+        "degraded flag cleared after heal",
+        "within 5 s",
+        if cleared.is_ok() { "yes" } else { "no" },
+        matches!(cleared, Ok(Ok(_))),
+    );
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_partition_both_ways_then_heal() -> Result<()> {
+    nats_partition(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_partition_one_way_then_heal() -> Result<()> {
+    nats_partition(true).await
 }
