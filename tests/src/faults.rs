@@ -371,6 +371,19 @@ impl Fleet {
         &self.watches
     }
 
+    /// The fewest instances any consumer's view of `service` showed, checked
+    /// every 20 ms until `until`: what a full outage leaves consumers with.
+    pub async fn min_view_until(&self, until: Instant) -> usize {
+        let mut min = usize::MAX;
+        while Instant::now() < until {
+            for w in &self.watches {
+                min = min.min(w.current().instances.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        min
+    }
+
     /// Stops a provider on purpose (goodbye): its removal is expected.
     pub async fn stop(&mut self, service: &str, id: &str) {
         let key = (service.to_string(), id.to_string());

@@ -382,3 +382,137 @@ async fn nats_partition_both_ways_then_heal() -> Result<()> {
 async fn nats_partition_one_way_then_heal() -> Result<()> {
     nats_partition(true).await
 }
+
+/// Fault 11: the whole cluster restarts (every node and NATS killed, then
+/// started again): consumers keep their last good view throughout, never an
+/// empty one, and everything is back within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
+    let mut report = Report::new("full cluster restart");
+    let mut cluster = ProcCluster::start("f11", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let down = Instant::now();
+    for n in &mut cluster.nodes {
+        n.kill9()?;
+    }
+    cluster.nats.server(0).kill();
+    let outage = fleet.min_view_until(down + Duration::from_secs(1)).await;
+    report.row(
+        "fewest instances a consumer showed while all was down",
+        "6 (the last good view)",
+        outage.to_string(),
+        outage == 6,
+    );
+    let stale = fleet.watches().iter().all(|w| w.current().stale);
+    report.row("consumers' views marked stale while down", "all", if stale { "all" } else { "not all" }, stale);
+
+    let up = Instant::now();
+    cluster.nats.server(0).restart().await?;
+    for n in &mut cluster.nodes {
+        n.restart().await?;
+    }
+    let during = tokio::spawn({
+        let watches = fleet.watches().to_vec();
+        async move {
+            let mut min = usize::MAX;
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                min = watches.iter().map(|w| w.current().instances.len()).fold(min, usize::min);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            min
+        }
+    });
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    report.within("everything back after the restart began", Duration::from_secs(5), t.max(up.elapsed()));
+    let during = during.await?;
+    report.row("fewest instances a consumer showed while coming back", "> 0", during.to_string(), during > 0);
+    // Consumers that resubscribe before every provider is back see those as
+    // removed: reported, not bounded (the design promises only "never empty").
+    report.row("removals of live providers seen while coming back", "reported", fleet.flaps().len().to_string(), true);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// Fault 10: hostile API input: oversized and malformed messages, more
+/// instances on one stream than allowed, invalid names, a flood of Subscribe
+/// streams. Typed errors; the node stays healthy and its views unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()> {
+    use registry_tests::{Session, client, instance};
+    let mut report = Report::new("hostile API input");
+    let cluster = ProcCluster::start("f10", &["a"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let node = cluster.nodes[0].grpc;
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 3)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    // An instance larger than the largest message accepted (1 MiB).
+    let mut huge = instance("api", "huge", 1);
+    huge.metadata.insert("blob".into(), "x".repeat(2 << 20));
+    let mut c = client(node).await?;
+    let oversized =
+        c.register_instance(v1::RegisterInstanceRequest { instance: Some(huge), ..Default::default() }).await;
+    let code = oversized.as_ref().err().map(|s| s.code());
+    report.row("oversized message", "refused with a status", format!("{code:?}"), code.is_some());
+
+    // Invalid names and too many instances on one session: rejected, session open.
+    let mut session = Session::open(&mut c, 0).await?;
+    let mut bad_name = instance("api", "ok", 1);
+    bad_name.service = "no spaces allowed".into();
+    let rejected = matches!(session.upsert(bad_name).await?, v1::register_response::Kind::Rejected(r) if r.code == tonic::Code::InvalidArgument as i32);
+    report.row("invalid service name", "rejected, INVALID_ARGUMENT", if rejected { "so" } else { "not so" }, rejected);
+    let mut refused = 0;
+    for i in 0..1_100 {
+        if let v1::register_response::Kind::Rejected(_) = session.upsert(instance("flood", &format!("f{i}"), 1)).await?
+        {
+            refused += 1;
+        }
+    }
+    report.row(
+        "instances past the per-session limit (1,000) of 1,100",
+        "100 rejected",
+        refused.to_string(),
+        refused == 100,
+    );
+    drop(session);
+
+    // A flood of Subscribe streams on one connection.
+    let channel = registry_tests::channel(node).await?;
+    let mut streams = Vec::new();
+    for i in 0..2_000 {
+        let mut c = v1::registry_client::RegistryClient::new(channel.clone());
+        let req = v1::SubscribeRequest {
+            namespace: String::new(),
+            services: vec![format!("s{i}")],
+            consumer: Some(v1::ConsumerInfo { consumer_id: format!("flood-{i}"), ..Default::default() }),
+        };
+        match c.subscribe(req).await {
+            Ok(s) => streams.push(s.into_inner()),
+            Err(_) => break,
+        }
+    }
+    report.row(
+        "Subscribe streams opened on one connection",
+        "served or refused, never a crash",
+        streams.len().to_string(),
+        true,
+    );
+    let healthy =
+        registry_tests::http_get(cluster.nodes[0].http, "/healthz").await.map(|(s, _)| s == 200).unwrap_or(false);
+    report.row("node healthy under the flood", "yes", if healthy { "yes" } else { "no" }, healthy);
+    drop(streams);
+    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await;
+    report.row("views unchanged", "only the fleet's instances", if t.is_ok() { "yes" } else { "no" }, t.is_ok());
+    rss_row(&mut report, &cluster);
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
