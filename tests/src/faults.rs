@@ -266,7 +266,7 @@ impl PartitionableNats {
             routes.push(mine);
         }
         drop(held);
-        let cluster = NatsCluster::start_routed(&ports, routes).await?;
+        let cluster = NatsCluster::start_routed(&ports, routes, false).await?;
         Ok(Self { cluster, links })
     }
 
@@ -293,9 +293,19 @@ impl PartitionableNats {
     }
 }
 
+/// Retries of fault scenarios' clients: quick, so faults play out in seconds.
+pub fn quick_backoff() -> Backoff {
+    Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) }
+}
+
 /// A client for fault scenarios: every node's endpoint, tried in order from
 /// the `first`, with quick retries.
 pub fn fault_client(endpoints: &[String], first: usize, name: &str) -> Result<Client> {
+    fault_client_with(endpoints, first, name, quick_backoff())
+}
+
+/// [`fault_client`] with its own backoff.
+pub fn fault_client_with(endpoints: &[String], first: usize, name: &str, backoff: Backoff) -> Result<Client> {
     let mut mine = endpoints.to_vec();
     mine.rotate_left(first % endpoints.len().max(1));
     let config = ClientConfig::new(mine)
@@ -303,7 +313,7 @@ pub fn fault_client(endpoints: &[String], first: usize, name: &str) -> Result<Cl
         .in_order(true)
         .heartbeat_interval(Duration::from_millis(200))
         .request_timeout(Duration::from_secs(2))
-        .backoff(Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) });
+        .backoff(backoff);
     Ok(Client::new(config)?)
 }
 
@@ -339,6 +349,54 @@ impl Fleet {
             self.providers.insert((service.into(), id.clone()), provider);
         }
         Ok(())
+    }
+
+    /// Registers one provider per id, all starting at `endpoints[first]`,
+    /// fifty at a time, with the client library's default backoff (what a
+    /// stampede of real providers would use).
+    pub async fn register_at(
+        &mut self,
+        endpoints: &[String],
+        first: usize,
+        service: &str,
+        ids: &[String],
+    ) -> Result<()> {
+        for chunk in ids.chunks(50) {
+            let mut starting = tokio::task::JoinSet::new();
+            for id in chunk {
+                let client = fault_client_with(endpoints, first, &format!("provider-{id}"), Backoff::default())?;
+                let (service, id) = (service.to_string(), id.clone());
+                starting.spawn(async move {
+                    let p = client.register([instance(&service, &id, 1)]).await;
+                    (service, id, p)
+                });
+            }
+            while let Some(done) = starting.join_next().await {
+                let (service, id, p) = done?;
+                self.providers.insert((service, id), p?);
+            }
+        }
+        Ok(())
+    }
+
+    /// When each provider's current session began its attempt, relative to
+    /// `since` (providers connected before `since` are left out).
+    pub fn reconnected_after(&self, since: Instant) -> Vec<Duration> {
+        let mut at: Vec<Duration> = self
+            .providers
+            .values()
+            .filter_map(|p| p.state().borrow().attempted_at)
+            .filter(|t| *t >= since)
+            .map(|t| t - since)
+            .collect();
+        at.sort();
+        at
+    }
+
+    /// A provider picked by `pick` (modulo the number alive), if any.
+    pub fn some_provider(&self, pick: usize) -> Option<(String, String)> {
+        let n = self.providers.len();
+        (n > 0).then(|| self.providers.keys().nth(pick % n).cloned()).flatten()
     }
 
     /// One consumer per endpoint (each starting at a different node) watching
@@ -398,13 +456,19 @@ impl Fleet {
         self.providers.values().filter(|p| p.state().borrow().node_id.as_deref() == Some(node)).count()
     }
 
-    /// Waits until no live provider holds its session on `node`; returns how
-    /// long that took.
+    /// How many live providers are not connected to a node other than `node`
+    /// (still on it, or between sessions).
+    fn not_moved_off(&self, node: &str) -> usize {
+        self.providers.values().filter(|p| p.state().borrow().node_id.as_deref().is_none_or(|n| n == node)).count()
+    }
+
+    /// Waits until every live provider holds its session on a node other
+    /// than `node`; returns how long that took.
     pub async fn moved_off(&self, node: &str, within: Duration) -> Result<Duration> {
         let start = Instant::now();
-        while self.on_node(node) > 0 {
+        while self.not_moved_off(node) > 0 {
             if start.elapsed() >= within {
-                bail!("{} providers still on {node} after {within:?}", self.on_node(node));
+                bail!("{} providers not yet moved off {node} after {within:?}", self.not_moved_off(node));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -120,17 +120,19 @@ impl NatsCluster {
         let others = (0..n)
             .map(|i| routes.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, r)| r.clone()).collect())
             .collect();
-        Self::start_routed(&cluster_ports, others).await
+        Self::start_routed(&cluster_ports, others, true).await
     }
 
     /// Servers listening for routes on `cluster_ports`, server i dialing the
     /// route URLs `routes[i]` (which may lead through proxies that a test
-    /// cuts to partition the cluster).
-    pub async fn start_routed(cluster_ports: &[u16], routes: Vec<Vec<String>>) -> Result<Self> {
+    /// cuts to partition the cluster). Without `gossip`, servers advertise an
+    /// address nobody listens on, so they never dial each other directly
+    /// around the given routes.
+    pub async fn start_routed(cluster_ports: &[u16], routes: Vec<Vec<String>>, gossip: bool) -> Result<Self> {
         let n = cluster_ports.len();
         let mut servers = Vec::new();
         for (cport, others) in cluster_ports.iter().zip(routes) {
-            let extra = vec![
+            let mut extra = vec![
                 "--cluster_name".to_string(),
                 format!("test-{}", cluster_ports[0]),
                 "--cluster".to_string(),
@@ -138,6 +140,9 @@ impl NatsCluster {
                 "--routes".to_string(),
                 others.join(","),
             ];
+            if !gossip {
+                extra.extend(["--cluster_advertise".to_string(), "127.0.0.1:1".to_string()]);
+            }
             servers.push(NatsServer::start_with(extra, free_port()?, free_port()?).await?);
         }
         let cluster = Self { servers };

@@ -516,3 +516,124 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
     fleet.shutdown().await;
     report.finish()
 }
+
+/// Fault 7: a reconnect stampede: many sessions on one node, which dies.
+/// Survivors stay within memory bounds and the reconnects spread out.
+/// 500 sessions in CI, 2,000 with `FAULTS=full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
+    let sessions = if full_matrix() { 2_000 } else { 500 };
+    let mut report = Report::new(&format!("reconnect stampede, {sessions} sessions"));
+    let mut cluster = ProcCluster::start("f7", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register_at(&endpoints, 0, "api", &ids("p", sessions)).await?;
+    fleet.watch(&endpoints[1..], "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+    let on_a = fleet.on_node("a");
+    report.row("sessions on the node to kill", sessions.to_string(), on_a.to_string(), on_a == sessions);
+    let cpu_before: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum();
+
+    let killed = Instant::now();
+    cluster.nodes[0].kill9()?;
+    let moved = fleet.moved_off("a", Duration::from_secs(30)).await?;
+    report.within("every session moved", Duration::from_secs(5), moved);
+    let at = fleet.reconnected_after(killed);
+    let n = at.len().max(1);
+    let (p10, p90) = (at[n / 10], at[(n * 9 / 10).min(n - 1)]);
+    report.row(
+        "reconnects spread (p10 to p90 of attempt start)",
+        "≥ 250 ms",
+        format!("{:.0} ms", (p90 - p10).as_secs_f64() * 1e3),
+        p90 - p10 >= Duration::from_millis(250),
+    );
+    let busiest =
+        at.iter().map(|s| at.iter().filter(|t| **t >= *s && **t < *s + Duration::from_millis(50)).count()).max();
+    let busiest = busiest.unwrap_or(0);
+    report.row("most reconnects in one 50 ms window", format!("≤ {}", n / 5), busiest.to_string(), busiest <= n / 5);
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+    let cpu: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum::<f64>() - cpu_before;
+    report.row("survivors' CPU to take the sessions over", "≤ 5 s", format!("{cpu:.2} s"), cpu <= 5.0);
+    rss_row(&mut report, &cluster);
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// A soak: random churn and random faults for `FAULTS_SOAK_SECS` (default
+/// 120) seconds; after each fault everything converges, no live provider
+/// ever disappears from a consumer, and memory stays flat. Not in the CI
+/// run: `FAULTS=full cargo test -p registry-tests --test faults -- --include-ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "soak: minutes long; run with FAULTS=full and --include-ignored"]
+async fn soak_random_churn_and_faults() -> Result<()> {
+    use rand::{Rng as _, SeedableRng as _};
+    let secs: u64 = std::env::var("FAULTS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let seed: u64 = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut report = Report::new(&format!("soak, {secs} s, seed {seed}"));
+    let mut cluster = ProcCluster::start("soak", &["a", "b", "c"], 3).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("base", 30)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    let rss = |c: &ProcCluster| c.nodes.iter().filter_map(|n| n.rss_kib().ok()).map(|(now, _)| now).max().unwrap_or(0);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut warm_rss = None;
+    let (mut faults, mut slowest, mut next_id) = (0, Duration::ZERO, 0usize);
+    while Instant::now() < end {
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let batch: Vec<String> = (0..5).map(|k| format!("churn-{}", next_id + k)).collect();
+                next_id += 5;
+                fleet.register(&endpoints, "api", &batch).await?;
+            }
+            4..=6 => {
+                for _ in 0..3 {
+                    if let Some((s, id)) = fleet.some_provider(rng.random_range(0..1_000)) {
+                        fleet.stop(&s, &id).await;
+                    }
+                }
+            }
+            7 => {
+                let i = rng.random_range(0..cluster.nodes.len());
+                cluster.nodes[i].kill9()?;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
+                cluster.nodes[i].restart().await?;
+                faults += 1;
+            }
+            8 => {
+                if let Some(routes) = cluster.nats.routes() {
+                    let i = rng.random_range(0..3);
+                    routes.cut(i, (i + 1) % 3, rng.random_bool(0.5));
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
+                    routes.heal();
+                    faults += 1;
+                }
+            }
+            _ => {
+                let i = rng.random_range(0..3);
+                cluster.nats.server(i).restart().await?;
+                faults += 1;
+            }
+        }
+        let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+        slowest = slowest.max(t);
+        if warm_rss.is_none() && Instant::now() + Duration::from_secs(secs * 3 / 4) > end {
+            warm_rss = Some(rss(&cluster));
+        }
+    }
+    report.row("faults injected", "> 0", faults.to_string(), faults > 0);
+    report.within("slowest convergence after a step", Duration::from_secs(10), slowest);
+    let (warm, last) = (warm_rss.unwrap_or(0), rss(&cluster));
+    report.row(
+        "largest node RSS, after warm-up vs at the end",
+        "end ≤ 1.5 × warm + 16 MiB",
+        format!("{} → {} MiB", warm / 1024, last / 1024),
+        last <= warm * 3 / 2 + 16 * 1024,
+    );
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
