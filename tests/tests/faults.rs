@@ -176,6 +176,96 @@ impl Drop for ProviderProc {
     }
 }
 
+/// A consumer as its own process: `regctl watch`, printing every change.
+fn watch_process(endpoint: &str, service: &str) -> Result<Child> {
+    let regctl = registry_tests::procs::node_bin()?.with_file_name("regctl");
+    if !regctl.exists() {
+        bail!("{} not built (cargo build -p registry-client)", regctl.display());
+    }
+    Command::new(regctl)
+        .args(["--endpoint", endpoint, "watch", service])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting regctl watch")
+}
+
+/// Fault 8: a slow subscriber: a consumer process stopped (`SIGSTOP`, so it
+/// reads nothing) while its service churns. The node's memory stays bounded
+/// and the other consumers keep getting every change promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_consumer_process_costs_bounded_memory() -> Result<()> {
+    use registry_tests::{Session, client, instance};
+    let mut report = Report::new("slow subscriber (stopped consumer process)");
+    let cluster = ProcCluster::start("f8", &["a"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let node = &cluster.nodes[0];
+    let mut fleet = Fleet::default();
+    fleet.watch(&endpoints, "hot").await?;
+    let mut stopped = watch_process(&endpoints[0], "hot")?;
+    eventually("the consumer process subscribed", Duration::from_secs(10), || async {
+        node.metric("subscribers").await.filter(|n| *n >= 2)
+    })
+    .await?;
+    let mut c = client(node.grpc).await?;
+    // This session does not heartbeat: ask for a long lease.
+    let mut session = Session::open(&mut c, 60_000).await?;
+    let healthy = fleet.watches()[0].clone();
+    // Rounds of 1,000 changes (1 KiB records) to the watched service; returns
+    // how long the slowest round's last change took to reach a reading consumer.
+    let mut port = 0u32;
+    let mut rounds = async |n: u32| -> Result<Duration> {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..n {
+            port += 1;
+            // 250 in flight at most: a session's replies are a bounded queue.
+            for chunk in (0..1_000u32).collect::<Vec<_>>().chunks(250) {
+                for k in chunk {
+                    let mut i = instance("hot", &format!("h{k}"), port);
+                    i.metadata.insert("pad".into(), "x".repeat(1_024));
+                    session.send(v1::register_request::Kind::Upsert(i)).await?;
+                }
+                for _ in chunk {
+                    session.next().await?;
+                }
+            }
+            let t = Instant::now();
+            let done = healthy.wait_for(|v| v.instances.get("h999").is_some_and(|i| i.port == port));
+            tokio::time::timeout(Duration::from_secs(5), done).await.context("a reading consumer fell behind")??;
+            slowest = slowest.max(t.elapsed());
+        }
+        Ok(slowest)
+    };
+    // Both consumers reading: the baseline.
+    let baseline = rounds(2).await?;
+    send_signal(stopped.id(), "STOP")?;
+    let (rss_before, _) = node.rss_kib()?;
+    let slowest = rounds(6).await?;
+    let (rss_after, _) = node.rss_kib()?;
+    let grown = rss_after.saturating_sub(rss_before) / 1024;
+    report.row(
+        "node RSS growth while a consumer reads nothing (6 MiB of changes)",
+        "≤ 64 MiB",
+        format!("{grown} MiB"),
+        grown <= 64,
+    );
+    let bound = baseline * 2 + Duration::from_millis(250);
+    report.row(
+        "slowest round's last change to reach a reading consumer",
+        format!("≤ 2 × baseline ({:.2} s) + 0.25 s", baseline.as_secs_f64()),
+        format!("{:.2} s", slowest.as_secs_f64()),
+        slowest <= bound,
+    );
+    send_signal(stopped.id(), "CONT")?;
+    let alive = matches!(stopped.try_wait(), Ok(None));
+    report.row("stopped consumer still connected after SIGCONT", "yes", if alive { "yes" } else { "no" }, alive);
+    let _ = stopped.kill();
+    let _ = stopped.wait();
+    drop(session);
+    fleet.shutdown().await;
+    report.finish()
+}
+
 /// Fault 5: A provider process killed (`kill -9`: gone within the reconnect grace
 /// everywhere) and one stopped (`SIGSTOP`: gone within its lease TTL; kept
 /// as long as it heartbeats).
