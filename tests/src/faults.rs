@@ -154,6 +154,9 @@ pub enum LinkState {
     DropFromDialer,
     /// Bytes towards the side that dialed are dropped; the other way passes.
     DropToDialer,
+    /// Everything passes, each read delayed by `base_ms` plus up to
+    /// `jitter_ms` (order kept, as TCP keeps it).
+    Slow { base_ms: u64, jitter_ms: u64 },
 }
 
 /// A TCP proxy whose state a test changes at any time: a network between two
@@ -212,7 +215,8 @@ impl Drop for FaultLink {
     }
 }
 
-/// Copies bytes from `r` to `w`, dropping them while the link is in `drop_in`.
+/// Copies bytes from `r` to `w`, dropping them while the link is in
+/// `drop_in` and delaying them while it is slow.
 async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
@@ -220,18 +224,41 @@ async fn pump(
     drop_in: LinkState,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if *state.borrow() == drop_in {
-            continue;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1_024);
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last_release = Instant::now();
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let now = Instant::now();
+            let release = match *state.borrow() {
+                s if s == drop_in => continue,
+                LinkState::Slow { base_ms, jitter_ms } => {
+                    let jitter = if jitter_ms == 0 { 0 } else { rand::random_range(0..=jitter_ms) };
+                    (now + Duration::from_millis(base_ms + jitter)).max(last_release)
+                }
+                _ => now,
+            };
+            last_release = release;
+            if tx.send((release, buf[..n].to_vec())).await.is_err() {
+                return;
+            }
         }
-        if w.write_all(&buf[..n]).await.is_err() {
-            return;
+    };
+    let write = async move {
+        while let Some((release, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(release).await;
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = write => {}
     }
 }
 
@@ -281,6 +308,11 @@ impl PartitionableNats {
         };
         ij.into_iter().for_each(|l| l.set(a));
         ji.into_iter().for_each(|l| l.set(b));
+    }
+
+    /// Every route slowed by `base_ms` plus up to `jitter_ms`, each way.
+    pub fn slow_all(&self, base_ms: u64, jitter_ms: u64) {
+        self.links.iter().flatten().flatten().for_each(|l| l.set(LinkState::Slow { base_ms, jitter_ms }));
     }
 
     /// Every link up again.
@@ -521,7 +553,14 @@ pub async fn node_view(addr: SocketAddr) -> Result<BTreeMap<String, BTreeSet<Str
     let mut out = BTreeMap::new();
     for s in services {
         let r = c.get_service(v1::GetServiceRequest { namespace: String::new(), service: s.service.clone() }).await?;
-        let ids: BTreeSet<String> = r.into_inner().instances.into_iter().map(|i| i.instance_id).collect();
+        let listed: Vec<String> = r.into_inner().instances.into_iter().map(|i| i.instance_id).collect();
+        let mut ids = BTreeSet::new();
+        for id in listed {
+            // Exactly one live copy per instance: a second shows as a difference.
+            if let Some(dup) = ids.replace(id) {
+                ids.insert(format!("{dup} (listed twice)"));
+            }
+        }
         if !ids.is_empty() {
             out.insert(s.service, ids);
         }

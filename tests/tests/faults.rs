@@ -727,3 +727,36 @@ async fn soak_random_churn_and_faults() -> Result<()> {
     fleet.shutdown().await;
     report.finish()
 }
+
+/// Fault 4c: every route between NATS servers slow (40 ms plus up to 40 ms of
+/// jitter each way, through the fault links): changes still reach every node
+/// and consumer, and no node takes a slow peer for a dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_routes_between_nats_servers() -> Result<()> {
+    let mut report = Report::new("NATS routes with 40-80 ms latency");
+    let cluster = ProcCluster::start("f4c", &["a", "b", "c"], 3).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.watch(&endpoints, "api").await?;
+    let routes = cluster.nats.routes().context("a NATS cluster")?;
+    routes.slow_all(40, 40);
+    let (mut slowest, mut not_live) = (Duration::ZERO, 0);
+    for round in 0..5 {
+        let t = Instant::now();
+        fleet.register(&endpoints, "api", &ids(&format!("r{round}"), 3)).await?;
+        let took = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+        slowest = slowest.max(took.max(t.elapsed()));
+        for addr in cluster.grpc_addrs() {
+            let mut members = v1::cluster_client::ClusterClient::new(registry_tests::channel(addr).await?);
+            let m = members.members(v1::MembersRequest {}).await?.into_inner().members;
+            let live = [v1::MemberState::Live as i32, v1::MemberState::Local as i32];
+            not_live += m.iter().filter(|m| !live.contains(&m.state)).count();
+        }
+    }
+    report.within("registrations visible on every node and consumer", Duration::from_millis(1_500), slowest);
+    report.at_most("peers seen as suspect or orphaned (5 checks of 3 nodes)", 0, not_live);
+    routes.heal();
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
