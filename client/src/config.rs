@@ -33,9 +33,9 @@ pub struct ClientConfig {
     /// Delays between reconnect attempts.
     pub backoff: Backoff,
     /// After a drain, how long the old session stays open once the new one has
-    /// registered everything, before it says goodbye. The new registrations
-    /// must reach every node first (the old one included), or its goodbye could
-    /// overtake them and consumers would see a removal and a re-add.
+    /// registered everything, before it says goodbye (a goodbye that says the
+    /// provider moved, so the old node keeps the instances until the new
+    /// copies reach it anyway). The old session keeps answering meanwhile.
     pub handover: Duration,
     /// Start at the first endpoint given instead of a random one. Either way,
     /// each call or stream starts one further in the list (round robin), and

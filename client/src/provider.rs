@@ -292,8 +292,11 @@ impl Session {
 
     /// Says goodbye and waits (briefly) for the node to end the stream, so the
     /// goodbye is not lost in a connection torn down right after it.
-    async fn goodbye(mut self) {
-        if self.send(In::Goodbye(v1::Goodbye {})).await {
+    /// Ends the session. `moved`: this provider's instances are registered
+    /// on another node now, so the node keeps them until that node's copies
+    /// take them over instead of removing them at once.
+    async fn goodbye(mut self, moved: bool) {
+        if self.send(In::Goodbye(v1::Goodbye { moved })).await {
             drop(self.tx);
             let _ = timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = self.rx.message().await {} }).await;
         }
@@ -363,7 +366,7 @@ impl SessionTask {
             match self.serve(&mut session).await {
                 End::Stop => {
                     self.retire_now().await;
-                    session.goodbye().await;
+                    session.goodbye(false).await;
                     self.state.send_replace(ProviderState::default());
                     return;
                 }
@@ -384,7 +387,7 @@ impl SessionTask {
                     info!(endpoint = %self.client.name(session.endpoint), ?delay, "node asked the provider to move");
                     tokio::select! {
                         _ = self.stop.cancelled() => {
-                            session.goodbye().await;
+                            session.goodbye(false).await;
                             return;
                         }
                         _ = sleep(delay) => {}
@@ -393,7 +396,7 @@ impl SessionTask {
                     self.requeue();
                     self.retire_now().await;
                     let Some(new) = self.reconnect(session.endpoint, false).await else {
-                        session.goodbye().await;
+                        session.goodbye(false).await;
                         return;
                     };
                     // The new session registered everything with newer versions.
@@ -471,7 +474,7 @@ impl SessionTask {
                     }
                     match refusals {
                         Refusals::Fail => {
-                            session.goodbye().await;
+                            session.goodbye(false).await;
                             return Err(err);
                         }
                         // One refused instance must not keep the others away.
@@ -523,7 +526,7 @@ impl SessionTask {
 
     async fn retire_now(&mut self) {
         if let Some((old, _)) = self.retiring.take() {
-            old.goodbye().await;
+            old.goodbye(true).await;
         }
     }
 

@@ -2,6 +2,8 @@
 //!
 //! The session owns the instances it upserts. How it ends decides when they go:
 //! - `goodbye` or a clean half-close: removed at once;
+//! - `goodbye` from a provider that moved to another node: kept until the other
+//!   node's copies take them over, or the reconnect grace ends;
 //! - a broken transport: removed after the reconnect grace, so a provider that
 //!   reconnects (to this or another node) and re-registers never flaps;
 //! - silence longer than the lease TTL: removed then.
@@ -29,6 +31,8 @@ type Reply = Result<v1::RegisterResponse, Status>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Goodbye,
+    /// A goodbye from a provider that registered on another node.
+    Moved,
     HalfClose,
     Broken,
     LeaseExpired,
@@ -122,7 +126,8 @@ pub async fn run_session(
                                 break End::Broken;
                             }
                         }
-                        Step::Goodbye => break End::Goodbye,
+                        Step::Goodbye { moved: false } => break End::Goodbye,
+                        Step::Goodbye { moved: true } => break End::Moved,
                     }
                 }
             },
@@ -134,15 +139,21 @@ pub async fn run_session(
             let n = registry.release(owner, false);
             debug!(session = %session_id, removed = n, ?end, "session ended");
         }
-        End::Broken => {
+        End::Broken | End::Moved => {
             // Keep the instances through a short grace so a reconnect does not flap
-            // them; a re-registration elsewhere takes them over meanwhile.
+            // them; a re-registration elsewhere takes them over meanwhile. A
+            // moved provider is not kept waiting for the stream's end.
+            drop(out);
             tokio::select! {
                 _ = sleep(cfg.reconnect_grace()) => {}
                 _ = stop.cancelled() => {}
             }
-            let n = registry.release(owner, true);
-            info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
+            let n = registry.release(owner, end == End::Broken);
+            if end == End::Broken {
+                info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
+            } else {
+                debug!(session = %session_id, removed = n, "moved session ended; what was not taken over is removed");
+            }
         }
         End::LeaseExpired => {
             let n = registry.release(owner, true);
@@ -162,7 +173,7 @@ pub async fn run_session(
 
 enum Step {
     Reply(Out),
-    Goodbye,
+    Goodbye { moved: bool },
 }
 
 fn reply(kind: Out) -> v1::RegisterResponse {
@@ -212,7 +223,7 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
             }
         }
         Some(In::Heartbeat(hb)) => Step::Reply(Out::Pong(v1::Pong { nonce: hb.nonce })),
-        Some(In::Goodbye(_)) => Step::Goodbye,
+        Some(In::Goodbye(g)) => Step::Goodbye { moved: g.moved },
         Some(In::Open(_)) => rejected(registry, None, Code::FailedPrecondition, "session is already open".to_string()),
         None => rejected(registry, None, Code::InvalidArgument, "message has no `kind`".to_string()),
     }

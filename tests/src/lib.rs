@@ -187,7 +187,12 @@ impl Session {
     }
 
     pub async fn goodbye(&self) -> Result<()> {
-        self.send(In::Goodbye(v1::Goodbye {})).await
+        self.send(In::Goodbye(v1::Goodbye { moved: false })).await
+    }
+
+    /// The goodbye of a provider that registered on another node.
+    pub async fn goodbye_moved(&self) -> Result<()> {
+        self.send(In::Goodbye(v1::Goodbye { moved: true })).await
     }
 
     /// Ends the request stream cleanly (HTTP/2 half-close).

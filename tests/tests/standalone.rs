@@ -61,6 +61,30 @@ async fn provider_registers_and_subscriber_sees_snapshot_then_deltas() -> Result
     Ok(())
 }
 
+/// A goodbye that says the provider moved keeps its instances until another
+/// node's newer copy takes them over; none comes on a standalone node, so
+/// they go when the reconnect grace (1 s in tests) ends, not at once.
+#[tokio::test]
+async fn goodbye_of_a_moved_provider_removes_after_the_grace() -> Result<()> {
+    let node = start_node(test_config("n1")).await?;
+    let mut c = client(node.grpc_addr).await?;
+    let mut watch = Watch::start(&mut c, "default", &["svc"], "w").await?;
+    watch.step(PROMPTLY).await?;
+    let p = {
+        let mut p = Session::open(&mut c, 0).await?;
+        assert!(accepted(&p.upsert(instance("svc", "a", 1)).await?));
+        p
+    };
+    watch.until("registered", PROMPTLY, |v| v["svc"].1.contains_key("a")).await?;
+    let said = Instant::now();
+    p.goodbye_moved().await?;
+    watch.until("removed after the grace", PROMPTLY, |v| v["svc"].1.is_empty()).await?;
+    let waited = said.elapsed();
+    assert!(waited >= Duration::from_millis(900), "removed after {waited:?}: before the 1 s grace");
+    node.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn half_close_removes_instances_at_once() -> Result<()> {
     let node = start_node(test_config("n1")).await?;
