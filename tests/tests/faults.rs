@@ -148,6 +148,12 @@ async fn nats_killed_and_stopped_while_writes_continue() -> Result<()> {
     report.finish()
 }
 
+/// The next message of a NATS subscription.
+async fn futures_next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+    use tokio_stream::StreamExt as _;
+    sub.next().await
+}
+
 /// A provider as its own process: `regctl register`, holding a session.
 struct ProviderProc(Child);
 
@@ -399,6 +405,43 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
         }
     }
     nats.flush().await?;
+    // A forged peer "x" claims data, then answers the nodes' page requests
+    // with pages that lie: past their total, with records that are not their
+    // keys', and a digest that matches nothing.
+    let mut requests = nats.subscribe(format!("{base}.sync.x")).await?;
+    let forged_beat =
+        pb::Beat { origin: origin("x", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
+    let lie = forged_put("x", 1).changes.remove(0);
+    let bad_page = pb::SyncReply {
+        kind: Some(pb::sync_reply::Kind::Page(pb::Page {
+            cut_id: 1,
+            cut_seq: 5,
+            offset: 0,
+            total: 3,
+            digest: 42,
+            entries: (0..5).map(|_| pb::KeyEntry { key: lie.key.clone(), entry: lie.put.clone() }).collect(),
+        })),
+    }
+    .encode_to_vec();
+    let answered = {
+        let nats = nats.clone();
+        tokio::spawn(async move {
+            let mut answered = 0u32;
+            while let Ok(Some(req)) = tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await {
+                if let Some(reply) = req.reply {
+                    let _ = nats.publish(reply, bad_page.clone().into()).await;
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    };
+    for _ in 0..5 {
+        nats.publish(format!("{base}.bus.beat"), forged_beat.encode_to_vec().into()).await?;
+        tokio::time::sleep(BEAT).await;
+    }
+    let answered = answered.await?;
+    report.row("page requests a forged peer answered with lies", "> 0", answered.to_string(), answered > 0);
     let counted = eventually("garbage counted", Duration::from_secs(5), || async {
         cluster.nodes[1].metric("sync_garbage_messages_total").await.filter(|n| *n >= garbage_before + 20)
     })
@@ -559,18 +602,24 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
     bad_name.service = "no spaces allowed".into();
     let rejected = matches!(session.upsert(bad_name).await?, v1::register_response::Kind::Rejected(r) if r.code == tonic::Code::InvalidArgument as i32);
     report.row("invalid service name", "rejected, INVALID_ARGUMENT", if rejected { "so" } else { "not so" }, rejected);
+    // 100,000 instances on one stream (the limit is 1,000 per session),
+    // 250 in flight at a time.
     let mut refused = 0;
-    for i in 0..1_100 {
-        if let v1::register_response::Kind::Rejected(_) = session.upsert(instance("flood", &format!("f{i}"), 1)).await?
-        {
-            refused += 1;
+    for chunk in (0..100_000u32).collect::<Vec<_>>().chunks(250) {
+        for i in chunk {
+            session.send(v1::register_request::Kind::Upsert(instance("flood", &format!("f{i}"), 1))).await?;
+        }
+        for _ in chunk {
+            if let v1::register_response::Kind::Rejected(_) = session.next().await? {
+                refused += 1;
+            }
         }
     }
     report.row(
-        "instances past the per-session limit (1,000) of 1,100",
-        "100 rejected",
+        "instances past the per-session limit (1,000) of 100,000 on one stream",
+        "99,000 rejected",
         refused.to_string(),
-        refused == 100,
+        refused == 99_000,
     );
     drop(session);
 
