@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use registry_tests::nats::NatsServer;
 use registry_tests::*;
 use serde_json::Value;
@@ -137,5 +137,66 @@ async fn cluster_members_show_sync_state_silence_and_a_lost_bus() -> Result<()> 
     for n in nodes {
         n.shutdown().await;
     }
+    Ok(())
+}
+
+/// Registers `n` instances of `service` on `node`, each with `meta_bytes` of
+/// metadata, over as many sessions as the per-session limit needs.
+async fn register_many(node: SocketAddr, service: &str, n: u32, meta_bytes: usize) -> Result<Vec<Session>> {
+    let mut sessions = Vec::new();
+    let mut c = client(node).await?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let mut s = Session::open(&mut c, 0).await?;
+        for &i in chunk {
+            let mut inst = instance(service, &format!("i{i}"), 1 + i % 60_000);
+            inst.metadata.insert("blob".into(), "x".repeat(meta_bytes));
+            ensure!(matches!(s.upsert(inst).await?, Out::Accepted(_)), "instance {i} refused");
+        }
+        sessions.push(s);
+    }
+    Ok(sessions)
+}
+
+/// A joining node loads a peer's slice in pages of `sync.page_entries`
+/// entries, and a page is one NATS message. With the default 2,000 entries and
+/// instances carrying about 1 KiB of metadata, a page is over NATS's default
+/// 1 MiB max_payload: the peer cannot send it, and the joiner stays warming up
+/// until `ready_timeout`, then serves without that peer's instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slice pages are bounded by entry count only: large metadata makes them exceed NATS max_payload"]
+async fn a_joiner_loads_a_peer_whose_instances_carry_1_kib_of_metadata() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let a = start_node(cluster_config("a", &[nats.url()], "big")).await?;
+    until_ready(&a).await?;
+    let _sessions = register_many(a.grpc_addr, "orders", 2_100, 1_024).await?;
+    let b = start_node(cluster_config("b", &[nats.url()], "big")).await?;
+    let http = b.http_addr;
+    eventually("b ready with a's 2,100 instances", std::time::Duration::from_secs(10), || async {
+        let n = admin(http, "/admin/node").await.ok()?;
+        (n["ready"] == true && n["instances"] == 2_100).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The runbook's fix for the above: fewer entries per page, so that
+/// page_entries x the largest instance stays well under max_payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smaller_pages_let_a_joiner_load_large_instances() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut config = cluster_config("a", &[nats.url()], "pages");
+    config.sync.page_entries = 200;
+    let a = start_node(config).await?;
+    until_ready(&a).await?;
+    let _sessions = register_many(a.grpc_addr, "orders", 2_100, 1_024).await?;
+    let mut config = cluster_config("b", &[nats.url()], "pages");
+    config.sync.page_entries = 200;
+    let b = start_node(config).await?;
+    let http = b.http_addr;
+    eventually("b ready with a's 2,100 instances", std::time::Duration::from_secs(10), || async {
+        let n = admin(http, "/admin/node").await.ok()?;
+        (n["ready"] == true && n["instances"] == 2_100).then_some(())
+    })
+    .await?;
     Ok(())
 }
