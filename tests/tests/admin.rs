@@ -200,3 +200,44 @@ async fn smaller_pages_let_a_joiner_load_large_instances() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Words of the form `registry_[a-z_]+` in `text`, without the families
+/// written as `registry_sync_*`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("registry_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+        if !tail[..end].ends_with('_') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// OPERATIONS.md tells operators what to alert on: every metric it names must
+/// be one a clustered node really exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_doc_names_only_metrics_the_node_exports() -> Result<()> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../OPERATIONS.md"))?;
+    let nats = NatsServer::start().await?;
+    let nodes = start_cluster(&[nats.url()], "doc", &["a", "b"]).await?;
+    // b's peer_lag line for a appears once b has heard a.
+    let http = nodes[0].http_addr;
+    let body = eventually("a exports peer_lag for b", PROMPTLY, || async move {
+        let (status, body) = http_get(http, "/metrics").await.ok()?;
+        (status == 200 && body.contains("peer=\"b\"")).then_some(body)
+    })
+    .await?;
+    let exported = metric_names(&body);
+    let documented = metric_names(&doc);
+    ensure!(documented.len() >= 20, "OPERATIONS.md names its metrics: {documented:?}");
+    let unknown: Vec<_> = documented.difference(&exported).collect();
+    ensure!(unknown.is_empty(), "OPERATIONS.md names metrics the node does not export: {unknown:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
