@@ -196,6 +196,16 @@ fn nats_config_loads_in_nats_server() -> Result<()> {
     Ok(())
 }
 
+/// Waits until the server has registered `sub` (on `subject`): async-nats's
+/// flush only writes the socket, so another connection could otherwise publish
+/// before the subscription exists. The probe is read off `sub` here.
+async fn until_subscribed(client: &async_nats::Client, sub: &mut async_nats::Subscriber, subject: &str) -> Result<()> {
+    client.publish(subject.to_string(), "probe".into()).await?;
+    client.flush().await?;
+    ensure!(next_subject(sub).await? == subject, "the probe comes back first");
+    Ok(())
+}
+
 async fn next_subject(sub: &mut async_nats::Subscriber) -> Result<String> {
     let msg = tokio::time::timeout(PROMPTLY, sub.next()).await.context("no message in time")?;
     Ok(msg.context("subscription ended")?.subject.to_string())
@@ -208,7 +218,7 @@ async fn nats_users_publish_only_their_own_changes() -> Result<()> {
     let node0 = nats.connect("registry-0", "pw-0").await?;
     let node1 = nats.connect("registry-1", "pw-1").await?;
     let mut bus = node1.subscribe("registry.prod.bus.>").await?;
-    node1.flush().await?;
+    until_subscribed(&node1, &mut bus, "registry.prod.bus.hello").await?;
 
     // registry-0 tries to publish in registry-1's name first: the server drops
     // it, so the first thing registry-1 hears is registry-0's own batch.
@@ -230,7 +240,7 @@ async fn nats_users_publish_only_their_own_changes() -> Result<()> {
     // Sync pulls: registry-0 asks registry-1, which may answer the request it
     // received (allow_responses) though it may not publish on _INBOX at large.
     let mut pulls = node1.subscribe("registry.prod.sync.registry-1").await?;
-    node1.flush().await?;
+    until_subscribed(&node1, &mut pulls, "registry.prod.sync.registry-1").await?;
     let responder = {
         let node1 = node1.clone();
         tokio::spawn(async move {
