@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check of the project: formatting, lints, and the whole test suite
-# (unit, property and end-to-end tests against real nodes and nats-server).
+# Runs every check of the project: formatting, lints, the deploy files, and the
+# whole test suite (unit, property and end-to-end tests against real nodes and
+# nats-server).
 # Installs nats-server from the distribution packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,8 @@ echo "nats-server: $(nats-server --version)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The deploy files, checked with the tools this machine has (the systemd check
+# runs against the node binary built here; cargo test reuses it).
+cargo build --locked -p registry-node
+./scripts/check-deploy.sh
 cargo test --workspace --locked

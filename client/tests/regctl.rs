@@ -51,6 +51,10 @@ async fn regctl_registers_lists_gets_and_says_goodbye_on_ctrl_c() {
     let (code, out) = regctl(&["--endpoint", &ep, "members"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("NODE") && out.contains("n1") && out.contains("local"), "{out}");
+    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NODE", "STATE", "ADDRESS", "READY", "RECORDS", "LAG", "DIGEST", "LAST_BEAT", "SYNC"]);
+    let me: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!((me[0], me[1], me[3], me[5], me[6], me[8]), ("n1", "local", "true", "0", "match", "self"), "{out}");
 
     // `register` holds the session until SIGINT.
     let mut child = Command::new(env!("CARGO_BIN_EXE_regctl"))

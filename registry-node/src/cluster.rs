@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::config::NodeConfig;
 use crate::metrics::write_metric;
 use crate::readiness::Readiness;
 use crate::registry::Registry;
@@ -95,6 +96,35 @@ fn member_state(p: &PeerView) -> v1::MemberState {
         PeerState::Suspect => v1::MemberState::Suspect,
         PeerState::Orphaned => v1::MemberState::Orphaned,
     }
+}
+
+/// This node followed by every peer origin it knows: what `Cluster.Members`
+/// answers and `/admin/members` shows. A standalone node is a cluster of one.
+pub fn members(registry: &Registry, ready: bool) -> v1::MembersResponse {
+    let stats = registry.own_stats();
+    let config = registry.config();
+    let me = v1::Member {
+        node_id: registry.node_id().to_string(),
+        incarnation: registry.incarnation(),
+        state: v1::MemberState::Local as i32,
+        advertise_addr: advertise_addr(config),
+        last_beat_age_ms: 0,
+        origin_seq: stats.seq,
+        applied_seq: stats.seq,
+        record_count: stats.live,
+        digest_match: true,
+        ready,
+    };
+    let mut members = vec![me];
+    if let Some(sync) = registry.sync_state() {
+        members.extend(peer_members(registry, sync));
+    }
+    v1::MembersResponse { members, cluster: config.cluster.clone() }
+}
+
+/// The address peers and operators are told to reach this node at.
+pub fn advertise_addr(config: &NodeConfig) -> String {
+    config.sync.advertise_addr.clone().unwrap_or_else(|| config.grpc_addr.to_string())
 }
 
 /// Every peer origin this node knows, as `Cluster.Members` reports them.

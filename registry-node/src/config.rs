@@ -354,6 +354,10 @@ pub struct Cli {
     /// Log format [default: text].
     #[arg(long, env = "REGISTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Address peers and operators are shown for this node (`sync.advertise_addr`)
+    /// [default: the gRPC address]. Set it when listening on 0.0.0.0.
+    #[arg(long, env = "REGISTRY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
     /// Validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -388,6 +392,9 @@ impl Cli {
         if let Some(v) = self.log_format {
             config.log_format = v;
         }
+        if let Some(v) = &self.advertise_addr {
+            config.sync.advertise_addr = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -414,6 +421,17 @@ mod tests {
         assert_eq!(config.node_id, "from-flag");
         assert_eq!(config.cluster, "blue");
         assert_eq!(config.limits.max_weight, 7);
+    }
+
+    #[test]
+    fn advertise_addr_flag_sets_the_sync_setting() {
+        let cli =
+            Cli::try_parse_from(["registry-node", "--advertise-addr", "registry-0.registry:7070"]).expect("parses");
+        let config = cli.load().expect("loads");
+        assert_eq!(config.sync.advertise_addr.as_deref(), Some("registry-0.registry:7070"));
+        let cli = Cli::try_parse_from(["registry-node", "--advertise-addr", "has space:7070"]).expect("parses");
+        let err = cli.load().expect_err("refused").to_string();
+        assert!(err.contains("sync.advertise_addr"), "{err}");
     }
 
     #[test]

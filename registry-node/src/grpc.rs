@@ -302,24 +302,6 @@ pub struct ClusterApi {
 #[tonic::async_trait]
 impl v1::cluster_server::Cluster for ClusterApi {
     async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersResponse>, Status> {
-        let stats = self.registry.own_stats();
-        let config = self.registry.config();
-        let me = v1::Member {
-            node_id: self.registry.node_id().to_string(),
-            incarnation: self.registry.incarnation(),
-            state: v1::MemberState::Local as i32,
-            advertise_addr: config.sync.advertise_addr.clone().unwrap_or_else(|| config.grpc_addr.to_string()),
-            last_beat_age_ms: 0,
-            origin_seq: stats.seq,
-            applied_seq: stats.seq,
-            record_count: stats.live,
-            digest_match: true,
-            ready: self.readiness.is_ready(),
-        };
-        let mut members = vec![me];
-        if let Some(sync) = self.registry.sync_state() {
-            members.extend(crate::cluster::peer_members(&self.registry, sync));
-        }
-        Ok(Response::new(v1::MembersResponse { members, cluster: self.registry.config().cluster.clone() }))
+        Ok(Response::new(crate::cluster::members(&self.registry, self.readiness.is_ready())))
     }
 }

@@ -1,13 +1,22 @@
 //! HTTP endpoints for operators: `/metrics` (Prometheus text), `/healthz`
-//! (the process is alive) and `/readyz` (the node serves reads).
+//! (the process is alive), `/readyz` (the node serves reads), and read-only
+//! JSON for people and scripts: `/admin/node` (this node at a glance) and
+//! `/admin/members` (the `Cluster.Members` answer, same fields, plus `lag`).
+//!
+//! Nothing here changes state, and nothing here is authenticated: keep the HTTP
+//! address on a network only operators and scrapers reach.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use registry_proto::v1;
+use serde::Serialize;
 
 use crate::readiness::Readiness;
 use crate::registry::Registry;
@@ -23,6 +32,8 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/admin/node", get(admin_node))
+        .route("/admin/members", get(admin_members))
         .with_state(Http { registry, readiness })
 }
 
@@ -43,4 +54,140 @@ async fn readyz(State(h): State<Http>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "warming up\n")
     }
+}
+
+/// `GET /admin/node`: what an operator asks first about one node.
+#[derive(Debug, Serialize)]
+struct NodeStatus {
+    node_id: String,
+    cluster: String,
+    incarnation: u64,
+    advertise_addr: String,
+    version: &'static str,
+    /// Replicating over NATS (false: standalone).
+    clustered: bool,
+    /// Serves reads (`/readyz` 200).
+    ready: bool,
+    /// Shutting down: sessions were told to move elsewhere.
+    draining: bool,
+    /// Connected to NATS; null on a standalone node.
+    bus_connected: Option<bool>,
+    /// Part of what this node serves is orphaned, or it is cut off from NATS.
+    degraded: bool,
+    /// Time since the least recently heard peer was heard.
+    oldest_origin_age_ms: u64,
+    /// Orphan removal held back by the safety valve; null on a standalone node.
+    safety_valve_holding: Option<bool>,
+    /// Sequence number of this node's own last change.
+    own_seq: u64,
+    /// Live records this node owns.
+    own_records: u64,
+    instances: u64,
+    services: u64,
+    store_keys: u64,
+    sessions: u64,
+    leases: u64,
+    subscribers: u64,
+}
+
+/// `GET /admin/members`: `Cluster.Members` as JSON.
+#[derive(Debug, Serialize)]
+struct MembersStatus {
+    cluster: String,
+    /// The node that answered (its own entry has state "local").
+    node_id: String,
+    members: Vec<MemberStatus>,
+}
+
+/// One `registry.v1.Member`, field for field, plus what an operator computes
+/// from it every time: `lag` and `in_sync`.
+#[derive(Debug, Serialize)]
+struct MemberStatus {
+    node_id: String,
+    incarnation: u64,
+    /// local | live | suspect | orphaned
+    state: String,
+    advertise_addr: String,
+    last_beat_age_ms: u64,
+    origin_seq: u64,
+    applied_seq: u64,
+    /// Changes the origin issued that this node has not applied.
+    lag: u64,
+    record_count: u64,
+    digest_match: bool,
+    /// No lag and the digests match.
+    in_sync: bool,
+    ready: bool,
+}
+
+impl From<v1::Member> for MemberStatus {
+    fn from(m: v1::Member) -> Self {
+        let state = m.state().as_str_name().trim_start_matches("MEMBER_STATE_").to_ascii_lowercase();
+        let lag = m.origin_seq.saturating_sub(m.applied_seq);
+        Self {
+            state,
+            lag,
+            in_sync: m.digest_match && lag == 0,
+            node_id: m.node_id,
+            incarnation: m.incarnation,
+            advertise_addr: m.advertise_addr,
+            last_beat_age_ms: m.last_beat_age_ms,
+            origin_seq: m.origin_seq,
+            applied_seq: m.applied_seq,
+            record_count: m.record_count,
+            digest_match: m.digest_match,
+            ready: m.ready,
+        }
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut body) => {
+            body.push('\n');
+            ([(CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode: {e}\n")).into_response(),
+    }
+}
+
+async fn admin_node(State(h): State<Http>) -> Response {
+    let r = &h.registry;
+    let config = r.config();
+    let gauges = r.gauges(h.readiness.is_ready());
+    let own = r.own_stats();
+    let freshness = r.freshness();
+    let sync = r.sync_state();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    json(&NodeStatus {
+        node_id: r.node_id().to_string(),
+        cluster: config.cluster.clone(),
+        incarnation: r.incarnation(),
+        advertise_addr: crate::cluster::advertise_addr(config),
+        version: env!("CARGO_PKG_VERSION"),
+        clustered: config.clustered(),
+        ready: gauges.ready,
+        draining: r.is_draining(),
+        bus_connected: config.clustered().then(|| r.bus_connected()),
+        degraded: freshness.degraded,
+        oldest_origin_age_ms: freshness.oldest_origin_age_ms,
+        safety_valve_holding: sync.map(|s| s.metrics.valve_holding.load(Ordering::Relaxed)),
+        own_seq: own.seq,
+        own_records: own.live,
+        instances: gauges.instances,
+        services: gauges.services,
+        store_keys: gauges.store_keys,
+        sessions: get(&r.metrics.sessions_active),
+        leases: get(&r.metrics.leases_active),
+        subscribers: get(&r.metrics.subscribers_active),
+    })
+}
+
+async fn admin_members(State(h): State<Http>) -> Response {
+    let answer = crate::cluster::members(&h.registry, h.readiness.is_ready());
+    json(&MembersStatus {
+        cluster: answer.cluster,
+        node_id: h.registry.node_id().to_string(),
+        members: answer.members.into_iter().map(MemberStatus::from).collect(),
+    })
 }

@@ -231,7 +231,7 @@ fn nats_config(config: &NodeConfig) -> NatsConfig {
         urls: config.nats_url.clone(),
         subject_prefix: y.subject_prefix.clone(),
         cluster: config.cluster.clone(),
-        advertise_addr: y.advertise_addr.clone().unwrap_or_else(|| config.grpc_addr.to_string()),
+        advertise_addr: crate::cluster::advertise_addr(config),
         start_unix_ms: crate::registry::wall_ms(),
         page_entries: y.page_entries,
         sync: SyncConfig {

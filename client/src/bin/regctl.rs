@@ -236,35 +236,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members => {
             let r = client.members().await?;
-            let state = |m: &v1::Member| m.state().as_str_name().trim_start_matches("MEMBER_STATE_").to_lowercase();
             if json {
-                let members: Vec<Value> = r
-                    .members
-                    .iter()
-                    .map(|m| {
-                        json!({ "node_id": m.node_id, "state": state(m), "address": m.advertise_addr, "ready": m.ready,
-                                "records": m.record_count, "in_sync": m.digest_match && m.applied_seq == m.origin_seq,
-                                "last_beat_age_ms": m.last_beat_age_ms, "incarnation": m.incarnation })
-                    })
-                    .collect();
+                let members: Vec<Value> = r.members.iter().map(member_json).collect();
                 out!("{}", json!({ "cluster": r.cluster, "members": members }));
             } else {
-                let rows = r
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let synced = m.digest_match && m.applied_seq == m.origin_seq;
-                        vec![
-                            m.node_id.clone(),
-                            state(m),
-                            m.advertise_addr.clone(),
-                            m.ready.to_string(),
-                            m.record_count.to_string(),
-                            synced.to_string(),
-                        ]
-                    })
-                    .collect();
-                print_table(&["NODE", "STATE", "ADDRESS", "READY", "RECORDS", "IN_SYNC"], rows);
+                print_table(&MEMBER_COLUMNS, r.members.iter().map(member_row).collect());
             }
         }
         Command::Watch { service } => {
@@ -326,6 +302,69 @@ fn instance_row(i: &v1::Instance) -> Vec<String> {
     ]
 }
 
+/// Columns of `regctl members`: the sync state of every node at a glance.
+const MEMBER_COLUMNS: [&str; 9] =
+    ["NODE", "STATE", "ADDRESS", "READY", "RECORDS", "LAG", "DIGEST", "LAST_BEAT", "SYNC"];
+
+fn member_state(m: &v1::Member) -> String {
+    m.state().as_str_name().trim_start_matches("MEMBER_STATE_").to_lowercase()
+}
+
+/// Changes the member issued that the answering node has not applied.
+fn member_lag(m: &v1::Member) -> u64 {
+    m.origin_seq.saturating_sub(m.applied_seq)
+}
+
+/// One word for the answering node's copy of a member: `self` (its own
+/// entry), `lagging` (changes not applied yet), `diverged` (caught up but the
+/// digests differ: a full resync follows), or `in-sync`.
+fn member_sync(m: &v1::Member) -> &'static str {
+    if m.state() == v1::MemberState::Local {
+        "self"
+    } else if member_lag(m) > 0 {
+        "lagging"
+    } else if !m.digest_match {
+        "diverged"
+    } else {
+        "in-sync"
+    }
+}
+
+fn member_row(m: &v1::Member) -> Vec<String> {
+    let local = m.state() == v1::MemberState::Local;
+    let lag = member_lag(m);
+    // Digests are compared only once the copy has caught up.
+    let digest = if lag > 0 {
+        "-"
+    } else if m.digest_match {
+        "match"
+    } else {
+        "DIFFERS"
+    };
+    let beat = if local { "-".to_string() } else { format!("{:.1}s", m.last_beat_age_ms as f64 / 1000.0) };
+    vec![
+        m.node_id.clone(),
+        member_state(m),
+        m.advertise_addr.clone(),
+        m.ready.to_string(),
+        m.record_count.to_string(),
+        lag.to_string(),
+        digest.to_string(),
+        beat,
+        member_sync(m).to_string(),
+    ]
+}
+
+fn member_json(m: &v1::Member) -> Value {
+    let lag = member_lag(m);
+    json!({
+        "node_id": m.node_id, "state": member_state(m), "address": m.advertise_addr, "ready": m.ready,
+        "records": m.record_count, "origin_seq": m.origin_seq, "applied_seq": m.applied_seq, "lag": lag,
+        "digest_match": m.digest_match, "in_sync": m.digest_match && lag == 0, "sync": member_sync(m),
+        "last_beat_age_ms": m.last_beat_age_ms, "incarnation": m.incarnation,
+    })
+}
+
 fn print_event(json: bool, event: &str, instance: Option<&v1::Instance>, detail: &str) {
     if json {
         out!("{}", json!({ "event": event, "instance": instance.map(instance_json), "detail": detail }));
@@ -352,5 +391,42 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(origin_seq: u64, applied_seq: u64, digest_match: bool) -> v1::Member {
+        v1::Member {
+            node_id: "b".into(),
+            state: v1::MemberState::Live as i32,
+            advertise_addr: "10.0.0.2:7070".into(),
+            last_beat_age_ms: 250,
+            origin_seq,
+            applied_seq,
+            record_count: 42,
+            digest_match,
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn members_rows_show_lag_digest_and_sync_at_a_glance() {
+        let row = member_row(&peer(10, 10, true));
+        assert_eq!(row, ["b", "live", "10.0.0.2:7070", "true", "42", "0", "match", "0.2s", "in-sync"]);
+        let row = member_row(&peer(15, 10, false));
+        assert_eq!(&row[5..], ["5", "-", "0.2s", "lagging"], "a lagging copy is not called diverged");
+        let row = member_row(&peer(10, 10, false));
+        assert_eq!(&row[5..], ["0", "DIFFERS", "0.2s", "diverged"]);
+        let me = v1::Member { state: v1::MemberState::Local as i32, ..peer(7, 7, true) };
+        assert_eq!(&member_row(&me)[5..], ["0", "match", "-", "self"]);
+        let j = member_json(&peer(15, 10, false));
+        assert_eq!(
+            (j["lag"].as_u64(), j["in_sync"].as_bool(), j["sync"].as_str()),
+            (Some(5), Some(false), Some("lagging"))
+        );
     }
 }
