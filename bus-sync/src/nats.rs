@@ -142,6 +142,16 @@ impl Subjects {
     }
 }
 
+/// A user and password given in a NATS URL (`nats://user:pass@host:4222`).
+/// The client library connects to such a URL without them, so they are
+/// handed over as options (the first URL that has them wins).
+fn url_credentials(urls: &[String]) -> Option<(String, String)> {
+    urls.iter().find_map(|u| {
+        let addr: async_nats::ServerAddr = u.parse().ok()?;
+        Some((addr.username()?.to_string(), addr.password()?.to_string()))
+    })
+}
+
 /// The outcome of a sync request, decoded by the task that sent it.
 enum Answer {
     Reply(Reply),
@@ -189,6 +199,10 @@ pub async fn spawn_sync<R: Replica>(
                 let _ = tx.send(e).await;
             }
         });
+    let options = match url_credentials(&cfg.urls) {
+        Some((user, password)) => options.user_and_password(user, password),
+        None => options,
+    };
     let client = options.connect(cfg.urls.clone()).await.map_err(|e| SyncError::Connect(e.to_string()))?;
     let subjects = Subjects::new(&cfg.subject_prefix, &cfg.cluster, &me.node);
     let subscribe = |subject: String| {

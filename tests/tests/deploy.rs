@@ -270,10 +270,8 @@ async fn nats_users_publish_only_their_own_changes() -> Result<()> {
 
 /// Nodes given their user and password in the NATS URL join a server that
 /// requires them, and replicate within the permissions of deploy/nats/auth.conf.
-/// Today they cannot: async-nats ignores credentials in a URL and bus-sync
-/// passes none of its own, so each node stays cut off.
+/// (async-nats does not take credentials from a URL; bus-sync hands them over.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the node does not send NATS credentials yet (bus-sync ignores user:password in nats_url)"]
 async fn nodes_replicate_as_their_own_nats_users() -> Result<()> {
     let nats = AuthNats::start().await?;
     let url = |user: &str, pw: &str| format!("nats://{user}:{pw}@127.0.0.1:{}", nats.port);
