@@ -27,6 +27,9 @@ pub struct SliceCut {
 #[derive(Debug)]
 struct Cut {
     seq: u64,
+    /// Entries per page of this cut: the configured count, or fewer when its
+    /// largest entries would make a page exceed the byte budget.
+    page_len: usize,
     entries: Arc<Vec<(Key, Entry)>>,
     digest: u64,
     last_used: u64,
@@ -42,13 +45,43 @@ pub struct Cuts {
     cuts: HashMap<u64, Cut>,
     next_id: u64,
     page_entries: usize,
+    page_bytes: usize,
     max_cuts: usize,
     idle_ms: u64,
 }
 
+/// Bytes an entry takes in a page, roughly (its key, its record and the
+/// framing around them); only used to size pages.
+fn entry_bytes(key: &Key, entry: &Entry) -> usize {
+    let key = match key {
+        Key::Instance(k) => k.namespace.len() + k.service.len() + k.id.len(),
+        Key::Consumer(k) => k.namespace.len() + k.stream.len(),
+    };
+    let record = match &entry.record {
+        Some(registry_store::Record::Instance(i)) => i.bytes().len(),
+        Some(registry_store::Record::Consumer(c)) => prost::Message::encoded_len(&**c),
+        None => 0,
+    };
+    key + record + 64
+}
+
 impl Cuts {
     pub fn new(page_entries: usize, max_cuts: usize, idle_ms: u64) -> Self {
-        Self { cuts: HashMap::new(), next_id: 1, page_entries: page_entries.max(1), max_cuts, idle_ms }
+        Self {
+            cuts: HashMap::new(),
+            next_id: 1,
+            page_entries: page_entries.max(1),
+            page_bytes: usize::MAX,
+            max_cuts,
+            idle_ms,
+        }
+    }
+
+    /// Caps a page's size in bytes (the bus's largest message, with room to
+    /// spare): a cut whose largest entry is big gets fewer entries per page.
+    /// Pages of one cut all have the same length, which the requester checks.
+    pub fn set_page_bytes(&mut self, bytes: usize) {
+        self.page_bytes = bytes.max(1);
     }
 
     /// Answers a page request. `cut_id` 0 starts a new cut from `snapshot`, which
@@ -62,10 +95,13 @@ impl Cuts {
             // The cut is a copy: its order is fixed, so pages never overlap or skip.
             let SliceCut { seq, digest, entries } = snapshot();
             debug_assert_eq!(digest, entries.iter().fold(0, |acc, (k, e)| acc ^ e.digest(k)), "slice digest");
+            let largest = entries.iter().map(|(k, e)| entry_bytes(k, e)).max().unwrap_or(1);
+            let page_len = self.page_entries.min((self.page_bytes / largest).max(1));
             let id = self.next_id;
             self.next_id += 1;
             let cut = Cut {
                 seq,
+                page_len,
                 entries: Arc::new(entries),
                 digest,
                 last_used: now,
@@ -86,7 +122,7 @@ impl Cuts {
             return Reply::Refused { reason: "offset past the end of the cut".into(), pull_slice: true };
         }
         let start = offset as usize;
-        let end = (start + self.page_entries).min(cut.entries.len());
+        let end = (start + cut.page_len).min(cut.entries.len());
         let entries = cut.entries[start..end].to_vec();
         if cut.served.insert(offset) {
             cut.served_entries += end - start;

@@ -402,6 +402,13 @@ impl<R: Replica> Runtime<R> {
                 let now = self.now();
                 let replica = self.replica.clone();
                 self.shared.metrics.slice_pages_served.fetch_add(1, Ordering::Relaxed);
+                // Half the server's largest message: room for the framing and
+                // an estimate's error (1 MiB until the server has said).
+                let max_payload = match self.client.server_info().max_payload {
+                    0 => 1 << 20,
+                    n => n,
+                };
+                self.cuts.set_page_bytes(max_payload / 2);
                 self.cuts.serve(cut_id, offset, now, || replica.own_cut())
             }
         };

@@ -789,3 +789,26 @@ fn an_offset_past_the_end_of_a_cut_is_refused() {
     let Reply::Page(last) = cuts.serve(first.cut_id, 2, 30, no_snapshot) else { panic!("a page") };
     assert_eq!((last.offset, last.entries.len()), (2, 1));
 }
+
+#[test]
+fn pages_of_large_records_stay_under_the_byte_budget() {
+    // 40 entries of about 3 KiB each, a budget of 10,000 bytes a page.
+    let big = |k: u8| {
+        let mut i = instance(k, 80);
+        i.metadata.insert("pad".into(), "x".repeat(3_000));
+        (key(k), Entry { version: Version { hlc: 1 << 20, node: 7 }, record: Some(Record::instance(&i)) })
+    };
+    let mut cuts = Cuts::new(2_000, 4, 1_000);
+    cuts.set_page_bytes(10_000);
+    let Reply::Page(first) = cuts.serve(0, 0, 10, || cut_of(9, (0..40).map(big).collect())) else { panic!("a page") };
+    let per_page = first.entries.len();
+    assert!((1..=3).contains(&per_page), "{per_page} entries of 3 KiB in a 10,000-byte page");
+    let mut seen = per_page;
+    while seen < 40 {
+        let Reply::Page(p) = cuts.serve(first.cut_id, seen as u64, 20, no_snapshot) else { panic!("a page") };
+        assert_eq!(p.entries.len(), per_page.min(40 - seen), "every page of a cut has the same length");
+        assert!(wire::encode(&wire::page_to_wire(&p)).len() <= 10_000);
+        seen += p.entries.len();
+    }
+    assert_eq!(cuts.live(), 0, "served to the end");
+}
