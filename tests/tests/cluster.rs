@@ -70,6 +70,11 @@ async fn deregister_on_another_node_removes_an_instance_owned_elsewhere() -> Res
     let mut provider = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
     provider.upsert(instance("pay", "p1", 1)).await?;
     on_c.until("registered", PROMPTLY, |v| v["pay"].1.contains_key("p1")).await?;
+    // B must hold the copy it is asked to remove (C having it says nothing of B).
+    eventually("B has p1", PROMPTLY, || async {
+        service_ids(nodes[1].grpc_addr, "pay").await.ok().filter(|ids| ids == &["p1"])
+    })
+    .await?;
     let key = v1::InstanceKey { namespace: String::new(), service: "pay".into(), instance_id: "p1".into() };
     let r = client(nodes[1].grpc_addr).await?.deregister(v1::DeregisterRequest { key: Some(key) }).await?;
     assert!(r.into_inner().found);
