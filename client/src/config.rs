@@ -63,7 +63,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             backoff: Backoff::default(),
-            handover: Duration::from_secs(1),
+            handover: Duration::from_millis(200),
             in_order: false,
         }
     }

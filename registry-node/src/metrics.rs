@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub sessions_active: AtomicU64,
+    /// Ended sessions (moved or broken) whose instances wait to be taken over.
+    pub handovers_active: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub leases_active: AtomicU64,
     pub subscribers_active: AtomicU64,
@@ -56,6 +58,12 @@ impl Metrics {
         line("store_keys", "gauge", "Keys held in the store, tombstones included.", gauges.store_keys);
         line("sessions", "gauge", "Open Register streams.", get(&self.sessions_active));
         line("sessions_opened_total", "counter", "Register streams opened.", get(&self.sessions_opened));
+        line(
+            "handovers",
+            "gauge",
+            "Ended sessions whose instances are kept until taken over elsewhere or the reconnect grace ends.",
+            get(&self.handovers_active),
+        );
         line("leases", "gauge", "Live unary leases.", get(&self.leases_active));
         line("subscribers", "gauge", "Open Subscribe streams.", get(&self.subscribers_active));
         line("registrations_total", "counter", "Accepted instance upserts.", get(&self.registrations));

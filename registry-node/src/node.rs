@@ -203,10 +203,17 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             signals.drain.cancel();
             let grace = Duration::from_millis(registry.config().shutdown_grace_ms);
             let deadline = Instant::now() + grace;
-            while registry.metrics.sessions_active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            // Sessions get a drain and move; their instances stay here until
+            // the new copies take them over (handovers), so that nothing this
+            // node removes on its way out can overtake those copies on the bus.
+            let busy = || {
+                registry.metrics.sessions_active.load(Ordering::Relaxed)
+                    + registry.metrics.handovers_active.load(Ordering::Relaxed)
+            };
+            while busy() > 0 && Instant::now() < deadline {
                 sleep(Duration::from_millis(20)).await;
             }
-            let left = registry.metrics.sessions_active.load(Ordering::Relaxed);
+            let left = busy();
             if left > 0 {
                 warn!(sessions = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
             }
@@ -277,6 +284,7 @@ fn spawn_lease_reaper(registry: Arc<Registry>, stop: CancellationToken) -> JoinH
                     if n > 0 {
                         info!(leases = n, "leases expired; their instances removed");
                     }
+                    registry.purge_stale(Instant::now());
                 }
             }
         }

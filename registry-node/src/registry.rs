@@ -68,6 +68,8 @@ struct State {
     lease_deadlines: BTreeSet<(Instant, String)>,
     /// Own-slice changes not yet handed to replication (clustered nodes only).
     outbox: Vec<(u64, Change)>,
+    /// Own entries hidden by newer ones elsewhere, purged when due (in order).
+    stale: std::collections::VecDeque<(Instant, Key)>,
 }
 
 /// The node's registry. Cheap to share: wrap it in an `Arc`.
@@ -102,6 +104,7 @@ impl Registry {
                 leases: HashMap::new(),
                 lease_deadlines: BTreeSet::new(),
                 outbox: Vec::new(),
+                stale: std::collections::VecDeque::new(),
             }),
             views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
             consumers: DashMap::new(),
@@ -218,6 +221,12 @@ impl Registry {
 
     /// Ends an owner: every instance it still holds is removed.
     /// `expired` says whether it ended without a goodbye (counted apart).
+    /// Keys `owner` still holds (keys taken over by newer copies elsewhere
+    /// have left it).
+    pub fn owned_count(&self, owner: OwnerId) -> usize {
+        self.state.lock().owned.get(&owner).map_or(0, HashSet::len)
+    }
+
     pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
         let mut st = self.state.lock();
         let keys = st.owned.remove(&owner).unwrap_or_default();
@@ -478,12 +487,33 @@ impl Registry {
         &self.local_changed
     }
 
+    /// Purges own entries that newer entries elsewhere have hidden for
+    /// `sync.dead_after_ms`: by then every live node holds the newer entry,
+    /// so the purge cannot show anyone a removal. Returns how many.
+    pub fn purge_stale(&self, now: Instant) -> usize {
+        let mut st = self.state.lock();
+        let mut all = Outcome::default();
+        let mut n = 0;
+        while st.stale.front().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, key)) = st.stale.pop_front() else { break };
+            let out = st.store.purge_stale(&key);
+            n += usize::from(!out.local.is_empty());
+            all.extend(out);
+        }
+        self.apply(&mut st, all);
+        n
+    }
+
     /// Applies what a store operation caused: ownership hand-overs, view
     /// changes (with their fan-out) and consumer directory changes.
     fn apply(&self, st: &mut State, out: Outcome) {
         if self.clustered && !out.local.is_empty() {
             st.outbox.extend(out.local);
             self.local_changed.notify_one();
+        }
+        if !out.stale.is_empty() {
+            let due = Instant::now() + Duration::from_millis(self.config.sync.dead_after_ms);
+            st.stale.extend(out.stale.into_iter().map(|k| (due, k)));
         }
         for key in &out.superseded {
             if let Key::Instance(k) = key

@@ -6,7 +6,8 @@
 //!   node's copies take them over, or the reconnect grace ends;
 //! - a broken transport: removed after the reconnect grace, so a provider that
 //!   reconnects (to this or another node) and re-registers never flaps;
-//! - silence longer than the lease TTL: removed then.
+//! - silence longer than the lease TTL: removed then, unless the node asked the
+//!   session to move (drain): then kept like a moved provider's.
 //!
 //! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
 
@@ -112,6 +113,9 @@ pub async fn run_session(
                 }
             }
             msg = timeout_at(deadline, inbound.message()) => match msg {
+                // Told to move, a provider may fall silent here while it
+                // registers elsewhere: its instances wait to be taken over.
+                Err(_) if drained => break End::Moved,
                 Err(_) => break End::LeaseExpired,
                 Ok(Err(status)) => {
                     debug!(session = %session_id, %status, "session transport broke");
@@ -140,15 +144,23 @@ pub async fn run_session(
             debug!(session = %session_id, removed = n, ?end, "session ended");
         }
         End::Broken | End::Moved => {
-            // Keep the instances through a short grace so a reconnect does not flap
-            // them; a re-registration elsewhere takes them over meanwhile. A
-            // moved provider is not kept waiting for the stream's end.
+            // Keep the instances until re-registrations elsewhere have taken
+            // them all over, or the reconnect grace ends, so a reconnect does
+            // not flap them. A moved provider is not kept waiting for the
+            // stream's end. A draining node waits for these handovers before
+            // it stops (what it removed on its way out could otherwise overtake
+            // the new copies on the bus).
             drop(out);
-            tokio::select! {
-                _ = sleep(cfg.reconnect_grace()) => {}
-                _ = stop.cancelled() => {}
+            Metrics::inc(&registry.metrics.handovers_active);
+            let until = Instant::now() + cfg.reconnect_grace();
+            while registry.owned_count(owner) > 0 && Instant::now() < until {
+                tokio::select! {
+                    _ = sleep(Duration::from_millis(100).min(until - Instant::now())) => {}
+                    _ = stop.cancelled() => break,
+                }
             }
             let n = registry.release(owner, end == End::Broken);
+            Metrics::dec(&registry.metrics.handovers_active);
             if end == End::Broken {
                 info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
             } else {

@@ -35,6 +35,10 @@ pub struct Outcome {
     /// Own-slice keys a newer write elsewhere took over or removed: the local
     /// session or lease that held them no longer owns them.
     pub superseded: Vec<Key>,
+    /// Own entries a newer entry elsewhere hides. They stay until the caller
+    /// purges them with [`Store::purge_stale`], once the newer entry has had
+    /// time to reach every node.
+    pub stale: Vec<Key>,
 }
 
 impl Outcome {
@@ -43,10 +47,11 @@ impl Outcome {
         self.view.extend(other.view);
         self.local.extend(other.local);
         self.superseded.extend(other.superseded);
+        self.stale.extend(other.stale);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.view.is_empty() && self.local.is_empty() && self.superseded.is_empty()
+        self.view.is_empty() && self.local.is_empty() && self.superseded.is_empty() && self.stale.is_empty()
     }
 }
 
@@ -273,7 +278,10 @@ impl Store {
                     if was_live {
                         out.superseded.push(key.clone());
                     }
-                    self.write_local(Change::Purge { key }, &mut out);
+                    // The own copy is hidden now but not purged yet: a purge
+                    // that reached a third node before the newer copy would
+                    // show it a removal. The caller purges it later.
+                    out.stale.push(key);
                 }
             }
             Change::Purge { key } => {
@@ -310,6 +318,22 @@ impl Store {
             if !same {
                 out.extend(self.apply_remote(origin, Change::Put { key, entry }));
             }
+        }
+        out
+    }
+
+    /// Purges the own entry for `key` if a newer entry of another origin still
+    /// hides it (see [`Outcome::stale`]); a key written here again since is
+    /// left alone.
+    pub fn purge_stale(&mut self, key: &Key) -> Outcome {
+        let mut out = Outcome::default();
+        let Some(holders) = self.keys.get(key) else { return out };
+        let own = holders.iter().find(|(o, _)| *o == self.local).map(|(_, e)| e.version);
+        let newest_other = holders.iter().filter(|(o, _)| *o != self.local).map(|(_, e)| e.version).max();
+        if let (Some(own), Some(other)) = (own, newest_other)
+            && own < other
+        {
+            self.write_local(Change::Purge { key: key.clone() }, &mut out);
         }
         out
     }

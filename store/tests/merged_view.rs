@@ -46,10 +46,16 @@ fn a_provider_moving_to_another_node_never_disappears() {
     let (_, out_b) = b.put_local(k.clone(), instance("i1", 2), 1_001);
     assert!(out_b.view.iter().all(|c| matches!(c, ViewChange::Upsert { .. })));
     let on_a = replicate(&out_b, &ob, &mut a);
-    // A sees the newer copy: its own copy is superseded and purged, never a removal.
+    // A sees the newer copy: its own copy is superseded, never a removal. It
+    // is purged only later (a purge overtaking the newer copy on its way to a
+    // third node would show that node a removal).
     assert!(on_a.iter().all(|o| o.view.iter().all(|c| !matches!(c, ViewChange::Remove { .. }))));
     assert_eq!(on_a[0].superseded, vec![k.clone()]);
-    let purge: Vec<_> = on_a.iter().flat_map(|o| o.local.clone()).collect();
+    assert_eq!(on_a[0].stale, vec![k.clone()]);
+    assert!(on_a.iter().all(|o| o.local.is_empty()), "no purge yet");
+    let later = a.purge_stale(&k);
+    assert!(later.view.is_empty());
+    let purge = later.local;
     assert!(matches!(purge.as_slice(), [(2, Change::Purge { .. })]));
     // The purge reaches B and removes nothing visible there either.
     let on_b: Vec<Outcome> = purge
@@ -79,6 +85,7 @@ fn deregistering_at_a_non_owner_hides_the_copy_and_tells_the_owner() {
     let on_a = replicate(&out_b, &ob, &mut a);
     assert_eq!(on_a[0].superseded, vec![k.clone()]);
     assert_eq!(port_shown(&a, &k), None);
+    a.purge_stale(&k);
     assert!(a.local_entry(&k).is_none(), "owner dropped its copy");
 }
 
@@ -140,10 +147,26 @@ fn store_id(store: &Store, origin: &Origin) -> registry_store::OriginId {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { node: usize, id: u8, port: u16 },
-    Remove { node: usize, id: u8 },
-    Deliver { from: usize, to: usize },
-    Gc { node: usize },
+    Put {
+        node: usize,
+        id: u8,
+        port: u16,
+    },
+    Remove {
+        node: usize,
+        id: u8,
+    },
+    Deliver {
+        from: usize,
+        to: usize,
+    },
+    Gc {
+        node: usize,
+    },
+    /// Purge the node's stale own entries (the registry does it after a delay).
+    PurgeStale {
+        node: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -152,6 +175,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize, 0..6u8).prop_map(|(node, id)| Op::Remove { node, id }),
         (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Deliver { from, to }),
         (0..3usize).prop_map(|node| Op::Gc { node }),
+        (0..3usize).prop_map(|node| Op::PurgeStale { node }),
     ]
 }
 
@@ -170,6 +194,8 @@ proptest! {
         // queues[from][to]: changes of `from`'s slice not yet applied at `to`.
         let mut queues: Vec<Vec<Vec<Change>>> = vec![vec![Vec::new(); 3]; 3];
         let mut clock = 1_000u64;
+        // Own entries each store reported stale, not purged yet.
+        let mut stale: Vec<Vec<Key>> = vec![Vec::new(); 3];
         let push = |queues: &mut Vec<Vec<Vec<Change>>>, from: usize, out: &Outcome| {
             for (to, queue) in queues[from].iter_mut().enumerate() {
                 if to != from {
@@ -195,6 +221,7 @@ proptest! {
                     let id = stores[to].origin_id(&origins[from]);
                     for c in pending {
                         let out = stores[to].apply_remote(id, c);
+                        stale[to].extend(out.stale.iter().cloned());
                         push(&mut queues, to, &out);
                     }
                 }
@@ -202,6 +229,12 @@ proptest! {
                 Op::Gc { node } => {
                     let out = stores[node].gc_tombstones(clock, 50);
                     push(&mut queues, node, &out);
+                }
+                Op::PurgeStale { node } => {
+                    for k in std::mem::take(&mut stale[node]) {
+                        let out = stores[node].purge_stale(&k);
+                        push(&mut queues, node, &out);
+                    }
                 }
             }
         }
@@ -218,8 +251,17 @@ proptest! {
                     let id = stores[to].origin_id(&origins[from]);
                     for c in pending {
                         let out = stores[to].apply_remote(id, c);
+                        stale[to].extend(out.stale.iter().cloned());
                         push(&mut queues, to, &out);
                     }
+                }
+            }
+            // Purges come due in the end, and travel too.
+            for (node, keys) in stale.iter_mut().enumerate() {
+                for k in std::mem::take(keys) {
+                    let out = stores[node].purge_stale(&k);
+                    moved |= !out.local.is_empty();
+                    push(&mut queues, node, &out);
                 }
             }
             if !moved {
@@ -305,4 +347,21 @@ fn names_no_key_uses_are_forgotten() {
     store.put_local(back.clone(), instance("i2", 1), 40);
     assert_eq!(store.name_count(), 3);
     assert_eq!(port_shown(&store, &back), Some(1));
+}
+
+#[test]
+fn a_stale_copy_written_again_is_not_purged() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let mut a = Store::new(oa.clone());
+    let mut b = Store::new(ob.clone());
+    let k = key("i1");
+    let (_, out) = a.put_local(k.clone(), instance("i1", 1), 1_000);
+    replicate(&out, &oa, &mut b);
+    let (_, out_b) = b.put_local(k.clone(), instance("i1", 2), 1_001);
+    let on_a = replicate(&out_b, &ob, &mut a);
+    assert_eq!(on_a[0].stale, vec![k.clone()]);
+    // The provider comes back to A before the purge is due.
+    a.put_local(k.clone(), instance("i1", 3), 1_002);
+    assert!(a.purge_stale(&k).is_empty(), "the own entry is the newest again");
+    assert_eq!(port_shown(&a, &k), Some(3));
 }

@@ -106,6 +106,11 @@ pub struct ProcCluster {
 impl ProcCluster {
     /// `names.len()` nodes on `nats_servers` NATS servers (1: a single server).
     pub async fn start(cluster: &str, names: &[&str], nats_servers: usize) -> Result<Self> {
+        Self::start_with(cluster, names, nats_servers, FAULT_CONFIG).await
+    }
+
+    /// [`Self::start`] with another node configuration (TOML).
+    pub async fn start_with(cluster: &str, names: &[&str], nats_servers: usize, config: &str) -> Result<Self> {
         let nats = if nats_servers <= 1 {
             Nats::Single(NatsServer::start().await?)
         } else {
@@ -118,7 +123,7 @@ impl ProcCluster {
             // Node i on server i only, so a partition between servers is one
             // between known groups of nodes.
             let mine = [urls[i % urls.len()].clone()];
-            nodes.push(NodeProc::spawn(&bin, name, &mine, cluster, FAULT_CONFIG)?);
+            nodes.push(NodeProc::spawn(&bin, name, &mine, cluster, config)?);
         }
         for n in &nodes {
             n.wait_ready(Duration::from_secs(60)).await?;
@@ -585,7 +590,17 @@ pub async fn differences(
     for (name, addr) in nodes {
         match node_view(*addr).await {
             Ok(view) if view == want => {}
-            Ok(view) => out.push(format!("node {name} shows {view:?}")),
+            Ok(view) => {
+                for service in want.keys().chain(view.keys()).collect::<BTreeSet<_>>() {
+                    let (have, should) = (
+                        view.get(service).cloned().unwrap_or_default(),
+                        want.get(service).cloned().unwrap_or_default(),
+                    );
+                    if have != should {
+                        out.push(format!("node {name}, {service}: {}", delta(&have, &should)));
+                    }
+                }
+            }
             Err(e) => out.push(format!("node {name} does not answer: {e:#}")),
         }
     }
@@ -594,10 +609,17 @@ pub async fn differences(
         let ids: BTreeSet<String> = view.instances.keys().cloned().collect();
         let want = expected.get(&view.service).cloned().unwrap_or_default();
         if ids != want || view.stale {
-            out.push(format!("consumer {i} of {} shows {ids:?} (stale: {})", view.service, view.stale));
+            out.push(format!("consumer {i} of {}: {} (stale: {})", view.service, delta(&ids, &want), view.stale));
         }
     }
     out
+}
+
+/// What `have` lacks and holds beyond `want`.
+fn delta(have: &BTreeSet<String>, want: &BTreeSet<String>) -> String {
+    let missing: Vec<&String> = want.difference(have).collect();
+    let extra: Vec<&String> = have.difference(want).collect();
+    format!("missing {missing:?}, extra {extra:?}")
 }
 
 /// Waits until every node and every consumer shows `expected`; returns how
@@ -615,7 +637,8 @@ pub async fn converge(
             return Ok(start.elapsed());
         }
         if start.elapsed() >= within {
-            bail!("not converged within {within:?}:\n  {}", diff.join("\n  "));
+            let shown: Vec<String> = diff.iter().take(6).map(|d| d.chars().take(400).collect()).collect();
+            bail!("not converged within {within:?} ({} differences):\n  {}", diff.len(), shown.join("\n  "));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

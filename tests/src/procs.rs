@@ -107,6 +107,27 @@ impl NodeProc {
         Ok(())
     }
 
+    /// `SIGTERM`, then waits for the process to exit (its drain) and reaps
+    /// it; returns how long the drain took.
+    pub async fn terminate(&mut self, within: Duration) -> Result<Duration> {
+        let start = std::time::Instant::now();
+        self.signal("TERM")?;
+        loop {
+            let Some(child) = self.child.as_mut() else { return Ok(start.elapsed()) };
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                if !status.success() {
+                    bail!("node {} exited with {status} after SIGTERM", self.name);
+                }
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= within {
+                bail!("node {} still running {within:?} after SIGTERM", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Sends a signal by name (`STOP`, `CONT`, `TERM`...).
     pub fn signal(&self, name: &str) -> Result<()> {
         send_signal(self.pid(), name)
