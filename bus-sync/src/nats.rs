@@ -47,6 +47,10 @@ pub trait Replica: Send + Sync + 'static {
     fn drop_origin(&self, origin: &Origin);
     fn set_orphaned(&self, origin: &Origin, orphaned: bool);
     fn own_live(&self) -> u64;
+    /// Provider sessions this node holds, announced in beats.
+    fn session_count(&self) -> u64 {
+        0
+    }
     fn set_ready(&self, timed_out: bool);
     fn set_bus_connected(&self, connected: bool);
     /// Woken whenever the own slice changed.
@@ -475,6 +479,7 @@ impl<R: Replica> Runtime<R> {
                         start_unix_ms: self.cfg.start_unix_ms,
                         leaving: false,
                         members: self.core.members_digest(),
+                        sessions: self.replica.session_count(),
                     };
                     let msg = wire::beat_to_wire(self.core.me(), &beat);
                     self.publish(self.subjects.beat.clone(), wire::encode(&msg)).await;

@@ -245,6 +245,8 @@ pub struct BeatInfo {
     pub leaving: bool,
     /// Membership digest: see [`crate::SyncCore::members_digest`].
     pub members: u64,
+    /// Provider sessions the sender holds (for rebalancing).
+    pub sessions: u64,
 }
 
 pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
@@ -259,6 +261,7 @@ pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
         start_unix_ms: b.start_unix_ms,
         leaving: b.leaving,
         members: b.members,
+        sessions: b.sessions,
     }
 }
 
@@ -283,6 +286,7 @@ pub fn decode_beat(bytes: &[u8]) -> Result<(Origin, BeatInfo), WireError> {
             start_unix_ms: b.start_unix_ms,
             leaving: b.leaving,
             members: b.members,
+            sessions: b.sessions,
         },
     ))
 }

@@ -125,6 +125,7 @@ fn samples() -> Vec<Sample> {
         start_unix_ms: 1_700_000_000_000,
         leaving: true,
         members: 0x5eed,
+        sessions: 12,
     };
     let page = Page { cut_id: 3, cut_seq: 9, offset: 2, total: 5, digest: 77, entries: slice(2) };
     let sample = |name, bytes, decode, prefixes_invalid| Sample { name, bytes, decode, prefixes_invalid };

@@ -177,6 +177,27 @@ impl Client {
 
 impl Inner {
     /// The endpoint `i` as configured, for logs.
+    /// The endpoint a node's drain hint (its advertised `host:port`) names,
+    /// if this client has it.
+    pub(crate) fn endpoint_for_hint(&self, hint: &str) -> Option<usize> {
+        if hint.is_empty() {
+            return None;
+        }
+        self.nodes.iter().position(|n| n.endpoint.uri().authority().is_some_and(|a| a.as_str() == hint))
+    }
+
+    /// [`Self::order`] with `prefer` first (when it is not the one to avoid).
+    pub(crate) fn order_preferring(&self, avoid: Option<usize>, prefer: Option<usize>) -> Vec<usize> {
+        let mut order = self.order(avoid);
+        if let Some(p) = prefer.filter(|p| Some(*p) != avoid)
+            && let Some(at) = order.iter().position(|i| *i == p)
+        {
+            order.remove(at);
+            order.insert(0, p);
+        }
+        order
+    }
+
     pub(crate) fn name(&self, i: usize) -> String {
         self.nodes.get(i).map(|n| n.endpoint.uri().to_string()).unwrap_or_default()
     }

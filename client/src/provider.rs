@@ -316,7 +316,8 @@ enum Refusals {
 enum End {
     Stop,
     Broken(String),
-    Drain(Duration),
+    /// Asked to move: after this delay, preferably to the node hinted at.
+    Drain(Duration, String),
 }
 
 /// What the node answers next, in order: the session answers every upsert,
@@ -378,12 +379,12 @@ impl SessionTask {
                         s.node_id = None;
                         s.endpoint = None;
                     });
-                    match self.reconnect(session.endpoint, true).await {
+                    match self.reconnect(session.endpoint, true, None).await {
                         Some(s) => session = s,
                         None => return,
                     }
                 }
-                End::Drain(delay) => {
+                End::Drain(delay, hint) => {
                     info!(endpoint = %self.client.name(session.endpoint), ?delay, "node asked the provider to move");
                     tokio::select! {
                         _ = self.stop.cancelled() => {
@@ -395,7 +396,8 @@ impl SessionTask {
                     // Answers still owed by the old session come from the new one.
                     self.requeue();
                     self.retire_now().await;
-                    let Some(new) = self.reconnect(session.endpoint, false).await else {
+                    let prefer = self.client.endpoint_for_hint(&hint);
+                    let Some(new) = self.reconnect(session.endpoint, false, prefer).await else {
                         session.goodbye(false).await;
                         return;
                     };
@@ -413,8 +415,18 @@ impl SessionTask {
     /// Opens a session on some node (trying `avoid` last) and registers every
     /// desired instance in it.
     async fn connect(&mut self, avoid: Option<usize>, refusals: Refusals) -> Result<Session> {
+        self.connect_preferring(avoid, None, refusals).await
+    }
+
+    /// [`Self::connect`], trying `prefer` first (the node a drain pointed at).
+    async fn connect_preferring(
+        &mut self,
+        avoid: Option<usize>,
+        prefer: Option<usize>,
+        refusals: Refusals,
+    ) -> Result<Session> {
         let mut last = Error::Unavailable { last: "no endpoint tried".into() };
-        for i in self.client.order(avoid) {
+        for i in self.client.order_preferring(avoid, prefer) {
             match self.open(i, avoid, refusals).await {
                 Ok(session) => return Ok(session),
                 Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
@@ -501,7 +513,7 @@ impl SessionTask {
 
     /// A new session after the old one ended: jittered, growing delays; the
     /// first wait is jittered too, so providers of a dead node spread out.
-    async fn reconnect(&mut self, lost: usize, wait_first: bool) -> Option<Session> {
+    async fn reconnect(&mut self, lost: usize, wait_first: bool, prefer: Option<usize>) -> Option<Session> {
         let mut attempt = 0;
         let mut wait = wait_first;
         loop {
@@ -517,7 +529,7 @@ impl SessionTask {
             if self.stop.is_cancelled() {
                 return None;
             }
-            match self.connect(Some(lost), Refusals::Skip).await {
+            match self.connect_preferring(Some(lost), prefer, Refusals::Skip).await {
                 Ok(s) => return Some(s),
                 Err(e) => warn!(error = %e, attempt, "provider cannot re-register yet"),
             }
@@ -588,7 +600,7 @@ impl SessionTask {
                             self.answer(if gone { Ok(()) } else { Err(Error::rejected(r.code, r.reason)) });
                         }
                         Out::Pong(_) => self.answer(Ok(())),
-                        Out::Drain(d) => return End::Drain(Duration::from_millis(u64::from(d.delay_ms))),
+                        Out::Drain(d) => return End::Drain(Duration::from_millis(u64::from(d.delay_ms)), d.hint),
                         Out::Opened(_) => {}
                     }
                 }

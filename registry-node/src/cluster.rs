@@ -65,6 +65,10 @@ impl Replica for NodeReplica {
         self.registry.set_orphaned(origin, orphaned);
     }
 
+    fn session_count(&self) -> u64 {
+        self.registry.metrics.sessions_active.load(Ordering::Relaxed)
+    }
+
     fn own_live(&self) -> u64 {
         self.registry.own_live()
     }
@@ -209,5 +213,94 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
     for p in sync.peers.lock().iter().filter(|p| !p.retired) {
         let lag = p.beat.as_ref().map_or(0, |b| b.seq.saturating_sub(p.applied));
         let _ = writeln!(out, "registry_sync_peer_lag{{node=\"{node_id}\",peer=\"{}\"}} {lag}", p.origin.node);
+    }
+}
+
+/// How many sessions this node should ask to move, and where to: `None`
+/// while it holds no more than its fair share (all sessions over all ready
+/// nodes) times `1 + tolerance`, plus one. `moving` sessions were already
+/// asked and count as gone. The hint is the least loaded peer.
+pub fn rebalance_plan(own: u64, moving: u64, peers: &[(String, u64)], tolerance: f64) -> Option<(usize, String)> {
+    let (least, _) = peers.iter().min_by_key(|(_, n)| *n)?;
+    let total = own + peers.iter().map(|(_, n)| n).sum::<u64>();
+    let fair = total as f64 / (peers.len() + 1) as f64;
+    let staying = own.saturating_sub(moving) as f64;
+    if staying <= fair * (1.0 + tolerance) + 1.0 {
+        return None;
+    }
+    Some(((staying - fair).floor().max(1.0) as usize, least.clone()))
+}
+
+/// Moves provider sessions off this node while it holds clearly more than its
+/// share, so that a node added later (or restarted) gets its share without
+/// anyone reconnecting on their own. Peers count when live and ready; their
+/// session counts come from their beats.
+pub fn spawn_rebalancer(
+    registry: Arc<Registry>,
+    sync: Arc<SyncShared>,
+    readiness: Readiness,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = registry.config().sessions.clone();
+    tokio::spawn(async move {
+        if cfg.rebalance_interval_ms == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(cfg.rebalance_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if !readiness.is_ready() || registry.is_draining() || !registry.bus_connected() {
+                continue;
+            }
+            // Only a healthy cluster rebalances: a move completes when the new
+            // copies reach this node, which a silent peer or a lost bus prevents.
+            let peers: Vec<PeerView> = sync.peers.lock().iter().filter(|p| !p.retired).cloned().collect();
+            if peers.iter().any(|p| p.state != PeerState::Live) {
+                continue;
+            }
+            let peers: Vec<(String, u64)> = peers
+                .iter()
+                .filter_map(|p| p.beat.as_ref().filter(|b| b.ready).map(|b| (b.advertise_addr.clone(), b.sessions)))
+                .collect();
+            let own = registry.metrics.sessions_active.load(Ordering::Relaxed);
+            let moving = registry.sessions_moving() as u64;
+            if let Some((n, hint)) = rebalance_plan(own, moving, &peers, cfg.rebalance_tolerance) {
+                let asked = registry.move_sessions(n, &hint);
+                tracing::info!(asked, own, peers = peers.len(), %hint, "holding more than a fair share of sessions: asking some to move");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rebalance_plan;
+
+    fn peers(counts: &[u64]) -> Vec<(String, u64)> {
+        counts.iter().enumerate().map(|(i, n)| (format!("10.0.0.{i}:7070"), *n)).collect()
+    }
+
+    #[test]
+    fn a_node_over_its_share_moves_the_excess_to_the_least_loaded_peer() {
+        // 600 sessions over 3 nodes after a third joined: 200 each.
+        assert_eq!(rebalance_plan(400, 0, &peers(&[200, 0]), 0.2), Some((200, "10.0.0.1:7070".into())));
+        assert_eq!(rebalance_plan(300, 0, &peers(&[300, 0]), 0.2), Some((100, "10.0.0.1:7070".into())));
+    }
+
+    #[test]
+    fn within_tolerance_or_alone_nothing_moves() {
+        assert_eq!(rebalance_plan(220, 0, &peers(&[200, 180]), 0.2), None);
+        assert_eq!(rebalance_plan(500, 0, &[], 0.2), None, "alone: nowhere to go");
+        assert_eq!(rebalance_plan(1, 0, &peers(&[0]), 0.2), None, "one session is no imbalance");
+    }
+
+    #[test]
+    fn sessions_already_moving_are_not_asked_twice() {
+        assert_eq!(rebalance_plan(400, 200, &peers(&[200, 0]), 0.2), None);
+        assert_eq!(rebalance_plan(400, 100, &peers(&[200, 0]), 0.2), Some((100, "10.0.0.1:7070".into())));
     }
 }

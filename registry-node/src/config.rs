@@ -122,6 +122,14 @@ pub struct SessionConfig {
     pub max_lease_ttl_ms: u64,
     /// Upper bound of the random delay a drained session is told to wait.
     pub drain_jitter_ms: u64,
+    /// A session older than this (±10%) is asked to move, so that long-lived
+    /// sessions spread over nodes added later. 0: never.
+    pub max_age_ms: u64,
+    /// Move sessions from this node while it holds more than its fair share
+    /// (known from peers' beats) by more than this fraction.
+    pub rebalance_tolerance: f64,
+    /// 0 turns rebalancing off.
+    pub rebalance_interval_ms: u64,
     /// HTTP/2 keepalive ping interval: how fast a dead connection is noticed.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
@@ -187,6 +195,9 @@ impl Default for SessionConfig {
             min_lease_ttl_ms: 1_000,
             max_lease_ttl_ms: 3_600_000,
             drain_jitter_ms: 2_000,
+            max_age_ms: 6 * 3_600_000,
+            rebalance_tolerance: 0.2,
+            rebalance_interval_ms: 10_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
         }
@@ -288,6 +299,18 @@ impl NodeConfig {
         check_range("sessions.max_lease_ttl_ms", s.max_lease_ttl_ms, s.min_lease_ttl_ms, 86_400_000)?;
         check_range("sessions.default_lease_ttl_ms", s.default_lease_ttl_ms, s.min_lease_ttl_ms, s.max_lease_ttl_ms)?;
         check_range("sessions.drain_jitter_ms", s.drain_jitter_ms, 0, 600_000)?;
+        if s.max_age_ms != 0 {
+            check_range("sessions.max_age_ms", s.max_age_ms, 60_000, 30 * 86_400_000)?;
+        }
+        if !(0.01..=10.0).contains(&s.rebalance_tolerance) {
+            return Err(invalid(
+                "sessions.rebalance_tolerance",
+                format!("{} is outside 0.01..=10", s.rebalance_tolerance),
+            ));
+        }
+        if s.rebalance_interval_ms != 0 {
+            check_range("sessions.rebalance_interval_ms", s.rebalance_interval_ms, 100, 3_600_000)?;
+        }
         check_range("sessions.keepalive_interval_ms", s.keepalive_interval_ms, 100, 3_600_000)?;
         check_range("sessions.keepalive_timeout_ms", s.keepalive_timeout_ms, 100, 3_600_000)?;
         check_range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000)?;

@@ -165,6 +165,12 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         let handle = spawn_sync(replica, me, nats_config(&config), sync_stop.clone()).await?;
         registry.attach_sync(handle.shared.clone());
         background.push(spawn_tombstone_gc(registry.clone(), signals.stop.clone()));
+        background.push(crate::cluster::spawn_rebalancer(
+            registry.clone(),
+            handle.shared.clone(),
+            readiness.clone(),
+            signals.stop.clone(),
+        ));
         info!(
             node = %config.node_id, grpc = %grpc_addr, http = %http_addr, cluster = %config.cluster,
             "registry node started; warming up (loading the cluster state)"

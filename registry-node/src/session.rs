@@ -17,7 +17,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use registry_proto::v1::{self, register_request::Kind as In, register_response::Kind as Out};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 use tracing::{debug, info};
@@ -94,20 +94,31 @@ pub async fn run_session(
     Metrics::inc(&registry.metrics.sessions_opened);
     debug!(session = %session_id, client = %open.client_name, ttl_ms = ttl.as_millis() as u64, "session opened");
 
+    // This session's own drain: the node's (shutdown), or just this one's
+    // (rebalancing, or its maximum age).
+    let my_drain = drain.child_token();
+    registry.register_session(owner, my_drain.clone());
+    let max_age = (cfg.max_age_ms > 0).then(|| {
+        // ±10% so that sessions opened together do not all move together.
+        let spread = cfg.max_age_ms / 10;
+        Instant::now() + Duration::from_millis(cfg.max_age_ms - spread + rand::rng().random_range(0..=2 * spread))
+    });
     let mut deadline = Instant::now() + ttl;
     let mut drained = false;
     let end = loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break End::Shutdown,
-            _ = drain.cancelled(), if !drained => {
+            _ = sleep_until(max_age.unwrap_or(deadline)), if max_age.is_some() && !drained => my_drain.cancel(),
+            _ = my_drain.cancelled(), if !drained => {
                 drained = true;
                 let jitter = rand::rng().random_range(0..=cfg.drain_jitter_ms);
-                let drain = Out::Drain(v1::Drain {
-                    hint: String::new(),
-                    delay_ms: jitter as u32,
-                    reason: "node shutting down".into(),
-                });
+                let (hint, reason) = if drain.is_cancelled() {
+                    (String::new(), "node shutting down")
+                } else {
+                    (registry.rebalance_hint(), "rebalancing: this node holds more than its share, or the session is old")
+                };
+                let drain = Out::Drain(v1::Drain { hint, delay_ms: jitter as u32, reason: reason.into() });
                 if out.send(Ok(reply(drain))).await.is_err() {
                     break End::Broken;
                 }
@@ -138,6 +149,7 @@ pub async fn run_session(
         }
     };
     Metrics::dec(&registry.metrics.sessions_active);
+    registry.unregister_session(owner);
     match end {
         End::Goodbye | End::HalfClose => {
             let n = registry.release(owner, false);

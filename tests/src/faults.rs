@@ -41,6 +41,8 @@ default_heartbeat_ms = 200
 reconnect_grace_ms = 1000
 min_lease_ttl_ms = 500
 drain_jitter_ms = 100
+rebalance_interval_ms = 1000
+rebalance_tolerance = 0.1
 [subscriptions]
 progress_interval_ms = 1000
 [sync]
@@ -343,12 +345,23 @@ pub fn fault_client(endpoints: &[String], first: usize, name: &str) -> Result<Cl
 
 /// [`fault_client`] with its own backoff.
 pub fn fault_client_with(endpoints: &[String], first: usize, name: &str, backoff: Backoff) -> Result<Client> {
+    fault_client_full(endpoints, first, name, backoff, Duration::from_millis(200))
+}
+
+/// [`fault_client`] with its own backoff and heartbeat interval.
+pub fn fault_client_full(
+    endpoints: &[String],
+    first: usize,
+    name: &str,
+    backoff: Backoff,
+    heartbeat: Duration,
+) -> Result<Client> {
     let mut mine = endpoints.to_vec();
     mine.rotate_left(first % endpoints.len().max(1));
     let config = ClientConfig::new(mine)
         .client_name(name)
         .in_order(true)
-        .heartbeat_interval(Duration::from_millis(200))
+        .heartbeat_interval(heartbeat)
         .request_timeout(Duration::from_secs(2))
         .backoff(backoff);
     Ok(Client::new(config)?)
@@ -365,6 +378,8 @@ pub struct Fleet {
     watches: Vec<ServiceWatch>,
     removals: Arc<Mutex<Vec<Removal>>>,
     recorders: Vec<JoinHandle<()>>,
+    /// Providers' heartbeat interval (lease TTL: three of them); 200 ms unless set.
+    pub heartbeat: Option<Duration>,
 }
 
 /// A removal one consumer saw.
@@ -377,11 +392,18 @@ pub struct Removal {
 }
 
 impl Fleet {
+    /// A fleet whose providers heartbeat every `every` (lease: three of them).
+    pub fn with_heartbeat(every: Duration) -> Self {
+        Self { heartbeat: Some(every), ..Self::default() }
+    }
+
     /// Registers one provider per (service, id), each with its own client
     /// whose endpoints start at a different node, so sessions spread.
     pub async fn register(&mut self, endpoints: &[String], service: &str, ids: &[String]) -> Result<()> {
         for (i, id) in ids.iter().enumerate() {
-            let client = fault_client(endpoints, self.providers.len() + i, &format!("provider-{id}"))?;
+            let heartbeat = self.heartbeat.unwrap_or(Duration::from_millis(200));
+            let first = self.providers.len() + i;
+            let client = fault_client_full(endpoints, first, &format!("provider-{id}"), quick_backoff(), heartbeat)?;
             let provider = client.register([instance(service, id, 1 + i as u32)]).await?;
             self.providers.insert((service.into(), id.clone()), provider);
         }
