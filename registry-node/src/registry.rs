@@ -266,6 +266,17 @@ impl Registry {
         self.state.lock().owned.get(&owner).map_or(0, HashSet::len)
     }
 
+    /// Forgets an owner without removing its instances (the node is stopping;
+    /// its slice goes away with it).
+    pub fn abandon(&self, owner: OwnerId) {
+        let mut st = self.state.lock();
+        for key in st.owned.remove(&owner).unwrap_or_default() {
+            if st.owner_of.get(&key) == Some(&owner) {
+                st.owner_of.remove(&key);
+            }
+        }
+    }
+
     pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
         let mut st = self.state.lock();
         let keys = st.owned.remove(&owner).unwrap_or_default();

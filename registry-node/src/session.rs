@@ -171,7 +171,14 @@ pub async fn run_session(
                     _ = stop.cancelled() => break,
                 }
             }
-            let n = registry.release(owner, end == End::Broken);
+            // A stopping node leaves what was not taken over to its peers (see
+            // `End::Shutdown`).
+            let n = if stop.is_cancelled() {
+                registry.abandon(owner);
+                0
+            } else {
+                registry.release(owner, end == End::Broken)
+            };
             Metrics::dec(&registry.metrics.handovers_active);
             if end == End::Broken {
                 info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
@@ -188,8 +195,11 @@ pub async fn run_session(
             ))));
         }
         End::Shutdown => {
-            // The node is going away with its state; nothing to remove locally.
-            registry.release(owner, true);
+            // The node is going away with its state: removing the instances now
+            // (with fresh versions) could hide the registrations their provider
+            // is making elsewhere at this moment. Peers drop what is left with
+            // this node's slice, as after a crash.
+            registry.abandon(owner);
             let _ = out.try_send(Err(Status::unavailable("node shut down; reconnect to another node")));
         }
     }
