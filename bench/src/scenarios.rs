@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use registry_proto::v1;
 use registry_tests::nats::NatsServer;
-use registry_tests::{CuttableLink, Session, Watch, channel, client, instance};
+use registry_tests::{CuttableLink, Session, Watch, channel, client, eventually, instance};
 use tokio::time::Instant;
 use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
@@ -337,7 +337,9 @@ pub(crate) async fn catchup(bin: &Path, instances: u32, metadata: usize) -> Resu
     // CPU is the steadier number on a shared machine: wall time also counts
     // whatever else runs on its two cores.
     let (joiner_cpu, origin_cpu) = (joiner.cpu_seconds()?, procs[0].cpu_seconds()? - origin_cpu);
-    let shown = joiner.metric("instances").await.unwrap_or(0);
+    // A scrape can time out on a loaded machine: that is no reading of 0.
+    let shown =
+        eventually("the joiner's instance count", Duration::from_secs(10), || joiner.metric("instances")).await?;
     if shown != u64::from(instances) {
         bail!("the joiner turned ready with {shown} of {instances} instances");
     }
