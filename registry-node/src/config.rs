@@ -143,6 +143,10 @@ pub struct SubscriptionConfig {
     pub queue_capacity: usize,
     /// Interval of `progress` keepalives on idle streams.
     pub progress_interval_ms: u64,
+    /// A Subscribe stream older than this (±10%) is ended with UNAVAILABLE so
+    /// that its consumer subscribes again, possibly to another node: long-lived
+    /// streams spread over nodes added later. 0: never.
+    pub max_age_ms: u64,
 }
 
 /// Input limits; anything beyond them is refused with INVALID_ARGUMENT.
@@ -206,7 +210,7 @@ impl Default for SessionConfig {
 
 impl Default for SubscriptionConfig {
     fn default() -> Self {
-        Self { queue_capacity: 1_024, progress_interval_ms: 10_000 }
+        Self { queue_capacity: 1_024, progress_interval_ms: 10_000, max_age_ms: 6 * 3_600_000 }
     }
 }
 
@@ -317,6 +321,9 @@ impl NodeConfig {
         let sub = &self.subscriptions;
         check_range("subscriptions.queue_capacity", sub.queue_capacity as u64, 1, 1 << 20)?;
         check_range("subscriptions.progress_interval_ms", sub.progress_interval_ms, 100, 3_600_000)?;
+        if sub.max_age_ms != 0 {
+            check_range("subscriptions.max_age_ms", sub.max_age_ms, 1_000, 30 * 86_400_000)?;
+        }
         let l = &self.limits;
         check_range("limits.max_name_len", l.max_name_len as u64, 1, 1_024)?;
         check_range("limits.max_instance_id_len", l.max_instance_id_len as u64, 1, 4_096)?;

@@ -248,13 +248,24 @@ struct SubscriberTask {
 
 impl SubscriberTask {
     async fn run(self) {
-        let period = Duration::from_millis(self.registry.config().subscriptions.progress_interval_ms);
+        let cfg = &self.registry.config().subscriptions;
+        let period = Duration::from_millis(cfg.progress_interval_ms);
         let mut progress = interval_at(Instant::now() + period, period);
+        // ±10%, so that streams opened together do not all end together.
+        let max_age = (cfg.max_age_ms > 0).then(|| {
+            let spread = cfg.max_age_ms / 10;
+            Instant::now() + Duration::from_millis(cfg.max_age_ms - spread + rand::random_range(0..=2 * spread))
+        });
         'stream: loop {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
                     let _ = self.out.try_send(Err(Box::new(Status::unavailable("node shut down; subscribe to another node"))));
+                    break;
+                }
+                _ = tokio::time::sleep_until(max_age.unwrap_or_else(Instant::now)), if max_age.is_some() => {
+                    let msg = "subscription reached its maximum age; subscribe again (to any node)";
+                    let _ = self.out.try_send(Err(Box::new(Status::unavailable(msg))));
                     break;
                 }
                 _ = self.out.closed() => break,

@@ -6,8 +6,11 @@
 //!   node's copies take them over, or the reconnect grace ends;
 //! - a broken transport: removed after the reconnect grace, so a provider that
 //!   reconnects (to this or another node) and re-registers never flaps;
-//! - silence longer than the lease TTL: removed then, unless the node asked the
-//!   session to move (drain): then kept like a moved provider's.
+//! - silence longer than the lease TTL: removed then.
+//!
+//! Once the node has asked a session to move (drain), however it ends, its
+//! instances are kept like a moved provider's: the provider is registering
+//! elsewhere, and a removal now could overtake its new copies.
 //!
 //! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
 
@@ -132,6 +135,9 @@ pub async fn run_session(
                     debug!(session = %session_id, %status, "session transport broke");
                     break End::Broken;
                 }
+                // Once asked to move, however the session ends, its instances
+                // wait to be taken over: the provider is registering elsewhere.
+                Ok(Ok(None)) if drained => break End::Moved,
                 Ok(Ok(None)) => break End::HalfClose,
                 Ok(Ok(Some(req))) => {
                     deadline = Instant::now() + ttl;
@@ -141,8 +147,8 @@ pub async fn run_session(
                                 break End::Broken;
                             }
                         }
-                        Step::Goodbye { moved: false } => break End::Goodbye,
-                        Step::Goodbye { moved: true } => break End::Moved,
+                        Step::Goodbye { moved: false } if !drained => break End::Goodbye,
+                        Step::Goodbye { .. } => break End::Moved,
                     }
                 }
             },

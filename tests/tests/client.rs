@@ -423,3 +423,35 @@ async fn goodbye_right_after_a_move_never_flaps() -> Result<()> {
     }
     Ok(())
 }
+
+/// A Subscribe stream that reaches its maximum age is ended by the node
+/// (so consumers spread over nodes added later); the client subscribes again
+/// and its view goes on without a single spurious change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_its_streams_maximum_age_without_spurious_events() -> Result<()> {
+    let mut config = test_config("a");
+    config.subscriptions.max_age_ms = 1_000;
+    let a = start_node(config).await?;
+    let client = client_for(&[&a])?;
+    let provider = client.register([instance("api", "x", 1), instance("api", "y", 2)]).await?;
+    let watch = client.watch("api").await?;
+    watch.wait_for(|v| v.instances.len() == 2).await?;
+    let mut events = watch.events();
+    // Within 5 s the stream reaches its maximum age (0.9-1.1 s) and is renewed, twice.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    let synced = |seen: &[WatchEvent]| seen.iter().filter(|e| matches!(e, WatchEvent::Synced { .. })).count();
+    while synced(&seen) < 2 && Instant::now() < until {
+        if let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            seen.push(e);
+        }
+    }
+    ensure!(synced(&seen) >= 2, "the stream was not renewed twice within 5 s: {seen:?}");
+    seen.extend(drain_events(&mut events));
+    let changes: Vec<&WatchEvent> = seen.iter().filter(|e| matches!(e, WatchEvent::Changed(_))).collect();
+    ensure!(changes.is_empty(), "spurious changes: {changes:?}");
+    ensure!(ids(&watch.current()) == ["x", "y"] && !watch.current().stale);
+    provider.shutdown().await;
+    a.shutdown().await;
+    Ok(())
+}
