@@ -192,7 +192,7 @@ pub fn send_signal(pid: u32, name: &str) -> Result<()> {
     if pid == 0 {
         bail!("no process to signal");
     }
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status()?;
     if !status.success() {
         bail!("kill -{name} {pid} failed: {status}");
     }
