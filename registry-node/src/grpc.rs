@@ -251,11 +251,7 @@ impl SubscriberTask {
         let cfg = &self.registry.config().subscriptions;
         let period = Duration::from_millis(cfg.progress_interval_ms);
         let mut progress = interval_at(Instant::now() + period, period);
-        // ±10%, so that streams opened together do not all end together.
-        let max_age = (cfg.max_age_ms > 0).then(|| {
-            let spread = cfg.max_age_ms / 10;
-            Instant::now() + Duration::from_millis(cfg.max_age_ms - spread + rand::random_range(0..=2 * spread))
-        });
+        let max_age = crate::session::max_age_deadline(cfg.max_age_ms);
         'stream: loop {
             tokio::select! {
                 biased;

@@ -35,7 +35,8 @@ type Reply = Result<v1::RegisterResponse, Status>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Goodbye,
-    /// A goodbye from a provider that registered on another node.
+    /// A goodbye from a provider that registered on another node, or any end
+    /// of a session the node had asked to move.
     Moved,
     HalfClose,
     Broken,
@@ -101,11 +102,7 @@ pub async fn run_session(
     // (rebalancing, or its maximum age).
     let my_drain = drain.child_token();
     registry.register_session(owner, my_drain.clone());
-    let max_age = (cfg.max_age_ms > 0).then(|| {
-        // ±10% so that sessions opened together do not all move together.
-        let spread = cfg.max_age_ms / 10;
-        Instant::now() + Duration::from_millis(cfg.max_age_ms - spread + rand::rng().random_range(0..=2 * spread))
-    });
+    let max_age = max_age_deadline(cfg.max_age_ms);
     let mut deadline = Instant::now() + ttl;
     let mut drained = false;
     let end = loop {
@@ -127,17 +124,11 @@ pub async fn run_session(
                 }
             }
             msg = timeout_at(deadline, inbound.message()) => match msg {
-                // Told to move, a provider may fall silent here while it
-                // registers elsewhere: its instances wait to be taken over.
-                Err(_) if drained => break End::Moved,
                 Err(_) => break End::LeaseExpired,
                 Ok(Err(status)) => {
                     debug!(session = %session_id, %status, "session transport broke");
                     break End::Broken;
                 }
-                // Once asked to move, however the session ends, its instances
-                // wait to be taken over: the provider is registering elsewhere.
-                Ok(Ok(None)) if drained => break End::Moved,
                 Ok(Ok(None)) => break End::HalfClose,
                 Ok(Ok(Some(req))) => {
                     deadline = Instant::now() + ttl;
@@ -147,12 +138,19 @@ pub async fn run_session(
                                 break End::Broken;
                             }
                         }
-                        Step::Goodbye { moved: false } if !drained => break End::Goodbye,
-                        Step::Goodbye { .. } => break End::Moved,
+                        Step::Goodbye { moved: false } => break End::Goodbye,
+                        Step::Goodbye { moved: true } => break End::Moved,
                     }
                 }
             },
         }
+    };
+    // Once asked to move, however the session ends (goodbye, half-close,
+    // silence while it registers elsewhere), its instances wait to be taken
+    // over: a removal now could overtake the provider's new copies.
+    let end = match end {
+        End::Goodbye | End::HalfClose | End::LeaseExpired if drained => End::Moved,
+        other => other,
     };
     Metrics::dec(&registry.metrics.sessions_active);
     registry.unregister_session(owner);
@@ -209,6 +207,15 @@ pub async fn run_session(
             let _ = out.try_send(Err(Status::unavailable("node shut down; reconnect to another node")));
         }
     }
+}
+
+/// When a stream opened now reaches `max_age_ms` (0: never), give or take
+/// 10%, so that streams opened together do not all end together.
+pub(crate) fn max_age_deadline(max_age_ms: u64) -> Option<Instant> {
+    (max_age_ms > 0).then(|| {
+        let spread = max_age_ms / 10;
+        Instant::now() + Duration::from_millis(max_age_ms - spread + rand::rng().random_range(0..=2 * spread))
+    })
 }
 
 enum Step {
