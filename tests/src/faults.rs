@@ -337,15 +337,13 @@ pub fn quick_backoff() -> Backoff {
     Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) }
 }
 
+/// Heartbeat interval of fault scenarios' providers (lease: three of them).
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+
 /// A client for fault scenarios: every node's endpoint, tried in order from
 /// the `first`, with quick retries.
 pub fn fault_client(endpoints: &[String], first: usize, name: &str) -> Result<Client> {
-    fault_client_with(endpoints, first, name, quick_backoff())
-}
-
-/// [`fault_client`] with its own backoff.
-pub fn fault_client_with(endpoints: &[String], first: usize, name: &str, backoff: Backoff) -> Result<Client> {
-    fault_client_full(endpoints, first, name, backoff, Duration::from_millis(200))
+    fault_client_full(endpoints, first, name, quick_backoff(), HEARTBEAT)
 }
 
 /// [`fault_client`] with its own backoff and heartbeat interval.
@@ -378,7 +376,7 @@ pub struct Fleet {
     watches: Vec<ServiceWatch>,
     removals: Arc<Mutex<Vec<Removal>>>,
     recorders: Vec<JoinHandle<()>>,
-    /// Providers' heartbeat interval (lease TTL: three of them); 200 ms unless set.
+    /// Providers' heartbeat interval (lease TTL: three of them); [`HEARTBEAT`] unless set.
     pub heartbeat: Option<Duration>,
 }
 
@@ -401,7 +399,7 @@ impl Fleet {
     /// whose endpoints start at a different node, so sessions spread.
     pub async fn register(&mut self, endpoints: &[String], service: &str, ids: &[String]) -> Result<()> {
         for (i, id) in ids.iter().enumerate() {
-            let heartbeat = self.heartbeat.unwrap_or(Duration::from_millis(200));
+            let heartbeat = self.heartbeat.unwrap_or(HEARTBEAT);
             let first = self.providers.len() + i;
             let client = fault_client_full(endpoints, first, &format!("provider-{id}"), quick_backoff(), heartbeat)?;
             let provider = client.register([instance(service, id, 1 + i as u32)]).await?;
@@ -423,7 +421,8 @@ impl Fleet {
         for chunk in ids.chunks(50) {
             let mut starting = tokio::task::JoinSet::new();
             for id in chunk {
-                let client = fault_client_with(endpoints, first, &format!("provider-{id}"), Backoff::default())?;
+                let name = format!("provider-{id}");
+                let client = fault_client_full(endpoints, first, &name, Backoff::default(), HEARTBEAT)?;
                 let (service, id) = (service.to_string(), id.clone());
                 starting.spawn(async move {
                     let p = client.register([instance(&service, &id, 1)]).await;
@@ -486,19 +485,6 @@ impl Fleet {
 
     pub fn watches(&self) -> &[ServiceWatch] {
         &self.watches
-    }
-
-    /// The fewest instances any consumer's view of `service` showed, checked
-    /// every 20 ms until `until`: what a full outage leaves consumers with.
-    pub async fn min_view_until(&self, until: Instant) -> usize {
-        let mut min = usize::MAX;
-        while Instant::now() < until {
-            for w in &self.watches {
-                min = min.min(w.current().instances.len());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        min
     }
 
     /// Stops a provider on purpose (goodbye): its removal is expected.
@@ -570,6 +556,17 @@ impl Fleet {
             r.abort();
         }
     }
+}
+
+/// The fewest instances any of `watches` showed, checked every 20 ms until
+/// `until`: what an outage leaves consumers with.
+pub async fn min_view_until(watches: &[ServiceWatch], until: Instant) -> usize {
+    let mut min = usize::MAX;
+    while Instant::now() < until {
+        min = watches.iter().map(|w| w.current().instances.len()).fold(min, usize::min);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    min
 }
 
 /// What one node's merged view shows: service → instance ids (services with

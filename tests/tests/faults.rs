@@ -159,18 +159,8 @@ struct ProviderProc(Child);
 
 impl ProviderProc {
     fn start(endpoint: &str, service: &str, id: &str) -> Result<Self> {
-        let regctl = registry_tests::procs::node_bin()?.with_file_name("regctl");
-        if !regctl.exists() {
-            bail!("{} not built (cargo build -p registry-client)", regctl.display());
-        }
-        let child = Command::new(regctl)
-            .args(["--endpoint", endpoint, "register", service, "--host", "10.0.0.9", "--port", "9000"])
-            .args(["--instance-id", id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting regctl")?;
-        Ok(Self(child))
+        let args = ["register", service, "--host", "10.0.0.9", "--port", "9000", "--instance-id", id];
+        Ok(Self(regctl(endpoint, &args)?))
     }
 }
 
@@ -182,18 +172,24 @@ impl Drop for ProviderProc {
     }
 }
 
-/// A consumer as its own process: `regctl watch`, printing every change.
-fn watch_process(endpoint: &str, service: &str) -> Result<Child> {
+/// `regctl --endpoint <endpoint> <args>` as a child process, output discarded.
+fn regctl(endpoint: &str, args: &[&str]) -> Result<Child> {
     let regctl = registry_tests::procs::node_bin()?.with_file_name("regctl");
     if !regctl.exists() {
         bail!("{} not built (cargo build -p registry-client)", regctl.display());
     }
     Command::new(regctl)
-        .args(["--endpoint", endpoint, "watch", service])
+        .args(["--endpoint", endpoint])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting regctl watch")
+        .with_context(|| format!("starting regctl {}", args.join(" ")))
+}
+
+/// A consumer as its own process: `regctl watch`, printing every change.
+fn watch_process(endpoint: &str, service: &str) -> Result<Child> {
+    regctl(endpoint, &["watch", service])
 }
 
 /// Fault 8: a slow subscriber: a consumer process stopped (`SIGSTOP`, so it
@@ -534,7 +530,7 @@ async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
         n.kill9()?;
     }
     cluster.nats.server(0).kill();
-    let outage = fleet.min_view_until(down + Duration::from_secs(1)).await;
+    let outage = min_view_until(fleet.watches(), down + Duration::from_secs(1)).await;
     report.row(
         "fewest instances a consumer showed while all was down",
         "6 (the last good view)",
@@ -551,15 +547,7 @@ async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
     }
     let during = tokio::spawn({
         let watches = fleet.watches().to_vec();
-        async move {
-            let mut min = usize::MAX;
-            let until = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < until {
-                min = watches.iter().map(|w| w.current().instances.len()).fold(min, usize::min);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            min
-        }
+        async move { min_view_until(&watches, Instant::now() + Duration::from_secs(3)).await }
     });
     let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
     report.within("everything back after the restart began", Duration::from_secs(5), t.max(up.elapsed()));
