@@ -100,6 +100,10 @@ pub struct Store {
     /// The last namespace and service interned: keys come in runs of one
     /// service, and a string comparison is cheaper than a set look-up.
     recent: [Option<Arc<str>>; 2],
+    /// Own tombstones in the order they were written, with the wall time
+    /// they were written at: a tombstone's version says nothing of its age
+    /// (see [`Store::remove_local`]).
+    tombstones: std::collections::VecDeque<(u64, Key, Version)>,
 }
 
 impl Store {
@@ -114,6 +118,7 @@ impl Store {
             keys: HashMap::default(),
             names: HashSet::default(),
             recent: [None, None],
+            tombstones: std::collections::VecDeque::new(),
         };
         store.local = store.origin_id(&local);
         store
@@ -236,9 +241,15 @@ impl Store {
 
     /// Removes `key` from the merged view by a write to the own slice.
     ///
-    /// Where another origin holds a copy, the own slice keeps a newer tombstone
-    /// that hides it (and tells its owner to drop it); otherwise the own entry is
+    /// Where another origin holds a copy, the own slice keeps a tombstone that
+    /// hides it (and tells its owner to drop it); otherwise the own entry is
     /// simply purged. Returns `None` when nothing visible or owned was there.
+    ///
+    /// The tombstone is versioned just above the newest copy this node knows,
+    /// not "now": it removes what was here, and nothing newer. A registration
+    /// of the same instance made elsewhere that has not arrived yet (its
+    /// provider moved, and this node's lease or grace for the old copy ran
+    /// out) is newer, and wins everywhere, as it should.
     pub fn remove_local(&mut self, key: &Key, wall_ms: u64) -> Option<(Version, Outcome)> {
         let holders = self.keys.get(key)?;
         let local_live = holders.iter().any(|(o, e)| *o == self.local && e.is_live());
@@ -247,14 +258,18 @@ impl Store {
             return None;
         }
         let others = holders.iter().any(|(o, _)| *o != self.local);
-        let version = self.hlc.tick(wall_ms);
+        let newest = holders.iter().map(|(_, e)| e.version.hlc).max().unwrap_or(0);
         let mut out = Outcome::default();
-        let change = if others {
-            Change::Put { key: key.clone(), entry: Entry { version, record: None } }
+        let version = if others {
+            let version = Version { hlc: newest.saturating_add(1), node: self.hlc.node() };
+            self.hlc.observe(version);
+            self.write_local(Change::Put { key: key.clone(), entry: Entry { version, record: None } }, &mut out);
+            self.tombstones.push_back((wall_ms, key.clone(), version));
+            version
         } else {
-            Change::Purge { key: key.clone() }
+            self.write_local(Change::Purge { key: key.clone() }, &mut out);
+            self.hlc.tick(wall_ms)
         };
-        self.write_local(change, &mut out);
         Some((version, out))
     }
 
@@ -359,23 +374,20 @@ impl Store {
         out
     }
 
-    /// Purges own tombstones older than `ttl_ms`. The TTL must exceed every lease
-    /// so that no copy a tombstone hides can still be renewed.
+    /// Purges own tombstones written more than `ttl_ms` ago. The TTL must
+    /// exceed every lease so that no copy a tombstone hides can still be
+    /// renewed. Ages come from when each tombstone was written, not from its
+    /// version (which is that of the copy it hides, plus one).
     pub fn gc_tombstones(&mut self, wall_ms: u64, ttl_ms: u64) -> Outcome {
-        let local = self.local;
-        let expired: Vec<Key> = self
-            .keys
-            .iter()
-            .filter(|(_, holders)| {
-                holders
-                    .iter()
-                    .any(|(o, e)| *o == local && !e.is_live() && e.version.wall_ms().saturating_add(ttl_ms) < wall_ms)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut out = Outcome::default();
-        for key in expired {
-            self.write_local(Change::Purge { key }, &mut out);
+        while let Some((written, _, _)) = self.tombstones.front()
+            && written.saturating_add(ttl_ms) < wall_ms
+        {
+            let Some((_, key, version)) = self.tombstones.pop_front() else { break };
+            // Only if it is still that tombstone (not re-registered since).
+            if self.local_entry(&key).is_some_and(|e| !e.is_live() && e.version == version) {
+                self.write_local(Change::Purge { key }, &mut out);
+            }
         }
         out
     }

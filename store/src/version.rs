@@ -67,6 +67,11 @@ impl Hlc {
         Version { hlc: self.last, node: self.node }
     }
 
+    /// This clock's node hash (the tie-breaker of its versions).
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
     /// Takes note of a version issued elsewhere.
     pub fn observe(&mut self, seen: Version) {
         self.last = self.last.max(seen.hlc);

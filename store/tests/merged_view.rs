@@ -110,6 +110,69 @@ fn dropping_an_origin_removes_only_what_it_alone_showed() {
     drop(o1);
 }
 
+/// A provider moved b → a → c faster than the copies travel. a still holds
+/// b's older copy (not purged yet) when its grace for its own copy runs out,
+/// before c's newer registration has reached it. a's removal must hide what a
+/// knew of, not c's registration: whichever arrives first at a fourth node,
+/// the instance stays visible there with c's copy.
+#[test]
+fn a_removal_never_hides_a_newer_registration_it_had_not_seen() {
+    let (oa, ob, oc) = (Origin::new("a", 1), Origin::new("b", 1), Origin::new("c", 1));
+    let (mut a, mut b, mut c) = (Store::new(oa.clone()), Store::new(ob.clone()), Store::new(oc.clone()));
+    let k = key("i");
+    let (_, from_b) = b.put_local(k.clone(), instance("i", 1), 500);
+    replicate(&from_b, &ob, &mut a);
+    replicate(&from_b, &ob, &mut c);
+    let (_, from_a) = a.put_local(k.clone(), instance("i", 2), 1_000);
+    replicate(&from_a, &oa, &mut c);
+    let (_, from_c) = c.put_local(k.clone(), instance("i", 3), 2_000);
+    // a's grace ends at 3 s, before c's copy has arrived.
+    let (_, removal) = a.remove_local(&k, 3_000).expect("a shows its own copy");
+    for tombstone_first in [true, false] {
+        let mut d = Store::new(Origin::new("d", 1));
+        replicate(&from_b, &ob, &mut d);
+        replicate(&from_a, &oa, &mut d);
+        if tombstone_first {
+            replicate(&removal, &oa, &mut d);
+            replicate(&from_c, &oc, &mut d);
+        } else {
+            replicate(&from_c, &oc, &mut d);
+            replicate(&removal, &oa, &mut d);
+        }
+        assert_eq!(port_shown(&d, &k), Some(3), "tombstone first: {tombstone_first}");
+    }
+    // And a itself shows c's copy once it arrives.
+    replicate(&from_c, &oc, &mut a);
+    assert_eq!(port_shown(&a, &k), Some(3));
+}
+
+#[test]
+fn a_removal_still_hides_every_copy_it_knew_of() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let k = key("i");
+    let (_, from_a) = a.put_local(k.clone(), instance("i", 1), 1_000);
+    replicate(&from_a, &oa, &mut b);
+    // Removed at b (a unary deregister, say) long after it was written.
+    let (_, removal) = b.remove_local(&k, 60_000).expect("shown on b");
+    assert_eq!(port_shown(&b, &k), None);
+    let on_a = replicate(&removal, &ob, &mut a);
+    assert_eq!(port_shown(&a, &k), None);
+    assert!(on_a.iter().any(|o| o.view.iter().any(|c| matches!(c, ViewChange::Remove { .. }))));
+}
+
+#[test]
+fn tombstones_age_from_when_they_were_written_not_from_their_version() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let (_, out) = a.put_local(key("i"), instance("i", 1), 1_000);
+    replicate(&out, &oa, &mut b);
+    // The copy is an hour old; its tombstone is versioned just above it.
+    b.remove_local(&key("i"), 3_600_000).expect("shown");
+    assert!(b.gc_tombstones(3_600_000 + 4_000, 5_000).local.is_empty(), "written 4 s ago");
+    assert_eq!(b.gc_tombstones(3_600_000 + 6_000, 5_000).local.len(), 1);
+}
+
 #[test]
 fn tombstones_are_collected_after_their_ttl() {
     let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
