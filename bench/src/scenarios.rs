@@ -179,7 +179,7 @@ pub(crate) async fn propagation(bin: &Path, rate: u32, seconds: u64) -> Result<V
                         }
                     }
                 }
-                Push::Snapshot(_) | Push::Progress(_) => {}
+                Push::Snapshot(_) | Push::Progress(_) | Push::Drain(_) => {}
             }
         }
         Ok::<_, anyhow::Error>(h)

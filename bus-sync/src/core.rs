@@ -173,6 +173,10 @@ pub struct PeerView {
     pub syncing: bool,
     /// An older incarnation kept only until its orphan grace ends.
     pub retired: bool,
+    /// Said farewell: stopped on purpose. Its records are orphaned (kept,
+    /// flagged) until the orphan grace ends, as after a crash, but from the
+    /// moment it left rather than after the dead time.
+    pub left: bool,
 }
 
 #[derive(Debug)]
@@ -224,6 +228,8 @@ struct Peer {
     /// Batches ahead of `applied`, by first seq.
     buffer: BTreeMap<u64, Vec<Change>>,
     buffered: usize,
+    /// Said farewell (see [`PeerView::left`]).
+    left: bool,
 }
 
 impl Peer {
@@ -242,6 +248,7 @@ impl Peer {
             dirty: false,
             buffer: BTreeMap::new(),
             buffered: 0,
+            left: false,
         }
     }
 }
@@ -334,6 +341,11 @@ impl SyncCore {
             })
     }
 
+    /// Whether `origin` said farewell (stopped on purpose) and has not spoken since.
+    pub fn has_left(&self, origin: &Origin) -> bool {
+        self.peers.get(&origin.node).is_some_and(|p| p.origin == *origin && p.left)
+    }
+
     /// Last own sequence number handed to the core.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -370,6 +382,7 @@ impl SyncCore {
                 loaded: p.loaded,
                 syncing: !matches!(p.pull, Pull::Idle),
                 retired: false,
+                left: p.left,
             })
             .collect();
         out.extend(self.retired.iter().map(|r| PeerView {
@@ -381,6 +394,7 @@ impl SyncCore {
             loaded: true,
             syncing: false,
             retired: true,
+            left: false,
         }));
         out
     }
@@ -495,10 +509,13 @@ impl SyncCore {
         Some(origin.node.clone())
     }
 
-    /// Records that a peer spoke: it is live again.
+    /// Records that a peer spoke: it is live again (even after a farewell: a
+    /// real node says nothing after it, so this one is back, or the farewell
+    /// was forged, and keeping a live node's records is the safe side).
     fn heard(&mut self, node: &Arc<str>, now: u64, actions: &mut Vec<Action>) {
         let Some(p) = self.peers.get_mut(node) else { return };
         p.last_heard = now;
+        p.left = false;
         if p.state == PeerState::Orphaned {
             actions.push(Action::SetOrphaned { origin: p.origin.clone(), orphaned: false });
         }
@@ -571,7 +588,17 @@ impl SyncCore {
                 p.next_pull_at = now;
             }
         }
+        let farewell = beat.farewell;
         p.beat = Some(beat);
+        if farewell {
+            // Stopped on purpose: no point waiting out the dead time. The
+            // orphan grace still runs, for providers that are yet to move.
+            p.left = true;
+            p.state = PeerState::Orphaned;
+            p.orphaned_since = now;
+            actions.push(Action::SetOrphaned { origin: p.origin.clone(), orphaned: true });
+            return actions;
+        }
         self.maybe_pull(&node, now, &mut actions);
         self.check_ready(now, &mut actions);
         actions
@@ -723,7 +750,8 @@ impl SyncCore {
         }
         // Batches buffered while a pull ran may fit now, even if the pull failed.
         drain_buffer(p, actions, &mut self.counters);
-        if now < p.next_pull_at || !self.bus_up {
+        // A node that left answers nothing more.
+        if p.left || now < p.next_pull_at || !self.bus_up {
             return;
         }
         let beat_seq = p.beat.as_ref().map_or(0, |b| b.seq);
@@ -855,12 +883,19 @@ impl SyncCore {
             self.counters.origins_dropped += 1;
             actions.push(Action::DropOrigin { origin: r.origin });
         }
-        let due: Vec<Arc<str>> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.state == PeerState::Orphaned && now >= p.orphaned_since + grace)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let due = |left: bool| -> Vec<Arc<str>> {
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.state == PeerState::Orphaned && p.left == left && now >= p.orphaned_since + grace)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        // Peers that said farewell are certainly gone too: the safety valve
+        // guards against this node's own isolation, which cannot forge one.
+        let (departed, due) = (due(true), due(false));
+        for node in departed {
+            self.drop_peer(&node, actions);
+        }
         if due.is_empty() {
             self.valve_holding = false;
             return;
@@ -878,11 +913,15 @@ impl SyncCore {
         }
         self.valve_holding = false;
         for node in due {
-            if let Some(p) = self.peers.remove(&node) {
-                self.requests.retain(|_, (n, _)| *n != node);
-                self.counters.origins_dropped += 1;
-                actions.push(Action::DropOrigin { origin: p.origin });
-            }
+            self.drop_peer(&node, actions);
+        }
+    }
+
+    fn drop_peer(&mut self, node: &Arc<str>, actions: &mut Vec<Action>) {
+        if let Some(p) = self.peers.remove(node) {
+            self.requests.retain(|_, (n, _)| n != node);
+            self.counters.origins_dropped += 1;
+            actions.push(Action::DropOrigin { origin: p.origin });
         }
     }
 }

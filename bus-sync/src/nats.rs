@@ -51,6 +51,15 @@ pub trait Replica: Send + Sync + 'static {
     fn session_count(&self) -> u64 {
         0
     }
+    /// Subscribe streams this node holds, announced in beats.
+    fn subscription_count(&self) -> u64 {
+        0
+    }
+    /// The node is shutting down (announced in beats, so peers stop sending
+    /// load its way).
+    fn leaving(&self) -> bool {
+        false
+    }
     fn set_ready(&self, timed_out: bool);
     fn set_bus_connected(&self, connected: bool);
     /// Woken whenever the own slice changed.
@@ -303,8 +312,16 @@ impl<R: Replica> Runtime<R> {
             self.execute(actions, &reply_tx).await;
             self.flush_local(&reply_tx).await;
         }
-        // Last words: whatever the node removed while stopping goes out.
+        // Last words: whatever the node removed while stopping goes out, then
+        // a farewell beat, so peers need not wait out the dead time to know.
         self.flush_local(&reply_tx).await;
+        let (changes, stats) = self.replica.beat_snapshot();
+        if !changes.is_empty() {
+            self.core.local_changes(changes);
+            let publishes = self.core.take_publishes();
+            self.execute(publishes, &reply_tx).await;
+        }
+        self.publish_beat(&stats, true).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         self.requests.abort_all();
         info!("replication stopped");
@@ -452,6 +469,27 @@ impl<R: Replica> Runtime<R> {
         }
     }
 
+    /// Publishes a beat announcing the own slice as of `stats`; with
+    /// `farewell`, the last one this node sends.
+    async fn publish_beat(&self, stats: &SliceStats, farewell: bool) {
+        let beat = BeatInfo {
+            seq: stats.seq,
+            digest: stats.digest,
+            entries: stats.entries,
+            live: stats.live,
+            ready: self.core.is_ready(),
+            advertise_addr: self.cfg.advertise_addr.clone(),
+            start_unix_ms: self.cfg.start_unix_ms,
+            leaving: farewell || self.replica.leaving(),
+            members: self.core.members_digest(),
+            sessions: self.replica.session_count(),
+            subscriptions: self.replica.subscription_count(),
+            farewell,
+        };
+        let msg = wire::beat_to_wire(self.core.me(), &beat);
+        self.publish(self.subjects.beat.clone(), wire::encode(&msg)).await;
+    }
+
     async fn execute(&mut self, actions: Vec<Action>, reply_tx: &mpsc::Sender<(u64, Answer)>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
@@ -469,20 +507,7 @@ impl<R: Replica> Runtime<R> {
                         queue.push_back(Action::PublishBeat);
                         continue;
                     }
-                    let beat = BeatInfo {
-                        seq: stats.seq,
-                        digest: stats.digest,
-                        entries: stats.entries,
-                        live: stats.live,
-                        ready: self.core.is_ready(),
-                        advertise_addr: self.cfg.advertise_addr.clone(),
-                        start_unix_ms: self.cfg.start_unix_ms,
-                        leaving: false,
-                        members: self.core.members_digest(),
-                        sessions: self.replica.session_count(),
-                    };
-                    let msg = wire::beat_to_wire(self.core.me(), &beat);
-                    self.publish(self.subjects.beat.clone(), wire::encode(&msg)).await;
+                    self.publish_beat(&stats, false).await;
                 }
                 Action::PublishHello => {
                     let msg = wire::hello_to_wire(self.core.me());
@@ -534,7 +559,9 @@ impl<R: Replica> Runtime<R> {
                     self.replica.drop_origin(&origin);
                 }
                 Action::SetOrphaned { origin, orphaned } => {
-                    if orphaned {
+                    if orphaned && self.core.has_left(&origin) {
+                        info!(%origin, "peer left: its instances not yet moved are kept, flagged, for the grace period");
+                    } else if orphaned {
                         warn!(%origin, "peer silent: its instances are orphaned (kept, flagged) for the grace period");
                     } else {
                         info!(%origin, "peer is back");

@@ -247,6 +247,10 @@ pub struct BeatInfo {
     pub members: u64,
     /// Provider sessions the sender holds (for rebalancing).
     pub sessions: u64,
+    /// Subscribe streams the sender holds (for rebalancing).
+    pub subscriptions: u64,
+    /// The sender's last message: it stopped on purpose.
+    pub farewell: bool,
 }
 
 pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
@@ -262,6 +266,8 @@ pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
         leaving: b.leaving,
         members: b.members,
         sessions: b.sessions,
+        subscriptions: b.subscriptions,
+        farewell: b.farewell,
     }
 }
 
@@ -287,6 +293,8 @@ pub fn decode_beat(bytes: &[u8]) -> Result<(Origin, BeatInfo), WireError> {
             leaving: b.leaving,
             members: b.members,
             sessions: b.sessions,
+            subscriptions: b.subscriptions,
+            farewell: b.farewell,
         },
     ))
 }

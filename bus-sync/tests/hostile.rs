@@ -126,6 +126,8 @@ fn samples() -> Vec<Sample> {
         leaving: true,
         members: 0x5eed,
         sessions: 12,
+        subscriptions: 7,
+        farewell: true,
     };
     let page = Page { cut_id: 3, cut_seq: 9, offset: 2, total: 5, digest: 77, entries: slice(2) };
     let sample = |name, bytes, decode, prefixes_invalid| Sample { name, bytes, decode, prefixes_invalid };

@@ -5,12 +5,15 @@
 //! deltas to a [`ServiceView`], resubscribes on a revision gap, and when its node
 //! goes away it marks the view stale (never empties it), moves to another node
 //! with jittered backoff, and on the new snapshot emits only what really changed.
+//! A node that asks the stream to move (it is shutting down, or holds more than
+//! its share) gets make-before-break: the new stream is open before the old one
+//! closes, and the view never turns stale.
 
 use std::sync::Arc;
 
 use registry_proto::v1::{self, subscribe_response::Kind as Push};
 use tokio::sync::{broadcast, watch};
-use tokio::time::{sleep, timeout};
+use tokio::time::{Duration, Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -177,11 +180,16 @@ impl Client {
     }
 }
 
+/// A stream open on endpoint `.0`, with the channel it must outlive.
+type Opened = (usize, Channel, Streaming<v1::SubscribeResponse>);
+
 /// How following one stream ended.
 enum End {
     Stop,
     Gap,
     Broken(String),
+    /// The node asked the stream to move, and this one is open elsewhere.
+    Moved(Box<Opened>),
 }
 
 struct WatchTask {
@@ -197,6 +205,7 @@ impl WatchTask {
     async fn run(mut self) {
         let mut avoid = None;
         let mut failures = 0u32;
+        let mut moved: Option<Opened> = None;
         loop {
             if failures > 0 {
                 let delay = self.client.config.backoff.random_delay(failures - 1);
@@ -205,16 +214,29 @@ impl WatchTask {
                     _ = sleep(delay) => {}
                 }
             }
-            let Some((i, _channel, stream)) = self.open_any(avoid).await else {
+            let opened = match moved.take() {
+                Some(next) => Some(next),
+                None => self.open_any(self.client.order(avoid), avoid).await,
+            };
+            let Some((i, _channel, stream)) = opened else {
                 if self.stop.is_cancelled() {
                     return;
                 }
                 failures += 1;
                 continue;
             };
-            match self.follow(i, stream).await {
+            let end = self.follow(i, stream).await;
+            // Whatever the stream applied is in the view others see.
+            self.publish();
+            match end {
                 End::Stop => return,
                 End::Gap => {
+                    avoid = None;
+                    failures = 0;
+                }
+                End::Moved(next) => {
+                    debug!(service = %self.view.service, from = %self.client.name(i), to = %self.client.name(next.0), "watch moved");
+                    moved = Some(*next);
                     avoid = None;
                     failures = 0;
                 }
@@ -230,11 +252,13 @@ impl WatchTask {
         }
     }
 
-    /// Opens a Subscribe stream on the first node that accepts it. The channel
-    /// comes back with it: a stream's own connection must outlive it.
-    async fn open_any(&self, avoid: Option<usize>) -> Option<(usize, Channel, Streaming<v1::SubscribeResponse>)> {
-        for i in self.client.order(avoid) {
-            let channel = self.client.stream_channel(i, avoid);
+    /// Opens a Subscribe stream on the first node of `order` that accepts it
+    /// (`lost`: the endpoint whose node is going away, reached over a new
+    /// connection). The channel comes back with it: a stream's own connection
+    /// must outlive it.
+    async fn open_any(&self, order: Vec<usize>, lost: Option<usize>) -> Option<Opened> {
+        for i in order {
+            let channel = self.client.stream_channel(i, lost);
             let mut c = RegistryClient::new(channel.clone());
             let opened = tokio::select! {
                 _ = self.stop.cancelled() => return None,
@@ -254,10 +278,35 @@ impl WatchTask {
 
     async fn follow(&mut self, i: usize, mut stream: Streaming<v1::SubscribeResponse>) -> End {
         let mut synced = false;
+        // Set when the node asked this stream to move: when, and where to.
+        let mut move_at: Option<(Instant, String)> = None;
+        // The view changed since it was last published. A burst of deltas is
+        // applied as a whole before the view is published once: publishing
+        // copies the view, and a copy per delta of a large service is
+        // quadratic work in a burst.
+        let mut unpublished = false;
         loop {
+            let at = move_at.as_ref().map(|(t, _)| *t);
             let msg = tokio::select! {
+                biased;
                 _ = self.stop.cancelled() => return End::Stop,
                 m = stream.message() => m,
+                // Nothing more is waiting: publish what was applied.
+                _ = std::future::ready(()), if unpublished => {
+                    self.publish();
+                    unpublished = false;
+                    continue;
+                }
+                _ = sleep_until(at.unwrap_or_else(Instant::now)), if at.is_some() => {
+                    let hint = move_at.take().map(|(_, h)| h).unwrap_or_default();
+                    let order = self.client.order_preferring(Some(i), self.client.endpoint_for_hint(&hint));
+                    match self.open_any(order, Some(i)).await {
+                        Some(next) => return End::Moved(Box::new(next)),
+                        // Nowhere to go yet: keep following this stream, which
+                        // its node ends if it must.
+                        None => continue,
+                    }
+                }
             };
             let kind = match msg {
                 Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
@@ -274,7 +323,7 @@ impl WatchTask {
                         synced = true;
                         let _ = self.events.send(WatchEvent::Synced { endpoint: self.view.endpoint.clone() });
                     }
-                    self.publish();
+                    unpublished = true;
                 }
                 Push::Delta(d) if d.service == self.view.service => {
                     if !synced {
@@ -283,7 +332,7 @@ impl WatchTask {
                     match self.view.apply_delta(d) {
                         Ok(changes) => {
                             self.emit(changes);
-                            self.publish();
+                            unpublished = true;
                         }
                         Err(gap) => {
                             warn!(service = %self.view.service, %gap, "revision gap; resubscribing");
@@ -293,8 +342,12 @@ impl WatchTask {
                 }
                 Push::Progress(p) => {
                     if self.view.set_freshness(p.freshness) {
-                        self.publish();
+                        unpublished = true;
                     }
+                }
+                Push::Drain(d) => {
+                    debug!(service = %self.view.service, endpoint = %self.client.name(i), reason = %d.reason, "asked to move");
+                    move_at = Some((Instant::now() + Duration::from_millis(u64::from(d.delay_ms)), d.hint));
                 }
                 // Another service on the same stream: not ours.
                 Push::Snapshot(_) | Push::Delta(_) => {}

@@ -69,6 +69,14 @@ impl Replica for NodeReplica {
         self.registry.metrics.sessions_active.load(Ordering::Relaxed)
     }
 
+    fn subscription_count(&self) -> u64 {
+        self.registry.metrics.subscribers_active.load(Ordering::Relaxed)
+    }
+
+    fn leaving(&self) -> bool {
+        self.registry.is_draining()
+    }
+
     fn own_live(&self) -> u64 {
         self.registry.own_live()
     }
@@ -95,7 +103,10 @@ impl Replica for NodeReplica {
 }
 
 fn member_state(p: &PeerView) -> v1::MemberState {
+    let leaving = p.beat.as_ref().is_some_and(|b| b.leaving);
     match p.state {
+        _ if p.left => v1::MemberState::Left,
+        PeerState::Live | PeerState::Suspect if leaving => v1::MemberState::Leaving,
         PeerState::Live => v1::MemberState::Live,
         PeerState::Suspect => v1::MemberState::Suspect,
         PeerState::Orphaned => v1::MemberState::Orphaned,
@@ -216,10 +227,10 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
     }
 }
 
-/// How many sessions this node should ask to move, and where to: `None`
-/// while it holds no more than its fair share (all sessions over all ready
-/// nodes) times `1 + tolerance`, plus one. `moving` sessions were already
-/// asked and count as gone. The hint is the least loaded peer.
+/// How many streams of one kind this node should ask to move, and where to:
+/// `None` while it holds no more than its fair share (all such streams over
+/// all ready nodes) times `1 + tolerance`, plus one. `moving` streams were
+/// already asked and count as gone. The hint is the least loaded peer.
 pub fn rebalance_plan(own: u64, moving: u64, peers: &[(String, u64)], tolerance: f64) -> Option<(usize, String)> {
     let (least, _) = peers.iter().min_by_key(|(_, n)| *n)?;
     let total = own + peers.iter().map(|(_, n)| n).sum::<u64>();
@@ -231,10 +242,30 @@ pub fn rebalance_plan(own: u64, moving: u64, peers: &[(String, u64)], tolerance:
     Some(((staying - fair).floor().max(1.0) as usize, least.clone()))
 }
 
-/// Moves provider sessions off this node while it holds clearly more than its
-/// share, so that a node added later (or restarted) gets its share without
-/// anyone reconnecting on their own. Peers count when live and ready; their
-/// session counts come from their beats.
+/// What the rebalancer compares this node with: every peer that is ready and
+/// staying, as its advertised address and [sessions, subscriptions] from its
+/// beats.
+/// `None` while the cluster is not healthy (a peer suspect or orphaned by
+/// silence): a move completes when the new copies reach this node, which a
+/// silent peer or a lost bus prevents. Peers that are leaving or have left are
+/// neither counted nor pointed at.
+pub fn balance_peers(peers: &[PeerView]) -> Option<Vec<(String, [u64; 2])>> {
+    let staying: Vec<&PeerView> = peers.iter().filter(|p| !p.retired && !p.left).collect();
+    if staying.iter().any(|p| p.state != PeerState::Live) {
+        return None;
+    }
+    Some(
+        staying
+            .iter()
+            .filter_map(|p| p.beat.as_ref().filter(|b| b.ready && !b.leaving))
+            .map(|b| (b.advertise_addr.clone(), [b.sessions, b.subscriptions]))
+            .collect(),
+    )
+}
+
+/// Moves provider sessions and Subscribe streams off this node while it holds
+/// clearly more than its share of either, so that a node added later (or
+/// restarted) gets its share without anyone reconnecting on their own.
 pub fn spawn_rebalancer(
     registry: Arc<Registry>,
     sync: Arc<SyncShared>,
@@ -256,21 +287,19 @@ pub fn spawn_rebalancer(
             if !readiness.is_ready() || registry.is_draining() || !registry.bus_connected() {
                 continue;
             }
-            // Only a healthy cluster rebalances: a move completes when the new
-            // copies reach this node, which a silent peer or a lost bus prevents.
-            let peers: Vec<PeerView> = sync.peers.lock().iter().filter(|p| !p.retired).cloned().collect();
-            if peers.iter().any(|p| p.state != PeerState::Live) {
-                continue;
-            }
-            let peers: Vec<(String, u64)> = peers
-                .iter()
-                .filter_map(|p| p.beat.as_ref().filter(|b| b.ready).map(|b| (b.advertise_addr.clone(), b.sessions)))
-                .collect();
-            let own = registry.metrics.sessions_active.load(Ordering::Relaxed);
-            let moving = registry.sessions_moving() as u64;
-            if let Some((n, hint)) = rebalance_plan(own, moving, &peers, cfg.rebalance_tolerance) {
-                let asked = registry.move_sessions(n, &hint);
-                tracing::info!(asked, own, peers = peers.len(), %hint, "holding more than a fair share of sessions: asking some to move");
+            let Some(peers) = balance_peers(&sync.peers.lock()) else { continue };
+            let m = &registry.metrics;
+            let kinds = [
+                ("sessions", &registry.sessions, &m.sessions_active),
+                ("subscriptions", &registry.subscriptions, &m.subscribers_active),
+            ];
+            for (column, (kind, movers, active)) in kinds.into_iter().enumerate() {
+                let own = active.load(Ordering::Relaxed);
+                let load: Vec<(String, u64)> = peers.iter().map(|(addr, n)| (addr.clone(), n[column])).collect();
+                if let Some((n, hint)) = rebalance_plan(own, movers.moving() as u64, &load, cfg.rebalance_tolerance) {
+                    let asked = movers.ask(n, &hint);
+                    tracing::info!(kind, asked, own, peers = load.len(), %hint, "holding more than a fair share: asking some to move");
+                }
             }
         }
     })

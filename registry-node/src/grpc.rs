@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng as _;
 use registry_proto::frames::registry_server;
 use registry_proto::{SubscribeFrame, v1};
 use tokio::sync::mpsc;
@@ -188,6 +189,7 @@ impl registry_server::Registry for RegistryApi {
             subscription: sub,
             subscriber,
             stream_key,
+            drain: self.signals.drain.child_token(),
             stop: self.signals.stop.clone(),
             out: tx,
         };
@@ -242,9 +244,17 @@ struct SubscriberTask {
     subscription: Subscription,
     subscriber: Arc<Subscriber>,
     stream_key: String,
+    /// This stream's own drain: the node's (shutdown), or just this one's
+    /// (rebalancing, or its maximum age).
+    drain: CancellationToken,
     stop: CancellationToken,
     out: mpsc::Sender<StreamItem>,
 }
+
+/// How long a stream asked to move is served on after its delay: a client
+/// that follows the drain has a new stream by then; one that ignores it is
+/// ended with UNAVAILABLE.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl SubscriberTask {
     async fn run(self) {
@@ -252,6 +262,10 @@ impl SubscriberTask {
         let period = Duration::from_millis(cfg.progress_interval_ms);
         let mut progress = interval_at(Instant::now() + period, period);
         let max_age = crate::session::max_age_deadline(cfg.max_age_ms);
+        let id = self.subscriber.id;
+        self.registry.subscriptions.register(id, self.drain.clone());
+        // Set once the stream was asked to move: when it is ended regardless.
+        let mut moving: Option<Instant> = None;
         'stream: loop {
             tokio::select! {
                 biased;
@@ -259,8 +273,26 @@ impl SubscriberTask {
                     let _ = self.out.try_send(Err(Box::new(Status::unavailable("node shut down; subscribe to another node"))));
                     break;
                 }
-                _ = tokio::time::sleep_until(max_age.unwrap_or_else(Instant::now)), if max_age.is_some() => {
-                    let msg = "subscription reached its maximum age; subscribe again (to any node)";
+                _ = tokio::time::sleep_until(max_age.unwrap_or_else(Instant::now)), if max_age.is_some() && !self.drain.is_cancelled() => {
+                    self.drain.cancel();
+                }
+                _ = self.drain.cancelled(), if moving.is_none() => {
+                    let jitter = rand::rng().random_range(0..=self.registry.config().sessions.drain_jitter_ms);
+                    let (hint, reason) = if self.registry.is_draining() {
+                        (String::new(), "node shutting down")
+                    } else {
+                        (self.registry.subscriptions.hint(), "rebalancing: this node holds more than its share, or the stream is old")
+                    };
+                    moving = Some(Instant::now() + Duration::from_millis(jitter) + MOVE_TIMEOUT);
+                    let drain = v1::Drain { hint, delay_ms: jitter as u32, reason: reason.into() };
+                    let msg = v1::SubscribeResponse { kind: Some(v1::subscribe_response::Kind::Drain(drain)) };
+                    tokio::select! {
+                        sent = self.out.send(Ok(SubscribeFrame::encode(&msg))) => if sent.is_err() { break },
+                        _ = self.stop.cancelled() => break,
+                    }
+                }
+                _ = tokio::time::sleep_until(moving.unwrap_or_else(Instant::now)), if moving.is_some() => {
+                    let msg = "asked to move and still here; subscribe again (to any node)";
                     let _ = self.out.try_send(Err(Box::new(Status::unavailable(msg))));
                     break;
                 }
@@ -292,6 +324,7 @@ impl SubscriberTask {
                 }
             }
         }
+        self.registry.subscriptions.unregister(id);
         let views = self.registry.views();
         views.unwatch(&self.subscriber, &self.subscription.namespace, &self.subscription.services);
         self.registry.remove_consumer(&self.subscription.namespace, &self.stream_key);

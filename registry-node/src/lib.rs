@@ -23,6 +23,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod movers;
 pub mod node;
 pub mod readiness;
 pub mod registry;

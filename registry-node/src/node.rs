@@ -201,7 +201,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
                     return;
                 }
             }
-            info!("shutting down: draining sessions");
+            info!("shutting down: draining sessions and subscriptions");
             readiness.set(false);
             registry.set_draining();
             health.set_service_status("", ServingStatus::NotServing).await;
@@ -212,16 +212,19 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             // Sessions get a drain and move; their instances stay here until
             // the new copies take them over (handovers), so that nothing this
             // node removes on its way out can overtake those copies on the bus.
+            // Subscribe streams get a drain too, and close once their
+            // consumers have a stream elsewhere.
             let busy = || {
                 registry.metrics.sessions_active.load(Ordering::Relaxed)
                     + registry.metrics.handovers_active.load(Ordering::Relaxed)
+                    + registry.metrics.subscribers_active.load(Ordering::Relaxed)
             };
             while busy() > 0 && Instant::now() < deadline {
                 sleep(Duration::from_millis(20)).await;
             }
             let left = busy();
             if left > 0 {
-                warn!(sessions = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
+                warn!(streams = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
             }
             signals.stop.cancel();
             let _ = tokio::join!(grpc_task, http_task);

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::config::NodeConfig;
 use crate::metrics::{Gauges, Metrics};
+use crate::movers::Movers;
 use crate::validate::ValidationError;
 use crate::views::Views;
 
@@ -88,11 +89,10 @@ pub struct Registry {
     local_changed: Notify,
     /// Peer origins whose records are kept only for the orphan grace.
     orphaned: Mutex<HashSet<Origin>>,
-    /// Each open provider session's own drain signal (a child of the node's),
-    /// so that some can be asked to move while the node keeps running.
-    session_drains: Mutex<HashMap<OwnerId, tokio_util::sync::CancellationToken>>,
-    /// Where rebalanced sessions are told to go (a peer's advertised address).
-    rebalance_hint: Mutex<String>,
+    /// Open provider sessions (by owner id), to ask some to move.
+    pub sessions: Movers,
+    /// Open Subscribe streams (by stream id), to ask some to move.
+    pub subscriptions: Movers,
     bus_down: AtomicBool,
     sync: OnceLock<Arc<SyncShared>>,
 }
@@ -118,8 +118,8 @@ impl Registry {
             clustered: config.clustered(),
             local_changed: Notify::new(),
             orphaned: Mutex::new(HashSet::new()),
-            session_drains: Mutex::new(HashMap::new()),
-            rebalance_hint: Mutex::new(String::new()),
+            sessions: Movers::default(),
+            subscriptions: Movers::default(),
             bus_down: AtomicBool::new(config.clustered()),
             sync: OnceLock::new(),
             node_id,
@@ -226,40 +226,6 @@ impl Registry {
         found
     }
 
-    /// Ends an owner: every instance it still holds is removed.
-    /// `expired` says whether it ended without a goodbye (counted apart).
-    /// Registers a session's drain signal, for [`Self::move_sessions`].
-    pub fn register_session(&self, owner: OwnerId, drain: tokio_util::sync::CancellationToken) {
-        self.session_drains.lock().insert(owner, drain);
-    }
-
-    pub fn unregister_session(&self, owner: OwnerId) {
-        self.session_drains.lock().remove(&owner);
-    }
-
-    /// Asks up to `n` sessions not yet asked to move elsewhere, pointing them
-    /// at `hint`; returns how many were asked.
-    pub fn move_sessions(&self, n: usize, hint: &str) -> usize {
-        *self.rebalance_hint.lock() = hint.to_string();
-        let drains = self.session_drains.lock();
-        let mut asked = 0;
-        for token in drains.values().filter(|t| !t.is_cancelled()).take(n) {
-            token.cancel();
-            asked += 1;
-        }
-        asked
-    }
-
-    /// Sessions asked to move that are still open here.
-    pub fn sessions_moving(&self) -> usize {
-        self.session_drains.lock().values().filter(|t| t.is_cancelled()).count()
-    }
-
-    /// Where a session asked to move by rebalancing should go.
-    pub fn rebalance_hint(&self) -> String {
-        self.rebalance_hint.lock().clone()
-    }
-
     /// Keys `owner` still holds (keys taken over by newer copies elsewhere
     /// have left it).
     pub fn owned_count(&self, owner: OwnerId) -> usize {
@@ -277,6 +243,8 @@ impl Registry {
         }
     }
 
+    /// Ends an owner: every instance it still holds is removed.
+    /// `expired` says whether it ended without a goodbye (counted apart).
     pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
         let mut st = self.state.lock();
         let keys = st.owned.remove(&owner).unwrap_or_default();

@@ -101,7 +101,7 @@ pub async fn run_session(
     // This session's own drain: the node's (shutdown), or just this one's
     // (rebalancing, or its maximum age).
     let my_drain = drain.child_token();
-    registry.register_session(owner, my_drain.clone());
+    registry.sessions.register(owner.0, my_drain.clone());
     let max_age = max_age_deadline(cfg.max_age_ms);
     let mut deadline = Instant::now() + ttl;
     let mut drained = false;
@@ -116,7 +116,7 @@ pub async fn run_session(
                 let (hint, reason) = if drain.is_cancelled() {
                     (String::new(), "node shutting down")
                 } else {
-                    (registry.rebalance_hint(), "rebalancing: this node holds more than its share, or the session is old")
+                    (registry.sessions.hint(), "rebalancing: this node holds more than its share, or the session is old")
                 };
                 let drain = Out::Drain(v1::Drain { hint, delay_ms: jitter as u32, reason: reason.into() });
                 if out.send(Ok(reply(drain))).await.is_err() {
@@ -153,7 +153,7 @@ pub async fn run_session(
         other => other,
     };
     Metrics::dec(&registry.metrics.sessions_active);
-    registry.unregister_session(owner);
+    registry.sessions.unregister(owner.0);
     match end {
         End::Goodbye | End::HalfClose => {
             let n = registry.release(owner, false);

@@ -375,6 +375,8 @@ pub struct Fleet {
     gone: BTreeSet<(String, String)>,
     watches: Vec<ServiceWatch>,
     removals: Arc<Mutex<Vec<Removal>>>,
+    /// Times a consumer's view turned stale (it lost its node).
+    disconnects: Arc<std::sync::atomic::AtomicUsize>,
     recorders: Vec<JoinHandle<()>>,
     /// Providers' heartbeat interval (lease TTL: three of them); [`HEARTBEAT`] unless set.
     pub heartbeat: Option<Duration>,
@@ -460,27 +462,43 @@ impl Fleet {
     /// One consumer per endpoint (each starting at a different node) watching
     /// `service`; their removals are recorded from now on.
     pub async fn watch(&mut self, endpoints: &[String], service: &str) -> Result<()> {
-        for i in 0..endpoints.len() {
-            let client = fault_client(endpoints, i, &format!("consumer-{i}"))?;
+        self.watch_n(endpoints, service, endpoints.len()).await
+    }
+
+    /// `n` consumers watching `service`, each knowing every endpoint and
+    /// starting at the next one in turn.
+    pub async fn watch_n(&mut self, endpoints: &[String], service: &str, n: usize) -> Result<()> {
+        for i in 0..n {
+            let client = fault_client(endpoints, i, &format!("consumer-{}", self.watches.len()))?;
             let watch = client.watch(service).await?;
             let consumer = self.watches.len();
             let mut events = watch.events();
-            let removals = self.removals.clone();
+            let (removals, disconnects) = (self.removals.clone(), self.disconnects.clone());
             self.recorders.push(tokio::spawn(async move {
                 while let Ok(event) = events.recv().await {
-                    if let WatchEvent::Changed(InstanceChange::Removed(i)) = event {
-                        removals.lock().push(Removal {
+                    match event {
+                        WatchEvent::Changed(InstanceChange::Removed(i)) => removals.lock().push(Removal {
                             consumer,
                             service: i.service.clone(),
                             id: i.instance_id.clone(),
                             at: Instant::now(),
-                        });
+                        }),
+                        WatchEvent::Disconnected { .. } => {
+                            disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => {}
                     }
                 }
             }));
             self.watches.push(watch);
         }
         Ok(())
+    }
+
+    /// Times a consumer lost its node (its view turned stale until it
+    /// subscribed elsewhere). A node that asks streams to move costs none.
+    pub fn disconnects(&self) -> usize {
+        self.disconnects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn watches(&self) -> &[ServiceWatch] {

@@ -206,10 +206,12 @@ pub struct Watch {
     stream: Streaming<v1::SubscribeResponse>,
     /// Per service: revision and instances by id.
     pub views: HashMap<String, (u64, BTreeMap<String, v1::Instance>)>,
-    /// Every snapshot and delta received, in order (progress omitted).
+    /// Every snapshot and delta received, in order (progress and drains omitted).
     pub log: Vec<Push>,
     /// Progress messages received.
     pub progress: usize,
+    /// Drain messages received (the node asked the stream to move).
+    pub drains: usize,
     /// Snapshots and deltas received (counted even when not logged).
     pub received: usize,
     keep_log: bool,
@@ -232,7 +234,7 @@ impl Watch {
             }),
         };
         let stream = client.subscribe(req).await?.into_inner();
-        Ok(Self { stream, views: HashMap::new(), log: Vec::new(), progress: 0, received: 0, keep_log: true })
+        Ok(Self { stream, views: HashMap::new(), log: Vec::new(), progress: 0, drains: 0, received: 0, keep_log: true })
     }
 
     /// Stops keeping the message log (for long runs that measure memory).
@@ -271,8 +273,9 @@ impl Watch {
                 }
             }
             Push::Progress(_) => self.progress += 1,
+            Push::Drain(_) => self.drains += 1,
         }
-        if !matches!(kind, Push::Progress(_)) {
+        if !matches!(kind, Push::Progress(_) | Push::Drain(_)) {
             self.received += 1;
             if self.keep_log {
                 self.log.push(kind.clone());

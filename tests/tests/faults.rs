@@ -836,19 +836,24 @@ async fn rolling_restart_under_load_never_flaps() -> Result<()> {
     }
     report.within("slowest node drain (SIGTERM to exit)", Duration::from_secs(2), slowest_drain);
     report.within("whole rolling restart, converged after each node", Duration::from_secs(20), start.elapsed());
+    // Draining nodes ask Subscribe streams to move: consumers open the new
+    // stream before the old one closes, so no view is ever marked stale.
+    report.at_most("consumer views that went stale", 0, fleet.disconnects());
     flap_row(&mut report, &fleet);
     rss_row(&mut report, &cluster);
     fleet.shutdown().await;
     report.finish()
 }
 
-/// Scale-out: 600 provider sessions on two nodes, then a third node joins.
-/// The loaded nodes ask sessions to move (pointing them at the new node)
-/// until each holds its share; consumers never see a provider missing.
+/// Scale-out: 600 provider sessions and 60 Subscribe streams on two nodes,
+/// then a third node joins. The loaded nodes ask sessions and streams to move
+/// (pointing them at the new node) until each holds its share; consumers
+/// never see a provider missing, and their views never turn stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
     const SESSIONS: usize = 600;
-    let mut report = Report::new("scale from 2 to 3 nodes, 600 sessions");
+    const STREAMS: usize = 60;
+    let mut report = Report::new("scale from 2 to 3 nodes, 600 sessions, 60 subscriptions");
     let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
     let mut cluster = ProcCluster::start_with("scale", &["a", "b", "c"], 1, &config).await?;
     let endpoints = cluster.endpoints();
@@ -856,10 +861,19 @@ async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
     cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
     let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
     fleet.register(&endpoints, "api", &ids("p", SESSIONS)).await?;
-    fleet.watch(&endpoints[..2], "api").await?;
+    fleet.watch_n(&endpoints, "api", STREAMS).await?;
     converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
     let counts = |f: &Fleet| ["a", "b", "c"].map(|n| f.on_node(n));
     report.row("sessions per node before", "all on a and b", format!("{:?}", counts(&fleet)), counts(&fleet)[2] == 0);
+    let streams = async |cluster: &ProcCluster| {
+        let mut out = [0u64; 3];
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            out[i] = if n.pid() == 0 { 0 } else { n.metric("subscribers").await.unwrap_or(u64::MAX) };
+        }
+        out
+    };
+    let before = streams(&cluster).await;
+    report.row("subscriptions per node before", "all on a and b", format!("{before:?}"), before[2] == 0);
 
     let joined = Instant::now();
     cluster.nodes[2].restart().await?;
@@ -879,7 +893,93 @@ async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
         after.iter().all(|n| (low..=high).contains(n)),
     );
     report.within("time until every node holds its share", Duration::from_secs(10), balanced.unwrap_or(Duration::MAX));
+    // Streams shed the same way: each node within 25% of 20.
+    let share = STREAMS as u64 / 3;
+    let (low, high) = (share * 3 / 4, share * 5 / 4);
+    let even = |n: &[u64; 3]| n.iter().all(|n| (low..=high).contains(n));
+    let streams_balanced = eventually("every node holds its share of streams", Duration::from_secs(30), || async {
+        even(&streams(&cluster).await).then(|| joined.elapsed())
+    })
+    .await;
+    let after = streams(&cluster).await;
+    report.row("subscriptions per node after", format!("each {low}..={high}"), format!("{after:?}"), even(&after));
+    report.within(
+        "time until every node holds its share of streams",
+        Duration::from_secs(10),
+        streams_balanced.unwrap_or(Duration::MAX),
+    );
     converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    report.at_most("consumer views that went stale", 0, fleet.disconnects());
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// A node stopped with SIGTERM says so: its beats carry "leaving" while it
+/// drains, and its last one is a farewell. Peers show it `leaving`, then
+/// `left` as soon as it exits, instead of suspecting it and orphaning it only
+/// after the dead time; its providers and consumers have moved without a flap
+/// or a stale view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_says_farewell() -> Result<()> {
+    let mut report = Report::new("SIGTERM: leaving, then left");
+    let mut cluster = ProcCluster::start("bye", &["a", "b", "c"], 1).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("p", 30)).await?;
+    fleet.watch_n(&endpoints, "api", 6).await?;
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+    // What a and b say of c, polled while c drains and after it exits.
+    let peers: Vec<SocketAddr> = cluster.grpc_addrs()[..2].to_vec();
+    let states_of_c = async move || -> Vec<i32> {
+        let mut out = Vec::new();
+        for addr in &peers {
+            let Ok(channel) = registry_tests::channel(*addr).await else { continue };
+            let mut c = v1::cluster_client::ClusterClient::new(channel);
+            if let Ok(m) = c.members(v1::MembersRequest {}).await {
+                out.extend(m.into_inner().members.iter().filter(|m| m.node_id == "c").map(|m| m.state));
+            }
+        }
+        out
+    };
+    let watching = {
+        let states = states_of_c.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..500 {
+                seen.extend(states().await);
+                if seen.contains(&(v1::MemberState::Left as i32)) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    };
+    cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
+    let exited = Instant::now();
+    let left = eventually("both peers show c as left", Duration::from_secs(5), || async {
+        let s = states_of_c().await;
+        (s.len() == 2 && s.iter().all(|s| *s == v1::MemberState::Left as i32)).then(|| exited.elapsed())
+    })
+    .await;
+    report.within(
+        "exit to `left` on both peers (dead time: 1.5 s)",
+        Duration::from_millis(500),
+        left.unwrap_or(Duration::MAX),
+    );
+    let seen = watching.await?;
+    let name = |s: &i32| v1::MemberState::try_from(*s).map_or("?".into(), |s| s.as_str_name().to_string());
+    let seen_names: Vec<String> = seen.iter().map(name).collect();
+    let never = [v1::MemberState::Suspect as i32, v1::MemberState::Orphaned as i32];
+    report.row(
+        "states peers showed for c",
+        "leaving, then left; never suspect or orphaned",
+        seen_names.join(", "),
+        seen.contains(&(v1::MemberState::Leaving as i32)) && !never.iter().any(|s| seen.contains(s)),
+    );
+    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    report.at_most("consumer views that went stale", 0, fleet.disconnects());
     flap_row(&mut report, &fleet);
     fleet.shutdown().await;
     report.finish()

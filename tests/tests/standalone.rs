@@ -281,7 +281,7 @@ async fn namespace_subscriber_sees_services_created_later() -> Result<()> {
     let first_late = watch.log.iter().find(|m| match m {
         Push::Snapshot(s) => s.service == "late",
         Push::Delta(d) => d.service == "late",
-        Push::Progress(_) => false,
+        Push::Progress(_) | Push::Drain(_) => false,
     });
     assert!(matches!(first_late, Some(Push::Snapshot(_))), "first message of a new service is its snapshot");
     assert!(!watch.views.contains_key("elsewhere"), "other namespaces are not pushed");
