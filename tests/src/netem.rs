@@ -424,7 +424,8 @@ fn root_device(index: usize) -> String {
 /// Claims a free subnet: the first whose claiming device this process can
 /// create, starting at a place that differs between processes and labs.
 fn claim_subnet() -> Result<(usize, File), LabError> {
-    let first = (std::process::id() as usize).wrapping_mul(131) + STARTED.fetch_add(1, AtomicOrdering::Relaxed) * 7;
+    let labs = STARTED.fetch_add(1, AtomicOrdering::Relaxed);
+    let first = (std::process::id() as usize).wrapping_mul(131).wrapping_add(labs.wrapping_mul(7));
     for k in 0..SUBNETS {
         let index = (first + k) % SUBNETS;
         match open_tun(&root_device(index)) {
