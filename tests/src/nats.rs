@@ -1,7 +1,9 @@
 //! Real `nats-server` processes for tests: started on free loopback ports,
 //! killed on drop. A single server, or a cluster of servers joined by routes.
+//! A server may also run inside a network namespace on its address there
+//! (see [`crate::netem`]), so its connections cross an impaired network.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,6 +21,10 @@ pub fn free_port() -> Result<u16> {
 pub struct NatsServer {
     pub port: u16,
     pub monitor_port: u16,
+    /// The address it binds and is reached at (loopback unless in a namespace).
+    host: IpAddr,
+    /// The network namespace it runs in (`ip netns exec`), if not the test's.
+    netns: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
@@ -31,23 +37,46 @@ impl NatsServer {
     }
 
     async fn start_with(extra: Vec<String>, port: u16, monitor_port: u16) -> Result<Self> {
+        Self::start_at(None, IpAddr::from([127, 0, 0, 1]), extra, port, monitor_port).await
+    }
+
+    /// A server in network namespace `netns` (the test's own when `None`),
+    /// bound to `host` there, with `extra` arguments (cluster options).
+    pub async fn start_at(
+        netns: Option<&str>,
+        host: IpAddr,
+        extra: Vec<String>,
+        port: u16,
+        monitor_port: u16,
+    ) -> Result<Self> {
         let mut args = vec![
             "-a".to_string(),
-            "127.0.0.1".to_string(),
+            host.to_string(),
             "-p".to_string(),
             port.to_string(),
             "-m".to_string(),
             monitor_port.to_string(),
         ];
         args.extend(extra);
-        let log = std::env::temp_dir().join(format!("registry-test-nats-{port}.log"));
-        let mut server = Self { port, monitor_port, args, child: None, log };
+        let log = std::env::temp_dir().join(format!("registry-test-nats-{host}-{port}.log"));
+        let netns = netns.map(str::to_string);
+        let mut server = Self { port, monitor_port, host, netns, args, child: None, log };
         server.spawn().await?;
         Ok(server)
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new("nats-server")
+        let mut cmd = match &self.netns {
+            // `ip netns exec` enters the namespace and execs the server: the
+            // child's pid is the server's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "nats-server"]);
+                cmd
+            }
+            None => Command::new("nats-server"),
+        };
+        let child = cmd
             .args(&self.args)
             .args(["-l", &self.log.to_string_lossy()])
             .stdout(Stdio::null())
@@ -55,7 +84,7 @@ impl NatsServer {
             .spawn()
             .context("starting nats-server (is it installed? scripts/test.sh installs it)")?;
         self.child = Some(child);
-        let monitor: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse()?;
+        let monitor = SocketAddr::new(self.host, self.monitor_port);
         eventually("nats-server answers", Duration::from_secs(10), || async move {
             http_get(monitor, "/healthz").await.ok().filter(|(s, _)| *s == 200).map(|_| ())
         })
@@ -63,7 +92,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", SocketAddr::new(self.host, self.port))
     }
 
     /// The process id (0 once killed).
@@ -87,7 +116,7 @@ impl NatsServer {
 
     /// Number of routes to other servers of its cluster.
     pub async fn routes(&self) -> Result<usize> {
-        let monitor: SocketAddr = format!("127.0.0.1:{}", self.monitor_port).parse()?;
+        let monitor = SocketAddr::new(self.host, self.monitor_port);
         let (_, body) = http_get(monitor, "/routez").await?;
         let n = body
             .split("\"num_routes\":")
@@ -129,7 +158,6 @@ impl NatsCluster {
     /// address nobody listens on, so they never dial each other directly
     /// around the given routes.
     pub async fn start_routed(cluster_ports: &[u16], routes: Vec<Vec<String>>, gossip: bool) -> Result<Self> {
-        let n = cluster_ports.len();
         let mut servers = Vec::new();
         for (cport, others) in cluster_ports.iter().zip(routes) {
             let mut extra = vec![
@@ -145,16 +173,21 @@ impl NatsCluster {
             }
             servers.push(NatsServer::start_with(extra, free_port()?, free_port()?).await?);
         }
+        Self::joined(servers).await
+    }
+
+    /// Started `servers` of one cluster, once each has a route to every other.
+    pub async fn joined(servers: Vec<NatsServer>) -> Result<Self> {
+        if servers.is_empty() {
+            bail!("a cluster needs servers");
+        }
+        let want = servers.len() - 1;
         let cluster = Self { servers };
         for s in &cluster.servers {
-            let want = n - 1;
             eventually("NATS routes connected", Duration::from_secs(15), || async move {
                 s.routes().await.ok().filter(|r| *r >= want).map(|_| ())
             })
             .await?;
-        }
-        if cluster.servers.is_empty() {
-            bail!("a cluster needs servers");
         }
         Ok(cluster)
     }

@@ -1,0 +1,329 @@
+//! Packet-level faults against real processes: nats-servers in network
+//! namespaces joined by the impairment router of `registry_tests::netem`
+//! (a userspace netem over TUN devices), registry-node processes on them,
+//! providers and consumers through the client library. Unlike the TCP fault
+//! links of the `faults` suite, the router loses and reorders IP packets, so
+//! the kernels' TCP stacks retransmit, send duplicate ACKs and recover, as on
+//! a bad network.
+//!
+//! These tests need root and /dev/net/tun. Without them they fail, saying
+//! what is missing: they never pass without having tested anything.
+//!
+//! Bounds are derived from the timers of `FAULT_CONFIG` (beats every 200 ms,
+//! a peer suspect after 600 ms of silence and orphaned after 1.5 s) and from
+//! TCP's retransmission timeout: Linux waits at least [`RTO_MIN`] (plus the
+//! smoothed round trip) before sending a segment again when no later segment
+//! reveals the loss, and doubles the wait each time the same segment is lost
+//! again. A segment lost k times in a row arrives about `RTO · (2^k − 1)`
+//! late, and that happens to a given segment with probability `p^k` for a
+//! packet loss rate `p`. Each bound below names the k it tolerates and what
+//! the odds of exceeding it are.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use registry_tests::faults::{FAULT_CONFIG, Fleet, Report, converge, full_matrix, ids};
+use registry_tests::nats::NatsServer;
+use registry_tests::netem::{Host, Impairment, Lab, LabCluster, PeerStates, PeerTally};
+use tokio::time::Instant;
+
+/// Linux's minimum retransmission timeout (`TCP_RTO_MIN`).
+const RTO_MIN: Duration = Duration::from_millis(200);
+
+/// What a round may take on routes of at most 80 ms each way with no loss:
+/// the bound of the `faults` suite's slow-routes scenario (registration on
+/// loopback, propagation over the routes, the consumers' pushes, and the
+/// checker's 50 ms polls).
+const SLOW_ROUTE_ROUND: Duration = Duration::from_millis(1_500);
+
+/// How long each scenario keeps its impairment at least: over six times the
+/// 1.5 s after which a silent peer is taken for dead, so beats and changes
+/// cross the impaired links thousands of times.
+const IMPAIRED_FOR: Duration = Duration::from_secs(10);
+
+/// The next message of a NATS subscription.
+async fn futures_next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
+    use tokio_stream::StreamExt as _;
+    sub.next().await
+}
+
+fn flap_row(report: &mut Report, fleet: &Fleet) {
+    let flaps = fleet.flaps();
+    report.at_most("live providers missing from a consumer (flaps)", 0, flaps.len());
+    if !flaps.is_empty() {
+        println!("flaps: {flaps:?}");
+    }
+}
+
+fn pairs(set: &std::collections::BTreeSet<(String, String)>) -> String {
+    if set.is_empty() {
+        return "none".into();
+    }
+    set.iter().map(|(o, p)| format!("{o} saw {p}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Informational rows: how the nodes saw each other under the impairment.
+fn peer_rows(report: &mut Report, tally: &PeerTally) {
+    report.row(
+        "Members polls answered (every 100 ms, each node)",
+        "> 0",
+        format!("{} ({} failed)", tally.polls, tally.failed_polls),
+        tally.polls > 0,
+    );
+    report.row("longest beat age any node reported", "(informational)", format!("{} ms", tally.max_beat_age_ms), true);
+    report.row("peers seen suspect (observer saw peer)", "(informational)", pairs(&tally.suspect), true);
+}
+
+/// Register/deregister rounds while `impairment` holds on every route between
+/// the three NATS servers (the links between nodes and their own servers stay
+/// clean). Every round must be visible on every node and consumer within
+/// `round_bound`; with `no_dead`, no node may ever take a peer for dead.
+async fn lossy_routes(
+    name: &str,
+    cluster_name: &str,
+    impairment: Impairment,
+    round_bound: Duration,
+    no_dead: bool,
+) -> Result<()> {
+    let mut report = Report::new(name);
+    let cluster = LabCluster::start(cluster_name, &["a", "b", "c"], FAULT_CONFIG).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("base", 3)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let lab = &cluster.lab;
+    let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
+    lab.impair_between_namespaces(impairment);
+    let impaired = Instant::now();
+    let (mut slowest, mut rounds) = (Duration::ZERO, 0);
+    while impaired.elapsed() < IMPAIRED_FOR {
+        let t = Instant::now();
+        fleet.register(&endpoints, "api", &ids(&format!("r{rounds}"), 3)).await?;
+        if rounds > 0 {
+            fleet.stop("api", &format!("r{}-0", rounds - 1)).await;
+        }
+        // Twice the bound before giving up, so a slow round shows its time.
+        let took = converge(&cluster.named(), fleet.watches(), &fleet.expected(), round_bound * 2).await?;
+        slowest = slowest.max(took.max(t.elapsed()));
+        rounds += 1;
+    }
+    let tally = peers.tally();
+    let counters = lab.counters_over(&lab.links_between_namespaces());
+    println!("{name}: routes: {counters}; {rounds} rounds");
+    lab.heal();
+    let healed = Instant::now();
+    let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    report.row("rounds of 3 registrations and 1 removal", "≥ 5", rounds.to_string(), rounds >= 5);
+    report.within("slowest round visible on every node and consumer", round_bound, slowest);
+    report.row("packets lost on the routes", "> 0", counters.lost.to_string(), counters.lost > 0);
+    report.row(
+        "packets delivered out of order on the routes",
+        "> 0",
+        counters.out_of_order.to_string(),
+        counters.out_of_order > 0,
+    );
+    peer_rows(&mut report, &tally);
+    if no_dead {
+        report.row("peers taken for dead (orphaned)", "none", pairs(&tally.orphaned), tally.orphaned.is_empty());
+    } else {
+        report.row("peers taken for dead (orphaned)", "(informational)", pairs(&tally.orphaned), true);
+    }
+    report.within("converged after the heal", Duration::from_secs(2), back.max(healed.elapsed()));
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// Netem 1: every route between the three NATS servers loses 5% of packets,
+/// holds back 10% by 15 ms (so later ones overtake them) and delays them
+/// 20 ± 10 ms, each way, for 10 s of register/deregister rounds.
+///
+/// Round bound, 2.3 s: [`SLOW_ROUTE_ROUND`] plus a segment lost twice in a
+/// row (two timeouts, `3 · RTO` with `RTO ≈ RTO_MIN + RTT` and an RTT of at
+/// most 2 · 30 ms + 15 ms: 0.83 s). A round moves some tens of segments over
+/// the routes; one lost three times (5%³ each) is a chance of about 1 in 1000
+/// per round.
+///
+/// No node may take a peer for dead: that needs 1.5 s without a beat, so a
+/// beat delayed 1.3 s beyond its 200 ms cadence, which takes the same segment
+/// lost three times in a row (timeouts of 0.27 + 0.55 + 1.1 s). A route
+/// carries its node's five beats a second, so the six directions carry about
+/// 300 beat segments in the 10 s: at 5%³ each, about 4% of runs would see
+/// one, if every loss had to wait for the timeout. It does not: the next beat,
+/// 200 ms later, makes the receiver SACK past the hole, and the sender's
+/// RACK loss detection retransmits within a round trip of that, so a segment
+/// lost three times costs about 3 × (200 + 75) ms = 0.8 s, far below 1.3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_reordering_routes_between_nats_servers() -> Result<()> {
+    let impairment = Impairment::loss(0.05)
+        .delay(Duration::from_millis(20), Duration::from_millis(10))
+        .reorder(0.10, Duration::from_millis(15));
+    let bound = SLOW_ROUTE_ROUND + (RTO_MIN + Duration::from_millis(75)) * 3;
+    lossy_routes("NATS routes: 5% loss, 10% reorder, 20±10 ms (netem)", "n1", impairment, bound, true).await
+}
+
+/// Netem 1, full matrix: 15% loss, 25% reordered, 40 ± 20 ms each way. Peers
+/// may be taken for dead here (three losses in a row are 27 times likelier);
+/// what must hold is convergence and no flap (removal needs 4.5 s of silence:
+/// five losses in a row). Round bound: [`SLOW_ROUTE_ROUND`] plus a segment lost
+/// three times (`7 · RTO`, RTO ≈ 0.2 s + 0.14 s round trip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_loss_on_routes_between_nats_servers() -> Result<()> {
+    if !full_matrix() {
+        return Ok(());
+    }
+    let impairment = Impairment::loss(0.15)
+        .delay(Duration::from_millis(40), Duration::from_millis(20))
+        .reorder(0.25, Duration::from_millis(25));
+    let bound = SLOW_ROUTE_ROUND + (RTO_MIN + Duration::from_millis(145)) * 7;
+    lossy_routes("NATS routes: 15% loss, 25% reorder, 40±20 ms (netem)", "n3", impairment, bound, false).await
+}
+
+/// Netem 2: node a's own link to its NATS server loses 10% of packets each
+/// way for 10 s of rounds (registrations spread over all nodes, a's
+/// included). a's peers may see it suspect, even dead for a moment (a segment
+/// lost three times: 1% of a's losses), but nothing may flap: removal needs
+/// a's beats silent for 1.5 s + 3 s, five losses in a row of one segment.
+///
+/// Round bound, 3 s: [`SLOW_ROUTE_ROUND`] plus a segment lost three times in
+/// a row on a link with a round trip under 1 ms (`7 · RTO_MIN` = 1.4 s); four
+/// losses in a row are 1 in 10,000 per segment.
+///
+/// After the heal, 2.5 s for every view and every peer live: a segment
+/// lost three times waits up to `8 · RTO_MIN` = 1.6 s for its next try (a
+/// fourth backoff), then a beat interval and the checker's polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
+    let mut report = Report::new("node a's NATS link: 10% loss each way (netem)");
+    let cluster = LabCluster::start("n2", &["a", "b", "c"], FAULT_CONFIG).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.register(&endpoints, "api", &ids("base", 6)).await?;
+    fleet.watch(&endpoints, "api").await?;
+    converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+    let lab = &cluster.lab;
+    let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
+    let a_link = [(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)];
+    lab.impair(Host::Root, Host::Ns(0), Impairment::loss(0.10));
+    let impaired = Instant::now();
+    let round_bound = SLOW_ROUTE_ROUND + RTO_MIN * 7;
+    let (mut slowest, mut rounds) = (Duration::ZERO, 0);
+    while impaired.elapsed() < IMPAIRED_FOR {
+        let t = Instant::now();
+        fleet.register(&endpoints, "api", &ids(&format!("r{rounds}"), 3)).await?;
+        if rounds > 0 {
+            fleet.stop("api", &format!("r{}-0", rounds - 1)).await;
+        }
+        let took = converge(&cluster.named(), fleet.watches(), &fleet.expected(), round_bound * 2).await?;
+        slowest = slowest.max(took.max(t.elapsed()));
+        rounds += 1;
+    }
+    let tally = peers.tally();
+    let counters = lab.counters_over(&a_link);
+    println!("node a's link: {counters}; {rounds} rounds");
+    let on_a = fleet.on_node("a");
+
+    lab.heal();
+    let healed = Instant::now();
+    peers.reset();
+    let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    let live = registry_tests::eventually("every peer live after the heal", Duration::from_secs(10), || async {
+        peers.all_live().then(|| healed.elapsed())
+    })
+    .await?;
+
+    report.row("rounds of 3 registrations and 1 removal", "≥ 5", rounds.to_string(), rounds >= 5);
+    report.row("providers with their session on a", "> 0", on_a.to_string(), on_a > 0);
+    report.within("slowest round visible on every node and consumer", round_bound, slowest);
+    report.row("packets lost on a's link", "> 0", counters.lost.to_string(), counters.lost > 0);
+    peer_rows(&mut report, &tally);
+    report.row("peers taken for dead (orphaned), for a moment", "(informational)", pairs(&tally.orphaned), true);
+    let after_heal = RTO_MIN * 8 + Duration::from_millis(900);
+    report.within("converged after the heal", after_heal, back.max(healed.elapsed()));
+    report.within("every peer live after the heal", after_heal, live);
+    flap_row(&mut report, &fleet);
+    fleet.shutdown().await;
+    report.finish()
+}
+
+/// The router itself, against a real TCP connection: through a link that
+/// loses 20% and reorders 20% of packets each way, 2,000 NATS messages still
+/// arrive, all and in order (TCP repairs what the router did, and the
+/// counters show it did it); through a link that loses everything, nothing
+/// arrives; healed, the connection works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_loses_and_reorders_real_tcp_packets() -> Result<()> {
+    const MESSAGES: usize = 2_000;
+    let mut report = Report::new("impairment router under one TCP connection");
+    let lab = Lab::start(1).await?;
+    let host = std::net::IpAddr::V4(lab.addr(Host::Ns(0)));
+    let server = NatsServer::start_at(lab.netns(0), host, Vec::new(), 4222, 8222).await?;
+    let client = async_nats::connect(server.url()).await?;
+    let mut sub = client.subscribe("netem.check").await?;
+    client.flush().await?;
+
+    lab.impair(
+        Host::Root,
+        Host::Ns(0),
+        Impairment::loss(0.2).reorder(0.2, Duration::from_millis(5)).delay(Duration::from_millis(2), Duration::ZERO),
+    );
+    let start = Instant::now();
+    let sender = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..MESSAGES {
+                // About 1 KiB each: one TCP segment per message or so.
+                client.publish("netem.check", format!("{i:>1000}").into()).await?;
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            client.flush().await?;
+            anyhow::Ok(())
+        })
+    };
+    let mut in_order = 0;
+    while in_order < MESSAGES {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), futures_next(&mut sub)).await else {
+            bail!("message {in_order} never arrived");
+        };
+        if std::str::from_utf8(&msg.payload)?.trim_start() != in_order.to_string() {
+            bail!("message {in_order} arrived as {:?}", msg.payload);
+        }
+        in_order += 1;
+    }
+    sender.await??;
+    let took = start.elapsed();
+    let counters = lab.counters_over(&[(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)]);
+    println!("one TCP connection: {counters}");
+    report.row("messages arrived, in order", MESSAGES.to_string(), in_order.to_string(), in_order == MESSAGES);
+    report.row("packets lost", "> 0", counters.lost.to_string(), counters.lost > 0);
+    report.row("packets delivered out of order", "> 0", counters.out_of_order.to_string(), counters.out_of_order > 0);
+    report.row("packets the router could not place", "(informational)", lab.undeliverable().to_string(), true);
+    report.within("time for all messages", Duration::from_secs(20), took);
+
+    lab.impair(Host::Root, Host::Ns(0), Impairment::loss(1.0));
+    client.publish("netem.check", "cut".into()).await?;
+    client.flush().await?;
+    let cut = tokio::time::timeout(Duration::from_secs(1), futures_next(&mut sub)).await;
+    report.row(
+        "a message through a link losing everything",
+        "never arrives",
+        if cut.is_ok() { "arrived" } else { "none in 1 s" },
+        cut.is_err(),
+    );
+    lab.heal();
+    let healed = Instant::now();
+    let back = tokio::time::timeout(Duration::from_secs(10), futures_next(&mut sub)).await;
+    // One second of total loss backs the retransmission timer off to at most
+    // 1.6 s; the message arrives at its next try.
+    report.within("the message arrives after the heal", RTO_MIN * 8 + Duration::from_millis(400), healed.elapsed());
+    let arrived = matches!(&back, Ok(Some(m)) if m.payload.as_ref() == b"cut");
+    report.row("the message after the heal", "arrives", if arrived { "arrived" } else { "lost" }, arrived);
+    drop(server);
+    report.finish()
+}
