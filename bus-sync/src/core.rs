@@ -52,6 +52,10 @@ pub struct SyncConfig {
     pub safety_valve_share: f64,
     /// Below this many instances in all, the safety valve never holds.
     pub safety_valve_min: u64,
+    /// Most entries a peer's slice may claim in a transfer. A claim above it
+    /// is refused before anything is loaded: a forged or broken peer cannot
+    /// make this node pull and hold pages without end.
+    pub max_slice_entries: u64,
 }
 
 impl Default for SyncConfig {
@@ -72,6 +76,7 @@ impl Default for SyncConfig {
             pages_in_flight: 4,
             safety_valve_share: 0.5,
             safety_valve_min: 10,
+            max_slice_entries: 10_000_000,
         }
     }
 }
@@ -679,7 +684,7 @@ impl SyncCore {
         let consistent = page.offset == offset
             && page.cut_seq >= p.applied
             && if first {
-                offset == 0 && len <= page.total
+                offset == 0 && len <= page.total && page.total <= self.cfg.max_slice_entries
             } else {
                 page.cut_id == t.cut_id
                     && page.cut_seq == t.cut_seq

@@ -690,6 +690,25 @@ fn a_page_answering_a_range_pull_is_counted_invalid() {
 }
 
 #[test]
+fn a_slice_claiming_more_entries_than_any_slice_may_hold_is_refused() {
+    // A forged or broken peer claims an endless slice: nothing of it is
+    // loaded, and this node does not go on pulling pages of it.
+    let mut core = SyncCore::new(me(), SyncConfig { max_slice_entries: 1_000, ..SyncConfig::default() }, 0);
+    let wanted = Request::Page { cut_id: 0, offset: 0 };
+    let id = pull_id(&core.on_beat(peer(), BeatInfo { seq: 5, ..Default::default() }, (0, 0), 10), &wanted);
+    let page = Page { cut_id: 3, cut_seq: 5, offset: 0, total: 1_001, digest: 0, entries: slice(1) };
+    let before = core.counters().clone();
+    let actions = core.on_reply(id, Some(Reply::Page(page.clone())), 20);
+    assert!(!applies(&actions), "{actions:?}");
+    assert!(actions.iter().all(|a| !matches!(a, Action::Request { .. })), "no further page asked for: {actions:?}");
+    assert_eq!(core.counters().invalid, before.invalid + 1);
+    // At the limit, the same page is loaded.
+    let mut core = SyncCore::new(me(), SyncConfig { max_slice_entries: 1_001, ..SyncConfig::default() }, 0);
+    let id = pull_id(&core.on_beat(peer(), BeatInfo { seq: 5, ..Default::default() }, (0, 0), 10), &wanted);
+    assert!(applies(&core.on_reply(id, Some(Reply::Page(page)), 20)));
+}
+
+#[test]
 fn a_page_whose_digest_does_not_match_is_not_trusted() {
     let mut core = core();
     let wanted = Request::Page { cut_id: 0, offset: 0 };

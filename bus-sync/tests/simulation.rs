@@ -38,6 +38,7 @@ fn config() -> SyncConfig {
         pages_in_flight: 3,
         safety_valve_share: 0.5,
         safety_valve_min: 1_000_000, // the valve is tested apart; here removal must go through
+        max_slice_entries: 10_000_000,
     }
 }
 

@@ -83,6 +83,9 @@ pub struct SyncSettings {
     pub ring_capacity: usize,
     /// Entries per page of a slice transfer.
     pub page_entries: usize,
+    /// Most entries (instances, tombstones, consumer records) a peer's slice
+    /// may claim; a transfer claiming more is refused.
+    pub max_slice_entries: u64,
 }
 
 impl Default for SyncSettings {
@@ -99,6 +102,7 @@ impl Default for SyncSettings {
             request_timeout_ms: 5_000,
             ring_capacity: 100_000,
             page_entries: 2_000,
+            max_slice_entries: 10_000_000,
         }
     }
 }
@@ -351,6 +355,7 @@ impl NodeConfig {
         check_range("sync.request_timeout_ms", y.request_timeout_ms, 100, 600_000)?;
         check_range("sync.ring_capacity", y.ring_capacity as u64, 16, 100_000_000)?;
         check_range("sync.page_entries", y.page_entries as u64, 1, 100_000)?;
+        check_range("sync.max_slice_entries", y.max_slice_entries, 1_000, 1_000_000_000)?;
         if !(y.safety_valve_share > 0.0 && y.safety_valve_share <= 1.0) {
             return Err(invalid("sync.safety_valve_share", format!("{} is outside (0, 1]", y.safety_valve_share)));
         }

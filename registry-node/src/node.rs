@@ -261,6 +261,7 @@ fn nats_config(config: &NodeConfig) -> NatsConfig {
             retry_ms: y.beat_interval_ms,
             ring_capacity: y.ring_capacity,
             safety_valve_share: y.safety_valve_share,
+            max_slice_entries: y.max_slice_entries,
             ..SyncConfig::default()
         },
     }

@@ -438,6 +438,79 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
     }
     let answered = answered.await?;
     report.row("page requests a forged peer answered with lies", "> 0", answered.to_string(), answered > 0);
+
+    // A forged peer "y" claims an endless slice: pages of one valid instance
+    // each, out of a total of 2^40. Nodes refuse the claim before loading
+    // anything (more than `sync.max_slice_entries`), so no "huge-" instance
+    // ever shows and they do not go on pulling pages.
+    let mut requests = nats.subscribe(format!("{base}.sync.y")).await?;
+    let huge_page = move |offset: u64| {
+        let id = format!("huge-{offset}");
+        let instance = v1::Instance {
+            namespace: "default".into(),
+            service: "api".into(),
+            instance_id: id.clone(),
+            host: "10.9.9.9".into(),
+            port: 9,
+            ..Default::default()
+        };
+        let key = pb::Key {
+            kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
+                namespace: "default".into(),
+                service: "api".into(),
+                instance_id: id,
+            })),
+        };
+        let entry = pb::Entry {
+            version: Some(pb::Version { hlc: 1 << 40, node: 7 }),
+            record: Some(pb::entry::Record::Instance(instance.encode_to_vec())),
+        };
+        pb::SyncReply {
+            kind: Some(pb::sync_reply::Kind::Page(pb::Page {
+                cut_id: 1,
+                cut_seq: 5,
+                offset,
+                total: 1 << 40,
+                digest: 0,
+                entries: vec![pb::KeyEntry { key: Some(key), entry: Some(entry) }],
+            })),
+        }
+        .encode_to_vec()
+    };
+    let served = {
+        let nats = nats.clone();
+        tokio::spawn(async move {
+            let mut served = 0u32;
+            while let Ok(Some(req)) = tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await {
+                let offset = match pb::SyncRequest::decode(req.payload.as_ref()).ok().and_then(|r| r.kind) {
+                    Some(pb::sync_request::Kind::Page(p)) => p.offset,
+                    _ => continue,
+                };
+                if let Some(reply) = req.reply {
+                    let _ = nats.publish(reply, huge_page(offset).into()).await;
+                    served += 1;
+                }
+            }
+            served
+        })
+    };
+    let endless_beat =
+        pb::Beat { origin: origin("y", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
+    for _ in 0..5 {
+        nats.publish(format!("{base}.bus.beat"), endless_beat.encode_to_vec().into()).await?;
+        tokio::time::sleep(BEAT).await;
+    }
+    let served = served.await?;
+    // Each node asks for the first page again once per retry (a beat
+    // interval) while it knows y (1 s of beats, 1.5 s until orphaned, 3 s of
+    // grace), and never for a second page: 2 × 5.5 s / 0.2 s = 55, bounded
+    // at 80. Pulling the endless slice would ask as fast as pages come.
+    report.row(
+        "pages of an endless slice served to the nodes",
+        "1..=80",
+        served.to_string(),
+        (1..=80).contains(&served),
+    );
     let counted = eventually("garbage counted", Duration::from_secs(5), || async {
         cluster.nodes[1].metric("sync_garbage_messages_total").await.filter(|n| *n >= garbage_before + 20)
     })
