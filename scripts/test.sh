@@ -15,6 +15,19 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 echo "nats-server: $(nats-server --version)"
 
+# The deploy checks use haproxy (-c) and docker-compose (config, no engine
+# needed) when present. Installing them is best effort: without them those
+# checks are skipped, and say so.
+if ! command -v haproxy >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
+    echo "haproxy or docker-compose not found: installing the Debian packages (best effort)"
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    timeout 300 $sudo_cmd apt-get update -qq >/dev/null 2>&1 || true
+    if ! DEBIAN_FRONTEND=noninteractive timeout 600 $sudo_cmd apt-get install -y -qq haproxy docker-compose >/dev/null 2>&1; then
+        echo "could not install haproxy/docker-compose: their deploy checks will be skipped"
+    fi
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The deploy files, checked with the tools this machine has (the systemd check
