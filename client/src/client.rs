@@ -16,6 +16,17 @@ use crate::error::{Error, Result, describe, is_retryable};
 pub(crate) type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
 
+/// Largest response the library accepts. gRPC's usual 4 MiB is one snapshot
+/// of a service with some 20,000 instances; this allows a few hundred
+/// thousand.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// The `registry.v1.Registry` client over `channel`, with room for the
+/// snapshots of large services.
+pub(crate) fn registry_client(channel: Channel) -> RegistryClient {
+    RegistryClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
+}
+
 /// A connection to a registry cluster: the entry point of the library.
 ///
 /// Cheap to clone (all clones share the connections). Channels are created on
@@ -95,7 +106,7 @@ impl Client {
         self.inner
             .call(|c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).get_service(req).await }
+                async move { registry_client(c).get_service(req).await }
             })
             .await
     }
@@ -114,7 +125,7 @@ impl Client {
         self.inner
             .call(|c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).list_services(req).await }
+                async move { registry_client(c).list_services(req).await }
             })
             .await
     }
@@ -132,7 +143,7 @@ impl Client {
         self.inner
             .call(|c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).list_consumers(req).await }
+                async move { registry_client(c).list_consumers(req).await }
             })
             .await
     }
@@ -168,7 +179,7 @@ impl Client {
             .inner
             .call(|c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).deregister(req).await }
+                async move { registry_client(c).deregister(req).await }
             })
             .await?
             .found)

@@ -19,7 +19,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Inner, RegistryClient};
+use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result, describe};
 use crate::view::{InstanceChange, ServiceView};
 
@@ -259,7 +259,7 @@ impl WatchTask {
     async fn open_any(&self, order: Vec<usize>, lost: Option<usize>) -> Option<Opened> {
         for i in order {
             let channel = self.client.stream_channel(i, lost);
-            let mut c = RegistryClient::new(channel.clone());
+            let mut c = registry_client(channel.clone());
             let opened = tokio::select! {
                 _ = self.stop.cancelled() => return None,
                 r = timeout(self.client.config.request_timeout, c.subscribe(self.request.clone())) => r,

@@ -17,7 +17,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::{Client, Inner, RegistryClient};
+use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result};
 use crate::provider::normalize;
 
@@ -140,7 +140,7 @@ impl LeaseTask {
             .client
             .call_on(self.client.order(avoid), |c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).register_instance(req).await }
+                async move { registry_client(c).register_instance(req).await }
             })
             .await?;
         self.endpoint = i;
@@ -165,7 +165,7 @@ impl LeaseTask {
                 .client
                 .call_on(vec![self.endpoint], |c| {
                     let req = req.clone();
-                    async move { RegistryClient::new(c).renew(req).await }
+                    async move { registry_client(c).renew(req).await }
                 })
                 .await;
             let avoid = match renewed {
@@ -196,7 +196,7 @@ impl LeaseTask {
             .client
             .call(|c| {
                 let req = req.clone();
-                async move { RegistryClient::new(c).deregister(req).await }
+                async move { registry_client(c).deregister(req).await }
             })
             .await;
         if let Err(e) = done {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::client::{Client, Inner, RegistryClient};
+use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result, describe};
 
 /// Where the provider's session is.
@@ -447,7 +447,7 @@ impl SessionTask {
         let open = In::Open(v1::OpenSession { client_name: config.client_name.clone(), heartbeat_interval_ms });
         let _ = tx.send(v1::RegisterRequest { kind: Some(open) }).await;
         let channel = self.client.stream_channel(i, lost);
-        let mut client = RegistryClient::new(channel.clone());
+        let mut client = registry_client(channel.clone());
         let unavailable = |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(i)) };
         let mut rx = match timeout(config.request_timeout, client.register(ReceiverStream::new(rx))).await {
             Ok(Ok(r)) => r.into_inner(),

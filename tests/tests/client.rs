@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use registry_client::{Client, ClientConfig, InstanceChange, ServiceView, WatchEvent};
 use registry_node::NodeHandle;
 use registry_tests::nats::NatsServer;
@@ -451,6 +451,44 @@ async fn a_watch_outlives_its_streams_maximum_age_without_spurious_events() -> R
     let changes: Vec<&WatchEvent> = seen.iter().filter(|e| matches!(e, WatchEvent::Changed(_))).collect();
     ensure!(changes.is_empty(), "spurious changes: {changes:?}");
     ensure!(ids(&watch.current()) == ["x", "y"] && !watch.current().stale);
+    provider.shutdown().await;
+    a.shutdown().await;
+    Ok(())
+}
+
+/// A service whose snapshot is larger than gRPC's usual 4 MiB message limit
+/// (12,000 instances with 400 bytes of metadata each, about 5.5 MiB): the
+/// client library still watches it and reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_larger_than_four_mib_is_watched_and_read() -> Result<()> {
+    const N: usize = 12_000;
+    let mut config = test_config("a");
+    config.limits.max_instances_per_session = N;
+    let a = start_node(config).await?;
+    let client = client_for(&[&a])?;
+    let blob = "x".repeat(400);
+    let instances = (0..N).map(|i| {
+        let mut x = instance("big", &format!("i{i}"), 1);
+        x.metadata.insert("blob".into(), blob.clone());
+        x
+    });
+    let provider = client.register(instances).await?;
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match client.get_service("big").await {
+                Ok(v) if v.instances.len() == N => return Ok(v),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .context("GetService did not list every instance in 30 s")??;
+    let size: usize = got.instances.iter().map(prost::Message::encoded_len).sum();
+    ensure!(size > 4 << 20, "the test service is only {size} bytes");
+    let watch = client.watch("big").await?;
+    let view = tokio::time::timeout(Duration::from_secs(30), watch.wait_for(|v| v.instances.len() == N)).await??;
+    ensure!(!view.stale);
     provider.shutdown().await;
     a.shutdown().await;
     Ok(())
