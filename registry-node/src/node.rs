@@ -222,9 +222,15 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             while busy() > 0 && Instant::now() < deadline {
                 sleep(Duration::from_millis(20)).await;
             }
-            let left = busy();
-            if left > 0 {
-                warn!(streams = left, grace_ms = grace.as_millis() as u64, "grace over; ending remaining sessions");
+            if busy() > 0 {
+                let m = &registry.metrics;
+                warn!(
+                    sessions = m.sessions_active.load(Ordering::Relaxed),
+                    handovers = m.handovers_active.load(Ordering::Relaxed),
+                    subscribers = m.subscribers_active.load(Ordering::Relaxed),
+                    grace_ms = grace.as_millis() as u64,
+                    "grace over; ending what has not moved"
+                );
             }
             signals.stop.cancel();
             let _ = tokio::join!(grpc_task, http_task);
