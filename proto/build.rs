@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Pass 2: the Registry server again, with `SubscribeResponse` replaced by
     // `SubscribeFrame`, a pre-encoded message. This is what lets the node encode
-    // each event once and hand the same bytes to every subscriber.
+    // each event once and hand the same bytes to every subscriber. Likewise
+    // `GetServiceResponse` by `GetServiceFrame`: written from the instances'
+    // stored bytes, never decoded and re-encoded.
     let frames_dir = out_dir.join("frames");
     std::fs::create_dir_all(&frames_dir)?;
     tonic_prost_build::configure()
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .out_dir(&frames_dir)
         .extern_path(".registry.v1.SubscribeResponse", "crate::SubscribeFrame")
+        .extern_path(".registry.v1.GetServiceResponse", "crate::GetServiceFrame")
         .extern_path(".registry.v1", "crate::v1")
         .extern_path(".registry.sync.v1", "crate::sync")
         .compile_fds(fds)?;

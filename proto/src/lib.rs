@@ -4,7 +4,8 @@
 //! - [`v1`]: the public API (`registry.v1`): messages, clients and servers.
 //! - [`sync`]: the bus messages nodes replicate their slices with (not public).
 //! - [`frames`]: the `Registry` server with `Subscribe` returning [`SubscribeFrame`],
-//!   a `SubscribeResponse` encoded once and shared by every subscriber.
+//!   a `SubscribeResponse` encoded once and shared by every subscriber, and
+//!   `GetService` returning [`GetServiceFrame`], written from stored bytes.
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
 //!
 //! This crate holds generated code and the few helpers that belong to the wire
@@ -41,51 +42,70 @@ pub mod frames {
 /// Encoded `FileDescriptorSet` of every `.proto` of this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/registry_descriptor.bin"));
 
-/// A `registry.v1.SubscribeResponse` already encoded to its wire bytes.
-///
-/// Cloning is a reference-count increment, so one frame built per event is shared
-/// by all subscribers of a service. It implements [`prost::Message`] only to be
-/// written by the gRPC codec; it is never decoded.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SubscribeFrame(pub Bytes);
+/// A message type written from bytes that are already its wire encoding.
+/// It implements [`prost::Message`] only to be written by the gRPC codec; it
+/// is never decoded (decoding skips every field).
+macro_rules! encoded_message {
+    ($(#[$doc:meta])* $name:ident, $message:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default, PartialEq)]
+        pub struct $name(pub Bytes);
 
-impl SubscribeFrame {
-    /// Encodes `msg` once.
-    pub fn encode(msg: &v1::SubscribeResponse) -> Self {
-        Self(Bytes::from(prost::Message::encode_to_vec(msg)))
-    }
+        impl $name {
+            /// Encodes `msg` once.
+            pub fn encode(msg: &$message) -> Self {
+                Self(Bytes::from(prost::Message::encode_to_vec(msg)))
+            }
 
-    /// Decodes the frame back into a message (tests and diagnostics).
-    pub fn decode(&self) -> Result<v1::SubscribeResponse, prost::DecodeError> {
-        prost::Message::decode(self.0.clone())
-    }
+            /// Decodes the bytes back into the message (tests and diagnostics).
+            pub fn decode(&self) -> Result<$message, prost::DecodeError> {
+                prost::Message::decode(self.0.clone())
+            }
+        }
+
+        impl prost::Message for $name {
+            fn encode_raw(&self, buf: &mut impl BufMut) {
+                // A message's encoding is the concatenation of its fields, so
+                // the bytes of a whole message are a valid body on their own.
+                buf.put_slice(&self.0);
+            }
+
+            fn merge_field(
+                &mut self,
+                tag: u32,
+                wire_type: WireType,
+                buf: &mut impl Buf,
+                ctx: DecodeContext,
+            ) -> Result<(), prost::DecodeError> {
+                prost::encoding::skip_field(wire_type, tag, buf, ctx)
+            }
+
+            fn encoded_len(&self) -> usize {
+                self.0.len()
+            }
+
+            fn clear(&mut self) {
+                self.0 = Bytes::new();
+            }
+        }
+    };
 }
 
-impl prost::Message for SubscribeFrame {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        // A message's encoding is the concatenation of its fields, so the bytes of
-        // a whole SubscribeResponse are a valid body on their own.
-        buf.put_slice(&self.0);
-    }
+encoded_message!(
+    /// A `registry.v1.SubscribeResponse` already encoded to its wire bytes.
+    ///
+    /// Cloning is a reference-count increment, so one frame built per event
+    /// is shared by all subscribers of a service.
+    SubscribeFrame,
+    v1::SubscribeResponse
+);
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
-    }
-}
+encoded_message!(
+    /// A `registry.v1.GetServiceResponse` already encoded to its wire bytes,
+    /// written around the instances' stored encodings.
+    GetServiceFrame,
+    v1::GetServiceResponse
+);
 
 impl v1::Status {
     /// `STATUS_UNSPECIFIED` reads as UP.

@@ -10,6 +10,11 @@
 //! Queues (capacity 1024) are drained between timed chunks, untimed, so they
 //! never fill: every delivery is a real push, none degrades to a snapshot mark.
 //!
+//! Also `views/get_service`: answering `GetService` for a service of 1,000
+//! instances, by decoding the stored instances into the generated response
+//! and encoding it (as the node did), and by writing the stored bytes as
+//! they are (as it does now).
+//!
 //! Run: `cargo bench -p registry-node --bench fanout -- --warm-up-time 1 --measurement-time 2`
 
 use std::sync::Arc;
@@ -131,6 +136,31 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
+fn get_service(c: &mut Criterion) {
+    const N: usize = 1_000;
+    let origin = Store::new(Origin::new("node-a", 1)).local_id();
+    let views = Views::new(QUEUE_CAPACITY, Arc::new(Metrics::default()));
+    views.apply((0..N).map(|k| upsert(k, 8080, origin)).collect(), v1::Freshness::default);
+    let mut group = c.benchmark_group("views/get_service");
+    group.throughput(Throughput::Elements(N as u64));
+    group.bench_function("decode_and_encode", |b| {
+        b.iter(|| {
+            let (revision, instances) = views.get("default", "svc");
+            assert_eq!(instances.len(), N);
+            let response =
+                v1::GetServiceResponse { namespace: "default".into(), service: "svc".into(), instances, revision };
+            prost::Message::encode_to_vec(&response)
+        })
+    });
+    group.bench_function("stored_bytes", |b| b.iter(|| views.get_encoded("default", "svc")));
+    group.finish();
+    // Both answers are the same message.
+    let (revision, instances) = views.get("default", "svc");
+    let decoded = views.get_encoded("default", "svc").decode().expect("decodes");
+    assert_eq!(decoded.revision, revision);
+    assert_eq!(decoded.instances.len(), instances.len());
+}
+
 fn config() -> Criterion {
     // Short by default so a run stays cheap; command-line flags override these.
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2))
@@ -139,6 +169,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = fanout
+    targets = fanout, get_service
 }
 criterion_main!(benches);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use registry_proto::frames::registry_server;
-use registry_proto::{SubscribeFrame, v1};
+use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at};
 use tokio_stream::wrappers::ReceiverStream;
@@ -197,16 +197,12 @@ impl registry_server::Registry for RegistryApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(|status| *status)))))
     }
 
-    async fn get_service(
-        &self,
-        request: Request<v1::GetServiceRequest>,
-    ) -> Result<Response<v1::GetServiceResponse>, Status> {
+    async fn get_service(&self, request: Request<v1::GetServiceRequest>) -> Result<Response<GetServiceFrame>, Status> {
         self.check_ready()?;
         let req = request.into_inner();
         let (ns, service) = validate::service_ref(&req.namespace, &req.service, &self.registry.config().limits)
             .map_err(|e| self.invalid(e))?;
-        let (revision, instances) = self.registry.views().get(&ns, &service);
-        Ok(Response::new(v1::GetServiceResponse { namespace: ns, service, instances, revision }))
+        Ok(Response::new(self.registry.views().get_encoded(&ns, &service)))
     }
 
     async fn list_services(

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use registry_proto::{SubscribeFrame, v1};
+use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
 use registry_store::{EncodedInstance, Key, Record, ViewChange};
 use tokio::sync::{Notify, mpsc};
 
@@ -230,6 +230,17 @@ impl Views {
         }
     }
 
+    /// What `GetService` answers, written around the instances' stored
+    /// encodings (nothing decoded or re-encoded). Wire-identical to the
+    /// `GetServiceResponse` of [`Self::get`].
+    pub fn get_encoded(&self, namespace: &str, service: &str) -> GetServiceFrame {
+        let key: ServiceKey = (namespace.into(), service.into());
+        match self.map.get(&key) {
+            Some(v) => frames::get_service(&key, v.instances.values(), v.revision),
+            None => frames::get_service(&key, std::iter::empty(), 0),
+        }
+    }
+
     /// Services of a namespace that have instances, sorted by name.
     pub fn list(&self, namespace: &str) -> Vec<v1::ServiceSummary> {
         let mut out: Vec<v1::ServiceSummary> = self
@@ -363,13 +374,29 @@ impl Views {
 /// is exactly what encoding the generated message would give.
 mod frames {
     use prost::encoding::{self, WireType};
-    use registry_proto::{SubscribeFrame, v1};
+    use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
     use registry_store::EncodedInstance;
 
     use super::ServiceKey;
 
     const SNAPSHOT: u32 = 1;
     const DELTA: u32 = 2;
+
+    /// `GetServiceResponse { namespace, service, instances, revision }`: the
+    /// first four fields of a snapshot, unwrapped.
+    pub(super) fn get_service<'a>(
+        svc: &ServiceKey,
+        instances: impl Iterator<Item = &'a EncodedInstance>,
+        revision: u64,
+    ) -> GetServiceFrame {
+        let mut out = Vec::new();
+        names(svc, &mut out);
+        for i in instances {
+            raw(3, i.bytes(), &mut out);
+        }
+        encoding::uint64::encode(4, &revision, &mut out);
+        GetServiceFrame(out.into())
+    }
 
     fn raw(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
         encoding::encode_key(tag, WireType::LengthDelimited, buf);
@@ -476,6 +503,14 @@ mod frames {
                 })),
             };
             assert_eq!(d, want);
+            let got = get_service(&svc, enc.iter(), 7).decode().expect("decodes");
+            let want = v1::GetServiceResponse {
+                namespace: "ns".into(),
+                service: "svc".into(),
+                instances: all.to_vec(),
+                revision: 7,
+            };
+            assert_eq!(got, want);
         }
     }
 }

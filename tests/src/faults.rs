@@ -412,7 +412,7 @@ impl Fleet {
 
     /// Registers one provider per id, all starting at `endpoints[first]`,
     /// fifty at a time, with the client library's default backoff (what a
-    /// stampede of real providers would use).
+    /// stampede of real providers would use) and the fleet's heartbeat.
     pub async fn register_at(
         &mut self,
         endpoints: &[String],
@@ -420,11 +420,12 @@ impl Fleet {
         service: &str,
         ids: &[String],
     ) -> Result<()> {
+        let heartbeat = self.heartbeat.unwrap_or(HEARTBEAT);
         for chunk in ids.chunks(50) {
             let mut starting = tokio::task::JoinSet::new();
             for id in chunk {
                 let name = format!("provider-{id}");
-                let client = fault_client_full(endpoints, first, &name, Backoff::default(), HEARTBEAT)?;
+                let client = fault_client_full(endpoints, first, &name, Backoff::default(), heartbeat)?;
                 let (service, id) = (service.to_string(), id.clone());
                 starting.spawn(async move {
                     let p = client.register([instance(&service, &id, 1)]).await;

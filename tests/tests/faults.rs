@@ -732,7 +732,10 @@ async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
         .replace("rebalance_interval_ms = 1000", "rebalance_interval_ms = 0");
     let mut cluster = ProcCluster::start_with("f7", &["a", "b", "c"], 1, &config).await?;
     let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
+    // Heartbeats every second (lease 3 s): what is measured is the stampede
+    // after the kill, not whether one test process can send 2,000 sessions'
+    // heartbeats every 200 ms to a debug build.
+    let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
     fleet.register_at(&endpoints, 0, "api", &ids("p", sessions)).await?;
     fleet.watch(&endpoints[1..], "api").await?;
     converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
