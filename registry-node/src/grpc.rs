@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
 use registry_proto::frames::registry_server;
 use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
 use tokio::sync::mpsc;
@@ -273,14 +272,9 @@ impl SubscriberTask {
                     self.drain.cancel();
                 }
                 _ = self.drain.cancelled(), if moving.is_none() => {
-                    let jitter = rand::rng().random_range(0..=self.registry.config().sessions.drain_jitter_ms);
-                    let (hint, reason) = if self.registry.is_draining() {
-                        (String::new(), "node shutting down")
-                    } else {
-                        (self.registry.subscriptions.hint(), "rebalancing: this node holds more than its share, or the stream is old")
-                    };
-                    moving = Some(Instant::now() + Duration::from_millis(jitter) + MOVE_TIMEOUT);
-                    let drain = v1::Drain { hint, delay_ms: jitter as u32, reason: reason.into() };
+                    let jitter_ms = self.registry.config().sessions.drain_jitter_ms;
+                    let drain = self.registry.subscriptions.drain(id, self.registry.is_draining(), jitter_ms);
+                    moving = Some(Instant::now() + Duration::from_millis(u64::from(drain.delay_ms)) + MOVE_TIMEOUT);
                     let msg = v1::SubscribeResponse { kind: Some(v1::subscribe_response::Kind::Drain(drain)) };
                     tokio::select! {
                         sent = self.out.send(Ok(SubscribeFrame::encode(&msg))) => if sent.is_err() { break },

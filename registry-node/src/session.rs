@@ -112,13 +112,7 @@ pub async fn run_session(
             _ = sleep_until(max_age.unwrap_or(deadline)), if max_age.is_some() && !drained => my_drain.cancel(),
             _ = my_drain.cancelled(), if !drained => {
                 drained = true;
-                let jitter = rand::rng().random_range(0..=cfg.drain_jitter_ms);
-                let (hint, reason) = if drain.is_cancelled() {
-                    (String::new(), "node shutting down")
-                } else {
-                    (registry.sessions.hint(), "rebalancing: this node holds more than its share, or the session is old")
-                };
-                let drain = Out::Drain(v1::Drain { hint, delay_ms: jitter as u32, reason: reason.into() });
+                let drain = Out::Drain(registry.sessions.drain(owner.0, drain.is_cancelled(), cfg.drain_jitter_ms));
                 if out.send(Ok(reply(drain))).await.is_err() {
                     break End::Broken;
                 }

@@ -316,11 +316,14 @@ fn member_lag(m: &v1::Member) -> u64 {
 }
 
 /// One word for the answering node's copy of a member: `self` (its own
-/// entry), `lagging` (changes not applied yet), `diverged` (caught up but the
+/// entry), `gone` (it left: its copy is kept until the orphan grace ends),
+/// `lagging` (changes not applied yet), `diverged` (caught up but the
 /// digests differ: a full resync follows), or `in-sync`.
 fn member_sync(m: &v1::Member) -> &'static str {
     if m.state() == v1::MemberState::Local {
         "self"
+    } else if m.state() == v1::MemberState::Left {
+        "gone"
     } else if member_lag(m) > 0 {
         "lagging"
     } else if !m.digest_match {
@@ -423,6 +426,9 @@ mod tests {
         assert_eq!(&row[5..], ["0", "DIFFERS", "0.2s", "diverged"]);
         let me = v1::Member { state: v1::MemberState::Local as i32, ..peer(7, 7, true) };
         assert_eq!(&member_row(&me)[5..], ["0", "match", "-", "self"]);
+        let left = v1::Member { state: v1::MemberState::Left as i32, ..peer(15, 10, false) };
+        assert_eq!(&member_row(&left)[..2], ["b", "left"]);
+        assert_eq!(member_row(&left)[8], "gone", "a departed node's copy is not lagging");
         let j = member_json(&peer(15, 10, false));
         assert_eq!(
             (j["lag"].as_u64(), j["in_sync"].as_bool(), j["sync"].as_str()),
