@@ -12,8 +12,24 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{eventually, http_get};
 
-/// A free TCP port on loopback (the OS picks it; we release it at once).
+/// A free TCP port on loopback for a process a test starts, which binds it
+/// a moment later. Taken from 20000..32768, below the range the OS hands out
+/// for outgoing connections (32768-60999 by default on Linux): the thousands
+/// of client connections a fault scenario opens cannot take it in between, as
+/// they could a port the OS picked. Never the same port twice in one test
+/// process.
 pub fn free_port() -> Result<u16> {
+    static GIVEN: parking_lot::Mutex<std::collections::BTreeSet<u16>> =
+        parking_lot::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock();
+    for _ in 0..1_000 {
+        let port = rand::random_range(20_000..32_768);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    // Crowded: let the OS pick, as a last resort.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
