@@ -162,7 +162,7 @@ pub async fn run_session(
             // the new copies on the bus).
             drop(out);
             Metrics::inc(&registry.metrics.handovers_active);
-            let until = Instant::now() + cfg.reconnect_grace();
+            let until = Instant::now() + handover_bound(registry.config(), end == End::Moved);
             while registry.owned_count(owner) > 0 && Instant::now() < until {
                 tokio::select! {
                     _ = sleep(Duration::from_millis(100).min(until - Instant::now())) => {}
@@ -267,5 +267,21 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
         Some(In::Goodbye(g)) => Step::Goodbye { moved: g.moved },
         Some(In::Open(_)) => rejected(registry, None, Code::FailedPrecondition, "session is already open".to_string()),
         None => rejected(registry, None, Code::InvalidArgument, "message has no `kind`".to_string()),
+    }
+}
+
+/// How long an ended session's instances wait to be taken over by newer
+/// copies from another node before they are removed. A broken session's
+/// provider may be dead: the reconnect grace. A moved one is alive and
+/// registered elsewhere, and only the bus is slow or cut (a partition that
+/// began as it moved): its old copies stay as long as this node would keep a
+/// silent peer's records (dead time plus orphan grace), since removing them
+/// would show every consumer on this side a live provider leaving.
+fn handover_bound(config: &crate::config::NodeConfig, moved: bool) -> Duration {
+    let grace = config.sessions.reconnect_grace();
+    if moved && config.clustered() {
+        grace.max(Duration::from_millis(config.sync.dead_after_ms + config.sync.orphan_grace_ms))
+    } else {
+        grace
     }
 }

@@ -1066,3 +1066,63 @@ async fn a_stopping_node_says_farewell() -> Result<()> {
     fleet.shutdown().await;
     report.finish()
 }
+
+/// A provider moves across a partition that has just begun (as a rebalance
+/// can ask it to, before anyone has noticed the partition): it registers on
+/// a, cut off from b and c, and says a moved goodbye to b. b cannot see a's
+/// copy until the heal, and must not remove its own meanwhile: every consumer
+/// on b's side would see a live provider leave. After the heal, a's newer
+/// copy takes over everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_across_a_fresh_partition_removes_nothing() -> Result<()> {
+    use v1::register_request::Kind as In;
+    let mut report = Report::new("a provider moves across a fresh partition");
+    let cluster = ProcCluster::start("f4m", &["a", "b", "c"], 3).await?;
+    let endpoints = cluster.endpoints();
+    let mut fleet = Fleet::default();
+    fleet.watch(&endpoints, "api").await?;
+    let mut on_b = registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[1].grpc).await?, 0).await?;
+    on_b.upsert(registry_tests::instance("api", "mover", 1)).await?;
+    let mut expected = fleet.expected();
+    expected.entry("api".into()).or_default().insert("mover".into());
+    converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
+
+    let routes = cluster.nats.routes().context("a NATS cluster")?;
+    routes.cut(0, 1, false);
+    routes.cut(0, 2, false);
+    let mut on_a = registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[0].grpc).await?, 0).await?;
+    on_a.upsert(registry_tests::instance("api", "mover", 2)).await?;
+    on_b.goodbye_moved().await?;
+    let moved = Instant::now();
+    // Past the reconnect grace (1 s) and well into the partition, b's and c's
+    // consumers still list the provider; keep it alive on a meanwhile.
+    let mut missing = 0;
+    while moved.elapsed() < RECONNECT_GRACE * 2 {
+        on_a.heartbeat(1).await?;
+        for (i, w) in fleet.watches().iter().enumerate() {
+            if !w.current().instances.contains_key("mover") {
+                missing += 1;
+                println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.at_most("checks where a consumer lacked the moved provider (2 s, 3 consumers)", 0, missing);
+    routes.heal();
+    let healed = Instant::now();
+    let t = converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
+    report.within("converged after the heal", Duration::from_secs(5), t.max(healed.elapsed()));
+    // a's copy (port 2) is newer: once it arrives, every consumer shows it.
+    let taken_over = eventually("every consumer shows a's copy", Duration::from_secs(10), || async {
+        let ports: Vec<Option<u32>> =
+            fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
+        ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
+    })
+    .await;
+    report.within("a's copy everywhere after the heal", Duration::from_secs(5), taken_over.unwrap_or(Duration::MAX));
+    let removals = fleet.removals().iter().filter(|r| r.id == "mover").count();
+    report.at_most("removals of the moved provider any consumer saw", 0, removals);
+    on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
+    fleet.shutdown().await;
+    report.finish()
+}
