@@ -541,10 +541,7 @@ async fn nats_partition(one_way: bool) -> Result<()> {
     let mut report = Report::new(&format!("NATS route partition, {what}"));
     let cluster = ProcCluster::start(if one_way { "f4b" } else { "f4a" }, &["a", "b", "c"], 3).await?;
     let endpoints = cluster.endpoints();
-    // Leases of 1.5 s: a partition between NATS servers does not touch the
-    // providers' sessions, so a lease that ran out here would only say that
-    // this test process, beside the other scenarios, sent a heartbeat late.
-    let mut fleet = Fleet::with_heartbeat(Duration::from_millis(500));
+    let mut fleet = Fleet::default();
     fleet.register(&endpoints, "api", &ids("p", 6)).await?;
     fleet.watch(&endpoints, "api").await?;
     converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
