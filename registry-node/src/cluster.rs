@@ -245,13 +245,14 @@ pub fn rebalance_plan(own: u64, moving: u64, peers: &[(String, u64)], tolerance:
 /// What the rebalancer compares this node with: every peer that is ready and
 /// staying, as its advertised address and [sessions, subscriptions] from its
 /// beats.
-/// `None` while the cluster is not healthy (a peer suspect or orphaned by
-/// silence): a move completes when the new copies reach this node, which a
-/// silent peer or a lost bus prevents. Peers that are leaving or have left are
-/// neither counted nor pointed at.
-pub fn balance_peers(peers: &[PeerView]) -> Option<Vec<(String, [u64; 2])>> {
+/// `None` while the cluster is not healthy: a peer suspect or orphaned, or
+/// not heard from within `fresh_ms` (two beat intervals). A move completes
+/// when the new copies reach this node, which a silent peer, a lost bus or a
+/// partition that has just begun (not yet noticed) prevents. Peers that are
+/// leaving or have left are neither counted nor pointed at.
+pub fn balance_peers(peers: &[PeerView], fresh_ms: u64) -> Option<Vec<(String, [u64; 2])>> {
     let staying: Vec<&PeerView> = peers.iter().filter(|p| !p.retired && !p.left).collect();
-    if staying.iter().any(|p| p.state != PeerState::Live) {
+    if staying.iter().any(|p| p.state != PeerState::Live || p.last_heard_age_ms > fresh_ms) {
         return None;
     }
     Some(
@@ -273,6 +274,7 @@ pub fn spawn_rebalancer(
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let cfg = registry.config().sessions.clone();
+    let fresh_ms = 2 * registry.config().sync.beat_interval_ms;
     tokio::spawn(async move {
         if cfg.rebalance_interval_ms == 0 {
             return;
@@ -287,7 +289,7 @@ pub fn spawn_rebalancer(
             if !readiness.is_ready() || registry.is_draining() || !registry.bus_connected() {
                 continue;
             }
-            let Some(peers) = balance_peers(&sync.peers.lock()) else { continue };
+            let Some(peers) = balance_peers(&sync.peers.lock(), fresh_ms) else { continue };
             let m = &registry.metrics;
             let kinds = [
                 ("sessions", &registry.sessions, &m.sessions_active),
@@ -307,7 +309,10 @@ pub fn spawn_rebalancer(
 
 #[cfg(test)]
 mod tests {
-    use super::rebalance_plan;
+    use bus_sync::{BeatInfo, PeerState, PeerView};
+    use registry_store::Origin;
+
+    use super::{balance_peers, rebalance_plan};
 
     fn peers(counts: &[u64]) -> Vec<(String, u64)> {
         counts.iter().enumerate().map(|(i, n)| (format!("10.0.0.{i}:7070"), *n)).collect()
@@ -331,5 +336,48 @@ mod tests {
     fn sessions_already_moving_are_not_asked_twice() {
         assert_eq!(rebalance_plan(400, 200, &peers(&[200, 0]), 0.2), None);
         assert_eq!(rebalance_plan(400, 100, &peers(&[200, 0]), 0.2), Some((100, "10.0.0.1:7070".into())));
+    }
+
+    fn view(node: &str, state: PeerState, age_ms: u64, leaving: bool) -> PeerView {
+        PeerView {
+            origin: Origin::new(node, 1),
+            state,
+            last_heard_age_ms: age_ms,
+            beat: Some(BeatInfo {
+                ready: true,
+                leaving,
+                advertise_addr: format!("{node}:7070"),
+                sessions: 5,
+                subscriptions: 2,
+                ..Default::default()
+            }),
+            applied: 0,
+            loaded: true,
+            syncing: false,
+            retired: false,
+            left: false,
+        }
+    }
+
+    #[test]
+    fn only_a_healthy_freshly_heard_cluster_is_balanced() {
+        let live = |n, age| view(n, PeerState::Live, age, false);
+        assert_eq!(
+            balance_peers(&[live("b", 100), live("c", 400)], 400),
+            Some(vec![("b:7070".into(), [5, 2]), ("c:7070".into(), [5, 2])])
+        );
+        // c has not been heard from for more than two beats: perhaps a
+        // partition nobody has noticed yet. Nothing moves.
+        assert_eq!(balance_peers(&[live("b", 100), live("c", 401)], 400), None);
+        assert_eq!(balance_peers(&[live("b", 100), view("c", PeerState::Suspect, 100, false)], 400), None);
+    }
+
+    #[test]
+    fn leaving_and_departed_peers_are_neither_counted_nor_pointed_at() {
+        let leaving = view("c", PeerState::Live, 100, true);
+        let mut left = view("d", PeerState::Orphaned, 5_000, true);
+        left.left = true;
+        let peers = [view("b", PeerState::Live, 100, false), leaving, left];
+        assert_eq!(balance_peers(&peers, 400), Some(vec![("b:7070".into(), [5, 2])]));
     }
 }
