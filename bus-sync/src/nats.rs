@@ -242,6 +242,7 @@ pub async fn spawn_sync<R: Replica>(
         epoch,
         requests: JoinSet::new(),
         transfers: std::collections::HashMap::new(),
+        farewell: false,
     };
     let task = tokio::spawn(runtime.run(data, rpc, events_rx, stop));
     Ok(SyncHandle { shared, task })
@@ -259,6 +260,8 @@ struct Runtime<R: Replica> {
     requests: JoinSet<()>,
     /// When each slice transfer started, for the log line when it ends.
     transfers: std::collections::HashMap<Origin, Instant>,
+    /// Stopping: the next beat is this node's farewell.
+    farewell: bool,
 }
 
 impl<R: Replica> Runtime<R> {
@@ -315,13 +318,8 @@ impl<R: Replica> Runtime<R> {
         // Last words: whatever the node removed while stopping goes out, then
         // a farewell beat, so peers need not wait out the dead time to know.
         self.flush_local(&reply_tx).await;
-        let (changes, stats) = self.replica.beat_snapshot();
-        if !changes.is_empty() {
-            self.core.local_changes(changes);
-            let publishes = self.core.take_publishes();
-            self.execute(publishes, &reply_tx).await;
-        }
-        self.publish_beat(&stats, true).await;
+        self.farewell = true;
+        self.execute(vec![Action::PublishBeat], &reply_tx).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
         self.requests.abort_all();
         info!("replication stopped");
@@ -469,9 +467,10 @@ impl<R: Replica> Runtime<R> {
         }
     }
 
-    /// Publishes a beat announcing the own slice as of `stats`; with
-    /// `farewell`, the last one this node sends.
-    async fn publish_beat(&self, stats: &SliceStats, farewell: bool) {
+    /// Publishes a beat announcing the own slice as of `stats` (the farewell,
+    /// once the node is stopping).
+    async fn publish_beat(&self, stats: &SliceStats) {
+        let farewell = self.farewell;
         let beat = BeatInfo {
             seq: stats.seq,
             digest: stats.digest,
@@ -507,7 +506,7 @@ impl<R: Replica> Runtime<R> {
                         queue.push_back(Action::PublishBeat);
                         continue;
                     }
-                    self.publish_beat(&stats, false).await;
+                    self.publish_beat(&stats).await;
                 }
                 Action::PublishHello => {
                     let msg = wire::hello_to_wire(self.core.me());

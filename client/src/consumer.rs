@@ -180,6 +180,10 @@ impl Client {
     }
 }
 
+/// Most messages a watch applies before it publishes its view, however fast
+/// they come.
+const PUBLISH_EVERY: usize = 256;
+
 /// A stream open on endpoint `.0`, with the channel it must outlive.
 type Opened = (usize, Channel, Streaming<v1::SubscribeResponse>);
 
@@ -280,23 +284,21 @@ impl WatchTask {
         let mut synced = false;
         // Set when the node asked this stream to move: when, and where to.
         let mut move_at: Option<(Instant, String)> = None;
-        // The view changed since it was last published. A burst of deltas is
-        // applied as a whole before the view is published once: publishing
-        // copies the view, and a copy per delta of a large service is
-        // quadratic work in a burst.
-        let mut unpublished = false;
+        // Messages applied since the view was last published. A burst of
+        // deltas is applied as a whole before the view is published once:
+        // publishing copies the view, and a copy per delta of a large service
+        // is quadratic work in a burst. A stream that never pauses still gets
+        // its view published every `PUBLISH_EVERY` messages.
+        let mut unpublished = 0usize;
         loop {
+            if unpublished >= PUBLISH_EVERY {
+                self.publish();
+                unpublished = 0;
+            }
             let at = move_at.as_ref().map(|(t, _)| *t);
             let msg = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return End::Stop,
-                m = stream.message() => m,
-                // Nothing more is waiting: publish what was applied.
-                _ = std::future::ready(()), if unpublished => {
-                    self.publish();
-                    unpublished = false;
-                    continue;
-                }
                 _ = sleep_until(at.unwrap_or_else(Instant::now)), if at.is_some() => {
                     let hint = move_at.take().map(|(_, h)| h).unwrap_or_default();
                     let order = self.client.order_preferring(Some(i), self.client.endpoint_for_hint(&hint));
@@ -306,6 +308,13 @@ impl WatchTask {
                         // its node ends if it must.
                         None => continue,
                     }
+                }
+                m = stream.message() => m,
+                // Nothing more is waiting: publish what was applied.
+                _ = std::future::ready(()), if unpublished > 0 => {
+                    self.publish();
+                    unpublished = 0;
+                    continue;
                 }
             };
             let kind = match msg {
@@ -323,7 +332,7 @@ impl WatchTask {
                         synced = true;
                         let _ = self.events.send(WatchEvent::Synced { endpoint: self.view.endpoint.clone() });
                     }
-                    unpublished = true;
+                    unpublished += 1;
                 }
                 Push::Delta(d) if d.service == self.view.service => {
                     if !synced {
@@ -332,7 +341,7 @@ impl WatchTask {
                     match self.view.apply_delta(d) {
                         Ok(changes) => {
                             self.emit(changes);
-                            unpublished = true;
+                            unpublished += 1;
                         }
                         Err(gap) => {
                             warn!(service = %self.view.service, %gap, "revision gap; resubscribing");
@@ -342,7 +351,7 @@ impl WatchTask {
                 }
                 Push::Progress(p) => {
                     if self.view.set_freshness(p.freshness) {
-                        unpublished = true;
+                        unpublished += 1;
                     }
                 }
                 Push::Drain(d) => {

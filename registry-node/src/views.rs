@@ -382,19 +382,29 @@ mod frames {
     const SNAPSHOT: u32 = 1;
     const DELTA: u32 = 2;
 
-    /// `GetServiceResponse { namespace, service, instances, revision }`: the
-    /// first four fields of a snapshot, unwrapped.
+    /// `namespace, service, instances, revision` (fields 1-4): all of a
+    /// `GetServiceResponse`, and the start of a `ServiceSnapshot`.
+    fn service_fields<'a>(
+        svc: &ServiceKey,
+        instances: impl Iterator<Item = &'a EncodedInstance>,
+        revision: u64,
+        buf: &mut Vec<u8>,
+    ) {
+        names(svc, buf);
+        for i in instances {
+            raw(3, i.bytes(), buf);
+        }
+        encoding::uint64::encode(4, &revision, buf);
+    }
+
+    /// `GetServiceResponse { namespace, service, instances, revision }`.
     pub(super) fn get_service<'a>(
         svc: &ServiceKey,
         instances: impl Iterator<Item = &'a EncodedInstance>,
         revision: u64,
     ) -> GetServiceFrame {
         let mut out = Vec::new();
-        names(svc, &mut out);
-        for i in instances {
-            raw(3, i.bytes(), &mut out);
-        }
-        encoding::uint64::encode(4, &revision, &mut out);
+        service_fields(svc, instances, revision, &mut out);
         GetServiceFrame(out.into())
     }
 
@@ -423,11 +433,7 @@ mod frames {
         freshness: &v1::Freshness,
     ) -> SubscribeFrame {
         let mut inner = Vec::new();
-        names(svc, &mut inner);
-        for i in instances {
-            raw(3, i.bytes(), &mut inner);
-        }
-        encoding::uint64::encode(4, &revision, &mut inner);
+        service_fields(svc, instances, revision, &mut inner);
         encoding::message::encode(5, freshness, &mut inner);
         wrap(SNAPSHOT, &inner)
     }

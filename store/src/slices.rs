@@ -258,9 +258,9 @@ impl Store {
             return None;
         }
         let others = holders.iter().any(|(o, _)| *o != self.local);
-        let newest = holders.iter().map(|(_, e)| e.version.hlc).max().unwrap_or(0);
         let mut out = Outcome::default();
         let version = if others {
+            let newest = holders.iter().map(|(_, e)| e.version.hlc).max().unwrap_or(0);
             let version = Version { hlc: newest.saturating_add(1), node: self.hlc.node() };
             self.hlc.observe(version);
             self.write_local(Change::Put { key: key.clone(), entry: Entry { version, record: None } }, &mut out);
