@@ -41,6 +41,66 @@ const SLOW_ROUTE_ROUND: Duration = Duration::from_millis(1_500);
 /// cross the impaired links thousands of times.
 const IMPAIRED_FOR: Duration = Duration::from_secs(10);
 
+/// How long one round may take before the scenario gives up on it: a
+/// segment lost five times in a row on the slowest links here (`31 · RTO`
+/// with RTO ≤ 0.35 s is 10.9 s minus the round's own 1.5 s). Six losses in a
+/// row are 1 in a million segments at 10% loss.
+const ROUND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The time each register/deregister round took to be visible everywhere.
+///
+/// The slowest round of a run is TCP's tail, not the registry's: with loss
+/// rate `p`, some segment among the thousand or so a run sends is lost k times
+/// in a row with probability about `1000 · p^k`, and waits `RTO · (2^k − 1)`.
+/// So the bound is on the 90th percentile (a round moves some tens of
+/// segments, so a tenth of the rounds hitting the tolerated k at once is out
+/// of reach of chance), and every round must still finish within
+/// [`ROUND_DEADLINE`].
+#[derive(Default)]
+struct Rounds(Vec<Duration>);
+
+impl Rounds {
+    fn record(&mut self, took: Duration) {
+        self.0.push(took);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `q`-quantile (nearest rank); zero with no rounds.
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+        sorted.get(rank - 1).copied().unwrap_or_default()
+    }
+
+    /// The report rows: the 90th percentile against `bound`; the median and
+    /// the slowest round for information (a round past [`ROUND_DEADLINE`]
+    /// has already failed the scenario in [`round`]).
+    fn rows(&self, report: &mut Report, bound: Duration) {
+        let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+        report.row("rounds of 3 registrations and 1 removal", "≥ 5", self.len().to_string(), self.len() >= 5);
+        report.within("90th percentile round, visible on every node and consumer", bound, self.quantile(0.9));
+        report.row("median round", "(informational)", secs(self.quantile(0.5)), true);
+        let deadline = format!("(informational; each round ≤ {})", secs(ROUND_DEADLINE));
+        report.row("slowest round (TCP's tail)", deadline, secs(self.quantile(1.0)), true);
+    }
+}
+
+/// One round: three registrations, the previous round's first provider
+/// stopped, then the time until every node and consumer shows it.
+async fn round(cluster: &LabCluster, endpoints: &[String], fleet: &mut Fleet, n: usize) -> Result<Duration> {
+    let t = Instant::now();
+    fleet.register(endpoints, "api", &ids(&format!("r{n}"), 3)).await?;
+    if n > 0 {
+        fleet.stop("api", &format!("r{}-0", n - 1)).await;
+    }
+    let took = converge(&cluster.named(), fleet.watches(), &fleet.expected(), ROUND_DEADLINE).await?;
+    Ok(took.max(t.elapsed()))
+}
+
 /// The next message of a NATS subscription.
 async fn futures_next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
     use tokio_stream::StreamExt as _;
@@ -76,8 +136,9 @@ fn peer_rows(report: &mut Report, tally: &PeerTally) {
 
 /// Register/deregister rounds while `impairment` holds on every route between
 /// the three NATS servers (the links between nodes and their own servers stay
-/// clean). Every round must be visible on every node and consumer within
-/// `round_bound`; with `no_dead`, no node may ever take a peer for dead.
+/// clean). Nine rounds in ten must be visible on every node and consumer
+/// within `round_bound`, and every round within [`ROUND_DEADLINE`]; with
+/// `no_dead`, no node may ever take a peer for dead.
 async fn lossy_routes(
     name: &str,
     cluster_name: &str,
@@ -97,27 +158,19 @@ async fn lossy_routes(
     let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
     lab.impair_between_namespaces(impairment);
     let impaired = Instant::now();
-    let (mut slowest, mut rounds) = (Duration::ZERO, 0);
+    let mut rounds = Rounds::default();
     while impaired.elapsed() < IMPAIRED_FOR {
-        let t = Instant::now();
-        fleet.register(&endpoints, "api", &ids(&format!("r{rounds}"), 3)).await?;
-        if rounds > 0 {
-            fleet.stop("api", &format!("r{}-0", rounds - 1)).await;
-        }
-        // Twice the bound before giving up, so a slow round shows its time.
-        let took = converge(&cluster.named(), fleet.watches(), &fleet.expected(), round_bound * 2).await?;
-        slowest = slowest.max(took.max(t.elapsed()));
-        rounds += 1;
+        let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
+        rounds.record(took);
     }
     let tally = peers.tally();
     let counters = lab.counters_over(&lab.links_between_namespaces());
-    println!("{name}: routes: {counters}; {rounds} rounds");
+    println!("{name}: routes: {counters}; {} rounds", rounds.len());
     lab.heal();
     let healed = Instant::now();
     let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    report.row("rounds of 3 registrations and 1 removal", "≥ 5", rounds.to_string(), rounds >= 5);
-    report.within("slowest round visible on every node and consumer", round_bound, slowest);
+    rounds.rows(&mut report, round_bound);
     report.row("packets lost on the routes", "> 0", counters.lost.to_string(), counters.lost > 0);
     report.row(
         "packets delivered out of order on the routes",
@@ -141,11 +194,11 @@ async fn lossy_routes(
 /// holds back 10% by 15 ms (so later ones overtake them) and delays them
 /// 20 ± 10 ms, each way, for 10 s of register/deregister rounds.
 ///
-/// Round bound, 2.3 s: [`SLOW_ROUTE_ROUND`] plus a segment lost twice in a
-/// row (two timeouts, `3 · RTO` with `RTO ≈ RTO_MIN + RTT` and an RTT of at
-/// most 2 · 30 ms + 15 ms: 0.83 s). A round moves some tens of segments over
-/// the routes; one lost three times (5%³ each) is a chance of about 1 in 1000
-/// per round.
+/// Round bound (90th percentile), 2.3 s: [`SLOW_ROUTE_ROUND`] plus a segment
+/// lost twice in a row (two timeouts, `3 · RTO` with `RTO ≈ RTO_MIN + RTT`
+/// and an RTT of at most 2 · 30 ms + 15 ms: 0.83 s). A round moves some tens
+/// of segments over the routes; one lost three times (5%³ each) is a chance
+/// of about 1 in 1000 per round.
 ///
 /// No node may take a peer for dead: that needs 1.5 s without a beat, so a
 /// beat delayed 1.3 s beyond its 200 ms cadence, which takes the same segment
@@ -168,8 +221,9 @@ async fn lossy_reordering_routes_between_nats_servers() -> Result<()> {
 /// Netem 1, full matrix: 15% loss, 25% reordered, 40 ± 20 ms each way. Peers
 /// may be taken for dead here (three losses in a row are 27 times likelier);
 /// what must hold is convergence and no flap (removal needs 4.5 s of silence:
-/// five losses in a row). Round bound: [`SLOW_ROUTE_ROUND`] plus a segment lost
-/// three times (`7 · RTO`, RTO ≈ 0.2 s + 0.14 s round trip).
+/// five losses in a row). Round bound (90th percentile): [`SLOW_ROUTE_ROUND`]
+/// plus a segment lost three times (`7 · RTO`, RTO ≈ 0.2 s + 0.14 s round
+/// trip).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full matrix: run with --include-ignored (FAULTS=full)"]
 async fn heavy_loss_on_routes_between_nats_servers() -> Result<()> {
@@ -186,9 +240,12 @@ async fn heavy_loss_on_routes_between_nats_servers() -> Result<()> {
 /// lost three times: 1% of a's losses), but nothing may flap: removal needs
 /// a's beats silent for 1.5 s + 3 s, five losses in a row of one segment.
 ///
-/// Round bound, 3 s: [`SLOW_ROUTE_ROUND`] plus a segment lost three times in
-/// a row on a link with a round trip under 1 ms (`7 · RTO_MIN` = 1.4 s); four
-/// losses in a row are 1 in 10,000 per segment.
+/// Round bound (90th percentile), 2.9 s: [`SLOW_ROUTE_ROUND`] plus a segment
+/// lost three times in a row on a link with a round trip under 1 ms
+/// (`7 · RTO_MIN` = 1.4 s). The slowest round is not bound by it: a's link
+/// carries about a thousand segments a run, and four losses in a row are
+/// 1 in 10,000 per segment, so about one run in ten has a round that waits
+/// 3 s for TCP (one CI run measured 4.62 s).
 ///
 /// After the heal, 2.5 s for every view and every peer live: a segment
 /// lost three times waits up to `8 · RTO_MIN` = 1.6 s for its next try (a
@@ -209,20 +266,14 @@ async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
     lab.impair(Host::Root, Host::Ns(0), Impairment::loss(0.10));
     let impaired = Instant::now();
     let round_bound = SLOW_ROUTE_ROUND + RTO_MIN * 7;
-    let (mut slowest, mut rounds) = (Duration::ZERO, 0);
+    let mut rounds = Rounds::default();
     while impaired.elapsed() < IMPAIRED_FOR {
-        let t = Instant::now();
-        fleet.register(&endpoints, "api", &ids(&format!("r{rounds}"), 3)).await?;
-        if rounds > 0 {
-            fleet.stop("api", &format!("r{}-0", rounds - 1)).await;
-        }
-        let took = converge(&cluster.named(), fleet.watches(), &fleet.expected(), round_bound * 2).await?;
-        slowest = slowest.max(took.max(t.elapsed()));
-        rounds += 1;
+        let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
+        rounds.record(took);
     }
     let tally = peers.tally();
     let counters = lab.counters_over(&a_link);
-    println!("node a's link: {counters}; {rounds} rounds");
+    println!("node a's link: {counters}; {} rounds", rounds.len());
     let on_a = fleet.on_node("a");
 
     lab.heal();
@@ -234,9 +285,8 @@ async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
     })
     .await?;
 
-    report.row("rounds of 3 registrations and 1 removal", "≥ 5", rounds.to_string(), rounds >= 5);
+    rounds.rows(&mut report, round_bound);
     report.row("providers with their session on a", "> 0", on_a.to_string(), on_a > 0);
-    report.within("slowest round visible on every node and consumer", round_bound, slowest);
     report.row("packets lost on a's link", "> 0", counters.lost.to_string(), counters.lost > 0);
     peer_rows(&mut report, &tally);
     report.row("peers taken for dead (orphaned), for a moment", "(informational)", pairs(&tally.orphaned), true);
