@@ -462,7 +462,43 @@ impl SessionTask {
         };
         let mut session = Session { endpoint: i, _channel: channel, tx, rx, opened };
         let instances: Vec<v1::Instance> = lock(&self.desired).values().cloned().collect();
-        for instance in &instances {
+        if let Err(e) = self.register_all(&mut session, &instances, refusals).await {
+            // A session given up on while it registers ends with a goodbye,
+            // never a bare half-close, which removes its instances at once.
+            // Re-registering (after a lost node or a drain), the provider is
+            // alive and registering elsewhere: "moved" keeps this node's
+            // copies until the next session's newer ones take them over, so
+            // a removal here cannot hide the copies consumers see meanwhile.
+            // A first registration that fails removes what it registered
+            // before the caller hears of it; a re-registration goes on to the
+            // next node at once.
+            match refusals {
+                Refusals::Fail => session.goodbye(false).await,
+                Refusals::Skip => drop(tokio::spawn(session.goodbye(true))),
+            }
+            return Err(e);
+        }
+        let node_id = session.opened.node_id.clone();
+        let endpoint = self.client.name(i);
+        debug!(node = %node_id, %endpoint, instances = instances.len(), "provider session registered");
+        self.state.send_modify(|s| {
+            s.node_id = Some(node_id);
+            s.endpoint = Some(endpoint);
+            s.sessions += 1;
+            s.since = Some(Instant::now());
+            s.attempted_at = Some(attempted_at);
+        });
+        Ok(session)
+    }
+
+    /// Registers `instances` in a just opened session and waits for every
+    /// answer. A refusal fails the session only with [`Refusals::Fail`],
+    /// except a draining node's, which always does (try another node).
+    async fn register_all(&self, session: &mut Session, instances: &[v1::Instance], refusals: Refusals) -> Result<()> {
+        let config = &self.client.config;
+        let unavailable =
+            |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(session.endpoint)) };
+        for instance in instances {
             if !session.send(In::Upsert(instance.clone())).await {
                 return Err(unavailable("session closed while registering"));
             }
@@ -485,10 +521,7 @@ impl SessionTask {
                         return Err(unavailable(&err.to_string()));
                     }
                     match refusals {
-                        Refusals::Fail => {
-                            session.goodbye(false).await;
-                            return Err(err);
-                        }
+                        Refusals::Fail => return Err(err),
                         // One refused instance must not keep the others away.
                         Refusals::Skip => warn!(key = ?r.key, error = %err, "re-registration refused"),
                     }
@@ -498,17 +531,7 @@ impl SessionTask {
                 _ => {}
             }
         }
-        let node_id = session.opened.node_id.clone();
-        let endpoint = self.client.name(i);
-        debug!(node = %node_id, %endpoint, instances = instances.len(), "provider session registered");
-        self.state.send_modify(|s| {
-            s.node_id = Some(node_id);
-            s.endpoint = Some(endpoint);
-            s.sessions += 1;
-            s.since = Some(Instant::now());
-            s.attempted_at = Some(attempted_at);
-        });
-        Ok(session)
+        Ok(())
     }
 
     /// A new session after the old one ended: jittered, growing delays; the
