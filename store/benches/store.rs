@@ -262,6 +262,28 @@ fn change_window(current: &mut [(Key, Entry)], first: usize, next: &mut usize, h
     *port = port.wrapping_add(1);
 }
 
+/// `slice_entries` of the own slice: the copy a peer's slice transfer is cut
+/// from, taken under the registry's writer lock (grouping by service happens
+/// outside it). 100k own keys, alone and beside 100k keys of a peer.
+fn own_slice_cut(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store/slice_entries");
+    group.throughput(Throughput::Elements(STORE_KEYS as u64));
+    group.sample_size(20);
+    for peer_keys in [0usize, STORE_KEYS] {
+        let mut store = store_with_local_keys(STORE_KEYS);
+        let peer = store.origin_id(&Origin::new("node-b", 1));
+        let mut hlc = Hlc::new("node-b");
+        for change in peer_puts(&mut hlc, STORE_KEYS..STORE_KEYS + peer_keys, 8080) {
+            store.apply_remote(peer, change);
+        }
+        let local = store.local_id();
+        assert_eq!(store.slice_entries(local).len(), STORE_KEYS);
+        let name = format!("own_100k_beside_{}k_peer_keys", peer_keys / 1_000);
+        group.bench_function(name, |b| b.iter(|| black_box(store.slice_entries(local))));
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short by default so a run stays cheap; command-line flags override these.
     Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2))
@@ -270,6 +292,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = apply_remote_batch, put_local_single, digest_update, replace_slice_diff
+    targets = apply_remote_batch, put_local_single, digest_update, replace_slice_diff, own_slice_cut
 }
 criterion_main!(benches);
