@@ -336,14 +336,30 @@ impl SyncCore {
     /// a peer that is starting too, an older node (no digest) or one that
     /// knows a node this one has not heard from, waits as before.
     fn vouched(&self) -> bool {
-        let mine = self.members_digest();
-        let without_me = mine ^ stable_hash(self.me.node.as_bytes());
+        let (mine, without_me) = self.my_digests();
         !self.peers.is_empty()
             && self.peers.values().all(|p| {
                 p.beat
                     .as_ref()
                     .is_some_and(|b| b.ready && b.members != 0 && (b.members == mine || b.members == without_me))
             })
+    }
+
+    /// Some peer knows a node this one has not heard from: its membership
+    /// digest differs from this node's, with or without this node. A live
+    /// node that missed this one's hello beats within a beat interval, so
+    /// discovery waits for it (see [`Self::check_ready`]).
+    fn peers_know_more(&self) -> bool {
+        let (mine, without_me) = self.my_digests();
+        self.peers
+            .values()
+            .any(|p| p.beat.as_ref().is_some_and(|b| b.members != 0 && b.members != mine && b.members != without_me))
+    }
+
+    /// The membership digest, and the same without this node.
+    fn my_digests(&self) -> (u64, u64) {
+        let mine = self.members_digest();
+        (mine, mine ^ stable_hash(self.me.node.as_bytes()))
     }
 
     /// Whether `origin` said farewell (stopped on purpose) and has not spoken since.
@@ -856,8 +872,16 @@ impl SyncCore {
             let caught_up = self.peers.values().filter(|p| p.state == PeerState::Live).all(|p| {
                 p.loaded && matches!(p.pull, Pull::Idle) && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
             });
-            let discovered = self.discovery_from.is_some_and(|t| now >= t + self.cfg.discovery_ms)
-                || (self.bus_up && self.vouched());
+            // The discovery time is enough, unless a peer knows a node this
+            // one has not heard from: then up to `suspect_after` longer, the
+            // time by which that node's peers would suspect it too. A live
+            // node whose answer to the hello was lost beats within that; a
+            // dead one that peers still hold (orphaned) does not, and holds
+            // the start no longer than that.
+            let discovered = self.discovery_from.is_some_and(|t| {
+                let extra = if self.peers_know_more() { self.cfg.suspect_after_ms } else { 0 };
+                now >= t + self.cfg.discovery_ms + extra
+            }) || (self.bus_up && self.vouched());
             if elapsed >= self.cfg.ready_timeout_ms {
                 self.ready = true;
                 actions.push(Action::Ready { timed_out: true });

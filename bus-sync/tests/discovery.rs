@@ -52,6 +52,31 @@ fn a_peer_that_knows_a_node_the_joiner_has_not_heard_keeps_it_warming() {
     assert!(turned_ready(&actions), "{actions:?}");
 }
 
+/// A live node whose answer to the hello was lost beats again within a beat
+/// interval, which may be just past the discovery time: while a peer knows a
+/// node the joiner has not heard from, discovery goes on, for at most the
+/// time after which that node's peers would suspect it.
+#[test]
+fn a_peer_knowing_an_unheard_node_holds_discovery_until_that_node_beats() {
+    let mut j = joiner();
+    j.on_beat(origin("a"), beat(0, true, members(&["a", "b", "j"])), (0, 0), 5);
+    assert!(!turned_ready(&j.on_tick(DISCOVERY_MS, 0)), "a knows b, which j has not heard from");
+    assert!(!j.is_ready());
+    let actions = j.on_beat(origin("b"), beat(0, true, members(&["a", "b", "j"])), (0, 0), DISCOVERY_MS + 300);
+    assert!(turned_ready(&actions), "b beat: nothing left to discover: {actions:?}");
+}
+
+#[test]
+fn a_node_only_peers_know_holds_discovery_no_longer_than_the_suspect_time() {
+    let suspect = SyncConfig::default().suspect_after_ms;
+    let mut j = joiner();
+    // b is dead; a still holds its slice (orphaned) and counts it.
+    j.on_beat(origin("a"), beat(0, true, members(&["a", "b"])), (0, 0), 5);
+    assert!(!turned_ready(&j.on_tick(DISCOVERY_MS, 0)));
+    assert!(!turned_ready(&j.on_tick(DISCOVERY_MS + suspect - 1, 0)));
+    assert!(turned_ready(&j.on_tick(DISCOVERY_MS + suspect, 0)), "b never beat: ready at the suspect time");
+}
+
 #[test]
 fn a_starting_peer_or_an_older_one_does_not_vouch() {
     for (what, b) in [("starting", beat(0, false, members(&["a", "j"]))), ("older", beat(0, true, 0))] {
