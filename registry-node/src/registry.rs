@@ -188,6 +188,7 @@ impl Registry {
         {
             keys.remove(&key);
         }
+        tracing::trace!(key = %display_key(&key), ?owner, version = version.hlc, "registered");
         st.owned.entry(owner).or_default().insert(key);
         self.apply(&mut st, out);
         Metrics::inc(&self.metrics.registrations);
@@ -457,6 +458,11 @@ impl Registry {
 
     /// Applies a peer's changes, in its order.
     pub fn apply_remote(&self, origin: &Origin, changes: Vec<Change>) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for change in &changes {
+                tracing::trace!(%origin, change = %describe_change(change), "applying a peer's change");
+            }
+        }
         let mut st = self.state.lock();
         let id = st.store.origin_id(origin);
         let mut all = Outcome::default();
@@ -534,6 +540,9 @@ impl Registry {
             st.stale.extend(out.stale.into_iter().map(|k| (due, k)));
         }
         for key in &out.superseded {
+            if let Key::Instance(k) = key {
+                tracing::trace!(key = %display_key(k), owner = ?st.owner_of.get(k), "own copy superseded by a newer one");
+            }
             if let Key::Instance(k) = key
                 && let Some(owner) = st.owner_of.remove(k)
                 && let Some(keys) = st.owned.get_mut(&owner)
@@ -557,7 +566,12 @@ impl Registry {
                         self.consumers.remove_if(&k.namespace, |_, m| m.is_empty());
                     }
                 }
-                other => instance_changes.push(other),
+                other => {
+                    if let ViewChange::Remove { key: Key::Instance(k) } = &other {
+                        tracing::trace!(key = %display_key(k), "instance left the merged view");
+                    }
+                    instance_changes.push(other)
+                }
             }
         }
         if !instance_changes.is_empty() {
@@ -569,8 +583,11 @@ impl Registry {
 /// Forgets who owns `key` and removes it from the own slice; the caller applies
 /// the outcome (alone, or with others for one delta per service).
 fn take_out(st: &mut State, key: &InstanceKey, now: u64) -> Option<(registry_store::Version, Outcome)> {
-    st.owner_of.remove(key);
-    st.store.remove_local(&Key::Instance(key.clone()), now)
+    let owner = st.owner_of.remove(key);
+    let removed = st.store.remove_local(&Key::Instance(key.clone()), now);
+    let version = removed.as_ref().map(|(v, _)| v.hlc);
+    tracing::trace!(key = %display_key(key), ?owner, ?version, "removed from the own slice");
+    removed
 }
 
 fn renew_locked(st: &mut State, lease_id: &str, now: Instant) -> Result<(OwnerId, Duration), RegistryError> {
@@ -581,6 +598,21 @@ fn renew_locked(st: &mut State, lease_id: &str, now: Instant) -> Result<(OwnerId
     st.lease_deadlines.remove(&old);
     st.lease_deadlines.insert((deadline, lease_id.to_string()));
     Ok((owner, ttl))
+}
+
+/// A change in a line of a log: key, version, and what it does.
+fn describe_change(change: &Change) -> String {
+    let key = |k: &Key| match k {
+        Key::Instance(k) => display_key(k),
+        Key::Consumer(c) => format!("consumer {}/{}", c.namespace, c.stream),
+    };
+    match change {
+        Change::Put { key: k, entry } => {
+            let what = if entry.is_live() { "put" } else { "tombstone" };
+            format!("{what} {} v{}.{}", key(k), entry.version.hlc, entry.version.node)
+        }
+        Change::Purge { key: k } => format!("purge {}", key(k)),
+    }
 }
 
 pub fn display_key(k: &InstanceKey) -> String {

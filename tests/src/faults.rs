@@ -383,12 +383,22 @@ pub struct Fleet {
 }
 
 /// A removal one consumer saw.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Removal {
     pub consumer: usize,
     pub service: String,
     pub id: String,
     pub at: Instant,
+    /// The same moment on the wall clock, to find it in the nodes' logs.
+    pub wall: std::time::SystemTime,
+}
+
+impl std::fmt::Debug for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 86_400_000;
+        let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
+        write!(f, "{}/{} at consumer {} ({h:02}:{m:02}:{s:02}.{ms:03} UTC)", self.service, self.id, self.consumer)
+    }
 }
 
 impl Fleet {
@@ -483,6 +493,7 @@ impl Fleet {
                             service: i.service.clone(),
                             id: i.instance_id.clone(),
                             at: Instant::now(),
+                            wall: std::time::SystemTime::now(),
                         }),
                         WatchEvent::Disconnected { .. } => {
                             disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -73,7 +73,7 @@ impl NodeProc {
         .arg(&self.config)
         .args(["--cluster", &self.cluster])
         .env("RUST_LOG", std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(node_log())
+        .stdout(node_log(&self.cluster, &self.name))
         .stderr(Stdio::inherit());
         for url in &self.nats {
             cmd.args(["--nats-url", url]);
@@ -182,9 +182,18 @@ impl Drop for NodeProc {
 }
 
 /// Where a node's log goes: nowhere, unless `NODE_LOG` (a `RUST_LOG` filter
-/// such as `info`) asks for the nodes' timelines, which then go to stderr.
-fn node_log() -> Stdio {
-    if std::env::var_os("NODE_LOG").is_some() { Stdio::from(std::io::stderr()) } else { Stdio::null() }
+/// such as `info`) asks for the nodes' timelines, which then go to stderr,
+/// or with `NODE_LOG_DIR` to one file per node, `<cluster>-<node>.log`
+/// (a restarted node appends to it).
+fn node_log(cluster: &str, name: &str) -> Stdio {
+    if std::env::var_os("NODE_LOG").is_none() {
+        return Stdio::null();
+    }
+    let file = std::env::var_os("NODE_LOG_DIR").and_then(|dir| {
+        let path = std::path::Path::new(&dir).join(format!("{cluster}-{name}.log"));
+        std::fs::OpenOptions::new().create(true).append(true).open(path).ok()
+    });
+    file.map_or_else(|| Stdio::from(std::io::stderr()), Stdio::from)
 }
 
 /// Sends signal `name` (as `kill -<name>` spells it) to `pid`.
