@@ -25,6 +25,10 @@ use tracing::{debug, info, warn};
 use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result, describe};
 
+/// How long a session given up on while registering may take to end at its
+/// node before the current session registers everything again anyway.
+const ABANDONED_WAIT: Duration = Duration::from_secs(10);
+
 /// Where the provider's session is.
 ///
 /// ```no_run
@@ -113,6 +117,7 @@ impl Client {
             pending: VecDeque::new(),
             retry: Vec::new(),
             retiring: None,
+            refresh: mpsc::channel(1),
         };
         let first = task.first_session().await?;
         let task = tokio::spawn(task.run(first));
@@ -290,15 +295,22 @@ impl Session {
         self.tx.send(v1::RegisterRequest { kind: Some(kind) }).await.is_ok()
     }
 
-    /// Says goodbye and waits (briefly) for the node to end the stream, so the
-    /// goodbye is not lost in a connection torn down right after it.
     /// Ends the session. `moved`: this provider's instances are registered
     /// on another node now, so the node keeps them until that node's copies
     /// take them over instead of removing them at once.
-    async fn goodbye(mut self, moved: bool) {
+    ///
+    /// Says goodbye and waits (briefly) for the node to end the stream, so the
+    /// goodbye is not lost in a connection torn down right after it.
+    async fn goodbye(self, moved: bool) {
+        self.goodbye_within(moved, Duration::from_secs(2)).await;
+    }
+
+    /// [`Self::goodbye`], waiting up to `wait` for the node to end the
+    /// stream: once it has, the node has done everything sent before.
+    async fn goodbye_within(mut self, moved: bool, wait: Duration) {
         if self.send(In::Goodbye(v1::Goodbye { moved })).await {
             drop(self.tx);
-            let _ = timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = self.rx.message().await {} }).await;
+            let _ = timeout(wait, async { while let Ok(Some(_)) = self.rx.message().await {} }).await;
         }
     }
 }
@@ -338,6 +350,10 @@ struct SessionTask {
     retry: Vec<Command>,
     /// The session a drain moved away from, and when it says goodbye.
     retiring: Option<(Session, Instant)>,
+    /// Told when a session given up on while registering has ended at its
+    /// node: the current session then registers everything again (see
+    /// [`Self::open`]).
+    refresh: (mpsc::Sender<()>, mpsc::Receiver<()>),
 }
 
 impl SessionTask {
@@ -472,9 +488,24 @@ impl SessionTask {
             // A first registration that fails removes what it registered
             // before the caller hears of it; a re-registration goes on to the
             // next node at once.
+            //
+            // A node too slow to answer in time may still apply the
+            // registrations after the provider registered them elsewhere,
+            // and so with newer versions than those: they would take the
+            // instances over from the session that goes on, and be removed
+            // when this one's hold ends, leaving the provider registered
+            // nowhere. So once this node has ended the stream (it has done
+            // everything sent before the goodbye), or after a generous
+            // wait, the current session registers everything again, newer.
             match refusals {
                 Refusals::Fail => session.goodbye(false).await,
-                Refusals::Skip => drop(tokio::spawn(session.goodbye(true))),
+                Refusals::Skip => {
+                    let refresh = self.refresh.0.clone();
+                    tokio::spawn(async move {
+                        session.goodbye_within(true, ABANDONED_WAIT).await;
+                        let _ = refresh.try_send(());
+                    });
+                }
             }
             return Err(e);
         }
@@ -590,6 +621,18 @@ impl SessionTask {
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stop,
                 _ = sleep_until(retire_at.unwrap_or(heard)), if retire_at.is_some() => self.retire_now().await,
+                Some(()) = self.refresh.1.recv() => {
+                    let instances: Vec<v1::Instance> = lock(&self.desired).values().cloned().collect();
+                    debug!(instances = instances.len(), "registering again after a session given up on");
+                    for instance in instances {
+                        // Nobody waits for these answers.
+                        let cmd = Command { kind: In::Upsert(instance), reply: oneshot::channel().0 };
+                        if !session.send(cmd.kind.clone()).await {
+                            return End::Broken("session closed".into());
+                        }
+                        self.pending.push_back(Pending::Command(cmd));
+                    }
+                }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return End::Stop };
                     if !session.send(cmd.kind.clone()).await {

@@ -40,26 +40,42 @@ enum Ending {
     HalfClose,
     /// The transport broke (the client reset the stream).
     Broken,
-    /// The node broke the session itself (script: `break_first`).
+    /// The node broke the session itself ([`Act::AcceptThenBreak`]).
     BrokenByNode,
 }
 
 #[derive(Clone, Debug)]
 struct SessionLog {
-    upserts: usize,
+    upserts: Vec<Instant>,
     ending: Ending,
+    ended_at: Option<Instant>,
 }
 
-/// A node that answers `opened` to every session. With `break_first`, it
-/// accepts the first session's registrations and breaks that session 200 ms
-/// later; every other session's registrations it never answers.
+/// What the scripted node does with one session (after answering `opened`).
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    /// Accepts the registrations, and breaks the session 200 ms later.
+    AcceptThenBreak,
+    /// Never answers the registrations; ends the stream `ms` after the
+    /// goodbye (a slow node finishing what it was sent).
+    Stall { ms: u64 },
+    /// Accepts everything, for good.
+    Accept,
+}
+
+/// A node that answers `opened` to every session, then acts on session n as
+/// `script[n]` says (the last entry for every later session).
 #[derive(Clone)]
 struct Scripted {
-    break_first: bool,
+    script: Arc<Vec<Act>>,
     sessions: Arc<Mutex<Vec<SessionLog>>>,
 }
 
 impl Scripted {
+    fn new(script: &[Act]) -> Self {
+        Self { script: Arc::new(script.to_vec()), sessions: Arc::default() }
+    }
+
     fn sessions(&self) -> Vec<SessionLog> {
         self.sessions.lock().expect("lock").clone()
     }
@@ -88,10 +104,17 @@ impl Registry for Scripted {
         let (tx, rx) = mpsc::channel(64);
         let n = {
             let mut sessions = self.sessions.lock().expect("lock");
-            sessions.push(SessionLog { upserts: 0, ending: Ending::Open });
+            sessions.push(SessionLog { upserts: Vec::new(), ending: Ending::Open, ended_at: None });
             sessions.len() - 1
         };
-        let answers = self.break_first && n == 0;
+        let act = self.script[n.min(self.script.len() - 1)];
+        let me = self.clone();
+        let end = move |ending: Ending| {
+            me.set(n, |s| {
+                s.ending = ending;
+                s.ended_at = Some(Instant::now());
+            })
+        };
         let me = self.clone();
         tokio::spawn(async move {
             let mut break_at = None;
@@ -99,16 +122,15 @@ impl Registry for Scripted {
                 let msg = tokio::select! {
                     _ = tokio::time::sleep_until(break_at.unwrap_or_else(Instant::now)), if break_at.is_some() => {
                         let _ = tx.send(Err(Status::unavailable("scripted: session broken"))).await;
-                        me.set(n, |s| s.ending = Ending::BrokenByNode);
-                        return;
+                        return end(Ending::BrokenByNode);
                     }
                     msg = inbound.message() => msg,
                 };
                 let kind = match msg {
                     Ok(Some(v1::RegisterRequest { kind: Some(kind) })) => kind,
                     Ok(Some(_)) => continue,
-                    Ok(None) => return me.set(n, |s| s.ending = Ending::HalfClose),
-                    Err(_) => return me.set(n, |s| s.ending = Ending::Broken),
+                    Ok(None) => return end(Ending::HalfClose),
+                    Err(_) => return end(Ending::Broken),
                 };
                 match kind {
                     In::Open(_) => {
@@ -121,8 +143,8 @@ impl Registry for Scripted {
                         let _ = tx.send(out(Out::Opened(opened))).await;
                     }
                     In::Upsert(i) => {
-                        me.set(n, |s| s.upserts += 1);
-                        if answers {
+                        me.set(n, |s| s.upserts.push(Instant::now()));
+                        if !matches!(act, Act::Stall { .. }) {
                             let key = v1::InstanceKey {
                                 namespace: i.namespace.clone(),
                                 service: i.service.clone(),
@@ -135,10 +157,20 @@ impl Registry for Scripted {
                                     ..Default::default()
                                 })))
                                 .await;
-                            break_at = Some(Instant::now() + Duration::from_millis(200));
+                            if matches!(act, Act::AcceptThenBreak) {
+                                break_at = Some(Instant::now() + Duration::from_millis(200));
+                            }
                         }
                     }
-                    In::Goodbye(g) => return me.set(n, |s| s.ending = Ending::Goodbye { moved: g.moved }),
+                    In::Goodbye(g) => {
+                        if let Act::Stall { ms } = act {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
+                        return end(Ending::Goodbye { moved: g.moved });
+                    }
+                    In::Heartbeat(_) => {
+                        let _ = tx.send(out(Out::Pong(v1::Pong::default()))).await;
+                    }
                     _ => {}
                 }
             }
@@ -224,14 +256,14 @@ async fn until(node: &Scripted, what: &str, check: impl Fn(&[SessionLog]) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_registration_given_up_on_ends_with_a_moved_goodbye() {
-    let node = Scripted { break_first: true, sessions: Arc::default() };
+    let node = Scripted::new(&[Act::AcceptThenBreak, Act::Stall { ms: 0 }]);
     let addr = serve(node.clone()).await;
     let provider = client(addr).register([instance("x"), instance("y")]).await.expect("first session registers");
 
     // The node breaks the first session; the provider re-registers in new
     // sessions, which the node never answers, so it gives each up in turn.
     until(&node, "three sessions given up on", |s| {
-        s.iter().skip(1).filter(|s| s.upserts == 2 && s.ending != Ending::Open).count() >= 3
+        s.iter().skip(1).filter(|s| s.upserts.len() == 2 && s.ending != Ending::Open).count() >= 3
     })
     .await;
     let sessions = node.sessions();
@@ -242,9 +274,34 @@ async fn a_re_registration_given_up_on_ends_with_a_moved_goodbye() {
     provider.shutdown().await;
 }
 
+/// A node too slow to answer may apply a session's registrations after the
+/// provider made them elsewhere, with newer versions, which would take the
+/// instances over from the session that goes on. So once the given-up
+/// session has ended at its node, the session that goes on registers
+/// everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_session_given_up_on_ends_the_current_one_registers_again() {
+    // Session 1 stalls, and ends 700 ms after its goodbye; session 2 is the
+    // one that goes on.
+    let node = Scripted::new(&[Act::AcceptThenBreak, Act::Stall { ms: 700 }, Act::Accept]);
+    let addr = serve(node.clone()).await;
+    let provider = client(addr).register([instance("x"), instance("y")]).await.expect("first session registers");
+
+    until(&node, "the current session registered twice", |s| s.len() >= 3 && s[2].upserts.len() >= 4).await;
+    let sessions = node.sessions();
+    let (given_up, current) = (&sessions[1], &sessions[2]);
+    assert_eq!(given_up.ending, Ending::Goodbye { moved: true }, "{sessions:?}");
+    let ended = given_up.ended_at.expect("the given-up session ended");
+    assert!(current.upserts[..2].iter().all(|t| *t < ended), "registered at once: {sessions:?}");
+    assert!(current.upserts[2..].iter().all(|t| *t >= ended), "again once the other ended: {sessions:?}");
+    assert_eq!(current.upserts.len(), 4, "{sessions:?}");
+    assert_eq!(current.ending, Ending::Open);
+    provider.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_registration_given_up_on_ends_with_a_goodbye() {
-    let node = Scripted { break_first: false, sessions: Arc::default() };
+    let node = Scripted::new(&[Act::Stall { ms: 0 }]);
     let addr = serve(node.clone()).await;
     let err = client(addr).register([instance("x")]).await.expect_err("nothing is ever accepted");
     assert!(err.to_string().contains("not answered in time"), "{err}");
@@ -254,7 +311,7 @@ async fn a_first_registration_given_up_on_ends_with_a_goodbye() {
     let sessions = node.sessions();
     assert!(!sessions.is_empty());
     for (n, s) in sessions.iter().enumerate() {
-        assert_eq!(s.upserts, 1, "session {n}: {sessions:?}");
+        assert_eq!(s.upserts.len(), 1, "session {n}: {sessions:?}");
         assert_eq!(s.ending, Ending::Goodbye { moved: false }, "session {n}: {sessions:?}");
     }
 }
