@@ -8,9 +8,12 @@
 //!   reconnects (to this or another node) and re-registers never flaps;
 //! - silence longer than the lease TTL: removed then.
 //!
-//! Once the node has asked a session to move (drain), however it ends, its
-//! instances are kept like a moved provider's: the provider is registering
-//! elsewhere, and a removal now could overtake its new copies.
+//! Once the node has asked a session to move (drain), an end that does not
+//! say why (half-close, silence) keeps its instances like a moved provider's:
+//! the provider is likely registering elsewhere, and a removal now could
+//! overtake its new copies. A plain `goodbye` still removes them at once: the
+//! provider says it is stopping (one that moved says `moved`), and keeping
+//! them would show consumers a stopped provider for the whole hold.
 //!
 //! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
 
@@ -139,11 +142,12 @@ pub async fn run_session(
             },
         }
     };
-    // Once asked to move, however the session ends (goodbye, half-close,
-    // silence while it registers elsewhere), its instances wait to be taken
-    // over: a removal now could overtake the provider's new copies.
+    // Once asked to move, a session that ends without saying why (half-close,
+    // silence while it registers elsewhere) keeps its instances until they
+    // are taken over: a removal now could overtake the provider's new copies.
+    // An explicit goodbye says why: `moved`, or stopping (removed at once).
     let end = match end {
-        End::Goodbye | End::HalfClose | End::LeaseExpired if drained => End::Moved,
+        End::HalfClose | End::LeaseExpired if drained => End::Moved,
         other => other,
     };
     Metrics::dec(&registry.metrics.sessions_active);

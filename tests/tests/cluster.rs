@@ -439,3 +439,54 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
     }
     Ok(())
 }
+
+/// A provider asked to move that stops instead (a plain goodbye, during the
+/// drain's delay) is gone from every view at once, as after any goodbye: its
+/// instances are not held for the handover of a move it never made, which
+/// would show consumers a stopped provider for the dead time plus the orphan
+/// grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_provider_that_says_goodbye_is_removed_at_once() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut a = cluster_config("a", &[nats.url()], "t-drained-bye");
+    a.sessions.rebalance_interval_ms = 200;
+    let a = start_node(a).await?;
+    let b = start_node(cluster_config("b", &[nats.url()], "t-drained-bye")).await?;
+    until_ready(&a).await?;
+    until_ready(&b).await?;
+    let mut on_b = Watch::start(&mut client(b.grpc_addr).await?, "", &["api"], "w").await?;
+    on_b.step(PROMPTLY).await?;
+    // Ten providers on a, none on b: a asks some to move.
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        let mut s = Session::open(&mut client(a.grpc_addr).await?, 5_000).await?;
+        s.upsert(instance("api", &format!("p{i}"), 1 + i)).await?;
+        sessions.push(s);
+    }
+    on_b.until("all ten on b's consumer", PROMPTLY, |v| v["api"].1.len() == 10).await?;
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let drained = 'found: loop {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            if let Ok(Out::Drain(_)) = s.next_within(Duration::from_millis(20)).await {
+                break 'found i;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("no session asked to move within {PROMPTLY:?}");
+        }
+    };
+    let id = format!("p{drained}");
+    sessions[drained].goodbye().await?;
+    let bye = tokio::time::Instant::now();
+    // Well under the handover a move would get (dead time 1.5 s + orphan
+    // grace 3 s): propagation only.
+    on_b.until("the stopped provider removed", Duration::from_secs(1), |v| !v["api"].1.contains_key(&id)).await?;
+    let took = bye.elapsed();
+    assert_eq!(removed_ids(&on_b), [id], "only the stopped provider went (after {took:?})");
+    for n in [&a, &b] {
+        assert_eq!(service_ids(n.grpc_addr, "api").await?.len(), 9);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
