@@ -32,13 +32,6 @@ fn flap_row(report: &mut Report, fleet: &Fleet) {
     }
 }
 
-/// Held by the scenarios that load the machine most (the full-matrix
-/// stampede, the soak), so they never run beside each other: on two cores,
-/// 2,000 reconnecting sessions next to a soak's churn measured the test
-/// processes' contention (moves took 4.95 s instead of about 2 s, past the
-/// fast timers' 4.5 s orphan removal), not the registry.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn rss_row(report: &mut Report, cluster: &ProcCluster) {
     let peak = cluster.peak_rss_mib().into_iter().map(|(_, m)| m).fold(0.0, f64::max);
     report.row("peak RSS of a node", "≤ 256 MiB", format!("{peak:.0} MiB"), peak <= 256.0);
@@ -733,8 +726,7 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
     let sessions = if full_matrix() { 2_000 } else { 500 };
-    let _heavy = HEAVY.lock().await;
-    let mut report = Report::new(&format!("reconnect stampede, {sessions} sessions"));
+    let mut report = Report::alone(&format!("reconnect stampede, {sessions} sessions"));
     // The production reconnect grace (3 s): hundreds of providers reconnecting
     // at once on a small machine can need more than the 1 s of the fast timers.
     // No rebalancing: every session stays on the node to kill until it dies.
@@ -791,8 +783,7 @@ async fn soak_random_churn_and_faults() -> Result<()> {
     let secs: u64 = std::env::var("FAULTS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let seed: u64 = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let _heavy = HEAVY.lock().await;
-    let mut report = Report::new(&format!("soak, {secs} s, seed {seed}"));
+    let mut report = Report::alone(&format!("soak, {secs} s, seed {seed}"));
     let mut cluster = ProcCluster::start("soak", &["a", "b", "c"], 3).await?;
     let endpoints = cluster.endpoints();
     let mut fleet = Fleet::default();
