@@ -184,6 +184,10 @@ impl Client {
 /// they come.
 const PUBLISH_EVERY: usize = 256;
 
+/// Longest a moving watch follows both its streams before it switches to the
+/// new one even though their views still differ.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// A stream open on endpoint `.0`, with the channel it must outlive.
 type Opened = (usize, Channel, Streaming<v1::SubscribeResponse>);
 
@@ -192,8 +196,38 @@ enum End {
     Stop,
     Gap,
     Broken(String),
-    /// The node asked the stream to move, and this one is open elsewhere.
-    Moved(Box<Opened>),
+    /// The node asked the stream to move, and this one is open elsewhere:
+    /// with the view it has built so far (its snapshot and deltas), if any.
+    Moved(Box<Opened>, Option<ServiceView>),
+}
+
+/// A watch moving to a new stream while it still follows the old one.
+///
+/// The new node's snapshot can be behind the old stream: a change the old
+/// node pushed a moment ago may not have reached the new node when it took
+/// its snapshot. Switching at once would show that change undone, then
+/// done again (a registration seen removed and re-added). So the new
+/// stream builds a view of its own beside the one consumers see, and the
+/// watch switches when the two agree, or at the latest after [`SETTLE`],
+/// with only the differences left then.
+struct Overlap {
+    next: Opened,
+    /// The new stream's view; stale until its snapshot came.
+    view: ServiceView,
+    /// Where the node pointed, to try again if the new stream fails.
+    hint: String,
+    /// When to switch even if the views still differ (set by the snapshot).
+    until: Option<Instant>,
+}
+
+impl Overlap {
+    /// The next message of the new stream (never, without an overlap).
+    async fn message(overlap: &mut Option<Overlap>) -> Result<Option<v1::SubscribeResponse>, tonic::Status> {
+        match overlap {
+            Some(o) => o.next.2.message().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 struct WatchTask {
@@ -210,6 +244,8 @@ impl WatchTask {
         let mut avoid = None;
         let mut failures = 0u32;
         let mut moved: Option<Opened> = None;
+        // Whether the next stream's snapshot is already in the view.
+        let mut synced = false;
         loop {
             if failures > 0 {
                 let delay = self.client.config.backoff.random_delay(failures - 1);
@@ -229,7 +265,8 @@ impl WatchTask {
                 failures += 1;
                 continue;
             };
-            let end = self.follow(i, stream).await;
+            let end = self.follow(i, stream, synced).await;
+            synced = false;
             // Whatever the stream applied is in the view others see.
             self.publish();
             match end {
@@ -238,8 +275,17 @@ impl WatchTask {
                     avoid = None;
                     failures = 0;
                 }
-                End::Moved(next) => {
+                End::Moved(next, built) => {
                     debug!(service = %self.view.service, from = %self.client.name(i), to = %self.client.name(next.0), "watch moved");
+                    if let Some(built) = built {
+                        // Only the differences left between the two streams' views.
+                        let changes = self.view.apply_snapshot(built.to_snapshot());
+                        self.view.endpoint = self.client.name(next.0);
+                        self.emit(changes);
+                        self.publish();
+                        synced = true;
+                        let _ = self.events.send(WatchEvent::Synced { endpoint: self.view.endpoint.clone() });
+                    }
                     moved = Some(*next);
                     avoid = None;
                     failures = 0;
@@ -280,10 +326,12 @@ impl WatchTask {
         None
     }
 
-    async fn follow(&mut self, i: usize, mut stream: Streaming<v1::SubscribeResponse>) -> End {
-        let mut synced = false;
+    /// Follows stream `i`; `synced`: its snapshot is in the view already (it
+    /// was taken over from a move).
+    async fn follow(&mut self, i: usize, mut stream: Streaming<v1::SubscribeResponse>, mut synced: bool) -> End {
         // Set when the node asked this stream to move: when, and where to.
         let mut move_at: Option<(Instant, String)> = None;
+        let mut overlap: Option<Overlap> = None;
         // Messages applied since the view was last published. A burst of
         // deltas is applied as a whole before the view is published once:
         // publishing copies the view, and a copy per delta of a large service
@@ -296,18 +344,34 @@ impl WatchTask {
                 unpublished = 0;
             }
             let at = move_at.as_ref().map(|(t, _)| *t);
+            let switch_at = overlap.as_ref().and_then(|o| o.until);
             let msg = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return End::Stop,
                 _ = sleep_until(at.unwrap_or_else(Instant::now)), if at.is_some() => {
                     let hint = move_at.take().map(|(_, h)| h).unwrap_or_default();
                     let order = self.client.order_preferring(Some(i), self.client.endpoint_for_hint(&hint));
-                    match self.open_any(order, Some(i)).await {
-                        Some(next) => return End::Moved(Box::new(next)),
-                        // Nowhere to go yet: keep following this stream, which
-                        // its node ends if it must.
-                        None => continue,
+                    // Nowhere to go yet: keep following this stream, which
+                    // its node ends if it must.
+                    if let Some(next) = self.open_any(order, Some(i)).await {
+                        let view = ServiceView::new(&self.view.namespace, &self.view.service);
+                        overlap = Some(Overlap { next, view, hint, until: None });
                     }
+                    continue;
+                }
+                _ = sleep_until(switch_at.unwrap_or_else(Instant::now)), if switch_at.is_some() => {
+                    return Self::switch(overlap);
+                }
+                m = Overlap::message(&mut overlap) => {
+                    if let Err(why) = self.follow_new(&mut overlap, m) {
+                        debug!(service = %self.view.service, reason = %why, "the stream to move to failed; trying again");
+                        let hint = overlap.take().map(|o| o.hint).unwrap_or_default();
+                        move_at = Some((Instant::now() + SETTLE, hint));
+                    }
+                    if overlap.as_ref().is_some_and(|o| o.until.is_some() && o.view.instances == self.view.instances) {
+                        return Self::switch(overlap);
+                    }
+                    continue;
                 }
                 m = stream.message() => m,
                 // Nothing more is waiting: publish what was applied.
@@ -320,6 +384,8 @@ impl WatchTask {
             let kind = match msg {
                 Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
                 Ok(Some(_)) => continue,
+                // The old node ended the stream: switch to the new one now.
+                Ok(None) | Err(_) if overlap.is_some() => return Self::switch(overlap),
                 Ok(None) => return End::Broken("stream ended".into()),
                 Err(status) => return End::Broken(describe(&status)),
             };
@@ -354,14 +420,62 @@ impl WatchTask {
                         unpublished += 1;
                     }
                 }
-                Push::Drain(d) => {
+                Push::Drain(d) if overlap.is_none() => {
                     debug!(service = %self.view.service, endpoint = %self.client.name(i), reason = %d.reason, "asked to move");
                     move_at = Some((Instant::now() + Duration::from_millis(u64::from(d.delay_ms)), d.hint));
                 }
-                // Another service on the same stream: not ours.
-                Push::Snapshot(_) | Push::Delta(_) => {}
+                // Another service on the same stream: not ours; or a second
+                // drain while moving.
+                Push::Snapshot(_) | Push::Delta(_) | Push::Drain(_) => {}
+            }
+            if overlap.as_ref().is_some_and(|o| o.until.is_some() && o.view.instances == self.view.instances) {
+                return Self::switch(overlap);
             }
         }
+    }
+
+    /// Ends following the old stream for the new one of `overlap`, with the
+    /// new stream's view if its snapshot came.
+    fn switch(overlap: Option<Overlap>) -> End {
+        match overlap {
+            Some(o) => {
+                let built = o.until.is_some().then_some(o.view);
+                End::Moved(Box::new(o.next), built)
+            }
+            None => End::Gap,
+        }
+    }
+
+    /// Applies a message of the stream being moved to into its own view.
+    fn follow_new(
+        &self,
+        overlap: &mut Option<Overlap>,
+        msg: Result<Option<v1::SubscribeResponse>, tonic::Status>,
+    ) -> Result<(), String> {
+        let Some(o) = overlap.as_mut() else { return Ok(()) };
+        let kind = match msg {
+            Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => return Err("stream ended".into()),
+            Err(status) => return Err(describe(&status)),
+        };
+        match kind {
+            Push::Snapshot(s) if s.service == self.view.service => {
+                o.view.apply_snapshot(s);
+                o.until.get_or_insert_with(|| Instant::now() + SETTLE);
+            }
+            Push::Delta(d) if d.service == self.view.service => {
+                if o.until.is_none() {
+                    return Err("a delta before the snapshot".into());
+                }
+                o.view.apply_delta(d).map_err(|gap| gap.to_string())?;
+            }
+            Push::Progress(p) => {
+                o.view.set_freshness(p.freshness);
+            }
+            Push::Snapshot(_) | Push::Delta(_) | Push::Drain(_) => {}
+        }
+        Ok(())
     }
 
     /// Publishes the view. Always after the events it includes: whoever sees a

@@ -154,6 +154,18 @@ impl ServiceView {
         changes
     }
 
+    /// The view as a snapshot: applied to another view, it makes that one
+    /// equal to this one and yields only the differences.
+    pub(crate) fn to_snapshot(&self) -> v1::ServiceSnapshot {
+        v1::ServiceSnapshot {
+            namespace: self.namespace.clone(),
+            service: self.service.clone(),
+            instances: self.instances.values().cloned().collect(),
+            revision: self.revision,
+            freshness: Some(v1::Freshness { oldest_origin_age_ms: self.oldest_origin_age_ms, degraded: self.degraded }),
+        }
+    }
+
     /// Applies a delta that follows the view's revision; refuses one that does
     /// not (the caller resubscribes). Upserts equal to what is known are no change.
     ///
