@@ -481,13 +481,13 @@ impl SessionTask {
         if let Err(e) = self.register_all(&mut session, &instances, refusals).await {
             // A session given up on while it registers ends with a goodbye,
             // never a bare half-close, which removes its instances at once.
-            // Re-registering (after a lost node or a drain), the provider is
-            // alive and registering elsewhere: "moved" keeps this node's
-            // copies until the next session's newer ones take them over, so
-            // a removal here cannot hide the copies consumers see meanwhile.
-            // A first registration that fails removes what it registered
-            // before the caller hears of it; a re-registration goes on to the
-            // next node at once.
+            // Refused (a bad instance, the caller's to fix), the provider
+            // stops: a plain goodbye, done before the caller hears of it.
+            // Otherwise (no answer in time, a drain, the stream ended) it goes
+            // on to register elsewhere: "moved" keeps this node's copies
+            // until the next session's newer ones take them over, so neither
+            // a removal here nor its tombstone hides the copies consumers see
+            // meanwhile.
             //
             // A node too slow to answer in time may still apply the
             // registrations after the provider registered them elsewhere,
@@ -497,15 +497,14 @@ impl SessionTask {
             // nowhere. So once this node has ended the stream (it has done
             // everything sent before the goodbye), or after a generous
             // wait, the current session registers everything again, newer.
-            match refusals {
-                Refusals::Fail => session.goodbye(false).await,
-                Refusals::Skip => {
-                    let refresh = self.refresh.0.clone();
-                    tokio::spawn(async move {
-                        session.goodbye_within(true, ABANDONED_WAIT).await;
-                        let _ = refresh.try_send(());
-                    });
-                }
+            if matches!(e, Error::Rejected { .. } | Error::NotFound(_)) {
+                session.goodbye(false).await;
+            } else {
+                let refresh = self.refresh.0.clone();
+                tokio::spawn(async move {
+                    session.goodbye_within(true, ABANDONED_WAIT).await;
+                    let _ = refresh.try_send(());
+                });
             }
             return Err(e);
         }

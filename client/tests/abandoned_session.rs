@@ -6,10 +6,12 @@
 //! knows. After a lost node or a drain, those copies include the ones
 //! consumers see meanwhile (the dead node's, kept through its grace, or the
 //! provider's previous session's), so the removal would hide a live provider
-//! until its next session registers it again: a flap. So a re-registering
-//! provider ends such a session with a `moved` goodbye (the node keeps the
-//! copies until the next session's newer ones take them over), and only a
-//! first registration, which has no other copy, ends with a plain goodbye.
+//! until its next session registers it again: a flap. Even a first
+//! registration's removal can: the provider tries again on another node at
+//! once. So a provider ends a session it gives up on with a `moved` goodbye
+//! (the node keeps the copies until the next session's newer ones take them
+//! over); only a refused registration, after which the provider stops, ends
+//! with a plain goodbye.
 //!
 //! The node here is a scripted one: no real node can be made to answer
 //! `opened` and then stall on cue.
@@ -61,6 +63,8 @@ enum Act {
     Stall { ms: u64 },
     /// Accepts everything, for good.
     Accept,
+    /// Refuses every registration as invalid.
+    Refuse,
 }
 
 /// A node that answers `opened` to every session, then acts on session n as
@@ -144,7 +148,14 @@ impl Registry for Scripted {
                     }
                     In::Upsert(i) => {
                         me.set(n, |s| s.upserts.push(Instant::now()));
-                        if !matches!(act, Act::Stall { .. }) {
+                        if let Act::Refuse = act {
+                            let rejected = v1::Rejected {
+                                key: None,
+                                code: tonic::Code::InvalidArgument as i32,
+                                reason: "scripted: refused".into(),
+                            };
+                            let _ = tx.send(out(Out::Rejected(rejected))).await;
+                        } else if !matches!(act, Act::Stall { .. }) {
                             let key = v1::InstanceKey {
                                 namespace: i.namespace.clone(),
                                 service: i.service.clone(),
@@ -299,19 +310,32 @@ async fn after_a_session_given_up_on_ends_the_current_one_registers_again() {
     provider.shutdown().await;
 }
 
+/// A first registration given up on is tried again elsewhere (here: until
+/// the request timeout), so it ends as moved too, and the node keeps its
+/// copies until the next try's take them over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_registration_given_up_on_ends_with_a_goodbye() {
+async fn a_first_registration_given_up_on_ends_with_a_moved_goodbye() {
     let node = Scripted::new(&[Act::Stall { ms: 0 }]);
     let addr = serve(node.clone()).await;
     let err = client(addr).register([instance("x")]).await.expect_err("nothing is ever accepted");
     assert!(err.to_string().contains("not answered in time"), "{err}");
-
-    // The caller hears of the failure once the session said goodbye: a plain
-    // one (there is no other copy to keep), and nothing is left open.
+    until(&node, "every session ended", |s| !s.is_empty() && s.iter().all(|s| s.ending != Ending::Open)).await;
     let sessions = node.sessions();
-    assert!(!sessions.is_empty());
     for (n, s) in sessions.iter().enumerate() {
         assert_eq!(s.upserts.len(), 1, "session {n}: {sessions:?}");
-        assert_eq!(s.ending, Ending::Goodbye { moved: false }, "session {n}: {sessions:?}");
+        assert_eq!(s.ending, Ending::Goodbye { moved: true }, "session {n}: {sessions:?}");
     }
+}
+
+/// A refused registration is the caller's to fix: the provider stops, and
+/// the session ends with a plain goodbye before the caller hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_registration_ends_with_a_plain_goodbye() {
+    let node = Scripted::new(&[Act::Refuse]);
+    let addr = serve(node.clone()).await;
+    let err = client(addr).register([instance("x")]).await.expect_err("refused");
+    assert!(err.to_string().contains("refused"), "{err}");
+    let sessions = node.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].ending, Ending::Goodbye { moved: false }, "{sessions:?}");
 }
