@@ -208,8 +208,9 @@ enum End {
 /// its snapshot. Switching at once would show that change undone, then
 /// done again (a registration seen removed and re-added). So the new
 /// stream builds a view of its own beside the one consumers see, and the
-/// watch switches when the two agree, or at the latest after [`SETTLE`],
-/// with only the differences left then.
+/// watch switches once that one holds everything shown (see
+/// [`Overlap::caught_up`]), or at the latest after [`SETTLE`], with only
+/// the differences left then.
 struct Overlap {
     next: Opened,
     /// The new stream's view; stale until its snapshot came.
@@ -221,6 +222,14 @@ struct Overlap {
 }
 
 impl Overlap {
+    /// The new stream has its snapshot and holds everything the view shows,
+    /// as the view shows it: switching now shows no removal and no older
+    /// record (what the new stream holds beyond that is newer, and shows as
+    /// added).
+    fn caught_up(&self, shown: &ServiceView) -> bool {
+        self.until.is_some() && shown.instances.iter().all(|(id, i)| self.view.instances.get(id) == Some(i))
+    }
+
     /// The next message of the new stream (never, without an overlap).
     async fn message(overlap: &mut Option<Overlap>) -> Result<Option<v1::SubscribeResponse>, tonic::Status> {
         match overlap {
@@ -368,7 +377,7 @@ impl WatchTask {
                         let hint = overlap.take().map(|o| o.hint).unwrap_or_default();
                         move_at = Some((Instant::now() + SETTLE, hint));
                     }
-                    if overlap.as_ref().is_some_and(|o| o.until.is_some() && o.view.instances == self.view.instances) {
+                    if overlap.as_ref().is_some_and(|o| o.caught_up(&self.view)) {
                         return Self::switch(overlap);
                     }
                     continue;
@@ -428,7 +437,7 @@ impl WatchTask {
                 // drain while moving.
                 Push::Snapshot(_) | Push::Delta(_) | Push::Drain(_) => {}
             }
-            if overlap.as_ref().is_some_and(|o| o.until.is_some() && o.view.instances == self.view.instances) {
+            if overlap.as_ref().is_some_and(|o| o.caught_up(&self.view)) {
                 return Self::switch(overlap);
             }
         }
