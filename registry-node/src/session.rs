@@ -11,9 +11,10 @@
 //! Once the node has asked a session to move (drain), an end that does not
 //! say why (half-close, silence) keeps its instances like a moved provider's:
 //! the provider is likely registering elsewhere, and a removal now could
-//! overtake its new copies. A plain `goodbye` still removes them at once: the
-//! provider says it is stopping (one that moved says `moved`), and keeping
-//! them would show consumers a stopped provider for the whole hold.
+//! overtake its new copies. A plain `goodbye` removes them within one beat
+//! interval: the provider says it is stopping (one that moved says `moved`),
+//! and keeping them for a move's hold would show consumers a stopped provider
+//! all that time.
 //!
 //! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
 
@@ -42,6 +43,8 @@ enum End {
     /// of a session the node had asked to move.
     Moved,
     HalfClose,
+    /// A plain goodbye from a session the node had asked to move.
+    Leaving,
     Broken,
     LeaseExpired,
     Shutdown,
@@ -145,9 +148,13 @@ pub async fn run_session(
     // Once asked to move, a session that ends without saying why (half-close,
     // silence while it registers elsewhere) keeps its instances until they
     // are taken over: a removal now could overtake the provider's new copies.
-    // An explicit goodbye says why: `moved`, or stopping (removed at once).
+    // An explicit goodbye says why: `moved`, or stopping: removed after one
+    // beat interval at most (a client that moved without saying so gets its
+    // new copies that long to arrive; a stopped provider is not shown for
+    // the whole hold of a move).
     let end = match end {
         End::HalfClose | End::LeaseExpired if drained => End::Moved,
+        End::Goodbye if drained => End::Leaving,
         other => other,
     };
     Metrics::dec(&registry.metrics.sessions_active);
@@ -157,7 +164,7 @@ pub async fn run_session(
             let n = registry.release(owner, false);
             debug!(session = %session_id, removed = n, ?end, "session ended");
         }
-        End::Broken | End::Moved => {
+        End::Broken | End::Moved | End::Leaving => {
             // Keep the instances until re-registrations elsewhere have taken
             // them all over, or the reconnect grace ends, so a reconnect does
             // not flap them. A moved provider is not kept waiting for the
@@ -166,7 +173,7 @@ pub async fn run_session(
             // the new copies on the bus).
             drop(out);
             Metrics::inc(&registry.metrics.handovers_active);
-            let until = Instant::now() + handover_bound(registry.config(), end == End::Moved);
+            let until = Instant::now() + handover_bound(registry.config(), end);
             while registry.owned_count(owner) > 0 && Instant::now() < until {
                 tokio::select! {
                     _ = sleep(Duration::from_millis(100).min(until - Instant::now())) => {}
@@ -281,11 +288,14 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
 /// began as it moved): its old copies stay as long as this node would keep a
 /// silent peer's records (dead time plus orphan grace), since removing them
 /// would show every consumer on this side a live provider leaving.
-fn handover_bound(config: &crate::config::NodeConfig, moved: bool) -> Duration {
+fn handover_bound(config: &crate::config::NodeConfig, end: End) -> Duration {
     let grace = config.sessions.reconnect_grace();
-    if moved && config.clustered() {
-        grace.max(Duration::from_millis(config.sync.dead_after_ms + config.sync.orphan_grace_ms))
-    } else {
-        grace
+    match end {
+        End::Moved if config.clustered() => {
+            grace.max(Duration::from_millis(config.sync.dead_after_ms + config.sync.orphan_grace_ms))
+        }
+        End::Leaving if config.clustered() => Duration::from_millis(config.sync.beat_interval_ms),
+        End::Leaving => Duration::ZERO,
+        _ => grace,
     }
 }

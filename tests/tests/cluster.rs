@@ -441,10 +441,10 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
 }
 
 /// A provider asked to move that stops instead (a plain goodbye, during the
-/// drain's delay) is gone from every view at once, as after any goodbye: its
-/// instances are not held for the handover of a move it never made, which
-/// would show consumers a stopped provider for the dead time plus the orphan
-/// grace.
+/// drain's delay) is gone from every view within a beat interval (200 ms
+/// here): its instances are not held for the handover of a move it never
+/// made, which would show consumers a stopped provider for the dead time
+/// plus the orphan grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_provider_that_says_goodbye_is_removed_at_once() -> Result<()> {
     let nats = NatsServer::start().await?;
