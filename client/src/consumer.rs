@@ -230,6 +230,11 @@ impl Overlap {
         self.until.is_some() && shown.instances.iter().all(|(id, i)| self.view.instances.get(id) == Some(i))
     }
 
+    /// Time to switch: caught up, or the settle time is over.
+    fn due(&self, shown: &ServiceView) -> bool {
+        self.caught_up(shown) || self.until.is_some_and(|t| Instant::now() >= t)
+    }
+
     /// The next message of the new stream (never, without an overlap).
     async fn message(overlap: &mut Option<Overlap>) -> Result<Option<v1::SubscribeResponse>, tonic::Status> {
         match overlap {
@@ -352,6 +357,9 @@ impl WatchTask {
                 self.publish();
                 unpublished = 0;
             }
+            if let Some(o) = overlap.take_if(|o| o.due(&self.view)) {
+                return Self::switch(o);
+            }
             let at = move_at.as_ref().map(|(t, _)| *t);
             let switch_at = overlap.as_ref().and_then(|o| o.until);
             let msg = tokio::select! {
@@ -368,17 +376,13 @@ impl WatchTask {
                     }
                     continue;
                 }
-                _ = sleep_until(switch_at.unwrap_or_else(Instant::now)), if switch_at.is_some() => {
-                    return Self::switch(overlap);
-                }
+                // Switched at the top of the loop.
+                _ = sleep_until(switch_at.unwrap_or_else(Instant::now)), if switch_at.is_some() => continue,
                 m = Overlap::message(&mut overlap) => {
                     if let Err(why) = self.follow_new(&mut overlap, m) {
                         debug!(service = %self.view.service, reason = %why, "the stream to move to failed; trying again");
                         let hint = overlap.take().map(|o| o.hint).unwrap_or_default();
                         move_at = Some((Instant::now() + SETTLE, hint));
-                    }
-                    if overlap.as_ref().is_some_and(|o| o.caught_up(&self.view)) {
-                        return Self::switch(overlap);
                     }
                     continue;
                 }
@@ -390,11 +394,15 @@ impl WatchTask {
                     continue;
                 }
             };
+            // The old node ended the stream: switch to the new one now.
+            if matches!(msg, Ok(None) | Err(_))
+                && let Some(o) = overlap.take()
+            {
+                return Self::switch(o);
+            }
             let kind = match msg {
                 Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
                 Ok(Some(_)) => continue,
-                // The old node ended the stream: switch to the new one now.
-                Ok(None) | Err(_) if overlap.is_some() => return Self::switch(overlap),
                 Ok(None) => return End::Broken("stream ended".into()),
                 Err(status) => return End::Broken(describe(&status)),
             };
@@ -437,22 +445,14 @@ impl WatchTask {
                 // drain while moving.
                 Push::Snapshot(_) | Push::Delta(_) | Push::Drain(_) => {}
             }
-            if overlap.as_ref().is_some_and(|o| o.caught_up(&self.view)) {
-                return Self::switch(overlap);
-            }
         }
     }
 
-    /// Ends following the old stream for the new one of `overlap`, with the
-    /// new stream's view if its snapshot came.
-    fn switch(overlap: Option<Overlap>) -> End {
-        match overlap {
-            Some(o) => {
-                let built = o.until.is_some().then_some(o.view);
-                End::Moved(Box::new(o.next), built)
-            }
-            None => End::Gap,
-        }
+    /// Ends following the old stream for the new one, with the new stream's
+    /// view if its snapshot came.
+    fn switch(o: Overlap) -> End {
+        let built = o.until.is_some().then_some(o.view);
+        End::Moved(Box::new(o.next), built)
     }
 
     /// Applies a message of the stream being moved to into its own view.

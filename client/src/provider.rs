@@ -464,7 +464,7 @@ impl SessionTask {
         let _ = tx.send(v1::RegisterRequest { kind: Some(open) }).await;
         let channel = self.client.stream_channel(i, lost);
         let mut client = registry_client(channel.clone());
-        let unavailable = |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(i)) };
+        let unavailable = |what: &str| self.unavailable(i, what);
         let mut rx = match timeout(config.request_timeout, client.register(ReceiverStream::new(rx))).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => return Err(Error::from_status(&status)),
@@ -521,13 +521,18 @@ impl SessionTask {
         Ok(session)
     }
 
+    /// A session on endpoint `i` that cannot go on.
+    fn unavailable(&self, i: usize, what: &str) -> Error {
+        Error::Unavailable { last: format!("{}: {what}", self.client.name(i)) }
+    }
+
     /// Registers `instances` in a just opened session and waits for every
     /// answer. A refusal fails the session only with [`Refusals::Fail`],
     /// except a draining node's, which always does (try another node).
     async fn register_all(&self, session: &mut Session, instances: &[v1::Instance], refusals: Refusals) -> Result<()> {
         let config = &self.client.config;
-        let unavailable =
-            |what: &str| Error::Unavailable { last: format!("{}: {what}", self.client.name(session.endpoint)) };
+        let endpoint = session.endpoint;
+        let unavailable = |what: &str| self.unavailable(endpoint, what);
         for instance in instances {
             if !session.send(In::Upsert(instance.clone())).await {
                 return Err(unavailable("session closed while registering"));

@@ -13,8 +13,8 @@
 //! over); only a refused registration, after which the provider stops, ends
 //! with a plain goodbye.
 //!
-//! The node here is a scripted one: no real node can be made to answer
-//! `opened` and then stall on cue.
+//! The node here is a scripted one (see `scripted`): no real node can be
+//! made to answer `opened` and then stall on cue.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,12 +23,14 @@ use std::time::Duration;
 use registry_client::{Backoff, Client, ClientConfig};
 use registry_proto::v1::register_request::Kind as In;
 use registry_proto::v1::register_response::Kind as Out;
-use registry_proto::v1::registry_server::{Registry, RegistryServer};
 use registry_proto::v1::{self};
+use scripted::{RegisterStream, Script, serve};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+mod scripted;
 
 /// How a scripted session ended, as the node saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,15 +98,8 @@ fn out(kind: Out) -> Reply {
 }
 
 #[tonic::async_trait]
-impl Registry for Scripted {
-    type RegisterStream = ReceiverStream<Reply>;
-    type SubscribeStream = ReceiverStream<Result<v1::SubscribeResponse, Status>>;
-
-    async fn register(
-        &self,
-        request: Request<Streaming<v1::RegisterRequest>>,
-    ) -> Result<Response<Self::RegisterStream>, Status> {
-        let mut inbound = request.into_inner();
+impl Script for Scripted {
+    async fn register(&self, mut inbound: Streaming<v1::RegisterRequest>) -> Result<RegisterStream, Status> {
         let (tx, rx) = mpsc::channel(64);
         let n = {
             let mut sessions = self.sessions.lock().expect("lock");
@@ -186,56 +181,8 @@ impl Registry for Scripted {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
     }
-
-    async fn register_instance(
-        &self,
-        _: Request<v1::RegisterInstanceRequest>,
-    ) -> Result<Response<v1::RegisterInstanceResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn renew(&self, _: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn deregister(&self, _: Request<v1::DeregisterRequest>) -> Result<Response<v1::DeregisterResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn subscribe(&self, _: Request<v1::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn get_service(&self, _: Request<v1::GetServiceRequest>) -> Result<Response<v1::GetServiceResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn list_services(
-        &self,
-        _: Request<v1::ListServicesRequest>,
-    ) -> Result<Response<v1::ListServicesResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn list_consumers(
-        &self,
-        _: Request<v1::ListConsumersRequest>,
-    ) -> Result<Response<v1::ListConsumersResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-}
-
-async fn serve(node: Scripted) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegistryServer::new(node))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
 }
 
 fn client(addr: SocketAddr) -> Client {

@@ -14,13 +14,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use registry_client::{Client, ClientConfig, InstanceChange, WatchEvent};
-use registry_proto::v1::registry_server::{Registry, RegistryServer};
 use registry_proto::v1::subscribe_response::Kind as Push;
 use registry_proto::v1::{self};
+use scripted::{Script, SubscribeStream, serve};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+mod scripted;
 
 /// What a scripted node pushes on a Subscribe stream: each message after its
 /// delay (from the previous one); then the stream stays open.
@@ -30,11 +32,8 @@ struct Scripted {
 }
 
 #[tonic::async_trait]
-impl Registry for Scripted {
-    type RegisterStream = ReceiverStream<Result<v1::RegisterResponse, Status>>;
-    type SubscribeStream = ReceiverStream<Result<v1::SubscribeResponse, Status>>;
-
-    async fn subscribe(&self, _: Request<v1::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+impl Script for Scripted {
+    async fn subscribe(&self, _: v1::SubscribeRequest) -> Result<SubscribeStream, Status> {
         let (tx, rx) = mpsc::channel(16);
         let script = self.script.clone();
         tokio::spawn(async move {
@@ -47,59 +46,12 @@ impl Registry for Scripted {
             // Open until the client leaves.
             tx.closed().await;
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn register(
-        &self,
-        _: Request<Streaming<v1::RegisterRequest>>,
-    ) -> Result<Response<Self::RegisterStream>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn register_instance(
-        &self,
-        _: Request<v1::RegisterInstanceRequest>,
-    ) -> Result<Response<v1::RegisterInstanceResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn renew(&self, _: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn deregister(&self, _: Request<v1::DeregisterRequest>) -> Result<Response<v1::DeregisterResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn get_service(&self, _: Request<v1::GetServiceRequest>) -> Result<Response<v1::GetServiceResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn list_services(
-        &self,
-        _: Request<v1::ListServicesRequest>,
-    ) -> Result<Response<v1::ListServicesResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
-    }
-
-    async fn list_consumers(
-        &self,
-        _: Request<v1::ListConsumersRequest>,
-    ) -> Result<Response<v1::ListConsumersResponse>, Status> {
-        Err(Status::unimplemented("scripted"))
+        Ok(ReceiverStream::new(rx))
     }
 }
 
-async fn serve(script: Vec<(u64, Push)>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RegistryServer::new(Scripted { script }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    addr
+async fn node(script: Vec<(u64, Push)>) -> SocketAddr {
+    serve(Scripted { script }).await
 }
 
 fn instance(id: &str) -> v1::Instance {
@@ -181,8 +133,8 @@ fn removed(events: &[WatchEvent]) -> Vec<String> {
 async fn a_registration_the_new_node_has_not_seen_yet_is_never_shown_removed() {
     // The old node pushes x, then asks the watch to move; the new node's
     // snapshot lacks x, which reaches it 300 ms later.
-    let old = serve(vec![(0, snapshot(&["base"], 1)), (200, added("x", 2)), (100, drain())]).await;
-    let new = serve(vec![(0, snapshot(&["base"], 7)), (300, added("x", 8))]).await;
+    let old = node(vec![(0, snapshot(&["base"], 1)), (200, added("x", 2)), (100, drain())]).await;
+    let new = node(vec![(0, snapshot(&["base"], 7)), (300, added("x", 8))]).await;
     let watch = watch(old, new).await;
     let mut events = watch.events();
 
@@ -197,8 +149,8 @@ async fn a_registration_the_new_node_has_not_seen_yet_is_never_shown_removed() {
 async fn what_really_differs_still_shows_after_the_settle_time() {
     // y is gone on the new node for good: the watch switches after the
     // settle time and shows y removed.
-    let old = serve(vec![(0, snapshot(&["base", "y"], 1)), (100, drain())]).await;
-    let new = serve(vec![(0, snapshot(&["base"], 3))]).await;
+    let old = node(vec![(0, snapshot(&["base", "y"], 1)), (100, drain())]).await;
+    let new = node(vec![(0, snapshot(&["base"], 3))]).await;
     let watch = watch(old, new).await;
     let mut events = watch.events();
 

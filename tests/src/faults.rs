@@ -721,8 +721,7 @@ struct Row {
 impl Report {
     /// The report of a scenario that runs beside others.
     pub fn new(scenario: &str) -> Self {
-        let share = Share::Beside(MACHINE.read().unwrap_or_else(|e| e.into_inner()));
-        Self { scenario: scenario.into(), rows: Vec::new(), _share: share }
+        Self::holding(scenario, Share::Beside(MACHINE.read().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// The report of a scenario that runs alone: it waits for the others
@@ -731,7 +730,10 @@ impl Report {
     /// beside other scenarios measured the test processes' contention (moves
     /// took 5.5 s instead of about 2 s), not the registry.
     pub fn alone(scenario: &str) -> Self {
-        let share = Share::Alone(MACHINE.write().unwrap_or_else(|e| e.into_inner()));
+        Self::holding(scenario, Share::Alone(MACHINE.write().unwrap_or_else(|e| e.into_inner())))
+    }
+
+    fn holding(scenario: &str, share: Share) -> Self {
         Self { scenario: scenario.into(), rows: Vec::new(), _share: share }
     }
 

@@ -446,7 +446,7 @@ async fn nodes_cut_off_from_nats_keep_serving_orphan_nobody_and_say_so() -> Resu
 /// made, which would show consumers a stopped provider for the dead time
 /// plus the orphan grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drained_provider_that_says_goodbye_is_removed_at_once() -> Result<()> {
+async fn a_drained_provider_that_says_goodbye_is_removed_within_a_beat() -> Result<()> {
     let nats = NatsServer::start().await?;
     let mut a = cluster_config("a", &[nats.url()], "t-drained-bye");
     a.sessions.rebalance_interval_ms = 200;
