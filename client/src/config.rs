@@ -41,6 +41,13 @@ pub struct ClientConfig {
     /// each call or stream starts one further in the list (round robin), and
     /// fails over to the next ones.
     pub in_order: bool,
+    /// Events a [`ServiceWatch`](crate::ServiceWatch) buffers for each
+    /// receiver of [`ServiceWatch::events`](crate::ServiceWatch::events)
+    /// (default 1,024). One resync can yield an event per instance at once,
+    /// so a receiver that must see every event (an audit, a test's flap
+    /// recorder) of a large service wants more; one that falls further
+    /// behind gets `Lagged(n)` and should read the current view.
+    pub event_buffer: usize,
 }
 
 impl ClientConfig {
@@ -65,6 +72,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             handover: Duration::from_millis(200),
             in_order: false,
+            event_buffer: 1_024,
         }
     }
 
@@ -136,6 +144,17 @@ impl ClientConfig {
     /// ```
     pub fn in_order(mut self, in_order: bool) -> Self {
         self.in_order = in_order;
+        self
+    }
+
+    /// Sets [`ClientConfig::event_buffer`] (at least 1).
+    ///
+    /// ```
+    /// let c = registry_client::ClientConfig::new(["127.0.0.1:7070"]).event_buffer(16_384);
+    /// assert_eq!(c.event_buffer, 16_384);
+    /// ```
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.event_buffer = events.max(1);
         self
     }
 }

@@ -66,8 +66,16 @@ pub enum WatchEvent {
 /// let view = orders.current();
 /// println!("{} instances, stale: {}", view.instances.len(), view.stale);
 /// let mut events = orders.events();
-/// while let Ok(event) = events.recv().await {
-///     println!("{event:?}");
+/// loop {
+///     match events.recv().await {
+///         Ok(event) => println!("{event:?}"),
+///         // Fell more than `ClientConfig::event_buffer` behind: the events
+///         // are gone, the view is not.
+///         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+///             println!("{n} events missed; now {} instances", orders.current().instances.len());
+///         }
+///         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+///     }
 /// }
 /// # Ok(()) }
 /// ```
@@ -77,10 +85,6 @@ pub struct ServiceWatch {
     events: broadcast::Sender<WatchEvent>,
     _stop: Arc<DropGuard>,
 }
-
-/// Events buffered per receiver; a slower receiver gets `Lagged` and should
-/// read [`ServiceWatch::current`].
-const EVENT_BUFFER: usize = 1024;
 
 impl ServiceWatch {
     /// The view now.
@@ -111,7 +115,11 @@ impl ServiceWatch {
 
     /// A receiver of every event from now on (`tokio::sync::broadcast`). Events
     /// are sent just before the view that includes them is published, so none
-    /// is both in [`ServiceWatch::current`] and still to come.
+    /// is both in [`ServiceWatch::current`] and still to come. A receiver more
+    /// than [`ClientConfig::event_buffer`](crate::ClientConfig::event_buffer)
+    /// events behind gets `RecvError::Lagged(n)`: those `n` events are lost
+    /// to it (the view never is), so a receiver that must see every event
+    /// has to treat a lag as a failure, not as the end of the stream.
     ///
     /// ```no_run
     /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
@@ -155,7 +163,7 @@ impl Client {
         let config = &self.inner.config;
         let view = ServiceView::new(&config.namespace, service);
         let (tx, rx) = watch::channel(Arc::new(view.clone()));
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(config.event_buffer.max(1));
         let stop = CancellationToken::new();
         let request = v1::SubscribeRequest {
             namespace: config.namespace.clone(),

@@ -107,8 +107,12 @@ async fn until_on(
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
     loop {
-        while let Ok(e) = events.try_recv() {
-            seen.push(e);
+        loop {
+            match events.try_recv() {
+                Ok(e) => seen.push(e),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => panic!("{n} events lost to a lag"),
+                Err(_) => break,
+            }
         }
         let view = watch.current();
         if view.endpoint.contains(&endpoint.port().to_string()) && done(&view) {

@@ -365,6 +365,12 @@ pub fn fault_client_full(
     Ok(Client::new(config)?)
 }
 
+/// Events each fault-scenario consumer buffers for its flap recorder: far
+/// more than one burst of any scenario (a resync of the largest service,
+/// every instance removed and added), so a recorder falls that far behind
+/// only if it was starved, and then the scenario fails (see [`Recording`]).
+pub const RECORDER_BUFFER: usize = 8_192;
+
 /// Providers and consumers through the client library, with the bookkeeping
 /// the checker needs: who is alive, and every removal each consumer saw.
 #[derive(Default)]
@@ -374,7 +380,7 @@ pub struct Fleet {
     /// Instances whose providers stopped on purpose (removals of these are no flap).
     gone: BTreeSet<(String, String)>,
     watches: Vec<ServiceWatch>,
-    removals: Arc<Mutex<Vec<Removal>>>,
+    recording: Arc<Mutex<Recording>>,
     /// Times a consumer's view turned stale (it lost its node).
     disconnects: Arc<std::sync::atomic::AtomicUsize>,
     recorders: Vec<JoinHandle<()>>,
@@ -398,6 +404,72 @@ impl std::fmt::Debug for Removal {
         let ms = self.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 86_400_000;
         let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
         write!(f, "{}/{} at consumer {} ({h:02}:{m:02}:{s:02}.{ms:03} UTC)", self.service, self.id, self.consumer)
+    }
+}
+
+/// What the consumers' recorders saw, and whether they saw everything.
+///
+/// A recorder reads its consumer's event channel, which is bounded: one
+/// that falls behind loses events (`Lagged`), and a flap among them would go
+/// unseen. So lost events are counted, not skipped, and so is a recorder
+/// whose channel closed while its consumer was still watched; either fails
+/// the scenario's flap check ([`Fleet::check_flaps`]): a check that stopped
+/// checking must not read as "0 flaps".
+#[derive(Default)]
+pub struct Recording {
+    removals: Vec<Removal>,
+    /// Events lost to lag, by consumer.
+    lost: BTreeMap<usize, u64>,
+    /// Consumers whose recorder stopped listening before the fleet did.
+    stopped: BTreeSet<usize>,
+}
+
+impl Recording {
+    /// Why the recording cannot be trusted, if it cannot.
+    pub fn gaps(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.lost.is_empty() {
+            let total: u64 = self.lost.values().sum();
+            let at: Vec<String> = self.lost.iter().map(|(c, n)| format!("consumer {c}: {n}")).collect();
+            why.push(format!("recorder lagged: {total} events lost ({})", at.join(", ")));
+        }
+        if !self.stopped.is_empty() {
+            why.push(format!("recorder stopped listening at consumers {:?}", self.stopped));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Records consumer `consumer`'s removals and disconnects from `events`
+/// until the channel closes: every event, or a count of those it lost.
+async fn record(
+    consumer: usize,
+    mut events: tokio::sync::broadcast::Receiver<WatchEvent>,
+    recording: Arc<Mutex<Recording>>,
+    disconnects: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(WatchEvent::Changed(InstanceChange::Removed(i))) => recording.lock().removals.push(Removal {
+                consumer,
+                service: i.service.clone(),
+                id: i.instance_id.clone(),
+                at: Instant::now(),
+                wall: std::time::SystemTime::now(),
+            }),
+            Ok(WatchEvent::Disconnected { .. }) => {
+                disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => *recording.lock().lost.entry(consumer).or_default() += n,
+            Err(RecvError::Closed) => {
+                // The fleet aborts its recorders before it drops the watches,
+                // so a close seen here is a watch that ended under the test.
+                recording.lock().stopped.insert(consumer);
+                return;
+            }
+        }
     }
 }
 
@@ -480,31 +552,26 @@ impl Fleet {
     /// starting at the next one in turn.
     pub async fn watch_n(&mut self, endpoints: &[String], service: &str, n: usize) -> Result<()> {
         for i in 0..n {
-            let client = fault_client(endpoints, i, &format!("consumer-{}", self.watches.len()))?;
-            let watch = client.watch(service).await?;
             let consumer = self.watches.len();
-            let mut events = watch.events();
-            let (removals, disconnects) = (self.removals.clone(), self.disconnects.clone());
-            self.recorders.push(tokio::spawn(async move {
-                while let Ok(event) = events.recv().await {
-                    match event {
-                        WatchEvent::Changed(InstanceChange::Removed(i)) => removals.lock().push(Removal {
-                            consumer,
-                            service: i.service.clone(),
-                            id: i.instance_id.clone(),
-                            at: Instant::now(),
-                            wall: std::time::SystemTime::now(),
-                        }),
-                        WatchEvent::Disconnected { .. } => {
-                            disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        _ => {}
-                    }
-                }
-            }));
+            let mut mine = endpoints.to_vec();
+            mine.rotate_left(i % endpoints.len().max(1));
+            let config = ClientConfig::new(mine)
+                .client_name(format!("consumer-{consumer}"))
+                .in_order(true)
+                .request_timeout(Duration::from_secs(2))
+                .backoff(quick_backoff())
+                .event_buffer(RECORDER_BUFFER);
+            let watch = Client::new(config)?.watch(service).await?;
+            self.record_from(consumer, watch.events());
             self.watches.push(watch);
         }
         Ok(())
+    }
+
+    /// Starts the recorder of consumer `consumer` on `events`.
+    fn record_from(&mut self, consumer: usize, events: tokio::sync::broadcast::Receiver<WatchEvent>) {
+        let (recording, disconnects) = (self.recording.clone(), self.disconnects.clone());
+        self.recorders.push(tokio::spawn(record(consumer, events, recording, disconnects)));
     }
 
     /// Times a consumer lost its node (its view turned stale until it
@@ -564,8 +631,9 @@ impl Fleet {
 
     /// Removals consumers saw of instances whose providers never stopped.
     pub fn flaps(&self) -> Vec<Removal> {
-        self.removals
+        self.recording
             .lock()
+            .removals
             .iter()
             .filter(|r| self.providers.contains_key(&(r.service.clone(), r.id.clone())))
             .cloned()
@@ -574,16 +642,50 @@ impl Fleet {
 
     /// Every removal seen so far.
     pub fn removals(&self) -> Vec<Removal> {
-        self.removals.lock().clone()
+        self.recording.lock().removals.clone()
+    }
+
+    /// Why the recording of removals cannot be trusted, if it cannot
+    /// (see [`Recording`]).
+    pub fn recording_gaps(&self) -> Option<String> {
+        self.recording.lock().gaps()
+    }
+
+    /// The scenario's flap check, as two rows of `report`: no live provider
+    /// was ever removed from a consumer's view (the first few named, with
+    /// when and where), and the recorders saw every event, so that "0"
+    /// means none happened rather than none was heard.
+    pub fn check_flaps(&self, report: &mut Report) {
+        let flaps = self.flaps();
+        let some: Vec<String> = flaps.iter().take(3).map(|f| format!("{f:?}")).collect();
+        let measured =
+            if some.is_empty() { "0".to_string() } else { format!("{} ({}…)", flaps.len(), some.join(", ")) };
+        report.row("live providers missing from a consumer (flaps)", "0", measured, flaps.is_empty());
+        if !flaps.is_empty() {
+            println!("flaps: {flaps:?}");
+        }
+        self.check_recording(report);
+    }
+
+    /// A row of `report` that fails if a recorder missed events (see
+    /// [`Recording`]), for scenarios that report removals without bounding them.
+    pub fn check_recording(&self, report: &mut Report) {
+        let gaps = self.recording_gaps();
+        report.row(
+            "events the flap recorders missed",
+            "none",
+            gaps.clone().unwrap_or_else(|| "none".into()),
+            gaps.is_none(),
+        );
     }
 
     /// Ends every provider with a goodbye and stops recording.
     pub async fn shutdown(mut self) {
-        for (_, p) in std::mem::take(&mut self.providers) {
-            p.shutdown().await;
-        }
         for r in &self.recorders {
             r.abort();
+        }
+        for (_, p) in std::mem::take(&mut self.providers) {
+            p.shutdown().await;
         }
     }
 }
@@ -705,9 +807,16 @@ enum Share {
 }
 
 /// One scenario's numbers.
+///
+/// A report checks nothing until it is finished, so one that is dropped
+/// unfinished fails the test (a panic in `Drop`) instead of passing
+/// silently. [`Report::run`] finishes it whatever the scenario does, and
+/// keeps the error of a scenario that ended early.
+#[must_use = "a report checks nothing until it is finished: use Report::run"]
 pub struct Report {
     scenario: String,
     rows: Vec<Row>,
+    finished: bool,
     _share: Share,
 }
 
@@ -734,7 +843,22 @@ impl Report {
     }
 
     fn holding(scenario: &str, share: Share) -> Self {
-        Self { scenario: scenario.into(), rows: Vec::new(), _share: share }
+        Self { scenario: scenario.into(), rows: Vec::new(), finished: false, _share: share }
+    }
+
+    /// Runs a scenario's body and finishes its report: the rows are checked
+    /// when the body succeeds; when it fails, the error is returned with the
+    /// rows recorded until then.
+    pub async fn run(mut self, body: impl AsyncFnOnce(&mut Report) -> Result<()>) -> Result<()> {
+        match body(&mut self).await {
+            Ok(()) => self.finish(),
+            Err(e) => {
+                self.finished = true;
+                let table = self.table();
+                println!("{table}");
+                Err(e.context(format!("scenario {} ended early; its rows until then:\n{table}", self.scenario)))
+            }
+        }
     }
 
     /// Records a measure against its bound.
@@ -779,7 +903,11 @@ impl Report {
     }
 
     /// Prints the table, appends it to the report file, and fails if a row failed.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<()> {
+        self.finished = true;
+        if self.rows.is_empty() {
+            bail!("scenario {} recorded no measure: it checked nothing", self.scenario);
+        }
         let table = self.table();
         println!("{table}");
         let path = report_path();
@@ -796,6 +924,18 @@ impl Report {
     }
 }
 
+impl Drop for Report {
+    fn drop(&mut self) {
+        if !self.finished && !std::thread::panicking() {
+            panic!(
+                "the report of scenario {:?} was dropped without finish(): its {} rows were never checked",
+                self.scenario,
+                self.rows.len()
+            );
+        }
+    }
+}
+
 /// `FAULT_REPORT`, or `fault-report.md` in the system's temporary directory.
 pub fn report_path() -> PathBuf {
     std::env::var_os("FAULT_REPORT").map_or_else(|| std::env::temp_dir().join("fault-report.md"), PathBuf::from)
@@ -809,4 +949,113 @@ pub fn full_matrix() -> bool {
 /// Ids `prefix-0..n`.
 pub fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn removed(id: &str) -> WatchEvent {
+        WatchEvent::Changed(InstanceChange::Removed(crate::instance("api", id, 1)))
+    }
+
+    /// Waits until `cond` holds of the fleet's recording.
+    async fn until(fleet: &Fleet, cond: impl Fn(&Recording) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond(&fleet.recording.lock()) {
+            assert!(Instant::now() < deadline, "the recorder did not get there within 5 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A recorder that falls behind its channel fails the flap check with
+    /// the number of events it lost, instead of reading as "0 flaps".
+    #[tokio::test]
+    async fn a_lagging_recorder_fails_the_flap_check() {
+        let mut fleet = Fleet::default();
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        // Ten events before the recorder runs (this runtime has one thread):
+        // the channel keeps the last four.
+        fleet.record_from(0, rx);
+        for i in 0..10 {
+            tx.send(removed(&format!("x-{i}"))).expect("a receiver");
+        }
+        until(&fleet, |r| r.removals.len() == 4).await;
+        let mut report = Report::new("recorder self-test: lag");
+        fleet.check_flaps(&mut report);
+        let err = report.finish().expect_err("a lagging recorder must fail the check").to_string();
+        assert!(err.contains("recorder lagged: 6 events lost (consumer 0: 6)"), "{err}");
+    }
+
+    /// A recorder whose channel closes while the fleet still watches has
+    /// stopped listening: that fails the check too.
+    #[tokio::test]
+    async fn a_recorder_that_stops_listening_fails_the_flap_check() {
+        let mut fleet = Fleet::default();
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        fleet.record_from(3, rx);
+        drop(tx);
+        until(&fleet, |r| !r.stopped.is_empty()).await;
+        let mut report = Report::new("recorder self-test: stopped");
+        fleet.check_flaps(&mut report);
+        let err = report.finish().expect_err("a stopped recorder must fail the check").to_string();
+        assert!(err.contains("recorder stopped listening at consumers {3}"), "{err}");
+    }
+
+    /// Only removals of live providers are flaps.
+    #[tokio::test]
+    async fn a_removal_of_an_instance_the_fleet_does_not_hold_is_no_flap() {
+        let mut fleet = Fleet::default();
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        fleet.record_from(1, rx);
+        // Not a live provider of the fleet: no flap.
+        tx.send(removed("stranger")).expect("a receiver");
+        until(&fleet, |r| r.removals.len() == 1).await;
+        let mut report = Report::new("recorder self-test: no flap");
+        fleet.check_flaps(&mut report);
+        report.finish().expect("a removal of an unknown instance is no flap");
+        assert!(fleet.flaps().is_empty());
+        drop(tx);
+    }
+
+    /// A report dropped without `finish()` fails the test that dropped it.
+    #[test]
+    fn a_report_dropped_unfinished_panics() {
+        let dropped = std::panic::catch_unwind(|| {
+            let mut report = Report::new("unfinished");
+            report.row("something", "0", "1", false);
+            drop(report);
+        });
+        let message = dropped.expect_err("an unfinished report must fail the test");
+        let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains("dropped without finish()"), "{text}");
+    }
+
+    /// A report with no rows checked nothing: finishing it fails.
+    #[test]
+    fn a_report_without_rows_fails() {
+        let err = Report::new("empty").finish().expect_err("nothing was checked");
+        assert!(err.to_string().contains("recorded no measure"), "{err}");
+    }
+
+    /// `run` finishes the report, and keeps the error of a body that failed.
+    #[tokio::test]
+    async fn run_finishes_the_report_and_keeps_an_early_error() {
+        let passed = Report::new("passes").run(async |r| {
+            r.at_most("zero", 0, 0);
+            Ok(())
+        });
+        passed.await.expect("all rows passed");
+        let failed = Report::new("fails a row").run(async |r| {
+            r.at_most("zero", 0, 1);
+            Ok(())
+        });
+        assert!(failed.await.is_err());
+        let early = Report::new("ends early").run(async |r| {
+            r.at_most("zero", 0, 0);
+            bail!("converge failed: node a missing x")
+        });
+        let err = format!("{:#}", early.await.expect_err("the body failed"));
+        assert!(err.contains("converge failed: node a missing x") && err.contains("ended early"), "{err}");
+    }
 }

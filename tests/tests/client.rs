@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use registry_client::{Client, ClientConfig, InstanceChange, ServiceView, WatchEvent};
 use registry_node::NodeHandle;
 use registry_tests::nats::NatsServer;
@@ -30,9 +30,18 @@ async fn until_on(provider: &registry_client::Provider, node_id: &str, within: D
     }
 }
 
-/// Every event received so far.
-fn drain_events(rx: &mut broadcast::Receiver<WatchEvent>) -> Vec<WatchEvent> {
-    std::iter::from_fn(|| rx.try_recv().ok()).collect()
+/// Every event received so far. Events lost to a lag are an error, not the
+/// end of the list: a check over a list that silently stopped short could
+/// not fail.
+fn drain_events(rx: &mut broadcast::Receiver<WatchEvent>) -> Result<Vec<WatchEvent>> {
+    let mut seen = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(e) => seen.push(e),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => return Ok(seen),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => bail!("the event receiver lagged: {n} events lost"),
+        }
+    }
 }
 
 fn ids(view: &ServiceView) -> Vec<&str> {
@@ -136,7 +145,7 @@ async fn consumer_keeps_its_view_when_its_node_dies_and_resyncs_without_spurious
     assert!(fresh.endpoint.contains(&b), "resynced on b: {fresh:?}");
     assert_eq!(ids(&fresh), ["x", "y", "z"]);
 
-    let seen = drain_events(&mut events);
+    let seen = drain_events(&mut events)?;
     let changes: Vec<&InstanceChange> =
         seen.iter().filter_map(|e| if let WatchEvent::Changed(c) = e { Some(c) } else { None }).collect();
     assert_eq!(changes.len(), 1, "only the real difference: {seen:?}");
@@ -257,7 +266,7 @@ async fn behind_a_load_balancer_provider_and_watch_move_on_drain() -> Result<()>
     assert_eq!(ids(&view), ["x"]);
     on_c.drain(PROMPTLY).await?;
     assert!(removed_ids(&on_c).is_empty(), "consumers saw a removal: {:?}", on_c.log);
-    let removed: Vec<WatchEvent> = drain_events(&mut events)
+    let removed: Vec<WatchEvent> = drain_events(&mut events)?
         .into_iter()
         .filter(|e| matches!(e, WatchEvent::Changed(InstanceChange::Removed(_))))
         .collect();
@@ -442,12 +451,14 @@ async fn a_watch_outlives_its_streams_maximum_age_without_spurious_events() -> R
     let until = Instant::now() + Duration::from_secs(5);
     let synced = |seen: &[WatchEvent]| seen.iter().filter(|e| matches!(e, WatchEvent::Synced { .. })).count();
     while synced(&seen) < 2 && Instant::now() < until {
-        if let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
-            seen.push(e);
+        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            Ok(Ok(e)) => seen.push(e),
+            Ok(Err(e)) => bail!("the event receiver failed: {e}"),
+            Err(_) => {}
         }
     }
     ensure!(synced(&seen) >= 2, "the stream was not renewed twice within 5 s: {seen:?}");
-    seen.extend(drain_events(&mut events));
+    seen.extend(drain_events(&mut events)?);
     let changes: Vec<&WatchEvent> = seen.iter().filter(|e| matches!(e, WatchEvent::Changed(_))).collect();
     ensure!(changes.is_empty(), "spurious changes: {changes:?}");
     ensure!(ids(&watch.current()) == ["x", "y"] && !watch.current().stale);

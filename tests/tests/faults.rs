@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use registry_tests::faults::*;
 use registry_tests::procs::send_signal;
 use registry_tests::{eventually, v1};
@@ -21,54 +21,135 @@ fn named(cluster: &ProcCluster) -> Vec<(String, SocketAddr)> {
     cluster.nodes.iter().filter(|n| n.pid() != 0).map(|n| (n.name.clone(), n.grpc)).collect()
 }
 
-fn flap_row(report: &mut Report, fleet: &Fleet) {
-    let flaps = fleet.flaps();
-    // The first few, so a report says which instance flapped where.
-    let some: Vec<String> = flaps.iter().take(3).map(|f| format!("{} at consumer {}", f.id, f.consumer)).collect();
-    let measured = if some.is_empty() { "0".to_string() } else { format!("{} ({}…)", flaps.len(), some.join(", ")) };
-    report.row("live providers missing from a consumer (flaps)", "0", measured, flaps.is_empty());
-    if !flaps.is_empty() {
-        println!("flaps: {flaps:?}");
-    }
-}
-
 fn rss_row(report: &mut Report, cluster: &ProcCluster) {
     let peak = cluster.peak_rss_mib().into_iter().map(|(_, m)| m).fold(0.0, f64::max);
     report.row("peak RSS of a node", "≤ 256 MiB", format!("{peak:.0} MiB"), peak <= 256.0);
 }
 
+/// The harness itself: a flap injected on purpose, in the middle of more
+/// events than a consumer's event channel used to hold (1,024), fails the
+/// flap check and names the instance, and the recorders lose no event.
+///
+/// The flap: a live provider's instance is deregistered behind its back
+/// (the unary Deregister) and registered again (a unary lease), as a buggy
+/// node would show it: removed and back while its session never ended.
+/// Between the two, 1,600 other instances of the service come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_flap_fails_the_flap_check_and_is_named() -> Result<()> {
+    const NOISE: usize = 1_600;
+    Report::new("harness self-test: an injected flap")
+        .run(async |report| {
+            let cluster = ProcCluster::start("self", &["a", "b"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 4)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+
+            // Noise: two providers of 800 instances each (a session holds at
+            // most 1,000), registered and then stopped.
+            let noise = async |part: usize| -> Result<registry_client::Provider> {
+                let client = fault_client(&endpoints, part, &format!("noise-{part}"))?;
+                let instances =
+                    (0..NOISE / 2).map(|i| registry_tests::instance("api", &format!("noise-{part}-{i}"), 1));
+                Ok(client.register(instances).await?)
+            };
+            let (first, second) = (noise(0).await?, noise(1).await?);
+            let mut all = fleet.expected();
+            all.entry("api".into())
+                .or_default()
+                .extend((0..2).flat_map(|p| (0..NOISE / 2).map(move |i| format!("noise-{p}-{i}"))));
+            converge(&named(&cluster), fleet.watches(), &all, Duration::from_secs(20)).await?;
+
+            let mut a = registry_tests::client(cluster.nodes[0].grpc).await?;
+            let key = v1::InstanceKey { namespace: "default".into(), service: "api".into(), instance_id: "p-2".into() };
+            let found = a.deregister(v1::DeregisterRequest { key: Some(key) }).await?.into_inner().found;
+            ensure!(found, "p-2 was not registered at a");
+            for w in fleet.watches() {
+                tokio::time::timeout(Duration::from_secs(10), w.wait_for(|v| !v.instances.contains_key("p-2")))
+                    .await
+                    .context("a consumer never saw p-2 removed")??;
+            }
+            first.shutdown().await;
+            second.shutdown().await;
+            let back = v1::RegisterInstanceRequest {
+                instance: Some(registry_tests::instance("api", "p-2", 3)),
+                ttl_ms: 60_000,
+                lease_id: String::new(),
+            };
+            a.register_instance(back).await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+
+            // What a scenario's flap check makes of it.
+            let mut check = Report::new("self-test: a scenario with an injected flap (must fail)");
+            fleet.check_flaps(&mut check);
+            let verdict = check.finish();
+            let named_it =
+                verdict.as_ref().err().map(|e| e.to_string()).is_some_and(|e| e.contains("api/p-2 at consumer"));
+            report.row(
+                "the flap check fails, naming api/p-2",
+                "fails, named",
+                match &verdict {
+                    Ok(()) => "passed".to_string(),
+                    Err(_) if named_it => "fails, named".to_string(),
+                    Err(e) => format!("fails without the name: {e}"),
+                },
+                named_it,
+            );
+            let consumers = fleet.watches().len();
+            let removals = fleet.removals().len();
+            report.row(
+                "removals recorded (each consumer: the flap and the noise)",
+                (consumers * (NOISE + 1)).to_string(),
+                removals.to_string(),
+                removals == consumers * (NOISE + 1),
+            );
+            fleet.check_recording(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
+}
+
 /// Fault 1: `kill -9` a registry node, then restart it (a new incarnation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_and_restarted() -> Result<()> {
-    let mut report = Report::new("node kill -9, restart");
-    let mut cluster = ProcCluster::start("f1", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 9)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new("node kill -9, restart")
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("f1", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 9)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let on_a = fleet.on_node("a");
-    report.row("providers on the node to kill", "> 0", on_a.to_string(), on_a > 0);
-    let killed = Instant::now();
-    cluster.nodes[0].kill9()?;
-    let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
-    report.within("providers moved to other nodes", RECONNECT_GRACE, moved);
-    // Providers on a move to b or c; a's copies stay hidden behind theirs.
-    let moved = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
-    report.within("every view correct again after the kill", Duration::from_secs(5), moved.max(killed.elapsed()));
-    // Past the time a's slice is orphaned and dropped: still nobody missing.
-    tokio::time::sleep_until(killed + DEAD_AFTER + ORPHAN_GRACE + BEAT * 3).await;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
+            let on_a = fleet.on_node("a");
+            report.row("providers on the node to kill", "> 0", on_a.to_string(), on_a > 0);
+            let killed = Instant::now();
+            cluster.nodes[0].kill9()?;
+            let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
+            report.within("providers moved to other nodes", RECONNECT_GRACE, moved);
+            // Providers on a move to b or c; a's copies stay hidden behind theirs.
+            let moved = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+            report.within(
+                "every view correct again after the kill",
+                Duration::from_secs(5),
+                moved.max(killed.elapsed()),
+            );
+            // Past the time a's slice is orphaned and dropped: still nobody missing.
+            tokio::time::sleep_until(killed + DEAD_AFTER + ORPHAN_GRACE + BEAT * 3).await;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
 
-    let restarted = Instant::now();
-    cluster.nodes[0].restart().await?;
-    let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
-    report.within("restarted node ready and converged", Duration::from_secs(5), restarted.elapsed().max(back));
-    flap_row(&mut report, &fleet);
-    rss_row(&mut report, &cluster);
-    fleet.shutdown().await;
-    report.finish()
+            let restarted = Instant::now();
+            cluster.nodes[0].restart().await?;
+            let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+            report.within("restarted node ready and converged", Duration::from_secs(5), restarted.elapsed().max(back));
+            fleet.check_flaps(report);
+            rss_row(report, &cluster);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 2: `SIGSTOP` a node past the time its peers declare it dead and drop its
@@ -76,79 +157,86 @@ async fn node_killed_and_restarted() -> Result<()> {
 /// took elsewhere or what died meanwhile, and must not flap anyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_stopped_past_dead_time_then_continued() -> Result<()> {
-    let mut report = Report::new("node SIGSTOP past dead time, SIGCONT");
-    let cluster = ProcCluster::start("f2", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 9)).await?;
-    fleet.watch(&endpoints[1..], "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new("node SIGSTOP past dead time, SIGCONT")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f2", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 9)).await?;
+            fleet.watch(&endpoints[1..], "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let on_a = fleet.on_node("a");
-    report.row("providers on the node to stop", "> 0", on_a.to_string(), on_a > 0);
-    cluster.nodes[0].signal("STOP")?;
-    let stopped = Instant::now();
-    // Providers notice the silence within a lease (3 heartbeats of 200 ms) and move.
-    let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
-    report.within("providers moved off the stopped node", Duration::from_millis(600) + RECONNECT_GRACE, moved);
-    let others = &named(&cluster)[1..];
-    converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
-    // One provider stops for good while a is frozen.
-    fleet.stop("api", "p-3").await;
-    tokio::time::sleep_until(stopped + DEAD_AFTER + ORPHAN_GRACE + Duration::from_secs(1)).await;
-    converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
+            let on_a = fleet.on_node("a");
+            report.row("providers on the node to stop", "> 0", on_a.to_string(), on_a > 0);
+            cluster.nodes[0].signal("STOP")?;
+            let stopped = Instant::now();
+            // Providers notice the silence within a lease (3 heartbeats of 200 ms) and move.
+            let moved = fleet.moved_off("a", Duration::from_secs(10)).await?;
+            report.within("providers moved off the stopped node", Duration::from_millis(600) + RECONNECT_GRACE, moved);
+            let others = &named(&cluster)[1..];
+            converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+            // One provider stops for good while a is frozen.
+            fleet.stop("api", "p-3").await;
+            tokio::time::sleep_until(stopped + DEAD_AFTER + ORPHAN_GRACE + Duration::from_secs(1)).await;
+            converge(others, fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await?;
 
-    cluster.nodes[0].signal("CONT")?;
-    let resumed = Instant::now();
-    let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
-    report.within("all views correct after SIGCONT", Duration::from_secs(5), back.max(resumed.elapsed()));
-    // Watch a while longer: nothing the zombie held may reappear or vanish.
-    let quiet_until = Instant::now() + ORPHAN_GRACE;
-    let mut wrong = 0;
-    while Instant::now() < quiet_until {
-        wrong += usize::from(!differences(&named(&cluster), fleet.watches(), &fleet.expected()).await.is_empty());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    report.at_most("checks with a wrong view after convergence", 0, wrong);
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            cluster.nodes[0].signal("CONT")?;
+            let resumed = Instant::now();
+            let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
+            report.within("all views correct after SIGCONT", Duration::from_secs(5), back.max(resumed.elapsed()));
+            // Watch a while longer: nothing the zombie held may reappear or vanish.
+            let quiet_until = Instant::now() + ORPHAN_GRACE;
+            let mut wrong = 0;
+            while Instant::now() < quiet_until {
+                wrong +=
+                    usize::from(!differences(&named(&cluster), fleet.watches(), &fleet.expected()).await.is_empty());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            report.at_most("checks with a wrong view after convergence", 0, wrong);
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 3: `kill -9` nats-server while providers come and go, then restart it;
 /// and `SIGSTOP` it for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_and_stopped_while_writes_continue() -> Result<()> {
-    let mut report = Report::new("nats-server kill -9 / SIGSTOP under writes");
-    let mut cluster = ProcCluster::start("f3", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new("nats-server kill -9 / SIGSTOP under writes")
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("f3", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    cluster.nats.server(0).kill();
-    // While the bus is down every node keeps serving; writes go on locally.
-    fleet.register(&endpoints, "api", &ids("during-outage", 3)).await?;
-    fleet.stop("api", "p-1").await;
-    tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
-    let healed = Instant::now();
-    cluster.nats.server(0).restart().await?;
-    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    report.within("converged after NATS restart", Duration::from_secs(5), t.max(healed.elapsed()));
+            cluster.nats.server(0).kill();
+            // While the bus is down every node keeps serving; writes go on locally.
+            fleet.register(&endpoints, "api", &ids("during-outage", 3)).await?;
+            fleet.stop("api", "p-1").await;
+            tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
+            let healed = Instant::now();
+            cluster.nats.server(0).restart().await?;
+            let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            report.within("converged after NATS restart", Duration::from_secs(5), t.max(healed.elapsed()));
 
-    let pid = cluster.nats.server(0).pid();
-    send_signal(pid, "STOP")?;
-    fleet.register(&endpoints, "api", &ids("during-stop", 2)).await?;
-    tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
-    send_signal(pid, "CONT")?;
-    let resumed = Instant::now();
-    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    report.within("converged after NATS SIGCONT", Duration::from_secs(5), t.max(resumed.elapsed()));
-    flap_row(&mut report, &fleet);
-    rss_row(&mut report, &cluster);
-    fleet.shutdown().await;
-    report.finish()
+            let pid = cluster.nats.server(0).pid();
+            send_signal(pid, "STOP")?;
+            fleet.register(&endpoints, "api", &ids("during-stop", 2)).await?;
+            tokio::time::sleep(DEAD_AFTER + BEAT * 2).await;
+            send_signal(pid, "CONT")?;
+            let resumed = Instant::now();
+            let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            report.within("converged after NATS SIGCONT", Duration::from_secs(5), t.max(resumed.elapsed()));
+            fleet.check_flaps(report);
+            rss_row(report, &cluster);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// The next message of a NATS subscription.
@@ -201,74 +289,84 @@ fn watch_process(endpoint: &str, service: &str) -> Result<Child> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_consumer_process_costs_bounded_memory() -> Result<()> {
     use registry_tests::{Session, client, instance};
-    let mut report = Report::new("slow subscriber (stopped consumer process)");
-    let cluster = ProcCluster::start("f8", &["a"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let node = &cluster.nodes[0];
-    let mut fleet = Fleet::default();
-    fleet.watch(&endpoints, "hot").await?;
-    let mut stopped = watch_process(&endpoints[0], "hot")?;
-    eventually("the consumer process subscribed", Duration::from_secs(10), || async {
-        node.metric("subscribers").await.filter(|n| *n >= 2)
-    })
-    .await?;
-    let mut c = client(node.grpc).await?;
-    // This session does not heartbeat: ask for a long lease.
-    let mut session = Session::open(&mut c, 60_000).await?;
-    let healthy = fleet.watches()[0].clone();
-    // Rounds of 1,000 changes (1 KiB records) to the watched service; returns
-    // how long the slowest round's last change took to reach a reading consumer.
-    let mut port = 0u32;
-    let mut rounds = async |n: u32| -> Result<Duration> {
-        let mut slowest = Duration::ZERO;
-        for _ in 0..n {
-            port += 1;
-            // 250 in flight at most: a session's replies are a bounded queue.
-            for chunk in (0..1_000u32).collect::<Vec<_>>().chunks(250) {
-                for k in chunk {
-                    let mut i = instance("hot", &format!("h{k}"), port);
-                    i.metadata.insert("pad".into(), "x".repeat(1_024));
-                    session.send(v1::register_request::Kind::Upsert(i)).await?;
+    Report::new("slow subscriber (stopped consumer process)")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f8", &["a"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let node = &cluster.nodes[0];
+            let mut fleet = Fleet::default();
+            fleet.watch(&endpoints, "hot").await?;
+            let mut stopped = watch_process(&endpoints[0], "hot")?;
+            eventually("the consumer process subscribed", Duration::from_secs(10), || async {
+                node.metric("subscribers").await.filter(|n| *n >= 2)
+            })
+            .await?;
+            let mut c = client(node.grpc).await?;
+            // This session does not heartbeat: ask for a long lease.
+            let mut session = Session::open(&mut c, 60_000).await?;
+            let healthy = fleet.watches()[0].clone();
+            // Rounds of 1,000 changes (1 KiB records) to the watched service; returns
+            // how long the slowest round's last change took to reach a reading consumer.
+            let mut port = 0u32;
+            let mut rounds = async |n: u32| -> Result<Duration> {
+                let mut slowest = Duration::ZERO;
+                for _ in 0..n {
+                    port += 1;
+                    // 250 in flight at most: a session's replies are a bounded queue.
+                    for chunk in (0..1_000u32).collect::<Vec<_>>().chunks(250) {
+                        for k in chunk {
+                            let mut i = instance("hot", &format!("h{k}"), port);
+                            i.metadata.insert("pad".into(), "x".repeat(1_024));
+                            session.send(v1::register_request::Kind::Upsert(i)).await?;
+                        }
+                        for _ in chunk {
+                            session.next().await?;
+                        }
+                    }
+                    let t = Instant::now();
+                    let done = healthy.wait_for(|v| v.instances.get("h999").is_some_and(|i| i.port == port));
+                    tokio::time::timeout(Duration::from_secs(5), done)
+                        .await
+                        .context("a reading consumer fell behind")??;
+                    slowest = slowest.max(t.elapsed());
                 }
-                for _ in chunk {
-                    session.next().await?;
-                }
-            }
-            let t = Instant::now();
-            let done = healthy.wait_for(|v| v.instances.get("h999").is_some_and(|i| i.port == port));
-            tokio::time::timeout(Duration::from_secs(5), done).await.context("a reading consumer fell behind")??;
-            slowest = slowest.max(t.elapsed());
-        }
-        Ok(slowest)
-    };
-    // Both consumers reading: the baseline.
-    let baseline = rounds(2).await?;
-    send_signal(stopped.id(), "STOP")?;
-    let (rss_before, _) = node.rss_kib()?;
-    let slowest = rounds(6).await?;
-    let (rss_after, _) = node.rss_kib()?;
-    let grown = rss_after.saturating_sub(rss_before) / 1024;
-    report.row(
-        "node RSS growth while a consumer reads nothing (6 MiB of changes)",
-        "≤ 64 MiB",
-        format!("{grown} MiB"),
-        grown <= 64,
-    );
-    let bound = baseline * 2 + Duration::from_millis(250);
-    report.row(
-        "slowest round's last change to reach a reading consumer",
-        format!("≤ 2 × baseline ({:.2} s) + 0.25 s", baseline.as_secs_f64()),
-        format!("{:.2} s", slowest.as_secs_f64()),
-        slowest <= bound,
-    );
-    send_signal(stopped.id(), "CONT")?;
-    let alive = matches!(stopped.try_wait(), Ok(None));
-    report.row("stopped consumer still connected after SIGCONT", "yes", if alive { "yes" } else { "no" }, alive);
-    let _ = stopped.kill();
-    let _ = stopped.wait();
-    drop(session);
-    fleet.shutdown().await;
-    report.finish()
+                Ok(slowest)
+            };
+            // Both consumers reading: the baseline.
+            let baseline = rounds(2).await?;
+            send_signal(stopped.id(), "STOP")?;
+            let (rss_before, _) = node.rss_kib()?;
+            let slowest = rounds(6).await?;
+            let (rss_after, _) = node.rss_kib()?;
+            let grown = rss_after.saturating_sub(rss_before) / 1024;
+            report.row(
+                "node RSS growth while a consumer reads nothing (6 MiB of changes)",
+                "≤ 64 MiB",
+                format!("{grown} MiB"),
+                grown <= 64,
+            );
+            let bound = baseline * 2 + Duration::from_millis(250);
+            report.row(
+                "slowest round's last change to reach a reading consumer",
+                format!("≤ 2 × baseline ({:.2} s) + 0.25 s", baseline.as_secs_f64()),
+                format!("{:.2} s", slowest.as_secs_f64()),
+                slowest <= bound,
+            );
+            send_signal(stopped.id(), "CONT")?;
+            let alive = matches!(stopped.try_wait(), Ok(None));
+            report.row(
+                "stopped consumer still connected after SIGCONT",
+                "yes",
+                if alive { "yes" } else { "no" },
+                alive,
+            );
+            let _ = stopped.kill();
+            let _ = stopped.wait();
+            drop(session);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 5: A provider process killed (`kill -9`: gone within the reconnect grace
@@ -276,47 +374,54 @@ async fn stopped_consumer_process_costs_bounded_memory() -> Result<()> {
 /// as long as it heartbeats).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_processes_killed_and_stopped() -> Result<()> {
-    let mut report = Report::new("provider kill -9 / SIGSTOP");
-    let cluster = ProcCluster::start("f5", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("stable", 3)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    let mut killed = ProviderProc::start(&endpoints[0], "api", "killed")?;
-    let stopped = ProviderProc::start(&endpoints[1], "api", "stopped")?;
-    let mut with_both = fleet.expected();
-    with_both.entry("api".into()).or_default().extend(["killed".to_string(), "stopped".to_string()]);
-    converge(&named(&cluster), fleet.watches(), &with_both, Duration::from_secs(10)).await?;
-    // Heartbeating for several lease TTLs: never removed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    report.at_most(
-        "checks where a heartbeating process was missing",
-        0,
-        differences(&named(&cluster), fleet.watches(), &with_both).await.len(),
-    );
+    Report::new("provider kill -9 / SIGSTOP")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f5", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("stable", 3)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            let mut killed = ProviderProc::start(&endpoints[0], "api", "killed")?;
+            let stopped = ProviderProc::start(&endpoints[1], "api", "stopped")?;
+            let mut with_both = fleet.expected();
+            with_both.entry("api".into()).or_default().extend(["killed".to_string(), "stopped".to_string()]);
+            converge(&named(&cluster), fleet.watches(), &with_both, Duration::from_secs(10)).await?;
+            // Heartbeating for several lease TTLs: never removed.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            report.at_most(
+                "checks where a heartbeating process was missing",
+                0,
+                differences(&named(&cluster), fleet.watches(), &with_both).await.len(),
+            );
 
-    let t0 = Instant::now();
-    killed.0.kill()?;
-    killed.0.wait()?;
-    let mut without_killed = with_both.clone();
-    without_killed.entry("api".into()).or_default().remove("killed");
-    let gone = converge(&named(&cluster), fleet.watches(), &without_killed, Duration::from_secs(10)).await?;
-    report.within(
-        "killed provider gone everywhere",
-        RECONNECT_GRACE + Duration::from_millis(1_000),
-        gone.max(t0.elapsed()),
-    );
+            let t0 = Instant::now();
+            killed.0.kill()?;
+            killed.0.wait()?;
+            let mut without_killed = with_both.clone();
+            without_killed.entry("api".into()).or_default().remove("killed");
+            let gone = converge(&named(&cluster), fleet.watches(), &without_killed, Duration::from_secs(10)).await?;
+            report.within(
+                "killed provider gone everywhere",
+                RECONNECT_GRACE + Duration::from_millis(1_000),
+                gone.max(t0.elapsed()),
+            );
 
-    let t0 = Instant::now();
-    send_signal(stopped.0.id(), "STOP")?;
-    let gone = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    // The session's lease is three heartbeat intervals; regctl uses the node's default.
-    let ttl = Duration::from_millis(3 * 200);
-    report.within("stopped provider gone everywhere", ttl + Duration::from_millis(1_000), gone.max(t0.elapsed()));
-    flap_row(&mut report, &fleet);
-    drop(stopped);
-    fleet.shutdown().await;
-    report.finish()
+            let t0 = Instant::now();
+            send_signal(stopped.0.id(), "STOP")?;
+            let gone = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            // The session's lease is three heartbeat intervals; regctl uses the node's default.
+            let ttl = Duration::from_millis(3 * 200);
+            report.within(
+                "stopped provider gone everywhere",
+                ttl + Duration::from_millis(1_000),
+                gone.max(t0.elapsed()),
+            );
+            fleet.check_flaps(report);
+            drop(stopped);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 9: Hostile bus traffic from a raw NATS client: garbage, forged origins,
@@ -325,212 +430,227 @@ async fn provider_processes_killed_and_stopped() -> Result<()> {
 async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
     use prost::Message as _;
     use registry_proto::sync as pb;
-    let mut report = Report::new("hostile bus traffic");
-    let mut cluster = ProcCluster::start("f9", &["a", "b"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 4)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
-    let garbage_before = cluster.nodes[1].metric("sync_garbage_messages_total").await.unwrap_or(0);
+    Report::new("hostile bus traffic")
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("f9", &["a", "b"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 4)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+            let garbage_before = cluster.nodes[1].metric("sync_garbage_messages_total").await.unwrap_or(0);
 
-    let nats = async_nats::connect(cluster.nats.server(0).url()).await?;
-    let base = "registry.f9";
-    let origin = |node: &str, incarnation| Some(pb::Origin { node_id: node.into(), incarnation });
-    let forged_put = |node: &str, first_seq| pb::ChangeBatch {
-        origin: origin(node, 1),
-        first_seq,
-        changes: vec![pb::Change {
-            key: Some(pb::Key {
-                kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
-                    namespace: "default".into(),
-                    service: "api".into(),
-                    instance_id: "forged".into(),
-                })),
-            }),
-            put: Some(pb::Entry {
-                version: Some(pb::Version { hlc: u64::MAX, node: 1 }),
-                record: Some(pb::entry::Record::Instance(
-                    v1::Instance {
-                        namespace: "default".into(),
-                        service: "api".into(),
-                        instance_id: "other".into(),
-                        ..Default::default()
+            let nats = async_nats::connect(cluster.nats.server(0).url()).await?;
+            let base = "registry.f9";
+            let origin = |node: &str, incarnation| Some(pb::Origin { node_id: node.into(), incarnation });
+            let forged_put = |node: &str, first_seq| pb::ChangeBatch {
+                origin: origin(node, 1),
+                first_seq,
+                changes: vec![pb::Change {
+                    key: Some(pb::Key {
+                        kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
+                            namespace: "default".into(),
+                            service: "api".into(),
+                            instance_id: "forged".into(),
+                        })),
+                    }),
+                    put: Some(pb::Entry {
+                        version: Some(pb::Version { hlc: u64::MAX, node: 1 }),
+                        record: Some(pb::entry::Record::Instance(
+                            v1::Instance {
+                                namespace: "default".into(),
+                                service: "api".into(),
+                                instance_id: "other".into(),
+                                ..Default::default()
+                            }
+                            .encode_to_vec(),
+                        )),
+                    }),
+                }],
+            };
+            let messages: Vec<(String, Vec<u8>)> = vec![
+                (format!("{base}.bus.changes.a"), vec![0xff; 64]),
+                (format!("{base}.bus.beat"), b"not protobuf at all".to_vec()),
+                (format!("{base}.bus.hello"), vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+                // A batch on a's subject claiming to come from b: forged origin.
+                (format!("{base}.bus.changes.a"), forged_put("b", 1).encode_to_vec()),
+                // A record that is not its key's, from an unknown node, at seq u64::MAX - 1.
+                (format!("{base}.bus.changes.x"), forged_put("x", u64::MAX - 1).encode_to_vec()),
+                // Requests with an inverted range and a cut nobody made.
+                (
+                    format!("{base}.sync.a"),
+                    pb::SyncRequest {
+                        requester: origin("x", 1),
+                        incarnation: 1,
+                        kind: Some(pb::sync_request::Kind::Range(pb::SeqRange { from_seq: 9, to_seq: 2 })),
                     }
                     .encode_to_vec(),
-                )),
-            }),
-        }],
-    };
-    let messages: Vec<(String, Vec<u8>)> = vec![
-        (format!("{base}.bus.changes.a"), vec![0xff; 64]),
-        (format!("{base}.bus.beat"), b"not protobuf at all".to_vec()),
-        (format!("{base}.bus.hello"), vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
-        // A batch on a's subject claiming to come from b: forged origin.
-        (format!("{base}.bus.changes.a"), forged_put("b", 1).encode_to_vec()),
-        // A record that is not its key's, from an unknown node, at seq u64::MAX - 1.
-        (format!("{base}.bus.changes.x"), forged_put("x", u64::MAX - 1).encode_to_vec()),
-        // Requests with an inverted range and a cut nobody made.
-        (
-            format!("{base}.sync.a"),
-            pb::SyncRequest {
-                requester: origin("x", 1),
-                incarnation: 1,
-                kind: Some(pb::sync_request::Kind::Range(pb::SeqRange { from_seq: 9, to_seq: 2 })),
+                ),
+                (
+                    format!("{base}.sync.a"),
+                    pb::SyncRequest {
+                        requester: origin("x", 1),
+                        incarnation: 1,
+                        kind: Some(pb::sync_request::Kind::Page(pb::PageRequest {
+                            cut_id: u64::MAX,
+                            offset: u64::MAX,
+                        })),
+                    }
+                    .encode_to_vec(),
+                ),
+                // A beat of a replayed, older incarnation of b.
+                (
+                    format!("{base}.bus.beat"),
+                    pb::Beat { origin: origin("b", 1), seq: u64::MAX, ..Default::default() }.encode_to_vec(),
+                ),
+            ];
+            for round in 0..20 {
+                for (subject, payload) in &messages {
+                    nats.publish(subject.clone(), payload.clone().into()).await?;
+                }
+                if round % 5 == 0 {
+                    nats.flush().await?;
+                }
             }
-            .encode_to_vec(),
-        ),
-        (
-            format!("{base}.sync.a"),
-            pb::SyncRequest {
-                requester: origin("x", 1),
-                incarnation: 1,
-                kind: Some(pb::sync_request::Kind::Page(pb::PageRequest { cut_id: u64::MAX, offset: u64::MAX })),
-            }
-            .encode_to_vec(),
-        ),
-        // A beat of a replayed, older incarnation of b.
-        (
-            format!("{base}.bus.beat"),
-            pb::Beat { origin: origin("b", 1), seq: u64::MAX, ..Default::default() }.encode_to_vec(),
-        ),
-    ];
-    for round in 0..20 {
-        for (subject, payload) in &messages {
-            nats.publish(subject.clone(), payload.clone().into()).await?;
-        }
-        if round % 5 == 0 {
             nats.flush().await?;
-        }
-    }
-    nats.flush().await?;
-    // A forged peer "x" claims data, then answers the nodes' page requests
-    // with pages that lie: past their total, with records that are not their
-    // keys', and a digest that matches nothing.
-    let mut requests = nats.subscribe(format!("{base}.sync.x")).await?;
-    let forged_beat =
-        pb::Beat { origin: origin("x", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
-    let lie = forged_put("x", 1).changes.remove(0);
-    let bad_page = pb::SyncReply {
-        kind: Some(pb::sync_reply::Kind::Page(pb::Page {
-            cut_id: 1,
-            cut_seq: 5,
-            offset: 0,
-            total: 3,
-            digest: 42,
-            entries: (0..5).map(|_| pb::KeyEntry { key: lie.key.clone(), entry: lie.put.clone() }).collect(),
-        })),
-    }
-    .encode_to_vec();
-    let answered = {
-        let nats = nats.clone();
-        tokio::spawn(async move {
-            let mut answered = 0u32;
-            while let Ok(Some(req)) = tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await {
-                if let Some(reply) = req.reply {
-                    let _ = nats.publish(reply, bad_page.clone().into()).await;
-                    answered += 1;
-                }
+            // A forged peer "x" claims data, then answers the nodes' page requests
+            // with pages that lie: past their total, with records that are not their
+            // keys', and a digest that matches nothing.
+            let mut requests = nats.subscribe(format!("{base}.sync.x")).await?;
+            let forged_beat =
+                pb::Beat { origin: origin("x", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
+            let lie = forged_put("x", 1).changes.remove(0);
+            let bad_page = pb::SyncReply {
+                kind: Some(pb::sync_reply::Kind::Page(pb::Page {
+                    cut_id: 1,
+                    cut_seq: 5,
+                    offset: 0,
+                    total: 3,
+                    digest: 42,
+                    entries: (0..5).map(|_| pb::KeyEntry { key: lie.key.clone(), entry: lie.put.clone() }).collect(),
+                })),
             }
-            answered
-        })
-    };
-    for _ in 0..5 {
-        nats.publish(format!("{base}.bus.beat"), forged_beat.encode_to_vec().into()).await?;
-        tokio::time::sleep(BEAT).await;
-    }
-    let answered = answered.await?;
-    report.row("page requests a forged peer answered with lies", "> 0", answered.to_string(), answered > 0);
+            .encode_to_vec();
+            let answered = {
+                let nats = nats.clone();
+                tokio::spawn(async move {
+                    let mut answered = 0u32;
+                    while let Ok(Some(req)) =
+                        tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await
+                    {
+                        if let Some(reply) = req.reply {
+                            let _ = nats.publish(reply, bad_page.clone().into()).await;
+                            answered += 1;
+                        }
+                    }
+                    answered
+                })
+            };
+            for _ in 0..5 {
+                nats.publish(format!("{base}.bus.beat"), forged_beat.encode_to_vec().into()).await?;
+                tokio::time::sleep(BEAT).await;
+            }
+            let answered = answered.await?;
+            report.row("page requests a forged peer answered with lies", "> 0", answered.to_string(), answered > 0);
 
-    // A forged peer "y" claims an endless slice: pages of one valid instance
-    // each, out of a total of 2^40. Nodes refuse the claim before loading
-    // anything (more than `sync.max_slice_entries`), so no "huge-" instance
-    // ever shows and they do not go on pulling pages.
-    let mut requests = nats.subscribe(format!("{base}.sync.y")).await?;
-    let huge_page = move |offset: u64| {
-        let id = format!("huge-{offset}");
-        let instance = v1::Instance {
-            namespace: "default".into(),
-            service: "api".into(),
-            instance_id: id.clone(),
-            host: "10.9.9.9".into(),
-            port: 9,
-            ..Default::default()
-        };
-        let key = pb::Key {
-            kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
-                namespace: "default".into(),
-                service: "api".into(),
-                instance_id: id,
-            })),
-        };
-        let entry = pb::Entry {
-            version: Some(pb::Version { hlc: 1 << 40, node: 7 }),
-            record: Some(pb::entry::Record::Instance(instance.encode_to_vec())),
-        };
-        pb::SyncReply {
-            kind: Some(pb::sync_reply::Kind::Page(pb::Page {
-                cut_id: 1,
-                cut_seq: 5,
-                offset,
-                total: 1 << 40,
-                digest: 0,
-                entries: vec![pb::KeyEntry { key: Some(key), entry: Some(entry) }],
-            })),
-        }
-        .encode_to_vec()
-    };
-    let served = {
-        let nats = nats.clone();
-        tokio::spawn(async move {
-            let mut served = 0u32;
-            while let Ok(Some(req)) = tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await {
-                let offset = match pb::SyncRequest::decode(req.payload.as_ref()).ok().and_then(|r| r.kind) {
-                    Some(pb::sync_request::Kind::Page(p)) => p.offset,
-                    _ => continue,
+            // A forged peer "y" claims an endless slice: pages of one valid instance
+            // each, out of a total of 2^40. Nodes refuse the claim before loading
+            // anything (more than `sync.max_slice_entries`), so no "huge-" instance
+            // ever shows and they do not go on pulling pages.
+            let mut requests = nats.subscribe(format!("{base}.sync.y")).await?;
+            let huge_page = move |offset: u64| {
+                let id = format!("huge-{offset}");
+                let instance = v1::Instance {
+                    namespace: "default".into(),
+                    service: "api".into(),
+                    instance_id: id.clone(),
+                    host: "10.9.9.9".into(),
+                    port: 9,
+                    ..Default::default()
                 };
-                if let Some(reply) = req.reply {
-                    let _ = nats.publish(reply, huge_page(offset).into()).await;
-                    served += 1;
+                let key = pb::Key {
+                    kind: Some(pb::key::Kind::Instance(v1::InstanceKey {
+                        namespace: "default".into(),
+                        service: "api".into(),
+                        instance_id: id,
+                    })),
+                };
+                let entry = pb::Entry {
+                    version: Some(pb::Version { hlc: 1 << 40, node: 7 }),
+                    record: Some(pb::entry::Record::Instance(instance.encode_to_vec())),
+                };
+                pb::SyncReply {
+                    kind: Some(pb::sync_reply::Kind::Page(pb::Page {
+                        cut_id: 1,
+                        cut_seq: 5,
+                        offset,
+                        total: 1 << 40,
+                        digest: 0,
+                        entries: vec![pb::KeyEntry { key: Some(key), entry: Some(entry) }],
+                    })),
                 }
+                .encode_to_vec()
+            };
+            let served = {
+                let nats = nats.clone();
+                tokio::spawn(async move {
+                    let mut served = 0u32;
+                    while let Ok(Some(req)) =
+                        tokio::time::timeout(Duration::from_secs(3), futures_next(&mut requests)).await
+                    {
+                        let offset = match pb::SyncRequest::decode(req.payload.as_ref()).ok().and_then(|r| r.kind) {
+                            Some(pb::sync_request::Kind::Page(p)) => p.offset,
+                            _ => continue,
+                        };
+                        if let Some(reply) = req.reply {
+                            let _ = nats.publish(reply, huge_page(offset).into()).await;
+                            served += 1;
+                        }
+                    }
+                    served
+                })
+            };
+            let endless_beat =
+                pb::Beat { origin: origin("y", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
+            for _ in 0..5 {
+                nats.publish(format!("{base}.bus.beat"), endless_beat.encode_to_vec().into()).await?;
+                tokio::time::sleep(BEAT).await;
             }
-            served
+            let served = served.await?;
+            // Each node asks for the first page again once per retry (a beat
+            // interval) while it knows y (1 s of beats, 1.5 s until orphaned, 3 s of
+            // grace), and never for a second page: 2 × 5.5 s / 0.2 s = 55, bounded
+            // at 80. Pulling the endless slice would ask as fast as pages come.
+            report.row(
+                "pages of an endless slice served to the nodes",
+                "1..=80",
+                served.to_string(),
+                (1..=80).contains(&served),
+            );
+            let counted = eventually("garbage counted", Duration::from_secs(5), || async {
+                cluster.nodes[1].metric("sync_garbage_messages_total").await.filter(|n| *n >= garbage_before + 20)
+            })
+            .await?;
+            report.row(
+                "garbage messages counted by a peer",
+                "> 0",
+                (counted - garbage_before).to_string(),
+                counted > garbage_before,
+            );
+            let alive = cluster.nodes.iter_mut().all(|n| n.is_running());
+            report.row("every node still running", "yes", if alive { "yes" } else { "no" }, alive);
+            let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await;
+            report.row(
+                "views unchanged",
+                "no forged instance anywhere",
+                if t.is_ok() { "none" } else { "changed" },
+                t.is_ok(),
+            );
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
         })
-    };
-    let endless_beat =
-        pb::Beat { origin: origin("y", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
-    for _ in 0..5 {
-        nats.publish(format!("{base}.bus.beat"), endless_beat.encode_to_vec().into()).await?;
-        tokio::time::sleep(BEAT).await;
-    }
-    let served = served.await?;
-    // Each node asks for the first page again once per retry (a beat
-    // interval) while it knows y (1 s of beats, 1.5 s until orphaned, 3 s of
-    // grace), and never for a second page: 2 × 5.5 s / 0.2 s = 55, bounded
-    // at 80. Pulling the endless slice would ask as fast as pages come.
-    report.row(
-        "pages of an endless slice served to the nodes",
-        "1..=80",
-        served.to_string(),
-        (1..=80).contains(&served),
-    );
-    let counted = eventually("garbage counted", Duration::from_secs(5), || async {
-        cluster.nodes[1].metric("sync_garbage_messages_total").await.filter(|n| *n >= garbage_before + 20)
-    })
-    .await?;
-    report.row(
-        "garbage messages counted by a peer",
-        "> 0",
-        (counted - garbage_before).to_string(),
-        counted > garbage_before,
-    );
-    let alive = cluster.nodes.iter_mut().all(|n| n.is_running());
-    report.row("every node still running", "yes", if alive { "yes" } else { "no" }, alive);
-    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(5)).await;
-    report.row("views unchanged", "no forged instance anywhere", if t.is_ok() { "none" } else { "changed" }, t.is_ok());
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+        .await
 }
 
 /// Fault 4: A partition between NATS servers of a cluster (node a's server cut off
@@ -538,44 +658,48 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
 /// then healed: nothing lost, no flap, the cut-off side flagged degraded.
 async fn nats_partition(one_way: bool) -> Result<()> {
     let what = if one_way { "one way" } else { "both ways" };
-    let mut report = Report::new(&format!("NATS route partition, {what}"));
-    let cluster = ProcCluster::start(if one_way { "f4b" } else { "f4a" }, &["a", "b", "c"], 3).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new(&format!("NATS route partition, {what}"))
+        .run(async |report| {
+            let cluster = ProcCluster::start(if one_way { "f4b" } else { "f4a" }, &["a", "b", "c"], 3).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let routes = cluster.nats.routes().context("a NATS cluster")?;
-    routes.cut(0, 1, one_way);
-    routes.cut(0, 2, one_way);
-    let cut = Instant::now();
-    // Written on b during the partition: a cannot know yet.
-    fleet.register(&endpoints[1..2], "api", &ids("during-partition", 2)).await?;
-    let on_a = fleet.watches()[0].clone();
-    let flagged = tokio::time::timeout(DEAD_AFTER + Duration::from_secs(2), on_a.wait_for(|v| v.degraded)).await;
-    report.row(
-        "a's consumer told its view is degraded",
-        format!("within {:.1} s", (DEAD_AFTER + Duration::from_secs(2)).as_secs_f64()),
-        if flagged.is_ok() { format!("after {:.2} s", cut.elapsed().as_secs_f64()) } else { "never".into() },
-        matches!(flagged, Ok(Ok(_))),
-    );
-    // Heal before the orphan grace ends: partitions shorter than it cost nothing.
-    tokio::time::sleep_until(cut + DEAD_AFTER + ORPHAN_GRACE / 2).await;
-    routes.heal();
-    let healed = Instant::now();
-    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    report.within("converged after heal", Duration::from_secs(5), t.max(healed.elapsed()));
-    let cleared = tokio::time::timeout(Duration::from_secs(5), on_a.wait_for(|v| !v.degraded)).await;
-    report.row(
-        "degraded flag cleared after heal",
-        "within 5 s",
-        if cleared.is_ok() { "yes" } else { "no" },
-        matches!(cleared, Ok(Ok(_))),
-    );
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            let routes = cluster.nats.routes().context("a NATS cluster")?;
+            routes.cut(0, 1, one_way);
+            routes.cut(0, 2, one_way);
+            let cut = Instant::now();
+            // Written on b during the partition: a cannot know yet.
+            fleet.register(&endpoints[1..2], "api", &ids("during-partition", 2)).await?;
+            let on_a = fleet.watches()[0].clone();
+            let flagged =
+                tokio::time::timeout(DEAD_AFTER + Duration::from_secs(2), on_a.wait_for(|v| v.degraded)).await;
+            report.row(
+                "a's consumer told its view is degraded",
+                format!("within {:.1} s", (DEAD_AFTER + Duration::from_secs(2)).as_secs_f64()),
+                if flagged.is_ok() { format!("after {:.2} s", cut.elapsed().as_secs_f64()) } else { "never".into() },
+                matches!(flagged, Ok(Ok(_))),
+            );
+            // Heal before the orphan grace ends: partitions shorter than it cost nothing.
+            tokio::time::sleep_until(cut + DEAD_AFTER + ORPHAN_GRACE / 2).await;
+            routes.heal();
+            let healed = Instant::now();
+            let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            report.within("converged after heal", Duration::from_secs(5), t.max(healed.elapsed()));
+            let cleared = tokio::time::timeout(Duration::from_secs(5), on_a.wait_for(|v| !v.degraded)).await;
+            report.row(
+                "degraded flag cleared after heal",
+                "within 5 s",
+                if cleared.is_ok() { "yes" } else { "no" },
+                matches!(cleared, Ok(Ok(_))),
+            );
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,47 +717,56 @@ async fn nats_partition_one_way_then_heal() -> Result<()> {
 /// empty one, and everything is back within a bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
-    let mut report = Report::new("full cluster restart");
-    let mut cluster = ProcCluster::start("f11", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 6)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new("full cluster restart")
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("f11", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 6)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let down = Instant::now();
-    for n in &mut cluster.nodes {
-        n.kill9()?;
-    }
-    cluster.nats.server(0).kill();
-    let outage = min_view_until(fleet.watches(), down + Duration::from_secs(1)).await;
-    report.row(
-        "fewest instances a consumer showed while all was down",
-        "6 (the last good view)",
-        outage.to_string(),
-        outage == 6,
-    );
-    let stale = fleet.watches().iter().all(|w| w.current().stale);
-    report.row("consumers' views marked stale while down", "all", if stale { "all" } else { "not all" }, stale);
+            let down = Instant::now();
+            for n in &mut cluster.nodes {
+                n.kill9()?;
+            }
+            cluster.nats.server(0).kill();
+            let outage = min_view_until(fleet.watches(), down + Duration::from_secs(1)).await;
+            report.row(
+                "fewest instances a consumer showed while all was down",
+                "6 (the last good view)",
+                outage.to_string(),
+                outage == 6,
+            );
+            let stale = fleet.watches().iter().all(|w| w.current().stale);
+            report.row("consumers' views marked stale while down", "all", if stale { "all" } else { "not all" }, stale);
 
-    let up = Instant::now();
-    cluster.nats.server(0).restart().await?;
-    for n in &mut cluster.nodes {
-        n.restart().await?;
-    }
-    let during = tokio::spawn({
-        let watches = fleet.watches().to_vec();
-        async move { min_view_until(&watches, Instant::now() + Duration::from_secs(3)).await }
-    });
-    let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    report.within("everything back after the restart began", Duration::from_secs(5), t.max(up.elapsed()));
-    let during = during.await?;
-    report.row("fewest instances a consumer showed while coming back", "> 0", during.to_string(), during > 0);
-    // Consumers that resubscribe before every provider is back see those as
-    // removed: reported, not bounded (the design promises only "never empty").
-    report.row("removals of live providers seen while coming back", "reported", fleet.flaps().len().to_string(), true);
-    fleet.shutdown().await;
-    report.finish()
+            let up = Instant::now();
+            cluster.nats.server(0).restart().await?;
+            for n in &mut cluster.nodes {
+                n.restart().await?;
+            }
+            let during = tokio::spawn({
+                let watches = fleet.watches().to_vec();
+                async move { min_view_until(&watches, Instant::now() + Duration::from_secs(3)).await }
+            });
+            let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            report.within("everything back after the restart began", Duration::from_secs(5), t.max(up.elapsed()));
+            let during = during.await?;
+            report.row("fewest instances a consumer showed while coming back", "> 0", during.to_string(), during > 0);
+            // Consumers that resubscribe before every provider is back see those as
+            // removed: reported, not bounded (the design promises only "never empty").
+            report.row(
+                "removals of live providers seen while coming back",
+                "reported",
+                fleet.flaps().len().to_string(),
+                true,
+            );
+            fleet.check_recording(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 10: hostile API input: oversized and malformed messages, more
@@ -642,7 +775,7 @@ async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()> {
     use registry_tests::{Session, client, instance};
-    let mut report = Report::new("hostile API input");
+    Report::new("hostile API input").run(async |report| {
     let cluster = ProcCluster::start("f10", &["a"], 1).await?;
     let endpoints = cluster.endpoints();
     let node = cluster.nodes[0].grpc;
@@ -714,10 +847,12 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
     drop(streams);
     let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await;
     report.row("views unchanged", "only the fleet's instances", if t.is_ok() { "yes" } else { "no" }, t.is_ok());
-    rss_row(&mut report, &cluster);
-    flap_row(&mut report, &fleet);
+    rss_row(report, &cluster);
+    fleet.check_flaps(report);
     fleet.shutdown().await;
-    report.finish()
+        Ok(())
+    })
+    .await
 }
 
 /// Fault 7: a reconnect stampede: many sessions on one node, which dies.
@@ -726,50 +861,60 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
     let sessions = if full_matrix() { 2_000 } else { 500 };
-    let mut report = Report::alone(&format!("reconnect stampede, {sessions} sessions"));
-    // The production reconnect grace (3 s): hundreds of providers reconnecting
-    // at once on a small machine can need more than the 1 s of the fast timers.
-    // No rebalancing: every session stays on the node to kill until it dies.
-    let config = FAULT_CONFIG
-        .replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000")
-        .replace("rebalance_interval_ms = 1000", "rebalance_interval_ms = 0");
-    let mut cluster = ProcCluster::start_with("f7", &["a", "b", "c"], 1, &config).await?;
-    let endpoints = cluster.endpoints();
-    // Heartbeats every second (lease 3 s): what is measured is the stampede
-    // after the kill, not whether one test process can send 2,000 sessions'
-    // heartbeats every 200 ms to a debug build.
-    let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
-    fleet.register_at(&endpoints, 0, "api", &ids("p", sessions)).await?;
-    fleet.watch(&endpoints[1..], "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
-    let on_a = fleet.on_node("a");
-    report.row("sessions on the node to kill", sessions.to_string(), on_a.to_string(), on_a == sessions);
-    let cpu_before: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum();
+    Report::alone(&format!("reconnect stampede, {sessions} sessions"))
+        .run(async |report| {
+            // The production reconnect grace (3 s): hundreds of providers reconnecting
+            // at once on a small machine can need more than the 1 s of the fast timers.
+            // No rebalancing: every session stays on the node to kill until it dies.
+            let config = FAULT_CONFIG
+                .replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000")
+                .replace("rebalance_interval_ms = 1000", "rebalance_interval_ms = 0");
+            let mut cluster = ProcCluster::start_with("f7", &["a", "b", "c"], 1, &config).await?;
+            let endpoints = cluster.endpoints();
+            // Heartbeats every second (lease 3 s): what is measured is the stampede
+            // after the kill, not whether one test process can send 2,000 sessions'
+            // heartbeats every 200 ms to a debug build.
+            let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
+            fleet.register_at(&endpoints, 0, "api", &ids("p", sessions)).await?;
+            fleet.watch(&endpoints[1..], "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+            let on_a = fleet.on_node("a");
+            report.row("sessions on the node to kill", sessions.to_string(), on_a.to_string(), on_a == sessions);
+            let cpu_before: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum();
 
-    let killed = Instant::now();
-    cluster.nodes[0].kill9()?;
-    let moved = fleet.moved_off("a", Duration::from_secs(30)).await?;
-    report.within("every session moved", Duration::from_secs(5), moved);
-    let at = fleet.reconnected_after(killed);
-    let n = at.len().max(1);
-    let (p10, p90) = (at[n / 10], at[(n * 9 / 10).min(n - 1)]);
-    report.row(
-        "reconnects spread (p10 to p90 of attempt start)",
-        "≥ 250 ms",
-        format!("{:.0} ms", (p90 - p10).as_secs_f64() * 1e3),
-        p90 - p10 >= Duration::from_millis(250),
-    );
-    let busiest =
-        at.iter().map(|s| at.iter().filter(|t| **t >= *s && **t < *s + Duration::from_millis(50)).count()).max();
-    let busiest = busiest.unwrap_or(0);
-    report.row("most reconnects in one 50 ms window", format!("≤ {}", n / 5), busiest.to_string(), busiest <= n / 5);
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
-    let cpu: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum::<f64>() - cpu_before;
-    report.row("survivors' CPU to take the sessions over", "≤ 5 s", format!("{cpu:.2} s"), cpu <= 5.0);
-    rss_row(&mut report, &cluster);
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            let killed = Instant::now();
+            cluster.nodes[0].kill9()?;
+            let moved = fleet.moved_off("a", Duration::from_secs(30)).await?;
+            report.within("every session moved", Duration::from_secs(5), moved);
+            let at = fleet.reconnected_after(killed);
+            let n = at.len().max(1);
+            let (p10, p90) = (at[n / 10], at[(n * 9 / 10).min(n - 1)]);
+            report.row(
+                "reconnects spread (p10 to p90 of attempt start)",
+                "≥ 250 ms",
+                format!("{:.0} ms", (p90 - p10).as_secs_f64() * 1e3),
+                p90 - p10 >= Duration::from_millis(250),
+            );
+            let busiest = at
+                .iter()
+                .map(|s| at.iter().filter(|t| **t >= *s && **t < *s + Duration::from_millis(50)).count())
+                .max();
+            let busiest = busiest.unwrap_or(0);
+            report.row(
+                "most reconnects in one 50 ms window",
+                format!("≤ {}", n / 5),
+                busiest.to_string(),
+                busiest <= n / 5,
+            );
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+            let cpu: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum::<f64>() - cpu_before;
+            report.row("survivors' CPU to take the sessions over", "≤ 5 s", format!("{cpu:.2} s"), cpu <= 5.0);
+            rss_row(report, &cluster);
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// A soak: random churn and random faults for `FAULTS_SOAK_SECS` (default
@@ -783,71 +928,76 @@ async fn soak_random_churn_and_faults() -> Result<()> {
     let secs: u64 = std::env::var("FAULTS_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let seed: u64 = std::env::var("FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut report = Report::alone(&format!("soak, {secs} s, seed {seed}"));
-    let mut cluster = ProcCluster::start("soak", &["a", "b", "c"], 3).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("base", 30)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
-    let rss = |c: &ProcCluster| c.nodes.iter().filter_map(|n| n.rss_kib().ok()).map(|(now, _)| now).max().unwrap_or(0);
-    let end = Instant::now() + Duration::from_secs(secs);
-    let mut warm_rss = None;
-    let (mut faults, mut slowest, mut next_id) = (0, Duration::ZERO, 0usize);
-    while Instant::now() < end {
-        match rng.random_range(0..10) {
-            0..=3 => {
-                let batch: Vec<String> = (0..5).map(|k| format!("churn-{}", next_id + k)).collect();
-                next_id += 5;
-                fleet.register(&endpoints, "api", &batch).await?;
-            }
-            4..=6 => {
-                for _ in 0..3 {
-                    if let Some((s, id)) = fleet.some_provider(rng.random_range(0..1_000)) {
-                        fleet.stop(&s, &id).await;
+    Report::alone(&format!("soak, {secs} s, seed {seed}"))
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("soak", &["a", "b", "c"], 3).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("base", 30)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+            let rss = |c: &ProcCluster| {
+                c.nodes.iter().filter_map(|n| n.rss_kib().ok()).map(|(now, _)| now).max().unwrap_or(0)
+            };
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut warm_rss = None;
+            let (mut faults, mut slowest, mut next_id) = (0, Duration::ZERO, 0usize);
+            while Instant::now() < end {
+                match rng.random_range(0..10) {
+                    0..=3 => {
+                        let batch: Vec<String> = (0..5).map(|k| format!("churn-{}", next_id + k)).collect();
+                        next_id += 5;
+                        fleet.register(&endpoints, "api", &batch).await?;
+                    }
+                    4..=6 => {
+                        for _ in 0..3 {
+                            if let Some((s, id)) = fleet.some_provider(rng.random_range(0..1_000)) {
+                                fleet.stop(&s, &id).await;
+                            }
+                        }
+                    }
+                    7 => {
+                        let i = rng.random_range(0..cluster.nodes.len());
+                        cluster.nodes[i].kill9()?;
+                        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
+                        cluster.nodes[i].restart().await?;
+                        faults += 1;
+                    }
+                    8 => {
+                        if let Some(routes) = cluster.nats.routes() {
+                            let i = rng.random_range(0..3);
+                            routes.cut(i, (i + 1) % 3, rng.random_bool(0.5));
+                            tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
+                            routes.heal();
+                            faults += 1;
+                        }
+                    }
+                    _ => {
+                        let i = rng.random_range(0..3);
+                        cluster.nats.server(i).restart().await?;
+                        faults += 1;
                     }
                 }
-            }
-            7 => {
-                let i = rng.random_range(0..cluster.nodes.len());
-                cluster.nodes[i].kill9()?;
-                tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
-                cluster.nodes[i].restart().await?;
-                faults += 1;
-            }
-            8 => {
-                if let Some(routes) = cluster.nats.routes() {
-                    let i = rng.random_range(0..3);
-                    routes.cut(i, (i + 1) % 3, rng.random_bool(0.5));
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
-                    routes.heal();
-                    faults += 1;
+                let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+                slowest = slowest.max(t);
+                if warm_rss.is_none() && Instant::now() + Duration::from_secs(secs * 3 / 4) > end {
+                    warm_rss = Some(rss(&cluster));
                 }
             }
-            _ => {
-                let i = rng.random_range(0..3);
-                cluster.nats.server(i).restart().await?;
-                faults += 1;
-            }
-        }
-        let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
-        slowest = slowest.max(t);
-        if warm_rss.is_none() && Instant::now() + Duration::from_secs(secs * 3 / 4) > end {
-            warm_rss = Some(rss(&cluster));
-        }
-    }
-    report.row("faults injected", "> 0", faults.to_string(), faults > 0);
-    report.within("slowest convergence after a step", Duration::from_secs(10), slowest);
-    let (warm, last) = (warm_rss.unwrap_or(0), rss(&cluster));
-    report.row(
-        "largest node RSS, after warm-up vs at the end",
-        "end ≤ 1.5 × warm + 16 MiB",
-        format!("{} → {} MiB", warm / 1024, last / 1024),
-        last <= warm * 3 / 2 + 16 * 1024,
-    );
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            report.row("faults injected", "> 0", faults.to_string(), faults > 0);
+            report.within("slowest convergence after a step", Duration::from_secs(10), slowest);
+            let (warm, last) = (warm_rss.unwrap_or(0), rss(&cluster));
+            report.row(
+                "largest node RSS, after warm-up vs at the end",
+                "end ≤ 1.5 × warm + 16 MiB",
+                format!("{} → {} MiB", warm / 1024, last / 1024),
+                last <= warm * 3 / 2 + 16 * 1024,
+            );
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Fault 4c: every route between NATS servers slow (40 ms plus up to 40 ms of
@@ -855,32 +1005,36 @@ async fn soak_random_churn_and_faults() -> Result<()> {
 /// and consumer, and no node takes a slow peer for a dead one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_routes_between_nats_servers() -> Result<()> {
-    let mut report = Report::new("NATS routes with 40-80 ms latency");
-    let cluster = ProcCluster::start("f4c", &["a", "b", "c"], 3).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.watch(&endpoints, "api").await?;
-    let routes = cluster.nats.routes().context("a NATS cluster")?;
-    routes.slow_all(40, 40);
-    let (mut slowest, mut not_live) = (Duration::ZERO, 0);
-    for round in 0..5 {
-        let t = Instant::now();
-        fleet.register(&endpoints, "api", &ids(&format!("r{round}"), 3)).await?;
-        let took = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
-        slowest = slowest.max(took.max(t.elapsed()));
-        for addr in cluster.grpc_addrs() {
-            let mut members = v1::cluster_client::ClusterClient::new(registry_tests::channel(addr).await?);
-            let m = members.members(v1::MembersRequest {}).await?.into_inner().members;
-            let live = [v1::MemberState::Live as i32, v1::MemberState::Local as i32];
-            not_live += m.iter().filter(|m| !live.contains(&m.state)).count();
-        }
-    }
-    report.within("registrations visible on every node and consumer", Duration::from_millis(1_500), slowest);
-    report.at_most("peers seen as suspect or orphaned (5 checks of 3 nodes)", 0, not_live);
-    routes.heal();
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+    Report::new("NATS routes with 40-80 ms latency")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f4c", &["a", "b", "c"], 3).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.watch(&endpoints, "api").await?;
+            let routes = cluster.nats.routes().context("a NATS cluster")?;
+            routes.slow_all(40, 40);
+            let (mut slowest, mut not_live) = (Duration::ZERO, 0);
+            for round in 0..5 {
+                let t = Instant::now();
+                fleet.register(&endpoints, "api", &ids(&format!("r{round}"), 3)).await?;
+                let took =
+                    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+                slowest = slowest.max(took.max(t.elapsed()));
+                for addr in cluster.grpc_addrs() {
+                    let mut members = v1::cluster_client::ClusterClient::new(registry_tests::channel(addr).await?);
+                    let m = members.members(v1::MembersRequest {}).await?.into_inner().members;
+                    let live = [v1::MemberState::Live as i32, v1::MemberState::Local as i32];
+                    not_live += m.iter().filter(|m| !live.contains(&m.state)).count();
+                }
+            }
+            report.within("registrations visible on every node and consumer", Duration::from_millis(1_500), slowest);
+            report.at_most("peers seen as suspect or orphaned (5 checks of 3 nodes)", 0, not_live);
+            routes.heal();
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// A rolling restart of every node under load (issue: zero-flap drains):
@@ -890,38 +1044,41 @@ async fn slow_routes_between_nats_servers() -> Result<()> {
 /// disappear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_never_flaps() -> Result<()> {
-    let mut report = Report::new("rolling restart, 200 providers, 51 consumers");
-    // The production reconnect grace (3 s): a move must complete within it,
-    // and on a loaded 2-core machine a new copy can take more than the fast
-    // timers' 1 s to reach every node.
-    let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
-    let mut cluster = ProcCluster::start_with("roll", &["a", "b", "c"], 1, &config).await?;
-    let endpoints = cluster.endpoints();
-    // Leases of 3 s: what is measured is the drains, not whether 250 clients
-    // in one test process heartbeat every 200 ms on a loaded 2-core machine.
-    let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
-    fleet.register(&endpoints, "api", &ids("p", 200)).await?;
-    for _ in 0..17 {
-        fleet.watch(&endpoints, "api").await?;
-    }
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    let start = Instant::now();
-    let mut slowest_drain = Duration::ZERO;
-    for i in 0..cluster.nodes.len() {
-        let drained = cluster.nodes[i].terminate(Duration::from_secs(10)).await?;
-        slowest_drain = slowest_drain.max(drained);
-        cluster.nodes[i].restart().await?;
-        converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    }
-    report.within("slowest node drain (SIGTERM to exit)", Duration::from_secs(2), slowest_drain);
-    report.within("whole rolling restart, converged after each node", Duration::from_secs(20), start.elapsed());
-    // Draining nodes ask Subscribe streams to move: consumers open the new
-    // stream before the old one closes, so no view is ever marked stale.
-    report.at_most("consumer views that went stale", 0, fleet.disconnects());
-    flap_row(&mut report, &fleet);
-    rss_row(&mut report, &cluster);
-    fleet.shutdown().await;
-    report.finish()
+    Report::new("rolling restart, 200 providers, 51 consumers")
+        .run(async |report| {
+            // The production reconnect grace (3 s): a move must complete within it,
+            // and on a loaded 2-core machine a new copy can take more than the fast
+            // timers' 1 s to reach every node.
+            let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
+            let mut cluster = ProcCluster::start_with("roll", &["a", "b", "c"], 1, &config).await?;
+            let endpoints = cluster.endpoints();
+            // Leases of 3 s: what is measured is the drains, not whether 250 clients
+            // in one test process heartbeat every 200 ms on a loaded 2-core machine.
+            let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
+            fleet.register(&endpoints, "api", &ids("p", 200)).await?;
+            for _ in 0..17 {
+                fleet.watch(&endpoints, "api").await?;
+            }
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            let start = Instant::now();
+            let mut slowest_drain = Duration::ZERO;
+            for i in 0..cluster.nodes.len() {
+                let drained = cluster.nodes[i].terminate(Duration::from_secs(10)).await?;
+                slowest_drain = slowest_drain.max(drained);
+                cluster.nodes[i].restart().await?;
+                converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            }
+            report.within("slowest node drain (SIGTERM to exit)", Duration::from_secs(2), slowest_drain);
+            report.within("whole rolling restart, converged after each node", Duration::from_secs(20), start.elapsed());
+            // Draining nodes ask Subscribe streams to move: consumers open the new
+            // stream before the old one closes, so no view is ever marked stale.
+            report.at_most("consumer views that went stale", 0, fleet.disconnects());
+            fleet.check_flaps(report);
+            rss_row(report, &cluster);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Scale-out: 600 provider sessions and 30 Subscribe streams on two nodes,
@@ -932,66 +1089,84 @@ async fn rolling_restart_under_load_never_flaps() -> Result<()> {
 async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
     const SESSIONS: usize = 600;
     const STREAMS: usize = 30;
-    let mut report = Report::new("scale from 2 to 3 nodes, 600 sessions, 30 subscriptions");
-    let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
-    let mut cluster = ProcCluster::start_with("scale", &["a", "b", "c"], 1, &config).await?;
-    let endpoints = cluster.endpoints();
-    // The cluster starts as two nodes; the providers know all three addresses.
-    cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
-    let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
-    fleet.register(&endpoints, "api", &ids("p", SESSIONS)).await?;
-    fleet.watch_n(&endpoints, "api", STREAMS).await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    let counts = |f: &Fleet| ["a", "b", "c"].map(|n| f.on_node(n));
-    report.row("sessions per node before", "all on a and b", format!("{:?}", counts(&fleet)), counts(&fleet)[2] == 0);
-    let streams = async |cluster: &ProcCluster| {
-        let mut out = [0u64; 3];
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            out[i] = if n.pid() == 0 { 0 } else { n.metric("subscribers").await.unwrap_or(u64::MAX) };
-        }
-        out
-    };
-    let before = streams(&cluster).await;
-    report.row("subscriptions per node before", "all on a and b", format!("{before:?}"), before[2] == 0);
+    Report::new("scale from 2 to 3 nodes, 600 sessions, 30 subscriptions")
+        .run(async |report| {
+            let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
+            let mut cluster = ProcCluster::start_with("scale", &["a", "b", "c"], 1, &config).await?;
+            let endpoints = cluster.endpoints();
+            // The cluster starts as two nodes; the providers know all three addresses.
+            cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
+            let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
+            fleet.register(&endpoints, "api", &ids("p", SESSIONS)).await?;
+            fleet.watch_n(&endpoints, "api", STREAMS).await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            let counts = |f: &Fleet| ["a", "b", "c"].map(|n| f.on_node(n));
+            report.row(
+                "sessions per node before",
+                "all on a and b",
+                format!("{:?}", counts(&fleet)),
+                counts(&fleet)[2] == 0,
+            );
+            let streams = async |cluster: &ProcCluster| {
+                let mut out = [0u64; 3];
+                for (i, n) in cluster.nodes.iter().enumerate() {
+                    out[i] = if n.pid() == 0 { 0 } else { n.metric("subscribers").await.unwrap_or(u64::MAX) };
+                }
+                out
+            };
+            let before = streams(&cluster).await;
+            report.row("subscriptions per node before", "all on a and b", format!("{before:?}"), before[2] == 0);
 
-    let joined = Instant::now();
-    cluster.nodes[2].restart().await?;
-    // Nodes shed down to 10% over their share (plus one), so the node that
-    // joined ends within 25% of its share.
-    let share = SESSIONS / 3;
-    let (low, high) = (share * 3 / 4, share * 5 / 4);
-    let balanced = eventually("every node holds its share", Duration::from_secs(30), || async {
-        counts(&fleet).iter().all(|n| (low..=high).contains(n)).then(|| joined.elapsed())
-    })
-    .await;
-    let after = counts(&fleet);
-    report.row(
-        "sessions per node after",
-        format!("each {low}..={high}"),
-        format!("{after:?}"),
-        after.iter().all(|n| (low..=high).contains(n)),
-    );
-    report.within("time until every node holds its share", Duration::from_secs(10), balanced.unwrap_or(Duration::MAX));
-    // Streams shed the same way: each node within 25% of 10.
-    let share = STREAMS as u64 / 3;
-    let (low, high) = (share * 3 / 4, share * 5 / 4);
-    let even = |n: &[u64; 3]| n.iter().all(|n| (low..=high).contains(n));
-    let streams_balanced = eventually("every node holds its share of streams", Duration::from_secs(30), || async {
-        even(&streams(&cluster).await).then(|| joined.elapsed())
-    })
-    .await;
-    let after = streams(&cluster).await;
-    report.row("subscriptions per node after", format!("each {low}..={high}"), format!("{after:?}"), even(&after));
-    report.within(
-        "time until every node holds its share of streams",
-        Duration::from_secs(10),
-        streams_balanced.unwrap_or(Duration::MAX),
-    );
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    report.at_most("consumer views that went stale", 0, fleet.disconnects());
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            let joined = Instant::now();
+            cluster.nodes[2].restart().await?;
+            // Nodes shed down to 10% over their share (plus one), so the node that
+            // joined ends within 25% of its share.
+            let share = SESSIONS / 3;
+            let (low, high) = (share * 3 / 4, share * 5 / 4);
+            let balanced = eventually("every node holds its share", Duration::from_secs(30), || async {
+                counts(&fleet).iter().all(|n| (low..=high).contains(n)).then(|| joined.elapsed())
+            })
+            .await;
+            let after = counts(&fleet);
+            report.row(
+                "sessions per node after",
+                format!("each {low}..={high}"),
+                format!("{after:?}"),
+                after.iter().all(|n| (low..=high).contains(n)),
+            );
+            report.within(
+                "time until every node holds its share",
+                Duration::from_secs(10),
+                balanced.unwrap_or(Duration::MAX),
+            );
+            // Streams shed the same way: each node within 25% of 10.
+            let share = STREAMS as u64 / 3;
+            let (low, high) = (share * 3 / 4, share * 5 / 4);
+            let even = |n: &[u64; 3]| n.iter().all(|n| (low..=high).contains(n));
+            let streams_balanced =
+                eventually("every node holds its share of streams", Duration::from_secs(30), || async {
+                    even(&streams(&cluster).await).then(|| joined.elapsed())
+                })
+                .await;
+            let after = streams(&cluster).await;
+            report.row(
+                "subscriptions per node after",
+                format!("each {low}..={high}"),
+                format!("{after:?}"),
+                even(&after),
+            );
+            report.within(
+                "time until every node holds its share of streams",
+                Duration::from_secs(10),
+                streams_balanced.unwrap_or(Duration::MAX),
+            );
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            report.at_most("consumer views that went stale", 0, fleet.disconnects());
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// A node stopped with SIGTERM says so: its beats carry "leaving" while it
@@ -1001,67 +1176,70 @@ async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
 /// or a stale view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_node_says_farewell() -> Result<()> {
-    let mut report = Report::new("SIGTERM: leaving, then left");
-    let mut cluster = ProcCluster::start("bye", &["a", "b", "c"], 1).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("p", 30)).await?;
-    fleet.watch_n(&endpoints, "api", 6).await?;
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
-    // What a and b say of c, polled while c drains and after it exits.
-    let peers: Vec<SocketAddr> = cluster.grpc_addrs()[..2].to_vec();
-    let states_of_c = async move || -> Vec<i32> {
-        let mut out = Vec::new();
-        for addr in &peers {
-            let Ok(channel) = registry_tests::channel(*addr).await else { continue };
-            let mut c = v1::cluster_client::ClusterClient::new(channel);
-            if let Ok(m) = c.members(v1::MembersRequest {}).await {
-                out.extend(m.into_inner().members.iter().filter(|m| m.node_id == "c").map(|m| m.state));
-            }
-        }
-        out
-    };
-    let watching = {
-        let states = states_of_c.clone();
-        tokio::spawn(async move {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..500 {
-                seen.extend(states().await);
-                if seen.contains(&(v1::MemberState::Left as i32)) {
-                    break;
+    Report::new("SIGTERM: leaving, then left")
+        .run(async |report| {
+            let mut cluster = ProcCluster::start("bye", &["a", "b", "c"], 1).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("p", 30)).await?;
+            fleet.watch_n(&endpoints, "api", 6).await?;
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
+            // What a and b say of c, polled while c drains and after it exits.
+            let peers: Vec<SocketAddr> = cluster.grpc_addrs()[..2].to_vec();
+            let states_of_c = async move || -> Vec<i32> {
+                let mut out = Vec::new();
+                for addr in &peers {
+                    let Ok(channel) = registry_tests::channel(*addr).await else { continue };
+                    let mut c = v1::cluster_client::ClusterClient::new(channel);
+                    if let Ok(m) = c.members(v1::MembersRequest {}).await {
+                        out.extend(m.into_inner().members.iter().filter(|m| m.node_id == "c").map(|m| m.state));
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            seen
+                out
+            };
+            let watching = {
+                let states = states_of_c.clone();
+                tokio::spawn(async move {
+                    let mut seen = std::collections::BTreeSet::new();
+                    for _ in 0..500 {
+                        seen.extend(states().await);
+                        if seen.contains(&(v1::MemberState::Left as i32)) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    seen
+                })
+            };
+            cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
+            let exited = Instant::now();
+            let left = eventually("both peers show c as left", Duration::from_secs(5), || async {
+                let s = states_of_c().await;
+                (s.len() == 2 && s.iter().all(|s| *s == v1::MemberState::Left as i32)).then(|| exited.elapsed())
+            })
+            .await;
+            report.within(
+                "exit to `left` on both peers (dead time: 1.5 s)",
+                Duration::from_millis(500),
+                left.unwrap_or(Duration::MAX),
+            );
+            let seen = watching.await?;
+            let name = |s: &i32| v1::MemberState::try_from(*s).map_or("?".into(), |s| s.as_str_name().to_string());
+            let seen_names: Vec<String> = seen.iter().map(name).collect();
+            let never = [v1::MemberState::Suspect as i32, v1::MemberState::Orphaned as i32];
+            report.row(
+                "states peers showed for c",
+                "leaving, then left; never suspect or orphaned",
+                seen_names.join(", "),
+                seen.contains(&(v1::MemberState::Leaving as i32)) && !never.iter().any(|s| seen.contains(s)),
+            );
+            converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+            report.at_most("consumer views that went stale", 0, fleet.disconnects());
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
         })
-    };
-    cluster.nodes[2].terminate(Duration::from_secs(10)).await?;
-    let exited = Instant::now();
-    let left = eventually("both peers show c as left", Duration::from_secs(5), || async {
-        let s = states_of_c().await;
-        (s.len() == 2 && s.iter().all(|s| *s == v1::MemberState::Left as i32)).then(|| exited.elapsed())
-    })
-    .await;
-    report.within(
-        "exit to `left` on both peers (dead time: 1.5 s)",
-        Duration::from_millis(500),
-        left.unwrap_or(Duration::MAX),
-    );
-    let seen = watching.await?;
-    let name = |s: &i32| v1::MemberState::try_from(*s).map_or("?".into(), |s| s.as_str_name().to_string());
-    let seen_names: Vec<String> = seen.iter().map(name).collect();
-    let never = [v1::MemberState::Suspect as i32, v1::MemberState::Orphaned as i32];
-    report.row(
-        "states peers showed for c",
-        "leaving, then left; never suspect or orphaned",
-        seen_names.join(", "),
-        seen.contains(&(v1::MemberState::Leaving as i32)) && !never.iter().any(|s| seen.contains(s)),
-    );
-    converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
-    report.at_most("consumer views that went stale", 0, fleet.disconnects());
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+        .await
 }
 
 /// A provider moves across a partition that has just begun (as a rebalance
@@ -1073,56 +1251,63 @@ async fn a_stopping_node_says_farewell() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_across_a_fresh_partition_removes_nothing() -> Result<()> {
     use v1::register_request::Kind as In;
-    let mut report = Report::new("a provider moves across a fresh partition");
-    let cluster = ProcCluster::start("f4m", &["a", "b", "c"], 3).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.watch(&endpoints, "api").await?;
-    // Sessions with 5 s heartbeats (leases of 15 s): the test need not
-    // heartbeat while it waits, and nothing ends them but the move.
-    let mut on_b =
-        registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[1].grpc).await?, 5_000).await?;
-    on_b.upsert(registry_tests::instance("api", "mover", 1)).await?;
-    let mut expected = fleet.expected();
-    expected.entry("api".into()).or_default().insert("mover".into());
-    converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
+    Report::new("a provider moves across a fresh partition")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f4m", &["a", "b", "c"], 3).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.watch(&endpoints, "api").await?;
+            // Sessions with 5 s heartbeats (leases of 15 s): the test need not
+            // heartbeat while it waits, and nothing ends them but the move.
+            let mut on_b =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[1].grpc).await?, 5_000).await?;
+            on_b.upsert(registry_tests::instance("api", "mover", 1)).await?;
+            let mut expected = fleet.expected();
+            expected.entry("api".into()).or_default().insert("mover".into());
+            converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
 
-    let routes = cluster.nats.routes().context("a NATS cluster")?;
-    routes.cut(0, 1, false);
-    routes.cut(0, 2, false);
-    let mut on_a =
-        registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[0].grpc).await?, 5_000).await?;
-    on_a.upsert(registry_tests::instance("api", "mover", 2)).await?;
-    on_b.goodbye_moved().await?;
-    let moved = Instant::now();
-    // Past the reconnect grace (1 s) and well into the partition, b's and c's
-    // consumers still list the provider.
-    let mut missing = 0;
-    while moved.elapsed() < RECONNECT_GRACE * 2 {
-        for (i, w) in fleet.watches().iter().enumerate() {
-            if !w.current().instances.contains_key("mover") {
-                missing += 1;
-                println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
+            let routes = cluster.nats.routes().context("a NATS cluster")?;
+            routes.cut(0, 1, false);
+            routes.cut(0, 2, false);
+            let mut on_a =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[0].grpc).await?, 5_000).await?;
+            on_a.upsert(registry_tests::instance("api", "mover", 2)).await?;
+            on_b.goodbye_moved().await?;
+            let moved = Instant::now();
+            // Past the reconnect grace (1 s) and well into the partition, b's and c's
+            // consumers still list the provider.
+            let mut missing = 0;
+            while moved.elapsed() < RECONNECT_GRACE * 2 {
+                for (i, w) in fleet.watches().iter().enumerate() {
+                    if !w.current().instances.contains_key("mover") {
+                        missing += 1;
+                        println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    report.at_most("checks where a consumer lacked the moved provider (2 s, 3 consumers)", 0, missing);
-    routes.heal();
-    let healed = Instant::now();
-    let t = converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
-    report.within("converged after the heal", Duration::from_secs(5), t.max(healed.elapsed()));
-    // a's copy (port 2) is newer: once it arrives, every consumer shows it.
-    let taken_over = eventually("every consumer shows a's copy", Duration::from_secs(10), || async {
-        let ports: Vec<Option<u32>> =
-            fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
-        ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
-    })
-    .await;
-    report.within("a's copy everywhere after the heal", Duration::from_secs(5), taken_over.unwrap_or(Duration::MAX));
-    let removals = fleet.removals().iter().filter(|r| r.id == "mover").count();
-    report.at_most("removals of the moved provider any consumer saw", 0, removals);
-    on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
-    fleet.shutdown().await;
-    report.finish()
+            report.at_most("checks where a consumer lacked the moved provider (2 s, 3 consumers)", 0, missing);
+            routes.heal();
+            let healed = Instant::now();
+            let t = converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
+            report.within("converged after the heal", Duration::from_secs(5), t.max(healed.elapsed()));
+            // a's copy (port 2) is newer: once it arrives, every consumer shows it.
+            let taken_over = eventually("every consumer shows a's copy", Duration::from_secs(10), || async {
+                let ports: Vec<Option<u32>> =
+                    fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
+                ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
+            })
+            .await;
+            report.within(
+                "a's copy everywhere after the heal",
+                Duration::from_secs(5),
+                taken_over.unwrap_or(Duration::MAX),
+            );
+            let removals = fleet.removals().iter().filter(|r| r.id == "mover").count();
+            report.at_most("removals of the moved provider any consumer saw", 0, removals);
+            on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }

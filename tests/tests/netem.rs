@@ -107,14 +107,6 @@ async fn futures_next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Me
     sub.next().await
 }
 
-fn flap_row(report: &mut Report, fleet: &Fleet) {
-    let flaps = fleet.flaps();
-    report.at_most("live providers missing from a consumer (flaps)", 0, flaps.len());
-    if !flaps.is_empty() {
-        println!("flaps: {flaps:?}");
-    }
-}
-
 fn pairs(set: &std::collections::BTreeSet<(String, String)>) -> String {
     if set.is_empty() {
         return "none".into();
@@ -146,48 +138,56 @@ async fn lossy_routes(
     round_bound: Duration,
     no_dead: bool,
 ) -> Result<()> {
-    let mut report = Report::new(name);
-    let cluster = LabCluster::start(cluster_name, &["a", "b", "c"], FAULT_CONFIG).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("base", 3)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new(name)
+        .run(async |report| {
+            let cluster = LabCluster::start(cluster_name, &["a", "b", "c"], FAULT_CONFIG).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("base", 3)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let lab = &cluster.lab;
-    let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
-    lab.impair_between_namespaces(impairment);
-    let impaired = Instant::now();
-    let mut rounds = Rounds::default();
-    while impaired.elapsed() < IMPAIRED_FOR {
-        let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
-        rounds.record(took);
-    }
-    let tally = peers.tally();
-    let counters = lab.counters_over(&lab.links_between_namespaces());
-    println!("{name}: routes: {counters}; {} rounds", rounds.len());
-    lab.heal();
-    let healed = Instant::now();
-    let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+            let lab = &cluster.lab;
+            let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
+            lab.impair_between_namespaces(impairment);
+            let impaired = Instant::now();
+            let mut rounds = Rounds::default();
+            while impaired.elapsed() < IMPAIRED_FOR {
+                let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
+                rounds.record(took);
+            }
+            let tally = peers.tally();
+            let counters = lab.counters_over(&lab.links_between_namespaces());
+            println!("{name}: routes: {counters}; {} rounds", rounds.len());
+            lab.heal();
+            let healed = Instant::now();
+            let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    rounds.rows(&mut report, round_bound);
-    report.row("packets lost on the routes", "> 0", counters.lost.to_string(), counters.lost > 0);
-    report.row(
-        "packets delivered out of order on the routes",
-        "> 0",
-        counters.out_of_order.to_string(),
-        counters.out_of_order > 0,
-    );
-    peer_rows(&mut report, &tally);
-    if no_dead {
-        report.row("peers taken for dead (orphaned)", "none", pairs(&tally.orphaned), tally.orphaned.is_empty());
-    } else {
-        report.row("peers taken for dead (orphaned)", "(informational)", pairs(&tally.orphaned), true);
-    }
-    report.within("converged after the heal", Duration::from_secs(2), back.max(healed.elapsed()));
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            rounds.rows(report, round_bound);
+            report.row("packets lost on the routes", "> 0", counters.lost.to_string(), counters.lost > 0);
+            report.row(
+                "packets delivered out of order on the routes",
+                "> 0",
+                counters.out_of_order.to_string(),
+                counters.out_of_order > 0,
+            );
+            peer_rows(report, &tally);
+            if no_dead {
+                report.row(
+                    "peers taken for dead (orphaned)",
+                    "none",
+                    pairs(&tally.orphaned),
+                    tally.orphaned.is_empty(),
+                );
+            } else {
+                report.row("peers taken for dead (orphaned)", "(informational)", pairs(&tally.orphaned), true);
+            }
+            report.within("converged after the heal", Duration::from_secs(2), back.max(healed.elapsed()));
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// Netem 1: every route between the three NATS servers loses 5% of packets,
@@ -252,50 +252,59 @@ async fn heavy_loss_on_routes_between_nats_servers() -> Result<()> {
 /// fourth backoff), then a beat interval and the checker's polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
-    let mut report = Report::new("node a's NATS link: 10% loss each way (netem)");
-    let cluster = LabCluster::start("n2", &["a", "b", "c"], FAULT_CONFIG).await?;
-    let endpoints = cluster.endpoints();
-    let mut fleet = Fleet::default();
-    fleet.register(&endpoints, "api", &ids("base", 6)).await?;
-    fleet.watch(&endpoints, "api").await?;
-    converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+    Report::new("node a's NATS link: 10% loss each way (netem)")
+        .run(async |report| {
+            let cluster = LabCluster::start("n2", &["a", "b", "c"], FAULT_CONFIG).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.register(&endpoints, "api", &ids("base", 6)).await?;
+            fleet.watch(&endpoints, "api").await?;
+            converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
 
-    let lab = &cluster.lab;
-    let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
-    let a_link = [(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)];
-    lab.impair(Host::Root, Host::Ns(0), Impairment::loss(0.10));
-    let impaired = Instant::now();
-    let round_bound = SLOW_ROUTE_ROUND + RTO_MIN * 7;
-    let mut rounds = Rounds::default();
-    while impaired.elapsed() < IMPAIRED_FOR {
-        let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
-        rounds.record(took);
-    }
-    let tally = peers.tally();
-    let counters = lab.counters_over(&a_link);
-    println!("node a's link: {counters}; {} rounds", rounds.len());
-    let on_a = fleet.on_node("a");
+            let lab = &cluster.lab;
+            let peers = PeerStates::watch(cluster.named(), Duration::from_millis(100));
+            let a_link = [(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)];
+            lab.impair(Host::Root, Host::Ns(0), Impairment::loss(0.10));
+            let impaired = Instant::now();
+            let round_bound = SLOW_ROUTE_ROUND + RTO_MIN * 7;
+            let mut rounds = Rounds::default();
+            while impaired.elapsed() < IMPAIRED_FOR {
+                let took = round(&cluster, &endpoints, &mut fleet, rounds.len()).await?;
+                rounds.record(took);
+            }
+            let tally = peers.tally();
+            let counters = lab.counters_over(&a_link);
+            println!("node a's link: {counters}; {} rounds", rounds.len());
+            let on_a = fleet.on_node("a");
 
-    lab.heal();
-    let healed = Instant::now();
-    peers.reset();
-    let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
-    let live = registry_tests::eventually("every peer live after the heal", Duration::from_secs(10), || async {
-        peers.all_live().then(|| healed.elapsed())
-    })
-    .await?;
+            lab.heal();
+            let healed = Instant::now();
+            peers.reset();
+            let back = converge(&cluster.named(), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
+            let live =
+                registry_tests::eventually("every peer live after the heal", Duration::from_secs(10), || async {
+                    peers.all_live().then(|| healed.elapsed())
+                })
+                .await?;
 
-    rounds.rows(&mut report, round_bound);
-    report.row("providers with their session on a", "> 0", on_a.to_string(), on_a > 0);
-    report.row("packets lost on a's link", "> 0", counters.lost.to_string(), counters.lost > 0);
-    peer_rows(&mut report, &tally);
-    report.row("peers taken for dead (orphaned), for a moment", "(informational)", pairs(&tally.orphaned), true);
-    let after_heal = RTO_MIN * 8 + Duration::from_millis(900);
-    report.within("converged after the heal", after_heal, back.max(healed.elapsed()));
-    report.within("every peer live after the heal", after_heal, live);
-    flap_row(&mut report, &fleet);
-    fleet.shutdown().await;
-    report.finish()
+            rounds.rows(report, round_bound);
+            report.row("providers with their session on a", "> 0", on_a.to_string(), on_a > 0);
+            report.row("packets lost on a's link", "> 0", counters.lost.to_string(), counters.lost > 0);
+            peer_rows(report, &tally);
+            report.row(
+                "peers taken for dead (orphaned), for a moment",
+                "(informational)",
+                pairs(&tally.orphaned),
+                true,
+            );
+            let after_heal = RTO_MIN * 8 + Duration::from_millis(900);
+            report.within("converged after the heal", after_heal, back.max(healed.elapsed()));
+            report.within("every peer live after the heal", after_heal, live);
+            fleet.check_flaps(report);
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
 }
 
 /// The router itself, against a real TCP connection: through a link that
@@ -306,72 +315,86 @@ async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_loses_and_reorders_real_tcp_packets() -> Result<()> {
     const MESSAGES: usize = 2_000;
-    let mut report = Report::new("impairment router under one TCP connection");
-    let lab = Lab::start(1).await?;
-    let host = std::net::IpAddr::V4(lab.addr(Host::Ns(0)));
-    let server = NatsServer::start_at(lab.netns(0), host, Vec::new(), 4222, 8222).await?;
-    let client = async_nats::connect(server.url()).await?;
-    let mut sub = client.subscribe("netem.check").await?;
-    client.flush().await?;
-
-    lab.impair(
-        Host::Root,
-        Host::Ns(0),
-        Impairment::loss(0.2).reorder(0.2, Duration::from_millis(5)).delay(Duration::from_millis(2), Duration::ZERO),
-    );
-    let start = Instant::now();
-    let sender = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            for i in 0..MESSAGES {
-                // About 1 KiB each: one TCP segment per message or so.
-                client.publish("netem.check", format!("{i:>1000}").into()).await?;
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+    Report::new("impairment router under one TCP connection")
+        .run(async |report| {
+            let lab = Lab::start(1).await?;
+            let host = std::net::IpAddr::V4(lab.addr(Host::Ns(0)));
+            let server = NatsServer::start_at(lab.netns(0), host, Vec::new(), 4222, 8222).await?;
+            let client = async_nats::connect(server.url()).await?;
+            let mut sub = client.subscribe("netem.check").await?;
             client.flush().await?;
-            anyhow::Ok(())
-        })
-    };
-    let mut in_order = 0;
-    while in_order < MESSAGES {
-        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), futures_next(&mut sub)).await else {
-            bail!("message {in_order} never arrived");
-        };
-        if std::str::from_utf8(&msg.payload)?.trim_start() != in_order.to_string() {
-            bail!("message {in_order} arrived as {:?}", msg.payload);
-        }
-        in_order += 1;
-    }
-    sender.await??;
-    let took = start.elapsed();
-    let counters = lab.counters_over(&[(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)]);
-    println!("one TCP connection: {counters}");
-    report.row("messages arrived, in order", MESSAGES.to_string(), in_order.to_string(), in_order == MESSAGES);
-    report.row("packets lost", "> 0", counters.lost.to_string(), counters.lost > 0);
-    report.row("packets delivered out of order", "> 0", counters.out_of_order.to_string(), counters.out_of_order > 0);
-    report.row("packets the router could not place", "(informational)", lab.undeliverable().to_string(), true);
-    report.within("time for all messages", Duration::from_secs(20), took);
 
-    lab.impair(Host::Root, Host::Ns(0), Impairment::loss(1.0));
-    client.publish("netem.check", "cut".into()).await?;
-    client.flush().await?;
-    let cut = tokio::time::timeout(Duration::from_secs(1), futures_next(&mut sub)).await;
-    report.row(
-        "a message through a link losing everything",
-        "never arrives",
-        if cut.is_ok() { "arrived" } else { "none in 1 s" },
-        cut.is_err(),
-    );
-    lab.heal();
-    let healed = Instant::now();
-    let back = tokio::time::timeout(Duration::from_secs(10), futures_next(&mut sub)).await;
-    // One second of total loss backs the retransmission timer off to at most
-    // 1.6 s; the message arrives at its next try.
-    report.within("the message arrives after the heal", RTO_MIN * 8 + Duration::from_millis(400), healed.elapsed());
-    let arrived = matches!(&back, Ok(Some(m)) if m.payload.as_ref() == b"cut");
-    report.row("the message after the heal", "arrives", if arrived { "arrived" } else { "lost" }, arrived);
-    drop(server);
-    report.finish()
+            lab.impair(
+                Host::Root,
+                Host::Ns(0),
+                Impairment::loss(0.2)
+                    .reorder(0.2, Duration::from_millis(5))
+                    .delay(Duration::from_millis(2), Duration::ZERO),
+            );
+            let start = Instant::now();
+            let sender = {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..MESSAGES {
+                        // About 1 KiB each: one TCP segment per message or so.
+                        client.publish("netem.check", format!("{i:>1000}").into()).await?;
+                        if i % 50 == 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                    client.flush().await?;
+                    anyhow::Ok(())
+                })
+            };
+            let mut in_order = 0;
+            while in_order < MESSAGES {
+                let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), futures_next(&mut sub)).await else {
+                    bail!("message {in_order} never arrived");
+                };
+                if std::str::from_utf8(&msg.payload)?.trim_start() != in_order.to_string() {
+                    bail!("message {in_order} arrived as {:?}", msg.payload);
+                }
+                in_order += 1;
+            }
+            sender.await??;
+            let took = start.elapsed();
+            let counters = lab.counters_over(&[(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)]);
+            println!("one TCP connection: {counters}");
+            report.row("messages arrived, in order", MESSAGES.to_string(), in_order.to_string(), in_order == MESSAGES);
+            report.row("packets lost", "> 0", counters.lost.to_string(), counters.lost > 0);
+            report.row(
+                "packets delivered out of order",
+                "> 0",
+                counters.out_of_order.to_string(),
+                counters.out_of_order > 0,
+            );
+            report.row("packets the router could not place", "(informational)", lab.undeliverable().to_string(), true);
+            report.within("time for all messages", Duration::from_secs(20), took);
+
+            lab.impair(Host::Root, Host::Ns(0), Impairment::loss(1.0));
+            client.publish("netem.check", "cut".into()).await?;
+            client.flush().await?;
+            let cut = tokio::time::timeout(Duration::from_secs(1), futures_next(&mut sub)).await;
+            report.row(
+                "a message through a link losing everything",
+                "never arrives",
+                if cut.is_ok() { "arrived" } else { "none in 1 s" },
+                cut.is_err(),
+            );
+            lab.heal();
+            let healed = Instant::now();
+            let back = tokio::time::timeout(Duration::from_secs(10), futures_next(&mut sub)).await;
+            // One second of total loss backs the retransmission timer off to at most
+            // 1.6 s; the message arrives at its next try.
+            report.within(
+                "the message arrives after the heal",
+                RTO_MIN * 8 + Duration::from_millis(400),
+                healed.elapsed(),
+            );
+            let arrived = matches!(&back, Ok(Some(m)) if m.payload.as_ref() == b"cut");
+            report.row("the message after the heal", "arrives", if arrived { "arrived" } else { "lost" }, arrived);
+            drop(server);
+            Ok(())
+        })
+        .await
 }
