@@ -157,10 +157,12 @@ pub enum LinkState {
     Up,
     /// Nothing: connections are closed and new ones refused (closed at once).
     Down,
-    /// Bytes from the side that dialed are dropped; the other way passes.
-    DropFromDialer,
-    /// Bytes towards the side that dialed are dropped; the other way passes.
-    DropToDialer,
+    /// Bytes from the side that dialed are held until the link changes
+    /// state; the other way passes.
+    HoldFromDialer,
+    /// Bytes towards the side that dialed are held until the link changes
+    /// state; the other way passes.
+    HoldToDialer,
     /// Everything passes, each read delayed by `base_ms` plus up to
     /// `jitter_ms` (order kept, as TCP keeps it).
     Slow { base_ms: u64, jitter_ms: u64 },
@@ -196,8 +198,8 @@ impl FaultLink {
                     let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
                     let (in_r, in_w) = inbound.into_split();
                     let (out_r, out_w) = outbound.into_split();
-                    let forward = pump(in_r, out_w, rx.clone(), LinkState::DropFromDialer);
-                    let backward = pump(out_r, in_w, rx.clone(), LinkState::DropToDialer);
+                    let forward = pump(in_r, out_w, rx.clone(), LinkState::HoldFromDialer);
+                    let backward = pump(out_r, in_w, rx.clone(), LinkState::HoldToDialer);
                     let mut down = rx;
                     tokio::select! {
                         _ = token.cancelled() => {}
@@ -222,13 +224,23 @@ impl Drop for FaultLink {
     }
 }
 
-/// Copies bytes from `r` to `w`, dropping them while the link is in
-/// `drop_in` and delaying them while it is slow.
+/// Copies bytes from `r` to `w`, holding them while the link is in
+/// `hold_in` and delaying them while it is slow.
+///
+/// A one-way cut holds bytes rather than dropping them, because that is
+/// what TCP over a link that loses every packet one way looks like: the
+/// sender's unacknowledged bytes pile up (here: nothing more is read, so
+/// its socket fills), and once the link heals its retransmissions deliver
+/// them, all and in order. Dropping bytes from the middle of a live
+/// connection is something no network does to TCP; done to NATS routes it
+/// tore route handshakes in half, and servers then kept a route that one
+/// side had never finished while the other redialed it as a duplicate,
+/// a partition inside NATS that outlived the heal by minutes.
 async fn pump(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut w: tokio::net::tcp::OwnedWriteHalf,
-    state: tokio::sync::watch::Receiver<LinkState>,
-    drop_in: LinkState,
+    mut state: tokio::sync::watch::Receiver<LinkState>,
+    hold_in: LinkState,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, Vec<u8>)>(1_024);
@@ -240,9 +252,11 @@ async fn pump(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            if state.wait_for(|s| *s != hold_in).await.is_err() {
+                return;
+            }
             let now = Instant::now();
             let release = match *state.borrow() {
-                s if s == drop_in => continue,
                 LinkState::Slow { base_ms, jitter_ms } => {
                     let jitter = if jitter_ms == 0 { 0 } else { rand::random_range(0..=jitter_ms) };
                     (now + Duration::from_millis(base_ms + jitter)).max(last_release)
@@ -304,12 +318,14 @@ impl PartitionableNats {
         Ok(Self { cluster, links })
     }
 
-    /// Cuts the links between servers `i` and `j`: nothing passes, or with
-    /// `one_way` nothing from `j` reaches `i` (whichever side dialed).
+    /// Cuts the links between servers `i` and `j`: connections close and
+    /// nothing passes, or with `one_way` nothing from `j` reaches `i`
+    /// (whichever side dialed) until the heal, which delivers it, as TCP
+    /// would after a link that lost every packet one way.
     pub fn cut(&self, i: usize, j: usize, one_way: bool) {
         let (ij, ji) = (self.links[i][j].as_ref(), self.links[j][i].as_ref());
         let (a, b) = if one_way {
-            (LinkState::DropToDialer, LinkState::DropFromDialer)
+            (LinkState::HoldToDialer, LinkState::HoldFromDialer)
         } else {
             (LinkState::Down, LinkState::Down)
         };
@@ -401,10 +417,22 @@ pub struct Removal {
 
 impl std::fmt::Debug for Removal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 86_400_000;
-        let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
-        write!(f, "{}/{} at consumer {} ({h:02}:{m:02}:{s:02}.{ms:03} UTC)", self.service, self.id, self.consumer)
+        write!(f, "{}/{} at consumer {} ({} UTC)", self.service, self.id, self.consumer, time_of_day(self.wall))
     }
+}
+
+/// `HH:MM:SS.mmm` of `at` (UTC), the form the nodes' logs use, to find a
+/// moment of a scenario in them.
+pub fn time_of_day(at: std::time::SystemTime) -> String {
+    let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()) % 86_400_000;
+    let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
+    format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+}
+
+/// Prints a scenario's step with the time of day, to line it up with the
+/// nodes' logs (`NODE_LOG_DIR`).
+pub fn step(what: &str) {
+    println!("{} {what}", time_of_day(std::time::SystemTime::now()));
 }
 
 /// What the consumers' recorders saw, and whether they saw everything.
@@ -855,7 +883,6 @@ impl Report {
             Err(e) => {
                 self.finished = true;
                 let table = self.table();
-                println!("{table}");
                 Err(e.context(format!("scenario {} ended early; its rows until then:\n{table}", self.scenario)))
             }
         }
@@ -1016,6 +1043,45 @@ mod tests {
         report.finish().expect("a removal of an unknown instance is no flap");
         assert!(fleet.flaps().is_empty());
         drop(tx);
+    }
+
+    /// A one-way cut holds a live connection's bytes and the heal delivers
+    /// them, all and in order: TCP never loses bytes from the middle of a
+    /// stream, and NATS routes rely on that.
+    #[tokio::test]
+    async fn a_one_way_cut_holds_bytes_until_the_heal_and_loses_none() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let link = FaultLink::start(target.local_addr().expect("addr")).await.expect("link");
+        let mut dialer = tokio::net::TcpStream::connect(link.addr).await.expect("connect");
+        let (mut accepted, _) = target.accept().await.expect("accept");
+        for (held, from_dialer) in [(LinkState::HoldFromDialer, true), (LinkState::HoldToDialer, false)] {
+            link.set(held);
+            let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            let (from, to) = if from_dialer { (&mut dialer, &mut accepted) } else { (&mut accepted, &mut dialer) };
+            let (mut to_r, _to_w) = to.split();
+            let (_from_r, mut from_w) = from.split();
+            let writing = async {
+                from_w.write_all(&sent).await.expect("write");
+            };
+            let mut got = vec![0u8; sent.len()];
+            let mut n = 0;
+            let reading = async {
+                // Nothing arrives while the link holds this direction.
+                let early = tokio::time::timeout(Duration::from_millis(300), to_r.read(&mut got)).await;
+                assert!(early.is_err(), "{held:?}: bytes passed a held link");
+                link.set(LinkState::Up);
+                while n < sent.len() {
+                    let read = tokio::time::timeout(Duration::from_secs(5), to_r.read(&mut got[n..])).await;
+                    let k = read.expect("bytes after the heal").expect("read");
+                    assert!(k > 0, "{held:?}: connection closed after {n} bytes");
+                    n += k;
+                }
+            };
+            tokio::join!(writing, reading);
+            assert_eq!(n, sent.len());
+            assert!(got == sent, "{held:?}: bytes lost or reordered");
+        }
     }
 
     /// A report dropped without `finish()` fails the test that dropped it.

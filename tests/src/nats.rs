@@ -74,7 +74,11 @@ impl NatsServer {
             monitor_port.to_string(),
         ];
         args.extend(extra);
-        let log = std::env::temp_dir().join(format!("registry-test-nats-{host}-{port}.log"));
+        // Kept beside the nodes' logs when a run keeps those (`NODE_LOG_DIR`).
+        let log = match std::env::var_os("NODE_LOG_DIR") {
+            Some(dir) => PathBuf::from(dir).join(format!("nats-{host}-{port}.log")),
+            None => std::env::temp_dir().join(format!("registry-test-nats-{host}-{port}.log")),
+        };
         let netns = netns.map(str::to_string);
         let mut server = Self { port, monitor_port, host, netns, args, child: None, log };
         server.spawn().await?;
@@ -109,6 +113,13 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://{}", SocketAddr::new(self.host, self.port))
+    }
+
+    /// The last `lines` lines of the server's log, to explain a failure.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// The process id (0 once killed).
@@ -149,7 +160,9 @@ impl Drop for NatsServer {
             let _ = crate::procs::send_signal(child.id(), "CONT");
         }
         self.kill();
-        let _ = std::fs::remove_file(&self.log);
+        if std::env::var_os("NODE_LOG_DIR").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -947,38 +947,46 @@ async fn soak_random_churn_and_faults() -> Result<()> {
                     0..=3 => {
                         let batch: Vec<String> = (0..5).map(|k| format!("churn-{}", next_id + k)).collect();
                         next_id += 5;
+                        step(&format!("register {batch:?}"));
                         fleet.register(&endpoints, "api", &batch).await?;
                     }
                     4..=6 => {
                         for _ in 0..3 {
                             if let Some((s, id)) = fleet.some_provider(rng.random_range(0..1_000)) {
+                                step(&format!("stop {id}"));
                                 fleet.stop(&s, &id).await;
                             }
                         }
                     }
                     7 => {
                         let i = rng.random_range(0..cluster.nodes.len());
+                        step(&format!("kill -9 node {}", cluster.nodes[i].name));
                         cluster.nodes[i].kill9()?;
                         tokio::time::sleep(Duration::from_millis(rng.random_range(100..2_000))).await;
+                        step(&format!("restart node {}", cluster.nodes[i].name));
                         cluster.nodes[i].restart().await?;
                         faults += 1;
                     }
                     8 => {
                         if let Some(routes) = cluster.nats.routes() {
-                            let i = rng.random_range(0..3);
-                            routes.cut(i, (i + 1) % 3, rng.random_bool(0.5));
+                            let (i, one_way) = (rng.random_range(0..3), rng.random_bool(0.5));
+                            step(&format!("cut the route between NATS {i} and {} (one way: {one_way})", (i + 1) % 3));
+                            routes.cut(i, (i + 1) % 3, one_way);
                             tokio::time::sleep(Duration::from_millis(rng.random_range(200..2_500))).await;
+                            step("heal the routes");
                             routes.heal();
                             faults += 1;
                         }
                     }
                     _ => {
                         let i = rng.random_range(0..3);
+                        step(&format!("restart NATS {i}"));
                         cluster.nats.server(i).restart().await?;
                         faults += 1;
                     }
                 }
                 let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(30)).await?;
+                step(&format!("converged in {:.2} s", t.as_secs_f64()));
                 slowest = slowest.max(t);
                 if warm_rss.is_none() && Instant::now() + Duration::from_secs(secs * 3 / 4) > end {
                     warm_rss = Some(rss(&cluster));

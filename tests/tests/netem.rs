@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use registry_tests::faults::{FAULT_CONFIG, Fleet, Report, converge, ids};
+use registry_tests::faults::{FAULT_CONFIG, Fleet, Report, converge, ids, time_of_day};
 use registry_tests::nats::NatsServer;
 use registry_tests::netem::{Host, Impairment, Lab, LabCluster, PeerStates, PeerTally};
 use tokio::time::Instant;
@@ -320,7 +320,24 @@ async fn router_loses_and_reorders_real_tcp_packets() -> Result<()> {
             let lab = Lab::start(1).await?;
             let host = std::net::IpAddr::V4(lab.addr(Host::Ns(0)));
             let server = NatsServer::start_at(lab.netns(0), host, Vec::new(), 4222, 8222).await?;
-            let client = async_nats::connect(server.url()).await?;
+            // Every connection event, to tell a lost message from a dropped
+            // connection (core NATS loses what was sent while disconnected).
+            let events = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+            let seen = events.clone();
+            let client = async_nats::ConnectOptions::new()
+                .event_callback(move |e| {
+                    let seen = seen.clone();
+                    async move { seen.lock().push(format!("{} {e}", time_of_day(std::time::SystemTime::now()))) }
+                })
+                .connect(server.url())
+                .await?;
+            let explain = |what: String| {
+                anyhow::anyhow!(
+                    "{what}\nclient connection events: {:?}\nnats-server log (last 20 lines):\n{}",
+                    events.lock(),
+                    server.log_tail(20)
+                )
+            };
             let mut sub = client.subscribe("netem.check").await?;
             client.flush().await?;
 
@@ -349,7 +366,7 @@ async fn router_loses_and_reorders_real_tcp_packets() -> Result<()> {
             let mut in_order = 0;
             while in_order < MESSAGES {
                 let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), futures_next(&mut sub)).await else {
-                    bail!("message {in_order} never arrived");
+                    return Err(explain(format!("message {in_order} never arrived")));
                 };
                 if std::str::from_utf8(&msg.payload)?.trim_start() != in_order.to_string() {
                     bail!("message {in_order} arrived as {:?}", msg.payload);
