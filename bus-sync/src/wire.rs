@@ -172,8 +172,15 @@ fn check_instance_key(bytes: &[u8], key: &InstanceKey) -> Result<(), WireError> 
 
 pub fn change_to_wire(c: &Change) -> pb::Change {
     match c {
-        Change::Put { key, entry } => pb::Change { key: Some(key_to_wire(key)), put: Some(entry_to_wire(entry)) },
-        Change::Purge { key } => pb::Change { key: Some(key_to_wire(key)), put: None },
+        Change::Put { key, entry } => {
+            pb::Change { key: Some(key_to_wire(key)), put: Some(entry_to_wire(entry)), moved_to: None }
+        }
+        Change::Purge { key } => pb::Change { key: Some(key_to_wire(key)), put: None, moved_to: None },
+        Change::Moved { key, to } => pb::Change {
+            key: Some(key_to_wire(key)),
+            put: None,
+            moved_to: Some(pb::Version { hlc: to.hlc, node: to.node }),
+        },
     }
 }
 
@@ -183,12 +190,14 @@ pub fn change_from_wire(c: pb::Change) -> Result<Change, WireError> {
 
 fn change_with_names(c: pb::Change, names: &mut RecentNames) -> Result<Change, WireError> {
     let key = key_with_names(c.key, names)?;
-    Ok(match c.put {
-        Some(e) => {
+    Ok(match (c.put, c.moved_to) {
+        (Some(e), None) => {
             let entry = entry_from_wire(&key, Some(e))?;
             Change::Put { key, entry }
         }
-        None => Change::Purge { key },
+        (Some(_), Some(_)) => return Err(invalid("change.moved_to", "set on a put; it only goes with a purge")),
+        (None, None) => Change::Purge { key },
+        (None, Some(v)) => Change::Moved { key, to: Version { hlc: v.hlc, node: v.node } },
     })
 }
 

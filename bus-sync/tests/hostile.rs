@@ -301,6 +301,7 @@ fn wire_put(key: &Key, record: Option<pb::entry::Record>) -> pb::Change {
     pb::Change {
         key: Some(wire::key_to_wire(key)),
         put: Some(pb::Entry { version: Some(pb::Version { hlc: 9, node: 1 }), record }),
+        moved_to: None,
     }
 }
 
@@ -383,7 +384,7 @@ fn a_record_of_another_kind_than_its_key_is_refused() {
 
 #[test]
 fn a_key_with_an_empty_or_oversized_part_is_refused() {
-    let purge = |kind| pb::Change { key: Some(pb::Key { kind: Some(kind) }), put: None };
+    let purge = |kind| pb::Change { key: Some(pb::Key { kind: Some(kind) }), put: None, moved_to: None };
     let instance_key = |namespace: &str, service: &str, id: &str| {
         pb::key::Kind::Instance(v1::InstanceKey {
             namespace: namespace.into(),
@@ -404,7 +405,7 @@ fn a_key_with_an_empty_or_oversized_part_is_refused() {
 
 #[test]
 fn a_change_without_a_key_or_a_version_is_refused() {
-    assert_missing(decode(&wire_batch(pb::Change { key: None, put: None })), "key");
+    assert_missing(decode(&wire_batch(pb::Change { key: None, put: None, moved_to: None })), "key");
     let mut change = wire_put(&key(1), None);
     change.put = Some(pb::Entry { version: None, record: None });
     assert_missing(decode(&wire_batch(change)), "entry.version");

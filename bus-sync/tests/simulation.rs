@@ -66,6 +66,9 @@ struct SimNode {
     /// Independent record of the last seq applied per origin.
     applied: HashMap<Origin, u64>,
     bus_up: bool,
+    /// Own copies a newer copy elsewhere hides, with when to purge them (as
+    /// the node does, `dead_after` later: then as `Moved`).
+    stale: Vec<(u64, Key)>,
 }
 
 impl SimNode {
@@ -78,7 +81,30 @@ impl SimNode {
             cuts: Cuts::new(5, 4, 2_000),
             applied: HashMap::new(),
             bus_up: true,
+            stale: Vec::new(),
             me,
+        }
+    }
+
+    /// Takes what a store operation caused: own changes to publish, own
+    /// copies to purge later.
+    fn absorb(&mut self, out: registry_store::Outcome, now: u64) {
+        let due = now + config().dead_after_ms;
+        self.stale.extend(out.stale.into_iter().map(|k| (due, k)));
+        self.core.local_changes(out.local);
+    }
+
+    /// The node's timers: stale own copies purged (as moved), peers' moved
+    /// copies whose newer copy never came dropped from the view.
+    fn purge(&mut self, now: u64) {
+        let cfg = config();
+        let out = self.store.sweep_moved(now, cfg.dead_after_ms + cfg.orphan_grace_ms);
+        self.absorb(out, now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stale).into_iter().partition(|(t, _)| *t <= now);
+        self.stale = later;
+        for (_, key) in due {
+            let out = self.store.purge_stale(&key);
+            self.absorb(out, now);
         }
     }
 
@@ -158,7 +184,7 @@ impl SimNode {
                     let id = self.store.origin_id(&origin);
                     for c in changes {
                         let out = self.store.apply_remote(id, c);
-                        self.core.local_changes(out.local);
+                        self.absorb(out, now);
                     }
                 }
                 Action::ReplaceSlice { origin, cut_seq, entries } => {
@@ -169,7 +195,7 @@ impl SimNode {
                     self.applied.insert(origin.clone(), cut_seq);
                     let id = self.store.origin_id(&origin);
                     let out = self.store.replace_slice(id, entries);
-                    self.core.local_changes(out.local);
+                    self.absorb(out, now);
                 }
                 Action::LoadEntries { origin, entries } => {
                     if self.applied.get(&origin).copied().unwrap_or(0) != 0 {
@@ -178,7 +204,7 @@ impl SimNode {
                     let id = self.store.origin_id(&origin);
                     for (key, entry) in entries {
                         let out = self.store.apply_remote(id, registry_store::Change::Put { key, entry });
-                        self.core.local_changes(out.local);
+                        self.absorb(out, now);
                     }
                 }
                 Action::SliceLoaded { origin, cut_seq, .. } => {
@@ -187,7 +213,7 @@ impl SimNode {
                 Action::DropOrigin { origin } => {
                     if let Some(id) = self.store.find_origin(&origin) {
                         let out = self.store.drop_origin(id);
-                        self.core.local_changes(out.local);
+                        self.absorb(out, now);
                     }
                     self.applied.remove(&origin);
                 }
@@ -274,15 +300,46 @@ impl SimNode {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Put { node: usize, key: u8, port: u16 },
-    Remove { node: usize, key: u8 },
-    Advance { ms: u64 },
-    Partition { a: usize, b: usize },
-    OneWay { from: usize, to: usize },
+    Put {
+        node: usize,
+        key: u8,
+        port: u16,
+    },
+    Remove {
+        node: usize,
+        key: u8,
+    },
+    Advance {
+        ms: u64,
+    },
+    Partition {
+        a: usize,
+        b: usize,
+    },
+    OneWay {
+        from: usize,
+        to: usize,
+    },
     Heal,
-    Restart { node: usize },
-    CutOff { node: usize },
-    Faults { level: u8 },
+    Restart {
+        node: usize,
+    },
+    CutOff {
+        node: usize,
+    },
+    Faults {
+        level: u8,
+    },
+    /// `node` partitioned from every other node (or, `one_way`, deaf to
+    /// them while they still hear it) for `ms`, then healed: long enough,
+    /// often, that its peers drop its slice as departed while it is alive
+    /// and writing (or it drops theirs), and must load it again when they
+    /// hear it.
+    Isolate {
+        node: usize,
+        ms: u64,
+        one_way: bool,
+    },
 }
 
 fn op(n: usize) -> impl Strategy<Value = Op> {
@@ -296,6 +353,7 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         1 => (0..n).prop_map(|node| Op::Restart { node }),
         1 => (0..n).prop_map(|node| Op::CutOff { node }),
         1 => (0..4u8).prop_map(|level| Op::Faults { level }),
+        1 => (0..n, 2_000..6_000u64, any::<bool>()).prop_map(|(node, ms, one_way)| Op::Isolate { node, ms, one_way }),
     ]
 }
 
@@ -322,6 +380,9 @@ impl Sim {
                 self.nodes[i].deliver(env, self.now, &mut self.bus)?;
             }
             for node in &mut self.nodes {
+                node.purge(self.now);
+                let publishes = node.core.take_publishes();
+                node.run(publishes, self.now, &mut self.bus)?;
                 let actions = node.core.on_tick(self.now, node.own_live());
                 node.run(actions, self.now, &mut self.bus)?;
             }
@@ -355,6 +416,25 @@ impl Sim {
                 n.bus_up = false;
                 let actions = n.core.on_bus(false, now);
                 n.run(actions, now, &mut self.bus)?;
+            }
+            Op::Isolate { node, ms, one_way } => {
+                let me = self.nodes[node].name.clone();
+                let others: Vec<Arc<str>> = self.nodes.iter().map(|n| n.name.clone()).filter(|n| *n != me).collect();
+                for other in &others {
+                    if one_way {
+                        self.bus.partition_one_way(other, &me);
+                    } else {
+                        self.bus.partition(&me, other);
+                    }
+                }
+                // Both sides keep writing while apart.
+                self.advance(ms / 2)?;
+                let key = (ms % 8) as u8;
+                self.nodes[node].write(key, Some(40_000 + (ms % 1_000) as u16), self.now, &mut self.bus)?;
+                let other = (node + 1) % self.nodes.len();
+                self.nodes[other].write(key.wrapping_add(1) % 8, Some(50_000), self.now, &mut self.bus)?;
+                self.advance(ms - ms / 2)?;
+                self.bus.heal();
             }
             Op::Faults { level } => self.bus.set_faults(match level {
                 0 => Faults::default(),
@@ -482,6 +562,7 @@ fn clamp(op: Op, n: usize) -> Op {
         Op::OneWay { from, to } => Op::OneWay { from: from % n, to: to % n },
         Op::Restart { node } => Op::Restart { node: node % n },
         Op::CutOff { node } => Op::CutOff { node: node % n },
+        Op::Isolate { node, ms, one_way } => Op::Isolate { node: node % n, ms, one_way },
         other => other,
     }
 }
@@ -556,6 +637,91 @@ fn an_orphaned_peer_is_removed_after_grace_unless_the_valve_holds() {
     sim.advance(1_000).expect("heal");
     assert!(!sim.nodes[1].core.valve_holding());
     sim.quiesce().expect("converges");
+}
+
+/// The sequence behind a soak that did not converge: a live node's peers
+/// stop hearing it past the dead time and the orphan grace and drop its
+/// slice as departed, while it goes on writing; once they hear it again,
+/// they load its slice again (and it theirs), and every view converges.
+#[test]
+fn a_live_origin_dropped_as_departed_is_loaded_again_when_heard() {
+    for one_way in [false, true] {
+        let mut sim = Sim::new(3, 11);
+        sim.advance(1_000).expect("start");
+        sim.nodes[0].write(1, Some(7), sim.now, &mut sim.bus).expect("write");
+        sim.nodes[1].write(2, Some(8), sim.now, &mut sim.bus).expect("write");
+        sim.advance(300).expect("propagate");
+        assert_eq!(sim.nodes[2].view().len(), 2);
+        sim.apply(Op::Isolate { node: 0, ms: 5_000, one_way }).expect("isolated past dead time and grace");
+        // Apart both ways, n1 and n2 dropped n0; deaf only, n0 dropped them.
+        let n0 = sim.nodes[0].me.clone();
+        for peer in &sim.nodes[1..] {
+            let (holder, held) = if one_way { (&sim.nodes[0], &peer.me) } else { (peer, &n0) };
+            assert!(holder.store.find_origin(held).is_none(), "{} still holds {held} (one way: {one_way})", holder.me);
+        }
+        // n0 wrote while apart (Isolate does); it is heard again from here.
+        sim.nodes[0].write(3, Some(9), sim.now, &mut sim.bus).expect("write");
+        sim.quiesce().expect("converges once n0 is heard again");
+        for n in &sim.nodes {
+            assert!(n.view().contains_key(&key(1)) && n.view().contains_key(&key(3)), "{}: {:?}", n.me, n.view());
+        }
+    }
+}
+
+/// The sequence behind a mass flap in the soak: while n2 is cut off, a
+/// provider moves from n1 to n0 (n0's newer copy takes the key over, and
+/// n1 drops its own copy a dead time later, as moved). n2 then hears n1
+/// again before n0: it must keep showing the instance until n0's copy
+/// comes, not show it removed and, a moment later, added again.
+#[test]
+fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
+    let mut sim = Sim::new(3, 17);
+    sim.advance(1_000).expect("start");
+    sim.nodes[1].write(4, Some(1_111), sim.now, &mut sim.bus).expect("registered at n1");
+    sim.advance(300).expect("propagate");
+    assert_eq!(sim.nodes[2].view().get(&key(4)), Some(&1_111));
+    // n2 cut off, for less than the dead time: it orphans nobody.
+    sim.bus.partition("n2", "n0");
+    sim.bus.partition("n2", "n1");
+    sim.nodes[0].write(4, Some(2_222), sim.now, &mut sim.bus).expect("moved to n0");
+    sim.advance(config().dead_after_ms + 200).expect("n1 drops its copy as moved");
+    assert!(sim.nodes[1].store.local_entry(&key(4)).is_none(), "n1 still holds its superseded copy");
+    // n2 hears n1 again (its batch with the drop, via the ring), not n0 yet.
+    sim.bus.heal();
+    sim.bus.partition("n2", "n0");
+    for _ in 0..20 {
+        sim.advance(100).expect("n2 catches up with n1");
+        assert!(sim.nodes[2].view().contains_key(&key(4)), "n2 showed the moved instance removed");
+    }
+    assert_eq!(sim.nodes[2].view().get(&key(4)), Some(&1_111), "shown as it was until the newer copy comes");
+    sim.bus.heal();
+    sim.advance(1_000).expect("n0's copy reaches n2");
+    assert_eq!(sim.nodes[2].view().get(&key(4)), Some(&2_222));
+    assert_eq!(sim.nodes[2].store.moved_pending(), 0);
+    sim.quiesce().expect("converges");
+}
+
+/// A copy dropped as moved whose newer copy never comes (its node stays cut
+/// off) leaves the view once the hold ends, as a silent peer's records do.
+#[test]
+fn a_moved_copy_whose_newer_copy_never_comes_leaves_after_the_hold() {
+    let mut sim = Sim::new(3, 19);
+    sim.advance(1_000).expect("start");
+    sim.nodes[1].write(5, Some(1_111), sim.now, &mut sim.bus).expect("registered at n1");
+    sim.advance(300).expect("propagate");
+    sim.bus.partition("n2", "n0");
+    sim.bus.partition("n2", "n1");
+    sim.nodes[0].write(5, Some(2_222), sim.now, &mut sim.bus).expect("moved to n0");
+    sim.advance(config().dead_after_ms + 200).expect("n1 drops its copy as moved");
+    sim.bus.heal();
+    sim.bus.partition("n2", "n0");
+    sim.advance(500).expect("n2 hears n1");
+    assert!(sim.nodes[2].view().contains_key(&key(5)));
+    let cfg = config();
+    sim.advance(cfg.dead_after_ms + cfg.orphan_grace_ms + 500).expect("past the hold");
+    assert!(!sim.nodes[2].view().contains_key(&key(5)), "kept past the hold: {:?}", sim.nodes[2].view());
+    assert_eq!(sim.nodes[2].store.moved_pending(), 0);
+    sim.quiesce().expect("converges once n0 is heard");
 }
 
 #[test]

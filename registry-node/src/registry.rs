@@ -95,6 +95,8 @@ pub struct Registry {
     pub subscriptions: Movers,
     bus_down: AtomicBool,
     sync: OnceLock<Arc<SyncShared>>,
+    /// Where the store's monotonic milliseconds count from.
+    epoch: Instant,
 }
 
 impl Registry {
@@ -114,6 +116,7 @@ impl Registry {
             views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
             consumers: DashMap::new(),
             next_id: AtomicU64::new(1),
+            epoch: Instant::now(),
             draining: AtomicBool::new(false),
             clustered: config.clustered(),
             local_changed: Notify::new(),
@@ -514,9 +517,16 @@ impl Registry {
     /// Purges own entries that newer entries elsewhere have hidden for
     /// `sync.dead_after_ms`: by then every live node holds the newer entry,
     /// so the purge cannot show anyone a removal. Returns how many.
+    ///
+    /// Also stops showing peers' copies that their origin dropped as moved
+    /// when the copy they moved to has not come within `dead_after_ms` plus
+    /// `orphan_grace_ms` (its node is cut off from this one, or died): as
+    /// long as a silent peer's records stay.
     pub fn purge_stale(&self, now: Instant) -> usize {
         let mut st = self.state.lock();
-        let mut all = Outcome::default();
+        let sync = &self.config.sync;
+        let hold = sync.dead_after_ms + sync.orphan_grace_ms;
+        let mut all = st.store.sweep_moved(now.saturating_duration_since(self.epoch).as_millis() as u64, hold);
         let mut n = 0;
         while st.stale.front().is_some_and(|(due, _)| *due <= now) {
             let Some((_, key)) = st.stale.pop_front() else { break };
@@ -612,6 +622,7 @@ fn describe_change(change: &Change) -> String {
             format!("{what} {} v{}.{}", key(k), entry.version.hlc, entry.version.node)
         }
         Change::Purge { key: k } => format!("purge {}", key(k)),
+        Change::Moved { key: k, to } => format!("purge {} (moved to v{}.{})", key(k), to.hlc, to.node),
     }
 }
 

@@ -221,7 +221,7 @@ fn replace_slice_diff(c: &mut Criterion) {
             .into_iter()
             .map(|c| match c {
                 Change::Put { key, entry } => (key, entry),
-                Change::Purge { .. } => unreachable!("peer_puts makes puts only"),
+                Change::Purge { .. } | Change::Moved { .. } => unreachable!("peer_puts makes puts only"),
             })
             .collect();
         store.replace_slice(peer, current.clone());

@@ -174,15 +174,20 @@ impl Entry {
 pub enum Change {
     /// Insert or replace the origin's entry for the key.
     Put { key: Key, entry: Entry },
-    /// Forget the origin's entry for the key (tombstone garbage collection, or a
-    /// copy dropped because a newer one exists elsewhere).
+    /// Forget the origin's entry for the key (a removal nobody else holds a
+    /// copy of, or tombstone garbage collection).
     Purge { key: Key },
+    /// Forget the origin's entry for the key because a newer copy, of
+    /// version `to`, exists elsewhere: the key moved. To the origin's slice
+    /// this is a purge; a node that does not hold that newer copy yet keeps
+    /// showing the record until it arrives (see `Store::sweep_moved`).
+    Moved { key: Key, to: crate::Version },
 }
 
 impl Change {
     pub fn key(&self) -> &Key {
         match self {
-            Change::Put { key, .. } | Change::Purge { key } => key,
+            Change::Put { key, .. } | Change::Purge { key } | Change::Moved { key, .. } => key,
         }
     }
 }

@@ -104,6 +104,24 @@ pub struct Store {
     /// they were written at: a tombstone's version says nothing of its age
     /// (see [`Store::remove_local`]).
     tombstones: std::collections::VecDeque<(u64, Key, Version)>,
+    /// Peers' copies whose origin dropped them as moved (`Change::Moved`)
+    /// before the newer copy reached this node: still shown, until a copy
+    /// at least as new as the one they moved to arrives, or they expire
+    /// (see [`Store::sweep_moved`]).
+    moved: HashMap<Key, Moved, KeyHasher>,
+    /// The time of the last [`Store::sweep_moved`]: moved copies are aged
+    /// from it.
+    moved_clock: u64,
+}
+
+/// A peer's copy kept in view after its origin dropped it as moved.
+#[derive(Debug)]
+struct Moved {
+    origin: OriginId,
+    entry: Entry,
+    /// The version of the copy it moved to.
+    to: Version,
+    since_ms: u64,
 }
 
 impl Store {
@@ -119,6 +137,8 @@ impl Store {
             names: HashSet::default(),
             recent: [None, None],
             tombstones: std::collections::VecDeque::new(),
+            moved: HashMap::default(),
+            moved_clock: 0,
         };
         store.local = store.origin_id(&local);
         store
@@ -220,8 +240,8 @@ impl Store {
 
     /// The record the merged view shows for `key`, with its origin.
     pub fn visible(&self, key: &Key) -> Option<(OriginId, &Record)> {
-        let holders = self.keys.get(key)?;
-        let (origin, entry) = self.winner(holders)?;
+        let holders = self.keys.get(key).map_or(&[][..], |h| &h[..]);
+        let (origin, entry) = shown_entry(&self.slices, holders, self.moved.get(key))?;
         entry.record.as_ref().map(|r| (origin, r))
     }
 
@@ -251,16 +271,19 @@ impl Store {
     /// provider moved, and this node's lease or grace for the old copy ran
     /// out) is newer, and wins everywhere, as it should.
     pub fn remove_local(&mut self, key: &Key, wall_ms: u64) -> Option<(Version, Outcome)> {
-        let holders = self.keys.get(key)?;
+        let moved = self.moved.get(key).map(|m| m.to);
+        let holders = self.keys.get(key).map_or(&[][..], |h| &h[..]);
         let local_live = holders.iter().any(|(o, e)| *o == self.local && e.is_live());
-        let shown = self.winner(holders).is_some_and(|(_, e)| e.is_live());
+        let shown = moved.is_some() || self.winner(holders).is_some_and(|(_, e)| e.is_live());
         if !local_live && !shown {
             return None;
         }
-        let others = holders.iter().any(|(o, _)| *o != self.local);
+        // A moved copy still shown stands for the copy it moved to, which
+        // is on its way: the tombstone must hide that one too.
+        let others = moved.is_some() || holders.iter().any(|(o, _)| *o != self.local);
         let mut out = Outcome::default();
         let version = if others {
-            let newest = holders.iter().map(|(_, e)| e.version.hlc).max().unwrap_or(0);
+            let newest = holders.iter().map(|(_, e)| e.version.hlc).chain(moved.map(|v| v.hlc)).max().unwrap_or(0);
             let version = Version { hlc: newest.saturating_add(1), node: self.hlc.node() };
             self.hlc.observe(version);
             self.write_local(Change::Put { key: key.clone(), entry: Entry { version, record: None } }, &mut out);
@@ -302,8 +325,53 @@ impl Store {
             Change::Purge { key } => {
                 self.set(origin, key, None, &mut out);
             }
+            Change::Moved { key, to } => {
+                self.hlc.observe(to);
+                let holders = self.keys.get(&key).map_or(&[][..], |h| &h[..]);
+                // Still shown from this origin, and the copy it moved to is
+                // not here yet: keep showing it until that copy comes, as a
+                // removal now would be undone by its arrival (a flap).
+                let keep = shown_entry(&self.slices, holders, self.moved.get(&key))
+                    .filter(|(o, e)| *o == origin && e.is_live() && e.version < to)
+                    .map(|(_, e)| e.clone())
+                    .filter(|_| !holders.iter().any(|(_, e)| e.version >= to));
+                if let Some(entry) = keep {
+                    self.moved.insert(key.clone(), Moved { origin, entry, to, since_ms: self.moved_clock });
+                }
+                self.set(origin, key, None, &mut out);
+            }
         }
         out
+    }
+
+    /// Stops showing moved copies (see [`Change::Moved`]) kept for `hold_ms`
+    /// or more whose newer copy never came (its node was cut off, or
+    /// died), and ages the ones kept from now on from `now_ms`. Callers run
+    /// it often (every few hundred milliseconds); a copy is kept between
+    /// `hold_ms` and `hold_ms` plus that period.
+    pub fn sweep_moved(&mut self, now_ms: u64, hold_ms: u64) -> Outcome {
+        self.moved_clock = now_ms;
+        let mut out = Outcome::default();
+        if self.moved.is_empty() {
+            return out;
+        }
+        let due: Vec<Key> =
+            self.moved.iter().filter(|(_, m)| now_ms >= m.since_ms + hold_ms).map(|(k, _)| k.clone()).collect();
+        for key in due {
+            let holders = self.keys.get(&key).map_or(&[][..], |h| &h[..]);
+            let before = shown_with(&self.slices, holders, self.moved.get(&key));
+            self.moved.remove(&key);
+            let after = shown_with(&self.slices, holders, None);
+            if before != after {
+                out.view.push(view_change(&self.slices, key, holders, None, after));
+            }
+        }
+        out
+    }
+
+    /// Number of moved copies still shown while their newer copy is on its way.
+    pub fn moved_pending(&self) -> usize {
+        self.moved.len()
     }
 
     /// Replaces a peer slice with a transferred copy, as a diff: keys the copy
@@ -344,11 +412,17 @@ impl Store {
         let mut out = Outcome::default();
         let Some(holders) = self.keys.get(key) else { return out };
         let own = holders.iter().find(|(o, _)| *o == self.local).map(|(_, e)| e.version);
-        let newest_other = holders.iter().filter(|(o, _)| *o != self.local).map(|(_, e)| e.version).max();
-        if let (Some(own), Some(other)) = (own, newest_other)
+        let newest_other =
+            holders.iter().filter(|(o, _)| *o != self.local).map(|(_, e)| (e.version, e.is_live())).max();
+        if let (Some(own), Some((other, live))) = (own, newest_other)
             && own < other
         {
-            self.write_local(Change::Purge { key: key.clone() }, &mut out);
+            // Hidden by a live copy: the key moved, and nodes that have not
+            // got that copy yet keep showing this one. Hidden by a tombstone:
+            // it was removed, and a plain purge says so.
+            let change =
+                if live { Change::Moved { key: key.clone(), to: other } } else { Change::Purge { key: key.clone() } };
+            self.write_local(change, &mut out);
         }
         out
     }
@@ -417,10 +491,17 @@ impl Store {
 
     /// Every record the merged view shows.
     pub fn visible_records(&self) -> impl Iterator<Item = (&Key, OriginId, &Record)> + '_ {
-        self.keys.iter().filter_map(|(k, holders)| {
-            let (o, e) = self.winner(holders)?;
+        let held = self.keys.iter().filter_map(|(k, holders)| {
+            let (o, e) = shown_entry(&self.slices, holders, self.moved.get(k))?;
             e.record.as_ref().map(|r| (k, o, r))
-        })
+        });
+        // Moved copies of keys no origin holds any more.
+        let moved = self
+            .moved
+            .iter()
+            .filter(|(k, _)| !self.keys.contains_key(*k))
+            .filter_map(|(k, m)| m.entry.record.as_ref().map(|r| (k, m.origin, r)));
+        held.chain(moved)
     }
 
     fn write_local(&mut self, change: Change, out: &mut Outcome) {
@@ -430,7 +511,7 @@ impl Store {
         let seq = slice.seq;
         match &change {
             Change::Put { key, entry } => self.set(local, key.clone(), Some(entry.clone()), out),
-            Change::Purge { key } => self.set(local, key.clone(), None, out),
+            Change::Purge { key } | Change::Moved { key, .. } => self.set(local, key.clone(), None, out),
         };
         out.local.push((seq, change));
     }
@@ -450,7 +531,7 @@ impl Store {
         };
         let holders = self.keys.entry(key.clone()).or_default();
         let local = holders.iter().find(|(o, _)| *o == self.local).map(|(_, e)| (e.version, e.is_live()));
-        let before = shown(&self.slices, holders);
+        let before = shown_with(&self.slices, holders, self.moved.get(&key));
         let pos = holders.iter().position(|(o, _)| *o == origin);
         let old = match (pos, new) {
             (Some(i), Some(entry)) => Some(std::mem::replace(&mut holders[i].1, entry)),
@@ -461,17 +542,18 @@ impl Store {
             }
             (None, None) => None,
         };
-        let after = shown(&self.slices, holders);
+        // A moved copy kept in view is done once a copy at least as new as
+        // the one it moved to is here.
+        if !self.moved.is_empty()
+            && let Some(m) = self.moved.get(&key)
+            && holders.iter().any(|(_, e)| e.version >= m.to)
+        {
+            self.moved.remove(&key);
+        }
+        let moved = self.moved.get(&key);
+        let after = shown_with(&self.slices, holders, moved);
         if before != after {
-            out.view.push(match after {
-                Some((o, _)) => {
-                    let record = winner(&self.slices, holders)
-                        .and_then(|(_, e)| e.record.clone())
-                        .expect("shown implies a live winner");
-                    ViewChange::Upsert { key: key.clone(), record, origin: o }
-                }
-                None => ViewChange::Remove { key: key.clone() },
-            });
+            out.view.push(view_change(&self.slices, key.clone(), holders, moved, after));
         }
         if holders.is_empty() {
             self.keys.remove(&key);
@@ -496,9 +578,48 @@ impl Store {
     }
 }
 
+/// The entry the merged view shows a key by: the winner of its holders, or
+/// a moved copy still kept in view if that is newer (the copy it moved to
+/// is not here yet, or it would have ended the moved copy).
+fn shown_entry<'a>(
+    slices: &HashMap<OriginId, Slice>,
+    holders: &'a [(OriginId, Entry)],
+    moved: Option<&'a Moved>,
+) -> Option<(OriginId, &'a Entry)> {
+    let held = winner(slices, holders);
+    match (held, moved) {
+        (Some((_, e)), Some(m)) if m.entry.version > e.version => Some((m.origin, &m.entry)),
+        (None, Some(m)) => Some((m.origin, &m.entry)),
+        (held, _) => held,
+    }
+}
+
 /// The origin and version of the live record the merged view shows, if any.
-fn shown(slices: &HashMap<OriginId, Slice>, holders: &[(OriginId, Entry)]) -> Option<(OriginId, Version)> {
-    winner(slices, holders).and_then(|(o, e)| e.is_live().then_some((o, e.version)))
+fn shown_with(
+    slices: &HashMap<OriginId, Slice>,
+    holders: &[(OriginId, Entry)],
+    moved: Option<&Moved>,
+) -> Option<(OriginId, Version)> {
+    shown_entry(slices, holders, moved).and_then(|(o, e)| e.is_live().then_some((o, e.version)))
+}
+
+/// The view change to what is shown now (`after`, from [`shown_with`]).
+fn view_change(
+    slices: &HashMap<OriginId, Slice>,
+    key: Key,
+    holders: &[(OriginId, Entry)],
+    moved: Option<&Moved>,
+    after: Option<(OriginId, Version)>,
+) -> ViewChange {
+    match after {
+        Some((o, _)) => {
+            let record = shown_entry(slices, holders, moved)
+                .and_then(|(_, e)| e.record.clone())
+                .expect("shown implies a live record");
+            ViewChange::Upsert { key, record, origin: o }
+        }
+        None => ViewChange::Remove { key },
+    }
 }
 
 /// The entry the merged view is decided by: highest version, ties broken by

@@ -56,7 +56,7 @@ fn a_provider_moving_to_another_node_never_disappears() {
     let later = a.purge_stale(&k);
     assert!(later.view.is_empty());
     let purge = later.local;
-    assert!(matches!(purge.as_slice(), [(2, Change::Purge { .. })]));
+    assert!(matches!(purge.as_slice(), [(2, Change::Moved { .. })]));
     // The purge reaches B and removes nothing visible there either.
     let on_b: Vec<Outcome> = purge
         .iter()
@@ -331,6 +331,11 @@ proptest! {
                 break;
             }
         }
+        // Everything has arrived: a copy still kept as moved has no newer
+        // copy coming any more (it was removed since), and its hold ends.
+        for s in &mut stores {
+            s.sweep_moved(u64::MAX / 2, 1);
+        }
         let view = |s: &Store| {
             let mut v: Vec<(Key, u32)> = s
                 .visible_records()
@@ -427,4 +432,55 @@ fn a_stale_copy_written_again_is_not_purged() {
     a.put_local(k.clone(), instance("i1", 3), 1_002);
     assert!(a.purge_stale(&k).is_empty(), "the own entry is the newest again");
     assert_eq!(port_shown(&a, &k), Some(3));
+}
+
+/// A third node that hears the old owner's drop (as moved) before the new
+/// copy keeps showing the record, then switches to the new copy with no
+/// removal in between; a deregistration there meanwhile hides the new copy
+/// too; and a copy whose newer copy never comes leaves after the hold.
+#[test]
+fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
+    let (oa, ob, oc) = (Origin::new("a", 1), Origin::new("b", 1), Origin::new("c", 1));
+    let (mut a, mut b, mut c) = (Store::new(oa.clone()), Store::new(ob.clone()), Store::new(oc.clone()));
+    let k = key("i1");
+    let (_, first) = a.put_local(k.clone(), instance("i1", 1), 1_000);
+    replicate(&first, &oa, &mut b);
+    replicate(&first, &oa, &mut c);
+    // The provider moves to b; a drops its copy as moved. c hears a first.
+    let (_, moved) = b.put_local(k.clone(), instance("i1", 2), 2_000);
+    replicate(&moved, &ob, &mut a);
+    let dropped = a.purge_stale(&k);
+    c.sweep_moved(10_000, 3_000);
+    let on_c = replicate(&dropped, &oa, &mut c);
+    assert!(on_c.iter().all(|o| o.view.is_empty()), "no view change yet: {on_c:?}");
+    assert_eq!(port_shown(&c, &k), Some(1), "still shown as it was");
+    assert_eq!(c.moved_pending(), 1);
+    // The new copy arrives: an upsert, never a removal.
+    let arrived = replicate(&moved, &ob, &mut c);
+    assert!(matches!(arrived[0].view.as_slice(), [ViewChange::Upsert { .. }]), "{arrived:?}");
+    assert_eq!(port_shown(&c, &k), Some(2));
+    assert_eq!(c.moved_pending(), 0);
+
+    // Again, but the new copy never comes: the record leaves after the hold.
+    let mut d = Store::new(Origin::new("d", 1));
+    replicate(&first, &oa, &mut d);
+    d.sweep_moved(10_000, 3_000);
+    replicate(&dropped, &oa, &mut d);
+    assert!(d.sweep_moved(12_999, 3_000).view.is_empty(), "kept during the hold");
+    assert_eq!(port_shown(&d, &k), Some(1));
+    let expired = d.sweep_moved(13_000, 3_000);
+    assert!(matches!(expired.view.as_slice(), [ViewChange::Remove { .. }]), "{expired:?}");
+    assert_eq!(port_shown(&d, &k), None);
+
+    // And a deregistration while the record is shown only as moved writes
+    // a tombstone above the copy on its way, which then stays hidden.
+    let mut e = Store::new(Origin::new("e", 1));
+    replicate(&first, &oa, &mut e);
+    replicate(&dropped, &oa, &mut e);
+    let (_, removed) = e.remove_local(&k, 3_000).expect("shown, so removable");
+    assert!(matches!(removed.view.as_slice(), [ViewChange::Remove { .. }]), "{removed:?}");
+    assert!(matches!(removed.local.as_slice(), [(_, Change::Put { entry, .. })] if !entry.is_live()));
+    let late = replicate(&moved, &ob, &mut e);
+    assert!(late.iter().all(|o| o.view.is_empty()), "the tombstone hides the late copy: {late:?}");
+    assert_eq!(port_shown(&e, &k), None);
 }

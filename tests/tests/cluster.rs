@@ -366,7 +366,7 @@ async fn garbage_and_forged_bus_messages_are_counted_and_ignored() -> Result<()>
     let forged = registry_proto::sync::ChangeBatch {
         origin: Some(registry_proto::sync::Origin { node_id: "a".into(), incarnation: 1 }),
         first_seq: u64::MAX,
-        changes: vec![registry_proto::sync::Change { key: None, put: None }],
+        changes: vec![registry_proto::sync::Change { key: None, put: None, moved_to: None }],
     };
     raw.publish(format!("{base}.bus.changes.a"), forged.encode_to_vec().into()).await?;
     raw.publish(format!("{base}.bus.changes.b"), forged.encode_to_vec().into()).await?;

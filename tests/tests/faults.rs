@@ -466,6 +466,7 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
                             .encode_to_vec(),
                         )),
                     }),
+                    moved_to: None,
                 }],
             };
             let messages: Vec<(String, Vec<u8>)> = vec![
