@@ -810,10 +810,17 @@ pub async fn converge(
     within: Duration,
 ) -> Result<Duration> {
     let start = Instant::now();
+    let mut told = false;
     loop {
         let diff = differences(nodes, watches, expected).await;
         if diff.is_empty() {
             return Ok(start.elapsed());
+        }
+        if !told && start.elapsed() >= Duration::from_secs(1) {
+            // Slow to converge: say on what, to find it in the logs.
+            told = true;
+            let shown: Vec<String> = diff.iter().take(4).map(|d| d.chars().take(300).collect()).collect();
+            step(&format!("not converged after 1 s: {}", shown.join("; ")));
         }
         if start.elapsed() >= within {
             let shown: Vec<String> = diff.iter().take(6).map(|d| d.chars().take(400).collect()).collect();

@@ -164,6 +164,9 @@ pub struct Counters {
     pub out_of_order: u64,
     /// Packets delivered twice.
     pub duplicated: u64,
+    /// The most packets lost in a row on the link: each one lost again
+    /// doubles TCP's retransmission timeout when they are one segment's tries.
+    pub longest_loss_run: u64,
 }
 
 impl Counters {
@@ -174,6 +177,7 @@ impl Counters {
             held_back: self.held_back + o.held_back,
             out_of_order: self.out_of_order + o.out_of_order,
             duplicated: self.duplicated + o.duplicated,
+            longest_loss_run: self.longest_loss_run.max(o.longest_loss_run),
         }
     }
 }
@@ -182,8 +186,8 @@ impl std::fmt::Display for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} delivered, {} lost, {} held back, {} out of order, {} duplicated",
-            self.delivered, self.lost, self.held_back, self.out_of_order, self.duplicated
+            "{} delivered, {} lost (at most {} in a row), {} held back, {} out of order, {} duplicated",
+            self.delivered, self.lost, self.longest_loss_run, self.held_back, self.out_of_order, self.duplicated
         )
     }
 }
@@ -572,6 +576,8 @@ struct LinkState {
     last_release: Option<Instant>,
     admitted: u64,
     highest_delivered: u64,
+    /// Packets lost in a row up to now.
+    loss_run: u64,
 }
 
 struct Router {
@@ -648,10 +654,14 @@ impl Router {
         let imp = self.shared.impairments.lock().get(&(src, dst)).copied().unwrap_or_default();
         let mut counters = self.shared.counters.lock();
         let c = counters.entry((src, dst)).or_default();
+        let link = self.links.entry((from, to)).or_default();
         if imp.loss > 0.0 && rand::random::<f64>() < imp.loss {
             c.lost += 1;
+            link.loss_run += 1;
+            c.longest_loss_run = c.longest_loss_run.max(link.loss_run);
             return;
         }
+        link.loss_run = 0;
         let now = Instant::now();
         let jitter_us = imp.jitter.as_micros() as i64;
         let offset_us = if jitter_us > 0 { rand::random_range(-jitter_us..=jitter_us) } else { 0 };

@@ -364,19 +364,24 @@ async fn router_loses_and_reorders_real_tcp_packets() -> Result<()> {
                 })
             };
             let mut in_order = 0;
+            // The longest wait between two messages: TCP's stalls.
+            let (mut last, mut longest) = (Instant::now(), Duration::ZERO);
             while in_order < MESSAGES {
                 let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), futures_next(&mut sub)).await else {
-                    return Err(explain(format!("message {in_order} never arrived")));
+                    let counters = lab.counters_over(&[(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)]);
+                    return Err(explain(format!("message {in_order} never arrived (router: {counters})")));
                 };
                 if std::str::from_utf8(&msg.payload)?.trim_start() != in_order.to_string() {
                     bail!("message {in_order} arrived as {:?}", msg.payload);
                 }
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
                 in_order += 1;
             }
             sender.await??;
             let took = start.elapsed();
             let counters = lab.counters_over(&[(Host::Root, Host::Ns(0)), (Host::Ns(0), Host::Root)]);
-            println!("one TCP connection: {counters}");
+            println!("one TCP connection: {counters}; longest wait between two messages {longest:?}");
             report.row("messages arrived, in order", MESSAGES.to_string(), in_order.to_string(), in_order == MESSAGES);
             report.row("packets lost", "> 0", counters.lost.to_string(), counters.lost > 0);
             report.row(
