@@ -126,6 +126,16 @@ pub struct Impairment {
     pub reorder_gap: Duration,
     /// Chance that a packet is delivered twice.
     pub duplicate: f64,
+    /// Lose a TCP segment, or an acknowledgement, at most once: its
+    /// retransmission (same connection, same sequence number) and a repeated
+    /// acknowledgement (same connection, same acknowledgement number) always
+    /// pass. With random loss alone, one segment's tries can be lost again
+    /// and again, and TCP doubles its wait each time: a segment lost k times
+    /// in a row (with its acknowledgements) is `RTO · (2^k − 1)` late, with no
+    /// bound but chance. Sparing the second try bounds a stall at about three
+    /// retransmission timeouts, for a test of the router that must not depend
+    /// on TCP's tail.
+    pub spare_retries: bool,
 }
 
 impl Impairment {
@@ -148,6 +158,35 @@ impl Impairment {
     pub fn duplicate(self, p: f64) -> Self {
         Self { duplicate: p, ..self }
     }
+
+    /// Loses a TCP segment or acknowledgement at most once (see
+    /// [`Impairment::spare_retries`]).
+    pub fn sparing_retries(self) -> Self {
+        Self { spare_retries: true, ..self }
+    }
+}
+
+/// What identifies a TCP packet's second try: its connection (addresses
+/// and ports, 12 bytes) and, for a packet with data, its sequence number, or
+/// for a bare acknowledgement, its acknowledgement number. `None` for
+/// anything that is not a well-formed TCP packet over IPv4.
+fn tcp_try(packet: &[u8]) -> Option<([u8; 12], bool, u32)> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.len() < 20 || packet[9] != 6 || ihl < 20 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]])).min(packet.len());
+    let tcp = packet.get(ihl..total)?;
+    let offset = usize::from(tcp.get(12)? >> 4) * 4;
+    if offset < 20 || tcp.len() < offset {
+        return None;
+    }
+    let mut conn = [0u8; 12];
+    conn[..8].copy_from_slice(&packet[12..20]);
+    conn[8..].copy_from_slice(&tcp[..4]);
+    let has_data = tcp.len() > offset;
+    let number = if has_data { &tcp[4..8] } else { &tcp[8..12] };
+    Some((conn, has_data, u32::from_be_bytes([number[0], number[1], number[2], number[3]])))
 }
 
 /// What the router did to the packets of one direction of a link.
@@ -578,7 +617,14 @@ struct LinkState {
     highest_delivered: u64,
     /// Packets lost in a row up to now.
     loss_run: u64,
+    /// TCP tries lost once, spared the next time (with `spare_retries`);
+    /// oldest first, bounded.
+    lost_tries: std::collections::VecDeque<([u8; 12], bool, u32)>,
 }
+
+/// Lost TCP tries a link remembers to spare: far more than the segments a
+/// connection has in flight.
+const LOST_TRIES_KEPT: usize = 4_096;
 
 struct Router {
     ports: Vec<Arc<AsyncFd<File>>>,
@@ -655,10 +701,18 @@ impl Router {
         let mut counters = self.shared.counters.lock();
         let c = counters.entry((src, dst)).or_default();
         let link = self.links.entry((from, to)).or_default();
-        if imp.loss > 0.0 && rand::random::<f64>() < imp.loss {
+        let try_id = if imp.spare_retries { tcp_try(&packet) } else { None };
+        let spared = try_id.is_some_and(|t| link.lost_tries.contains(&t));
+        if !spared && imp.loss > 0.0 && rand::random::<f64>() < imp.loss {
             c.lost += 1;
             link.loss_run += 1;
             c.longest_loss_run = c.longest_loss_run.max(link.loss_run);
+            if let Some(t) = try_id {
+                if link.lost_tries.len() >= LOST_TRIES_KEPT {
+                    link.lost_tries.pop_front();
+                }
+                link.lost_tries.push_back(t);
+            }
             return;
         }
         link.loss_run = 0;
