@@ -362,6 +362,26 @@ impl SyncCore {
         (mine, mine ^ stable_hash(self.me.node.as_bytes()))
     }
 
+    /// The peers whose copies may still be on their way to this node, as the
+    /// node hashes versions carry (see `Store::set_unsettled_writers`): every
+    /// peer but those live, loaded, not pulling, with nothing buffered and
+    /// caught up with their last beat; every peer while the bus is down.
+    /// Sorted, so callers can tell when it changed.
+    pub fn unsettled_writers(&self) -> Vec<u64> {
+        let settled = |p: &Peer| {
+            self.bus_up
+                && p.state == PeerState::Live
+                && p.loaded
+                && matches!(p.pull, Pull::Idle)
+                && p.buffer.is_empty()
+                && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
+        };
+        let mut out: Vec<u64> =
+            self.peers.values().filter(|p| !settled(p)).map(|p| stable_hash(p.origin.node.as_bytes())).collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Whether `origin` said farewell (stopped on purpose) and has not spoken since.
     pub fn has_left(&self, origin: &Origin) -> bool {
         self.peers.get(&origin.node).is_some_and(|p| p.origin == *origin && p.left)

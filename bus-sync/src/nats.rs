@@ -40,6 +40,10 @@ pub trait Replica: Send + Sync + 'static {
     /// (digest, entries) of this node's copy of `origin`'s slice; (0, 0) if none.
     fn copy_stats(&self, origin: &Origin) -> (u64, u64);
     fn apply(&self, origin: &Origin, changes: Vec<Change>);
+    /// The peers whose copies may still be on their way (node hashes, see
+    /// `SyncCore::unsettled_writers`), given before changes are applied
+    /// whenever it changed.
+    fn set_unsettled_writers(&self, writers: Vec<u64>);
     fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>);
     /// Puts entries into this node's copy of `origin`'s slice (a page of a
     /// transfer into a copy that held nothing).
@@ -243,6 +247,7 @@ pub async fn spawn_sync<R: Replica>(
         requests: JoinSet::new(),
         transfers: std::collections::HashMap::new(),
         farewell: false,
+        unsettled: Vec::new(),
     };
     let task = tokio::spawn(runtime.run(data, rpc, events_rx, stop));
     Ok(SyncHandle { shared, task })
@@ -262,6 +267,8 @@ struct Runtime<R: Replica> {
     transfers: std::collections::HashMap<Origin, Instant>,
     /// Stopping: the next beat is this node's farewell.
     farewell: bool,
+    /// The unsettled writers last given to the replica.
+    unsettled: Vec<u64>,
 }
 
 impl<R: Replica> Runtime<R> {
@@ -312,7 +319,23 @@ impl<R: Replica> Runtime<R> {
                     actions
                 }
             };
+            // Peers that became unsettled count as such for what these
+            // actions apply; peers that settled only once it is applied (the
+            // last page of a transfer may hold the copy a moved one waits for).
+            let unsettled = self.core.unsettled_writers();
+            let changed = unsettled != self.unsettled;
+            if changed && unsettled.iter().any(|w| !self.unsettled.contains(w)) {
+                let mut both = self.unsettled.clone();
+                both.extend(&unsettled);
+                both.sort_unstable();
+                both.dedup();
+                self.replica.set_unsettled_writers(both);
+            }
             self.execute(actions, &reply_tx).await;
+            if changed {
+                self.replica.set_unsettled_writers(unsettled.clone());
+                self.unsettled = unsettled;
+            }
             self.flush_local(&reply_tx).await;
         }
         // Last words: whatever the node removed while stopping goes out, then

@@ -48,6 +48,10 @@ impl Replica for NodeReplica {
         self.registry.apply_remote(origin, changes);
     }
 
+    fn set_unsettled_writers(&self, writers: Vec<u64>) {
+        self.registry.set_unsettled_writers(writers);
+    }
+
     fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
         self.registry.replace_slice(origin, entries);
     }

@@ -475,6 +475,14 @@ impl Registry {
         self.apply(&mut st, all);
     }
 
+    /// The peers whose copies may still be on their way (see
+    /// `Store::set_unsettled_writers`).
+    pub fn set_unsettled_writers(&self, writers: Vec<u64>) {
+        let mut st = self.state.lock();
+        let out = st.store.set_unsettled_writers(writers);
+        self.apply(&mut st, out);
+    }
+
     pub fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
         let mut st = self.state.lock();
         let id = st.store.origin_id(origin);

@@ -112,6 +112,11 @@ pub struct Store {
     /// The time of the last [`Store::sweep_moved`]: moved copies are aged
     /// from it.
     moved_clock: u64,
+    /// Writers (node hashes, as in [`Version::node`]) whose copies may still
+    /// be on their way here: a copy dropped as moved to one of theirs is
+    /// kept in view; to any other writer's, it is not (that copy is already
+    /// here, or gone). Set by the replication layer.
+    unsettled: HashSet<u64>,
 }
 
 /// A peer's copy kept in view after its origin dropped it as moved.
@@ -139,6 +144,7 @@ impl Store {
             tombstones: std::collections::VecDeque::new(),
             moved: HashMap::default(),
             moved_clock: 0,
+            unsettled: HashSet::new(),
         };
         store.local = store.origin_id(&local);
         store
@@ -329,11 +335,14 @@ impl Store {
                 self.hlc.observe(to);
                 let holders = self.keys.get(&key).map_or(&[][..], |h| &h[..]);
                 // Still shown from this origin, and the copy it moved to is
-                // not here yet: keep showing it until that copy comes, as a
-                // removal now would be undone by its arrival (a flap).
+                // not here yet but may still come: keep showing it until that
+                // copy comes, as a removal now would be undone by its arrival
+                // (a flap). From a writer this node is caught up with, the
+                // copy is not coming (it was removed since): no reason to wait.
                 let keep = shown_entry(&self.slices, holders, self.moved.get(&key))
                     .filter(|(o, e)| *o == origin && e.is_live() && e.version < to)
                     .map(|(_, e)| e.clone())
+                    .filter(|_| self.unsettled.contains(&to.node))
                     .filter(|_| !holders.iter().any(|(_, e)| e.version >= to));
                 if let Some(entry) = keep {
                     self.moved.insert(key.clone(), Moved { origin, entry, to, since_ms: self.moved_clock });
@@ -358,13 +367,7 @@ impl Store {
         let due: Vec<Key> =
             self.moved.iter().filter(|(_, m)| now_ms >= m.since_ms + hold_ms).map(|(k, _)| k.clone()).collect();
         for key in due {
-            let holders = self.keys.get(&key).map_or(&[][..], |h| &h[..]);
-            let before = shown_with(&self.slices, holders, self.moved.get(&key));
-            self.moved.remove(&key);
-            let after = shown_with(&self.slices, holders, None);
-            if before != after {
-                out.view.push(view_change(&self.slices, key, holders, None, after));
-            }
+            self.end_moved(key, &mut out);
         }
         out
     }
@@ -372,6 +375,36 @@ impl Store {
     /// Number of moved copies still shown while their newer copy is on its way.
     pub fn moved_pending(&self) -> usize {
         self.moved.len()
+    }
+
+    /// Tells the store which writers' copies may still be on their way to
+    /// it (node hashes, as in [`Version::node`]): the peers it is not caught
+    /// up with. Moved copies waiting for a copy of a writer that is now
+    /// caught up stop being shown: had that copy still existed, it would be
+    /// here.
+    pub fn set_unsettled_writers(&mut self, writers: impl IntoIterator<Item = u64>) -> Outcome {
+        self.unsettled = writers.into_iter().collect();
+        let mut out = Outcome::default();
+        if self.moved.is_empty() {
+            return out;
+        }
+        let settled: Vec<Key> =
+            self.moved.iter().filter(|(_, m)| !self.unsettled.contains(&m.to.node)).map(|(k, _)| k.clone()).collect();
+        for key in settled {
+            self.end_moved(key, &mut out);
+        }
+        out
+    }
+
+    /// Stops showing the moved copy kept for `key`.
+    fn end_moved(&mut self, key: Key, out: &mut Outcome) {
+        let holders = self.keys.get(&key).map_or(&[][..], |h| &h[..]);
+        let before = shown_with(&self.slices, holders, self.moved.get(&key));
+        self.moved.remove(&key);
+        let after = shown_with(&self.slices, holders, None);
+        if before != after {
+            out.view.push(view_change(&self.slices, key, holders, None, after));
+        }
     }
 
     /// Replaces a peer slice with a transferred copy, as a diff: keys the copy

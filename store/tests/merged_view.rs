@@ -435,14 +435,19 @@ fn a_stale_copy_written_again_is_not_purged() {
 }
 
 /// A third node that hears the old owner's drop (as moved) before the new
-/// copy keeps showing the record, then switches to the new copy with no
-/// removal in between; a deregistration there meanwhile hides the new copy
-/// too; and a copy whose newer copy never comes leaves after the hold.
+/// copy, while it is not caught up with the new owner, keeps showing the
+/// record, then switches to the new copy with no removal in between; a
+/// deregistration there meanwhile hides the new copy too; a copy whose newer
+/// copy never comes leaves after the hold, or once the new owner is caught
+/// up with; a node caught up with the new owner removes at once.
 #[test]
 fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     let (oa, ob, oc) = (Origin::new("a", 1), Origin::new("b", 1), Origin::new("c", 1));
     let (mut a, mut b, mut c) = (Store::new(oa.clone()), Store::new(ob.clone()), Store::new(oc.clone()));
     let k = key("i1");
+    // b's copies may still be on their way to the third nodes: they are not
+    // caught up with b (the replication layer says so).
+    let b_writes = [registry_store::version::stable_hash(b"b")];
     let (_, first) = a.put_local(k.clone(), instance("i1", 1), 1_000);
     replicate(&first, &oa, &mut b);
     replicate(&first, &oa, &mut c);
@@ -451,6 +456,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     replicate(&moved, &ob, &mut a);
     let dropped = a.purge_stale(&k);
     c.sweep_moved(10_000, 3_000);
+    c.set_unsettled_writers(b_writes);
     let on_c = replicate(&dropped, &oa, &mut c);
     assert!(on_c.iter().all(|o| o.view.is_empty()), "no view change yet: {on_c:?}");
     assert_eq!(port_shown(&c, &k), Some(1), "still shown as it was");
@@ -465,6 +471,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     let mut d = Store::new(Origin::new("d", 1));
     replicate(&first, &oa, &mut d);
     d.sweep_moved(10_000, 3_000);
+    d.set_unsettled_writers(b_writes);
     replicate(&dropped, &oa, &mut d);
     assert!(d.sweep_moved(12_999, 3_000).view.is_empty(), "kept during the hold");
     assert_eq!(port_shown(&d, &k), Some(1));
@@ -475,6 +482,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     // And a deregistration while the record is shown only as moved writes
     // a tombstone above the copy on its way, which then stays hidden.
     let mut e = Store::new(Origin::new("e", 1));
+    e.set_unsettled_writers(b_writes);
     replicate(&first, &oa, &mut e);
     replicate(&dropped, &oa, &mut e);
     let (_, removed) = e.remove_local(&k, 3_000).expect("shown, so removable");
@@ -483,4 +491,19 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     let late = replicate(&moved, &ob, &mut e);
     assert!(late.iter().all(|o| o.view.is_empty()), "the tombstone hides the late copy: {late:?}");
     assert_eq!(port_shown(&e, &k), None);
+
+    // A node caught up with b (b's copy is not on its way: it was removed
+    // since) shows the drop as a removal at once.
+    let mut f = Store::new(Origin::new("f", 1));
+    replicate(&first, &oa, &mut f);
+    let removed = replicate(&dropped, &oa, &mut f);
+    assert!(matches!(removed[0].view.as_slice(), [ViewChange::Remove { .. }]), "{removed:?}");
+    // And a kept copy ends, as a removal, once b is caught up with.
+    let mut g = Store::new(Origin::new("g", 1));
+    g.set_unsettled_writers(b_writes);
+    replicate(&first, &oa, &mut g);
+    replicate(&dropped, &oa, &mut g);
+    assert_eq!(port_shown(&g, &k), Some(1));
+    let settled = g.set_unsettled_writers([]);
+    assert!(matches!(settled.view.as_slice(), [ViewChange::Remove { .. }]), "{settled:?}");
 }
