@@ -564,6 +564,11 @@ impl Fleet {
         at
     }
 
+    /// How many providers are alive.
+    pub fn live(&self) -> usize {
+        self.providers.len()
+    }
+
     /// A provider picked by `pick` (modulo the number alive), if any.
     pub fn some_provider(&self, pick: usize) -> Option<(String, String)> {
         let n = self.providers.len();

@@ -918,6 +918,15 @@ async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
         .await
 }
 
+/// Live providers the soak keeps at most. Its steps register more than they
+/// stop; left to grow, a 300 s soak reached 900 providers, each a client of
+/// its own in this one test process with a 200 ms heartbeat, beside three
+/// nodes and three NATS servers on two cores: leases of 600 ms then ran out
+/// for real (the nodes did not hear those providers in time), which
+/// measured the machine, not the registry. A soak is churn at a steady
+/// state.
+const SOAK_POPULATION: usize = 300;
+
 /// A soak: random churn and random faults for `FAULTS_SOAK_SECS` (default
 /// 120) seconds; after each fault everything converges, no live provider
 /// ever disappears from a consumer, and memory stays flat. Not in the CI
@@ -945,6 +954,16 @@ async fn soak_random_churn_and_faults() -> Result<()> {
             let (mut faults, mut slowest, mut next_id) = (0, Duration::ZERO, 0usize);
             while Instant::now() < end {
                 match rng.random_range(0..10) {
+                    // A steady population: registrations outnumber stops, so
+                    // past SOAK_POPULATION a registration step stops instead.
+                    0..=3 if fleet.live() >= SOAK_POPULATION => {
+                        for _ in 0..5 {
+                            if let Some((s, id)) = fleet.some_provider(rng.random_range(0..1_000)) {
+                                step(&format!("stop {id} (population)"));
+                                fleet.stop(&s, &id).await;
+                            }
+                        }
+                    }
                     0..=3 => {
                         let batch: Vec<String> = (0..5).map(|k| format!("churn-{}", next_id + k)).collect();
                         next_id += 5;
