@@ -370,15 +370,15 @@ pub fn fault_client_full(
     backoff: Backoff,
     heartbeat: Duration,
 ) -> Result<Client> {
+    Ok(Client::new(fault_config(endpoints, first, name, backoff).heartbeat_interval(heartbeat))?)
+}
+
+/// The settings of fault scenarios' clients: every endpoint, tried in order
+/// from the `first`, requests bounded at 2 s, and `backoff`.
+fn fault_config(endpoints: &[String], first: usize, name: &str, backoff: Backoff) -> ClientConfig {
     let mut mine = endpoints.to_vec();
     mine.rotate_left(first % endpoints.len().max(1));
-    let config = ClientConfig::new(mine)
-        .client_name(name)
-        .in_order(true)
-        .heartbeat_interval(heartbeat)
-        .request_timeout(Duration::from_secs(2))
-        .backoff(backoff);
-    Ok(Client::new(config)?)
+    ClientConfig::new(mine).client_name(name).in_order(true).request_timeout(Duration::from_secs(2)).backoff(backoff)
 }
 
 /// Events each fault-scenario consumer buffers for its flap recorder: far
@@ -586,13 +586,7 @@ impl Fleet {
     pub async fn watch_n(&mut self, endpoints: &[String], service: &str, n: usize) -> Result<()> {
         for i in 0..n {
             let consumer = self.watches.len();
-            let mut mine = endpoints.to_vec();
-            mine.rotate_left(i % endpoints.len().max(1));
-            let config = ClientConfig::new(mine)
-                .client_name(format!("consumer-{consumer}"))
-                .in_order(true)
-                .request_timeout(Duration::from_secs(2))
-                .backoff(quick_backoff())
+            let config = fault_config(endpoints, i, &format!("consumer-{consumer}"), quick_backoff())
                 .event_buffer(RECORDER_BUFFER);
             let watch = Client::new(config)?.watch(service).await?;
             self.record_from(consumer, watch.events());

@@ -720,7 +720,6 @@ impl Router {
         let jitter_us = imp.jitter.as_micros() as i64;
         let offset_us = if jitter_us > 0 { rand::random_range(-jitter_us..=jitter_us) } else { 0 };
         let delay_us = (imp.delay.as_micros() as i64 + offset_us).max(0);
-        let link = self.links.entry((from, to)).or_default();
         // In order behind the link's previous packet, as on a wire.
         let mut at = (now + Duration::from_micros(delay_us as u64)).max(link.last_release.unwrap_or(now));
         link.last_release = Some(at);
