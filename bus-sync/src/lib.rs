@@ -21,7 +21,7 @@ pub mod memory;
 pub mod nats;
 pub mod wire;
 
-pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore};
+pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore, UnsettledWriters};
 pub use crate::cuts::{Cuts, SliceCut};
 pub use crate::nats::{NatsConfig, Replica, SyncError, SyncHandle, SyncShared, spawn_sync};
 pub use crate::wire::{Batch, BeatInfo, Page, Reply, Request, WireError};

@@ -23,7 +23,7 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::core::{Action, Counters, PeerView, SyncConfig, SyncCore};
+use crate::core::{Action, Counters, PeerView, SyncConfig, SyncCore, UnsettledWriters};
 use crate::cuts::{Cuts, SliceCut};
 use crate::wire::{self, BeatInfo, Reply, Request};
 
@@ -247,7 +247,7 @@ pub async fn spawn_sync<R: Replica>(
         requests: JoinSet::new(),
         transfers: std::collections::HashMap::new(),
         farewell: false,
-        unsettled: Vec::new(),
+        unsettled: UnsettledWriters::default(),
     };
     let task = tokio::spawn(runtime.run(data, rpc, events_rx, stop));
     Ok(SyncHandle { shared, task })
@@ -267,8 +267,8 @@ struct Runtime<R: Replica> {
     transfers: std::collections::HashMap<Origin, Instant>,
     /// Stopping: the next beat is this node's farewell.
     farewell: bool,
-    /// The unsettled writers last given to the replica.
-    unsettled: Vec<u64>,
+    /// The unsettled writers given to the replica.
+    unsettled: UnsettledWriters,
 }
 
 impl<R: Replica> Runtime<R> {
@@ -319,22 +319,13 @@ impl<R: Replica> Runtime<R> {
                     actions
                 }
             };
-            // Peers that became unsettled count as such for what these
-            // actions apply; peers that settled only once it is applied (the
-            // last page of a transfer may hold the copy a moved one waits for).
             let unsettled = self.core.unsettled_writers();
-            let changed = unsettled != self.unsettled;
-            if changed && unsettled.iter().any(|w| !self.unsettled.contains(w)) {
-                let mut both = self.unsettled.clone();
-                both.extend(&unsettled);
-                both.sort_unstable();
-                both.dedup();
-                self.replica.set_unsettled_writers(both);
+            if let Some(widened) = self.unsettled.before(&unsettled) {
+                self.replica.set_unsettled_writers(widened);
             }
             self.execute(actions, &reply_tx).await;
-            if changed {
-                self.replica.set_unsettled_writers(unsettled.clone());
-                self.unsettled = unsettled;
+            if let Some(now) = self.unsettled.after(unsettled) {
+                self.replica.set_unsettled_writers(now);
             }
             self.flush_local(&reply_tx).await;
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bus_sync::memory::{BusMessage, Envelope, Faults, MemoryBus};
 use bus_sync::wire::{self, BeatInfo, Reply, Request};
-use bus_sync::{Action, Cuts, SliceCut, SyncConfig, SyncCore};
+use bus_sync::{Action, Cuts, SliceCut, SyncConfig, SyncCore, UnsettledWriters};
 use proptest::prelude::*;
 use registry_proto::v1;
 use registry_store::{InstanceKey, Key, Origin, Record, Store};
@@ -69,8 +69,8 @@ struct SimNode {
     /// Own copies a newer copy elsewhere hides, with when to purge them (as
     /// the node does, `dead_after` later: then as `Moved`).
     stale: Vec<(u64, Key)>,
-    /// The unsettled writers last given to the store.
-    unsettled: Vec<u64>,
+    /// The unsettled writers given to the store.
+    unsettled: UnsettledWriters,
 }
 
 impl SimNode {
@@ -84,7 +84,7 @@ impl SimNode {
             applied: HashMap::new(),
             bus_up: true,
             stale: Vec::new(),
-            unsettled: Vec::new(),
+            unsettled: UnsettledWriters::default(),
             me,
         }
     }
@@ -128,20 +128,16 @@ impl SimNode {
     }
 
     fn run(&mut self, actions: Vec<Action>, now: u64, bus: &mut MemoryBus) -> Result<(), String> {
-        // As the runtime does: writers that became unsettled count for what
-        // these actions apply, writers that settled only afterwards.
+        // As the runtime does (see `UnsettledWriters`).
         let unsettled = self.core.unsettled_writers();
-        let changed = unsettled != self.unsettled;
-        if changed && unsettled.iter().any(|w| !self.unsettled.contains(w)) {
-            let both: Vec<u64> = self.unsettled.iter().chain(&unsettled).copied().collect();
-            let out = self.store.set_unsettled_writers(both);
+        if let Some(widened) = self.unsettled.before(&unsettled) {
+            let out = self.store.set_unsettled_writers(widened);
             self.absorb(out, now);
         }
         self.execute(actions, now, bus)?;
-        if changed {
-            let out = self.store.set_unsettled_writers(unsettled.clone());
+        if let Some(now_unsettled) = self.unsettled.after(unsettled) {
+            let out = self.store.set_unsettled_writers(now_unsettled);
             self.absorb(out, now);
-            self.unsettled = unsettled;
         }
         Ok(())
     }
