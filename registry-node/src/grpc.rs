@@ -12,6 +12,7 @@ use tokio::time::{Instant, interval_at};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
@@ -44,6 +45,9 @@ pub struct StreamSignals {
     pub drain: CancellationToken,
     /// Ends every stream now.
     pub stop: CancellationToken,
+    /// Every stream task (sessions with their handovers, Subscribe streams):
+    /// shutdown waits for them to end, a panicked one included.
+    pub tasks: TaskTracker,
 }
 
 /// `registry.v1.Registry`.
@@ -100,7 +104,7 @@ impl registry_server::Registry for RegistryApi {
         let (tx, rx) = mpsc::channel(64);
         let registry = self.registry.clone();
         let signals = self.signals.clone();
-        tokio::spawn(run_session(registry, request.into_inner(), tx, signals.drain, signals.stop));
+        signals.tasks.spawn(run_session(registry, request.into_inner(), tx, signals.drain, signals.stop));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -192,7 +196,7 @@ impl registry_server::Registry for RegistryApi {
             stop: self.signals.stop.clone(),
             out: tx,
         };
-        tokio::spawn(task.run());
+        self.signals.tasks.spawn(task.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(|status| *status)))))
     }
 

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod core;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -10,8 +10,9 @@ use registry_proto::frames::registry_server::RegistryServer;
 use registry_proto::v1::cluster_server::ClusterServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -105,7 +106,8 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(config.clone(), new_incarnation()));
     let readiness = Readiness::default();
-    let signals = StreamSignals { drain: CancellationToken::new(), stop: CancellationToken::new() };
+    let signals =
+        StreamSignals { drain: CancellationToken::new(), stop: CancellationToken::new(), tasks: TaskTracker::new() };
     let shutdown = CancellationToken::new();
     let crash = CancellationToken::new();
 
@@ -214,17 +216,13 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             // node removes on its way out can overtake those copies on the bus.
             // Subscribe streams get a drain too, and close once their
             // consumers have a stream elsewhere.
-            let busy = || {
-                registry.metrics.sessions_active.load(Ordering::Relaxed)
-                    + registry.metrics.handovers_active.load(Ordering::Relaxed)
-                    + registry.metrics.subscribers_active.load(Ordering::Relaxed)
-            };
-            while busy() > 0 && Instant::now() < deadline {
-                sleep(Duration::from_millis(20)).await;
-            }
-            if busy() > 0 {
+            // Completion, not counters: a stream task that ends (or panics)
+            // leaves the tracker, so a lost decrement cannot hold shutdown.
+            signals.tasks.close();
+            if tokio::time::timeout_at(deadline, signals.tasks.wait()).await.is_err() {
                 let m = &registry.metrics;
                 warn!(
+                    streams = signals.tasks.len(),
                     sessions = m.sessions_active.load(Ordering::Relaxed),
                     handovers = m.handovers_active.load(Ordering::Relaxed),
                     subscribers = m.subscribers_active.load(Ordering::Relaxed),
@@ -287,22 +285,32 @@ fn spawn_tombstone_gc(registry: Arc<Registry>, stop: CancellationToken) -> JoinH
     })
 }
 
-/// Ends unary leases whose TTL passed.
+/// Ends unary leases whose TTL passed, purges hidden own copies and stops
+/// showing moved copies whose newer copy never came: each when it is due.
+/// It sleeps until the registry's next deadline, woken early when one comes
+/// nearer (a lease granted, a copy to purge), so an idle node does no work.
 fn spawn_lease_reaper(registry: Arc<Registry>, stop: CancellationToken) -> JoinHandle<()> {
-    let tick = Duration::from_millis((registry.config().sessions.min_lease_ttl_ms / 4).clamp(10, 250));
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
         loop {
+            let next = registry.next_deadline();
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = interval.tick() => {
-                    let n = registry.expire_leases(Instant::now());
-                    if n > 0 {
-                        info!(leases = n, "leases expired; their instances removed");
-                    }
-                    registry.purge_stale(Instant::now());
-                }
+                _ = registry.deadlines_changed().notified() => continue,
+                _ = sleep_until_or_forever(next) => {}
             }
+            let now = Instant::now();
+            let n = registry.expire_leases(now);
+            if n > 0 {
+                info!(leases = n, "leases expired; their instances removed");
+            }
+            registry.purge_stale(now);
         }
     })
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }

@@ -7,7 +7,7 @@
 //! mutex: they are served from [`Views`](crate::views::Views), a `DashMap` of
 //! per-service views that the writer keeps current.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,14 +21,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::NodeConfig;
+pub use crate::core::OwnerId;
+use crate::core::deadlines::StaleQueue;
+use crate::core::{Leases, Ownership};
 use crate::metrics::{Gauges, Metrics};
 use crate::movers::Movers;
 use crate::validate::ValidationError;
 use crate::views::Views;
-
-/// Who holds a set of instances: a Register stream or a unary lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerId(pub u64);
 
 /// Why the registry refused a request. Mapped to a gRPC status in one place
 /// (`grpc.rs`).
@@ -52,25 +51,19 @@ pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-#[derive(Debug)]
-struct Lease {
-    owner: OwnerId,
-    ttl: Duration,
-    deadline: Instant,
-}
-
 /// Everything written under the write lock.
 #[derive(Debug)]
 struct State {
     store: Store,
-    owner_of: HashMap<InstanceKey, OwnerId>,
-    owned: HashMap<OwnerId, HashSet<InstanceKey>>,
-    leases: HashMap<String, Lease>,
-    lease_deadlines: BTreeSet<(Instant, String)>,
+    owners: Ownership,
+    leases: Leases,
     /// Own-slice changes not yet handed to replication (clustered nodes only).
     outbox: Vec<(u64, Change)>,
-    /// Own entries hidden by newer ones elsewhere, purged when due (in order).
-    stale: std::collections::VecDeque<(Instant, Key)>,
+    /// Own entries hidden by newer ones elsewhere, purged when due.
+    stale: StaleQueue,
+    /// Moved copies the store kept in view, as of the last write (more now:
+    /// the reaper has a new deadline).
+    moved_seen: usize,
 }
 
 /// The node's registry. Cheap to share: wrap it in an `Arc`.
@@ -87,6 +80,12 @@ pub struct Registry {
     pub metrics: Arc<Metrics>,
     clustered: bool,
     local_changed: Notify,
+    /// Woken when a deadline may have come nearer (a lease granted, a copy
+    /// to purge or a moved copy to age): the reaper sleeps until the next.
+    deadlines_changed: Notify,
+    /// Woken when newer copies elsewhere took over own instances: ended
+    /// sessions waiting for their handover look again.
+    taken_over: Notify,
     /// Peer origins whose records are kept only for the orphan grace.
     orphaned: Mutex<HashSet<Origin>>,
     /// Open provider sessions (by owner id), to ask some to move.
@@ -106,12 +105,11 @@ impl Registry {
         Self {
             state: Mutex::new(State {
                 store: Store::new(Origin::new(node_id.clone(), incarnation)),
-                owner_of: HashMap::new(),
-                owned: HashMap::new(),
-                leases: HashMap::new(),
-                lease_deadlines: BTreeSet::new(),
+                owners: Ownership::default(),
+                leases: Leases::default(),
                 outbox: Vec::new(),
-                stale: std::collections::VecDeque::new(),
+                stale: StaleQueue::new(Duration::from_millis(config.sync.dead_after_ms)),
+                moved_seen: 0,
             }),
             views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
             consumers: DashMap::new(),
@@ -120,6 +118,8 @@ impl Registry {
             draining: AtomicBool::new(false),
             clustered: config.clustered(),
             local_changed: Notify::new(),
+            deadlines_changed: Notify::new(),
+            taken_over: Notify::new(),
             orphaned: Mutex::new(HashSet::new()),
             sessions: Movers::default(),
             subscriptions: Movers::default(),
@@ -169,7 +169,7 @@ impl Registry {
     /// Starts tracking a new owner (a session or a lease).
     pub fn open_owner(&self) -> OwnerId {
         let id = OwnerId(self.next_id());
-        self.state.lock().owned.insert(id, HashSet::new());
+        self.state.lock().owners.open(id);
         id
     }
 
@@ -179,20 +179,12 @@ impl Registry {
         let limit = self.config.limits.max_instances_per_session;
         let mut st = self.state.lock();
         let key = st.store.instance_key(&instance.namespace, &instance.service, &instance.instance_id);
-        let owned = st.owned.get(&owner).map_or(0, HashSet::len);
-        let already = st.owned.get(&owner).is_some_and(|s| s.contains(&key));
-        if !already && owned >= limit {
+        if !st.owners.within_limit(owner, &key, limit) {
             return Err(RegistryError::TooManyInstances { limit });
         }
         let (version, out) = st.store.put_local(Key::Instance(key.clone()), Record::instance(&instance), wall_ms());
-        if let Some(previous) = st.owner_of.insert(key.clone(), owner)
-            && previous != owner
-            && let Some(keys) = st.owned.get_mut(&previous)
-        {
-            keys.remove(&key);
-        }
         tracing::trace!(key = %display_key(&key), ?owner, version = version.hlc, "registered");
-        st.owned.entry(owner).or_default().insert(key);
+        st.owners.claim(key, owner);
         self.apply(&mut st, out);
         Metrics::inc(&self.metrics.registrations);
         Ok(version.hlc)
@@ -201,7 +193,7 @@ impl Registry {
     /// Removes one instance that `owner` registered.
     pub fn remove_owned(&self, owner: OwnerId, key: &InstanceKey) -> Result<u64, RegistryError> {
         let mut st = self.state.lock();
-        if st.owner_of.get(key) != Some(&owner) {
+        if !st.owners.holds(owner, key) {
             return Err(RegistryError::NotOwned(display_key(key)));
         }
         let version = self.remove_locked(&mut st, key);
@@ -212,7 +204,7 @@ impl Registry {
     /// Removes an instance whoever registered it. Returns whether it was there.
     pub fn deregister(&self, key: &InstanceKey) -> bool {
         let mut st = self.state.lock();
-        let found = if st.owner_of.contains_key(key) {
+        let found = if st.owners.owner_of(key).is_some() {
             self.remove_locked(&mut st, key);
             true
         } else {
@@ -233,32 +225,43 @@ impl Registry {
     /// Keys `owner` still holds (keys taken over by newer copies elsewhere
     /// have left it).
     pub fn owned_count(&self, owner: OwnerId) -> usize {
-        self.state.lock().owned.get(&owner).map_or(0, HashSet::len)
+        self.state.lock().owners.count(owner)
+    }
+
+    /// Waits until `owner` holds nothing (newer copies elsewhere took every
+    /// instance over) or `until` passes; returns whether it holds nothing.
+    /// Woken by the writer when copies are taken over, not by polling.
+    pub async fn taken_over(&self, owner: OwnerId, until: Instant) -> bool {
+        loop {
+            let notified = self.taken_over.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a takeover in between still wakes us.
+            notified.as_mut().enable();
+            if self.owned_count(owner) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.owned_count(owner) == 0;
+            }
+        }
     }
 
     /// Forgets an owner without removing its instances (the node is stopping;
     /// its slice goes away with it).
     pub fn abandon(&self, owner: OwnerId) {
-        let mut st = self.state.lock();
-        for key in st.owned.remove(&owner).unwrap_or_default() {
-            if st.owner_of.get(&key) == Some(&owner) {
-                st.owner_of.remove(&key);
-            }
-        }
+        self.state.lock().owners.end(owner);
     }
 
     /// Ends an owner: every instance it still holds is removed.
     /// `expired` says whether it ended without a goodbye (counted apart).
     pub fn release(&self, owner: OwnerId, expired: bool) -> usize {
         let mut st = self.state.lock();
-        let keys = st.owned.remove(&owner).unwrap_or_default();
+        let keys = st.owners.end(owner);
         // One outcome for all of them, so subscribers get one delta per service.
         let mut all = Outcome::default();
         let now = wall_ms();
         for key in &keys {
-            if st.owner_of.get(key) == Some(&owner)
-                && let Some((_, out)) = take_out(&mut st, key, now)
-            {
+            if let Some((_, out)) = take_out(&mut st, key, now) {
                 all.extend(out);
             }
         }
@@ -282,44 +285,41 @@ impl Registry {
 
     /// Creates a lease, or renews `lease_id` if given. Returns (lease id, owner, ttl).
     pub fn lease(&self, lease_id: &str, ttl: Duration) -> Result<(String, OwnerId, Duration), RegistryError> {
-        let now = Instant::now();
+        self.lease_at(lease_id, ttl, Instant::now())
+    }
+
+    fn lease_at(
+        &self,
+        lease_id: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<(String, OwnerId, Duration), RegistryError> {
         let mut st = self.state.lock();
         if lease_id.is_empty() {
             let owner = OwnerId(self.next_id());
             let id = format!("{}-{:x}-{}", self.node_id, self.incarnation, owner.0);
-            st.owned.insert(owner, HashSet::new());
-            st.lease_deadlines.insert((now + ttl, id.clone()));
-            st.leases.insert(id.clone(), Lease { owner, ttl, deadline: now + ttl });
+            st.owners.open(owner);
+            st.leases.grant(id.clone(), owner, ttl, now);
             Metrics::inc(&self.metrics.leases_active);
+            drop(st);
+            self.deadlines_changed.notify_one();
             Ok((id, owner, ttl))
         } else {
-            let (owner, ttl) = renew_locked(&mut st, lease_id, now)?;
-            Ok((lease_id.to_string(), owner, ttl))
+            let lease = st.leases.renew(lease_id, now).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.into()))?;
+            Ok((lease_id.to_string(), lease.owner, lease.ttl))
         }
     }
 
     /// Extends a lease by its TTL.
     pub fn renew(&self, lease_id: &str) -> Result<Duration, RegistryError> {
         let mut st = self.state.lock();
-        renew_locked(&mut st, lease_id, Instant::now()).map(|(_, ttl)| ttl)
+        let lease = st.leases.renew(lease_id, Instant::now());
+        lease.map(|l| l.ttl).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_string()))
     }
 
     /// Ends every lease whose deadline passed; returns how many.
     pub fn expire_leases(&self, now: Instant) -> usize {
-        let expired: Vec<OwnerId> = {
-            let mut st = self.state.lock();
-            let mut owners = Vec::new();
-            while let Some((deadline, id)) = st.lease_deadlines.first().cloned() {
-                if deadline > now {
-                    break;
-                }
-                st.lease_deadlines.pop_first();
-                if let Some(lease) = st.leases.remove(&id) {
-                    owners.push(lease.owner);
-                }
-            }
-            owners
-        };
+        let expired = self.state.lock().leases.expire(now);
         for owner in &expired {
             Metrics::dec(&self.metrics.leases_active);
             self.release(*owner, true);
@@ -331,15 +331,27 @@ impl Registry {
     /// first registration was refused).
     pub fn drop_lease_if_empty(&self, lease_id: &str) {
         let mut st = self.state.lock();
-        let Some(lease) = st.leases.get(lease_id) else { return };
-        if st.owned.get(&lease.owner).is_some_and(|k| !k.is_empty()) {
-            return;
+        let Some(owner) = st.leases.get(lease_id).map(|l| l.owner) else { return };
+        if st.owners.end_if_empty(owner) {
+            st.leases.remove(lease_id);
+            Metrics::dec(&self.metrics.leases_active);
         }
-        let (owner, deadline) = (lease.owner, lease.deadline);
-        st.leases.remove(lease_id);
-        st.lease_deadlines.remove(&(deadline, lease_id.to_string()));
-        st.owned.remove(&owner);
-        Metrics::dec(&self.metrics.leases_active);
+    }
+
+    /// When the reaper must next run: the next lease due, the next hidden
+    /// own copy to purge, the next moved copy to stop showing. `None`: nothing
+    /// is pending (the reaper sleeps until woken).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let st = self.state.lock();
+        let hold = self.config.sync.dead_after_ms + self.config.sync.orphan_grace_ms;
+        let moved = st.store.next_moved_due(hold).map(|ms| self.epoch + Duration::from_millis(ms));
+        [st.leases.next_deadline(), st.stale.next_deadline(), moved].into_iter().flatten().min()
+    }
+
+    /// Woken when a deadline may have come nearer than the one the reaper
+    /// sleeps until.
+    pub fn deadlines_changed(&self) -> &Notify {
+        &self.deadlines_changed
     }
 
     // ------------------------------------------------------------ consumers
@@ -459,6 +471,20 @@ impl Registry {
         st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
     }
 
+    /// Milliseconds of `now` on the store's clock (moved copies are aged on it).
+    fn store_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Locks the state for applying peers' changes, with the store's clock
+    /// set to now: a copy a peer drops as moved is aged from now, however
+    /// long the reaper has slept.
+    fn lock_for_peers(&self) -> parking_lot::MutexGuard<'_, State> {
+        let mut st = self.state.lock();
+        st.store.set_clock(self.store_ms(Instant::now()));
+        st
+    }
+
     /// Applies a peer's changes, in its order.
     pub fn apply_remote(&self, origin: &Origin, changes: Vec<Change>) {
         if tracing::enabled!(tracing::Level::TRACE) {
@@ -466,7 +492,7 @@ impl Registry {
                 tracing::trace!(%origin, change = %describe_change(change), "applying a peer's change");
             }
         }
-        let mut st = self.state.lock();
+        let mut st = self.lock_for_peers();
         let id = st.store.origin_id(origin);
         let mut all = Outcome::default();
         for change in changes {
@@ -478,20 +504,20 @@ impl Registry {
     /// The peers whose copies may still be on their way (see
     /// `Store::set_unsettled_writers`).
     pub fn set_unsettled_writers(&self, writers: Vec<u64>) {
-        let mut st = self.state.lock();
+        let mut st = self.lock_for_peers();
         let out = st.store.set_unsettled_writers(writers);
         self.apply(&mut st, out);
     }
 
     pub fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
-        let mut st = self.state.lock();
+        let mut st = self.lock_for_peers();
         let id = st.store.origin_id(origin);
         let out = st.store.replace_slice(id, entries);
         self.apply(&mut st, out);
     }
 
     pub fn drop_origin(&self, origin: &Origin) {
-        let mut st = self.state.lock();
+        let mut st = self.lock_for_peers();
         if let Some(id) = st.store.find_origin(origin) {
             let out = st.store.drop_origin(id);
             self.apply(&mut st, out);
@@ -534,10 +560,9 @@ impl Registry {
         let mut st = self.state.lock();
         let sync = &self.config.sync;
         let hold = sync.dead_after_ms + sync.orphan_grace_ms;
-        let mut all = st.store.sweep_moved(now.saturating_duration_since(self.epoch).as_millis() as u64, hold);
+        let mut all = st.store.sweep_moved(self.store_ms(now), hold);
         let mut n = 0;
-        while st.stale.front().is_some_and(|(due, _)| *due <= now) {
-            let Some((_, key)) = st.stale.pop_front() else { break };
+        for key in st.stale.due(now) {
             let out = st.store.purge_stale(&key);
             n += usize::from(!out.local.is_empty());
             all.extend(out);
@@ -553,20 +578,26 @@ impl Registry {
             st.outbox.extend(out.local);
             self.local_changed.notify_one();
         }
+        let mut deadlines = false;
         if !out.stale.is_empty() {
-            let due = Instant::now() + Duration::from_millis(self.config.sync.dead_after_ms);
-            st.stale.extend(out.stale.into_iter().map(|k| (due, k)));
+            deadlines |= st.stale.is_empty();
+            st.stale.push(out.stale, Instant::now());
         }
-        for key in &out.superseded {
-            if let Key::Instance(k) = key {
-                tracing::trace!(key = %display_key(k), owner = ?st.owner_of.get(k), "own copy superseded by a newer one");
+        if !out.superseded.is_empty() {
+            for key in &out.superseded {
+                if let Key::Instance(k) = key {
+                    let owner = st.owners.release_key(k);
+                    tracing::trace!(key = %display_key(k), ?owner, "own copy superseded by a newer one");
+                }
             }
-            if let Key::Instance(k) = key
-                && let Some(owner) = st.owner_of.remove(k)
-                && let Some(keys) = st.owned.get_mut(&owner)
-            {
-                keys.remove(k);
-            }
+            self.taken_over.notify_waiters();
+        }
+        // A moved copy kept in view is a deadline too (when it stops being shown).
+        let moved = st.store.moved_pending();
+        deadlines |= moved > st.moved_seen;
+        st.moved_seen = moved;
+        if deadlines {
+            self.deadlines_changed.notify_one();
         }
         let mut instance_changes = Vec::with_capacity(out.view.len());
         for change in out.view {
@@ -601,21 +632,11 @@ impl Registry {
 /// Forgets who owns `key` and removes it from the own slice; the caller applies
 /// the outcome (alone, or with others for one delta per service).
 fn take_out(st: &mut State, key: &InstanceKey, now: u64) -> Option<(registry_store::Version, Outcome)> {
-    let owner = st.owner_of.remove(key);
+    let owner = st.owners.release_key(key);
     let removed = st.store.remove_local(&Key::Instance(key.clone()), now);
     let version = removed.as_ref().map(|(v, _)| v.hlc);
     tracing::trace!(key = %display_key(key), ?owner, ?version, "removed from the own slice");
     removed
-}
-
-fn renew_locked(st: &mut State, lease_id: &str, now: Instant) -> Result<(OwnerId, Duration), RegistryError> {
-    let lease = st.leases.get_mut(lease_id).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_string()))?;
-    let old = (lease.deadline, lease_id.to_string());
-    lease.deadline = now + lease.ttl;
-    let (owner, ttl, deadline) = (lease.owner, lease.ttl, lease.deadline);
-    st.lease_deadlines.remove(&old);
-    st.lease_deadlines.insert((deadline, lease_id.to_string()));
-    Ok((owner, ttl))
 }
 
 /// A change in a line of a log: key, version, and what it does.
@@ -636,4 +657,158 @@ fn describe_change(change: &Change) -> String {
 
 pub fn display_key(k: &InstanceKey) -> String {
     format!("{}/{}/{}", k.namespace, k.service, k.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, port: u32) -> v1::Instance {
+        v1::Instance {
+            namespace: "default".into(),
+            service: "orders".into(),
+            instance_id: id.into(),
+            host: "10.0.0.1".into(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new(Arc::new(NodeConfig::default()), 1)
+    }
+
+    fn shown(r: &Registry) -> Vec<String> {
+        let mut ids: Vec<String> = r.views().get("default", "orders").1.into_iter().map(|i| i.instance_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Peer `b` writes a newer copy of `id`, as the bus would deliver it.
+    fn newer_copy_from_b(r: &Registry, id: &str) {
+        let b = Origin::new("b", 7);
+        let mut store = Store::new(b.clone());
+        let key = Key::Instance(InstanceKey::new("default", "orders", id));
+        let (_, out) = store.put_local(key, Record::instance(&instance(id, 9)), wall_ms() + 60_000);
+        r.apply_remote(&b, out.local.into_iter().map(|(_, c)| c).collect());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_expires_at_its_deadline_with_its_instances() {
+        let r = registry();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let (id, owner, _) = r.lease_at("", ttl, t0).expect("lease");
+        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        assert_eq!(r.next_deadline(), Some(t0 + ttl));
+        assert_eq!(r.expire_leases(t0 + ttl - Duration::from_millis(1)), 0);
+        assert_eq!(shown(&r), ["i1"]);
+        assert_eq!(r.expire_leases(t0 + ttl), 1);
+        assert!(shown(&r).is_empty());
+        assert_eq!(r.next_deadline(), None, "nothing left to wake for");
+        assert!(matches!(r.renew(&id), Err(RegistryError::LeaseNotFound(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewing_keeps_a_lease_and_its_instances() {
+        let r = registry();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let (id, owner, _) = r.lease_at("", ttl, t0).expect("lease");
+        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        let (same, again, _) = r.lease_at(&id, ttl, t0 + Duration::from_secs(8)).expect("renew");
+        assert_eq!((same.as_str(), again), (id.as_str(), owner));
+        assert_eq!(r.expire_leases(t0 + ttl), 0);
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(18)));
+        assert_eq!(shown(&r), ["i1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_first_registration_leaves_no_lease() {
+        let r = registry();
+        let (id, _, _) = r.lease_at("", Duration::from_secs(10), Instant::now()).expect("lease");
+        r.drop_lease_if_empty(&id);
+        assert!(matches!(r.renew(&id), Err(RegistryError::LeaseNotFound(_))));
+        assert_eq!(r.next_deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn granting_a_lease_wakes_the_reaper() {
+        let r = registry();
+        let woken = r.deadlines_changed().notified();
+        r.lease_at("", Duration::from_secs(10), Instant::now()).expect("lease");
+        tokio::time::timeout(Duration::from_millis(1), woken).await.expect("the reaper is woken");
+    }
+
+    #[test]
+    fn a_session_limit_counts_held_instances() {
+        let mut config = NodeConfig::default();
+        config.limits.max_instances_per_session = 1;
+        let r = Registry::new(Arc::new(config), 1);
+        let owner = r.open_owner();
+        r.upsert(owner, instance("i1", 1)).expect("first");
+        r.upsert(owner, instance("i1", 2)).expect("an update is not a new instance");
+        assert!(matches!(r.upsert(owner, instance("i2", 1)), Err(RegistryError::TooManyInstances { limit: 1 })));
+    }
+
+    #[test]
+    fn another_owners_upsert_takes_the_instance_over() {
+        let r = registry();
+        let (a, b) = (r.open_owner(), r.open_owner());
+        r.upsert(a, instance("i1", 1)).expect("a");
+        r.upsert(b, instance("i1", 2)).expect("b");
+        assert_eq!((r.owned_count(a), r.owned_count(b)), (0, 1));
+        let key = InstanceKey::new("default", "orders", "i1");
+        assert!(matches!(r.remove_owned(a, &key), Err(RegistryError::NotOwned(_))));
+        assert_eq!(r.release(a, false), 0, "a's end removes nothing b holds");
+        assert_eq!(shown(&r), ["i1"]);
+        r.release(b, false);
+        assert!(shown(&r).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_copy_elsewhere_ends_the_handover_wait_at_once() {
+        let r = Arc::new(registry());
+        let owner = r.open_owner();
+        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        r.upsert(owner, instance("i2", 1)).expect("upsert");
+        let t0 = Instant::now();
+        let wait = tokio::spawn({
+            let r = r.clone();
+            async move { r.taken_over(owner, t0 + Duration::from_secs(60)).await }
+        });
+        newer_copy_from_b(&r, "i1");
+        tokio::task::yield_now().await;
+        assert!(!wait.is_finished(), "i2 is still held");
+        newer_copy_from_b(&r, "i2");
+        assert!(wait.await.expect("join"), "every instance was taken over");
+        assert_eq!(Instant::now(), t0, "woken by the takeover, not by the clock");
+        assert_eq!(r.release(owner, false), 0, "nothing left to remove");
+        assert_eq!(shown(&r), ["i1", "i2"], "the newer copies are shown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handover_wait_ends_at_its_bound() {
+        let r = registry();
+        let owner = r.open_owner();
+        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        let t0 = Instant::now();
+        assert!(!r.taken_over(owner, t0 + Duration::from_secs(3)).await);
+        assert_eq!(Instant::now(), t0 + Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hidden_own_copy_is_purged_when_due_and_that_is_the_next_deadline() {
+        let r = registry();
+        let owner = r.open_owner();
+        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        let t0 = Instant::now();
+        newer_copy_from_b(&r, "i1");
+        let due = t0 + Duration::from_millis(r.config().sync.dead_after_ms);
+        assert_eq!(r.next_deadline(), Some(due));
+        assert_eq!(r.purge_stale(due - Duration::from_millis(1)), 0);
+        assert_eq!(r.purge_stale(due), 1);
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(shown(&r), ["i1"], "the newer copy stays shown: no removal");
+    }
 }

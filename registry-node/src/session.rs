@@ -1,20 +1,11 @@
 //! Provider sessions: one task per `Register` stream.
 //!
-//! The session owns the instances it upserts. How it ends decides when they go:
-//! - `goodbye` or a clean half-close: removed at once;
-//! - `goodbye` from a provider that moved to another node: kept until the other
-//!   node's copies take them over, or the reconnect grace ends;
-//! - a broken transport: removed after the reconnect grace, so a provider that
-//!   reconnects (to this or another node) and re-registers never flaps;
-//! - silence longer than the lease TTL: removed then.
-//!
-//! Once the node has asked a session to move (drain), an end that does not
-//! say why (half-close, silence) keeps its instances like a moved provider's:
-//! the provider is likely registering elsewhere, and a removal now could
-//! overtake its new copies. A plain `goodbye` removes them within one beat
-//! interval: the provider says it is stopping (one that moved says `moved`),
-//! and keeping them for a move's hold would show consumers a stopped provider
-//! all that time.
+//! The session owns the instances it upserts. How it ends (goodbye, moved,
+//! half-close, broken transport, silence, after a drain or not) decides when
+//! they go: that rule is the removal table, [`crate::core::session_end`];
+//! this task tells how the stream ended and carries the decision out. A
+//! held session waits for its handover by being woken when its instances
+//! are taken over, not by polling.
 //!
 //! Deadlines use tokio's monotonic clock; a wall-clock jump changes nothing.
 
@@ -24,31 +15,17 @@ use std::time::Duration;
 use rand::Rng as _;
 use registry_proto::v1::{self, register_request::Kind as In, register_response::Kind as Out};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 use tracing::{debug, info};
 
+use crate::core::session_end::{Disposal, End, Holds, disposal, end_of};
 use crate::metrics::Metrics;
 use crate::registry::{OwnerId, Registry, RegistryError};
 use crate::validate;
 
 type Reply = Result<v1::RegisterResponse, Status>;
-
-/// What ended a session; decides how its instances are removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    Goodbye,
-    /// A goodbye from a provider that registered on another node, or any end
-    /// of a session the node had asked to move.
-    Moved,
-    HalfClose,
-    /// A plain goodbye from a session the node had asked to move.
-    Leaving,
-    Broken,
-    LeaseExpired,
-    Shutdown,
-}
 
 /// Runs one Register stream to its end.
 pub async fn run_session(
@@ -62,7 +39,16 @@ pub async fn run_session(
     // The first message must open the session, within the default lease TTL.
     let open_deadline =
         Instant::now() + Duration::from_millis(cfg.default_heartbeat_ms * u64::from(cfg.lease_heartbeats));
-    let open = match timeout_at(open_deadline, inbound.message()).await {
+    // A stream still to open when the node starts draining is told to go
+    // elsewhere: shutdown waits for every stream task.
+    let first = tokio::select! {
+        first = timeout_at(open_deadline, inbound.message()) => first,
+        _ = drain.cancelled() => {
+            let _ = out.send(Err(Status::unavailable("node is shutting down; connect to another node"))).await;
+            return;
+        }
+    };
+    let open = match first {
         Ok(Ok(Some(v1::RegisterRequest { kind: Some(In::Open(open)) }))) => open,
         Ok(Ok(Some(_))) => {
             let _ = out.send(Err(Status::failed_precondition("the first message of a session must be `open`"))).await;
@@ -145,69 +131,53 @@ pub async fn run_session(
             },
         }
     };
-    // Once asked to move, a session that ends without saying why (half-close,
-    // silence while it registers elsewhere) keeps its instances until they
-    // are taken over: a removal now could overtake the provider's new copies.
-    // An explicit goodbye says why: `moved`, or stopping: removed after one
-    // beat interval at most (a client that moved without saying so gets its
-    // new copies that long to arrive; a stopped provider is not shown for
-    // the whole hold of a move).
-    let end = match end {
-        End::HalfClose | End::LeaseExpired if drained => End::Moved,
-        End::Goodbye if drained => End::Leaving,
-        other => other,
-    };
+    // How it ended, and the removal table (core::session_end), decide when
+    // its instances go.
+    let end = end_of(end, drained);
     Metrics::dec(&registry.metrics.sessions_active);
     registry.sessions.unregister(owner.0);
-    match end {
-        End::Goodbye | End::HalfClose => {
-            let n = registry.release(owner, false);
-            debug!(session = %session_id, removed = n, ?end, "session ended");
+    match disposal(end, &Holds::of(registry.config())) {
+        Disposal::Remove { expired } => {
+            let n = registry.release(owner, expired);
+            if end == End::LeaseExpired {
+                info!(session = %session_id, removed = n, ttl_ms = ttl.as_millis() as u64, "session silent past its lease; instances removed");
+                let _ = out.try_send(Err(Status::deadline_exceeded(format!(
+                    "no message for {} ms (the lease TTL): session ended and its instances removed",
+                    ttl.as_millis()
+                ))));
+            } else {
+                debug!(session = %session_id, removed = n, ?end, "session ended");
+            }
         }
-        End::Broken | End::Moved | End::Leaving => {
+        Disposal::Hold { bound, expired } => {
             // Keep the instances until re-registrations elsewhere have taken
-            // them all over, or the reconnect grace ends, so a reconnect does
-            // not flap them. A moved provider is not kept waiting for the
-            // stream's end. A draining node waits for these handovers before
-            // it stops (what it removed on its way out could otherwise overtake
-            // the new copies on the bus).
+            // them all over, or the bound passes, so a reconnect does not
+            // flap them. A moved provider is not kept waiting for the
+            // stream's end. A draining node waits for these handovers
+            // before it stops (what it removed on its way out could
+            // otherwise overtake the new copies on the bus).
             drop(out);
             Metrics::inc(&registry.metrics.handovers_active);
-            let until = Instant::now() + handover_bound(registry.config(), end);
-            while registry.owned_count(owner) > 0 && Instant::now() < until {
-                tokio::select! {
-                    _ = sleep(Duration::from_millis(100).min(until - Instant::now())) => {}
-                    _ = stop.cancelled() => break,
-                }
+            tokio::select! {
+                _ = registry.taken_over(owner, Instant::now() + bound) => {}
+                _ = stop.cancelled() => {}
             }
-            // A stopping node leaves what was not taken over to its peers (see
-            // `End::Shutdown`).
+            // A stopping node leaves what was not taken over to its peers
+            // (as `End::Shutdown` does).
             let n = if stop.is_cancelled() {
                 registry.abandon(owner);
                 0
             } else {
-                registry.release(owner, end == End::Broken)
+                registry.release(owner, expired)
             };
             Metrics::dec(&registry.metrics.handovers_active);
             if end == End::Broken {
                 info!(session = %session_id, removed = n, "session connection lost; instances removed after grace");
             } else {
-                debug!(session = %session_id, removed = n, "moved session ended; what was not taken over is removed");
+                debug!(session = %session_id, removed = n, ?end, "moved session ended; what was not taken over is removed");
             }
         }
-        End::LeaseExpired => {
-            let n = registry.release(owner, true);
-            info!(session = %session_id, removed = n, ttl_ms = ttl.as_millis() as u64, "session silent past its lease; instances removed");
-            let _ = out.try_send(Err(Status::deadline_exceeded(format!(
-                "no message for {} ms (the lease TTL): session ended and its instances removed",
-                ttl.as_millis()
-            ))));
-        }
-        End::Shutdown => {
-            // The node is going away with its state: removing the instances now
-            // (with fresh versions) could hide the registrations their provider
-            // is making elsewhere at this moment. Peers drop what is left with
-            // this node's slice, as after a crash.
+        Disposal::Abandon => {
             registry.abandon(owner);
             let _ = out.try_send(Err(Status::unavailable("node shut down; reconnect to another node")));
         }
@@ -278,24 +248,5 @@ fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step
         Some(In::Goodbye(g)) => Step::Goodbye { moved: g.moved },
         Some(In::Open(_)) => rejected(registry, None, Code::FailedPrecondition, "session is already open".to_string()),
         None => rejected(registry, None, Code::InvalidArgument, "message has no `kind`".to_string()),
-    }
-}
-
-/// How long an ended session's instances wait to be taken over by newer
-/// copies from another node before they are removed. A broken session's
-/// provider may be dead: the reconnect grace. A moved one is alive and
-/// registered elsewhere, and only the bus is slow or cut (a partition that
-/// began as it moved): its old copies stay as long as this node would keep a
-/// silent peer's records (dead time plus orphan grace), since removing them
-/// would show every consumer on this side a live provider leaving.
-fn handover_bound(config: &crate::config::NodeConfig, end: End) -> Duration {
-    let grace = config.sessions.reconnect_grace();
-    match end {
-        End::Moved if config.clustered() => {
-            grace.max(Duration::from_millis(config.sync.dead_after_ms + config.sync.orphan_grace_ms))
-        }
-        End::Leaving if config.clustered() => Duration::from_millis(config.sync.beat_interval_ms),
-        End::Leaving => Duration::ZERO,
-        _ => grace,
     }
 }

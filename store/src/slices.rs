@@ -355,9 +355,8 @@ impl Store {
 
     /// Stops showing moved copies (see [`Change::Moved`]) kept for `hold_ms`
     /// or more whose newer copy never came (its node was cut off, or
-    /// died), and ages the ones kept from now on from `now_ms`. Callers run
-    /// it often (every few hundred milliseconds); a copy is kept between
-    /// `hold_ms` and `hold_ms` plus that period.
+    /// died), and ages the ones kept from now on from `now_ms` (see also
+    /// [`Store::set_clock`]). Run it when [`Store::next_moved_due`] says.
     pub fn sweep_moved(&mut self, now_ms: u64, hold_ms: u64) -> Outcome {
         self.moved_clock = now_ms;
         let mut out = Outcome::default();
@@ -375,6 +374,21 @@ impl Store {
     /// Number of moved copies still shown while their newer copy is on its way.
     pub fn moved_pending(&self) -> usize {
         self.moved.len()
+    }
+
+    /// Sets the clock moved copies are aged from (the caller's monotonic
+    /// milliseconds, as given to [`Store::sweep_moved`]). A caller that
+    /// sweeps only when something is due sets it before applying peers'
+    /// changes, so a copy moved now is aged from now.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.moved_clock = self.moved_clock.max(now_ms);
+    }
+
+    /// When the next moved copy is due to leave the view (the time, on the
+    /// clock of [`Store::sweep_moved`], its `hold_ms` ends); `None` if none
+    /// is kept.
+    pub fn next_moved_due(&self, hold_ms: u64) -> Option<u64> {
+        self.moved.values().map(|m| m.since_ms + hold_ms).min()
     }
 
     /// Tells the store which writers' copies may still be on their way to

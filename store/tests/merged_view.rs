@@ -479,6 +479,20 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     assert!(matches!(expired.view.as_slice(), [ViewChange::Remove { .. }]), "{expired:?}");
     assert_eq!(port_shown(&d, &k), None);
 
+    // A caller that sweeps only when something is due sets the clock before
+    // applying: the copy is aged from then, and says when it is due.
+    let mut e = Store::new(Origin::new("e", 1));
+    replicate(&first, &oa, &mut e);
+    e.set_unsettled_writers(b_writes);
+    assert_eq!(e.next_moved_due(3_000), None);
+    e.set_clock(50_000);
+    replicate(&dropped, &oa, &mut e);
+    assert_eq!(e.next_moved_due(3_000), Some(53_000));
+    assert!(e.sweep_moved(52_999, 3_000).view.is_empty(), "aged from the clock set, not from 0");
+    assert_eq!(port_shown(&e, &k), Some(1));
+    assert!(!e.sweep_moved(53_000, 3_000).view.is_empty());
+    assert_eq!(e.next_moved_due(3_000), None);
+
     // And a deregistration while the record is shown only as moved writes
     // a tombstone above the copy on its way, which then stays hidden.
     let mut e = Store::new(Origin::new("e", 1));
