@@ -18,17 +18,16 @@
 //!
 //! Dependencies point one way: node → bus-sync → store; everything → proto.
 
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod core;
-pub mod grpc;
-pub mod http;
+pub mod frontend;
 pub mod metrics;
 pub mod movers;
 pub mod node;
 pub mod readiness;
 pub mod registry;
-pub mod session;
 pub mod validate;
 pub mod views;
 

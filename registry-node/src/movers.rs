@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use parking_lot::Mutex;
 use rand::Rng as _;
 use registry_proto::v1;
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// One open stream: its drain signal, and where rebalancing asked it to go.
@@ -70,6 +72,15 @@ impl Movers {
         let delay_ms = rand::rng().random_range(0..=jitter_ms).min(u64::from(u32::MAX)) as u32;
         v1::Drain { hint, delay_ms, reason: reason.into() }
     }
+}
+
+/// When a stream opened now reaches `max_age_ms` (0: never), give or take
+/// 10%, so that streams opened together do not all end together.
+pub fn max_age_deadline(max_age_ms: u64) -> Option<Instant> {
+    (max_age_ms > 0).then(|| {
+        let spread = max_age_ms / 10;
+        Instant::now() + Duration::from_millis(max_age_ms - spread + rand::rng().random_range(0..=2 * spread))
+    })
 }
 
 #[cfg(test)]

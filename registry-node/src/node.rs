@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -20,9 +19,10 @@ use tracing::{info, warn};
 use bus_sync::{NatsConfig, SyncConfig, spawn_sync};
 use registry_store::Origin;
 
+use crate::api::{NodeApi, StreamSignals};
 use crate::cluster::{NodeReplica, REGISTRY_SERVICE};
 use crate::config::{ConfigError, NodeConfig};
-use crate::grpc::{ClusterApi, RegistryApi, StreamSignals};
+use crate::frontend::grpc::{ClusterService, RegistryService};
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 
@@ -106,8 +106,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(config.clone(), new_incarnation()));
     let readiness = Readiness::default();
-    let signals =
-        StreamSignals { drain: CancellationToken::new(), stop: CancellationToken::new(), tasks: TaskTracker::new() };
+    let signals = StreamSignals::new();
     let shutdown = CancellationToken::new();
     let crash = CancellationToken::new();
 
@@ -123,9 +122,11 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-    let api = RegistryApi { registry: registry.clone(), readiness: readiness.clone(), signals: signals.clone() };
-    let registry_service = RegistryServer::new(api).max_decoding_message_size(config.limits.max_message_bytes);
-    let cluster_service = ClusterServer::new(ClusterApi { registry: registry.clone(), readiness: readiness.clone() });
+    // Every front-end talks to the node through this one API.
+    let api = NodeApi::new(registry.clone(), readiness.clone(), signals.clone());
+    let registry_service = RegistryServer::new(RegistryService { api: api.clone() })
+        .max_decoding_message_size(config.limits.max_message_bytes);
+    let cluster_service = ClusterServer::new(ClusterService { api: api.clone() });
     let s = &config.sessions;
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_millis(s.keepalive_interval_ms)))
@@ -146,7 +147,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             warn!(error = %e, "gRPC server ended with an error");
         }
     });
-    let http = axum::serve(http_listener, crate::http::router(registry.clone(), readiness.clone()))
+    let http = axum::serve(http_listener, crate::frontend::http::router(api.clone()))
         .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
     let http_task = tokio::spawn(async move {
         if let Err(e) = http.await {

@@ -43,6 +43,8 @@ pub enum RegistryError {
     LeaseNotFound(String),
     #[error("node is shutting down; connect to another node")]
     Draining,
+    #[error("node is warming up: it has not loaded the registry yet; retry shortly")]
+    WarmingUp,
 }
 
 /// Milliseconds since the Unix epoch, for versions and display only. Expiry

@@ -43,10 +43,9 @@ type Instances = HashMap<Arc<str>, EncodedInstance, Hasher>;
 /// Net changes to one service's instances: the record, or `None` for removed.
 type NetChanges = HashMap<Arc<str>, Option<EncodedInstance>, Hasher>;
 
-/// What a Subscribe stream's queue holds: a shared pre-encoded frame, or the
-/// status that ends it. The status is boxed: it is rare and large, and every
-/// queue slot would otherwise be its size.
-pub type StreamItem = Result<SubscribeFrame, Box<tonic::Status>>;
+/// What a watcher's queue holds: a shared pre-encoded frame, or why the node
+/// ended the watch (see [`crate::api::watch`]).
+pub type StreamItem = crate::api::WatchItem;
 
 #[derive(Debug, Default)]
 struct Pending {

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
 use registry_proto::v1::{self, register_request::Kind as In, register_response::Kind as Out};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout_at};
@@ -94,7 +93,7 @@ pub async fn run_session(
     // (rebalancing, or its maximum age).
     let my_drain = drain.child_token();
     registry.sessions.register(owner.0, my_drain.clone());
-    let max_age = max_age_deadline(cfg.max_age_ms);
+    let max_age = crate::movers::max_age_deadline(cfg.max_age_ms);
     let mut deadline = Instant::now() + ttl;
     let mut drained = false;
     let end = loop {
@@ -184,15 +183,6 @@ pub async fn run_session(
     }
 }
 
-/// When a stream opened now reaches `max_age_ms` (0: never), give or take
-/// 10%, so that streams opened together do not all end together.
-pub(crate) fn max_age_deadline(max_age_ms: u64) -> Option<Instant> {
-    (max_age_ms > 0).then(|| {
-        let spread = max_age_ms / 10;
-        Instant::now() + Duration::from_millis(max_age_ms - spread + rand::rng().random_range(0..=2 * spread))
-    })
-}
-
 enum Step {
     Reply(Out),
     Goodbye { moved: bool },
@@ -208,9 +198,9 @@ fn rejected(registry: &Registry, key: Option<v1::InstanceKey>, code: Code, reaso
 }
 
 /// A refusal by the registry, with the code a unary call would have failed with
-/// (`grpc::status_of` is the one mapping).
+/// ([`super::status_of`] is the one mapping).
 fn registry_rejected(registry: &Registry, key: Option<v1::InstanceKey>, e: &RegistryError) -> Step {
-    rejected(registry, key, crate::grpc::status_of(e).code(), e.to_string())
+    rejected(registry, key, super::status_of(e).code(), e.to_string())
 }
 
 fn handle(registry: &Registry, owner: OwnerId, req: v1::RegisterRequest) -> Step {

@@ -18,6 +18,7 @@ use axum::routing::get;
 use registry_proto::v1;
 use serde::Serialize;
 
+use crate::api::NodeApi;
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 
@@ -27,7 +28,8 @@ struct Http {
     readiness: Readiness,
 }
 
-pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
+pub fn router(api: NodeApi) -> Router {
+    let (registry, readiness) = (api.registry().clone(), api.readiness().clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

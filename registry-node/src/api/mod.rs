@@ -1,0 +1,251 @@
+//! The in-process API of a node: the one surface every protocol front-end
+//! calls (gRPC `registry.v1` today; HTTP/JSON, xDS, Eureka and DNS later).
+//! Validation, readiness, leases, ownership, the consumer directory and
+//! watches are decided here once, so a front-end only translates its
+//! protocol to these calls and [`RegistryError`] to its own error codes.
+//!
+//! - Provider writes under a unary lease: [`NodeApi::register_instance`],
+//!   [`NodeApi::renew`], [`NodeApi::deregister`]. Provider sessions (the
+//!   gRPC `Register` stream) use the registry's owner calls through
+//!   [`NodeApi::registry`]; their end is decided by
+//!   [`crate::core::session_end`].
+//! - Reads from the in-memory views, never blocking writers:
+//!   [`NodeApi::get_service`], [`NodeApi::get_service_frame`],
+//!   [`NodeApi::list_services`], [`NodeApi::list_consumers`],
+//!   [`NodeApi::members`].
+//! - Watches: [`NodeApi::watch`], a snapshot then deltas as shared encoded
+//!   frames ([`watch`]); each watcher is a consumer in the directory.
+
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry_proto::{GetServiceFrame, v1};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::watch::{WatchEnd, WatchItem};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+pub use crate::registry::RegistryError;
+use crate::registry::{Registry, display_key, wall_ms};
+use crate::validate::{self, ValidationError};
+
+/// Shutdown signals shared by every stream a front-end holds open.
+#[derive(Clone, Debug)]
+pub struct StreamSignals {
+    /// Asks sessions and watchers to move elsewhere.
+    pub drain: CancellationToken,
+    /// Ends every stream now.
+    pub stop: CancellationToken,
+    /// Every stream task (sessions with their handovers, watches): shutdown
+    /// waits for them to end, a panicked one included.
+    pub tasks: TaskTracker,
+}
+
+impl StreamSignals {
+    pub fn new() -> Self {
+        Self { drain: CancellationToken::new(), stop: CancellationToken::new(), tasks: TaskTracker::new() }
+    }
+}
+
+impl Default for StreamSignals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The node's API. Cheap to clone: every front-end holds one.
+#[derive(Clone, Debug)]
+pub struct NodeApi {
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    signals: StreamSignals,
+}
+
+impl NodeApi {
+    pub fn new(registry: Arc<Registry>, readiness: Readiness, signals: StreamSignals) -> Self {
+        Self { registry, readiness, signals }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    pub fn signals(&self) -> &StreamSignals {
+        &self.signals
+    }
+
+    /// A refusal of what the client sent, counted.
+    pub fn invalid(&self, e: ValidationError) -> RegistryError {
+        Metrics::inc(&self.registry.metrics.rejections);
+        RegistryError::Invalid(e)
+    }
+
+    /// Reads and watches wait for a clustered node to load the registry:
+    /// an empty or partial answer would look like a mass deregistration.
+    pub fn check_ready(&self) -> Result<(), RegistryError> {
+        if self.readiness.is_ready() { Ok(()) } else { Err(RegistryError::WarmingUp) }
+    }
+
+    /// A requested lease TTL (0: the default) within the node's limits.
+    pub fn lease_ttl(&self, ttl_ms: u32) -> Result<Duration, RegistryError> {
+        let s = &self.registry.config().sessions;
+        let ttl = match ttl_ms {
+            0 => s.default_lease_ttl_ms,
+            ms => u64::from(ms),
+        };
+        if ttl < s.min_lease_ttl_ms || ttl > s.max_lease_ttl_ms {
+            return Err(self.invalid(ValidationError {
+                field: "ttl_ms".into(),
+                reason: format!(
+                    "{ttl} is outside {}..={} (sessions.min_lease_ttl_ms..=sessions.max_lease_ttl_ms)",
+                    s.min_lease_ttl_ms, s.max_lease_ttl_ms
+                ),
+            }));
+        }
+        Ok(Duration::from_millis(ttl))
+    }
+
+    /// Registers (or updates) an instance under a unary lease: a new lease
+    /// when `lease_id` is empty, else that lease, renewed.
+    pub fn register_instance(
+        &self,
+        lease_id: &str,
+        ttl_ms: u32,
+        instance: Option<v1::Instance>,
+    ) -> Result<v1::RegisterInstanceResponse, RegistryError> {
+        self.registry.check_accepting()?;
+        let ttl = self.lease_ttl(ttl_ms)?;
+        let instance = instance
+            .ok_or_else(|| self.invalid(ValidationError { field: "instance".into(), reason: "is required".into() }))?;
+        let instance = validate::instance(instance, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let key = validate::key_of(&instance);
+        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl)?;
+        let version = match self.registry.upsert(owner, instance) {
+            Ok(v) => v,
+            Err(e) => {
+                self.registry.drop_lease_if_empty(&lease_id);
+                Metrics::inc(&self.registry.metrics.rejections);
+                return Err(e);
+            }
+        };
+        Ok(v1::RegisterInstanceResponse {
+            lease_id,
+            key: Some(key.to_proto()),
+            version,
+            ttl_ms: ttl.as_millis() as u32,
+            node_id: self.registry.node_id().to_string(),
+        })
+    }
+
+    /// Extends a lease by its TTL; returns the TTL.
+    pub fn renew(&self, lease_id: &str) -> Result<Duration, RegistryError> {
+        self.registry.renew(lease_id)
+    }
+
+    /// Removes an instance, whoever registered it. Returns whether it was there.
+    pub fn deregister(&self, key: Option<v1::InstanceKey>) -> Result<bool, RegistryError> {
+        let k = key.unwrap_or_default();
+        let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let found = self.registry.deregister(&key);
+        tracing::debug!(key = %display_key(&key), found, "deregister");
+        Ok(found)
+    }
+
+    /// One service as a `GetServiceResponse`, written from stored bytes.
+    pub fn get_service_frame(&self, namespace: &str, service: &str) -> Result<GetServiceFrame, RegistryError> {
+        self.check_ready()?;
+        let (ns, service) =
+            validate::service_ref(namespace, service, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        Ok(self.registry.views().get_encoded(&ns, &service))
+    }
+
+    /// One service's revision and instances.
+    pub fn get_service(&self, namespace: &str, service: &str) -> Result<(u64, Vec<v1::Instance>), RegistryError> {
+        self.check_ready()?;
+        let (ns, service) =
+            validate::service_ref(namespace, service, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        Ok(self.registry.views().get(&ns, &service))
+    }
+
+    pub fn list_services(&self, namespace: &str) -> Result<v1::ListServicesResponse, RegistryError> {
+        self.check_ready()?;
+        let ns = validate::namespace(namespace, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let services = self.registry.views().list(&ns);
+        Ok(v1::ListServicesResponse { namespace: ns, services })
+    }
+
+    /// The consumers of `namespace` watching `service` (all if empty).
+    pub fn list_consumers(&self, namespace: &str, service: &str) -> Result<v1::ListConsumersResponse, RegistryError> {
+        self.check_ready()?;
+        let limits = &self.registry.config().limits;
+        let ns = validate::namespace(namespace, limits).map_err(|e| self.invalid(e))?;
+        if !service.is_empty() {
+            validate::name("service", service, limits.max_name_len).map_err(|e| self.invalid(e))?;
+        }
+        Ok(v1::ListConsumersResponse { consumers: self.registry.list_consumers(&ns, service) })
+    }
+
+    /// This node and every peer it knows (a standalone node is a cluster of one).
+    pub fn members(&self) -> v1::MembersResponse {
+        crate::cluster::members(&self.registry, self.readiness.is_ready())
+    }
+
+    /// Starts a watch: the watcher is recorded in the consumer directory
+    /// (unnamed consumers are named after `peer`), gets a snapshot of each
+    /// service it watches, then every change. The watch ends when the
+    /// receiver is dropped, or with a [`WatchEnd`].
+    pub fn watch(
+        &self,
+        request: v1::SubscribeRequest,
+        peer: Option<SocketAddr>,
+    ) -> Result<mpsc::Receiver<WatchItem>, RegistryError> {
+        self.registry.check_accepting()?;
+        self.check_ready()?;
+        let sub = validate::subscribe(request, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let registry = &self.registry;
+        let stream_id = registry.next_id();
+        let (subscriber, rx) = registry.views().new_subscriber(stream_id);
+        let tx = subscriber.sender();
+        let mut info = sub.consumer.clone();
+        if info.consumer_id.is_empty() {
+            info.consumer_id = peer.map_or_else(|| format!("anonymous-{stream_id}"), |a| a.to_string());
+        }
+        if info.host.is_empty() {
+            info.host = peer.map(|a| a.ip().to_string()).unwrap_or_default();
+        }
+        let consumer = v1::Consumer {
+            info: Some(info),
+            node_id: registry.node_id().to_string(),
+            services: sub.services.clone(),
+            since_unix_ms: wall_ms(),
+        };
+        let stream_key = format!("{}-{}-{}", registry.node_id(), registry.incarnation(), stream_id);
+        registry.add_consumer(&sub.namespace, &stream_key, consumer);
+        if sub.services.is_empty() {
+            registry.views().watch_namespace(&subscriber, &sub.namespace);
+        } else {
+            registry.views().watch_services(&subscriber, &sub.namespace, &sub.services);
+        }
+        Metrics::inc(&registry.metrics.subscribers_active);
+        let task = watch::WatchTask {
+            registry: registry.clone(),
+            subscription: sub,
+            subscriber,
+            stream_key,
+            drain: self.signals.drain.child_token(),
+            stop: self.signals.stop.clone(),
+            out: tx,
+        };
+        self.signals.tasks.spawn(task.run());
+        Ok(rx)
+    }
+}

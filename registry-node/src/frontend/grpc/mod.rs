@@ -1,0 +1,128 @@
+//! The gRPC front-end: `registry.v1.Registry` and `registry.v1.Cluster` over
+//! [`NodeApi`], and the one place where registry errors become gRPC statuses.
+//! - [`session`]: the task behind each `Register` stream (a provider session).
+
+pub mod session;
+
+use std::pin::Pin;
+
+use registry_proto::frames::registry_server;
+use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::api::{NodeApi, WatchEnd};
+use crate::registry::RegistryError;
+use session::run_session;
+
+/// Maps a registry error to the status a client sees.
+pub fn status_of(e: &RegistryError) -> Status {
+    match e {
+        RegistryError::Invalid(v) => Status::invalid_argument(v.to_string()),
+        RegistryError::TooManyInstances { .. } => Status::resource_exhausted(e.to_string()),
+        RegistryError::NotOwned(_) | RegistryError::LeaseNotFound(_) => Status::not_found(e.to_string()),
+        RegistryError::Draining | RegistryError::WarmingUp => Status::unavailable(e.to_string()),
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        status_of(&e)
+    }
+}
+
+/// Why the node ended a watch, as the status the Subscribe stream ends with.
+fn end_status(end: WatchEnd) -> Status {
+    Status::unavailable(end.to_string())
+}
+
+/// `registry.v1.Registry`.
+#[derive(Clone, Debug)]
+pub struct RegistryService {
+    pub api: NodeApi,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryService {
+    type RegisterStream = BoxStream<v1::RegisterResponse>;
+    type SubscribeStream = BoxStream<SubscribeFrame>;
+
+    async fn register(
+        &self,
+        request: Request<Streaming<v1::RegisterRequest>>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
+        let registry = self.api.registry();
+        registry.check_accepting()?;
+        let (tx, rx) = mpsc::channel(64);
+        let signals = self.api.signals().clone();
+        signals.tasks.spawn(run_session(registry.clone(), request.into_inner(), tx, signals.drain, signals.stop));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn register_instance(
+        &self,
+        request: Request<v1::RegisterInstanceRequest>,
+    ) -> Result<Response<v1::RegisterInstanceResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.api.register_instance(&req.lease_id, req.ttl_ms, req.instance)?))
+    }
+
+    async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
+        let ttl = self.api.renew(&request.into_inner().lease_id)?;
+        Ok(Response::new(v1::RenewResponse { ttl_ms: ttl.as_millis() as u32 }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        let found = self.api.deregister(request.into_inner().key)?;
+        Ok(Response::new(v1::DeregisterResponse { found }))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let peer = request.remote_addr();
+        let rx = self.api.watch(request.into_inner(), peer)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(end_status)))))
+    }
+
+    async fn get_service(&self, request: Request<v1::GetServiceRequest>) -> Result<Response<GetServiceFrame>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.api.get_service_frame(&req.namespace, &req.service)?))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<v1::ListServicesRequest>,
+    ) -> Result<Response<v1::ListServicesResponse>, Status> {
+        Ok(Response::new(self.api.list_services(&request.into_inner().namespace)?))
+    }
+
+    async fn list_consumers(
+        &self,
+        request: Request<v1::ListConsumersRequest>,
+    ) -> Result<Response<v1::ListConsumersResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.api.list_consumers(&req.namespace, &req.service)?))
+    }
+}
+
+/// `registry.v1.Cluster`. A standalone node is a cluster of one.
+#[derive(Clone, Debug)]
+pub struct ClusterService {
+    pub api: NodeApi,
+}
+
+#[tonic::async_trait]
+impl v1::cluster_server::Cluster for ClusterService {
+    async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersResponse>, Status> {
+        Ok(Response::new(self.api.members()))
+    }
+}
