@@ -7,6 +7,7 @@
 //! - [`SubscribeFrame`], [`GetServiceFrame`]: a `SubscribeResponse` encoded once
 //!   and shared by every subscriber, and a `GetServiceResponse` written from
 //!   stored bytes.
+//! - [`encode`]: writes those frames around instances that are already encoded.
 //! - `frames` (`grpc` feature): the `Registry` server with `Subscribe` returning
 //!   [`SubscribeFrame`] and `GetService` returning [`GetServiceFrame`].
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
@@ -21,6 +22,8 @@
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
+
+pub mod encode;
 
 /// Generated code, one module per protobuf package (prost refers across packages
 /// by relative paths, so the nesting must mirror the package names). Included
