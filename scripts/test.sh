@@ -30,6 +30,29 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The store and the replication layer use registry-proto without its `grpc`
+# feature, so they never compile tonic or hyper. A dependency that turns the
+# feature on for them (or one that pulls gRPC in some other way) would go
+# unnoticed by the build: the workspace build unifies features anyway.
+# `cargo tree -p` resolves the package's features alone, which is what we check.
+check_no_grpc() {
+    local pkg=$1 tree found
+    # Explicit: callers use `||`, which turns `set -e` off in here.
+    tree=$(cargo tree -p "$pkg" -e normal --locked --prefix none) || return 1
+    found=$(sed 's/ (\*)$//' <<<"$tree" | grep -E '^(tonic|tonic-[a-z-]+|hyper|hyper-[a-z-]+|h2) v' | sort -u || true)
+    if [ -n "$found" ]; then
+        echo "error: $pkg must not depend on gRPC or HTTP crates, but its tree has:" >&2
+        sed 's/^/    /' <<<"$found" >&2
+        echo "  (see 'cargo tree -p $pkg -e normal -i <crate>'; registry-proto's grpc feature must stay off for it)" >&2
+        return 1
+    fi
+    echo "$pkg: no tonic, hyper or h2 in its dependencies"
+}
+no_grpc_ok=true
+check_no_grpc registry-store || no_grpc_ok=false
+check_no_grpc bus-sync || no_grpc_ok=false
+$no_grpc_ok || exit 1
 # The deploy files, checked with the tools this machine has (the systemd check
 # runs against the node binary built here; cargo test reuses it).
 cargo build --locked -p registry-node

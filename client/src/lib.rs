@@ -35,9 +35,11 @@
 //! - `consumer`: [`ServiceWatch`], the task owning a `Subscribe` stream around a view.
 //! - `balance`: [`InstanceFilter`], [`choose_weighted`], [`balance_channel`].
 //! - `error`: [`Error`].
-//! - `src/bin/regctl.rs`: the command line, built on this library.
 //!
 //! It depends on the public API (`registry-proto`) only, never on the node's crates.
+//!
+//! The command line, `regctl`, is built on this library in a crate of its own
+//! (`regctl/`), so programs using the library do not compile its dependencies.
 
 #![warn(missing_docs)]
 

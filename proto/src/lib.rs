@@ -1,12 +1,21 @@
 //! Protobuf and gRPC definitions of the registry.
 //!
 //! Layout:
-//! - [`v1`]: the public API (`registry.v1`): messages, clients and servers.
+//! - [`v1`]: the public API (`registry.v1`): messages, and with the `grpc`
+//!   feature its tonic clients and servers.
 //! - [`sync`]: the bus messages nodes replicate their slices with (not public).
-//! - [`frames`]: the `Registry` server with `Subscribe` returning [`SubscribeFrame`],
-//!   a `SubscribeResponse` encoded once and shared by every subscriber, and
-//!   `GetService` returning [`GetServiceFrame`], written from stored bytes.
+//! - [`SubscribeFrame`], [`GetServiceFrame`]: a `SubscribeResponse` encoded once
+//!   and shared by every subscriber, and a `GetServiceResponse` written from
+//!   stored bytes.
+//! - [`encode`]: writes those frames around instances that are already encoded.
+//! - `frames` (`grpc` feature): the `Registry` server with `Subscribe` returning
+//!   [`SubscribeFrame`] and `GetService` returning [`GetServiceFrame`].
 //! - [`FILE_DESCRIPTOR_SET`]: the compiled descriptors, for gRPC server reflection.
+//!
+//! Features:
+//! - `grpc` (off by default): the tonic code. Without it this crate needs prost
+//!   alone, which is how the store and the replication layer use it: they must
+//!   not compile tonic, hyper or h2. The messages are identical either way.
 //!
 //! This crate holds generated code and the few helpers that belong to the wire
 //! format; it depends on nothing else of the workspace.
@@ -14,16 +23,20 @@
 use bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 
+pub mod encode;
+
 /// Generated code, one module per protobuf package (prost refers across packages
-/// by relative paths, so the nesting must mirror the package names).
+/// by relative paths, so the nesting must mirror the package names). Included
+/// by hand rather than with `tonic::include_proto!`, which would need tonic
+/// even when no service is generated.
 #[allow(clippy::all, unreachable_pub, missing_docs)]
 pub mod registry {
     pub mod v1 {
-        tonic::include_proto!("registry.v1");
+        include!(concat!(env!("OUT_DIR"), "/registry.v1.rs"));
     }
     pub mod sync {
         pub mod v1 {
-            tonic::include_proto!("registry.sync.v1");
+            include!(concat!(env!("OUT_DIR"), "/registry.sync.v1.rs"));
         }
     }
 }
@@ -34,6 +47,7 @@ pub use registry::sync::v1 as sync;
 pub use registry::v1;
 
 /// The `Registry` server whose `Subscribe` stream yields pre-encoded frames.
+#[cfg(feature = "grpc")]
 #[allow(clippy::all, unreachable_pub, missing_docs)]
 pub mod frames {
     include!(concat!(env!("OUT_DIR"), "/frames/registry.v1.rs"));

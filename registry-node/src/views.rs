@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
+use registry_proto::{GetServiceFrame, SubscribeFrame, encode, v1};
 use registry_store::{EncodedInstance, Key, Record, ViewChange};
 use tokio::sync::{Notify, mpsc};
 
@@ -211,8 +211,15 @@ impl Views {
         let view = &mut *view;
         let revision = view.revision;
         let instances = &view.instances;
-        let frame =
-            view.snapshot.get_or_insert_with(|| frames::snapshot(service, instances.values(), revision, &freshness));
+        let frame = view.snapshot.get_or_insert_with(|| {
+            encode::snapshot(
+                &service.0,
+                &service.1,
+                instances.values().map(EncodedInstance::bytes),
+                revision,
+                &freshness,
+            )
+        });
         permit.send(Ok(frame.clone()));
         Metrics::inc(&self.metrics.pushes);
         true
@@ -235,8 +242,10 @@ impl Views {
     pub fn get_encoded(&self, namespace: &str, service: &str) -> GetServiceFrame {
         let key: ServiceKey = (namespace.into(), service.into());
         match self.map.get(&key) {
-            Some(v) => frames::get_service(&key, v.instances.values(), v.revision),
-            None => frames::get_service(&key, std::iter::empty(), 0),
+            Some(v) => {
+                encode::get_service(namespace, service, v.instances.values().map(EncodedInstance::bytes), v.revision)
+            }
+            None => encode::get_service(namespace, service, std::iter::empty(), 0),
         }
     }
 
@@ -334,7 +343,15 @@ impl Views {
             }
             return;
         }
-        let frame = frames::delta(svc, &upserted, &removed, revision, prev_revision, &freshness());
+        let frame = encode::delta(
+            &svc.0,
+            &svc.1,
+            upserted.iter().map(EncodedInstance::bytes),
+            &removed,
+            revision,
+            prev_revision,
+            &freshness(),
+        );
         for sub in view.subscribers.values() {
             sub.deliver(svc, &frame, &self.metrics);
         }
@@ -363,159 +380,6 @@ impl Views {
                 p.known.remove(svc);
                 p.needs_snapshot.remove(svc);
             }
-        }
-    }
-}
-
-/// Subscribe messages written around instances that are already encoded: the
-/// instances' bytes are copied in as they are, never decoded and re-encoded. A
-/// `repeated Instance` field is a run of length-delimited fields, so the result
-/// is exactly what encoding the generated message would give.
-mod frames {
-    use prost::encoding::{self, WireType};
-    use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
-    use registry_store::EncodedInstance;
-
-    use super::ServiceKey;
-
-    const SNAPSHOT: u32 = 1;
-    const DELTA: u32 = 2;
-
-    /// `namespace, service, instances, revision` (fields 1-4): all of a
-    /// `GetServiceResponse`, and the start of a `ServiceSnapshot`.
-    fn service_fields<'a>(
-        svc: &ServiceKey,
-        instances: impl Iterator<Item = &'a EncodedInstance>,
-        revision: u64,
-        buf: &mut Vec<u8>,
-    ) {
-        names(svc, buf);
-        for i in instances {
-            raw(3, i.bytes(), buf);
-        }
-        encoding::uint64::encode(4, &revision, buf);
-    }
-
-    /// `GetServiceResponse { namespace, service, instances, revision }`.
-    pub(super) fn get_service<'a>(
-        svc: &ServiceKey,
-        instances: impl Iterator<Item = &'a EncodedInstance>,
-        revision: u64,
-    ) -> GetServiceFrame {
-        let mut out = Vec::new();
-        service_fields(svc, instances, revision, &mut out);
-        GetServiceFrame(out.into())
-    }
-
-    fn raw(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
-        encoding::encode_key(tag, WireType::LengthDelimited, buf);
-        encoding::encode_varint(bytes.len() as u64, buf);
-        buf.extend_from_slice(bytes);
-    }
-
-    fn names(svc: &ServiceKey, buf: &mut Vec<u8>) {
-        raw(1, svc.0.as_bytes(), buf);
-        raw(2, svc.1.as_bytes(), buf);
-    }
-
-    fn wrap(kind: u32, inner: &[u8]) -> SubscribeFrame {
-        let mut out = Vec::with_capacity(inner.len() + 8);
-        raw(kind, inner, &mut out);
-        SubscribeFrame(out.into())
-    }
-
-    /// `SubscribeResponse { snapshot: ServiceSnapshot { .. } }`.
-    pub(super) fn snapshot<'a>(
-        svc: &ServiceKey,
-        instances: impl Iterator<Item = &'a EncodedInstance>,
-        revision: u64,
-        freshness: &v1::Freshness,
-    ) -> SubscribeFrame {
-        let mut inner = Vec::new();
-        service_fields(svc, instances, revision, &mut inner);
-        encoding::message::encode(5, freshness, &mut inner);
-        wrap(SNAPSHOT, &inner)
-    }
-
-    /// `SubscribeResponse { delta: ServiceDelta { .. } }`.
-    pub(super) fn delta(
-        svc: &ServiceKey,
-        upserted: &[EncodedInstance],
-        removed: &[v1::InstanceKey],
-        revision: u64,
-        prev_revision: u64,
-        freshness: &v1::Freshness,
-    ) -> SubscribeFrame {
-        let mut inner = Vec::new();
-        names(svc, &mut inner);
-        for i in upserted {
-            raw(3, i.bytes(), &mut inner);
-        }
-        for k in removed {
-            encoding::message::encode(4, k, &mut inner);
-        }
-        encoding::uint64::encode(5, &revision, &mut inner);
-        encoding::uint64::encode(6, &prev_revision, &mut inner);
-        encoding::message::encode(7, freshness, &mut inner);
-        wrap(DELTA, &inner)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn inst(id: &str) -> v1::Instance {
-            v1::Instance {
-                namespace: "ns".into(),
-                service: "svc".into(),
-                instance_id: id.into(),
-                host: "h".into(),
-                port: 9,
-                metadata: [("k".to_string(), "v".to_string())].into(),
-                weight: Some(100),
-                ..Default::default()
-            }
-        }
-
-        #[test]
-        fn hand_written_frames_decode_to_the_generated_messages() {
-            let svc: ServiceKey = ("ns".into(), "svc".into());
-            let fresh = v1::Freshness { oldest_origin_age_ms: 12, degraded: true };
-            let all = [inst("a"), inst("b")];
-            let enc: Vec<EncodedInstance> = all.iter().map(EncodedInstance::encode).collect();
-            let snap = snapshot(&svc, enc.iter(), 7, &fresh).decode().expect("decodes");
-            let want = v1::SubscribeResponse {
-                kind: Some(v1::subscribe_response::Kind::Snapshot(v1::ServiceSnapshot {
-                    namespace: "ns".into(),
-                    service: "svc".into(),
-                    instances: all.to_vec(),
-                    revision: 7,
-                    freshness: Some(fresh),
-                })),
-            };
-            assert_eq!(snap, want);
-            let removed = [v1::InstanceKey { namespace: "ns".into(), service: "svc".into(), instance_id: "z".into() }];
-            let d = delta(&svc, &enc[..1], &removed, 9, 7, &fresh).decode().expect("decodes");
-            let want = v1::SubscribeResponse {
-                kind: Some(v1::subscribe_response::Kind::Delta(v1::ServiceDelta {
-                    namespace: "ns".into(),
-                    service: "svc".into(),
-                    upserted: vec![all[0].clone()],
-                    removed: removed.to_vec(),
-                    revision: 9,
-                    prev_revision: 7,
-                    freshness: Some(fresh),
-                })),
-            };
-            assert_eq!(d, want);
-            let got = get_service(&svc, enc.iter(), 7).decode().expect("decodes");
-            let want = v1::GetServiceResponse {
-                namespace: "ns".into(),
-                service: "svc".into(),
-                instances: all.to_vec(),
-                revision: 7,
-            };
-            assert_eq!(got, want);
         }
     }
 }

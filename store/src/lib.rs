@@ -16,6 +16,7 @@
 //!
 //! Everything here is synchronous and deterministic: time comes in as arguments.
 //! This crate must never depend on tokio, tonic, NATS or anything else doing I/O.
+//! It uses `registry-proto` without its `grpc` feature: prost messages only.
 
 pub mod record;
 pub mod slices;

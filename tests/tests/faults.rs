@@ -267,7 +267,7 @@ impl Drop for ProviderProc {
 fn regctl(endpoint: &str, args: &[&str]) -> Result<Child> {
     let regctl = registry_tests::procs::node_bin()?.with_file_name("regctl");
     if !regctl.exists() {
-        bail!("{} not built (cargo build -p registry-client)", regctl.display());
+        bail!("{} not built (cargo build -p regctl)", regctl.display());
     }
     Command::new(regctl)
         .args(["--endpoint", endpoint])
