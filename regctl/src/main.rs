@@ -130,6 +130,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .client_name("regctl")
         .request_timeout(Duration::from_millis(cli.timeout_ms))
         .in_order(true);
+    // Listened for from the start: a signal that comes just after a command
+    // said it waits for one (a script reads that line and sends it at once)
+    // must end the command cleanly, not kill it.
+    let mut signals = Signals::new()?;
     let client = Client::new(config)?;
     let json = cli.json;
     match cli.command {
@@ -163,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            wait_for_signal().await?;
+            signals.recv().await;
             provider.shutdown().await;
             if !json {
                 out!("deregistered");
@@ -261,7 +265,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => print_event(json, "lagged", None, &n.to_string()),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     },
-                    s = wait_for_signal() => { s?; break; }
+                    _ = signals.recv() => break,
                 }
             }
         }
@@ -269,12 +273,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("Ctrl-C handler"),
-        _ = term.recv() => Ok(()),
+/// SIGINT (Ctrl-C) and SIGTERM, each registered once.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        })
+    }
+
+    /// Waits for either; a signal received before this call counts.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 
