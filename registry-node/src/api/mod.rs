@@ -5,10 +5,11 @@
 //! protocol to these calls and [`RegistryError`] to its own error codes.
 //!
 //! - Provider writes under a unary lease: [`NodeApi::register_instance`],
-//!   [`NodeApi::renew`], [`NodeApi::deregister`]. Provider sessions (the
-//!   gRPC `Register` stream) use the registry's owner calls through
-//!   [`NodeApi::registry`]; their end is decided by
-//!   [`crate::core::session_end`].
+//!   [`NodeApi::renew`], [`NodeApi::deregister`].
+//! - Provider writes under a session (the gRPC `Register` stream):
+//!   [`NodeApi::open_session`], then [`Session`] ([`session`]); when the
+//!   stream ends, [`Session::close`] says what the removal table decides and
+//!   [`Closing::carry_out`] does it.
 //! - Reads from the in-memory views, never blocking writers:
 //!   [`NodeApi::get_service`], [`NodeApi::get_service_frame`],
 //!   [`NodeApi::list_services`], [`NodeApi::list_consumers`],
@@ -16,6 +17,7 @@
 //! - Watches: [`NodeApi::watch`], a snapshot then deltas as shared encoded
 //!   frames ([`watch`]); each watcher is a consumer in the directory.
 
+pub mod session;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::session::{Closing, Session};
 pub use self::watch::{WatchEnd, WatchItem};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;

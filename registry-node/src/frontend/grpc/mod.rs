@@ -59,7 +59,7 @@ impl registry_server::Registry for RegistryService {
         registry.check_accepting()?;
         let (tx, rx) = mpsc::channel(64);
         let signals = self.api.signals().clone();
-        signals.tasks.spawn(run_session(registry.clone(), request.into_inner(), tx, signals.drain, signals.stop));
+        signals.tasks.spawn(run_session(self.api.clone(), request.into_inner(), tx, signals.drain, signals.stop));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
