@@ -44,7 +44,7 @@ impl Replica for NodeReplica {
         self.registry.copy_stats(origin)
     }
 
-    fn apply(&self, origin: &Origin, changes: Vec<Change>) {
+    fn apply(&self, origin: &Origin, _first_seq: u64, changes: Vec<Change>) {
         self.registry.apply_remote(origin, changes);
     }
 
@@ -52,7 +52,7 @@ impl Replica for NodeReplica {
         self.registry.set_unsettled_writers(writers);
     }
 
-    fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
+    fn replace_slice(&self, origin: &Origin, _cut_seq: u64, entries: Vec<(Key, Entry)>) {
         self.registry.replace_slice(origin, entries);
     }
 
@@ -223,6 +223,12 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
         get(&m.slow_consumer_events),
     );
     line("disconnects_total", "counter", "Times the NATS connection was lost.", get(&m.disconnects));
+    line(
+        "beats_out_of_step_total",
+        "counter",
+        "Beats whose seq was not that of the changes published before them (should stay 0).",
+        get(&m.beats_out_of_step),
+    );
     let _ = writeln!(out, "# HELP registry_sync_peer_lag Changes a peer issued that this node has not applied.");
     let _ = writeln!(out, "# TYPE registry_sync_peer_lag gauge");
     for p in sync.peers.lock().iter().filter(|p| !p.retired) {
