@@ -15,12 +15,14 @@
 //! - [`cuts`]: consistent cuts of the own slice, served in pages.
 //! - [`nats`]: the NATS transport and the task that drives the runtime
 //!   ([`spawn_sync`]).
-//! - [`memory`]: an in-memory bus with faults, for simulation tests.
+//! - `memory` (feature `sim`): an in-memory NATS-like bus with faults and its
+//!   transport, so the simulation drives the same runtime production runs.
 //!
 //! Depends on the store, the wire format and NATS; never on tonic or the node.
 
 pub mod core;
 pub mod cuts;
+#[cfg(feature = "sim")]
 pub mod memory;
 pub mod nats;
 pub mod runtime;
