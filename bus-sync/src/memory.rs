@@ -206,13 +206,14 @@ impl MemoryBus {
     /// publisher's own included (NATS echoes by default), subject to faults
     /// and partitions.
     pub fn publish(&mut self, from: &str, message: Message, now: u64) {
+        let from: Arc<str> = from.into();
         for i in 0..self.subscriptions.len() {
             let sub = &self.subscriptions[i];
             if !sub.pattern.matches(&message.subject) {
                 continue;
             }
             let (to, connection) = (sub.node.clone(), sub.connection);
-            if !self.online(&to) || self.is_blocked(from, &to) {
+            if !self.online(&to) || self.is_blocked(&from, &to) {
                 continue;
             }
             if self.rng.unit() < self.faults.drop {
@@ -222,7 +223,7 @@ impl MemoryBus {
             for _ in 0..copies {
                 let delay = self.rng.below(self.faults.max_delay_ms + 1);
                 self.counter += 1;
-                let delivery = Delivery { from: from.into(), to: to.clone(), connection, message: message.clone() };
+                let delivery = Delivery { from: from.clone(), to: to.clone(), connection, message: message.clone() };
                 self.queue.insert((now + delay, self.counter), delivery);
             }
         }
