@@ -8,20 +8,30 @@
 //!
 //! Layout:
 //! - [`core`]: the sans-IO protocol state machine ([`SyncCore`]).
+//! - [`runtime`]: the sans-IO glue around the core ([`Runtime`]): subjects,
+//!   serving, carrying out actions against the node's [`Replica`], beats; it
+//!   reaches the bus through a [`Transport`].
 //! - [`wire`]: bus messages to and from the store's types, with validation.
 //! - [`cuts`]: consistent cuts of the own slice, served in pages.
-//! - [`memory`]: an in-memory bus with faults, for simulation tests.
-//! - [`nats`]: the NATS transport and the task that runs the core ([`spawn_sync`]).
+//! - [`nats`]: the NATS transport and the task that drives the runtime
+//!   ([`spawn_sync`]).
+//! - `memory` (feature `sim`): an in-memory NATS-like bus with faults and its
+//!   transport, so the simulation drives the same runtime production runs.
 //!
 //! Depends on the store, the wire format and NATS; never on tonic or the node.
 
 pub mod core;
 pub mod cuts;
+#[cfg(feature = "sim")]
 pub mod memory;
 pub mod nats;
+pub mod runtime;
 pub mod wire;
 
 pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore, UnsettledWriters};
 pub use crate::cuts::{Cuts, SliceCut};
-pub use crate::nats::{NatsConfig, Replica, SyncError, SyncHandle, SyncShared, spawn_sync};
+pub use crate::nats::{NatsConfig, SyncError, SyncHandle, spawn_sync};
+pub use crate::runtime::{
+    Answer, Input, Replica, Runtime, RuntimeConfig, Subjects, SyncMetrics, SyncShared, Transport,
+};
 pub use crate::wire::{Batch, BeatInfo, Page, Reply, Request, WireError};

@@ -1,35 +1,41 @@
-//! An in-memory bus for deterministic simulation: it can drop, duplicate, delay
-//! (and so reorder) and partition, driven by a seeded generator. Used by the
-//! simulation and property tests only; real nodes use NATS.
+//! An in-memory, NATS-like bus for deterministic simulation (the `sim`
+//! feature; real nodes use NATS). It routes messages by subject to the
+//! subscriptions of each node's current connection, echoes a publisher's
+//! messages back to it as NATS does, and can drop, duplicate, delay (and so
+//! reorder) and partition, driven by a seeded generator.
+//!
+//! [`MemoryTransport`] is the runtime's side of it: what a step publishes,
+//! requests or replies lands in an outbox that the simulation moves onto the
+//! bus after the step. Replies go to the requester's inbox, a subject unique
+//! to its incarnation, as a NATS inbox is unique to one process: a restarted
+//! node never gets its predecessor's replies.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// What travels on the simulated bus.
+use bytes::Bytes;
+
+use crate::runtime::{Answer, Input, Transport};
+use crate::wire::{self, Reply};
+
+/// A message on the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BusMessage {
-    Changes(Vec<u8>),
-    Beat(Vec<u8>),
-    Hello(Vec<u8>),
-    Request {
-        id: u64,
-        bytes: Vec<u8>,
-    },
-    /// To the requester's `incarnation` only, as a NATS reply inbox is unique to
-    /// one process. `None`: the request could not be answered.
-    Reply {
-        id: u64,
-        incarnation: u64,
-        bytes: Option<Vec<u8>>,
-    },
+pub struct Message {
+    pub subject: Arc<str>,
+    pub payload: Bytes,
+    /// Where to answer (set on requests): the requester's inbox.
+    pub reply_to: Option<Arc<str>>,
 }
 
-/// A message on its way to one node.
+/// A message on its way to one connection of one node.
 #[derive(Clone, Debug)]
-pub struct Envelope {
+pub struct Delivery {
     pub from: Arc<str>,
     pub to: Arc<str>,
-    pub message: BusMessage,
+    /// The connection it was routed to: a node's connection ends when it
+    /// restarts, and what was on its way to it is lost.
+    pub connection: u64,
+    pub message: Message,
 }
 
 /// Fault levels, as probabilities per delivered copy.
@@ -68,28 +74,107 @@ impl SimRng {
     }
 }
 
-/// The simulated bus between a fixed set of nodes.
+/// Whether `subject` matches a NATS subscription `pattern`: tokens split on
+/// `.`, `*` matches one token, a final `>` one or more.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// A subscription's pattern, sorted once: matching runs for every
+/// subscription on every publish, the hot path of the simulation.
+#[derive(Debug)]
+enum Pattern {
+    Exact(Arc<str>),
+    /// `a.b.>`, kept as `a.b.`.
+    Prefix(Arc<str>),
+    Tokens(Arc<str>),
+}
+
+impl Pattern {
+    fn new(pattern: &str) -> Self {
+        match pattern.strip_suffix('>') {
+            Some(prefix) if prefix.ends_with('.') && !prefix.contains(['*', '>']) => Self::Prefix(prefix.into()),
+            _ if !pattern.contains(['*', '>']) => Self::Exact(pattern.into()),
+            _ => Self::Tokens(pattern.into()),
+        }
+    }
+
+    fn matches(&self, subject: &str) -> bool {
+        match self {
+            Self::Exact(p) => **p == *subject,
+            Self::Prefix(p) => subject.len() > p.len() && subject.starts_with(&**p),
+            Self::Tokens(p) => subject_matches(p, subject),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Subscription {
+    node: Arc<str>,
+    connection: u64,
+    pattern: Pattern,
+}
+
+/// The simulated bus between a set of nodes.
 #[derive(Debug)]
 pub struct MemoryBus {
-    nodes: Vec<Arc<str>>,
+    subscriptions: Vec<Subscription>,
+    /// Nodes cut off from the bus: they receive nothing.
+    offline: Vec<Arc<str>>,
     /// Deliveries by (due time, arrival order).
-    queue: BTreeMap<(u64, u64), Envelope>,
+    queue: BTreeMap<(u64, u64), Delivery>,
     counter: u64,
-    blocked: HashSet<(Arc<str>, Arc<str>)>,
+    /// Cut links, (from, to). Few: a scan is cheaper than hashing.
+    blocked: Vec<(Arc<str>, Arc<str>)>,
     faults: Faults,
     rng: SimRng,
 }
 
 impl MemoryBus {
-    pub fn new(nodes: Vec<Arc<str>>, seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self {
-            nodes,
+            subscriptions: Vec::new(),
+            offline: Vec::new(),
             queue: BTreeMap::new(),
             counter: 0,
-            blocked: HashSet::new(),
+            blocked: Vec::new(),
             faults: Faults::default(),
             rng: SimRng::new(seed),
         }
+    }
+
+    /// Subscribes `node`'s `connection` to `pattern`.
+    pub fn subscribe(&mut self, node: &str, connection: u64, pattern: &str) {
+        self.subscriptions.push(Subscription { node: node.into(), connection, pattern: Pattern::new(pattern) });
+    }
+
+    /// Ends every connection of `node` (its process died): its subscriptions
+    /// go, and what is on its way to them is lost.
+    pub fn close(&mut self, node: &str) {
+        self.subscriptions.retain(|s| &*s.node != node);
+    }
+
+    /// Cuts `node` off from the bus, or lets it back. Cut off, it receives
+    /// nothing (what it sends, its transport drops).
+    pub fn set_online(&mut self, node: &str, online: bool) {
+        self.offline.retain(|n| &**n != node);
+        if !online {
+            self.offline.push(node.into());
+        }
+    }
+
+    fn online(&self, node: &str) -> bool {
+        !self.offline.iter().any(|n| &**n == node)
     }
 
     pub fn set_faults(&mut self, faults: Faults) {
@@ -98,51 +183,208 @@ impl MemoryBus {
 
     /// Cuts the link between `a` and `b` in both directions.
     pub fn partition(&mut self, a: &str, b: &str) {
-        self.blocked.insert((a.into(), b.into()));
-        self.blocked.insert((b.into(), a.into()));
+        self.partition_one_way(a, b);
+        self.partition_one_way(b, a);
     }
 
     /// Cuts only the direction `from` → `to`.
     pub fn partition_one_way(&mut self, from: &str, to: &str) {
-        self.blocked.insert((from.into(), to.into()));
+        if !self.is_blocked(from, to) {
+            self.blocked.push((from.into(), to.into()));
+        }
+    }
+
+    fn is_blocked(&self, from: &str, to: &str) -> bool {
+        self.blocked.iter().any(|(f, t)| &**f == from && &**t == to)
     }
 
     pub fn heal(&mut self) {
         self.blocked.clear();
     }
 
-    /// Publishes to every other node.
-    pub fn publish(&mut self, from: &str, message: BusMessage, now: u64) {
-        let targets: Vec<Arc<str>> = self.nodes.iter().filter(|n| &***n != from).cloned().collect();
-        for to in targets {
-            self.send(from, &to, message.clone(), now);
+    /// Publishes to every subscription that matches the subject, the
+    /// publisher's own included (NATS echoes by default), subject to faults
+    /// and partitions.
+    pub fn publish(&mut self, from: &str, message: Message, now: u64) {
+        let from: Arc<str> = from.into();
+        for i in 0..self.subscriptions.len() {
+            let sub = &self.subscriptions[i];
+            if !sub.pattern.matches(&message.subject) {
+                continue;
+            }
+            let (to, connection) = (sub.node.clone(), sub.connection);
+            if !self.online(&to) || self.is_blocked(&from, &to) {
+                continue;
+            }
+            if self.rng.unit() < self.faults.drop {
+                continue;
+            }
+            let copies = if self.rng.unit() < self.faults.duplicate { 2 } else { 1 };
+            for _ in 0..copies {
+                let delay = self.rng.below(self.faults.max_delay_ms + 1);
+                self.counter += 1;
+                let delivery = Delivery { from: from.clone(), to: to.clone(), connection, message: message.clone() };
+                self.queue.insert((now + delay, self.counter), delivery);
+            }
         }
     }
 
-    /// Sends to one node, subject to faults and partitions.
-    pub fn send(&mut self, from: &str, to: &str, message: BusMessage, now: u64) {
-        if self.blocked.contains(&(Arc::from(from), Arc::from(to))) {
-            return;
-        }
-        if self.rng.unit() < self.faults.drop {
-            return;
-        }
-        let copies = if self.rng.unit() < self.faults.duplicate { 2 } else { 1 };
-        for _ in 0..copies {
-            let delay = self.rng.below(self.faults.max_delay_ms + 1);
-            self.counter += 1;
-            let env = Envelope { from: from.into(), to: to.into(), message: message.clone() };
-            self.queue.insert((now + delay, self.counter), env);
-        }
-    }
-
-    /// Messages due at or before `now`, in delivery order.
-    pub fn due(&mut self, now: u64) -> Vec<Envelope> {
+    /// Messages due at or before `now`, in delivery order, to connections
+    /// that are still there and online.
+    pub fn due(&mut self, now: u64) -> Vec<Delivery> {
         let later = self.queue.split_off(&(now + 1, 0));
-        std::mem::replace(&mut self.queue, later).into_values().collect()
+        let due = std::mem::replace(&mut self.queue, later);
+        due.into_values()
+            .filter(|d| {
+                self.online(&d.to) && self.subscriptions.iter().any(|s| s.node == d.to && s.connection == d.connection)
+            })
+            .collect()
     }
 
     pub fn in_flight(&self) -> usize {
         self.queue.len()
+    }
+}
+
+/// The runtime's side of the memory bus; see the module docs.
+#[derive(Debug)]
+pub struct MemoryTransport {
+    /// `_INBOX.<node>.<incarnation>.`: replies to this node's requests come
+    /// on this prefix followed by the request id.
+    inbox: String,
+    connected: bool,
+    max_payload: usize,
+    outbox: Vec<Message>,
+    dropped: u64,
+}
+
+impl MemoryTransport {
+    /// The transport of `node`'s incarnation `incarnation`, connected.
+    pub fn new(node: &str, incarnation: u64) -> Self {
+        Self {
+            inbox: format!("_INBOX.{node}.{incarnation}."),
+            connected: true,
+            max_payload: 1 << 20,
+            outbox: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The subscription that brings replies to this transport's requests.
+    pub fn inbox_pattern(&self) -> String {
+        format!("{}>", self.inbox)
+    }
+
+    /// Cut off (`false`), everything sent is dropped, as by a client whose
+    /// connection is down.
+    pub fn set_connected(&mut self, connected: bool) {
+        self.connected = connected;
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Messages dropped because the transport was cut off.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// What the runtime sent since the last call, in order, for the bus.
+    pub fn take_outbox(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The runtime's input for a message delivered to this node: replies on
+    /// its inbox are the answers to its requests; anything else is a message.
+    pub fn input<'a>(&self, message: &'a Message) -> Input<'a, Arc<str>> {
+        let id = message.subject.strip_prefix(self.inbox.as_str()).and_then(|id| id.parse::<u64>().ok());
+        match id {
+            Some(id) => Input::Answer { id, answer: Answer::decode(&message.payload) },
+            None => Input::Message {
+                subject: &message.subject,
+                payload: &message.payload,
+                reply_to: message.reply_to.clone(),
+            },
+        }
+    }
+
+    fn send(&mut self, message: Message) {
+        if self.connected {
+            self.outbox.push(message);
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+impl Transport for MemoryTransport {
+    type ReplyTo = Arc<str>;
+
+    fn publish(&mut self, subject: &str, payload: Bytes) {
+        self.send(Message { subject: subject.into(), payload, reply_to: None });
+    }
+
+    fn request(&mut self, id: u64, subject: &str, payload: Bytes) {
+        let reply_to = Some(format!("{}{id}", self.inbox).into());
+        self.send(Message { subject: subject.into(), payload, reply_to });
+    }
+
+    fn respond(&mut self, reply_to: Arc<str>, reply: Reply) {
+        let payload = Bytes::from(wire::encode(&wire::reply_to_wire(&reply)));
+        self.send(Message { subject: reply_to, payload, reply_to: None });
+    }
+
+    fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_match_as_on_nats() {
+        assert!(subject_matches("a.b.>", "a.b.c"));
+        assert!(subject_matches("a.b.>", "a.b.c.d"));
+        assert!(!subject_matches("a.b.>", "a.b"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.b.d"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+        for (pattern, subject) in [
+            ("a.b.>", "a.b.c"),
+            ("a.b.>", "a.b"),
+            ("a.b.>", "a.bc.d"),
+            ("a.b", "a.b"),
+            ("a.*.c", "a.b.c"),
+            ("a.b", "a.c"),
+        ] {
+            assert_eq!(
+                Pattern::new(pattern).matches(subject),
+                subject_matches(pattern, subject),
+                "{pattern} {subject}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_reach_only_the_requesting_incarnation() {
+        let mut bus = MemoryBus::new(1);
+        let old = MemoryTransport::new("n1", 1);
+        let new = MemoryTransport::new("n1", 2);
+        bus.subscribe("n1", 1, &old.inbox_pattern());
+        let reply_to: Arc<str> = format!("{}7", old.inbox).into();
+        bus.close("n1");
+        bus.subscribe("n1", 2, &new.inbox_pattern());
+        bus.publish("n0", Message { subject: reply_to, payload: Bytes::new(), reply_to: None }, 0);
+        assert!(bus.due(0).is_empty(), "the old inbox is gone with its process");
+        let to_new: Arc<str> = format!("{}7", new.inbox).into();
+        bus.publish("n0", Message { subject: to_new, payload: Bytes::new(), reply_to: None }, 0);
+        let due = bus.due(0);
+        assert_eq!(due.len(), 1);
+        assert!(matches!(new.input(&due[0].message), Input::Answer { id: 7, .. }));
     }
 }

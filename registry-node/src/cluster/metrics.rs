@@ -56,6 +56,12 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
         get(&m.slow_consumer_events),
     );
     line("disconnects_total", "counter", "Times the NATS connection was lost.", get(&m.disconnects));
+    line(
+        "beats_out_of_step_total",
+        "counter",
+        "Beats whose seq was not that of the changes published before them (should stay 0).",
+        get(&m.beats_out_of_step),
+    );
     let _ = writeln!(out, "# HELP registry_sync_peer_lag Changes a peer issued that this node has not applied.");
     let _ = writeln!(out, "# TYPE registry_sync_peer_lag gauge");
     for p in sync.peers.lock().iter().filter(|p| !p.retired) {

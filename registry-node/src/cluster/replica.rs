@@ -40,7 +40,7 @@ impl Replica for NodeReplica {
         self.registry.copy_stats(origin)
     }
 
-    fn apply(&self, origin: &Origin, changes: Vec<Change>) {
+    fn apply(&self, origin: &Origin, _first_seq: u64, changes: Vec<Change>) {
         self.registry.apply_remote(origin, changes);
     }
 
@@ -48,7 +48,7 @@ impl Replica for NodeReplica {
         self.registry.set_unsettled_writers(writers);
     }
 
-    fn replace_slice(&self, origin: &Origin, entries: Vec<(Key, Entry)>) {
+    fn replace_slice(&self, origin: &Origin, _cut_seq: u64, entries: Vec<(Key, Entry)>) {
         self.registry.replace_slice(origin, entries);
     }
 
