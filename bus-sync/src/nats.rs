@@ -21,7 +21,6 @@ use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::core::SyncConfig;
 use crate::runtime::{Answer, Input, Replica, Runtime, RuntimeConfig, Subjects, SyncShared, Transport};
 use crate::wire::{self, Reply};
 
@@ -29,13 +28,8 @@ use crate::wire::{self, Reply};
 #[derive(Clone, Debug)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
-    pub subject_prefix: String,
-    pub cluster: String,
-    pub advertise_addr: String,
-    pub start_unix_ms: u64,
-    pub sync: SyncConfig,
-    /// Entries per page of a slice transfer.
-    pub page_entries: usize,
+    /// The runtime's settings (subjects, timers, transfers).
+    pub runtime: RuntimeConfig,
 }
 
 /// Why replication could not start.
@@ -193,7 +187,7 @@ pub async fn spawn_sync<R: Replica>(
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((100 * (attempt as u64).saturating_sub(1)).min(2_000))
         })
-        .request_timeout(Some(Duration::from_millis(cfg.sync.request_timeout_ms)))
+        .request_timeout(Some(Duration::from_millis(cfg.runtime.sync.request_timeout_ms)))
         .subscription_capacity(1 << 16)
         .event_callback(move |event| {
             let tx = events_tx.clone();
@@ -215,7 +209,7 @@ pub async fn spawn_sync<R: Replica>(
         None => options,
     };
     let client = options.connect(cfg.urls.clone()).await.map_err(|e| SyncError::Connect(e.to_string()))?;
-    let subjects = Subjects::new(&cfg.subject_prefix, &cfg.cluster, &me.node);
+    let subjects = Subjects::new(&cfg.runtime.subject_prefix, &cfg.runtime.cluster, &me.node);
     let subscribe = |subject: String| {
         let client = client.clone();
         async move {
@@ -232,19 +226,10 @@ pub async fn spawn_sync<R: Replica>(
         queue: Vec::new(),
         tasks: JoinSet::new(),
         answers: answers_tx,
-        request_timeout: Duration::from_millis(cfg.sync.request_timeout_ms),
+        request_timeout: Duration::from_millis(cfg.runtime.sync.request_timeout_ms),
     };
-    let tick_ms = (cfg.sync.beat_interval_ms / 4).clamp(10, 250);
-    let runtime_cfg = RuntimeConfig {
-        subject_prefix: cfg.subject_prefix,
-        cluster: cfg.cluster,
-        advertise_addr: cfg.advertise_addr,
-        start_unix_ms: cfg.start_unix_ms,
-        sync: cfg.sync,
-        page_entries: cfg.page_entries,
-        max_cuts: 4,
-        cut_idle_ms: 30_000,
-    };
+    let tick_ms = (cfg.runtime.sync.beat_interval_ms / 4).clamp(10, 250);
+    let runtime_cfg = cfg.runtime;
     let epoch = Instant::now();
     let runtime = Runtime::new(replica, me, runtime_cfg, transport, shared.clone(), 0);
     let channels = Channels { data, rpc, events: events_rx, answers: answers_rx };

@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use bus_sync::{NatsConfig, SyncConfig, spawn_sync};
+use bus_sync::{NatsConfig, RuntimeConfig, SyncConfig, spawn_sync};
 use registry_store::Origin;
 
 use crate::api::{NodeApi, StreamSignals};
@@ -248,13 +248,15 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
 
 fn nats_config(config: &NodeConfig) -> NatsConfig {
     let y = &config.sync;
-    NatsConfig {
-        urls: config.nats_url.clone(),
+    let runtime = RuntimeConfig {
         subject_prefix: y.subject_prefix.clone(),
         cluster: config.cluster.clone(),
         advertise_addr: crate::cluster::advertise_addr(config),
         start_unix_ms: crate::registry::wall_ms(),
         page_entries: y.page_entries,
+        // Cuts of the own slice served at once, and how long an idle one is kept.
+        max_cuts: 4,
+        cut_idle_ms: 30_000,
         sync: SyncConfig {
             beat_interval_ms: y.beat_interval_ms,
             suspect_after_ms: y.suspect_after_ms,
@@ -269,7 +271,8 @@ fn nats_config(config: &NodeConfig) -> NatsConfig {
             max_slice_entries: y.max_slice_entries,
             ..SyncConfig::default()
         },
-    }
+    };
+    NatsConfig { urls: config.nats_url.clone(), runtime }
 }
 
 /// Purges own tombstones once nothing they hide can exist any more.
