@@ -66,6 +66,10 @@ struct State {
     /// Moved copies the store kept in view, as of the last write (more now:
     /// the reaper has a new deadline).
     moved_seen: usize,
+    /// When the reaper will next run (`None`: it sleeps until woken). A new
+    /// deadline wakes it only if it is sooner, so a registration under a new
+    /// lease (due a whole TTL later) costs the reaper nothing.
+    reaper_at: Option<Instant>,
 }
 
 /// The node's registry. Cheap to share: wrap it in an `Arc`.
@@ -112,6 +116,7 @@ impl Registry {
                 outbox: Vec::new(),
                 stale: StaleQueue::new(Duration::from_millis(config.sync.dead_after_ms)),
                 moved_seen: 0,
+                reaper_at: None,
             }),
             views: Views::new(config.subscriptions.queue_capacity, metrics.clone()),
             consumers: DashMap::new(),
@@ -303,8 +308,7 @@ impl Registry {
             st.owners.open(owner);
             st.leases.grant(id.clone(), owner, ttl, now);
             Metrics::inc(&self.metrics.leases_active);
-            drop(st);
-            self.deadlines_changed.notify_one();
+            self.deadline_at(&mut st, now + ttl);
             Ok((id, owner, ttl))
         } else {
             let lease = st.leases.renew(lease_id, now).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.into()))?;
@@ -343,11 +347,25 @@ impl Registry {
     /// When the reaper must next run: the next lease due, the next hidden
     /// own copy to purge, the next moved copy to stop showing. `None`: nothing
     /// is pending (the reaper sleeps until woken).
+    ///
+    /// The reaper calls it before it sleeps: the answer is when it runs
+    /// next, and only a sooner deadline wakes it before then.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         let hold = self.config.sync.dead_after_ms + self.config.sync.orphan_grace_ms;
         let moved = st.store.next_moved_due(hold).map(|ms| self.epoch + Duration::from_millis(ms));
-        [st.leases.next_deadline(), st.stale.next_deadline(), moved].into_iter().flatten().min()
+        let next = [st.leases.next_deadline(), st.stale.next_deadline(), moved].into_iter().flatten().min();
+        st.reaper_at = next;
+        next
+    }
+
+    /// Something is due at `deadline`: wakes the reaper if it would sleep
+    /// past it.
+    fn deadline_at(&self, st: &mut State, deadline: Instant) {
+        if st.reaper_at.is_none_or(|at| deadline < at) {
+            st.reaper_at = Some(deadline);
+            self.deadlines_changed.notify_one();
+        }
     }
 
     /// Woken when a deadline may have come nearer than the one the reaper
@@ -580,10 +598,10 @@ impl Registry {
             st.outbox.extend(out.local);
             self.local_changed.notify_one();
         }
-        let mut deadlines = false;
         if !out.stale.is_empty() {
-            deadlines |= st.stale.is_empty();
-            st.stale.push(out.stale, Instant::now());
+            let now = Instant::now();
+            st.stale.push(out.stale, now);
+            self.deadline_at(st, now + Duration::from_millis(self.config.sync.dead_after_ms));
         }
         if !out.superseded.is_empty() {
             for key in &out.superseded {
@@ -594,13 +612,14 @@ impl Registry {
             }
             self.taken_over.notify_waiters();
         }
-        // A moved copy kept in view is a deadline too (when it stops being shown).
+        // A moved copy kept in view is a deadline too (when it stops being
+        // shown); it is aged from now (see `lock_for_peers`).
         let moved = st.store.moved_pending();
-        deadlines |= moved > st.moved_seen;
-        st.moved_seen = moved;
-        if deadlines {
-            self.deadlines_changed.notify_one();
+        if moved > st.moved_seen {
+            let hold = self.config.sync.dead_after_ms + self.config.sync.orphan_grace_ms;
+            self.deadline_at(st, Instant::now() + Duration::from_millis(hold));
         }
+        st.moved_seen = moved;
         let mut instance_changes = Vec::with_capacity(out.view.len());
         for change in out.view {
             match change {
@@ -735,11 +754,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn granting_a_lease_wakes_the_reaper() {
+    async fn a_lease_wakes_the_reaper_only_if_due_before_it_runs() {
         let r = registry();
-        let woken = r.deadlines_changed().notified();
-        r.lease_at("", Duration::from_secs(10), Instant::now()).expect("lease");
-        tokio::time::timeout(Duration::from_millis(1), woken).await.expect("the reaper is woken");
+        let t0 = Instant::now();
+        fn woken(r: &Registry) -> impl Future<Output = bool> + '_ {
+            let n = r.deadlines_changed().notified();
+            async move { tokio::time::timeout(Duration::from_millis(1), n).await.is_ok() }
+        }
+        assert_eq!(r.next_deadline(), None, "the reaper sleeps until woken");
+        let first = woken(&r);
+        r.lease_at("", Duration::from_secs(10), t0).expect("lease");
+        assert!(first.await, "the first deadline wakes it");
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        let later = woken(&r);
+        r.lease_at("", Duration::from_secs(20), t0).expect("lease");
+        assert!(!later.await, "a later deadline does not");
+        let sooner = woken(&r);
+        r.lease_at("", Duration::from_secs(5), t0).expect("lease");
+        assert!(sooner.await, "a sooner one does");
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(5)));
     }
 
     #[test]
