@@ -10,11 +10,16 @@ use registry_store::InstanceKey;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerId(pub u64);
 
+/// Keys come from clients, so the hasher is seeded per process (as the
+/// store's); foldhash's quality variant costs a fraction of SipHash on the
+/// three strings of a key, hashed a few times per upsert under the write lock.
+type Hasher = foldhash::quality::RandomState;
+
 /// The two maps kept in step: key → owner and owner → keys.
 #[derive(Debug, Default)]
 pub struct Ownership {
-    owner_of: HashMap<InstanceKey, OwnerId>,
-    owned: HashMap<OwnerId, HashSet<InstanceKey>>,
+    owner_of: HashMap<InstanceKey, OwnerId, Hasher>,
+    owned: HashMap<OwnerId, HashSet<InstanceKey, Hasher>, Hasher>,
 }
 
 impl Ownership {
@@ -49,7 +54,11 @@ impl Ownership {
     /// `owner` takes `key` (an upsert): a previous owner loses it (newest
     /// wins). Returns the previous owner, if another.
     pub fn claim(&mut self, key: InstanceKey, owner: OwnerId) -> Option<OwnerId> {
-        let previous = self.owner_of.insert(key.clone(), owner).filter(|p| *p != owner);
+        let previous = self.owner_of.insert(key.clone(), owner);
+        if previous == Some(owner) {
+            // An update by the holder: its key set already has it.
+            return None;
+        }
         if let Some(p) = previous
             && let Some(keys) = self.owned.get_mut(&p)
         {
