@@ -9,6 +9,7 @@ pub(crate) use registry_tests::procs::{NodeProc, cpu_seconds, node_bin as defaul
 /// Configuration of every bench node: big sessions, and a 60 s heartbeat
 /// (3 min lease) so the bench's sessions, which do not heartbeat, never expire
 /// in the middle of a measurement.
+///
 /// Rebalancing is off: the scenarios model providers that stay where they
 /// registered, and a node asking sessions to move while a scenario is still
 /// registering them (catch-up registers on one node of two) failed the run.
