@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::auth::{AuthConfig, AuthMode};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -55,6 +57,8 @@ pub struct NodeConfig {
     pub subscriptions: SubscriptionConfig,
     pub limits: Limits,
     pub sync: SyncSettings,
+    /// Authentication and grants (see `crate::auth`).
+    pub auth: AuthConfig,
 }
 
 /// Replication between nodes (used only with `nats_url`).
@@ -187,6 +191,7 @@ impl Default for NodeConfig {
             subscriptions: SubscriptionConfig::default(),
             limits: Limits::default(),
             sync: SyncSettings::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -359,6 +364,24 @@ impl NodeConfig {
         if !(y.safety_valve_share > 0.0 && y.safety_valve_share <= 1.0) {
             return Err(invalid("sync.safety_valve_share", format!("{} is outside (0, 1]", y.safety_valve_share)));
         }
+        self.auth.validate().map_err(|(setting, reason)| invalid(setting, reason))?;
+        // Closed by default once exposed: a node others can reach must say
+        // how it authenticates, even if the answer is "off".
+        if self.auth.mode.is_none() {
+            let exposed = [("grpc_addr", self.grpc_addr), ("http_addr", self.http_addr)]
+                .into_iter()
+                .find(|(_, a)| !a.ip().is_loopback());
+            if let Some((setting, addr)) = exposed {
+                return Err(invalid(
+                    "auth",
+                    format!(
+                        "{setting} {addr} is reachable from other hosts and [auth] is not configured: \
+                         set auth.mode = \"enforce\" with [[auth.tokens]] (regctl token new makes one), \
+                         or auth.mode = \"off\" (--auth-mode off, REGISTRY_AUTH_MODE=off) to serve everyone on purpose"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -393,6 +416,12 @@ pub struct Cli {
     /// [default: the gRPC address]. Set it when listening on 0.0.0.0.
     #[arg(long, env = "REGISTRY_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
+    /// How requests are authenticated: off, warn or enforce (`auth.mode`).
+    #[arg(long, env = "REGISTRY_AUTH_MODE", value_enum)]
+    pub auth_mode: Option<AuthMode>,
+    /// A TOML file of `[[tokens]]` entries (`auth.tokens_file`).
+    #[arg(long, env = "REGISTRY_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
     /// Validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -429,6 +458,12 @@ impl Cli {
         }
         if let Some(v) = &self.advertise_addr {
             config.sync.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = self.auth_mode {
+            config.auth.mode = Some(v);
+        }
+        if let Some(v) = &self.auth_tokens_file {
+            config.auth.tokens_file = Some(v.clone());
         }
         config.validate()?;
         Ok(config)
@@ -478,6 +513,21 @@ mod tests {
         config.sessions.default_heartbeat_ms = 10;
         let err = config.validate().expect_err("below min").to_string();
         assert!(err.contains("sessions.default_heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn an_exposed_node_without_auth_refuses_to_start() {
+        let mut config = NodeConfig { grpc_addr: "0.0.0.0:7070".parse().expect("addr"), ..NodeConfig::default() };
+        let err = config.validate().expect_err("exposed, no auth").to_string();
+        assert!(err.contains("[auth]") && err.contains("auth.mode = \"off\"") && err.contains("0.0.0.0:7070"), "{err}");
+        config.auth.mode = Some(AuthMode::Off);
+        config.validate().expect("off on purpose is allowed");
+        let loopback = NodeConfig::default();
+        assert!(loopback.auth.mode.is_none());
+        loopback.validate().expect("loopback needs no auth");
+        let cli = Cli::try_parse_from(["registry-node", "--grpc-addr", "0.0.0.0:7070", "--auth-mode", "off"])
+            .expect("parses");
+        assert_eq!(cli.load().expect("loads").auth.mode, Some(AuthMode::Off));
     }
 
     #[test]

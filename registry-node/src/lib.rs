@@ -19,6 +19,7 @@
 //! Dependencies point one way: node → bus-sync → store; everything → proto.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod core;

@@ -1,0 +1,219 @@
+//! Who is calling, and what they may do: bearer tokens name a principal, and
+//! a principal's grants say which namespaces and services it may read, write
+//! or administer. Pure data and functions (no I/O but reading a tokens file at
+//! start); every front-end asks the same [`Auth`] through the API.
+//!
+//! - [`config`]: the `[auth]` settings and their validation.
+//! - [`grants`]: roles, grants and what a principal may do.
+//! - [`tokens`]: the bearer token check (SHA-256, compared in constant time).
+
+pub mod config;
+pub mod grants;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use config::{AuthConfig, AuthMode, TokenEntry};
+pub use grants::{Grant, Principal, Role};
+pub use tokens::{AuthFailure, Tokens};
+
+/// The node's authenticator and authorizer.
+#[derive(Debug)]
+pub struct Auth {
+    mode: AuthMode,
+    tokens: Tokens,
+    pub(crate) metrics: AuthMetrics,
+}
+
+/// Failed authentications by reason, and denied requests.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    pub missing: AtomicU64,
+    pub malformed: AtomicU64,
+    pub unknown: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+/// A request's caller, as the API sees it.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Auth is off: everything is allowed.
+    Open,
+    /// An authenticated principal.
+    Principal(Arc<Principal>),
+    /// `warn` mode, and the credential failed: allowed, with a warning for
+    /// each request that would have been refused.
+    Unverified(AuthFailure),
+}
+
+impl Caller {
+    /// The principal's name, for logs, the audit trail and the consumer directory.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Principal(p) => Some(&p.name),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Unauthenticated(AuthFailure),
+    #[error("principal {principal:?} has no {role} grant on {namespace}/{service}")]
+    Denied { principal: String, role: Role, namespace: String, service: String },
+}
+
+impl Auth {
+    pub fn new(mode: AuthMode, tokens: Tokens) -> Self {
+        Self { mode, tokens, metrics: AuthMetrics::default() }
+    }
+
+    /// No authentication: every caller may do everything.
+    pub fn open() -> Self {
+        Self::new(AuthMode::Off, Tokens::default())
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Who sent `authorization` (the header's value, if any). `peer` only
+    /// names the caller in the log line of a failure; the token is never logged.
+    pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &str) -> Result<Caller, Refusal> {
+        if self.mode == AuthMode::Off {
+            return Ok(Caller::Open);
+        }
+        match self.tokens.authenticate(authorization) {
+            Ok(p) => Ok(Caller::Principal(p)),
+            Err(failure) => {
+                let counter = match failure {
+                    AuthFailure::Missing => &self.metrics.missing,
+                    AuthFailure::Malformed => &self.metrics.malformed,
+                    AuthFailure::Unknown => &self.metrics.unknown,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                if self.mode == AuthMode::Warn {
+                    tracing::warn!(peer, reason = %failure, "authentication failed (auth.mode = warn: allowed)");
+                    Ok(Caller::Unverified(failure))
+                } else {
+                    tracing::info!(peer, reason = %failure, "authentication failed");
+                    Err(Refusal::Unauthenticated(failure))
+                }
+            }
+        }
+    }
+
+    /// Whether `caller` may act as `role` on `namespace`/`service`.
+    pub fn check(&self, caller: &Caller, role: Role, namespace: &str, service: &str) -> Result<(), Refusal> {
+        let refusal = match caller {
+            Caller::Open => return Ok(()),
+            Caller::Principal(p) if p.may(role, namespace, service) => return Ok(()),
+            Caller::Principal(p) => Refusal::Denied {
+                principal: p.name.to_string(),
+                role,
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+            },
+            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
+        };
+        self.refuse(caller, refusal)
+    }
+
+    /// Whether `caller` holds `role` somewhere (admin endpoints, Members).
+    pub fn check_anywhere(&self, caller: &Caller, role: Role) -> Result<(), Refusal> {
+        let refusal = match caller {
+            Caller::Open => return Ok(()),
+            Caller::Principal(p) if p.holds_anywhere(role) => return Ok(()),
+            Caller::Principal(p) => {
+                Refusal::Denied { principal: p.name.to_string(), role, namespace: "*".into(), service: "*".into() }
+            }
+            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
+        };
+        self.refuse(caller, refusal)
+    }
+
+    /// A refusal in `enforce` mode; a warning in `warn` mode.
+    fn refuse(&self, caller: &Caller, refusal: Refusal) -> Result<(), Refusal> {
+        if matches!(caller, Caller::Unverified(_)) {
+            // Counted and logged when authentication failed.
+            return Ok(());
+        }
+        self.metrics.denied.fetch_add(1, Ordering::Relaxed);
+        if self.mode == AuthMode::Warn {
+            tracing::warn!(%refusal, "would deny (auth.mode = warn: allowed)");
+            return Ok(());
+        }
+        tracing::info!(%refusal, "denied");
+        Err(refusal)
+    }
+
+    /// Whether `caller` may see `namespace`/`service` (filters lists).
+    pub fn sees(&self, caller: &Caller, namespace: &str, service: &str) -> bool {
+        match caller {
+            Caller::Principal(p) => self.mode == AuthMode::Warn || p.may(Role::Read, namespace, service),
+            Caller::Open | Caller::Unverified(_) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(mode: AuthMode) -> (Auth, String) {
+        let token = "t-123456789";
+        let entry = TokenEntry {
+            name: "orders-team".into(),
+            sha256: tokens::sha256_hex(token.as_bytes()),
+            grants: vec![Grant { namespace: "default".into(), services: "orders*".into(), role: Role::Write }],
+        };
+        (Auth::new(mode, Tokens::new(&[entry]).expect("tokens")), format!("Bearer {token}"))
+    }
+
+    #[test]
+    fn enforce_refuses_unknown_callers_and_missing_grants() {
+        let (a, header) = auth(AuthMode::Enforce);
+        assert_eq!(
+            a.authenticate(None, "peer").expect_err("no header"),
+            Refusal::Unauthenticated(AuthFailure::Missing)
+        );
+        assert_eq!(
+            a.authenticate(Some(b"Bearer nope"), "peer").expect_err("unknown"),
+            Refusal::Unauthenticated(AuthFailure::Unknown)
+        );
+        let caller = a.authenticate(Some(header.as_bytes()), "peer").expect("known");
+        assert_eq!(caller.name(), Some("orders-team"));
+        a.check(&caller, Role::Write, "default", "orders-eu").expect("granted");
+        a.check(&caller, Role::Read, "default", "orders").expect("write includes read");
+        let denied = a.check(&caller, Role::Write, "default", "payments").expect_err("not granted");
+        assert_eq!(
+            denied.to_string(),
+            "principal \"orders-team\" has no write grant on default/payments",
+            "the message names the principal and the grant"
+        );
+        a.check_anywhere(&caller, Role::Admin).expect_err("no admin grant");
+        assert_eq!(a.metrics.missing.load(Ordering::Relaxed), 1);
+        assert_eq!(a.metrics.unknown.load(Ordering::Relaxed), 1);
+        assert_eq!(a.metrics.denied.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn warn_allows_what_enforce_refuses() {
+        let (a, header) = auth(AuthMode::Warn);
+        let anon = a.authenticate(None, "peer").expect("allowed in warn mode");
+        a.check(&anon, Role::Admin, "prod", "x").expect("allowed");
+        let caller = a.authenticate(Some(header.as_bytes()), "peer").expect("known");
+        a.check(&caller, Role::Write, "default", "payments").expect("allowed, logged");
+        assert_eq!(a.metrics.denied.load(Ordering::Relaxed), 1, "still counted");
+    }
+
+    #[test]
+    fn off_ignores_credentials() {
+        let (a, _) = auth(AuthMode::Off);
+        let caller = a.authenticate(Some(b"garbage"), "peer").expect("off");
+        a.check(&caller, Role::Admin, "any", "thing").expect("everything allowed");
+    }
+}

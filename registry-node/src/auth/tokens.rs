@@ -1,0 +1,180 @@
+//! Bearer tokens. The config holds only each token's SHA-256; a presented
+//! token is hashed and compared with every known hash in constant time, so
+//! neither the comparison nor the number of matching bytes leaks through
+//! timing.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::config::TokenEntry;
+use super::grants::Principal;
+
+/// Why a credential was not accepted (never names the token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `authorization` header.
+    Missing,
+    /// A header that is not `Bearer <token>`.
+    Malformed,
+    /// A token no principal has.
+    Unknown,
+}
+
+impl AuthFailure {
+    /// The `reason` label of `registry_auth_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => "no credential: send `authorization: Bearer <token>`",
+            AuthFailure::Malformed => "malformed credential: expected `authorization: Bearer <token>`",
+            AuthFailure::Unknown => "unknown token",
+        })
+    }
+}
+
+/// The known tokens' hashes and their principals.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], Arc<Principal>)>,
+}
+
+/// Hex SHA-256 of `bytes`, as the config writes it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Tokens {
+    /// Checked entries (see `AuthConfig::validate`): a bad hash or a hash
+    /// given twice is an error naming the entry.
+    pub fn new(entries: &[TokenEntry]) -> Result<Self, String> {
+        let mut out: Vec<([u8; 32], Arc<Principal>)> = Vec::with_capacity(entries.len());
+        for e in entries {
+            let hash = parse_hex(&e.sha256.to_ascii_lowercase())
+                .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", e.name))?;
+            if out.iter().any(|(h, _)| *h == hash) {
+                return Err(format!("token {:?}: the same sha256 is given twice", e.name));
+            }
+            let principal = Principal { name: e.name.as_str().into(), grants: e.grants.clone() };
+            out.push((hash, Arc::new(principal)));
+        }
+        Ok(Self { entries: out })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The principal whose token `authorization` carries (`Bearer <token>`).
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<Principal>, AuthFailure> {
+        let header = authorization.ok_or(AuthFailure::Missing)?;
+        let token = bearer(header).ok_or(AuthFailure::Malformed)?;
+        let hash: [u8; 32] = Sha256::digest(token).into();
+        // Every entry is compared, whatever matched, in constant time each.
+        let mut found: Option<&Arc<Principal>> = None;
+        for (h, p) in &self.entries {
+            if bool::from(h.ct_eq(&hash)) {
+                found = Some(p);
+            }
+        }
+        found.cloned().ok_or(AuthFailure::Unknown)
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, one space, a
+/// token of visible ASCII).
+fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") || token.is_empty() || token.len() > 4096 {
+        return None;
+    }
+    token.iter().all(|b| b.is_ascii_graphic()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::auth::{Grant, Role};
+
+    fn entry(name: &str, token: &str) -> TokenEntry {
+        TokenEntry {
+            name: name.into(),
+            sha256: sha256_hex(token.as_bytes()),
+            grants: vec![Grant { namespace: "*".into(), services: "*".into(), role: Role::Read }],
+        }
+    }
+
+    #[test]
+    fn a_token_names_its_principal() {
+        let t = Tokens::new(&[entry("a", "token-a"), entry("b", "token-b")]).expect("valid");
+        assert_eq!(t.authenticate(Some(b"Bearer token-b")).map(|p| p.name.to_string()), Ok("b".into()));
+        assert_eq!(t.authenticate(Some(b"bearer token-a")).map(|p| p.name.to_string()), Ok("a".into()));
+        assert_eq!(t.authenticate(Some(b"Bearer token-c")), Err(AuthFailure::Unknown));
+        assert_eq!(t.authenticate(None), Err(AuthFailure::Missing));
+        for bad in [&b"token-a"[..], b"Basic dXNlcjpwYXNz", b"Bearer ", b"Bearer two words", b"Bearer\ttoken-a"] {
+            assert_eq!(t.authenticate(Some(bad)), Err(AuthFailure::Malformed), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn bad_hashes_and_duplicates_are_refused_by_name() {
+        let mut bad = entry("short", "x");
+        bad.sha256.truncate(10);
+        assert!(Tokens::new(&[bad]).expect_err("short").contains("\"short\""));
+        let mut nonhex = entry("nonhex", "x");
+        nonhex.sha256 = "z".repeat(64);
+        assert!(Tokens::new(&[nonhex]).is_err());
+        let err = Tokens::new(&[entry("a", "same"), entry("b", "same")]).expect_err("twice");
+        assert!(err.contains("twice"), "{err}");
+        let mut upper = entry("upper", "x");
+        upper.sha256 = upper.sha256.to_ascii_uppercase();
+        let t = Tokens::new(&[upper]).expect("upper-case hex is hex");
+        assert!(t.authenticate(Some(b"Bearer x")).is_ok());
+    }
+
+    #[test]
+    fn the_hash_is_sha256() {
+        // FIPS 180-2 test vector.
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    proptest! {
+        /// Any bytes as a header: never a panic, and only the real token passes.
+        #[test]
+        fn any_header_is_refused_or_is_the_token(header in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let t = Tokens::new(&[entry("a", "token-a")]).expect("valid");
+            let ok = t.authenticate(Some(&header)).is_ok();
+            prop_assert_eq!(ok, header.eq_ignore_ascii_case(b"bearer token-a") && header.ends_with(b"token-a"));
+        }
+    }
+}
