@@ -20,6 +20,7 @@ use bus_sync::{NatsConfig, RuntimeConfig, SyncConfig, spawn_sync};
 use registry_store::Origin;
 
 use crate::api::{NodeApi, StreamSignals};
+use crate::auth::{Auth, AuthMode};
 use crate::cluster::{NodeReplica, REGISTRY_SERVICE};
 use crate::config::{ConfigError, NodeConfig};
 use crate::frontend::grpc::{ClusterService, RegistryService};
@@ -37,6 +38,32 @@ pub enum StartError {
     Reflection(String),
     #[error("replication: {0}")]
     Sync(#[from] bus_sync::SyncError),
+    #[error("auth: {0}")]
+    Auth(String),
+}
+
+/// The authenticator of `[auth]` (tokens file read now). A node that serves
+/// everyone while others can reach it says so at start and every hour.
+fn build_auth(config: &NodeConfig) -> Result<Auth, StartError> {
+    let mode = config.auth.mode.unwrap_or(AuthMode::Off);
+    let tokens = config.auth.load_tokens().map_err(StartError::Auth)?;
+    let exposed = !config.grpc_addr.ip().is_loopback() || !config.http_addr.ip().is_loopback();
+    if mode == AuthMode::Off && exposed {
+        let (grpc, http) = (config.grpc_addr, config.http_addr);
+        warn!(%grpc, %http, "AUTH IS OFF on an address other hosts can reach: anyone may register, deregister and read");
+        tokio::spawn(async move {
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            hourly.tick().await;
+            loop {
+                hourly.tick().await;
+                warn!(%grpc, %http, "auth is still off on an address other hosts can reach");
+            }
+        });
+    }
+    if mode != AuthMode::Off {
+        info!(mode = ?mode, principals = tokens.len(), "auth on");
+    }
+    Ok(Auth::new(mode, tokens))
 }
 
 /// A running node.
@@ -103,6 +130,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     })?;
     config.grpc_addr = grpc_addr;
     config.http_addr = http_addr;
+    let auth = Arc::new(build_auth(&config)?);
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(config.clone(), new_incarnation()));
     let readiness = Readiness::default();
@@ -123,7 +151,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     // Every front-end talks to the node through this one API.
-    let api = NodeApi::new(registry.clone(), readiness.clone(), signals.clone());
+    let api = NodeApi::new(registry.clone(), readiness.clone(), signals.clone(), auth.clone());
     let registry_service = RegistryServer::new(RegistryService { api: api.clone() })
         .max_decoding_message_size(config.limits.max_message_bytes);
     let cluster_service = ClusterServer::new(ClusterService { api: api.clone() });
@@ -147,8 +175,11 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             warn!(error = %e, "gRPC server ended with an error");
         }
     });
-    let http = axum::serve(http_listener, crate::frontend::http::router(api.clone()))
-        .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
+    let http = axum::serve(
+        http_listener,
+        crate::frontend::http::router(api.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
     let http_task = tokio::spawn(async move {
         if let Err(e) = http.await {
             warn!(error = %e, "HTTP server ended with an error");

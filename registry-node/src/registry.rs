@@ -45,6 +45,19 @@ pub enum RegistryError {
     Draining,
     #[error("node is warming up: it has not loaded the registry yet; retry shortly")]
     WarmingUp,
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthFailure),
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl From<crate::auth::Refusal> for RegistryError {
+    fn from(r: crate::auth::Refusal) -> Self {
+        match r {
+            crate::auth::Refusal::Unauthenticated(f) => RegistryError::Unauthenticated(f),
+            denied => RegistryError::PermissionDenied(denied.to_string()),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, for versions and display only. Expiry
@@ -291,34 +304,53 @@ impl Registry {
     // ------------------------------------------------------------ unary leases
 
     /// Creates a lease, or renews `lease_id` if given. Returns (lease id, owner, ttl).
-    pub fn lease(&self, lease_id: &str, ttl: Duration) -> Result<(String, OwnerId, Duration), RegistryError> {
-        self.lease_at(lease_id, ttl, Instant::now())
+    /// `principal` (auth on) takes a new lease; only it may renew one.
+    pub fn lease(
+        &self,
+        lease_id: &str,
+        ttl: Duration,
+        principal: Option<&Arc<str>>,
+    ) -> Result<(String, OwnerId, Duration), RegistryError> {
+        self.lease_as(lease_id, ttl, Instant::now(), principal)
     }
 
+    #[cfg(test)]
     fn lease_at(
         &self,
         lease_id: &str,
         ttl: Duration,
         now: Instant,
     ) -> Result<(String, OwnerId, Duration), RegistryError> {
+        self.lease_as(lease_id, ttl, now, None)
+    }
+
+    fn lease_as(
+        &self,
+        lease_id: &str,
+        ttl: Duration,
+        now: Instant,
+        principal: Option<&Arc<str>>,
+    ) -> Result<(String, OwnerId, Duration), RegistryError> {
         let mut st = self.state.lock();
         if lease_id.is_empty() {
             let owner = OwnerId(self.next_id());
             let id = format!("{}-{:x}-{}", self.node_id, self.incarnation, owner.0);
             st.owners.open(owner);
-            st.leases.grant(id.clone(), owner, ttl, now);
+            st.leases.grant_to(id.clone(), owner, ttl, now, principal.cloned());
             Metrics::inc(&self.metrics.leases_active);
             self.deadline_at(&mut st, now + ttl);
             Ok((id, owner, ttl))
         } else {
+            check_lease_holder(&st.leases, lease_id, principal)?;
             let lease = st.leases.renew(lease_id, now).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.into()))?;
             Ok((lease_id.to_string(), lease.owner, lease.ttl))
         }
     }
 
     /// Extends a lease by its TTL.
-    pub fn renew(&self, lease_id: &str) -> Result<Duration, RegistryError> {
+    pub fn renew(&self, lease_id: &str, principal: Option<&Arc<str>>) -> Result<Duration, RegistryError> {
         let mut st = self.state.lock();
+        check_lease_holder(&st.leases, lease_id, principal)?;
         let lease = st.leases.renew(lease_id, Instant::now());
         lease.map(|l| l.ttl).ok_or_else(|| RegistryError::LeaseNotFound(lease_id.to_string()))
     }
@@ -660,6 +692,16 @@ fn take_out(st: &mut State, key: &InstanceKey, now: u64) -> Option<(registry_sto
     removed
 }
 
+/// A lease taken by a principal is renewed by that principal only.
+fn check_lease_holder(leases: &Leases, lease_id: &str, principal: Option<&Arc<str>>) -> Result<(), RegistryError> {
+    match (leases.get(lease_id).and_then(|l| l.principal.as_ref()), principal) {
+        (Some(holder), Some(caller)) if holder != caller => Err(RegistryError::PermissionDenied(format!(
+            "principal {caller:?} may not use lease {lease_id:?}: it belongs to principal {holder:?}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A change in a line of a log: key, version, and what it does.
 fn describe_change(change: &Change) -> String {
     let key = |k: &Key| match k {
@@ -727,7 +769,7 @@ mod tests {
         assert_eq!(r.expire_leases(t0 + ttl), 1);
         assert!(shown(&r).is_empty());
         assert_eq!(r.next_deadline(), None, "nothing left to wake for");
-        assert!(matches!(r.renew(&id), Err(RegistryError::LeaseNotFound(_))));
+        assert!(matches!(r.renew(&id, None), Err(RegistryError::LeaseNotFound(_))));
     }
 
     #[tokio::test(start_paused = true)]
@@ -749,7 +791,7 @@ mod tests {
         let r = registry();
         let (id, _, _) = r.lease_at("", Duration::from_secs(10), Instant::now()).expect("lease");
         r.drop_lease_if_empty(&id);
-        assert!(matches!(r.renew(&id), Err(RegistryError::LeaseNotFound(_))));
+        assert!(matches!(r.renew(&id, None), Err(RegistryError::LeaseNotFound(_))));
         assert_eq!(r.next_deadline(), None);
     }
 

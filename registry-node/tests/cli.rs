@@ -30,6 +30,16 @@ fn invalid_env_value_exits_64() {
 }
 
 #[test]
+fn an_exposed_address_without_auth_exits_64_naming_auth() {
+    let out = node().args(["--grpc-addr", "0.0.0.0:0", "--check-config"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[auth]") && err.contains("auth.mode"), "{err}");
+    let out = node().args(["--grpc-addr", "0.0.0.0:0", "--auth-mode", "off", "--check-config"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0), "off on purpose: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn config_file_errors_exit_64() {
     let dir = std::env::temp_dir().join(format!("registry-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::session::{Closing, Session};
 pub use self::watch::{WatchEnd, WatchItem};
+use crate::auth::{Auth, Caller, Role};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 pub use crate::registry::RegistryError;
@@ -67,11 +68,26 @@ pub struct NodeApi {
     registry: Arc<Registry>,
     readiness: Readiness,
     signals: StreamSignals,
+    auth: Arc<Auth>,
 }
 
 impl NodeApi {
-    pub fn new(registry: Arc<Registry>, readiness: Readiness, signals: StreamSignals) -> Self {
-        Self { registry, readiness, signals }
+    pub fn new(registry: Arc<Registry>, readiness: Readiness, signals: StreamSignals, auth: Arc<Auth>) -> Self {
+        Self { registry, readiness, signals, auth }
+    }
+
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// Who sent a request, from its `authorization` header (see [`Auth`]).
+    pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &str) -> Result<Caller, RegistryError> {
+        Ok(self.auth.authenticate(authorization, peer)?)
+    }
+
+    /// `caller` may act as `role` on `namespace`/`service`.
+    pub fn check(&self, caller: &Caller, role: Role, namespace: &str, service: &str) -> Result<(), RegistryError> {
+        Ok(self.auth.check(caller, role, namespace, service)?)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -121,6 +137,7 @@ impl NodeApi {
     /// when `lease_id` is empty, else that lease, renewed.
     pub fn register_instance(
         &self,
+        caller: &Caller,
         lease_id: &str,
         ttl_ms: u32,
         instance: Option<v1::Instance>,
@@ -131,7 +148,9 @@ impl NodeApi {
             .ok_or_else(|| self.invalid(ValidationError { field: "instance".into(), reason: "is required".into() }))?;
         let instance = validate::instance(instance, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
         let key = validate::key_of(&instance);
-        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl)?;
+        self.check(caller, Role::Write, &instance.namespace, &instance.service)?;
+        let principal = caller_principal(caller);
+        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl, principal.as_ref())?;
         let version = match self.registry.upsert(owner, instance) {
             Ok(v) => v,
             Err(e) => {
@@ -150,56 +169,90 @@ impl NodeApi {
     }
 
     /// Extends a lease by its TTL; returns the TTL.
-    pub fn renew(&self, lease_id: &str) -> Result<Duration, RegistryError> {
-        self.registry.renew(lease_id)
+    pub fn renew(&self, caller: &Caller, lease_id: &str) -> Result<Duration, RegistryError> {
+        self.registry.renew(lease_id, caller_principal(caller).as_ref())
     }
 
     /// Removes an instance, whoever registered it. Returns whether it was there.
-    pub fn deregister(&self, key: Option<v1::InstanceKey>) -> Result<bool, RegistryError> {
+    pub fn deregister(&self, caller: &Caller, key: Option<v1::InstanceKey>) -> Result<bool, RegistryError> {
         let k = key.unwrap_or_default();
         let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        self.check(caller, Role::Write, &key.namespace, &key.service)?;
         let found = self.registry.deregister(&key);
         tracing::debug!(key = %display_key(&key), found, "deregister");
         Ok(found)
     }
 
     /// One service as a `GetServiceResponse`, written from stored bytes.
-    pub fn get_service_frame(&self, namespace: &str, service: &str) -> Result<GetServiceFrame, RegistryError> {
+    pub fn get_service_frame(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        service: &str,
+    ) -> Result<GetServiceFrame, RegistryError> {
         self.check_ready()?;
         let (ns, service) =
             validate::service_ref(namespace, service, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        self.check(caller, Role::Read, &ns, &service)?;
         Ok(self.registry.views().get_encoded(&ns, &service))
     }
 
     /// One service's revision and instances.
-    pub fn get_service(&self, namespace: &str, service: &str) -> Result<(u64, Vec<v1::Instance>), RegistryError> {
+    pub fn get_service(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        service: &str,
+    ) -> Result<(u64, Vec<v1::Instance>), RegistryError> {
         self.check_ready()?;
         let (ns, service) =
             validate::service_ref(namespace, service, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        self.check(caller, Role::Read, &ns, &service)?;
         Ok(self.registry.views().get(&ns, &service))
     }
 
-    pub fn list_services(&self, namespace: &str) -> Result<v1::ListServicesResponse, RegistryError> {
+    /// The services of `namespace` the caller may read.
+    pub fn list_services(&self, caller: &Caller, namespace: &str) -> Result<v1::ListServicesResponse, RegistryError> {
         self.check_ready()?;
         let ns = validate::namespace(namespace, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
-        let services = self.registry.views().list(&ns);
+        self.auth.check_namespace(caller, Role::Read, &ns)?;
+        let mut services = self.registry.views().list(&ns);
+        services.retain(|s| self.auth.sees(caller, &ns, &s.service));
         Ok(v1::ListServicesResponse { namespace: ns, services })
     }
 
     /// The consumers of `namespace` watching `service` (all if empty).
-    pub fn list_consumers(&self, namespace: &str, service: &str) -> Result<v1::ListConsumersResponse, RegistryError> {
+    /// The consumers of the services the caller may read.
+    pub fn list_consumers(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        service: &str,
+    ) -> Result<v1::ListConsumersResponse, RegistryError> {
         self.check_ready()?;
         let limits = &self.registry.config().limits;
         let ns = validate::namespace(namespace, limits).map_err(|e| self.invalid(e))?;
-        if !service.is_empty() {
+        if service.is_empty() {
+            self.auth.check_namespace(caller, Role::Read, &ns)?;
+        } else {
             validate::name("service", service, limits.max_name_len).map_err(|e| self.invalid(e))?;
+            self.check(caller, Role::Read, &ns, service)?;
         }
-        Ok(v1::ListConsumersResponse { consumers: self.registry.list_consumers(&ns, service) })
+        let mut consumers = self.registry.list_consumers(&ns, service);
+        // A consumer of the whole namespace is shown to who may read all of it.
+        consumers.retain(|c| {
+            let watched: Vec<&str> =
+                if c.services.is_empty() { vec!["*"] } else { c.services.iter().map(String::as_str).collect() };
+            watched.iter().all(|s| self.auth.sees(caller, &ns, s))
+        });
+        Ok(v1::ListConsumersResponse { consumers })
     }
 
     /// This node and every peer it knows (a standalone node is a cluster of one).
-    pub fn members(&self) -> v1::MembersResponse {
-        crate::cluster::members(&self.registry, self.readiness.is_ready())
+    /// Needs an admin grant (in any namespace).
+    pub fn members(&self, caller: &Caller) -> Result<v1::MembersResponse, RegistryError> {
+        self.auth.check_anywhere(caller, Role::Admin)?;
+        Ok(crate::cluster::members(&self.registry, self.readiness.is_ready()))
     }
 
     /// Starts a watch: the watcher is recorded in the consumer directory
@@ -208,12 +261,20 @@ impl NodeApi {
     /// receiver is dropped, or with a [`WatchEnd`].
     pub fn watch(
         &self,
+        caller: &Caller,
         request: v1::SubscribeRequest,
         peer: Option<SocketAddr>,
     ) -> Result<mpsc::Receiver<WatchItem>, RegistryError> {
         self.registry.check_accepting()?;
         self.check_ready()?;
         let sub = validate::subscribe(request, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        if sub.services.is_empty() {
+            // The whole namespace, services to come included.
+            self.check(caller, Role::Read, &sub.namespace, "*")?;
+        }
+        for service in &sub.services {
+            self.check(caller, Role::Read, &sub.namespace, service)?;
+        }
         let registry = &self.registry;
         let stream_id = registry.next_id();
         let (subscriber, rx) = registry.views().new_subscriber(stream_id);
@@ -250,5 +311,13 @@ impl NodeApi {
         };
         self.signals.tasks.spawn(task.run());
         Ok(rx)
+    }
+}
+
+/// The principal's name, when auth names one.
+fn caller_principal(caller: &Caller) -> Option<Arc<str>> {
+    match caller {
+        Caller::Principal(p) => Some(p.name.clone()),
+        _ => None,
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeApi;
+use crate::auth::{Caller, Role};
 use crate::core::session_end::{Disposal, End, Holds, disposal, end_of};
 use crate::metrics::Metrics;
 use crate::registry::{OwnerId, Registry, RegistryError};
@@ -26,13 +27,15 @@ pub struct Session {
     heartbeat: Duration,
     ttl: Duration,
     started: bool,
+    caller: Caller,
+    api: NodeApi,
 }
 
 impl NodeApi {
     /// Opens a session whose provider sends at least every
     /// `heartbeat_interval_ms` (0: the default); its lease TTL is
     /// `sessions.lease_heartbeats` intervals.
-    pub fn open_session(&self, heartbeat_interval_ms: u32) -> Result<Session, RegistryError> {
+    pub fn open_session(&self, caller: Caller, heartbeat_interval_ms: u32) -> Result<Session, RegistryError> {
         self.registry.check_accepting()?;
         let cfg = &self.registry.config().sessions;
         let interval_ms = match heartbeat_interval_ms {
@@ -56,6 +59,8 @@ impl NodeApi {
             registry: self.registry.clone(),
             owner,
             started: false,
+            caller,
+            api: self.clone(),
         })
     }
 }
@@ -110,6 +115,9 @@ impl Session {
         let limits = &self.registry.config().limits;
         let instance = validate::instance(instance, limits).map_err(|e| (Some(raw_key), e.into()))?;
         let key = validate::key_of(&instance).to_proto();
+        if let Err(e) = self.api.check(&self.caller, Role::Write, &instance.namespace, &instance.service) {
+            return Err((Some(key), e));
+        }
         match self.registry.upsert(self.owner, instance) {
             Ok(version) => Ok((key, version)),
             Err(e) => Err((Some(key), e)),
@@ -126,6 +134,9 @@ impl Session {
             Ok(k) => k,
             Err(e) => return Err((Some(key), e.into())),
         };
+        if let Err(e) = self.api.check(&self.caller, Role::Write, &parsed.namespace, &parsed.service) {
+            return Err((Some(parsed.to_proto()), e));
+        }
         match self.registry.remove_owned(self.owner, &parsed) {
             Ok(version) => Ok((parsed.to_proto(), version)),
             Err(e) => Err((Some(parsed.to_proto()), e)),
@@ -212,11 +223,8 @@ mod tests {
     use crate::readiness::Readiness;
 
     fn api() -> NodeApi {
-        NodeApi::new(
-            Arc::new(Registry::new(Arc::new(NodeConfig::default()), 1)),
-            Readiness::default(),
-            StreamSignals::new(),
-        )
+        let registry = Arc::new(Registry::new(Arc::new(NodeConfig::default()), 1));
+        NodeApi::new(registry, Readiness::default(), StreamSignals::new(), Arc::new(crate::auth::Auth::open()))
     }
 
     fn instance(id: &str) -> v1::Instance {
@@ -235,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_outside_the_limits_is_refused_by_field() {
-        let e = api().open_session(1).expect_err("1 ms is below the minimum");
+        let e = api().open_session(Caller::Open, 1).expect_err("1 ms is below the minimum");
         assert!(e.to_string().starts_with("open.heartbeat_interval_ms: 1 is outside "), "{e}");
         assert!(matches!(e, RegistryError::Invalid(_)));
     }
@@ -244,8 +252,8 @@ mod tests {
     async fn a_goodbye_removes_the_sessions_instances_and_only_them() {
         let api = api();
         let drain = CancellationToken::new();
-        let mut a = api.open_session(0).expect("open");
-        let mut b = api.open_session(0).expect("open");
+        let mut a = api.open_session(Caller::Open, 0).expect("open");
+        let mut b = api.open_session(Caller::Open, 0).expect("open");
         a.start(&drain);
         b.start(&drain);
         a.upsert(instance("i1")).expect("upsert");
@@ -268,7 +276,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_broken_session_keeps_its_instances_for_the_reconnect_grace() {
         let api = api();
-        let mut s = api.open_session(0).expect("open");
+        let mut s = api.open_session(Caller::Open, 0).expect("open");
         s.start(&CancellationToken::new());
         s.upsert(instance("i1")).expect("upsert");
         let t0 = Instant::now();
@@ -281,7 +289,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_node_stopping_during_a_hold_leaves_the_instances_to_its_peers() {
         let api = api();
-        let mut s = api.open_session(0).expect("open");
+        let mut s = api.open_session(Caller::Open, 0).expect("open");
         s.start(&CancellationToken::new());
         s.upsert(instance("i1")).expect("upsert");
         let stop = CancellationToken::new();
@@ -299,7 +307,7 @@ mod tests {
     #[test]
     fn a_session_whose_provider_never_heard_it_opened_leaves_nothing() {
         let api = api();
-        let s = api.open_session(0).expect("open");
+        let s = api.open_session(Caller::Open, 0).expect("open");
         s.upsert(instance("i1")).expect("upsert");
         s.discard();
         assert_eq!(shown(&api), 0);

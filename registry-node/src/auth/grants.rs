@@ -89,6 +89,11 @@ impl Principal {
         })
     }
 
+    /// Whether some grant gives at least `role` on some service of `namespace`.
+    pub fn holds_in(&self, role: Role, namespace: &str) -> bool {
+        self.grants.iter().any(|g| g.role >= role && g.covers_namespace(namespace))
+    }
+
     /// Whether some grant gives at least `role`, anywhere.
     pub fn holds_anywhere(&self, role: Role) -> bool {
         self.grants.iter().any(|g| g.role >= role)

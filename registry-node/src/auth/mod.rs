@@ -150,6 +150,23 @@ impl Auth {
         Err(refusal)
     }
 
+    /// Whether `caller` holds at least `role` on some service of `namespace`
+    /// (lists of a namespace, filtered to what it may see).
+    pub fn check_namespace(&self, caller: &Caller, role: Role, namespace: &str) -> Result<(), Refusal> {
+        let refusal = match caller {
+            Caller::Open => return Ok(()),
+            Caller::Principal(p) if p.holds_in(role, namespace) => return Ok(()),
+            Caller::Principal(p) => Refusal::Denied {
+                principal: p.name.to_string(),
+                role,
+                namespace: namespace.to_string(),
+                service: "*".into(),
+            },
+            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
+        };
+        self.refuse(caller, refusal)
+    }
+
     /// Whether `caller` may see `namespace`/`service` (filters lists).
     pub fn sees(&self, caller: &Caller, namespace: &str, service: &str) -> bool {
         match caller {

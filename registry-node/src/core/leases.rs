@@ -3,6 +3,7 @@
 //! and [`Leases::next_deadline`] tells the reaper how long it may sleep.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,6 +15,8 @@ pub struct Lease {
     pub owner: OwnerId,
     pub ttl: Duration,
     pub deadline: Instant,
+    /// The principal that took the lease (auth on): only it may renew it.
+    pub principal: Option<Arc<str>>,
 }
 
 /// Leases by id, plus their deadlines in order.
@@ -26,8 +29,13 @@ pub struct Leases {
 impl Leases {
     /// Starts lease `id` for `owner`, due `ttl` after `now`.
     pub fn grant(&mut self, id: String, owner: OwnerId, ttl: Duration, now: Instant) {
+        self.grant_to(id, owner, ttl, now, None);
+    }
+
+    /// [`Leases::grant`], taken by `principal`.
+    pub fn grant_to(&mut self, id: String, owner: OwnerId, ttl: Duration, now: Instant, principal: Option<Arc<str>>) {
         let deadline = now + ttl;
-        if let Some(old) = self.by_id.insert(id.clone(), Lease { owner, ttl, deadline }) {
+        if let Some(old) = self.by_id.insert(id.clone(), Lease { owner, ttl, deadline, principal }) {
             self.deadlines.remove(&(old.deadline, id.clone()));
         }
         self.deadlines.insert((deadline, id));

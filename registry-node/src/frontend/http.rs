@@ -3,29 +3,35 @@
 //! JSON for people and scripts: `/admin/node` (this node at a glance) and
 //! `/admin/members` (the `Cluster.Members` answer, same fields, plus `lag`).
 //!
-//! Nothing here changes state, and nothing here is authenticated: keep the HTTP
-//! address on a network only operators and scrapers reach.
+//! Nothing here changes state. `/healthz` and `/readyz` are always open (for
+//! probes), `/metrics` too unless `auth.protect_metrics`; `/admin/*` needs an
+//! admin grant when auth is on.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use registry_proto::v1;
 use serde::Serialize;
+use std::net::SocketAddr;
 
 use crate::api::NodeApi;
+use crate::auth::{AuthMetrics, Role};
 use crate::readiness::Readiness;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 #[derive(Clone)]
 struct Http {
     registry: Arc<Registry>,
     readiness: Readiness,
+    api: NodeApi,
 }
 
 pub fn router(api: NodeApi) -> Router {
@@ -36,16 +42,65 @@ pub fn router(api: NodeApi) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/node", get(admin_node))
         .route("/admin/members", get(admin_members))
-        .with_state(Http { registry, readiness })
+        .with_state(Http { registry, readiness, api })
 }
 
-async fn metrics(State(h): State<Http>) -> impl IntoResponse {
+/// The same answers as gRPC: 401 for a missing or unknown credential, 403
+/// for a missing grant, with the reason as the body.
+fn refused(e: &RegistryError) -> Response {
+    let status = match e {
+        RegistryError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::FORBIDDEN,
+    };
+    let mut response = (status, format!("{e}\n")).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// Requires an admin grant (in any namespace) of the request's bearer token.
+fn require_admin(h: &Http, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RegistryError> {
+    let header = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    let caller = h.api.authenticate(header, &peer.to_string())?;
+    Ok(h.api.auth().check_anywhere(&caller, Role::Admin)?)
+}
+
+async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    if h.registry.config().auth.protect_metrics
+        && let Err(e) = require_admin(&h, &headers, peer)
+    {
+        return refused(&e);
+    }
     let gauges = h.registry.gauges(h.readiness.is_ready());
     let mut body = h.registry.metrics.render(h.registry.node_id(), &gauges);
     if let Some(sync) = h.registry.sync_state() {
         crate::cluster::render_metrics(&mut body, h.registry.node_id(), sync);
     }
-    ([("content-type", "text/plain; version=0.0.4")], body)
+    render_auth_metrics(&mut body, h.registry.node_id(), &h.api.auth().metrics);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn render_auth_metrics(out: &mut String, node_id: &str, m: &AuthMetrics) {
+    use std::fmt::Write as _;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP registry_auth_failures_total Requests whose credential was missing, malformed or unknown."
+    );
+    let _ = writeln!(out, "# TYPE registry_auth_failures_total counter");
+    for (reason, counter) in [("missing", &m.missing), ("malformed", &m.malformed), ("unknown", &m.unknown)] {
+        let _ =
+            writeln!(out, "registry_auth_failures_total{{node=\"{node_id}\",reason=\"{reason}\"}} {}", get(counter));
+    }
+    crate::metrics::write_metric(
+        out,
+        "registry_auth_denied_total",
+        "counter",
+        "Requests of a known principal without the grant (in warn mode: that would have been denied).",
+        node_id,
+        get(&m.denied),
+    );
 }
 
 async fn readyz(State(h): State<Http>) -> impl IntoResponse {
@@ -153,7 +208,10 @@ fn json<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn admin_node(State(h): State<Http>) -> Response {
+async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    if let Err(e) = require_admin(&h, &headers, peer) {
+        return refused(&e);
+    }
     let r = &h.registry;
     let config = r.config();
     let gauges = r.gauges(h.readiness.is_ready());
@@ -185,7 +243,14 @@ async fn admin_node(State(h): State<Http>) -> Response {
     })
 }
 
-async fn admin_members(State(h): State<Http>) -> Response {
+async fn admin_members(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = require_admin(&h, &headers, peer) {
+        return refused(&e);
+    }
     let answer = crate::cluster::members(&h.registry, h.readiness.is_ready());
     json(&MembersStatus {
         cluster: answer.cluster,

@@ -14,6 +14,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{NodeApi, WatchEnd};
+use crate::auth::Caller;
 use crate::registry::RegistryError;
 use session::run_session;
 
@@ -24,7 +25,16 @@ pub fn status_of(e: &RegistryError) -> Status {
         RegistryError::TooManyInstances { .. } => Status::resource_exhausted(e.to_string()),
         RegistryError::NotOwned(_) | RegistryError::LeaseNotFound(_) => Status::not_found(e.to_string()),
         RegistryError::Draining | RegistryError::WarmingUp => Status::unavailable(e.to_string()),
+        RegistryError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+        RegistryError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
     }
+}
+
+/// The caller of a request, from its `authorization` metadata.
+fn caller<T>(api: &NodeApi, request: &Request<T>) -> Result<Caller, Status> {
+    let header = request.metadata().get("authorization").map(|v| v.as_bytes());
+    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    Ok(api.authenticate(header, &peer)?)
 }
 
 impl From<RegistryError> for Status {
@@ -57,9 +67,11 @@ impl registry_server::Registry for RegistryService {
     ) -> Result<Response<Self::RegisterStream>, Status> {
         let registry = self.api.registry();
         registry.check_accepting()?;
+        let caller = caller(&self.api, &request)?;
         let (tx, rx) = mpsc::channel(64);
         let signals = self.api.signals().clone();
-        signals.tasks.spawn(run_session(self.api.clone(), request.into_inner(), tx, signals.drain, signals.stop));
+        let session = run_session(self.api.clone(), caller, request.into_inner(), tx, signals.drain, signals.stop);
+        signals.tasks.spawn(session);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -67,12 +79,14 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<v1::RegisterInstanceRequest>,
     ) -> Result<Response<v1::RegisterInstanceResponse>, Status> {
+        let caller = caller(&self.api, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.api.register_instance(&req.lease_id, req.ttl_ms, req.instance)?))
+        Ok(Response::new(self.api.register_instance(&caller, &req.lease_id, req.ttl_ms, req.instance)?))
     }
 
     async fn renew(&self, request: Request<v1::RenewRequest>) -> Result<Response<v1::RenewResponse>, Status> {
-        let ttl = self.api.renew(&request.into_inner().lease_id)?;
+        let caller = caller(&self.api, &request)?;
+        let ttl = self.api.renew(&caller, &request.into_inner().lease_id)?;
         Ok(Response::new(v1::RenewResponse { ttl_ms: ttl.as_millis() as u32 }))
     }
 
@@ -80,7 +94,8 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
-        let found = self.api.deregister(request.into_inner().key)?;
+        let caller = caller(&self.api, &request)?;
+        let found = self.api.deregister(&caller, request.into_inner().key)?;
         Ok(Response::new(v1::DeregisterResponse { found }))
     }
 
@@ -88,29 +103,33 @@ impl registry_server::Registry for RegistryService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&self.api, &request)?;
         let peer = request.remote_addr();
-        let rx = self.api.watch(request.into_inner(), peer)?;
+        let rx = self.api.watch(&caller, request.into_inner(), peer)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(end_status)))))
     }
 
     async fn get_service(&self, request: Request<v1::GetServiceRequest>) -> Result<Response<GetServiceFrame>, Status> {
+        let caller = caller(&self.api, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.api.get_service_frame(&req.namespace, &req.service)?))
+        Ok(Response::new(self.api.get_service_frame(&caller, &req.namespace, &req.service)?))
     }
 
     async fn list_services(
         &self,
         request: Request<v1::ListServicesRequest>,
     ) -> Result<Response<v1::ListServicesResponse>, Status> {
-        Ok(Response::new(self.api.list_services(&request.into_inner().namespace)?))
+        let caller = caller(&self.api, &request)?;
+        Ok(Response::new(self.api.list_services(&caller, &request.into_inner().namespace)?))
     }
 
     async fn list_consumers(
         &self,
         request: Request<v1::ListConsumersRequest>,
     ) -> Result<Response<v1::ListConsumersResponse>, Status> {
+        let caller = caller(&self.api, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(self.api.list_consumers(&req.namespace, &req.service)?))
+        Ok(Response::new(self.api.list_consumers(&caller, &req.namespace, &req.service)?))
     }
 }
 
@@ -122,7 +141,8 @@ pub struct ClusterService {
 
 #[tonic::async_trait]
 impl v1::cluster_server::Cluster for ClusterService {
-    async fn members(&self, _: Request<v1::MembersRequest>) -> Result<Response<v1::MembersResponse>, Status> {
-        Ok(Response::new(self.api.members()))
+    async fn members(&self, request: Request<v1::MembersRequest>) -> Result<Response<v1::MembersResponse>, Status> {
+        let caller = caller(&self.api, &request)?;
+        Ok(Response::new(self.api.members(&caller)?))
     }
 }

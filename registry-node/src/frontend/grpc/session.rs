@@ -19,6 +19,7 @@ use tonic::{Code, Status, Streaming};
 use tracing::{debug, info};
 
 use crate::api::{NodeApi, Session};
+use crate::auth::Caller;
 use crate::core::session_end::{Disposal, End};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
@@ -28,6 +29,7 @@ type Reply = Result<v1::RegisterResponse, Status>;
 /// Runs one Register stream to its end.
 pub async fn run_session(
     api: NodeApi,
+    caller: Caller,
     mut inbound: Streaming<v1::RegisterRequest>,
     out: mpsc::Sender<Reply>,
     drain: CancellationToken,
@@ -59,7 +61,7 @@ pub async fn run_session(
             return;
         }
     };
-    let mut session = match api.open_session(open.heartbeat_interval_ms) {
+    let mut session = match api.open_session(caller, open.heartbeat_interval_ms) {
         Ok(s) => s,
         Err(e) => {
             let _ = out.send(Err(super::status_of(&e))).await;
