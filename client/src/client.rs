@@ -10,20 +10,21 @@ use registry_proto::v1;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{Credentials, NodeChannel};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result, describe, is_retryable};
 
-pub(crate) type RegistryClient = v1::registry_client::RegistryClient<Channel>;
-type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
+pub(crate) type RegistryClient = v1::registry_client::RegistryClient<NodeChannel>;
+type ClusterClient = v1::cluster_client::ClusterClient<NodeChannel>;
 
 /// Largest response the library accepts. gRPC's usual 4 MiB is one snapshot
 /// of a service with some 20,000 instances; this allows a few hundred
 /// thousand.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
-/// The `registry.v1.Registry` client over `channel`, with room for the
-/// snapshots of large services.
-pub(crate) fn registry_client(channel: Channel) -> RegistryClient {
+/// The `registry.v1.Registry` client over `channel` (so with the client's
+/// credentials), with room for the snapshots of large services.
+pub(crate) fn registry_client(channel: NodeChannel) -> RegistryClient {
     RegistryClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES)
 }
 
@@ -49,6 +50,8 @@ pub struct Client {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: ClientConfig,
+    /// Sent with every request, on every channel.
+    credentials: Credentials,
     nodes: Vec<Node>,
     next: AtomicUsize,
 }
@@ -60,7 +63,7 @@ struct Node {
 }
 
 impl Client {
-    /// Checks the endpoints; connects nothing yet.
+    /// Checks the endpoints and the token; connects nothing yet.
     ///
     /// ```
     /// use registry_client::{Client, ClientConfig, Error};
@@ -72,13 +75,14 @@ impl Client {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
+        let credentials = Credentials::new(config.token.as_ref())?;
         let nodes = config
             .endpoints
             .iter()
             .map(|e| Ok(Node { endpoint: endpoint(e, &config)?, channel: OnceLock::new() }))
             .collect::<Result<Vec<_>>>()?;
         let start = if config.in_order { 0 } else { rand::random_range(0..nodes.len()) };
-        Ok(Self { inner: Arc::new(Inner { config, nodes, next: AtomicUsize::new(start) }) })
+        Ok(Self { inner: Arc::new(Inner { config, credentials, nodes, next: AtomicUsize::new(start) }) })
     }
 
     /// The settings this client was built with.
@@ -213,18 +217,23 @@ impl Inner {
         self.nodes.get(i).map(|n| n.endpoint.uri().to_string()).unwrap_or_default()
     }
 
-    /// The channel to endpoint `i` (connected on first use, reconnected by tonic).
-    pub(crate) fn channel(&self, i: usize) -> Channel {
+    /// The channel to endpoint `i` (connected on first use, reconnected by
+    /// tonic), with the client's credentials.
+    pub(crate) fn channel(&self, i: usize) -> NodeChannel {
         let node = &self.nodes[i % self.nodes.len()];
-        node.channel.get_or_init(|| node.endpoint.connect_lazy()).clone()
+        self.credentials.wrap(node.channel.get_or_init(|| node.endpoint.connect_lazy()).clone())
     }
 
     /// The channel for a stream that goes to endpoint `i` after losing its node
     /// there (`lost`). Then it gets a new connection of its own: the shared one
     /// may still lead to the draining node, while a new one lets the load
     /// balancer behind a single endpoint pick another node.
-    pub(crate) fn stream_channel(&self, i: usize, lost: Option<usize>) -> Channel {
-        if lost == Some(i) { self.nodes[i % self.nodes.len()].endpoint.connect_lazy() } else { self.channel(i) }
+    pub(crate) fn stream_channel(&self, i: usize, lost: Option<usize>) -> NodeChannel {
+        if lost == Some(i) {
+            self.credentials.wrap(self.nodes[i % self.nodes.len()].endpoint.connect_lazy())
+        } else {
+            self.channel(i)
+        }
     }
 
     /// Endpoint indexes to try, starting with the next in rotation; `avoid` (the
@@ -239,10 +248,12 @@ impl Inner {
     }
 
     /// Runs a unary call on each node in turn until one answers; statuses that
-    /// mean "try elsewhere" (unreachable, warming up, draining) move on.
+    /// mean "try elsewhere" (unreachable, warming up, draining) move on. Any
+    /// other answer ends it: a refusal, and a denial (`UNAUTHENTICATED`,
+    /// `PERMISSION_DENIED`), which every node would give as well.
     pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(NodeChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         Ok(self.call_on(self.order(None), call).await?.1)
@@ -251,7 +262,7 @@ impl Inner {
     /// [`Inner::call`] over the endpoints `order`; returns which one answered.
     pub(crate) async fn call_on<T, F, Fut>(&self, order: Vec<usize>, mut call: F) -> Result<(usize, T)>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(NodeChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = String::from("no endpoint tried");

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 
 use registry_proto::v1::{self, subscribe_response::Kind as Push};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::{Duration, Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Streaming;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
+use crate::auth::NodeChannel;
 use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result, describe};
 use crate::view::{InstanceChange, ServiceView};
@@ -149,7 +149,11 @@ impl ServiceWatch {
 impl Client {
     /// Watches `service`: returns once a node has sent its first snapshot (nodes
     /// still warming up are skipped), or [`Error::Unavailable`] after the
-    /// request timeout.
+    /// request timeout. A node that denies the watch ([`Error::Unauthenticated`],
+    /// [`Error::PermissionDenied`]) fails it at once: the others would too.
+    ///
+    /// A watch denied later, when it reconnects (a token revoked meanwhile),
+    /// keeps its last view, marked stale, and tries again with backoff.
     ///
     /// ```no_run
     /// # async fn demo(client: registry_client::Client) -> Result<(), registry_client::Error> {
@@ -174,12 +178,26 @@ impl Client {
                 metadata: Default::default(),
             }),
         };
-        let task =
-            WatchTask { client: self.inner.clone(), request, view, tx, events: events.clone(), stop: stop.clone() };
+        let (denied_tx, denied) = oneshot::channel();
+        let task = WatchTask {
+            client: self.inner.clone(),
+            request,
+            view,
+            tx,
+            events: events.clone(),
+            stop: stop.clone(),
+            denied: Some(denied_tx),
+        };
         tokio::spawn(task.run());
         let watch = ServiceWatch { view: rx, events, _stop: Arc::new(stop.drop_guard()) };
-        match timeout(config.request_timeout, watch.wait_for(|v| !v.stale)).await {
-            Ok(Ok(_)) => Ok(watch),
+        let first = async {
+            tokio::select! {
+                view = watch.wait_for(|v| !v.stale) => view.map(drop),
+                Ok(e) = denied => Err(e),
+            }
+        };
+        match timeout(config.request_timeout, first).await {
+            Ok(Ok(())) => Ok(watch),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Unavailable {
                 last: format!("no node sent a view of {service} within {:?}", config.request_timeout),
@@ -197,13 +215,15 @@ const PUBLISH_EVERY: usize = 256;
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// A stream open on endpoint `.0`, with the channel it must outlive.
-type Opened = (usize, Channel, Streaming<v1::SubscribeResponse>);
+type Opened = (usize, NodeChannel, Streaming<v1::SubscribeResponse>);
 
 /// How following one stream ended.
 enum End {
     Stop,
     Gap,
     Broken(String),
+    /// The node denied the stream (token unknown or revoked, no read grant).
+    Denied(Error),
     /// The node asked the stream to move, and this one is open elsewhere:
     /// with the view it has built so far (its snapshot and deltas), if any.
     Moved(Box<Opened>, Option<ServiceView>),
@@ -259,6 +279,9 @@ struct WatchTask {
     tx: watch::Sender<Arc<ServiceView>>,
     events: broadcast::Sender<WatchEvent>,
     stop: CancellationToken,
+    /// Told of the first denial, so that [`Client::watch`] fails with it
+    /// rather than waiting for a view that no node will send.
+    denied: Option<oneshot::Sender<Error>>,
 }
 
 impl WatchTask {
@@ -312,6 +335,14 @@ impl WatchTask {
                     avoid = None;
                     failures = 0;
                 }
+                End::Denied(e) => {
+                    self.deny(e, i);
+                    self.view.stale = true;
+                    self.publish();
+                    avoid = None;
+                    // Growing delays: a denial is not a lost node.
+                    failures += 1;
+                }
                 End::Broken(reason) => {
                     info!(service = %self.view.service, endpoint = %self.client.name(i), %reason, "watch lost its node; keeping the view and reconnecting");
                     self.view.stale = true;
@@ -328,7 +359,10 @@ impl WatchTask {
     /// (`lost`: the endpoint whose node is going away, reached over a new
     /// connection). The channel comes back with it: a stream's own connection
     /// must outlive it.
-    async fn open_any(&self, order: Vec<usize>, lost: Option<usize>) -> Option<Opened> {
+    ///
+    /// A denial ends it at once (every node would deny it too), as does
+    /// `stop`: `None`.
+    async fn open_any(&mut self, order: Vec<usize>, lost: Option<usize>) -> Option<Opened> {
         for i in order {
             let channel = self.client.stream_channel(i, lost);
             let mut c = registry_client(channel.clone());
@@ -338,6 +372,10 @@ impl WatchTask {
             };
             match opened {
                 Ok(Ok(stream)) => return Some((i, channel, stream.into_inner())),
+                Ok(Err(status)) if Error::from_status(&status).is_denied() => {
+                    self.deny(Error::from_status(&status), i);
+                    return None;
+                }
                 // Warming up, draining or unreachable: the next node may serve.
                 Ok(Err(status)) => {
                     debug!(endpoint = %self.client.name(i), status = %describe(&status), "subscribe refused")
@@ -412,7 +450,10 @@ impl WatchTask {
                 Ok(Some(v1::SubscribeResponse { kind: Some(kind) })) => kind,
                 Ok(Some(_)) => continue,
                 Ok(None) => return End::Broken("stream ended".into()),
-                Err(status) => return End::Broken(describe(&status)),
+                Err(status) => {
+                    let e = Error::from_status(&status);
+                    return if e.is_denied() { End::Denied(e) } else { End::Broken(describe(&status)) };
+                }
             };
             match kind {
                 Push::Snapshot(s) if s.service == self.view.service => {
@@ -493,6 +534,23 @@ impl WatchTask {
             Push::Snapshot(_) | Push::Delta(_) | Push::Drain(_) => {}
         }
         Ok(())
+    }
+
+    /// A node (endpoint `i`) denied this watch. Before the first view, the
+    /// caller of [`Client::watch`] gets the denial; later, a live view turns
+    /// stale with a `Disconnected` event saying why, and the watch tries
+    /// again with backoff.
+    fn deny(&mut self, e: Error, i: usize) {
+        warn!(service = %self.view.service, endpoint = %self.client.name(i), error = %e, "the registry denies this watch");
+        match self.denied.take() {
+            Some(caller) if !caller.is_closed() => {
+                let _ = caller.send(e);
+            }
+            _ if !self.view.stale => {
+                let _ = self.events.send(WatchEvent::Disconnected { reason: e.to_string() });
+            }
+            _ => {}
+        }
     }
 
     /// Publishes the view. Always after the events it includes: whoever sees a

@@ -5,7 +5,10 @@ use tonic::{Code, Status};
 /// What went wrong talking to the registry.
 ///
 /// Match on the variant to decide what to do: [`Error::Unavailable`] is worth a
-/// retry later, [`Error::NotFound`] and [`Error::Rejected`] are answers.
+/// retry later, [`Error::NotFound`] and [`Error::Rejected`] are answers, and
+/// [`Error::Unauthenticated`] and [`Error::PermissionDenied`] (see
+/// [`Error::is_denied`]) need another token or another grant: every node
+/// answers the same, so the library never retries them.
 ///
 /// ```
 /// use registry_client::Error;
@@ -13,10 +16,12 @@ use tonic::{Code, Status};
 /// fn exit_code(e: &Error) -> i32 {
 ///     match e {
 ///         Error::Unavailable { .. } => 69,
+///         e if e.is_denied() => 77,
 ///         _ => 1,
 ///     }
 /// }
 /// assert_eq!(exit_code(&Error::NotFound("orders/x".into())), 1);
+/// assert_eq!(exit_code(&Error::PermissionDenied("no write grant on orders".into())), 77);
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +53,21 @@ pub enum Error {
         /// The node's explanation; it names the field and the limit.
         reason: String,
     },
+    /// The node does not know the caller (`UNAUTHENTICATED`): no token was
+    /// sent ([`ClientConfig::token`](crate::ClientConfig::token)), or the node
+    /// does not know it. Carries the node's message.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The node knows the caller, but its grants do not allow this
+    /// (`PERMISSION_DENIED`, or code 7 refusing an upsert inside a session).
+    /// Carries the node's message, which names the principal and the grant
+    /// missing when the node says so.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The configured bearer token cannot be sent as a header value: it must
+    /// be non-empty visible ASCII, without spaces. (The token is not repeated.)
+    #[error("invalid bearer token: it must be non-empty visible ASCII without spaces")]
+    InvalidToken,
     /// The node answered something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -67,25 +87,52 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the node denied the call ([`Error::Unauthenticated`] or
+    /// [`Error::PermissionDenied`]). Trying again, on this node or another,
+    /// gets the same answer until the token or the node's grants change.
+    ///
+    /// ```
+    /// use registry_client::Error;
+    /// assert!(Error::Unauthenticated("no credentials".into()).is_denied());
+    /// assert!(!Error::Unavailable { last: "warming up".into() }.is_denied());
+    /// ```
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Self::Unauthenticated(_) | Self::PermissionDenied(_))
+    }
+
+    /// An answer of the registry itself, which another node or a later try
+    /// would give as well: a refusal, a missing thing, a denial. Nothing
+    /// retries or fails over on these.
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(self, Self::Rejected { .. } | Self::NotFound(_)) || self.is_denied()
+    }
+
     /// Maps a status from a node. Statuses that mean "try another node" become
     /// [`Error::Unavailable`].
     pub(crate) fn from_status(status: &Status) -> Self {
         if is_retryable(status) {
             return Self::Unavailable { last: describe(status) };
         }
-        match status.code() {
-            Code::NotFound => Self::NotFound(status.message().to_string()),
-            code => Self::Rejected { code, reason: status.message().to_string() },
-        }
+        Self::rejected(status.code() as i32, status.message().to_string())
     }
 
-    /// A refusal carried inside a session (`Rejected`), by its code number.
+    /// A refusal carried inside a session (`Rejected`), by its code number;
+    /// also the non-retryable statuses of [`Error::from_status`].
     pub(crate) fn rejected(code: i32, reason: String) -> Self {
         match Code::from_i32(code) {
             Code::NotFound => Self::NotFound(reason),
+            Code::Unauthenticated => Self::Unauthenticated(or_default(reason, "the node requires a valid token")),
+            Code::PermissionDenied => {
+                Self::PermissionDenied(or_default(reason, "the token's grants do not allow this"))
+            }
             code => Self::Rejected { code, reason },
         }
     }
+}
+
+/// `reason`, or `default` when the node gave none.
+fn or_default(reason: String, default: &str) -> String {
+    if reason.is_empty() { default.to_string() } else { reason }
 }
 
 /// Statuses after which another node (or a later try) may well succeed:
@@ -118,5 +165,41 @@ mod tests {
         let refused = Error::from_status(&Status::invalid_argument("port: 0"));
         assert!(matches!(refused, Error::Rejected { code: Code::InvalidArgument, .. }));
         assert!(matches!(Error::rejected(Code::NotFound as i32, "x".into()), Error::NotFound(_)));
+    }
+
+    #[test]
+    fn denials_are_their_own_kinds_with_the_nodes_message_and_never_retried() {
+        let who = "token `orders-team` has no write grant on default/payments";
+        let denied = Status::permission_denied(who);
+        assert!(!is_retryable(&denied));
+        let e = Error::from_status(&denied);
+        assert!(matches!(&e, Error::PermissionDenied(m) if m == who), "{e:?}");
+        assert_eq!(e.to_string(), format!("permission denied: {who}"));
+        assert!(e.is_denied() && e.is_final());
+
+        let unknown = Status::unauthenticated("unknown token");
+        assert!(!is_retryable(&unknown));
+        let e = Error::from_status(&unknown);
+        assert!(matches!(&e, Error::Unauthenticated(m) if m == "unknown token"), "{e:?}");
+        assert_eq!(e.to_string(), "unauthenticated: unknown token");
+        assert!(e.is_denied() && e.is_final());
+
+        // Without a message, still a sentence.
+        let e = Error::from_status(&Status::unauthenticated(""));
+        assert!(matches!(&e, Error::Unauthenticated(m) if !m.is_empty()), "{e:?}");
+    }
+
+    #[test]
+    fn a_session_refusal_with_code_7_is_permission_denied() {
+        let reason = "token `ci` may only read default/orders*";
+        assert_eq!(Code::PermissionDenied as i32, 7);
+        let e = Error::rejected(7, reason.into());
+        assert!(matches!(&e, Error::PermissionDenied(m) if m == reason), "{e:?}");
+        assert!(matches!(Error::rejected(Code::Unauthenticated as i32, "x".into()), Error::Unauthenticated(_)));
+        // Other refusals stay what they were.
+        let e = Error::rejected(Code::InvalidArgument as i32, "port: 0".into());
+        assert!(matches!(e, Error::Rejected { code: Code::InvalidArgument, .. }) && !e.is_denied() && e.is_final());
+        assert!(!Error::Unavailable { last: String::new() }.is_final());
+        assert!(!Error::Closed.is_final() && !Error::InvalidToken.is_denied());
     }
 }

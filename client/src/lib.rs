@@ -20,8 +20,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Nodes with auth enabled want a bearer token: [`ClientConfig::token`] sends
+//! `authorization: Bearer <token>` with every call (unary calls, `Register`
+//! sessions, `Subscribe` streams, `Members`, on every fail-over and reconnect).
+//! The token never shows in `Debug` output, logs or errors. A node that does
+//! not know the token answers [`Error::Unauthenticated`]; one whose grants do
+//! not cover the call, [`Error::PermissionDenied`] (also for an upsert refused
+//! inside a session). Neither is retried on another node: every node would
+//! answer the same.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), registry_client::Error> {
+//! use registry_client::{Client, ClientConfig, Error};
+//!
+//! let token = std::env::var("REGISTRY_TOKEN").unwrap_or_default();
+//! let client = Client::new(ClientConfig::new(["http://10.0.0.1:7070"]).token(token))?;
+//! match client.get_service("orders").await {
+//!     Err(Error::PermissionDenied(why)) => eprintln!("ask for a read grant: {why}"),
+//!     other => println!("{:?}", other?.instances.len()),
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Layout:
-//! - [`config`](ClientConfig): endpoints, timeouts, the jittered [`Backoff`].
+//! - [`config`](ClientConfig): endpoints, timeouts, the jittered [`Backoff`],
+//!   the [`BearerToken`].
+//! - `auth`: the interceptor putting the token on every request; every channel
+//!   to a node goes through it.
 //! - `client`: [`Client`], one lazily connected channel per node, unary reads that
 //!   fail over from node to node (`UNAVAILABLE`, including "warming up", moves on).
 //! - `provider`: [`Provider`], the task owning a `Register` session: heartbeats,
@@ -43,6 +68,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod balance;
 mod client;
 mod config;
@@ -56,7 +82,7 @@ pub use balance::{
     InstanceFilter, balance_channel, balance_channel_with, choose_weighted, plaintext_endpoint, weight_of,
 };
 pub use client::Client;
-pub use config::{Backoff, ClientConfig};
+pub use config::{Backoff, BearerToken, ClientConfig};
 pub use consumer::{ServiceWatch, WatchEvent};
 pub use error::{Error, Result};
 pub use lease::{Lease, LeaseState};

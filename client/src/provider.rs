@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::NodeChannel;
 use crate::client::{Client, Inner, registry_client};
 use crate::error::{Error, Result, describe};
 
@@ -284,7 +285,7 @@ fn key(i: &v1::Instance) -> Key {
 struct Session {
     endpoint: usize,
     /// Keeps a connection of the session's own alive as long as the session.
-    _channel: tonic::transport::Channel,
+    _channel: NodeChannel,
     tx: mpsc::Sender<v1::RegisterRequest>,
     rx: Streaming<v1::RegisterResponse>,
     opened: v1::SessionOpened,
@@ -358,14 +359,15 @@ struct SessionTask {
 
 impl SessionTask {
     /// The first session: tries the nodes until the request timeout, and fails
-    /// on the first refusal (a bad instance is the caller's to fix).
+    /// on the first refusal (a bad instance is the caller's to fix) or denial
+    /// (a token or grant is, and no node will say otherwise).
     async fn first_session(&mut self) -> Result<Session> {
         let deadline = Instant::now() + self.client.config.request_timeout;
         let mut attempt = 0;
         loop {
             match self.connect(None, Refusals::Fail).await {
                 Ok(s) => return Ok(s),
-                Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
+                Err(e) if e.is_final() => return Err(e),
                 Err(e) => {
                     let delay = self.client.config.backoff.random_delay(attempt);
                     if Instant::now() + delay >= deadline {
@@ -435,6 +437,8 @@ impl SessionTask {
     }
 
     /// [`Self::connect`], trying `prefer` first (the node a drain pointed at).
+    /// A refusal or a denial ends it at once: the other nodes would answer the
+    /// same.
     async fn connect_preferring(
         &mut self,
         avoid: Option<usize>,
@@ -445,7 +449,7 @@ impl SessionTask {
         for i in self.client.order_preferring(avoid, prefer) {
             match self.open(i, avoid, refusals).await {
                 Ok(session) => return Ok(session),
-                Err(e @ (Error::Rejected { .. } | Error::NotFound(_))) => return Err(e),
+                Err(e) if e.is_final() => return Err(e),
                 Err(e) => {
                     debug!(endpoint = %self.client.name(i), error = %e, "cannot open a session");
                     last = e;
@@ -481,8 +485,9 @@ impl SessionTask {
         if let Err(e) = self.register_all(&mut session, &instances, refusals).await {
             // A session given up on while it registers ends with a goodbye,
             // never a bare half-close, which removes its instances at once.
-            // Refused (a bad instance, the caller's to fix), the provider
-            // stops: a plain goodbye, done before the caller hears of it.
+            // Refused or denied (a bad instance, a missing grant: the
+            // caller's to fix), the provider stops: a plain goodbye, done
+            // before the caller hears of it.
             // Otherwise (no answer in time, a drain, the stream ended) it goes
             // on to register elsewhere: "moved" keeps this node's copies
             // until the next session's newer ones take them over, so neither
@@ -497,7 +502,7 @@ impl SessionTask {
             // nowhere. So once this node has ended the stream (it has done
             // everything sent before the goodbye), or after a generous
             // wait, the current session registers everything again, newer.
-            if matches!(e, Error::Rejected { .. } | Error::NotFound(_)) {
+            if e.is_final() {
                 session.goodbye(false).await;
             } else {
                 let refresh = self.refresh.0.clone();
@@ -589,6 +594,10 @@ impl SessionTask {
             }
             match self.connect_preferring(Some(lost), prefer, Refusals::Skip).await {
                 Ok(s) => return Some(s),
+                // Not one attempt per node: the next one waits its backoff.
+                Err(e) if e.is_denied() => {
+                    warn!(error = %e, attempt, "the registry denies this provider's session; retrying with backoff")
+                }
                 Err(e) => warn!(error = %e, attempt, "provider cannot re-register yet"),
             }
         }

@@ -1,19 +1,30 @@
 //! `regctl`: the registry from the command line.
 //!
+//! Nodes with auth enabled want a bearer token: `--token` or, better (a
+//! command line is visible to every user of the machine), `REGISTRY_TOKEN`.
+//! It is sent with every call and never printed. `regctl token new` makes one,
+//! with the entry of the node's config that grants it.
+//!
 //! Exit codes scripts can rely on:
 //! - 0: done;
 //! - 1: not found, or refused by the registry (the message says why);
-//! - 2: bad usage (unknown flag, bad endpoint);
+//! - 2: bad usage (unknown flag, bad endpoint, bad token or grant);
 //! - 69: no registry node available (EX_UNAVAILABLE): unreachable, shutting down
 //!   or still warming up. Worth a retry.
+//! - 77: denied (EX_NOPERM): the node does not know the token (`UNAUTHENTICATED`:
+//!   none given, unknown or malformed) or its grants do not allow the call
+//!   (`PERMISSION_DENIED`). Not worth a retry with the same token.
 
+use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use registry_client::{Client, ClientConfig, Error, InstanceChange, WatchEvent, v1};
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 
 /// Talk to a registry cluster.
 #[derive(Debug, Parser)]
@@ -38,11 +49,35 @@ struct Cli {
     /// Timeout of each request, in ms.
     #[arg(long, default_value_t = 5_000, global = true)]
     timeout_ms: u64,
+    /// Bearer token for nodes with auth (sent as `authorization: Bearer ...`,
+    /// never printed). Prefer the environment variable: a command line is
+    /// visible to other users of the machine.
+    #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true, value_parser = parse_secret)]
+    token: Option<Secret>,
     #[command(subcommand)]
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes: 0 ok; 1 not found or refused; 2 bad usage; 69 no registry node available.";
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 not found or refused; 2 bad usage; 69 no registry node available; \
+                          77 denied (no token, unknown token, or no grant for this).";
+
+/// A token from the command line or the environment: its `Debug` does not
+/// show it, so neither does `Cli`'s.
+#[derive(Clone)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Never fails: clap's error would repeat the value. The client checks it
+/// (exit 2 without repeating it). Surrounding whitespace (a newline from a
+/// file) is dropped; an empty value means no token.
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret(s.trim().to_string()))
+}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -80,6 +115,83 @@ enum Command {
     Consumers { service: String },
     /// Members of the cluster.
     Members,
+    /// Bearer tokens for nodes with auth.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new token (needs no node). Prints the token once, and the
+    /// `[[auth.tokens]]` entry for the nodes' config, which holds only its
+    /// SHA-256.
+    New {
+        /// Who the token is for, as the nodes' logs and denials name it.
+        #[arg(long, value_parser = parse_token_name)]
+        name: String,
+        /// What the token may do: NAMESPACE:SERVICES:ROLE (repeatable).
+        /// NAMESPACE is a name or `*`; SERVICES a name, a prefix ending in `*`
+        /// (`orders*`) or `*`; ROLE is read, write or admin.
+        #[arg(long = "grant", required = true, value_name = "NAMESPACE:SERVICES:ROLE", value_parser = parse_grant)]
+        grants: Vec<Grant>,
+    },
+}
+
+/// One grant of a token, as the node's config spells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    namespace: String,
+    services: String,
+    role: &'static str,
+}
+
+const ROLES: [&str; 3] = ["read", "write", "admin"];
+
+/// `NAMESPACE:SERVICES:ROLE`.
+fn parse_grant(s: &str) -> Result<Grant, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [namespace, services, role] = parts[..] else {
+        return Err("expected NAMESPACE:SERVICES:ROLE, e.g. default:orders*:write".into());
+    };
+    if namespace != "*" {
+        check_name(namespace).map_err(|why| format!("namespace `{namespace}`: {why}; or `*` for every namespace"))?;
+    }
+    if services != "*" {
+        let name = services.strip_suffix('*').unwrap_or(services);
+        check_name(name).map_err(|why| {
+            format!("services `{services}`: {why}; a name, a prefix ending in `*` (orders*), or `*` for every service")
+        })?;
+    }
+    let role = ROLES
+        .iter()
+        .find(|r| **r == role)
+        .ok_or_else(|| format!("role `{role}`: expected one of {}", ROLES.join(", ")))?;
+    Ok(Grant { namespace: namespace.into(), services: services.into(), role })
+}
+
+/// A namespace or service name as the registry takes it: `[A-Za-z0-9._-]`,
+/// starting with a letter or digit.
+fn check_name(name: &str) -> Result<(), String> {
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("must start with a letter or digit".into());
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        Some(c) => Err(format!("character {c:?} not allowed (use A-Z a-z 0-9 . _ -)")),
+        None => Ok(()),
+    }
+}
+
+/// A token's name: not blank, printable, no quotes.
+fn parse_token_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control() || matches!(c, '"' | '\'' | '`')) {
+        return Err(format!("character {c:?} not allowed (printable characters, no quotes)"));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
@@ -98,6 +210,7 @@ macro_rules! out {
 const EXIT_NOT_FOUND: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_DENIED: u8 = 77;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -107,29 +220,62 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let json = cli.json;
+    let token_given = cli.token.as_ref().is_some_and(|t| !t.0.is_empty());
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = match e.downcast_ref::<Error>() {
+            let error = e.downcast_ref::<Error>();
+            let code = match error {
                 Some(Error::Unavailable { .. }) => EXIT_UNAVAILABLE,
-                Some(Error::NoEndpoints | Error::InvalidEndpoint { .. }) => EXIT_USAGE,
+                Some(Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::InvalidToken) => EXIT_USAGE,
+                Some(e) if e.is_denied() => EXIT_DENIED,
                 _ => EXIT_NOT_FOUND,
             };
+            let hint = error.and_then(|e| denied_hint(e, token_given));
             if json {
-                out!("{}", json!({ "error": format!("{e:#}"), "exit_code": code }));
+                let mut doc = json!({ "error": format!("{e:#}"), "exit_code": code });
+                if let Some(hint) = hint {
+                    doc["hint"] = hint.into();
+                }
+                out!("{doc}");
             }
             eprintln!("regctl: {e:#}");
+            if let Some(hint) = hint {
+                eprintln!("regctl: {hint}");
+            }
             ExitCode::from(code)
         }
     }
 }
 
+/// What to do about a denial (`None` for other errors).
+fn denied_hint(e: &Error, token_given: bool) -> Option<&'static str> {
+    match e {
+        Error::Unauthenticated(_) if token_given => {
+            Some("the node does not accept this token (unknown, revoked or malformed); check --token / REGISTRY_TOKEN")
+        }
+        Error::Unauthenticated(_) => Some("the node requires a token: give one with --token or REGISTRY_TOKEN"),
+        Error::PermissionDenied(_) => {
+            Some("the token's grants do not allow this; ask for a grant (`regctl token new --grant ...`)")
+        }
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = ClientConfig::new(cli.endpoints)
+    if let Command::Token { command: TokenCommand::New { name, grants } } = &cli.command {
+        return token_new(name, grants, cli.json);
+    }
+    let mut config = ClientConfig::new(cli.endpoints)
         .namespace(cli.namespace)
         .client_name("regctl")
         .request_timeout(Duration::from_millis(cli.timeout_ms))
         .in_order(true);
+    if let Some(Secret(token)) = cli.token
+        && !token.is_empty()
+    {
+        config = config.token(token);
+    }
     // Listened for from the start: a signal that comes just after a command
     // said it waits for one (a script reads that line and sends it at once)
     // must end the command cleanly, not kill it.
@@ -247,6 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_table(&MEMBER_COLUMNS, r.members.iter().map(member_row).collect());
             }
         }
+        // Done above: needs no node.
+        Command::Token { .. } => {}
         Command::Watch { service } => {
             let watch = client.watch(&service).await?;
             let mut events = watch.events();
@@ -271,6 +419,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `regctl token new`: a fresh token, shown once, and the node's config entry
+/// for it.
+fn token_new(name: &str, grants: &[Grant], json: bool) -> anyhow::Result<()> {
+    let token = new_token()?;
+    let sha256 = sha256_hex(&token);
+    if json {
+        let grants: Vec<Value> = grants
+            .iter()
+            .map(|g| json!({ "namespace": g.namespace, "services": g.services, "role": g.role }))
+            .collect();
+        out!("{}", json!({ "name": name, "token": token, "sha256": sha256, "grants": grants }));
+    } else {
+        out!("token: {token}   (shown once; store it in your secret manager)");
+        out!();
+        out!("{}", auth_toml(name, &sha256, grants).trim_end());
+    }
+    Ok(())
+}
+
+/// 32 bytes from the OS's random number generator, base64url without padding.
+fn new_token() -> anyhow::Result<String> {
+    use rand::TryRngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).context("reading the OS random number generator")?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The lowercase hex SHA-256 of `token`: what a node's config holds.
+fn sha256_hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `[[auth.tokens]]` entry of the node's config.
+fn auth_toml(name: &str, sha256: &str, grants: &[Grant]) -> String {
+    let grant = |g: &Grant| {
+        format!(
+            "{{ namespace = {}, services = {}, role = {} }}",
+            toml_string(&g.namespace),
+            toml_string(&g.services),
+            toml_string(g.role)
+        )
+    };
+    let grants = match grants {
+        [one] => format!("[{}]", grant(one)),
+        many => format!("[\n{}]", many.iter().map(|g| format!("  {},\n", grant(g))).collect::<String>()),
+    };
+    format!("[[auth.tokens]]\nname = {}\nsha256 = {}\ngrants = {grants}\n", toml_string(name), toml_string(sha256))
+}
+
+/// `s` as a TOML basic string, quoted and escaped.
+fn toml_string(s: &str) -> String {
+    let mut quoted = String::with_capacity(s.len() + 2);
+    quoted.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, each registered once.
@@ -419,6 +635,78 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grants_are_checked() {
+        let g = parse_grant("default:orders*:write").expect("valid");
+        assert_eq!(g, Grant { namespace: "default".into(), services: "orders*".into(), role: "write" });
+        for ok in ["*:*:admin", "prod:orders:read", "a.b-c_d:x*:read", "default:*:write"] {
+            assert!(parse_grant(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("default:orders", "NAMESPACE:SERVICES:ROLE"),
+            ("default:orders:write:x", "NAMESPACE:SERVICES:ROLE"),
+            ("default:orders:owner", "role `owner`"),
+            ("default:orders:Write", "role"),
+            (":orders:read", "namespace"),
+            ("pr*d:orders:read", "namespace"),
+            ("default::read", "services"),
+            ("default:*orders:read", "services"),
+            ("default:or*ders:read", "services"),
+            ("default:orders**:read", "services"),
+            ("default:-x:read", "services"),
+            ("default:a b:read", "services"),
+        ] {
+            let e = parse_grant(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn token_names_are_checked() {
+        assert_eq!(parse_token_name("orders team é").as_deref(), Ok("orders team é"));
+        for bad in ["", "  ", "a\"b", "it's", "new\nline", "tab\t"] {
+            assert!(parse_token_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string("orders*"), "\"orders*\"");
+        assert_eq!(toml_string("a\"b\\c\nd\u{1}"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn the_config_entry_lists_every_grant() {
+        let one = [parse_grant("default:orders*:write").expect("valid")];
+        assert_eq!(
+            auth_toml("orders-team", "ab", &one),
+            "[[auth.tokens]]\nname = \"orders-team\"\nsha256 = \"ab\"\n\
+             grants = [{ namespace = \"default\", services = \"orders*\", role = \"write\" }]\n"
+        );
+        let two = [one[0].clone(), parse_grant("*:*:read").expect("valid")];
+        assert!(auth_toml("x", "ab", &two).ends_with(
+            "grants = [\n  { namespace = \"default\", services = \"orders*\", role = \"write\" },\n  \
+             { namespace = \"*\", services = \"*\", role = \"read\" },\n]\n"
+        ));
+    }
+
+    #[test]
+    fn tokens_are_32_random_bytes_in_base64url() {
+        let (a, b) = (new_token().expect("token"), new_token().expect("token"));
+        assert_ne!(a, b);
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&a).expect("base64url");
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let secret = new_token().expect("token");
+        let cli = Cli::try_parse_from(["regctl", "--token", &secret, "list"]).expect("parses");
+        assert!(!format!("{cli:?}").contains(&secret));
+        assert_eq!(cli.token.map(|t| t.0), Some(secret));
+    }
 
     fn peer(origin_seq: u64, applied_seq: u64, digest_match: bool) -> v1::Member {
         v1::Member {
