@@ -312,3 +312,30 @@ async fn an_exposed_node_without_auth_does_not_start() -> Result<()> {
     ensure!(err.contains("[auth]") && err.contains("auth.mode = \"off\""), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_sends_its_token_and_names_a_denial() -> Result<()> {
+    use registry_client::{Client, ClientConfig, Error};
+    let p = Principals::new();
+    let node = node(AuthMode::Enforce, &p).await?;
+    let ep = format!("http://{}", node.grpc_addr);
+    let writer = Client::new(ClientConfig::new([ep.clone()]).token(p.writer.clone()))?;
+    let provider = writer.register([instance("orders", "lib-1", 1)]).await?;
+    let reader = Client::new(ClientConfig::new([ep.clone()]).token(p.reader.clone()))?;
+    let watch = reader.watch("orders").await?;
+    ensure!(watch.current().instances.len() == 1, "the reader sees the writer's instance");
+    let ids: Vec<String> = reader.get_service("orders").await?.instances.into_iter().map(|i| i.instance_id).collect();
+    ensure!(ids == ["lib-1"], "{ids:?}");
+    match reader.get_service("payments").await {
+        Err(Error::PermissionDenied(msg)) => ensure!(msg.contains("reader") && msg.contains("payments"), "{msg}"),
+        other => anyhow::bail!("expected PermissionDenied, got {other:?}"),
+    }
+    let anonymous = Client::new(ClientConfig::new([ep]))?;
+    match anonymous.get_service("orders").await {
+        Err(e @ Error::Unauthenticated(_)) => ensure!(e.is_denied()),
+        other => anyhow::bail!("expected Unauthenticated, got {other:?}"),
+    }
+    provider.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}
