@@ -66,6 +66,51 @@ fn build_auth(config: &NodeConfig) -> Result<Auth, StartError> {
     Ok(Auth::new(mode, tokens))
 }
 
+/// Reloads the tokens on SIGHUP and when the tokens file changes (checked
+/// every `every`): new requests use the new tokens, open streams keep
+/// running, and a file that does not load leaves the old tokens in force.
+fn spawn_token_reloader(
+    auth: Arc<Auth>,
+    config: Arc<NodeConfig>,
+    every: Duration,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let path = config.auth.tokens_file.clone()?;
+    if config.auth.mode.unwrap_or(AuthMode::Off) == AuthMode::Off {
+        return None;
+    }
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    Some(tokio::spawn(async move {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "no SIGHUP handler: the tokens file is still reloaded when it changes");
+                None
+            }
+        };
+        let mut seen = stamp(&path);
+        let mut poll = tokio::time::interval(every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                    info!(file = %path.display(), "SIGHUP: reloading the auth tokens");
+                }
+                _ = poll.tick() => {
+                    let now = stamp(&path);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    info!(file = %path.display(), "the tokens file changed: reloading");
+                }
+            }
+            let _ = auth.reload(config.auth.load_tokens());
+        }
+    }))
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -103,6 +148,9 @@ impl NodeHandle {
         self.shutdown.clone()
     }
 }
+
+/// How often the tokens file is checked for changes.
+const TOKENS_POLL: Duration = Duration::from_secs(2);
 
 /// A new incarnation number: it only grows across restarts of a node.
 fn new_incarnation() -> u64 {
@@ -186,10 +234,12 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         }
     });
     let reaper_task = spawn_lease_reaper(registry.clone(), signals.stop.clone());
+    let reloader = spawn_token_reloader(auth.clone(), config.clone(), TOKENS_POLL, signals.stop.clone());
 
     // Replication runs until the very end, so the last removals still go out.
     let sync_stop = CancellationToken::new();
     let mut background = vec![reaper_task];
+    background.extend(reloader);
     let sync = if config.clustered() {
         health.set_service_status("", ServingStatus::NotServing).await;
         health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;

@@ -339,3 +339,47 @@ async fn the_client_library_sends_its_token_and_names_a_denial() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_tokens_file_is_reloaded_and_a_bad_one_keeps_the_old_tokens() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("registry-auth-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("tokens.toml");
+    let file = |name: &str, token: &str| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\ngrants = [{{ namespace = \"*\", services = \"*\", role = \"read\" }}]\n",
+            sha256_hex(token.as_bytes())
+        )
+    };
+    let (old, new) = (token(), token());
+    std::fs::write(&path, file("first", &old))?;
+    let mut config = test_config("auth-reload");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.tokens_file = Some(path.clone());
+    let node = start_node(config).await?;
+    let (mut c, _) = client(node.grpc_addr).await?;
+    let get = || v1::GetServiceRequest { namespace: String::new(), service: "orders".into() };
+    ensure!(code(c.get_service(with(Some(&old), get())).await) == Code::Ok);
+    ensure!(code(c.get_service(with(Some(&new), get())).await) == Code::Unauthenticated);
+
+    // A longer name: the file's size changes too, whatever the clock's grain.
+    std::fs::write(&path, file("second-principal", &new))?;
+    registry_tests::eventually("the new token accepted", std::time::Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let new = new.clone();
+        async move { (code(c.get_service(with(Some(&new), get())).await) == Code::Ok).then_some(()) }
+    })
+    .await?;
+    ensure!(code(c.get_service(with(Some(&old), get())).await) == Code::Unauthenticated, "the old token is revoked");
+
+    std::fs::write(&path, "[[tokens]]\nname = \"broken\"\nsha256 = \"not hex at all\"\n")?;
+    registry_tests::eventually("the bad file refused", std::time::Duration::from_secs(10), || async {
+        let (_, metrics) = http_get(node.http_addr, "/metrics").await.ok()?;
+        (registry_tests::metric(&metrics, "auth_reload_failures_total")? >= 1).then_some(())
+    })
+    .await?;
+    ensure!(code(c.get_service(with(Some(&new), get())).await) == Code::Ok, "the previous tokens stay in force");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -22,7 +22,8 @@ pub use tokens::{AuthFailure, Tokens};
 #[derive(Debug)]
 pub struct Auth {
     mode: AuthMode,
-    tokens: Tokens,
+    /// Swapped whole on a reload: a request sees the old set or the new one.
+    tokens: parking_lot::RwLock<Arc<Tokens>>,
     pub(crate) metrics: AuthMetrics,
 }
 
@@ -33,6 +34,10 @@ pub struct AuthMetrics {
     pub malformed: AtomicU64,
     pub unknown: AtomicU64,
     pub denied: AtomicU64,
+    /// Token sets loaded after the start (SIGHUP or a changed tokens file).
+    pub reloads: AtomicU64,
+    /// Reloads refused (the file did not read or parse): the old set stays.
+    pub reload_failures: AtomicU64,
 }
 
 /// A request's caller, as the API sees it.
@@ -68,7 +73,7 @@ pub enum Refusal {
 
 impl Auth {
     pub fn new(mode: AuthMode, tokens: Tokens) -> Self {
-        Self { mode, tokens, metrics: AuthMetrics::default() }
+        Self { mode, tokens: parking_lot::RwLock::new(Arc::new(tokens)), metrics: AuthMetrics::default() }
     }
 
     /// No authentication: every caller may do everything.
@@ -80,13 +85,39 @@ impl Auth {
         self.mode
     }
 
+    /// How many principals are known now.
+    pub fn principals(&self) -> usize {
+        self.tokens.read().len()
+    }
+
+    /// Puts a new set of tokens in force (streams already open keep their
+    /// principal; new requests use the new set), or counts a failed reload,
+    /// leaving the old set in force.
+    pub fn reload(&self, loaded: Result<Tokens, String>) -> Result<usize, String> {
+        match loaded {
+            Ok(tokens) => {
+                let n = tokens.len();
+                *self.tokens.write() = Arc::new(tokens);
+                self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(principals = n, "auth tokens reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "auth tokens NOT reloaded: the previous ones stay in force");
+                Err(e)
+            }
+        }
+    }
+
     /// Who sent `authorization` (the header's value, if any). `peer` only
     /// names the caller in the log line of a failure; the token is never logged.
     pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &str) -> Result<Caller, Refusal> {
         if self.mode == AuthMode::Off {
             return Ok(Caller::Open);
         }
-        match self.tokens.authenticate(authorization) {
+        let tokens = self.tokens.read().clone();
+        match tokens.authenticate(authorization) {
             Ok(p) => Ok(Caller::Principal(p)),
             Err(failure) => {
                 let counter = match failure {
@@ -225,6 +256,20 @@ mod tests {
         let caller = a.authenticate(Some(header.as_bytes()), "peer").expect("known");
         a.check(&caller, Role::Write, "default", "payments").expect("allowed, logged");
         assert_eq!(a.metrics.denied.load(Ordering::Relaxed), 1, "still counted");
+    }
+
+    #[test]
+    fn a_reload_swaps_the_tokens_and_a_bad_one_keeps_the_old() {
+        let (a, header) = auth(AuthMode::Enforce);
+        assert!(a.authenticate(Some(header.as_bytes()), "peer").is_ok());
+        let entry = TokenEntry { name: "new".into(), sha256: tokens::sha256_hex(b"t-new"), grants: vec![] };
+        assert_eq!(a.reload(Tokens::new(&[entry])), Ok(1));
+        assert!(a.authenticate(Some(header.as_bytes()), "peer").is_err(), "the old token is gone");
+        assert!(a.authenticate(Some(b"Bearer t-new"), "peer").is_ok());
+        assert!(a.reload(Err("bad file".into())).is_err());
+        assert!(a.authenticate(Some(b"Bearer t-new"), "peer").is_ok(), "a bad reload changes nothing");
+        assert_eq!(a.metrics.reloads.load(Ordering::Relaxed), 1);
+        assert_eq!(a.metrics.reload_failures.load(Ordering::Relaxed), 1);
     }
 
     #[test]

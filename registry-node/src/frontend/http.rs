@@ -95,6 +95,22 @@ fn render_auth_metrics(out: &mut String, node_id: &str, m: &AuthMetrics) {
     }
     crate::metrics::write_metric(
         out,
+        "registry_auth_reloads_total",
+        "counter",
+        "Token sets loaded after the start (SIGHUP or a changed tokens file).",
+        node_id,
+        get(&m.reloads),
+    );
+    crate::metrics::write_metric(
+        out,
+        "registry_auth_reload_failures_total",
+        "counter",
+        "Token reloads refused (the old tokens stay in force).",
+        node_id,
+        get(&m.reload_failures),
+    );
+    crate::metrics::write_metric(
+        out,
         "registry_auth_denied_total",
         "counter",
         "Requests of a known principal without the grant (in warn mode: that would have been denied).",
