@@ -5,7 +5,7 @@
 //!
 //! - [`config`]: the `[auth]` settings and their validation.
 //! - [`grants`]: roles, grants and what a principal may do.
-//! - [`tokens`]: the bearer token check (SHA-256, compared in constant time).
+//! - [`tokens`]: the bearer token check (by SHA-256; see there why that is safe to time).
 
 pub mod config;
 pub mod grants;

@@ -1,8 +1,12 @@
 //! Bearer tokens. The config holds only each token's SHA-256; a presented
-//! token is hashed and compared with every known hash in constant time, so
-//! neither the comparison nor the number of matching bytes leaks through
-//! timing.
+//! token is hashed, and the hash finds its principal. No secret byte is ever
+//! compared with a presented one: what a lookup's timing could tell is how
+//! the SHA-256 of the caller's own guess relates to stored hashes, which
+//! helps find no token (finding one means inverting SHA-256). The candidate
+//! found is then compared in constant time. So the cost per request is one
+//! hash and one map lookup, whatever the number of principals.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -47,7 +51,7 @@ impl fmt::Display for AuthFailure {
 /// The known tokens' hashes and their principals.
 #[derive(Debug, Default)]
 pub struct Tokens {
-    entries: Vec<([u8; 32], Arc<Principal>)>,
+    by_hash: HashMap<[u8; 32], Arc<Principal>>,
 }
 
 /// Hex SHA-256 of `bytes`, as the config writes it.
@@ -72,25 +76,24 @@ impl Tokens {
     /// Checked entries (see `AuthConfig::validate`): a bad hash or a hash
     /// given twice is an error naming the entry.
     pub fn new(entries: &[TokenEntry]) -> Result<Self, String> {
-        let mut out: Vec<([u8; 32], Arc<Principal>)> = Vec::with_capacity(entries.len());
+        let mut by_hash = HashMap::with_capacity(entries.len());
         for e in entries {
             let hash = parse_hex(&e.sha256.to_ascii_lowercase())
                 .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", e.name))?;
-            if out.iter().any(|(h, _)| *h == hash) {
+            let principal = Principal { name: e.name.as_str().into(), grants: e.grants.clone() };
+            if by_hash.insert(hash, Arc::new(principal)).is_some() {
                 return Err(format!("token {:?}: the same sha256 is given twice", e.name));
             }
-            let principal = Principal { name: e.name.as_str().into(), grants: e.grants.clone() };
-            out.push((hash, Arc::new(principal)));
         }
-        Ok(Self { entries: out })
+        Ok(Self { by_hash })
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.by_hash.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.by_hash.is_empty()
     }
 
     /// The principal whose token `authorization` carries (`Bearer <token>`).
@@ -98,14 +101,10 @@ impl Tokens {
         let header = authorization.ok_or(AuthFailure::Missing)?;
         let token = bearer(header).ok_or(AuthFailure::Malformed)?;
         let hash: [u8; 32] = Sha256::digest(token).into();
-        // Every entry is compared, whatever matched, in constant time each.
-        let mut found: Option<&Arc<Principal>> = None;
-        for (h, p) in &self.entries {
-            if bool::from(h.ct_eq(&hash)) {
-                found = Some(p);
-            }
+        match self.by_hash.get_key_value(&hash) {
+            Some((stored, p)) if bool::from(stored.ct_eq(&hash)) => Ok(p.clone()),
+            _ => Err(AuthFailure::Unknown),
         }
-        found.cloned().ok_or(AuthFailure::Unknown)
     }
 }
 
