@@ -47,6 +47,7 @@ fn instance(k: usize, port: u32) -> v1::Instance {
         weight: Some(100),
         zone: "eu-west-1a".into(),
         status: v1::Status::Up.into(),
+        principal: String::new(),
     }
 }
 

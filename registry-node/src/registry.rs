@@ -193,14 +193,18 @@ impl Registry {
         id
     }
 
-    /// Registers or updates an instance (already validated) for `owner`.
-    /// Returns the version the write got.
-    pub fn upsert(&self, owner: OwnerId, instance: v1::Instance) -> Result<u64, RegistryError> {
+    /// Registers or updates an instance (already validated) for `owner`,
+    /// written by `writer`. Returns the version the write got.
+    pub fn upsert(&self, owner: OwnerId, mut instance: v1::Instance, writer: &Writer) -> Result<u64, RegistryError> {
         let limit = self.config.limits.max_instances_per_session;
         let mut st = self.state.lock();
         let key = st.store.instance_key(&instance.namespace, &instance.service, &instance.instance_id);
         if !st.owners.within_limit(owner, &key, limit) {
             return Err(RegistryError::TooManyInstances { limit });
+        }
+        check_writer(&st, &key, writer, "replace")?;
+        if let Some(p) = &writer.principal {
+            instance.principal = p.to_string();
         }
         let (version, out) = st.store.put_local(Key::Instance(key.clone()), Record::instance(&instance), wall_ms());
         tracing::trace!(key = %display_key(&key), ?owner, version = version.hlc, "registered");
@@ -221,9 +225,11 @@ impl Registry {
         Ok(version)
     }
 
-    /// Removes an instance whoever registered it. Returns whether it was there.
-    pub fn deregister(&self, key: &InstanceKey) -> bool {
+    /// Removes an instance whoever registered it, if `writer` may. Returns
+    /// whether it was there.
+    pub fn deregister(&self, key: &InstanceKey, writer: &Writer) -> Result<bool, RegistryError> {
         let mut st = self.state.lock();
+        check_writer(&st, key, writer, "remove")?;
         let found = if st.owners.owner_of(key).is_some() {
             self.remove_locked(&mut st, key);
             true
@@ -239,7 +245,7 @@ impl Registry {
         if found {
             Metrics::inc(&self.metrics.deregistrations);
         }
-        found
+        Ok(found)
     }
 
     /// Keys `owner` still holds (keys taken over by newer copies elsewhere
@@ -692,6 +698,40 @@ fn take_out(st: &mut State, key: &InstanceKey, now: u64) -> Option<(registry_sto
     removed
 }
 
+/// Who writes an instance, for the ownership check (auth on).
+#[derive(Clone, Debug, Default)]
+pub struct Writer {
+    /// The principal; `None` with auth off (no ownership to check or record).
+    pub principal: Option<Arc<str>>,
+    /// May replace or remove others' instances (an admin of the namespace).
+    pub may_override: bool,
+    /// `warn` mode: a refusal is logged, and the write goes on.
+    pub warn_only: bool,
+}
+
+/// An instance registered by one principal is replaced or removed by that
+/// principal only (or an admin). The principal travels with the record, so
+/// this holds whichever node the other principal writes to.
+fn check_writer(st: &State, key: &InstanceKey, writer: &Writer, action: &str) -> Result<(), RegistryError> {
+    let Some(me) = &writer.principal else { return Ok(()) };
+    if writer.may_override {
+        return Ok(());
+    }
+    let Some((_, Record::Instance(shown))) = st.store.visible(&Key::Instance(key.clone())) else { return Ok(()) };
+    let holder = shown.decode().map(|i| i.principal).unwrap_or_default();
+    if holder.is_empty() || *holder == **me {
+        return Ok(());
+    }
+    let reason =
+        format!("instance {} belongs to principal {holder:?}: principal {me:?} may not {action} it", display_key(key));
+    if writer.warn_only {
+        tracing::warn!(%reason, "would deny (auth.mode = warn: allowed)");
+        return Ok(());
+    }
+    tracing::info!(%reason, "denied");
+    Err(RegistryError::PermissionDenied(reason))
+}
+
 /// A lease taken by a principal is renewed by that principal only.
 fn check_lease_holder(leases: &Leases, lease_id: &str, principal: Option<&Arc<str>>) -> Result<(), RegistryError> {
     match (leases.get(lease_id).and_then(|l| l.principal.as_ref()), principal) {
@@ -762,7 +802,7 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let (id, owner, _) = r.lease_at("", ttl, t0).expect("lease");
-        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
         assert_eq!(r.next_deadline(), Some(t0 + ttl));
         assert_eq!(r.expire_leases(t0 + ttl - Duration::from_millis(1)), 0);
         assert_eq!(shown(&r), ["i1"]);
@@ -778,7 +818,7 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         let (id, owner, _) = r.lease_at("", ttl, t0).expect("lease");
-        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
         let (same, again, _) = r.lease_at(&id, ttl, t0 + Duration::from_secs(8)).expect("renew");
         assert_eq!((same.as_str(), again), (id.as_str(), owner));
         assert_eq!(r.expire_leases(t0 + ttl), 0);
@@ -823,17 +863,20 @@ mod tests {
         config.limits.max_instances_per_session = 1;
         let r = Registry::new(Arc::new(config), 1);
         let owner = r.open_owner();
-        r.upsert(owner, instance("i1", 1)).expect("first");
-        r.upsert(owner, instance("i1", 2)).expect("an update is not a new instance");
-        assert!(matches!(r.upsert(owner, instance("i2", 1)), Err(RegistryError::TooManyInstances { limit: 1 })));
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("first");
+        r.upsert(owner, instance("i1", 2), &Writer::default()).expect("an update is not a new instance");
+        assert!(matches!(
+            r.upsert(owner, instance("i2", 1), &Writer::default()),
+            Err(RegistryError::TooManyInstances { limit: 1 })
+        ));
     }
 
     #[test]
     fn another_owners_upsert_takes_the_instance_over() {
         let r = registry();
         let (a, b) = (r.open_owner(), r.open_owner());
-        r.upsert(a, instance("i1", 1)).expect("a");
-        r.upsert(b, instance("i1", 2)).expect("b");
+        r.upsert(a, instance("i1", 1), &Writer::default()).expect("a");
+        r.upsert(b, instance("i1", 2), &Writer::default()).expect("b");
         assert_eq!((r.owned_count(a), r.owned_count(b)), (0, 1));
         let key = InstanceKey::new("default", "orders", "i1");
         assert!(matches!(r.remove_owned(a, &key), Err(RegistryError::NotOwned(_))));
@@ -847,8 +890,8 @@ mod tests {
     async fn a_newer_copy_elsewhere_ends_the_handover_wait_at_once() {
         let r = Arc::new(registry());
         let owner = r.open_owner();
-        r.upsert(owner, instance("i1", 1)).expect("upsert");
-        r.upsert(owner, instance("i2", 1)).expect("upsert");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
+        r.upsert(owner, instance("i2", 1), &Writer::default()).expect("upsert");
         let t0 = Instant::now();
         let wait = tokio::spawn({
             let r = r.clone();
@@ -868,7 +911,7 @@ mod tests {
     async fn a_handover_wait_ends_at_its_bound() {
         let r = registry();
         let owner = r.open_owner();
-        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
         let t0 = Instant::now();
         assert!(!r.taken_over(owner, t0 + Duration::from_secs(3)).await);
         assert_eq!(Instant::now(), t0 + Duration::from_secs(3));
@@ -878,7 +921,7 @@ mod tests {
     async fn a_hidden_own_copy_is_purged_when_due_and_that_is_the_next_deadline() {
         let r = registry();
         let owner = r.open_owner();
-        r.upsert(owner, instance("i1", 1)).expect("upsert");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
         let t0 = Instant::now();
         newer_copy_from_b(&r, "i1");
         let due = t0 + Duration::from_millis(r.config().sync.dead_after_ms);

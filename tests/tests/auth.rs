@@ -383,3 +383,115 @@ async fn a_changed_tokens_file_is_reloaded_and_a_bad_one_keeps_the_old_tokens() 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Two principals that may both write `orders`: what one registered, the other
+/// may neither replace nor remove, on the node it was registered on or on
+/// another node of the cluster (the principal travels with the record); an
+/// admin of the namespace may; the owner re-registering (a restart, a move)
+/// works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_replaced_or_removed_by_its_principal_only_across_nodes() -> Result<()> {
+    let (alice, bob, admin) = (token(), token(), token());
+    let entries = vec![
+        TokenEntry {
+            name: "alice".into(),
+            sha256: sha256_hex(alice.as_bytes()),
+            grants: vec![grant("default", "orders", Role::Write)],
+        },
+        TokenEntry {
+            name: "bob".into(),
+            sha256: sha256_hex(bob.as_bytes()),
+            grants: vec![grant("default", "orders", Role::Write)],
+        },
+        TokenEntry {
+            name: "ops".into(),
+            sha256: sha256_hex(admin.as_bytes()),
+            grants: vec![grant("default", "*", Role::Admin)],
+        },
+    ];
+    let nats = registry_tests::nats::NatsServer::start().await?;
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = registry_tests::cluster_config(name, &[nats.url()], "auth-owner");
+        config.auth.mode = Some(AuthMode::Enforce);
+        config.auth.tokens = entries.clone();
+        nodes.push(start_node(config).await?);
+    }
+    for n in &nodes {
+        registry_tests::until_ready(n).await?;
+    }
+    let (mut a, _) = client(nodes[0].grpc_addr).await?;
+    let (mut b, _) = client(nodes[1].grpc_addr).await?;
+    let reg = |port: u32| v1::RegisterInstanceRequest {
+        instance: Some(instance("orders", "shared-id", port)),
+        ..Default::default()
+    };
+    a.register_instance(with(Some(&alice), reg(1))).await?;
+    // The record, with its principal, reaches node b.
+    let get = || v1::GetServiceRequest { namespace: String::new(), service: "orders".into() };
+    registry_tests::eventually("alice's instance on node b", PROMPTLY, || {
+        let mut b = b.clone();
+        let alice = alice.clone();
+        async move {
+            let r = b.get_service(with(Some(&alice), get())).await.ok()?.into_inner();
+            r.instances.iter().any(|i| i.principal == "alice").then_some(())
+        }
+    })
+    .await?;
+    // Bob may write `orders`, but not alice's instance, on either node.
+    for (node, c) in [("a", &mut a), ("b", &mut b)] {
+        let got = c.register_instance(with(Some(&bob), reg(2))).await;
+        ensure!(code(got) == Code::PermissionDenied, "bob replacing on node {node}");
+        let key = v1::DeregisterRequest {
+            key: Some(v1::InstanceKey {
+                namespace: String::new(),
+                service: "orders".into(),
+                instance_id: "shared-id".into(),
+            }),
+        };
+        let got = c.deregister(with(Some(&bob), key)).await;
+        match got {
+            Err(s) => ensure!(
+                s.code() == Code::PermissionDenied && s.message().contains("alice") && s.message().contains("bob"),
+                "{s:?}"
+            ),
+            Ok(_) => anyhow::bail!("bob removed alice's instance on node {node}"),
+        }
+    }
+    let ports = |r: tonic::Response<v1::GetServiceResponse>| -> Vec<u32> {
+        r.into_inner().instances.into_iter().map(|i| i.port).collect()
+    };
+    ensure!(ports(b.get_service(with(Some(&alice), get())).await?) == [1], "still alice's");
+    // Alice re-registering elsewhere (a move or a restart) is hers to do.
+    b.register_instance(with(Some(&alice), reg(3))).await?;
+    registry_tests::eventually("alice's move seen on node a", PROMPTLY, || {
+        let mut a = a.clone();
+        let alice = alice.clone();
+        async move { (ports(a.get_service(with(Some(&alice), get())).await.ok()?) == [3]).then_some(()) }
+    })
+    .await?;
+    // An admin of the namespace may take it over.
+    b.register_instance(with(Some(&admin), reg(4))).await?;
+    let r = b.get_service(with(Some(&admin), get())).await?.into_inner();
+    ensure!(r.instances.iter().map(|i| (i.port, i.principal.as_str())).eq([(4, "ops")]), "{r:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_sent_by_the_client_is_ignored() -> Result<()> {
+    let p = Principals::new();
+    let node = node(AuthMode::Enforce, &p).await?;
+    let (mut c, _) = client(node.grpc_addr).await?;
+    let mut i = instance("orders", "forged", 1);
+    i.principal = "admin".into();
+    c.register_instance(with(Some(&p.writer), v1::RegisterInstanceRequest { instance: Some(i), ..Default::default() }))
+        .await?;
+    let get = v1::GetServiceRequest { namespace: String::new(), service: "orders".into() };
+    let r = c.get_service(with(Some(&p.reader), get)).await?.into_inner();
+    ensure!(r.instances.iter().all(|i| i.principal == "writer"), "{r:?}");
+    node.shutdown().await;
+    Ok(())
+}

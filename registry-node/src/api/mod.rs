@@ -35,7 +35,7 @@ use crate::auth::{Auth, Caller, Role};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 pub use crate::registry::RegistryError;
-use crate::registry::{Registry, display_key, wall_ms};
+use crate::registry::{Registry, Writer, display_key, wall_ms};
 use crate::validate::{self, ValidationError};
 
 /// Shutdown signals shared by every stream a front-end holds open.
@@ -114,6 +114,20 @@ impl NodeApi {
         if self.readiness.is_ready() { Ok(()) } else { Err(RegistryError::WarmingUp) }
     }
 
+    /// Who writes `namespace`/`service`, for the ownership check: the
+    /// principal, and whether it may replace others' instances (an admin of
+    /// the namespace).
+    pub fn writer(&self, caller: &Caller, namespace: &str, service: &str) -> Writer {
+        match caller {
+            Caller::Principal(p) => Writer {
+                principal: Some(p.name.clone()),
+                may_override: p.may(Role::Admin, namespace, service),
+                warn_only: self.auth.mode() == crate::auth::AuthMode::Warn,
+            },
+            Caller::Open | Caller::Unverified(_) => Writer::default(),
+        }
+    }
+
     /// A requested lease TTL (0: the default) within the node's limits.
     pub fn lease_ttl(&self, ttl_ms: u32) -> Result<Duration, RegistryError> {
         let s = &self.registry.config().sessions;
@@ -151,7 +165,8 @@ impl NodeApi {
         self.check(caller, Role::Write, &instance.namespace, &instance.service)?;
         let principal = caller_principal(caller);
         let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl, principal.as_ref())?;
-        let version = match self.registry.upsert(owner, instance) {
+        let writer = self.writer(caller, &instance.namespace, &instance.service);
+        let version = match self.registry.upsert(owner, instance, &writer) {
             Ok(v) => v,
             Err(e) => {
                 self.registry.drop_lease_if_empty(&lease_id);
@@ -178,7 +193,7 @@ impl NodeApi {
         let k = key.unwrap_or_default();
         let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
         self.check(caller, Role::Write, &key.namespace, &key.service)?;
-        let found = self.registry.deregister(&key);
+        let found = self.registry.deregister(&key, &self.writer(caller, &key.namespace, &key.service))?;
         tracing::debug!(key = %display_key(&key), found, "deregister");
         Ok(found)
     }

@@ -118,7 +118,8 @@ impl Session {
         if let Err(e) = self.api.check(&self.caller, Role::Write, &instance.namespace, &instance.service) {
             return Err((Some(key), e));
         }
-        match self.registry.upsert(self.owner, instance) {
+        let writer = self.api.writer(&self.caller, &instance.namespace, &instance.service);
+        match self.registry.upsert(self.owner, instance, &writer) {
             Ok(version) => Ok((key, version)),
             Err(e) => Err((Some(key), e)),
         }
