@@ -336,7 +336,8 @@ enum End {
 /// What the node answers next, in order: the session answers every upsert,
 /// remove and heartbeat exactly once, in the order sent.
 enum Pending {
-    Command(Command),
+    /// Boxed: a command carries an instance, and heartbeats are most of the queue.
+    Command(Box<Command>),
     Heartbeat,
 }
 
@@ -612,7 +613,7 @@ impl SessionTask {
     fn requeue(&mut self) {
         for p in self.pending.drain(..) {
             if let Pending::Command(c) = p {
-                self.retry.push(c);
+                self.retry.push(*c);
             }
         }
     }
@@ -627,7 +628,7 @@ impl SessionTask {
                 self.retry.push(c);
                 return End::Broken("session closed".into());
             }
-            self.pending.push_back(Pending::Command(c));
+            self.pending.push_back(Pending::Command(Box::new(c)));
         }
         loop {
             let retire_at = self.retiring.as_ref().map(|(_, at)| *at);
@@ -643,7 +644,7 @@ impl SessionTask {
                         if !session.send(cmd.kind.clone()).await {
                             return End::Broken("session closed".into());
                         }
-                        self.pending.push_back(Pending::Command(cmd));
+                        self.pending.push_back(Pending::Command(Box::new(cmd)));
                     }
                 }
                 cmd = self.commands.recv() => {
@@ -652,7 +653,7 @@ impl SessionTask {
                         self.retry.push(cmd);
                         return End::Broken("session closed".into());
                     }
-                    self.pending.push_back(Pending::Command(cmd));
+                    self.pending.push_back(Pending::Command(Box::new(cmd)));
                 }
                 _ = heartbeat.tick() => {
                     if !session.send(In::Heartbeat(v1::Heartbeat { nonce: 0 })).await {
