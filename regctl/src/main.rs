@@ -440,12 +440,18 @@ fn token_new(name: &str, grants: &[Grant], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 32 bytes from the OS's random number generator, base64url without padding.
+/// What every token starts with: a token never begins with `-` (base64url
+/// can, and `--token -x…` would read as a flag), and a leaked one is easy to
+/// find in logs and repositories, as secret scanners look for such prefixes.
+const TOKEN_PREFIX: &str = "rgt_";
+
+/// [`TOKEN_PREFIX`], then 32 bytes from the OS's random number generator,
+/// base64url without padding.
 fn new_token() -> anyhow::Result<String> {
     use rand::TryRngCore as _;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.try_fill_bytes(&mut bytes).context("reading the OS random number generator")?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
 }
 
 /// The lowercase hex SHA-256 of `token`: what a node's config holds.
@@ -695,7 +701,8 @@ mod tests {
     fn tokens_are_32_random_bytes_in_base64url() {
         let (a, b) = (new_token().expect("token"), new_token().expect("token"));
         assert_ne!(a, b);
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&a).expect("base64url");
+        let body = a.strip_prefix(TOKEN_PREFIX).expect("prefixed, so never read as a flag");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).expect("base64url");
         assert_eq!(bytes.len(), 32);
         assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }

@@ -326,6 +326,9 @@ async fn the_client_library_sends_its_token_and_names_a_denial() -> Result<()> {
     ensure!(watch.current().instances.len() == 1, "the reader sees the writer's instance");
     let ids: Vec<String> = reader.get_service("orders").await?.instances.into_iter().map(|i| i.instance_id).collect();
     ensure!(ids == ["lib-1"], "{ids:?}");
+    // The consumer directory names the principal each watcher authenticated as.
+    let consumers = reader.list_consumers("orders").await?.consumers;
+    ensure!(consumers.iter().any(|c| c.principal == "reader"), "{consumers:?}");
     match reader.get_service("payments").await {
         Err(Error::PermissionDenied(msg)) => ensure!(msg.contains("reader") && msg.contains("payments"), "{msg}"),
         other => anyhow::bail!("expected PermissionDenied, got {other:?}"),

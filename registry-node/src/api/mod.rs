@@ -306,6 +306,7 @@ impl NodeApi {
             node_id: registry.node_id().to_string(),
             services: sub.services.clone(),
             since_unix_ms: wall_ms(),
+            principal: caller.name().unwrap_or_default().to_string(),
         };
         let stream_key = format!("{}-{}-{}", registry.node_id(), registry.incarnation(), stream_id);
         registry.add_consumer(&sub.namespace, &stream_key, consumer);
