@@ -76,7 +76,7 @@ fn spawn_token_reloader(
     stop: CancellationToken,
 ) -> Option<JoinHandle<()>> {
     let path = config.auth.tokens_file.clone()?;
-    if config.auth.mode.unwrap_or(AuthMode::Off) == AuthMode::Off {
+    if auth.mode() == AuthMode::Off {
         return None;
     }
     let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));

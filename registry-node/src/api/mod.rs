@@ -163,8 +163,7 @@ impl NodeApi {
         let instance = validate::instance(instance, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
         let key = validate::key_of(&instance);
         self.check(caller, Role::Write, &instance.namespace, &instance.service)?;
-        let principal = caller_principal(caller);
-        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl, principal.as_ref())?;
+        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl, caller.principal())?;
         let writer = self.writer(caller, &instance.namespace, &instance.service);
         let version = match self.registry.upsert(owner, instance, &writer) {
             Ok(v) => v,
@@ -185,7 +184,7 @@ impl NodeApi {
 
     /// Extends a lease by its TTL; returns the TTL.
     pub fn renew(&self, caller: &Caller, lease_id: &str) -> Result<Duration, RegistryError> {
-        self.registry.renew(lease_id, caller_principal(caller).as_ref())
+        self.registry.renew(lease_id, caller.principal())
     }
 
     /// Removes an instance, whoever registered it. Returns whether it was there.
@@ -327,13 +326,5 @@ impl NodeApi {
         };
         self.signals.tasks.spawn(task.run());
         Ok(rx)
-    }
-}
-
-/// The principal's name, when auth names one.
-fn caller_principal(caller: &Caller) -> Option<Arc<str>> {
-    match caller {
-        Caller::Principal(p) => Some(p.name.clone()),
-        _ => None,
     }
 }

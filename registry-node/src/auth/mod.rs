@@ -55,6 +55,11 @@ pub enum Caller {
 impl Caller {
     /// The principal's name, for logs, the audit trail and the consumer directory.
     pub fn name(&self) -> Option<&str> {
+        self.principal().map(|n| &**n)
+    }
+
+    /// The principal's name, shared (leases and records keep it).
+    pub fn principal(&self) -> Option<&Arc<str>> {
         match self {
             Caller::Principal(p) => Some(&p.name),
             _ => None,
@@ -139,28 +144,40 @@ impl Auth {
 
     /// Whether `caller` may act as `role` on `namespace`/`service`.
     pub fn check(&self, caller: &Caller, role: Role, namespace: &str, service: &str) -> Result<(), Refusal> {
+        self.decide(caller, role, namespace, service, |p| p.may(role, namespace, service))
+    }
+
+    /// Whether `caller` holds `role` somewhere (admin endpoints, Members).
+    pub fn check_anywhere(&self, caller: &Caller, role: Role) -> Result<(), Refusal> {
+        self.decide(caller, role, "*", "*", |p| p.holds_anywhere(role))
+    }
+
+    /// Whether `caller` holds at least `role` on some service of `namespace`
+    /// (lists of a namespace, filtered to what it may see).
+    pub fn check_namespace(&self, caller: &Caller, role: Role, namespace: &str) -> Result<(), Refusal> {
+        self.decide(caller, role, namespace, "*", |p| p.holds_in(role, namespace))
+    }
+
+    /// The one decision behind every check: an open caller passes, a
+    /// principal passes if `allowed`; otherwise a refusal naming `role` on
+    /// `namespace`/`service` (see [`Auth::refuse`]).
+    fn decide(
+        &self,
+        caller: &Caller,
+        role: Role,
+        namespace: &str,
+        service: &str,
+        allowed: impl FnOnce(&Principal) -> bool,
+    ) -> Result<(), Refusal> {
         let refusal = match caller {
             Caller::Open => return Ok(()),
-            Caller::Principal(p) if p.may(role, namespace, service) => return Ok(()),
+            Caller::Principal(p) if allowed(p) => return Ok(()),
             Caller::Principal(p) => Refusal::Denied {
                 principal: p.name.to_string(),
                 role,
                 namespace: namespace.to_string(),
                 service: service.to_string(),
             },
-            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
-        };
-        self.refuse(caller, refusal)
-    }
-
-    /// Whether `caller` holds `role` somewhere (admin endpoints, Members).
-    pub fn check_anywhere(&self, caller: &Caller, role: Role) -> Result<(), Refusal> {
-        let refusal = match caller {
-            Caller::Open => return Ok(()),
-            Caller::Principal(p) if p.holds_anywhere(role) => return Ok(()),
-            Caller::Principal(p) => {
-                Refusal::Denied { principal: p.name.to_string(), role, namespace: "*".into(), service: "*".into() }
-            }
             Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
         };
         self.refuse(caller, refusal)
@@ -179,23 +196,6 @@ impl Auth {
         }
         tracing::info!(%refusal, "denied");
         Err(refusal)
-    }
-
-    /// Whether `caller` holds at least `role` on some service of `namespace`
-    /// (lists of a namespace, filtered to what it may see).
-    pub fn check_namespace(&self, caller: &Caller, role: Role, namespace: &str) -> Result<(), Refusal> {
-        let refusal = match caller {
-            Caller::Open => return Ok(()),
-            Caller::Principal(p) if p.holds_in(role, namespace) => return Ok(()),
-            Caller::Principal(p) => Refusal::Denied {
-                principal: p.name.to_string(),
-                role,
-                namespace: namespace.to_string(),
-                service: "*".into(),
-            },
-            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
-        };
-        self.refuse(caller, refusal)
     }
 
     /// Whether `caller` may see `namespace`/`service` (filters lists).
