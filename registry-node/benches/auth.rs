@@ -1,6 +1,7 @@
 //! The cost of authentication and authorization per request: hashing a
 //! bearer token and finding its principal among many (constant time over all
-//! of them), and checking a grant.
+//! of them), finding the principal of a client certificate's names, and
+//! checking a grant.
 //!
 //! `cargo bench -p registry-node --bench auth`
 
@@ -8,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{Auth, AuthMode, Grant, Role, TokenEntry, Tokens};
+use registry_node::auth::{Auth, AuthMode, CertEntry, Grant, Role, TokenEntry, Tokens};
 
 fn entries(n: usize) -> Vec<TokenEntry> {
     (0..n)
@@ -26,12 +27,23 @@ fn entries(n: usize) -> Vec<TokenEntry> {
 fn auth(c: &mut Criterion) {
     let mut g = c.benchmark_group("auth");
     for n in [10, 100, 1_000] {
-        let auth = Auth::new(AuthMode::Enforce, Tokens::new(&entries(n)).expect("tokens"));
+        let certs: Vec<CertEntry> = entries(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| CertEntry { name: e.name, subject: format!("svc-{i}.prod"), grants: e.grants })
+            .collect();
+        let tokens = Tokens::new(&entries(n)).and_then(|t| t.with_certs(&certs)).expect("tokens");
+        let auth = Auth::new(AuthMode::Enforce, tokens);
         let header = format!("Bearer token-{}", n / 2);
         g.bench_function(format!("authenticate, {n} principals"), |b| {
-            b.iter(|| auth.authenticate(Some(black_box(header.as_bytes())), "bench").expect("known"))
+            b.iter(|| auth.authenticate(Some(black_box(header.as_bytes())), &[], "bench").expect("known"))
         });
-        let caller = auth.authenticate(Some(header.as_bytes()), "bench").expect("known");
+        // A client certificate's names: its CN, then a SAN that matches.
+        let names: Vec<Box<str>> = vec!["some-cn".into(), format!("svc-{}.prod", n / 2).into()];
+        g.bench_function(format!("authenticate by client certificate, {n} principals"), |b| {
+            b.iter(|| auth.authenticate(None, black_box(&names), "bench").expect("known"))
+        });
+        let caller = auth.authenticate(Some(header.as_bytes()), &[], "bench").expect("known");
         let service = format!("svc-{}-orders", n / 2);
         g.bench_function(format!("check a grant, {n} principals"), |b| {
             b.iter(|| auth.check(&caller, Role::Write, black_box("default"), black_box(&service)).expect("granted"))

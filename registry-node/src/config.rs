@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::{AuthConfig, AuthMode};
+use crate::listen::TlsSettings;
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was refused.
@@ -59,6 +60,10 @@ pub struct NodeConfig {
     pub sync: SyncSettings,
     /// Authentication and grants (see `crate::auth`).
     pub auth: AuthConfig,
+    /// TLS on the gRPC and HTTP ports (see `crate::listen::tls`); absent,
+    /// both are plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 /// Replication between nodes (used only with `nats_url`).
@@ -192,6 +197,7 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             sync: SyncSettings::default(),
             auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
@@ -365,6 +371,15 @@ impl NodeConfig {
             return Err(invalid("sync.safety_valve_share", format!("{} is outside (0, 1]", y.safety_valve_share)));
         }
         self.auth.validate().map_err(|(setting, reason)| invalid(setting, reason))?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|(setting, reason)| invalid(setting, reason))?;
+        }
+        if !self.auth.certs.is_empty() && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+            return Err(invalid(
+                "auth.certs",
+                "principals known by client certificate need mTLS: set tls.client_ca_file (and tls.cert_file, tls.key_file)",
+            ));
+        }
         // Closed by default once exposed: a node others can reach must say
         // how it authenticates, even if the answer is "off".
         if self.auth.mode.is_none() {
@@ -382,6 +397,36 @@ impl NodeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// The `--tls-*` flags over `[tls]`: a flag replaces its key; without
+    /// `[tls]`, the certificate and the key flags come together.
+    fn apply_tls(&self, config: &mut NodeConfig) -> Result<(), ConfigError> {
+        let (cert, key, ca) = (&self.tls_cert_file, &self.tls_key_file, &self.tls_client_ca_file);
+        if cert.is_none() && key.is_none() && ca.is_none() {
+            return Ok(());
+        }
+        let tls = match (config.tls.take(), cert, key) {
+            (Some(t), _, _) => t,
+            (None, Some(c), Some(k)) => {
+                TlsSettings { cert_file: c.clone(), key_file: k.clone(), client_ca_file: None, client_auth: None }
+            }
+            (None, _, _) => {
+                return Err(invalid(
+                    "tls",
+                    "--tls-cert-file and --tls-key-file (REGISTRY_TLS_CERT_FILE, REGISTRY_TLS_KEY_FILE) go together",
+                ));
+            }
+        };
+        config.tls = Some(TlsSettings {
+            cert_file: cert.clone().unwrap_or(tls.cert_file),
+            key_file: key.clone().unwrap_or(tls.key_file),
+            client_ca_file: ca.clone().or(tls.client_ca_file),
+            client_auth: tls.client_auth,
+        });
         Ok(())
     }
 }
@@ -422,6 +467,17 @@ pub struct Cli {
     /// A TOML file of `[[tokens]]` entries (`auth.tokens_file`).
     #[arg(long, env = "REGISTRY_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// The server certificate chain, PEM (`tls.cert_file`); with
+    /// --tls-key-file, both ports speak TLS.
+    #[arg(long, env = "REGISTRY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The server's private key, PEM (`tls.key_file`).
+    #[arg(long, env = "REGISTRY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates that sign client certificates, PEM
+    /// (`tls.client_ca_file`): the node asks clients for one (mTLS).
+    #[arg(long, env = "REGISTRY_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -465,6 +521,7 @@ impl Cli {
         if let Some(v) = &self.auth_tokens_file {
             config.auth.tokens_file = Some(v.clone());
         }
+        self.apply_tls(&mut config)?;
         config.validate()?;
         Ok(config)
     }
@@ -534,5 +591,31 @@ mod tests {
     fn unknown_keys_in_the_file_are_refused() {
         let err = toml::from_str::<NodeConfig>("node_idd = \"x\"").expect_err("typo refused");
         assert!(err.to_string().contains("node_idd"), "{err}");
+    }
+
+    #[test]
+    fn tls_comes_from_the_file_or_the_flags_and_certs_need_mtls() {
+        let text = "[tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.pem\"\nclient_auth = \"required\"\n";
+        let c: NodeConfig = toml::from_str(text).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.tls.as_ref().and_then(|t| t.client_auth), Some(crate::listen::ClientAuth::Required));
+        assert!(toml::from_str::<NodeConfig>("[tls]\ncert_file = \"s.pem\"\n").is_err(), "key_file is required");
+        assert!(
+            toml::from_str::<NodeConfig>("[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_auth = \"sometimes\"")
+                .is_err()
+        );
+
+        let cli = Cli::try_parse_from(["registry-node", "--tls-cert-file", "s.pem"]).expect("parses");
+        let err = cli.load().expect_err("a certificate without its key").to_string();
+        assert!(err.contains("--tls-key-file"), "{err}");
+        let cli = Cli::try_parse_from(["registry-node", "--tls-cert-file", "s.pem", "--tls-key-file", "s.key"])
+            .expect("parses");
+        let tls = cli.load().expect("loads").tls.expect("tls on");
+        assert_eq!((tls.cert_file.to_str(), tls.client_ca_file), (Some("s.pem"), None));
+
+        let mut certs = NodeConfig::default();
+        certs.auth.certs = vec![crate::auth::CertEntry { name: "a".into(), subject: "a.prod".into(), grants: vec![] }];
+        let err = certs.validate().expect_err("no mTLS").to_string();
+        assert!(err.contains("auth.certs") && err.contains("tls.client_ca_file"), "{err}");
     }
 }

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod frontend;
+pub mod listen;
 pub mod metrics;
 pub mod movers;
 pub mod node;

@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -24,6 +23,7 @@ use crate::auth::{Auth, AuthMode};
 use crate::cluster::{NodeReplica, REGISTRY_SERVICE};
 use crate::config::{ConfigError, NodeConfig};
 use crate::frontend::grpc::{ClusterService, RegistryService};
+use crate::listen::{self, Alpn, Peer, TlsServer};
 use crate::readiness::Readiness;
 use crate::registry::Registry;
 
@@ -40,6 +40,8 @@ pub enum StartError {
     Sync(#[from] bus_sync::SyncError),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// The authenticator of `[auth]` (tokens file read now). A node that serves
@@ -66,49 +68,80 @@ fn build_auth(config: &NodeConfig) -> Result<Auth, StartError> {
     Ok(Auth::new(mode, tokens))
 }
 
-/// Reloads the tokens on SIGHUP and when the tokens file changes (checked
-/// every `every`): new requests use the new tokens, open streams keep
-/// running, and a file that does not load leaves the old tokens in force.
-fn spawn_token_reloader(
+/// Reloads what can change under a running node, on SIGHUP and when its
+/// files change (checked every `every`): the tokens file, and the TLS
+/// certificate, key and client CA. New requests and connections use the new
+/// material, open streams keep running, and files that do not load leave the
+/// old material in force (logged and counted).
+fn spawn_reloader(
     auth: Arc<Auth>,
+    tls: Option<Arc<TlsServer>>,
     config: Arc<NodeConfig>,
     every: Duration,
     stop: CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let path = config.auth.tokens_file.clone()?;
-    if auth.mode() == AuthMode::Off {
+    let tokens = Watched::new(config.auth.tokens_file.iter().filter(|_| auth.mode() != AuthMode::Off).cloned());
+    let certs = Watched::new(tls.iter().flat_map(|t| t.settings().files()));
+    if tokens.files.is_empty() && certs.files.is_empty() {
         return None;
     }
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
+    let (mut tokens, mut certs) = (tokens, certs);
     Some(tokio::spawn(async move {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
-                warn!(error = %e, "no SIGHUP handler: the tokens file is still reloaded when it changes");
+                warn!(error = %e, "no SIGHUP handler: tokens and certificates are still reloaded when their files change");
                 None
             }
         };
-        let mut seen = stamp(&path);
         let mut poll = tokio::time::interval(every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let (reload_tokens, reload_tls) = tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
-                    info!(file = %path.display(), "SIGHUP: reloading the auth tokens");
+                    info!("SIGHUP: reloading the auth tokens and the TLS material");
+                    (true, true)
                 }
-                _ = poll.tick() => {
-                    let now = stamp(&path);
-                    if now == seen {
-                        continue;
-                    }
-                    seen = now;
-                    info!(file = %path.display(), "the tokens file changed: reloading");
-                }
+                _ = poll.tick() => (tokens.changed("the tokens file"), certs.changed("a TLS file")),
+            };
+            if reload_tokens && !tokens.files.is_empty() {
+                let _ = auth.reload(config.auth.load_tokens());
             }
-            let _ = auth.reload(config.auth.load_tokens());
+            if reload_tls && let Some(tls) = &tls {
+                let _ = tls.reload();
+            }
         }
     }))
+}
+
+/// Files watched for changes, by modification time and length.
+struct Watched {
+    files: Vec<std::path::PathBuf>,
+    seen: Vec<Option<(Option<SystemTime>, u64)>>,
+}
+
+impl Watched {
+    fn new(files: impl Iterator<Item = std::path::PathBuf>) -> Self {
+        let files: Vec<_> = files.collect();
+        let seen = Self::stamps(&files);
+        Self { files, seen }
+    }
+
+    fn stamps(files: &[std::path::PathBuf]) -> Vec<Option<(Option<SystemTime>, u64)>> {
+        files.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()))).collect()
+    }
+
+    /// Whether a file changed since the last look.
+    fn changed(&mut self, what: &str) -> bool {
+        let now = Self::stamps(&self.files);
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        info!("{what} changed: reloading");
+        true
+    }
 }
 
 /// A running node.
@@ -149,8 +182,8 @@ impl NodeHandle {
     }
 }
 
-/// How often the tokens file is checked for changes.
-const TOKENS_POLL: Duration = Duration::from_secs(2);
+/// How often the tokens file and the TLS files are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 /// A new incarnation number: it only grows across restarts of a node.
 fn new_incarnation() -> u64 {
@@ -179,6 +212,18 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     config.grpc_addr = grpc_addr;
     config.http_addr = http_addr;
     let auth = Arc::new(build_auth(&config)?);
+    let tls = match &config.tls {
+        Some(settings) => {
+            let tls = TlsServer::load(settings).map_err(StartError::Tls)?;
+            info!(
+                cert = %settings.cert_file.display(),
+                client_ca = ?settings.client_ca_file.as_deref().map(std::path::Path::display),
+                "TLS on the gRPC and HTTP ports"
+            );
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let registry = Arc::new(Registry::new(config.clone(), new_incarnation()));
     let readiness = Readiness::default();
@@ -203,6 +248,17 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     let registry_service = RegistryServer::new(RegistryService { api: api.clone() })
         .max_decoding_message_size(config.limits.max_message_bytes);
     let cluster_service = ClusterServer::new(ClusterService { api: api.clone() });
+    let accept = |listener, alpn| listen::incoming(listener, tls.clone(), alpn, signals.stop.clone());
+    let grpc_incoming = accept(grpc_listener, Alpn::Grpc).map_err(|source| StartError::Bind {
+        what: "gRPC",
+        addr: grpc_addr,
+        source,
+    })?;
+    let http_incoming = accept(http_listener, Alpn::Http).map_err(|source| StartError::Bind {
+        what: "HTTP",
+        addr: http_addr,
+        source,
+    })?;
     let s = &config.sessions;
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_millis(s.keepalive_interval_ms)))
@@ -212,20 +268,15 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         .add_service(reflection_v1alpha)
         .add_service(registry_service)
         .add_service(cluster_service)
-        .serve_with_incoming_shutdown(
-            // Sockets we accept ourselves do not get the builder's TCP options:
-            // without TCP_NODELAY, small replies wait behind delayed ACKs (~20 ms).
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            signals.stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(grpc_incoming.into_stream(), signals.stop.clone().cancelled_owned());
     let grpc_task = tokio::spawn(async move {
         if let Err(e) = grpc.await {
             warn!(error = %e, "gRPC server ended with an error");
         }
     });
     let http = axum::serve(
-        http_listener,
-        crate::frontend::http::router(api.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        http_incoming,
+        crate::frontend::http::router(api.clone(), tls.clone()).into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
     let http_task = tokio::spawn(async move {
@@ -234,7 +285,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         }
     });
     let reaper_task = spawn_lease_reaper(registry.clone(), signals.stop.clone());
-    let reloader = spawn_token_reloader(auth.clone(), config.clone(), TOKENS_POLL, signals.stop.clone());
+    let reloader = spawn_reloader(auth.clone(), tls.clone(), config.clone(), RELOAD_POLL, signals.stop.clone());
 
     // Replication runs until the very end, so the last removals still go out.
     let sync_stop = CancellationToken::new();

@@ -24,6 +24,7 @@ use v1::subscribe_response::Kind as Push;
 pub mod faults;
 pub mod nats;
 pub mod netem;
+pub mod pki;
 pub mod procs;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;

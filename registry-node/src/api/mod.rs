@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 pub use self::session::{Closing, Session};
 pub use self::watch::{WatchEnd, WatchItem};
 use crate::auth::{Auth, Caller, Role};
+use crate::listen::Peer;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 pub use crate::registry::RegistryError;
@@ -81,8 +82,10 @@ impl NodeApi {
     }
 
     /// Who sent a request, from its `authorization` header (see [`Auth`]).
-    pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &str) -> Result<Caller, RegistryError> {
-        Ok(self.auth.authenticate(authorization, peer)?)
+    /// The caller of a request: its bearer token (`authorization`), else the
+    /// verified client certificate of its connection.
+    pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &Peer) -> Result<Caller, RegistryError> {
+        Ok(self.auth.authenticate(authorization, &peer.cert_names, &peer.addr.to_string())?)
     }
 
     /// `caller` may act as `role` on `namespace`/`service`.

@@ -10,6 +10,11 @@
 //! name = "orders-team"
 //! sha256 = "<hex SHA-256 of the token>"
 //! grants = [{ namespace = "default", services = "orders*", role = "write" }]
+//!
+//! [[auth.certs]]                 # mTLS: needs [tls] client_ca_file
+//! name = "billing-service"
+//! subject = "billing.prod"       # the client certificate's CN or a DNS/URI SAN, exactly
+//! grants = [{ namespace = "prod", services = "billing*", role = "write" }]
 //! ```
 
 use std::path::PathBuf;
@@ -43,6 +48,19 @@ pub struct TokenEntry {
     pub grants: Vec<Grant>,
 }
 
+/// A principal known by its mTLS client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertEntry {
+    /// The principal's name: in logs and the consumer directory.
+    pub name: String,
+    /// Matches the client certificate's subject CN or one of its DNS or URI
+    /// subject alternative names, exactly.
+    pub subject: String,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
 /// `[auth]`. Absent (`mode` unset), a node may listen only on loopback
 /// addresses: see `NodeConfig::validate`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -53,6 +71,9 @@ pub struct AuthConfig {
     /// Keeps the hashes out of the main config, e.g. in a mounted secret.
     pub tokens_file: Option<PathBuf>,
     pub tokens: Vec<TokenEntry>,
+    /// Principals known by their client certificate (needs `[tls]` with a
+    /// `client_ca_file`).
+    pub certs: Vec<CertEntry>,
     /// `/metrics` needs an admin grant (it is open otherwise, like `/healthz`
     /// and `/readyz`).
     pub protect_metrics: bool,
@@ -63,6 +84,7 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 struct TokensFile {
     tokens: Vec<TokenEntry>,
+    certs: Vec<CertEntry>,
 }
 
 impl AuthConfig {
@@ -70,42 +92,65 @@ impl AuthConfig {
     /// read at start, [`AuthConfig::load_tokens`]).
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         check_entries(&self.tokens).map_err(|e| ("auth.tokens", e))?;
-        Tokens::new(&self.tokens).map_err(|e| ("auth.tokens", e))?;
+        check_certs(&self.certs).map_err(|e| ("auth.certs", e))?;
+        Tokens::new(&self.tokens)
+            .map_err(|e| ("auth.tokens", e))?
+            .with_certs(&self.certs)
+            .map_err(|e| ("auth.certs", e))?;
         if matches!(self.mode, Some(AuthMode::Enforce | AuthMode::Warn))
             && self.tokens.is_empty()
+            && self.certs.is_empty()
             && self.tokens_file.is_none()
         {
             return Err((
                 "auth.mode",
-                "\"enforce\" and \"warn\" need principals: add [[auth.tokens]] entries or auth.tokens_file".into(),
+                "\"enforce\" and \"warn\" need principals: add [[auth.tokens]] or [[auth.certs]] entries, or auth.tokens_file".into(),
             ));
         }
         Ok(())
     }
 
-    /// Every token: inline ones, then the tokens file's.
+    /// Every credential: inline tokens and certs, then the tokens file's.
     pub fn load_tokens(&self) -> Result<Tokens, String> {
         let mut entries = self.tokens.clone();
+        let mut certs = self.certs.clone();
         if let Some(path) = &self.tokens_file {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
             let file: TokensFile =
                 toml::from_str(&text).map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
             check_entries(&file.tokens).map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
+            check_certs(&file.certs).map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
             entries.extend(file.tokens);
+            certs.extend(file.certs);
         }
-        Tokens::new(&entries)
+        Tokens::new(&entries)?.with_certs(&certs)
     }
 }
 
 fn check_entries(entries: &[TokenEntry]) -> Result<(), String> {
     for e in entries {
-        if e.name.is_empty() || e.name.len() > 128 || e.name.chars().any(|c| c.is_control() || c == '"') {
-            return Err(format!("name {:?} must be 1 to 128 printable characters, without quotes", e.name));
+        check_principal("token", &e.name, &e.grants)?;
+    }
+    Ok(())
+}
+
+fn check_certs(entries: &[CertEntry]) -> Result<(), String> {
+    for e in entries {
+        check_principal("cert", &e.name, &e.grants)?;
+        if e.subject.is_empty() || e.subject.len() > 1024 || e.subject.chars().any(char::is_control) {
+            return Err(format!("cert {:?}: subject must be 1 to 1024 printable characters", e.name));
         }
-        for g in &e.grants {
-            g.validate().map_err(|reason| format!("token {:?}: grant: {reason}", e.name))?;
-        }
+    }
+    Ok(())
+}
+
+fn check_principal(kind: &str, name: &str, grants: &[Grant]) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '"') {
+        return Err(format!("name {name:?} must be 1 to 128 printable characters, without quotes"));
+    }
+    for g in grants {
+        g.validate().map_err(|reason| format!("{kind} {name:?}: grant: {reason}"))?;
     }
     Ok(())
 }
@@ -161,7 +206,7 @@ mod tests {
         let c = AuthConfig { mode: Some(AuthMode::Enforce), tokens_file: Some(path.clone()), ..AuthConfig::default() };
         c.validate().expect("a tokens file is principals enough");
         let t = c.load_tokens().expect("loads");
-        assert!(t.authenticate(Some(b"Bearer y")).is_ok());
+        assert!(t.authenticate(Some(b"Bearer y"), &[]).is_ok());
         std::fs::write(&path, "[[tokens]]\nname = \"b\"\nsha256 = \"nothex\"\n").expect("write");
         assert!(c.load_tokens().expect_err("bad hash").contains("sha256"));
         let missing = AuthConfig { tokens_file: Some(dir.join("absent.toml")), ..c };

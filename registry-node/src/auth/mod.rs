@@ -14,7 +14,7 @@ pub mod tokens;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use config::{AuthConfig, AuthMode, TokenEntry};
+pub use config::{AuthConfig, AuthMode, CertEntry, TokenEntry};
 pub use grants::{Grant, Principal, Role};
 pub use tokens::{AuthFailure, Tokens};
 
@@ -33,6 +33,7 @@ pub struct AuthMetrics {
     pub missing: AtomicU64,
     pub malformed: AtomicU64,
     pub unknown: AtomicU64,
+    pub unknown_certificate: AtomicU64,
     pub denied: AtomicU64,
     /// Token sets loaded after the start (SIGHUP or a changed tokens file).
     pub reloads: AtomicU64,
@@ -115,20 +116,29 @@ impl Auth {
         }
     }
 
-    /// Who sent `authorization` (the header's value, if any). `peer` only
-    /// names the caller in the log line of a failure; the token is never logged.
-    pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &str) -> Result<Caller, Refusal> {
+    /// Who sent `authorization` (the header's value, if any) over a
+    /// connection whose verified client certificate goes by `cert_names`
+    /// (empty without one): the token when there is one, else the
+    /// certificate. `peer` only names the caller in the log line of a
+    /// failure; the token is never logged.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        cert_names: &[Box<str>],
+        peer: &str,
+    ) -> Result<Caller, Refusal> {
         if self.mode == AuthMode::Off {
             return Ok(Caller::Open);
         }
         let tokens = self.tokens.read().clone();
-        match tokens.authenticate(authorization) {
+        match tokens.authenticate(authorization, cert_names) {
             Ok(p) => Ok(Caller::Principal(p)),
             Err(failure) => {
                 let counter = match failure {
                     AuthFailure::Missing => &self.metrics.missing,
                     AuthFailure::Malformed => &self.metrics.malformed,
                     AuthFailure::Unknown => &self.metrics.unknown,
+                    AuthFailure::UnknownCertificate => &self.metrics.unknown_certificate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 if self.mode == AuthMode::Warn {
@@ -225,14 +235,14 @@ mod tests {
     fn enforce_refuses_unknown_callers_and_missing_grants() {
         let (a, header) = auth(AuthMode::Enforce);
         assert_eq!(
-            a.authenticate(None, "peer").expect_err("no header"),
+            a.authenticate(None, &[], "peer").expect_err("no header"),
             Refusal::Unauthenticated(AuthFailure::Missing)
         );
         assert_eq!(
-            a.authenticate(Some(b"Bearer nope"), "peer").expect_err("unknown"),
+            a.authenticate(Some(b"Bearer nope"), &[], "peer").expect_err("unknown"),
             Refusal::Unauthenticated(AuthFailure::Unknown)
         );
-        let caller = a.authenticate(Some(header.as_bytes()), "peer").expect("known");
+        let caller = a.authenticate(Some(header.as_bytes()), &[], "peer").expect("known");
         assert_eq!(caller.name(), Some("orders-team"));
         a.check(&caller, Role::Write, "default", "orders-eu").expect("granted");
         a.check(&caller, Role::Read, "default", "orders").expect("write includes read");
@@ -251,9 +261,9 @@ mod tests {
     #[test]
     fn warn_allows_what_enforce_refuses() {
         let (a, header) = auth(AuthMode::Warn);
-        let anon = a.authenticate(None, "peer").expect("allowed in warn mode");
+        let anon = a.authenticate(None, &[], "peer").expect("allowed in warn mode");
         a.check(&anon, Role::Admin, "prod", "x").expect("allowed");
-        let caller = a.authenticate(Some(header.as_bytes()), "peer").expect("known");
+        let caller = a.authenticate(Some(header.as_bytes()), &[], "peer").expect("known");
         a.check(&caller, Role::Write, "default", "payments").expect("allowed, logged");
         assert_eq!(a.metrics.denied.load(Ordering::Relaxed), 1, "still counted");
     }
@@ -261,13 +271,13 @@ mod tests {
     #[test]
     fn a_reload_swaps_the_tokens_and_a_bad_one_keeps_the_old() {
         let (a, header) = auth(AuthMode::Enforce);
-        assert!(a.authenticate(Some(header.as_bytes()), "peer").is_ok());
+        assert!(a.authenticate(Some(header.as_bytes()), &[], "peer").is_ok());
         let entry = TokenEntry { name: "new".into(), sha256: tokens::sha256_hex(b"t-new"), grants: vec![] };
         assert_eq!(a.reload(Tokens::new(&[entry])), Ok(1));
-        assert!(a.authenticate(Some(header.as_bytes()), "peer").is_err(), "the old token is gone");
-        assert!(a.authenticate(Some(b"Bearer t-new"), "peer").is_ok());
+        assert!(a.authenticate(Some(header.as_bytes()), &[], "peer").is_err(), "the old token is gone");
+        assert!(a.authenticate(Some(b"Bearer t-new"), &[], "peer").is_ok());
         assert!(a.reload(Err("bad file".into())).is_err());
-        assert!(a.authenticate(Some(b"Bearer t-new"), "peer").is_ok(), "a bad reload changes nothing");
+        assert!(a.authenticate(Some(b"Bearer t-new"), &[], "peer").is_ok(), "a bad reload changes nothing");
         assert_eq!(a.metrics.reloads.load(Ordering::Relaxed), 1);
         assert_eq!(a.metrics.reload_failures.load(Ordering::Relaxed), 1);
     }
@@ -275,7 +285,7 @@ mod tests {
     #[test]
     fn off_ignores_credentials() {
         let (a, _) = auth(AuthMode::Off);
-        let caller = a.authenticate(Some(b"garbage"), "peer").expect("off");
+        let caller = a.authenticate(Some(b"garbage"), &[], "peer").expect("off");
         a.check(&caller, Role::Admin, "any", "thing").expect("everything allowed");
     }
 }

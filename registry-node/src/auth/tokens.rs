@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::config::TokenEntry;
+use super::config::{CertEntry, TokenEntry};
 use super::grants::Principal;
 
 /// Why a credential was not accepted (never names the token).
@@ -25,6 +25,9 @@ pub enum AuthFailure {
     Malformed,
     /// A token no principal has.
     Unknown,
+    /// No token, and a client certificate whose names match no
+    /// `[[auth.certs]]` subject.
+    UnknownCertificate,
 }
 
 impl AuthFailure {
@@ -34,6 +37,7 @@ impl AuthFailure {
             AuthFailure::Missing => "missing",
             AuthFailure::Malformed => "malformed",
             AuthFailure::Unknown => "unknown",
+            AuthFailure::UnknownCertificate => "unknown_certificate",
         }
     }
 }
@@ -44,14 +48,19 @@ impl fmt::Display for AuthFailure {
             AuthFailure::Missing => "no credential: send `authorization: Bearer <token>`",
             AuthFailure::Malformed => "malformed credential: expected `authorization: Bearer <token>`",
             AuthFailure::Unknown => "unknown token",
+            AuthFailure::UnknownCertificate => {
+                "the client certificate matches no [[auth.certs]] subject, and no token was sent"
+            }
         })
     }
 }
 
-/// The known tokens' hashes and their principals.
+/// The known tokens' hashes and client certificate subjects, and their
+/// principals.
 #[derive(Debug, Default)]
 pub struct Tokens {
     by_hash: HashMap<[u8; 32], Arc<Principal>>,
+    by_subject: HashMap<Box<str>, Arc<Principal>>,
 }
 
 /// Hex SHA-256 of `bytes`, as the config writes it.
@@ -85,20 +94,52 @@ impl Tokens {
                 return Err(format!("token {:?}: the same sha256 is given twice", e.name));
             }
         }
-        Ok(Self { by_hash })
+        Ok(Self { by_hash, by_subject: HashMap::new() })
     }
 
+    /// Adds the principals known by a client certificate subject: a subject
+    /// given twice is an error naming it.
+    pub fn with_certs(mut self, certs: &[CertEntry]) -> Result<Self, String> {
+        for c in certs {
+            if c.subject.is_empty() {
+                return Err(format!("cert {:?}: subject must not be empty", c.name));
+            }
+            let principal = Principal { name: c.name.as_str().into(), grants: c.grants.clone() };
+            if self.by_subject.insert(c.subject.as_str().into(), Arc::new(principal)).is_some() {
+                return Err(format!("cert {:?}: subject {:?} is given twice", c.name, c.subject));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Credentials known: tokens and certificate subjects.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash.len() + self.by_subject.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.len() == 0
     }
 
-    /// The principal whose token `authorization` carries (`Bearer <token>`).
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Arc<Principal>, AuthFailure> {
-        let header = authorization.ok_or(AuthFailure::Missing)?;
+    /// The principal of a request: the one whose token `authorization`
+    /// carries (`Bearer <token>`) when it has the header, else the one
+    /// whose `[[auth.certs]]` subject is among `cert_names` (the names of
+    /// the client certificate the TLS handshake verified).
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        cert_names: &[Box<str>],
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        let Some(header) = authorization else {
+            if cert_names.is_empty() {
+                return Err(AuthFailure::Missing);
+            }
+            return cert_names
+                .iter()
+                .find_map(|n| self.by_subject.get(n))
+                .cloned()
+                .ok_or(AuthFailure::UnknownCertificate);
+        };
         let token = bearer(header).ok_or(AuthFailure::Malformed)?;
         let hash: [u8; 32] = Sha256::digest(token).into();
         match self.by_hash.get_key_value(&hash) {
@@ -125,6 +166,12 @@ mod tests {
     use super::*;
     use crate::auth::{Grant, Role};
 
+    impl Tokens {
+        fn authenticate_token(&self, authorization: Option<&[u8]>) -> Result<Arc<Principal>, AuthFailure> {
+            self.authenticate(authorization, &[])
+        }
+    }
+
     fn entry(name: &str, token: &str) -> TokenEntry {
         TokenEntry {
             name: name.into(),
@@ -136,12 +183,17 @@ mod tests {
     #[test]
     fn a_token_names_its_principal() {
         let t = Tokens::new(&[entry("a", "token-a"), entry("b", "token-b")]).expect("valid");
-        assert_eq!(t.authenticate(Some(b"Bearer token-b")).map(|p| p.name.to_string()), Ok("b".into()));
-        assert_eq!(t.authenticate(Some(b"bearer token-a")).map(|p| p.name.to_string()), Ok("a".into()));
-        assert_eq!(t.authenticate(Some(b"Bearer token-c")), Err(AuthFailure::Unknown));
-        assert_eq!(t.authenticate(None), Err(AuthFailure::Missing));
+        assert_eq!(t.authenticate_token(Some(b"Bearer token-b")).map(|p| p.name.to_string()), Ok("b".into()));
+        assert_eq!(t.authenticate_token(Some(b"bearer token-a")).map(|p| p.name.to_string()), Ok("a".into()));
+        assert_eq!(t.authenticate_token(Some(b"Bearer token-c")), Err(AuthFailure::Unknown));
+        assert_eq!(t.authenticate_token(None), Err(AuthFailure::Missing));
         for bad in [&b"token-a"[..], b"Basic dXNlcjpwYXNz", b"Bearer ", b"Bearer two words", b"Bearer\ttoken-a"] {
-            assert_eq!(t.authenticate(Some(bad)), Err(AuthFailure::Malformed), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                t.authenticate_token(Some(bad)),
+                Err(AuthFailure::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -158,7 +210,24 @@ mod tests {
         let mut upper = entry("upper", "x");
         upper.sha256 = upper.sha256.to_ascii_uppercase();
         let t = Tokens::new(&[upper]).expect("upper-case hex is hex");
-        assert!(t.authenticate(Some(b"Bearer x")).is_ok());
+        assert!(t.authenticate_token(Some(b"Bearer x")).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_name_names_its_principal_unless_a_token_is_sent() {
+        let cert = CertEntry { name: "billing".into(), subject: "billing.prod".into(), grants: vec![] };
+        let t = Tokens::new(&[entry("a", "token-a")])
+            .and_then(|t| t.with_certs(std::slice::from_ref(&cert)))
+            .expect("valid");
+        assert_eq!(t.len(), 2);
+        let names: Vec<Box<str>> = vec!["cn-other".into(), "billing.prod".into()];
+        assert_eq!(t.authenticate(None, &names).map(|p| p.name.to_string()), Ok("billing".into()));
+        assert_eq!(t.authenticate(Some(b"Bearer token-a"), &names).map(|p| p.name.to_string()), Ok("a".into()));
+        assert_eq!(t.authenticate(Some(b"Bearer nope"), &names), Err(AuthFailure::Unknown), "no fallback");
+        assert_eq!(t.authenticate(None, &["billing".into()]), Err(AuthFailure::UnknownCertificate));
+        assert_eq!(t.authenticate(None, &["billing.pro".into()]), Err(AuthFailure::UnknownCertificate), "exact");
+        let twice = Tokens::default().with_certs(&[cert.clone(), cert]).expect_err("twice");
+        assert!(twice.contains("billing.prod"), "{twice}");
     }
 
     #[test]
@@ -172,7 +241,7 @@ mod tests {
         #[test]
         fn any_header_is_refused_or_is_the_token(header in proptest::collection::vec(any::<u8>(), 0..64)) {
             let t = Tokens::new(&[entry("a", "token-a")]).expect("valid");
-            let ok = t.authenticate(Some(&header)).is_ok();
+            let ok = t.authenticate_token(Some(&header)).is_ok();
             prop_assert_eq!(ok, header.eq_ignore_ascii_case(b"bearer token-a") && header.ends_with(b"token-a"));
         }
     }

@@ -20,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use registry_proto::v1;
 use serde::Serialize;
-use std::net::SocketAddr;
 
 use crate::api::NodeApi;
 use crate::auth::{AuthMetrics, Role};
+use crate::listen::Peer;
+use crate::listen::TlsServer;
+use crate::listen::tls::TlsMetrics;
 use crate::readiness::Readiness;
 use crate::registry::{Registry, RegistryError};
 
@@ -32,9 +34,10 @@ struct Http {
     registry: Arc<Registry>,
     readiness: Readiness,
     api: NodeApi,
+    tls: Option<Arc<TlsServer>>,
 }
 
-pub fn router(api: NodeApi) -> Router {
+pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>) -> Router {
     let (registry, readiness) = (api.registry().clone(), api.readiness().clone());
     Router::new()
         .route("/metrics", get(metrics))
@@ -42,7 +45,7 @@ pub fn router(api: NodeApi) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/node", get(admin_node))
         .route("/admin/members", get(admin_members))
-        .with_state(Http { registry, readiness, api })
+        .with_state(Http { registry, readiness, api, tls })
 }
 
 /// The same answers as gRPC: 401 for a missing or unknown credential, 403
@@ -60,15 +63,15 @@ fn refused(e: &RegistryError) -> Response {
 }
 
 /// Requires an admin grant (in any namespace) of the request's bearer token.
-fn require_admin(h: &Http, headers: &HeaderMap, peer: SocketAddr) -> Result<(), RegistryError> {
+fn require_admin(h: &Http, headers: &HeaderMap, peer: &Peer) -> Result<(), RegistryError> {
     let header = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    let caller = h.api.authenticate(header, &peer.to_string())?;
+    let caller = h.api.authenticate(header, peer)?;
     Ok(h.api.auth().check_anywhere(&caller, Role::Admin)?)
 }
 
-async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
     if h.registry.config().auth.protect_metrics
-        && let Err(e) = require_admin(&h, &headers, peer)
+        && let Err(e) = require_admin(&h, &headers, &peer)
     {
         return refused(&e);
     }
@@ -78,7 +81,38 @@ async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<SocketAdd
         crate::cluster::render_metrics(&mut body, h.registry.node_id(), sync);
     }
     render_auth_metrics(&mut body, h.registry.node_id(), &h.api.auth().metrics);
+    if let Some(tls) = &h.tls {
+        render_tls_metrics(&mut body, h.registry.node_id(), &tls.metrics);
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn render_tls_metrics(out: &mut String, node_id: &str, m: &TlsMetrics) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, value) in [
+        (
+            "registry_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out (wrong CA, bad or missing client certificate, plaintext).",
+            get(&m.handshake_failures),
+        ),
+        ("registry_tls_reloads_total", "TLS material loaded after the start.", get(&m.reloads)),
+        (
+            "registry_tls_reload_failures_total",
+            "TLS reloads refused (the old material stays in force).",
+            get(&m.reload_failures),
+        ),
+    ] {
+        crate::metrics::write_metric(out, name, "counter", help, node_id, value);
+    }
+    let not_after = m.cert_not_after.load(Ordering::Relaxed).max(0) as u64;
+    crate::metrics::write_metric(
+        out,
+        "registry_tls_cert_not_after_seconds",
+        "gauge",
+        "When the server certificate in force expires (Unix seconds).",
+        node_id,
+        not_after,
+    );
 }
 
 fn render_auth_metrics(out: &mut String, node_id: &str, m: &AuthMetrics) {
@@ -89,7 +123,12 @@ fn render_auth_metrics(out: &mut String, node_id: &str, m: &AuthMetrics) {
         "# HELP registry_auth_failures_total Requests whose credential was missing, malformed or unknown."
     );
     let _ = writeln!(out, "# TYPE registry_auth_failures_total counter");
-    for (reason, counter) in [("missing", &m.missing), ("malformed", &m.malformed), ("unknown", &m.unknown)] {
+    for (reason, counter) in [
+        ("missing", &m.missing),
+        ("malformed", &m.malformed),
+        ("unknown", &m.unknown),
+        ("unknown_certificate", &m.unknown_certificate),
+    ] {
         let _ =
             writeln!(out, "registry_auth_failures_total{{node=\"{node_id}\",reason=\"{reason}\"}} {}", get(counter));
     }
@@ -224,8 +263,8 @@ fn json<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
-    if let Err(e) = require_admin(&h, &headers, peer) {
+async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
+    if let Err(e) = require_admin(&h, &headers, &peer) {
         return refused(&e);
     }
     let r = &h.registry;
@@ -259,12 +298,8 @@ async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Socket
     })
 }
 
-async fn admin_members(
-    State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = require_admin(&h, &headers, peer) {
+async fn admin_members(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
+    if let Err(e) = require_admin(&h, &headers, &peer) {
         return refused(&e);
     }
     let answer = crate::cluster::members(&h.registry, h.readiness.is_ready());

@@ -4,7 +4,9 @@
 
 pub mod session;
 
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use registry_proto::frames::registry_server;
 use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
@@ -15,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{NodeApi, WatchEnd};
 use crate::auth::Caller;
+use crate::listen::Peer;
 use crate::registry::RegistryError;
 use session::run_session;
 
@@ -30,11 +33,20 @@ pub fn status_of(e: &RegistryError) -> Status {
     }
 }
 
-/// The caller of a request, from its `authorization` metadata.
+/// The other end of a request's connection (the node's listeners put it in
+/// every request; see `crate::listen`).
+fn peer<T>(request: &Request<T>) -> Peer {
+    request.extensions().get::<Peer>().cloned().unwrap_or_else(|| Peer {
+        addr: request.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        cert_names: Arc::from([]),
+    })
+}
+
+/// The caller of a request, from its `authorization` metadata or its
+/// connection's client certificate.
 fn caller<T>(api: &NodeApi, request: &Request<T>) -> Result<Caller, Status> {
     let header = request.metadata().get("authorization").map(|v| v.as_bytes());
-    let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-    Ok(api.authenticate(header, &peer)?)
+    Ok(api.authenticate(header, &peer(request))?)
 }
 
 impl From<RegistryError> for Status {
@@ -104,8 +116,8 @@ impl registry_server::Registry for RegistryService {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = caller(&self.api, &request)?;
-        let peer = request.remote_addr();
-        let rx = self.api.watch(&caller, request.into_inner(), peer)?;
+        let peer = peer(&request).addr;
+        let rx = self.api.watch(&caller, request.into_inner(), Some(peer))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(end_status)))))
     }
 
