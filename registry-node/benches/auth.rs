@@ -36,14 +36,14 @@ fn auth(c: &mut Criterion) {
         let auth = Auth::new(AuthMode::Enforce, tokens);
         let header = format!("Bearer token-{}", n / 2);
         g.bench_function(format!("authenticate, {n} principals"), |b| {
-            b.iter(|| auth.authenticate(Some(black_box(header.as_bytes())), &[], "bench").expect("known"))
+            b.iter(|| auth.authenticate(Some(black_box(header.as_bytes())), &[], None).expect("known"))
         });
         // A client certificate's names: its CN, then a SAN that matches.
         let names: Vec<Box<str>> = vec!["some-cn".into(), format!("svc-{}.prod", n / 2).into()];
         g.bench_function(format!("authenticate by client certificate, {n} principals"), |b| {
-            b.iter(|| auth.authenticate(None, black_box(&names), "bench").expect("known"))
+            b.iter(|| auth.authenticate(None, black_box(&names), None).expect("known"))
         });
-        let caller = auth.authenticate(Some(header.as_bytes()), &[], "bench").expect("known");
+        let caller = auth.authenticate(Some(header.as_bytes()), &[], None).expect("known");
         let service = format!("svc-{}-orders", n / 2);
         g.bench_function(format!("check a grant, {n} principals"), |b| {
             b.iter(|| auth.check(&caller, Role::Write, black_box("default"), black_box(&service)).expect("granted"))

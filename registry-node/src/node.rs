@@ -19,7 +19,7 @@ use bus_sync::{NatsConfig, RuntimeConfig, SyncConfig, spawn_sync};
 use registry_store::Origin;
 
 use crate::api::{NodeApi, StreamSignals};
-use crate::auth::{Auth, AuthMode};
+use crate::auth::{Audit, Auth, AuthMode};
 use crate::cluster::{NodeReplica, REGISTRY_SERVICE};
 use crate::config::{ConfigError, NodeConfig};
 use crate::frontend::grpc::{ClusterService, RegistryService};
@@ -65,12 +65,16 @@ fn build_auth(config: &NodeConfig) -> Result<Auth, StartError> {
     if mode != AuthMode::Off {
         info!(mode = ?mode, principals = tokens.len(), "auth on");
     }
-    Ok(Auth::new(mode, tokens))
+    let audit = match &config.auth.audit_file {
+        Some(path) => Audit::to_file(&config.node_id, path).map_err(StartError::Auth)?,
+        None => Audit::log_only(&config.node_id),
+    };
+    Ok(Auth::new(mode, tokens).with_audit(audit))
 }
 
 /// Reloads what can change under a running node, on SIGHUP and when its
 /// files change (checked every `every`): the tokens file, and the TLS
-/// certificate, key and client CA. New requests and connections use the new
+/// certificate, key and client CA. SIGHUP also reopens the audit file. New requests and connections use the new
 /// material, open streams keep running, and files that do not load leave the
 /// old material in force (logged and counted).
 fn spawn_reloader(
@@ -82,7 +86,8 @@ fn spawn_reloader(
 ) -> Option<JoinHandle<()>> {
     let tokens = Watched::new(config.auth.tokens_file.iter().filter(|_| auth.mode() != AuthMode::Off).cloned());
     let certs = Watched::new(tls.iter().flat_map(|t| t.settings().files()));
-    if tokens.files.is_empty() && certs.files.is_empty() {
+    let audit_file = config.auth.audit_file.is_some();
+    if tokens.files.is_empty() && certs.files.is_empty() && !audit_file {
         return None;
     }
     let (mut tokens, mut certs) = (tokens, certs);
@@ -100,7 +105,8 @@ fn spawn_reloader(
             let (reload_tokens, reload_tls) = tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = async { match hangup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
-                    info!("SIGHUP: reloading the auth tokens and the TLS material");
+                    info!("SIGHUP: reloading the auth tokens and the TLS material, reopening the audit file");
+                    auth.audit().reopen();
                     (true, true)
                 }
                 _ = poll.tick() => (tokens.changed("the tokens file"), certs.changed("a TLS file")),

@@ -498,3 +498,72 @@ async fn a_principal_sent_by_the_client_is_ignored() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_denied_writes_and_ownership_refusals_go_to_the_audit_file() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("registry-audit-it-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("audit.jsonl");
+    let (owner, intruder, ops, reader) = (token(), token(), token(), token());
+    let entry = |name: &str, token: &str, grants| TokenEntry {
+        name: name.into(),
+        sha256: sha256_hex(token.as_bytes()),
+        grants,
+    };
+    let mut config = test_config("audit");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.audit_file = Some(path.clone());
+    config.auth.tokens = vec![
+        entry("owner", &owner, vec![grant("default", "orders*", Role::Write)]),
+        entry("intruder", &intruder, vec![grant("default", "orders*", Role::Write)]),
+        entry("ops", &ops, vec![grant("default", "*", Role::Admin)]),
+        entry("reader", &reader, vec![grant("default", "*", Role::Read)]),
+    ];
+    let node = start_node(config).await?;
+    let (mut c, mut cluster) = client(node.grpc_addr).await?;
+    // Allowed and not audited: a provider registering its own instance.
+    c.register_instance(with(Some(&owner), register("orders", "o1"))).await?;
+    // A denied write (no grant), an ownership refusal (a takeover), an admin
+    // removing someone else's instance, an admin reading Members, and a
+    // denied admin request.
+    ensure!(code(c.register_instance(with(Some(&reader), register("orders", "r1"))).await) == Code::PermissionDenied);
+    ensure!(code(c.register_instance(with(Some(&intruder), register("orders", "o1"))).await) == Code::PermissionDenied);
+    let key = v1::DeregisterRequest {
+        key: Some(v1::InstanceKey { namespace: String::new(), service: "orders".into(), instance_id: "o1".into() }),
+    };
+    ensure!(code(c.deregister(with(Some(&intruder), key.clone())).await) == Code::PermissionDenied);
+    ensure!(c.deregister(with(Some(&ops), key)).await?.into_inner().found);
+    cluster.members(with(Some(&ops), v1::MembersRequest {})).await?;
+    ensure!(code(cluster.members(with(Some(&owner), v1::MembersRequest {})).await) == Code::PermissionDenied);
+
+    let expected = [
+        ("reader", "register", "default/orders/r1", "denied"),
+        ("intruder", "register", "default/orders/o1", "denied"),
+        ("intruder", "deregister", "default/orders/o1", "denied"),
+        ("ops", "deregister", "default/orders/o1", "allowed"),
+        ("ops", "members", "", "allowed"),
+        ("owner", "members", "", "denied"),
+    ];
+    let lines = registry_tests::eventually("six audit lines", PROMPTLY, || async {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (lines.len() >= expected.len()).then_some(lines)
+    })
+    .await?;
+    ensure!(lines.len() == expected.len(), "exactly these lines, nothing for allowed own writes: {lines:#?}");
+    for (line, (principal, action, key, outcome)) in lines.iter().zip(expected) {
+        let field = |f: &str| line[f].as_str().unwrap_or_default().to_string();
+        ensure!(
+            (field("principal").as_str(), field("action").as_str(), field("key").as_str(), field("outcome").as_str())
+                == (principal, action, key, outcome),
+            "{line}"
+        );
+        ensure!(field("node") == "audit" && field("peer").starts_with("127.0.0.1:"), "{line}");
+        if outcome == "denied" {
+            ensure!(!field("reason").is_empty(), "a denial says why: {line}");
+        }
+    }
+    ensure!(lines[1]["reason"].as_str().unwrap_or_default().contains("belongs to principal \"owner\""), "{}", lines[1]);
+    node.shutdown().await;
+    Ok(())
+}

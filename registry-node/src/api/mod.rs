@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::session::{Closing, Session};
 pub use self::watch::{WatchEnd, WatchItem};
-use crate::auth::{Auth, Caller, Role};
+use crate::auth::{Auth, Caller, Identity, Outcome, Role};
 use crate::listen::Peer;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -85,12 +85,65 @@ impl NodeApi {
     /// The caller of a request: its bearer token (`authorization`), else the
     /// verified client certificate of its connection.
     pub fn authenticate(&self, authorization: Option<&[u8]>, peer: &Peer) -> Result<Caller, RegistryError> {
-        Ok(self.auth.authenticate(authorization, &peer.cert_names, &peer.addr.to_string())?)
+        Ok(self.auth.authenticate(authorization, &peer.cert_names, Some(peer.addr))?)
     }
 
     /// `caller` may act as `role` on `namespace`/`service`.
     pub fn check(&self, caller: &Caller, role: Role, namespace: &str, service: &str) -> Result<(), RegistryError> {
         Ok(self.auth.check(caller, role, namespace, service)?)
+    }
+
+    /// `caller` may write `namespace`/`service`; a refusal goes to the
+    /// audit trail as `action` on `key`.
+    pub fn check_write(
+        &self,
+        caller: &Caller,
+        action: &str,
+        key: impl FnOnce() -> String,
+        namespace: &str,
+        service: &str,
+    ) -> Result<(), RegistryError> {
+        self.check(caller, Role::Write, namespace, service).inspect_err(|e| self.audit_refusal(caller, action, key, e))
+    }
+
+    /// `caller` holds an admin grant (Members, the admin endpoints); the
+    /// request goes to the audit trail either way.
+    pub fn check_admin(&self, caller: &Caller, action: &str) -> Result<(), RegistryError> {
+        match self.auth.check_anywhere(caller, Role::Admin) {
+            Ok(()) => {
+                if caller.principal().is_some() {
+                    self.auth.audit().record(caller, action, "", Outcome::Allowed, "");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let e = RegistryError::from(e);
+                self.audit_refusal(caller, action, String::new, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A write refused for want of a grant or for belonging to another
+    /// principal goes to the audit trail.
+    pub fn audit_refusal(&self, caller: &Caller, action: &str, key: impl FnOnce() -> String, e: &RegistryError) {
+        if let RegistryError::PermissionDenied(reason) = e {
+            self.auth.audit().record(caller, action, &key(), Outcome::Denied, reason);
+        }
+    }
+
+    /// A write done with an admin grant goes to the audit trail.
+    pub fn audit_admin_write(
+        &self,
+        caller: &Caller,
+        action: &str,
+        key: impl FnOnce() -> String,
+        namespace: &str,
+        service: &str,
+    ) {
+        if caller.principal_grants().is_some_and(|p| p.may(Role::Admin, namespace, service)) {
+            self.auth.audit().record(caller, action, &key(), Outcome::Allowed, "");
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -121,13 +174,13 @@ impl NodeApi {
     /// principal, and whether it may replace others' instances (an admin of
     /// the namespace).
     pub fn writer(&self, caller: &Caller, namespace: &str, service: &str) -> Writer {
-        match caller {
-            Caller::Principal(p) => Writer {
+        match &caller.identity {
+            Identity::Principal(p) => Writer {
                 principal: Some(p.name.clone()),
                 may_override: p.may(Role::Admin, namespace, service),
                 warn_only: self.auth.mode() == crate::auth::AuthMode::Warn,
             },
-            Caller::Open | Caller::Unverified(_) => Writer::default(),
+            Identity::Open | Identity::Unverified(_) => Writer::default(),
         }
     }
 
@@ -165,17 +218,24 @@ impl NodeApi {
             .ok_or_else(|| self.invalid(ValidationError { field: "instance".into(), reason: "is required".into() }))?;
         let instance = validate::instance(instance, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
         let key = validate::key_of(&instance);
-        self.check(caller, Role::Write, &instance.namespace, &instance.service)?;
-        let (lease_id, owner, ttl) = self.registry.lease(lease_id, ttl, caller.principal())?;
-        let writer = self.writer(caller, &instance.namespace, &instance.service);
+        let shown = || display_key(&key);
+        let (ns, service) = (instance.namespace.clone(), instance.service.clone());
+        self.check_write(caller, "register", shown, &ns, &service)?;
+        let (lease_id, owner, ttl) = self
+            .registry
+            .lease(lease_id, ttl, caller.principal())
+            .inspect_err(|e| self.audit_refusal(caller, "register", shown, e))?;
+        let writer = self.writer(caller, &ns, &service);
         let version = match self.registry.upsert(owner, instance, &writer) {
             Ok(v) => v,
             Err(e) => {
                 self.registry.drop_lease_if_empty(&lease_id);
                 Metrics::inc(&self.registry.metrics.rejections);
+                self.audit_refusal(caller, "register", shown, &e);
                 return Err(e);
             }
         };
+        self.audit_admin_write(caller, "register", shown, &ns, &service);
         Ok(v1::RegisterInstanceResponse {
             lease_id,
             key: Some(key.to_proto()),
@@ -187,16 +247,23 @@ impl NodeApi {
 
     /// Extends a lease by its TTL; returns the TTL.
     pub fn renew(&self, caller: &Caller, lease_id: &str) -> Result<Duration, RegistryError> {
-        self.registry.renew(lease_id, caller.principal())
+        self.registry
+            .renew(lease_id, caller.principal())
+            .inspect_err(|e| self.audit_refusal(caller, "renew", || format!("lease {lease_id}"), e))
     }
 
     /// Removes an instance, whoever registered it. Returns whether it was there.
     pub fn deregister(&self, caller: &Caller, key: Option<v1::InstanceKey>) -> Result<bool, RegistryError> {
         let k = key.unwrap_or_default();
         let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
-        self.check(caller, Role::Write, &key.namespace, &key.service)?;
-        let found = self.registry.deregister(&key, &self.writer(caller, &key.namespace, &key.service))?;
-        tracing::debug!(key = %display_key(&key), found, "deregister");
+        let shown = || display_key(&key);
+        self.check_write(caller, "deregister", shown, &key.namespace, &key.service)?;
+        let found = self
+            .registry
+            .deregister(&key, &self.writer(caller, &key.namespace, &key.service))
+            .inspect_err(|e| self.audit_refusal(caller, "deregister", shown, e))?;
+        self.audit_admin_write(caller, "deregister", shown, &key.namespace, &key.service);
+        tracing::debug!(key = %shown(), found, "deregister");
         Ok(found)
     }
 
@@ -268,7 +335,7 @@ impl NodeApi {
     /// This node and every peer it knows (a standalone node is a cluster of one).
     /// Needs an admin grant (in any namespace).
     pub fn members(&self, caller: &Caller) -> Result<v1::MembersResponse, RegistryError> {
-        self.auth.check_anywhere(caller, Role::Admin)?;
+        self.check_admin(caller, "members")?;
         Ok(crate::cluster::members(&self.registry, self.readiness.is_ready()))
     }
 

@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeApi;
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::core::session_end::{Disposal, End, Holds, disposal, end_of};
 use crate::metrics::Metrics;
+use crate::registry::display_key;
 use crate::registry::{OwnerId, Registry, RegistryError};
 use crate::validate::{self, ValidationError};
 
@@ -114,14 +115,22 @@ impl Session {
         };
         let limits = &self.registry.config().limits;
         let instance = validate::instance(instance, limits).map_err(|e| (Some(raw_key), e.into()))?;
-        let key = validate::key_of(&instance).to_proto();
-        if let Err(e) = self.api.check(&self.caller, Role::Write, &instance.namespace, &instance.service) {
+        let parsed = validate::key_of(&instance);
+        let (shown, key) = (|| display_key(&parsed), parsed.to_proto());
+        let (ns, service) = (instance.namespace.clone(), instance.service.clone());
+        if let Err(e) = self.api.check_write(&self.caller, "register", shown, &ns, &service) {
             return Err((Some(key), e));
         }
-        let writer = self.api.writer(&self.caller, &instance.namespace, &instance.service);
+        let writer = self.api.writer(&self.caller, &ns, &service);
         match self.registry.upsert(self.owner, instance, &writer) {
-            Ok(version) => Ok((key, version)),
-            Err(e) => Err((Some(key), e)),
+            Ok(version) => {
+                self.api.audit_admin_write(&self.caller, "register", shown, &ns, &service);
+                Ok((key, version))
+            }
+            Err(e) => {
+                self.api.audit_refusal(&self.caller, "register", shown, &e);
+                Err((Some(key), e))
+            }
         }
     }
 
@@ -135,7 +144,8 @@ impl Session {
             Ok(k) => k,
             Err(e) => return Err((Some(key), e.into())),
         };
-        if let Err(e) = self.api.check(&self.caller, Role::Write, &parsed.namespace, &parsed.service) {
+        let shown = || display_key(&parsed);
+        if let Err(e) = self.api.check_write(&self.caller, "deregister", shown, &parsed.namespace, &parsed.service) {
             return Err((Some(parsed.to_proto()), e));
         }
         match self.registry.remove_owned(self.owner, &parsed) {
@@ -244,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_heartbeat_outside_the_limits_is_refused_by_field() {
-        let e = api().open_session(Caller::Open, 1).expect_err("1 ms is below the minimum");
+        let e = api().open_session(Caller::open(), 1).expect_err("1 ms is below the minimum");
         assert!(e.to_string().starts_with("open.heartbeat_interval_ms: 1 is outside "), "{e}");
         assert!(matches!(e, RegistryError::Invalid(_)));
     }
@@ -253,8 +263,8 @@ mod tests {
     async fn a_goodbye_removes_the_sessions_instances_and_only_them() {
         let api = api();
         let drain = CancellationToken::new();
-        let mut a = api.open_session(Caller::Open, 0).expect("open");
-        let mut b = api.open_session(Caller::Open, 0).expect("open");
+        let mut a = api.open_session(Caller::open(), 0).expect("open");
+        let mut b = api.open_session(Caller::open(), 0).expect("open");
         a.start(&drain);
         b.start(&drain);
         a.upsert(instance("i1")).expect("upsert");
@@ -277,7 +287,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_broken_session_keeps_its_instances_for_the_reconnect_grace() {
         let api = api();
-        let mut s = api.open_session(Caller::Open, 0).expect("open");
+        let mut s = api.open_session(Caller::open(), 0).expect("open");
         s.start(&CancellationToken::new());
         s.upsert(instance("i1")).expect("upsert");
         let t0 = Instant::now();
@@ -290,7 +300,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_node_stopping_during_a_hold_leaves_the_instances_to_its_peers() {
         let api = api();
-        let mut s = api.open_session(Caller::Open, 0).expect("open");
+        let mut s = api.open_session(Caller::open(), 0).expect("open");
         s.start(&CancellationToken::new());
         s.upsert(instance("i1")).expect("upsert");
         let stop = CancellationToken::new();
@@ -308,7 +318,7 @@ mod tests {
     #[test]
     fn a_session_whose_provider_never_heard_it_opened_leaves_nothing() {
         let api = api();
-        let s = api.open_session(Caller::Open, 0).expect("open");
+        let s = api.open_session(Caller::open(), 0).expect("open");
         s.upsert(instance("i1")).expect("upsert");
         s.discard();
         assert_eq!(shown(&api), 0);

@@ -5,6 +5,7 @@
 //! mode = "enforce"               # "off" | "warn" | "enforce"
 //! tokens_file = "tokens.toml"    # optional: more [[tokens]] entries
 //! protect_metrics = false        # true: /metrics needs an admin grant
+//! audit_file = "audit.jsonl"     # optional: the audit trail as JSON lines
 //!
 //! [[auth.tokens]]
 //! name = "orders-team"
@@ -77,6 +78,9 @@ pub struct AuthConfig {
     /// `/metrics` needs an admin grant (it is open otherwise, like `/healthz`
     /// and `/readyz`).
     pub protect_metrics: bool,
+    /// Also append the audit trail (admin actions, denied writes, ownership
+    /// refusals) to this file, one JSON object per line.
+    pub audit_file: Option<PathBuf>,
 }
 
 /// The shape of `auth.tokens_file`.

@@ -7,13 +7,16 @@
 //! - [`grants`]: roles, grants and what a principal may do.
 //! - [`tokens`]: the bearer token check (by SHA-256; see there why that is safe to time).
 
+pub mod audit;
 pub mod config;
 pub mod grants;
 pub mod tokens;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use audit::{Audit, Outcome};
 pub use config::{AuthConfig, AuthMode, CertEntry, TokenEntry};
 pub use grants::{Grant, Principal, Role};
 pub use tokens::{AuthFailure, Tokens};
@@ -25,6 +28,7 @@ pub struct Auth {
     /// Swapped whole on a reload: a request sees the old set or the new one.
     tokens: parking_lot::RwLock<Arc<Tokens>>,
     pub(crate) metrics: AuthMetrics,
+    audit: Audit,
 }
 
 /// Failed authentications by reason, and denied requests.
@@ -41,9 +45,9 @@ pub struct AuthMetrics {
     pub reload_failures: AtomicU64,
 }
 
-/// A request's caller, as the API sees it.
+/// Who a request's caller is.
 #[derive(Clone, Debug)]
-pub enum Caller {
+pub enum Identity {
     /// Auth is off: everything is allowed.
     Open,
     /// An authenticated principal.
@@ -53,7 +57,20 @@ pub enum Caller {
     Unverified(AuthFailure),
 }
 
+/// A request's caller, as the API sees it: who, and from where.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    /// The other end of the connection (for logs and the audit trail).
+    pub peer: Option<SocketAddr>,
+}
+
 impl Caller {
+    /// A caller with auth off, from nowhere in particular (tests, in-process use).
+    pub fn open() -> Self {
+        Self { identity: Identity::Open, peer: None }
+    }
+
     /// The principal's name, for logs, the audit trail and the consumer directory.
     pub fn name(&self) -> Option<&str> {
         self.principal().map(|n| &**n)
@@ -61,8 +78,16 @@ impl Caller {
 
     /// The principal's name, shared (leases and records keep it).
     pub fn principal(&self) -> Option<&Arc<str>> {
-        match self {
-            Caller::Principal(p) => Some(&p.name),
+        match &self.identity {
+            Identity::Principal(p) => Some(&p.name),
+            _ => None,
+        }
+    }
+
+    /// The principal, when authenticated.
+    pub fn principal_grants(&self) -> Option<&Principal> {
+        match &self.identity {
+            Identity::Principal(p) => Some(p),
             _ => None,
         }
     }
@@ -79,7 +104,22 @@ pub enum Refusal {
 
 impl Auth {
     pub fn new(mode: AuthMode, tokens: Tokens) -> Self {
-        Self { mode, tokens: parking_lot::RwLock::new(Arc::new(tokens)), metrics: AuthMetrics::default() }
+        Self {
+            mode,
+            tokens: parking_lot::RwLock::new(Arc::new(tokens)),
+            metrics: AuthMetrics::default(),
+            audit: Audit::log_only(""),
+        }
+    }
+
+    /// The same, with `audit` as its audit trail.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// No authentication: every caller may do everything.
@@ -125,14 +165,15 @@ impl Auth {
         &self,
         authorization: Option<&[u8]>,
         cert_names: &[Box<str>],
-        peer: &str,
+        peer: Option<SocketAddr>,
     ) -> Result<Caller, Refusal> {
+        let caller = |identity| Caller { identity, peer };
         if self.mode == AuthMode::Off {
-            return Ok(Caller::Open);
+            return Ok(caller(Identity::Open));
         }
         let tokens = self.tokens.read().clone();
         match tokens.authenticate(authorization, cert_names) {
-            Ok(p) => Ok(Caller::Principal(p)),
+            Ok(p) => Ok(caller(Identity::Principal(p))),
             Err(failure) => {
                 let counter = match failure {
                     AuthFailure::Missing => &self.metrics.missing,
@@ -141,9 +182,10 @@ impl Auth {
                     AuthFailure::UnknownCertificate => &self.metrics.unknown_certificate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                let peer = peer.map(|a| a.to_string()).unwrap_or_default();
                 if self.mode == AuthMode::Warn {
                     tracing::warn!(peer, reason = %failure, "authentication failed (auth.mode = warn: allowed)");
-                    Ok(Caller::Unverified(failure))
+                    Ok(caller(Identity::Unverified(failure)))
                 } else {
                     tracing::info!(peer, reason = %failure, "authentication failed");
                     Err(Refusal::Unauthenticated(failure))
@@ -179,23 +221,23 @@ impl Auth {
         service: &str,
         allowed: impl FnOnce(&Principal) -> bool,
     ) -> Result<(), Refusal> {
-        let refusal = match caller {
-            Caller::Open => return Ok(()),
-            Caller::Principal(p) if allowed(p) => return Ok(()),
-            Caller::Principal(p) => Refusal::Denied {
+        let refusal = match &caller.identity {
+            Identity::Open => return Ok(()),
+            Identity::Principal(p) if allowed(p) => return Ok(()),
+            Identity::Principal(p) => Refusal::Denied {
                 principal: p.name.to_string(),
                 role,
                 namespace: namespace.to_string(),
                 service: service.to_string(),
             },
-            Caller::Unverified(failure) => Refusal::Unauthenticated(*failure),
+            Identity::Unverified(failure) => Refusal::Unauthenticated(*failure),
         };
         self.refuse(caller, refusal)
     }
 
     /// A refusal in `enforce` mode; a warning in `warn` mode.
     fn refuse(&self, caller: &Caller, refusal: Refusal) -> Result<(), Refusal> {
-        if matches!(caller, Caller::Unverified(_)) {
+        if matches!(caller.identity, Identity::Unverified(_)) {
             // Counted and logged when authentication failed.
             return Ok(());
         }
@@ -210,9 +252,9 @@ impl Auth {
 
     /// Whether `caller` may see `namespace`/`service` (filters lists).
     pub fn sees(&self, caller: &Caller, namespace: &str, service: &str) -> bool {
-        match caller {
-            Caller::Principal(p) => self.mode == AuthMode::Warn || p.may(Role::Read, namespace, service),
-            Caller::Open | Caller::Unverified(_) => true,
+        match &caller.identity {
+            Identity::Principal(p) => self.mode == AuthMode::Warn || p.may(Role::Read, namespace, service),
+            Identity::Open | Identity::Unverified(_) => true,
         }
     }
 }
@@ -235,14 +277,14 @@ mod tests {
     fn enforce_refuses_unknown_callers_and_missing_grants() {
         let (a, header) = auth(AuthMode::Enforce);
         assert_eq!(
-            a.authenticate(None, &[], "peer").expect_err("no header"),
+            a.authenticate(None, &[], None).expect_err("no header"),
             Refusal::Unauthenticated(AuthFailure::Missing)
         );
         assert_eq!(
-            a.authenticate(Some(b"Bearer nope"), &[], "peer").expect_err("unknown"),
+            a.authenticate(Some(b"Bearer nope"), &[], None).expect_err("unknown"),
             Refusal::Unauthenticated(AuthFailure::Unknown)
         );
-        let caller = a.authenticate(Some(header.as_bytes()), &[], "peer").expect("known");
+        let caller = a.authenticate(Some(header.as_bytes()), &[], None).expect("known");
         assert_eq!(caller.name(), Some("orders-team"));
         a.check(&caller, Role::Write, "default", "orders-eu").expect("granted");
         a.check(&caller, Role::Read, "default", "orders").expect("write includes read");
@@ -261,9 +303,9 @@ mod tests {
     #[test]
     fn warn_allows_what_enforce_refuses() {
         let (a, header) = auth(AuthMode::Warn);
-        let anon = a.authenticate(None, &[], "peer").expect("allowed in warn mode");
+        let anon = a.authenticate(None, &[], None).expect("allowed in warn mode");
         a.check(&anon, Role::Admin, "prod", "x").expect("allowed");
-        let caller = a.authenticate(Some(header.as_bytes()), &[], "peer").expect("known");
+        let caller = a.authenticate(Some(header.as_bytes()), &[], None).expect("known");
         a.check(&caller, Role::Write, "default", "payments").expect("allowed, logged");
         assert_eq!(a.metrics.denied.load(Ordering::Relaxed), 1, "still counted");
     }
@@ -271,13 +313,13 @@ mod tests {
     #[test]
     fn a_reload_swaps_the_tokens_and_a_bad_one_keeps_the_old() {
         let (a, header) = auth(AuthMode::Enforce);
-        assert!(a.authenticate(Some(header.as_bytes()), &[], "peer").is_ok());
+        assert!(a.authenticate(Some(header.as_bytes()), &[], None).is_ok());
         let entry = TokenEntry { name: "new".into(), sha256: tokens::sha256_hex(b"t-new"), grants: vec![] };
         assert_eq!(a.reload(Tokens::new(&[entry])), Ok(1));
-        assert!(a.authenticate(Some(header.as_bytes()), &[], "peer").is_err(), "the old token is gone");
-        assert!(a.authenticate(Some(b"Bearer t-new"), &[], "peer").is_ok());
+        assert!(a.authenticate(Some(header.as_bytes()), &[], None).is_err(), "the old token is gone");
+        assert!(a.authenticate(Some(b"Bearer t-new"), &[], None).is_ok());
         assert!(a.reload(Err("bad file".into())).is_err());
-        assert!(a.authenticate(Some(b"Bearer t-new"), &[], "peer").is_ok(), "a bad reload changes nothing");
+        assert!(a.authenticate(Some(b"Bearer t-new"), &[], None).is_ok(), "a bad reload changes nothing");
         assert_eq!(a.metrics.reloads.load(Ordering::Relaxed), 1);
         assert_eq!(a.metrics.reload_failures.load(Ordering::Relaxed), 1);
     }
@@ -285,7 +327,7 @@ mod tests {
     #[test]
     fn off_ignores_credentials() {
         let (a, _) = auth(AuthMode::Off);
-        let caller = a.authenticate(Some(b"garbage"), &[], "peer").expect("off");
+        let caller = a.authenticate(Some(b"garbage"), &[], None).expect("off");
         a.check(&caller, Role::Admin, "any", "thing").expect("everything allowed");
     }
 }

@@ -62,16 +62,22 @@ fn refused(e: &RegistryError) -> Response {
     response
 }
 
-/// Requires an admin grant (in any namespace) of the request's bearer token.
-fn require_admin(h: &Http, headers: &HeaderMap, peer: &Peer) -> Result<(), RegistryError> {
+/// Requires an admin grant (in any namespace) of the request's caller (its
+/// bearer token or client certificate). `action` names the request in the
+/// audit trail; `None` keeps it out (a protected /metrics, scraped every
+/// few seconds, is not an admin action).
+fn require_admin(h: &Http, headers: &HeaderMap, peer: &Peer, action: Option<&str>) -> Result<(), RegistryError> {
     let header = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
     let caller = h.api.authenticate(header, peer)?;
-    Ok(h.api.auth().check_anywhere(&caller, Role::Admin)?)
+    match action {
+        Some(action) => h.api.check_admin(&caller, action),
+        None => Ok(h.api.auth().check_anywhere(&caller, Role::Admin)?),
+    }
 }
 
 async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
     if h.registry.config().auth.protect_metrics
-        && let Err(e) = require_admin(&h, &headers, &peer)
+        && let Err(e) = require_admin(&h, &headers, &peer, None)
     {
         return refused(&e);
     }
@@ -81,6 +87,29 @@ async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, he
         crate::cluster::render_metrics(&mut body, h.registry.node_id(), sync);
     }
     render_auth_metrics(&mut body, h.registry.node_id(), &h.api.auth().metrics);
+    let audit = &h.api.auth().audit().metrics;
+    for (name, help, value) in [
+        (
+            "registry_audit_lines_total",
+            "Audit trail lines (admin actions, denied writes, ownership refusals).",
+            &audit.lines,
+        ),
+        (
+            "registry_audit_dropped_total",
+            "Audit lines not written to auth.audit_file because its writer fell behind (they are still logged).",
+            &audit.dropped,
+        ),
+        ("registry_audit_write_errors_total", "Failed writes to auth.audit_file.", &audit.write_errors),
+    ] {
+        crate::metrics::write_metric(
+            &mut body,
+            name,
+            "counter",
+            help,
+            h.registry.node_id(),
+            value.load(Ordering::Relaxed),
+        );
+    }
     if let Some(tls) = &h.tls {
         render_tls_metrics(&mut body, h.registry.node_id(), &tls.metrics);
     }
@@ -264,7 +293,7 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
-    if let Err(e) = require_admin(&h, &headers, &peer) {
+    if let Err(e) = require_admin(&h, &headers, &peer, Some("GET /admin/node")) {
         return refused(&e);
     }
     let r = &h.registry;
@@ -299,7 +328,7 @@ async fn admin_node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>,
 }
 
 async fn admin_members(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
-    if let Err(e) = require_admin(&h, &headers, &peer) {
+    if let Err(e) = require_admin(&h, &headers, &peer, Some("GET /admin/members")) {
         return refused(&e);
     }
     let answer = crate::cluster::members(&h.registry, h.readiness.is_ready());
