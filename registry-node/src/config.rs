@@ -618,4 +618,84 @@ mod tests {
         let err = certs.validate().expect_err("no mTLS").to_string();
         assert!(err.contains("auth.certs") && err.contains("tls.client_ca_file"), "{err}");
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// A config file made of real section and key names with values of
+        /// every shape, right and wrong.
+        fn config_text() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "node_id",
+                "grpc_addr",
+                "http_addr",
+                "cluster",
+                "mode",
+                "tokens_file",
+                "protect_metrics",
+                "audit_file",
+                "cert_file",
+                "key_file",
+                "client_ca_file",
+                "client_auth",
+                "name",
+                "sha256",
+                "subject",
+                "grants",
+                "beat_interval_ms",
+                "subject_prefix",
+                "max_weight",
+            ]);
+            let value = prop_oneof![
+                "\"[a-z0-9.:*/ -]{0,12}\"".prop_map(|v| v),
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<bool>().prop_map(|v| v.to_string()),
+                Just("\"0.0.0.0:7070\"".to_string()),
+                Just("\"enforce\"".to_string()),
+                Just("\"required\"".to_string()),
+                Just("[{ namespace = \"*\", services = \"a*\", role = \"write\" }]".to_string()),
+                Just("[{ namespace = \"\", services = \"*a\", role = \"root\" }]".to_string()),
+            ];
+            let header = prop::sample::select(vec![
+                "",
+                "[auth]",
+                "[tls]",
+                "[[auth.tokens]]",
+                "[[auth.certs]]",
+                "[sync]",
+                "[limits]",
+                "[sessions]",
+            ]);
+            prop::collection::vec((header, key, value), 0..12)
+                .prop_map(|lines| lines.into_iter().map(|(h, k, v)| format!("{h}\n{k} = {v}\n")).collect::<String>())
+        }
+
+        proptest! {
+            /// Any such file is parsed or refused, never a panic; what parses
+            /// validates or names the setting it refuses.
+            #[test]
+            fn any_config_file_is_parsed_or_refused_by_name(text in config_text()) {
+                if let Ok(c) = toml::from_str::<NodeConfig>(&text) {
+                    match c.validate() {
+                        Ok(()) => {}
+                        Err(ConfigError::Invalid { setting, reason }) => {
+                            prop_assert!(!setting.is_empty() && !reason.is_empty());
+                        }
+                        Err(e) => prop_assert!(false, "unexpected error kind: {e}"),
+                    }
+                }
+            }
+
+            /// Arbitrary bytes as a config file: refused without a panic.
+            #[test]
+            fn arbitrary_bytes_are_refused_without_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(c) = toml::from_str::<NodeConfig>(&text) {
+                    let _ = c.validate();
+                }
+            }
+        }
+    }
 }
