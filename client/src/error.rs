@@ -5,10 +5,12 @@ use tonic::{Code, Status};
 /// What went wrong talking to the registry.
 ///
 /// Match on the variant to decide what to do: [`Error::Unavailable`] is worth a
-/// retry later, [`Error::NotFound`] and [`Error::Rejected`] are answers, and
+/// retry later, [`Error::NotFound`] and [`Error::Rejected`] are answers,
 /// [`Error::Unauthenticated`] and [`Error::PermissionDenied`] (see
 /// [`Error::is_denied`]) need another token or another grant: every node
-/// answers the same, so the library never retries them.
+/// answers the same, so the library never retries them. [`Error::InvalidTls`],
+/// [`Error::InvalidToken`] and [`Error::InvalidEndpoint`] come from
+/// [`Client::new`](crate::Client::new): the settings need fixing.
 ///
 /// ```
 /// use registry_client::Error;
@@ -68,6 +70,30 @@ pub enum Error {
     /// be non-empty visible ASCII, without spaces. (The token is not repeated.)
     #[error("invalid bearer token: it must be non-empty visible ASCII without spaces")]
     InvalidToken,
+    /// The TLS settings cannot be used: a file that cannot be read, PEM
+    /// without the certificate or key expected, a certificate that is not
+    /// valid X.509, a key that does not belong to its certificate, a TLS
+    /// domain that is not a name, or no system roots for an `https://`
+    /// endpoint given no CA. Key material is never quoted.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// let e = Client::new(ClientConfig::new(["10.0.0.1:7070"]).ca_file("/nowhere/ca.pem")).unwrap_err();
+    /// assert!(matches!(&e, Error::InvalidTls { what, .. } if what == "CA certificate"));
+    /// assert!(e.to_string().starts_with("invalid TLS CA certificate in `/nowhere/ca.pem`: cannot read the file"));
+    /// ```
+    #[error("invalid TLS {what} in {origin}: {reason}")]
+    InvalidTls {
+        /// What it is: `CA certificate`, `client certificate`, `client key`,
+        /// `domain`, `roots`.
+        what: String,
+        /// Where it comes from: the file's path in backquotes, `the PEM text
+        /// given`, the domain.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The node answered something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -151,6 +177,21 @@ pub(crate) fn describe(status: &Status) -> String {
     } else {
         format!("{:?}: {}", status.code(), status.message())
     }
+}
+
+/// `e` and its sources, `: `-separated (tonic's transport errors say little
+/// at the top), each said once.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -47,6 +47,8 @@
 //!   the [`BearerToken`].
 //! - `auth`: the interceptor putting the token on every request; every channel
 //!   to a node goes through it.
+//! - `tls`: [`TlsConfig`] (the CA, the client identity, the TLS domain), read
+//!   and checked by [`Client::new`], and which endpoints use TLS.
 //! - `client`: [`Client`], one lazily connected channel per node, unary reads that
 //!   fail over from node to node (`UNAVAILABLE`, including "warming up", moves on).
 //! - `provider`: [`Provider`], the task owning a `Register` session: heartbeats,
@@ -76,6 +78,7 @@ mod consumer;
 mod error;
 mod lease;
 mod provider;
+mod tls;
 mod view;
 
 pub use balance::{
@@ -89,4 +92,5 @@ pub use lease::{Lease, LeaseState};
 pub use provider::{Provider, ProviderState};
 /// The public API's messages (`registry.v1`), as this library returns them.
 pub use registry_proto::v1;
+pub use tls::{ClientIdentity, Pem, TlsConfig};
 pub use view::{InstanceChange, RevisionGap, ServiceView};
