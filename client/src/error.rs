@@ -166,12 +166,15 @@ fn or_default(reason: String, default: &str) -> String {
 }
 
 /// Statuses after which another node (or a later try) may well succeed:
-/// unreachable, shutting down, warming up, overloaded or too slow.
+/// unreachable, shutting down, warming up, overloaded or too slow, or a
+/// broken connection. tonic makes the last kind here, with the connection's
+/// error as the source (a node's answer has none), and their code varies: an
+/// HTTP/2 error, such as a plaintext client on a TLS port gets, is INTERNAL.
 pub(crate) fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
-    )
+    ) || std::error::Error::source(status).is_some()
 }
 
 /// One line for logs and [`Error::Unavailable`]. A status made here from a
@@ -316,6 +319,17 @@ mod tests {
         assert!(refused.contains("refused") && !refused.contains("TLS"), "{refused}");
         // A node's own answer is as it was.
         assert_eq!(describe(&Status::unavailable("node is warming up")), "Unavailable: node is warming up");
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_whatever_its_code() {
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::other("stream closed because of a broken pipe")));
+        assert!(is_retryable(&broken));
+        let e = Error::from_status(&broken);
+        assert!(matches!(&e, Error::Unavailable { last } if last.contains("broken pipe")), "{e:?}");
+        // The same code from a node is its answer.
+        assert!(!is_retryable(&Status::internal("bug")));
     }
 
     #[test]

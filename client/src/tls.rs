@@ -126,6 +126,23 @@ impl TlsConfig {
         self.ca.is_some() || self.identity.is_some() || self.domain.is_some()
     }
 
+    /// Whether `endpoint`, as [`ClientConfig::endpoints`](crate::ClientConfig::endpoints)
+    /// spells it, is reached over TLS with these settings.
+    ///
+    /// ```
+    /// use registry_client::{ClientConfig, TlsConfig};
+    ///
+    /// let none = TlsConfig::default();
+    /// assert!(none.uses_tls("https://registry.internal:7070"));
+    /// assert!(!none.uses_tls("10.0.0.1:7070"));
+    /// let with_ca = ClientConfig::new(["10.0.0.1:7070"]).ca_file("ca.pem").tls;
+    /// assert!(with_ca.uses_tls("10.0.0.1:7070"));
+    /// assert!(!with_ca.uses_tls("http://10.0.0.1:7070"));
+    /// ```
+    pub fn uses_tls(&self, endpoint: &str) -> bool {
+        endpoint_uri(endpoint, self).get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    }
+
     /// Reads and checks everything: tonic's settings for every TLS endpoint,
     /// with `handshake_timeout` on the handshake.
     pub(crate) fn load(&self, handshake_timeout: Duration) -> Result<ClientTlsConfig> {
