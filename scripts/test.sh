@@ -53,6 +53,16 @@ no_grpc_ok=true
 check_no_grpc registry-store || no_grpc_ok=false
 check_no_grpc bus-sync || no_grpc_ok=false
 $no_grpc_ok || exit 1
+# TLS uses rustls with the ring provider only: aws-lc-rs needs cmake and a C
+# toolchain to build, and two providers would make rustls pick at run time.
+if aws_lc=$(cargo tree --workspace -e normal,dev --locked -i aws-lc-rs 2>&1); then
+    echo "error: aws-lc-rs is in the dependency tree (see 'cargo tree -i aws-lc-rs'); enable rustls/tonic with ring only" >&2
+    exit 1
+elif ! grep -q "did not match any packages" <<<"$aws_lc"; then
+    echo "error: cannot check for aws-lc-rs: $aws_lc" >&2
+    exit 1
+fi
+echo "TLS: ring provider only (no aws-lc-rs)"
 # The deploy files, checked with the tools this machine has (the systemd check
 # runs against the node binary built here; cargo test reuses it).
 cargo build --locked -p registry-node

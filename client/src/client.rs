@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use registry_proto::v1;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{Credentials, NodeChannel};
 use crate::config::ClientConfig;
-use crate::error::{Error, Result, describe, is_retryable};
+use crate::error::{Error, Result, describe, error_chain, is_retryable};
+use crate::tls::endpoint_uri;
 
 pub(crate) type RegistryClient = v1::registry_client::RegistryClient<NodeChannel>;
 type ClusterClient = v1::cluster_client::ClusterClient<NodeChannel>;
@@ -63,23 +64,27 @@ struct Node {
 }
 
 impl Client {
-    /// Checks the endpoints and the token; connects nothing yet.
+    /// Checks the endpoints and the token, and reads and checks the TLS
+    /// material ([`ClientConfig::tls`]); connects nothing yet.
     ///
     /// ```
     /// use registry_client::{Client, ClientConfig, Error};
     ///
     /// assert!(matches!(Client::new(ClientConfig::new(Vec::<String>::new())), Err(Error::NoEndpoints)));
     /// assert!(Client::new(ClientConfig::new(["127.0.0.1:7070"])).is_ok());
+    /// let no_ca = ClientConfig::new(["127.0.0.1:7070"]).ca_file("/nowhere/ca.pem");
+    /// assert!(matches!(Client::new(no_ca), Err(Error::InvalidTls { .. })));
     /// ```
     pub fn new(config: ClientConfig) -> Result<Self> {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
         let credentials = Credentials::new(config.token.as_ref())?;
+        let tls = config.tls.load(config.connect_timeout)?;
         let nodes = config
             .endpoints
             .iter()
-            .map(|e| Ok(Node { endpoint: endpoint(e, &config)?, channel: OnceLock::new() }))
+            .map(|e| Ok(Node { endpoint: endpoint(e, &config, &tls)?, channel: OnceLock::new() }))
             .collect::<Result<Vec<_>>>()?;
         let start = if config.in_order { 0 } else { rand::random_range(0..nodes.len()) };
         Ok(Self { inner: Arc::new(Inner { config, credentials, nodes, next: AtomicUsize::new(start) }) })
@@ -279,14 +284,38 @@ impl Inner {
     }
 }
 
-/// Parses one endpoint; a bare `host:port` means plaintext HTTP/2.
-fn endpoint(raw: &str, config: &ClientConfig) -> Result<Endpoint> {
-    let uri = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
+/// Parses one endpoint, with `tls` when it uses TLS: `https://` does,
+/// `http://` does not, and a bare `host:port` does when TLS is configured (see
+/// [`crate::tls`]).
+fn endpoint(raw: &str, config: &ClientConfig, tls: &ClientTlsConfig) -> Result<Endpoint> {
     let invalid = |reason: String| Error::InvalidEndpoint { endpoint: raw.to_string(), reason };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(endpoint_uri(raw, &config.tls)).map_err(|e| invalid(e.to_string()))?;
     if endpoint.uri().host().is_none() {
         return Err(invalid("no host".into()));
     }
+    match endpoint.uri().scheme_str() {
+        Some("https") => {
+            if config.tls.domain.is_none() && !tls_checks_name(endpoint.uri().host().unwrap_or_default()) {
+                return Err(invalid("TLS cannot check a certificate against this host; set the TLS domain".into()));
+            }
+            // `TlsConfig::load` checked everything else: what can still fail
+            // is reading the system's roots (no CA configured).
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| Error::InvalidTls {
+                what: "roots".into(),
+                origin: "the system's certificate store".into(),
+                reason: format!("{}; give the nodes' CA certificate", error_chain(&e)),
+            })?;
+        }
+        Some("http") if config.tls.is_configured() => {
+            tracing::warn!(
+                endpoint = raw,
+                "plaintext endpoint although TLS is configured: write https:// or host:port"
+            );
+        }
+        _ => {}
+    }
+    // The connect timeout covers the TLS handshake too: a node that never
+    // finishes one is given up on like an unreachable one.
     Ok(endpoint
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
@@ -294,6 +323,13 @@ fn endpoint(raw: &str, config: &ClientConfig) -> Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true))
+}
+
+/// Whether `host` (of a URI: an IPv6 address in brackets) is a DNS name or
+/// an IP address, which TLS can check a certificate against.
+fn tls_checks_name(host: &str) -> bool {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    rustls::pki_types::ServerName::try_from(host).is_ok()
 }
 
 #[cfg(test)]
@@ -307,6 +343,14 @@ mod tests {
         assert_eq!(client.inner.order(Some(2)), [1, 0, 2]);
         let one = Client::new(ClientConfig::new(["lb:1"])).expect("valid");
         assert_eq!(one.inner.order(Some(0)), [0]);
+    }
+
+    #[test]
+    fn tls_checks_names_and_addresses() {
+        for ok in ["registry.internal", "localhost", "10.0.0.1", "[::1]", "[2001:db8::1]"] {
+            assert!(tls_checks_name(ok), "{ok}");
+        }
+        assert!(!tls_checks_name("bad..name"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Client settings, the bearer token and the reconnect backoff.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls::{ClientIdentity, Pem, TlsConfig};
 
 /// How a [`Client`](crate::Client) reaches the registry.
 ///
@@ -17,8 +20,10 @@ use std::time::Duration;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Node addresses (`http://host:port`, or `host:port`). One DNS name behind
-    /// a load balancer works too: every reconnect resolves it again.
+    /// Node addresses: `https://host:port` (TLS), `http://host:port`
+    /// (plaintext), or `host:port` (TLS when [`ClientConfig::tls`] has any
+    /// setting, plaintext otherwise). One DNS name behind a load balancer
+    /// works too: every reconnect resolves it again.
     pub endpoints: Vec<String>,
     /// Namespace of every call that does not name one (default `"default"`).
     pub namespace: String,
@@ -54,6 +59,13 @@ pub struct ClientConfig {
     /// `Members`, reconnects included); `None` sends no credentials. Never
     /// shown: see [`BearerToken`].
     pub token: Option<BearerToken>,
+    /// TLS to the nodes: the CA that node certificates must chain to, a
+    /// client certificate for mTLS, the name to check node certificates
+    /// against. Read and checked by [`Client::new`](crate::Client::new).
+    /// Set with [`ClientConfig::ca_file`], [`ClientConfig::ca_pem`],
+    /// [`ClientConfig::identity_files`], [`ClientConfig::identity_pem`] and
+    /// [`ClientConfig::tls_domain`].
+    pub tls: TlsConfig,
 }
 
 impl ClientConfig {
@@ -80,6 +92,7 @@ impl ClientConfig {
             in_order: false,
             event_buffer: 1_024,
             token: None,
+            tls: TlsConfig::default(),
         }
     }
 
@@ -189,6 +202,106 @@ impl ClientConfig {
     /// ```
     pub fn token(mut self, token: impl Into<BearerToken>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the CA certificates (PEM, one or more) in the file at `path`,
+    /// and only those, for node certificates. A bare `host:port` endpoint
+    /// then uses TLS. [`Client::new`](crate::Client::new) reads the file: one
+    /// that cannot be read or holds no valid certificate is an
+    /// [`Error::InvalidTls`](crate::Error::InvalidTls) naming it.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// let config = ClientConfig::new(["10.0.0.1:7070", "10.0.0.2:7070"]).ca_file("/nowhere/ca.pem");
+    /// let e = Client::new(config).unwrap_err();
+    /// assert!(matches!(&e, Error::InvalidTls { origin, .. } if origin == "`/nowhere/ca.pem`"));
+    /// assert!(e.to_string().contains("cannot read the file"), "{e}");
+    /// ```
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca = Some(Pem::file(path));
+        self
+    }
+
+    /// Like [`ClientConfig::ca_file`], with the PEM text itself.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// # let ca_pem = rcgen::generate_simple_self_signed(vec!["registry.internal".into()]).unwrap().cert.pem();
+    /// // ca_pem: "-----BEGIN CERTIFICATE-----\n..."
+    /// assert!(Client::new(ClientConfig::new(["10.0.0.1:7070"]).ca_pem(ca_pem)).is_ok());
+    ///
+    /// let garbage = ClientConfig::new(["10.0.0.1:7070"]).ca_pem("not a certificate");
+    /// let e = Client::new(garbage).unwrap_err();
+    /// assert!(e.to_string().contains("no certificate found"), "{e}");
+    /// ```
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(Pem::bytes(pem));
+        self
+    }
+
+    /// Shows nodes that ask for one (mTLS) the certificate chain in
+    /// `cert_chain` and its private key in `key` (PEM files; the key not
+    /// encrypted). A bare `host:port` endpoint then uses TLS.
+    /// [`Client::new`](crate::Client::new) reads both and checks that the
+    /// key belongs to the certificate.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// let config = ClientConfig::new(["https://registry.internal:7070"])
+    ///     .ca_file("/etc/registry/ca.pem")
+    ///     .identity_files("/etc/registry/billing.pem", "/etc/registry/billing.key");
+    /// # let config = config.ca_pem(rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap().cert.pem());
+    /// let e = Client::new(config).unwrap_err();
+    /// assert!(e.to_string().contains("`/etc/registry/billing.pem`"), "{e}");
+    /// ```
+    pub fn identity_files(mut self, cert_chain: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.identity = Some(ClientIdentity { cert_chain: Pem::file(cert_chain), key: Pem::file(key) });
+        self
+    }
+
+    /// Like [`ClientConfig::identity_files`], with the PEM texts themselves.
+    /// The key never shows in `Debug` output or errors.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// # let me = rcgen::generate_simple_self_signed(vec!["billing.prod".into()]).unwrap();
+    /// # let (cert_pem, key_pem) = (me.cert.pem(), me.signing_key.serialize_pem());
+    /// let config = ClientConfig::new(["10.0.0.1:7070"]).identity_pem(cert_pem.clone(), key_pem.clone());
+    /// assert!(!format!("{config:?}").contains(&key_pem));
+    /// # let config = config.ca_pem(cert_pem.clone());
+    /// assert!(Client::new(config).is_ok());
+    ///
+    /// // The certificate twice, no key: refused, saying what is missing.
+    /// let no_key = ClientConfig::new(["10.0.0.1:7070"]).identity_pem(cert_pem.clone(), cert_pem);
+    /// let e = Client::new(no_key).unwrap_err();
+    /// assert!(matches!(&e, Error::InvalidTls { what, .. } if what == "client key"), "{e}");
+    /// assert!(e.to_string().contains("no private key found"), "{e}");
+    /// ```
+    pub fn identity_pem(mut self, cert_chain: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls.identity = Some(ClientIdentity { cert_chain: Pem::bytes(cert_chain), key: Pem::bytes(key) });
+        self
+    }
+
+    /// Checks node certificates against `name` instead of the endpoint's
+    /// host: for nodes reached by IP address whose certificates name a DNS
+    /// name. A bare `host:port` endpoint then uses TLS.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// let config = ClientConfig::new(["10.0.0.1:7070", "10.0.0.2:7070"]).tls_domain("registry.internal");
+    /// assert_eq!(config.tls.domain.as_deref(), Some("registry.internal"));
+    ///
+    /// let bad = ClientConfig::new(["10.0.0.1:7070"]).tls_domain("not a name");
+    /// assert!(matches!(Client::new(bad), Err(Error::InvalidTls { .. })));
+    /// ```
+    pub fn tls_domain(mut self, name: impl Into<String>) -> Self {
+        self.tls.domain = Some(name.into());
         self
     }
 }

@@ -5,10 +5,13 @@ use tonic::{Code, Status};
 /// What went wrong talking to the registry.
 ///
 /// Match on the variant to decide what to do: [`Error::Unavailable`] is worth a
-/// retry later, [`Error::NotFound`] and [`Error::Rejected`] are answers, and
-/// [`Error::Unauthenticated`] and [`Error::PermissionDenied`] (see
+/// retry later (a failed TLS handshake is one too: its message says `TLS
+/// handshake failed` and why), [`Error::NotFound`] and [`Error::Rejected`] are
+/// answers, [`Error::Unauthenticated`] and [`Error::PermissionDenied`] (see
 /// [`Error::is_denied`]) need another token or another grant: every node
-/// answers the same, so the library never retries them.
+/// answers the same, so the library never retries them. [`Error::InvalidTls`],
+/// [`Error::InvalidToken`] and [`Error::InvalidEndpoint`] come from
+/// [`Client::new`](crate::Client::new): the settings need fixing.
 ///
 /// ```
 /// use registry_client::Error;
@@ -36,7 +39,10 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// No node answered (unreachable, shutting down, or still warming up).
+    /// No node answered: unreachable, shutting down, still warming up, or the
+    /// TLS handshake failed (a node certificate the CA did not sign, expired,
+    /// or not for the name; a client certificate the node refused; a
+    /// plaintext port). The connect timeout bounds the handshake.
     #[error("no registry node available: {last}")]
     Unavailable {
         /// The last failure seen, for the operator.
@@ -68,6 +74,30 @@ pub enum Error {
     /// be non-empty visible ASCII, without spaces. (The token is not repeated.)
     #[error("invalid bearer token: it must be non-empty visible ASCII without spaces")]
     InvalidToken,
+    /// The TLS settings cannot be used: a file that cannot be read, PEM
+    /// without the certificate or key expected, a certificate that is not
+    /// valid X.509, a key that does not belong to its certificate, a TLS
+    /// domain that is not a name, or no system roots for an `https://`
+    /// endpoint given no CA. Key material is never quoted.
+    ///
+    /// ```
+    /// use registry_client::{Client, ClientConfig, Error};
+    ///
+    /// let e = Client::new(ClientConfig::new(["10.0.0.1:7070"]).ca_file("/nowhere/ca.pem")).unwrap_err();
+    /// assert!(matches!(&e, Error::InvalidTls { what, .. } if what == "CA certificate"));
+    /// assert!(e.to_string().starts_with("invalid TLS CA certificate in `/nowhere/ca.pem`: cannot read the file"));
+    /// ```
+    #[error("invalid TLS {what} in {origin}: {reason}")]
+    InvalidTls {
+        /// What it is: `CA certificate`, `client certificate`, `client key`,
+        /// `domain`, `roots`.
+        what: String,
+        /// Where it comes from: the file's path in backquotes, `the PEM text
+        /// given`, the domain.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The node answered something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -136,20 +166,93 @@ fn or_default(reason: String, default: &str) -> String {
 }
 
 /// Statuses after which another node (or a later try) may well succeed:
-/// unreachable, shutting down, warming up, overloaded or too slow.
+/// unreachable, shutting down, warming up, overloaded or too slow, or a
+/// broken connection. tonic makes the last kind here, with the connection's
+/// error as the source (a node's answer has none), and their code varies: an
+/// HTTP/2 error, such as a plaintext client on a TLS port gets, is INTERNAL.
 pub(crate) fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted
-    )
+    ) || std::error::Error::source(status).is_some()
 }
 
-/// One line for logs and [`Error::Unavailable`].
+/// One line for logs and [`Error::Unavailable`]. A status made here from a
+/// connection failure (it has a source) says what failed, not just
+/// "transport error"; a failed TLS handshake is named as such, with what to
+/// check.
 pub(crate) fn describe(status: &Status) -> String {
+    if let Some(tls) = tls_failure(status) {
+        return tls;
+    }
+    if let Some(cause) = std::error::Error::source(status) {
+        return format!("{:?}: {}", status.code(), error_chain(cause));
+    }
     if status.message().is_empty() {
         format!("{:?}", status.code())
     } else {
         format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// `e` and its sources, `: `-separated (tonic's transport errors say little
+/// at the top), each said once.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// "TLS handshake failed: ..." when TLS made `status` (a call on a channel
+/// that could not connect carries the connection error as its source), in
+/// rustls' words, which name the certificate problem, and a hint.
+fn tls_failure(status: &Status) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        // tokio-rustls hands rustls' errors over inside an io::Error, whose
+        // `source()` skips them.
+        let inner = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        if let Some(tls) = e.downcast_ref::<rustls::Error>().or_else(|| inner?.downcast_ref::<rustls::Error>()) {
+            return Some(format!("TLS handshake failed: {tls}{}", tls_hint(tls)));
+        }
+        // A fatal alert that comes after the client's side of the handshake
+        // (TLS 1.3: the node refusing the client's certificate, or its lack
+        // of one) reaches the connection as rustls' text only.
+        if let Some(alert) = inner.map(|i| i.to_string()).filter(|t| t.starts_with("received fatal alert: ")) {
+            let hint = if alert.contains("Certificate") || alert.contains("UnknownCA") { CLIENT_CERT_HINT } else { "" };
+            return Some(format!("TLS handshake failed: {alert}{hint}"));
+        }
+        cause = e.source();
+    }
+    None
+}
+
+const CLIENT_CERT_HINT: &str = "; the node wants a client certificate it trusts (mTLS)";
+
+/// What to check after the TLS error `e`.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+
+    match e {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            "; the node's certificate is not signed by the CA this client trusts"
+        }
+        rustls::Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "; reach the node by a name its certificate has, or set the TLS domain to one"
+        }
+        rustls::Error::AlertReceived(
+            Alert::CertificateRequired | Alert::BadCertificate | Alert::UnknownCA | Alert::CertificateUnknown,
+        ) => CLIENT_CERT_HINT,
+        rustls::Error::AlertReceived(Alert::CertificateExpired) => "; the node says the client certificate expired",
+        rustls::Error::InvalidMessage(_) => "; is the node's port plaintext? (use http:// for it)",
+        _ => "",
     }
 }
 
@@ -187,6 +290,46 @@ mod tests {
         // Without a message, still a sentence.
         let e = Error::from_status(&Status::unauthenticated(""));
         assert!(matches!(&e, Error::Unauthenticated(m) if !m.is_empty()), "{e:?}");
+    }
+
+    /// A status as tonic makes one from a connection failure `e`.
+    fn from_connection_error(e: std::io::Error) -> Status {
+        Status::from_error(Box::new(e))
+    }
+
+    #[test]
+    fn a_failed_handshake_is_named_tls_with_a_hint() {
+        use std::io::{Error as IoError, ErrorKind};
+
+        let unknown_ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let status = from_connection_error(IoError::new(ErrorKind::InvalidData, unknown_ca));
+        let e = Error::from_status(&status);
+        let Error::Unavailable { last } = &e else { panic!("{e:?}") };
+        assert!(last.starts_with("TLS handshake failed: invalid peer certificate: UnknownIssuer"), "{last}");
+        assert!(last.contains("not signed by the CA"), "{last}");
+
+        // An alert after the client's side of the handshake: rustls' text only.
+        let alert = IoError::new(ErrorKind::InvalidData, "received fatal alert: CertificateRequired");
+        let last = describe(&from_connection_error(alert));
+        assert!(last.starts_with("TLS handshake failed: received fatal alert: CertificateRequired"), "{last}");
+        assert!(last.contains("client certificate"), "{last}");
+
+        // Other connection failures say what failed, not "transport error".
+        let refused = describe(&from_connection_error(IoError::new(ErrorKind::ConnectionRefused, "refused")));
+        assert!(refused.contains("refused") && !refused.contains("TLS"), "{refused}");
+        // A node's own answer is as it was.
+        assert_eq!(describe(&Status::unavailable("node is warming up")), "Unavailable: node is warming up");
+    }
+
+    #[test]
+    fn a_broken_connection_is_retried_whatever_its_code() {
+        let mut broken = Status::internal("h2 protocol error: http2 error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::other("stream closed because of a broken pipe")));
+        assert!(is_retryable(&broken));
+        let e = Error::from_status(&broken);
+        assert!(matches!(&e, Error::Unavailable { last } if last.contains("broken pipe")), "{e:?}");
+        // The same code from a node is its answer.
+        assert!(!is_retryable(&Status::internal("bug")));
     }
 
     #[test]

@@ -42,11 +42,40 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Nodes serving TLS: [`ClientConfig::ca_file`] names the CA their
+//! certificates chain to (a bare `host:port` endpoint then uses TLS;
+//! `https://` always does, with the system's roots when no CA is given;
+//! `http://` never does), [`ClientConfig::identity_files`] a client
+//! certificate and key for nodes that ask for one (mTLS), and
+//! [`ClientConfig::tls_domain`] the name in their certificates when they are
+//! reached by IP. [`Client::new`] reads and checks the files: a bad one is
+//! [`Error::InvalidTls`], naming it. A failed handshake (another CA, expired,
+//! a name the certificate lacks, a refused client certificate) is
+//! [`Error::Unavailable`] saying `TLS handshake failed` and why, within the
+//! connect timeout, and the next node is tried.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use registry_client::{Client, ClientConfig};
+//!
+//! let client = Client::new(
+//!     ClientConfig::new(["10.0.0.1:7070", "10.0.0.2:7070"])
+//!         .ca_file("/etc/registry/ca.pem")
+//!         .identity_files("/etc/registry/billing.pem", "/etc/registry/billing.key")
+//!         .tls_domain("registry.internal")
+//!         .token(std::env::var("REGISTRY_TOKEN")?),
+//! )?;
+//! # drop(client);
+//! # Ok(()) }
+//! ```
+//!
 //! Layout:
 //! - [`config`](ClientConfig): endpoints, timeouts, the jittered [`Backoff`],
-//!   the [`BearerToken`].
+//!   the [`BearerToken`], the TLS settings.
 //! - `auth`: the interceptor putting the token on every request; every channel
 //!   to a node goes through it.
+//! - `tls`: [`TlsConfig`] (the CA, the client identity, the TLS domain), read
+//!   and checked by [`Client::new`], and which endpoints use TLS.
 //! - `client`: [`Client`], one lazily connected channel per node, unary reads that
 //!   fail over from node to node (`UNAVAILABLE`, including "warming up", moves on).
 //! - `provider`: [`Provider`], the task owning a `Register` session: heartbeats,
@@ -76,6 +105,7 @@ mod consumer;
 mod error;
 mod lease;
 mod provider;
+mod tls;
 mod view;
 
 pub use balance::{
@@ -89,4 +119,5 @@ pub use lease::{Lease, LeaseState};
 pub use provider::{Provider, ProviderState};
 /// The public API's messages (`registry.v1`), as this library returns them.
 pub use registry_proto::v1;
+pub use tls::{ClientIdentity, Pem, TlsConfig};
 pub use view::{InstanceChange, RevisionGap, ServiceView};

@@ -5,24 +5,38 @@
 //! It is sent with every call and never printed. `regctl token new` makes one,
 //! with the entry of the node's config that grants it.
 //!
+//! Nodes serving TLS: `--ca-file` (`REGISTRY_CA_FILE`) names the CA their
+//! certificates must chain to; with it, a bare `host:port` endpoint uses TLS
+//! (`https://` always does, with the system's roots when no CA is given;
+//! `http://` never does). `--cert` and `--key` (`REGISTRY_CERT`,
+//! `REGISTRY_KEY`, always together) show a client certificate to nodes that
+//! ask for one (mTLS). `--tls-domain` checks node certificates against that
+//! name instead of the endpoint's host (nodes reached by IP address).
+//!
 //! Exit codes scripts can rely on:
 //! - 0: done;
 //! - 1: not found, or refused by the registry (the message says why);
-//! - 2: bad usage (unknown flag, bad endpoint, bad token or grant);
-//! - 69: no registry node available (EX_UNAVAILABLE): unreachable, shutting down
-//!   or still warming up. Worth a retry.
+//! - 2: bad usage (unknown flag, bad endpoint, bad token or grant, `--cert`
+//!   without `--key` or the reverse, a TLS file that cannot be read or is not
+//!   valid: the message names it);
+//! - 69: no registry node available (EX_UNAVAILABLE): unreachable, TLS
+//!   handshake failed (the message says `TLS handshake failed` and why: wrong
+//!   CA, expired certificate, a name the certificate lacks, a client
+//!   certificate refused, a plaintext port), shutting down or still warming
+//!   up. Worth a retry once the cause is fixed.
 //! - 77: denied (EX_NOPERM): the node does not know the token (`UNAUTHENTICATED`:
 //!   none given, unknown or malformed) or its grants do not allow the call
 //!   (`PERMISSION_DENIED`). Not worth a retry with the same token.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
-use registry_client::{Client, ClientConfig, Error, InstanceChange, WatchEvent, v1};
+use registry_client::{Client, ClientConfig, ClientIdentity, Error, InstanceChange, Pem, TlsConfig, WatchEvent, v1};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -54,11 +68,28 @@ struct Cli {
     /// visible to other users of the machine.
     #[arg(long, env = "REGISTRY_TOKEN", hide_env_values = true, global = true, value_parser = parse_secret)]
     token: Option<Secret>,
+    /// CA certificate(s), PEM, that the nodes' certificates must chain to.
+    /// With it, a `host:port` endpoint uses TLS (`https://` always does, with
+    /// the system's roots when no CA is given; `http://` never does).
+    #[arg(long, env = "REGISTRY_CA_FILE", value_name = "PEM_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate chain, PEM, for nodes that ask for one (mTLS).
+    /// Needs --key.
+    #[arg(long, env = "REGISTRY_CERT", value_name = "PEM_FILE", requires = "key", global = true)]
+    cert: Option<PathBuf>,
+    /// Private key, PEM (not encrypted), of --cert. Needs --cert.
+    #[arg(long, env = "REGISTRY_KEY", value_name = "PEM_FILE", requires = "cert", global = true)]
+    key: Option<PathBuf>,
+    /// Name to check the nodes' certificates against instead of the
+    /// endpoint's host (nodes reached by IP address).
+    #[arg(long, env = "REGISTRY_TLS_DOMAIN", value_name = "NAME", global = true)]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes: 0 ok; 1 not found or refused; 2 bad usage; 69 no registry node available; \
+const EXIT_CODES: &str = "Exit codes: 0 ok; 1 not found or refused; 2 bad usage (including an unreadable or \
+                          invalid TLS file); 69 no registry node available (including a failed TLS handshake); \
                           77 denied (no token, unknown token, or no grant for this).";
 
 /// A token from the command line or the environment: its `Debug` does not
@@ -221,17 +252,22 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let token_given = cli.token.as_ref().is_some_and(|t| !t.0.is_empty());
+    let cert_given = cli.cert.is_some();
+    let tls = tls_config(&cli);
+    let tls_in_use = cli.endpoints.iter().any(|e| tls.uses_tls(e));
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let error = e.downcast_ref::<Error>();
             let code = match error {
                 Some(Error::Unavailable { .. }) => EXIT_UNAVAILABLE,
-                Some(Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::InvalidToken) => EXIT_USAGE,
+                Some(
+                    Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::InvalidToken | Error::InvalidTls { .. },
+                ) => EXIT_USAGE,
                 Some(e) if e.is_denied() => EXIT_DENIED,
                 _ => EXIT_NOT_FOUND,
             };
-            let hint = error.and_then(|e| denied_hint(e, token_given));
+            let hint = error.and_then(|e| denied_hint(e, token_given, cert_given).or_else(|| tls_hint(e, tls_in_use)));
             if json {
                 let mut doc = json!({ "error": format!("{e:#}"), "exit_code": code });
                 if let Some(hint) = hint {
@@ -248,13 +284,52 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The TLS settings of the flags: files, read by `Client::new`.
+fn tls_config(cli: &Cli) -> TlsConfig {
+    TlsConfig {
+        ca: cli.ca_file.clone().map(Pem::File),
+        // clap makes sure both or neither are given.
+        identity: cli
+            .cert
+            .clone()
+            .zip(cli.key.clone())
+            .map(|(cert, key)| ClientIdentity { cert_chain: Pem::File(cert), key: Pem::File(key) }),
+        domain: cli.tls_domain.clone(),
+    }
+}
+
+/// What a closed TLS connection may mean (`None` otherwise). Under TLS 1.3
+/// a node refuses a client certificate (or its absence) after the client's
+/// side of the handshake: the library names TLS when the node's alert
+/// arrives first, but the connection may be torn down before it is read.
+fn tls_hint(e: &Error, tls_in_use: bool) -> Option<&'static str> {
+    match e {
+        // Not for a node that cannot be reached at all.
+        Error::Unavailable { last }
+            if tls_in_use && !last.contains("TLS handshake failed") && !last.contains("tcp connect error") =>
+        {
+            Some(
+                "the endpoints use TLS: if the node closed the connection right after the handshake, it may want \
+                 a client certificate it trusts (--cert and --key)",
+            )
+        }
+        _ => None,
+    }
+}
+
 /// What to do about a denial (`None` for other errors).
-fn denied_hint(e: &Error, token_given: bool) -> Option<&'static str> {
+fn denied_hint(e: &Error, token_given: bool, cert_given: bool) -> Option<&'static str> {
     match e {
         Error::Unauthenticated(_) if token_given => {
             Some("the node does not accept this token (unknown, revoked or malformed); check --token / REGISTRY_TOKEN")
         }
-        Error::Unauthenticated(_) => Some("the node requires a token: give one with --token or REGISTRY_TOKEN"),
+        Error::Unauthenticated(_) if cert_given => Some(
+            "the node does not know this client certificate's subject; give a token with --token or REGISTRY_TOKEN, \
+             or ask for the certificate to be granted",
+        ),
+        Error::Unauthenticated(_) => Some(
+            "the node requires credentials: a token (--token or REGISTRY_TOKEN) or a client certificate (--cert and --key)",
+        ),
         Error::PermissionDenied(_) => {
             Some("the token's grants do not allow this; ask for a grant (`regctl token new --grant ...`)")
         }
@@ -266,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Token { command: TokenCommand::New { name, grants } } = &cli.command {
         return token_new(name, grants, cli.json);
     }
+    let tls = tls_config(&cli);
     let mut config = ClientConfig::new(cli.endpoints)
         .namespace(cli.namespace)
         .client_name("regctl")
@@ -276,6 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     {
         config = config.token(token);
     }
+    config.tls = tls;
     // Listened for from the start: a signal that comes just after a command
     // said it waits for one (a script reads that line and sends it at once)
     // must end the command cleanly, not kill it.
@@ -713,6 +790,22 @@ mod tests {
         let cli = Cli::try_parse_from(["regctl", "--token", &secret, "list"]).expect("parses");
         assert!(!format!("{cli:?}").contains(&secret));
         assert_eq!(cli.token.map(|t| t.0), Some(secret));
+    }
+
+    #[test]
+    fn cert_and_key_come_together() {
+        use clap::error::ErrorKind;
+
+        for args in [&["regctl", "--cert", "c.pem", "list"][..], &["regctl", "list", "--key", "c.key"]] {
+            let e = Cli::try_parse_from(args).expect_err("one without the other");
+            assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument, "{args:?}");
+            assert_eq!(e.exit_code(), i32::from(EXIT_USAGE));
+        }
+        let cli = Cli::try_parse_from(["regctl", "list", "--cert", "c.pem", "--key", "c.key", "--ca-file", "ca.pem"])
+            .expect("both, after the subcommand too");
+        assert_eq!(cli.cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(cli.key, Some(PathBuf::from("c.key")));
+        assert_eq!(cli.ca_file, Some(PathBuf::from("ca.pem")));
     }
 
     fn peer(origin_seq: u64, applied_seq: u64, digest_match: bool) -> v1::Member {

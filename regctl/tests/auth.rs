@@ -30,6 +30,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
         .args(args)
         .env_remove("REGISTRY_ENDPOINT")
         .env_remove("REGISTRY_TOKEN")
+        .env_remove("REGISTRY_CA_FILE")
+        .env_remove("REGISTRY_CERT")
+        .env_remove("REGISTRY_KEY")
+        .env_remove("REGISTRY_TLS_DOMAIN")
         .envs(env.iter().copied())
         .output()
         .expect("regctl runs");

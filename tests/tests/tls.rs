@@ -280,3 +280,51 @@ async fn a_node_with_unreadable_tls_files_does_not_start() -> Result<()> {
     ensure!(err.contains("tls.key_file") && err.contains("absent.key"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_speaks_tls_and_mtls_to_a_real_node() -> Result<()> {
+    use registry_client::{Client as Lib, ClientConfig, Error};
+    let mut s = setup("tls-client-lib", Some(ClientAuth::Optional))?;
+    s.config.auth.mode = Some(AuthMode::Enforce);
+    s.config.auth.certs = vec![CertEntry {
+        name: "orders-service".into(),
+        subject: "orders.prod".into(),
+        grants: vec![Grant { namespace: "default".into(), services: "orders*".into(), role: Role::Write }],
+    }];
+    let node = start_node(s.config).await?;
+    let id = s.ca.client("orders-cn", &["orders.prod"], Validity::Current)?;
+    let (cert, key) = id.write(&s.dir, "orders-client")?;
+    let ca = s.ca.write(&s.dir, "ca")?;
+    // Files, an https:// endpoint, and the client certificate as the principal.
+    let lib = Lib::new(
+        ClientConfig::new([format!("https://localhost:{}", node.grpc_addr.port())])
+            .ca_file(&ca)
+            .identity_files(&cert, &key),
+    )?;
+    let provider = lib.register([instance("orders", "lib-tls", 80)]).await?;
+    let watch = lib.watch("orders").await?;
+    ensure!(watch.current().instances.values().any(|i| i.instance_id == "lib-tls" && i.principal == "orders-service"));
+    match lib.get_service("payments").await {
+        Err(Error::PermissionDenied(msg)) => ensure!(msg.contains("orders-service"), "{msg}"),
+        other => bail!("expected PermissionDenied, got {other:?}"),
+    }
+    // A bare host:port uses TLS once a CA is given; without a client
+    // certificate or token the node does not know the caller.
+    let anonymous = Lib::new(ClientConfig::new([format!("localhost:{}", node.grpc_addr.port())]).ca_file(&ca))?;
+    match anonymous.get_service("orders").await {
+        Err(Error::Unauthenticated(_)) => {}
+        other => bail!("expected Unauthenticated, got {other:?}"),
+    }
+    // A client that trusts another CA is refused at the handshake, promptly.
+    let other_ca = TestCa::new("another CA")?.write(&s.dir, "other-ca")?;
+    let stranger = Lib::new(
+        ClientConfig::new([format!("https://localhost:{}", node.grpc_addr.port())])
+            .ca_file(&other_ca)
+            .request_timeout(PROMPTLY),
+    )?;
+    let e = stranger.get_service("orders").await.expect_err("untrusted node");
+    ensure!(e.to_string().contains("TLS"), "the error says TLS: {e}");
+    provider.shutdown().await;
+    node.shutdown().await;
+    Ok(())
+}

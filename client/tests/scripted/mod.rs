@@ -114,11 +114,16 @@ impl<S: Script> Registry for Node<S> {
 
 /// Serves `script` on a free loopback port.
 pub(crate) async fn serve(script: impl Script) -> SocketAddr {
+    serve_with(script, tonic::transport::Server::builder()).await
+}
+
+/// [`serve`] with a server set up by the test (TLS, say).
+pub(crate) async fn serve_with(script: impl Script, mut server: tonic::transport::Server) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let node = Arc::new(Node(script));
     tokio::spawn(
-        tonic::transport::Server::builder()
+        server
             .add_service(RegistryServer::from_arc(node.clone()))
             .add_service(ClusterServer::from_arc(node))
             .serve_with_incoming(TcpListenerStream::new(listener)),
