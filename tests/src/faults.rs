@@ -103,6 +103,18 @@ impl Nats {
 pub struct ProcCluster {
     pub nats: Nats,
     pub nodes: Vec<NodeProc>,
+    /// TLS and auth on every node (see [`crate::secure`]).
+    pub secure: bool,
+}
+
+/// Whether a cluster's nodes run with TLS and auth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// Plaintext, auth off (loopback).
+    Plain,
+    /// TLS on both ports (mTLS optional), auth enforced: the fault clients
+    /// send a token, the checker shows a client certificate.
+    TlsAndAuth,
 }
 
 impl ProcCluster {
@@ -113,6 +125,26 @@ impl ProcCluster {
 
     /// [`Self::start`] with another node configuration (TOML).
     pub async fn start_with(cluster: &str, names: &[&str], nats_servers: usize, config: &str) -> Result<Self> {
+        Self::start_secured(cluster, names, nats_servers, config, Security::Plain).await
+    }
+
+    /// [`Self::start_with`], with TLS and auth on when `security` says so.
+    pub async fn start_secured(
+        cluster: &str,
+        names: &[&str],
+        nats_servers: usize,
+        config: &str,
+        security: Security,
+    ) -> Result<Self> {
+        let secure = match security {
+            Security::Plain => None,
+            Security::TlsAndAuth => Some(crate::secure::Secure::new(cluster)?),
+        };
+        let config = match &secure {
+            Some(s) => format!("{config}{}", s.config()),
+            None => config.to_string(),
+        };
+        let config = config.as_str();
         let nats = if nats_servers <= 1 {
             Nats::Single(NatsServer::start().await?)
         } else {
@@ -125,16 +157,21 @@ impl ProcCluster {
             // Node i on server i only, so a partition between servers is one
             // between known groups of nodes.
             let mine = [urls[i % urls.len()].clone()];
-            nodes.push(NodeProc::spawn(&bin, name, &mine, cluster, config)?);
+            let node = NodeProc::spawn(&bin, name, &mine, cluster, config)?;
+            if let Some(s) = &secure {
+                s.register(&[node.grpc, node.http]);
+            }
+            nodes.push(node);
         }
         for n in &nodes {
             n.wait_ready(Duration::from_secs(60)).await?;
         }
-        Ok(Self { nats, nodes })
+        Ok(Self { nats, nodes, secure: secure.is_some() })
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("http://{}", n.grpc)).collect()
+        let scheme = if self.secure { "https" } else { "http" };
+        self.nodes.iter().map(|n| format!("{scheme}://{}", n.grpc)).collect()
     }
 
     pub fn grpc_addrs(&self) -> Vec<SocketAddr> {
@@ -378,7 +415,17 @@ pub fn fault_client_full(
 fn fault_config(endpoints: &[String], first: usize, name: &str, backoff: Backoff) -> ClientConfig {
     let mut mine = endpoints.to_vec();
     mine.rotate_left(first % endpoints.len().max(1));
-    ClientConfig::new(mine).client_name(name).in_order(true).request_timeout(Duration::from_secs(2)).backoff(backoff)
+    let access = mine.first().and_then(|e| crate::secure::access_of_endpoint(e));
+    let config = ClientConfig::new(mine)
+        .client_name(name)
+        .in_order(true)
+        .request_timeout(Duration::from_secs(2))
+        .backoff(backoff);
+    match access {
+        // A secured cluster: the CA, and the providers' and consumers' token.
+        Some(a) => config.ca_pem(a.tls.ca.clone().into_bytes()).token(a.token.clone()),
+        None => config,
+    }
 }
 
 /// Events each fault-scenario consumer buffers for its flap recorder: far

@@ -26,6 +26,7 @@ pub mod nats;
 pub mod netem;
 pub mod pki;
 pub mod procs;
+pub mod secure;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
@@ -101,7 +102,12 @@ pub async fn start_cluster(nats: &[String], cluster: &str, names: &[&str]) -> Re
     Ok(nodes)
 }
 
+/// A gRPC channel to a node: TLS with the harness's client certificate when
+/// the node is secured (see [`secure`]), plaintext otherwise.
 pub async fn channel(addr: SocketAddr) -> Result<Channel> {
+    if let Some(access) = secure::access(addr.port()) {
+        return access.tls.channel(addr).await;
+    }
     Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
 }
 
@@ -436,13 +442,17 @@ impl Drop for BalancingLink {
     }
 }
 
-/// A plain HTTP/1.1 GET, enough for /metrics, /healthz and /readyz.
+/// A plain HTTP/1.1 GET, enough for /metrics, /healthz and /readyz (HTTPS
+/// with the harness's client certificate when the node is secured).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     http_get_with(addr, path, &[]).await
 }
 
 /// [`http_get`] with extra request headers.
 pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    if let Some(access) = secure::access(addr.port()) {
+        return access.tls.https_get(addr, path, headers).await;
+    }
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").as_bytes()).await?;

@@ -657,11 +657,16 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
 /// Fault 4: A partition between NATS servers of a cluster (node a's server cut off
 /// from b's and c's), both ways or one way, shorter than the orphan grace,
 /// then healed: nothing lost, no flap, the cut-off side flagged degraded.
-async fn nats_partition(one_way: bool) -> Result<()> {
+async fn nats_partition(one_way: bool, security: Security) -> Result<()> {
     let what = if one_way { "one way" } else { "both ways" };
-    Report::new(&format!("NATS route partition, {what}"))
+    Report::new(&format!("NATS route partition, {what}{}", label(security)))
         .run(async |report| {
-            let cluster = ProcCluster::start(if one_way { "f4b" } else { "f4a" }, &["a", "b", "c"], 3).await?;
+            let name = match (one_way, security) {
+                (true, _) => "f4b",
+                (false, Security::Plain) => "f4a",
+                (false, Security::TlsAndAuth) => "f4as",
+            };
+            let cluster = ProcCluster::start_secured(name, &["a", "b", "c"], 3, FAULT_CONFIG, security).await?;
             let endpoints = cluster.endpoints();
             let mut fleet = Fleet::default();
             fleet.register(&endpoints, "api", &ids("p", 6)).await?;
@@ -705,12 +710,17 @@ async fn nats_partition(one_way: bool) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_partition_both_ways_then_heal() -> Result<()> {
-    nats_partition(false).await
+    nats_partition(false, Security::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_partition_both_ways_then_heal_with_tls_and_auth() -> Result<()> {
+    nats_partition(false, Security::TlsAndAuth).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_partition_one_way_then_heal() -> Result<()> {
-    nats_partition(true).await
+    nats_partition(true, Security::Plain).await
 }
 
 /// Fault 11: the whole cluster restarts (every node and NATS killed, then
@@ -1072,13 +1082,23 @@ async fn slow_routes_between_nats_servers() -> Result<()> {
 /// disappear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_load_never_flaps() -> Result<()> {
-    Report::new("rolling restart, 200 providers, 51 consumers")
+    rolling_restart(Security::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_load_with_tls_and_auth_never_flaps() -> Result<()> {
+    rolling_restart(Security::TlsAndAuth).await
+}
+
+async fn rolling_restart(security: Security) -> Result<()> {
+    Report::new(&format!("rolling restart, 200 providers, 51 consumers{}", label(security)))
         .run(async |report| {
             // The production reconnect grace (3 s): a move must complete within it,
             // and on a loaded 2-core machine a new copy can take more than the fast
             // timers' 1 s to reach every node.
             let config = FAULT_CONFIG.replace("reconnect_grace_ms = 1000", "reconnect_grace_ms = 3000");
-            let mut cluster = ProcCluster::start_with("roll", &["a", "b", "c"], 1, &config).await?;
+            let name = if security == Security::Plain { "roll" } else { "rolls" };
+            let mut cluster = ProcCluster::start_secured(name, &["a", "b", "c"], 1, &config, security).await?;
             let endpoints = cluster.endpoints();
             // Leases of 3 s: what is measured is the drains, not whether 250 clients
             // in one test process heartbeat every 200 ms on a loaded 2-core machine.
@@ -1278,10 +1298,20 @@ async fn a_stopping_node_says_farewell() -> Result<()> {
 /// copy takes over everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_across_a_fresh_partition_removes_nothing() -> Result<()> {
+    move_across_a_fresh_partition(Security::Plain).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_across_a_fresh_partition_with_tls_and_auth_removes_nothing() -> Result<()> {
+    move_across_a_fresh_partition(Security::TlsAndAuth).await
+}
+
+async fn move_across_a_fresh_partition(security: Security) -> Result<()> {
     use v1::register_request::Kind as In;
-    Report::new("a provider moves across a fresh partition")
+    Report::new(&format!("a provider moves across a fresh partition{}", label(security)))
         .run(async |report| {
-            let cluster = ProcCluster::start("f4m", &["a", "b", "c"], 3).await?;
+            let name = if security == Security::Plain { "f4m" } else { "f4ms" };
+            let cluster = ProcCluster::start_secured(name, &["a", "b", "c"], 3, FAULT_CONFIG, security).await?;
             let endpoints = cluster.endpoints();
             let mut fleet = Fleet::default();
             fleet.watch(&endpoints, "api").await?;
@@ -1338,4 +1368,12 @@ async fn a_move_across_a_fresh_partition_removes_nothing() -> Result<()> {
             Ok(())
         })
         .await
+}
+
+/// How a report names the security a scenario ran with.
+fn label(security: Security) -> &'static str {
+    match security {
+        Security::Plain => "",
+        Security::TlsAndAuth => " (TLS + auth)",
+    }
 }
