@@ -184,6 +184,9 @@ pub struct SyncMetrics {
     /// misconfigured node. Operators alarm on this one.
     pub forged_messages: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Errors the NATS server sent: refused logins and refused publishes
+    /// or subscriptions (permissions).
+    pub server_errors: AtomicU64,
     pub slow_consumer_events: AtomicU64,
     pub disconnects: AtomicU64,
     pub bus_connected: AtomicBool,
@@ -224,6 +227,10 @@ pub struct Subjects {
     pub sync_prefix: String,
     /// This node's request subject: `sync.<node>`.
     pub my_sync: String,
+    /// Where replies to this node's requests come:
+    /// `_INBOX.<prefix>.<cluster>.<node>` (the NATS client adds tokens below
+    /// it), so a node's NATS user may listen to its own replies only.
+    pub inbox: String,
 }
 
 impl Subjects {
@@ -239,6 +246,7 @@ impl Subjects {
             hello: format!("{base}.bus.hello.{node}"),
             sync_prefix: format!("{base}.sync."),
             my_sync: format!("{base}.sync.{node}"),
+            inbox: format!("_INBOX.{base}.{node}"),
         }
     }
 

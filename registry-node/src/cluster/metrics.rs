@@ -54,6 +54,12 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
         "Bus messages whose origin is not the node their subject names, ignored (also counted as garbage).",
         get(&m.forged_messages),
     );
+    line(
+        "nats_server_errors_total",
+        "counter",
+        "Errors the NATS server sent this node (refused logins, publishes or subscriptions).",
+        get(&m.server_errors),
+    );
     line("publish_errors_total", "counter", "Publishes that failed (repaired from beats).", get(&m.publish_errors));
     line(
         "slow_consumer_events_total",
