@@ -14,7 +14,7 @@
 //! - [`wire`]: bus messages to and from the store's types, with validation.
 //! - [`cuts`]: consistent cuts of the own slice, served in pages.
 //! - [`nats`]: the NATS transport and the task that drives the runtime
-//!   ([`spawn_sync`]).
+//!   ([`spawn_sync`]), with TLS and credentials ([`NatsSecurity`]).
 //! - `memory` (feature `sim`): an in-memory NATS-like bus with faults and its
 //!   transport, so the simulation drives the same runtime production runs.
 //!
@@ -30,7 +30,7 @@ pub mod wire;
 
 pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore, UnsettledWriters};
 pub use crate::cuts::{Cuts, SliceCut};
-pub use crate::nats::{NatsConfig, SyncError, SyncHandle, spawn_sync};
+pub use crate::nats::{NatsConfig, NatsCredentials, NatsSecurity, Secret, SyncError, SyncHandle, spawn_sync};
 pub use crate::runtime::{
     Answer, Input, Replica, Runtime, RuntimeConfig, Subjects, SyncMetrics, SyncShared, Transport,
 };

@@ -7,8 +7,20 @@
 //! counted.
 //!
 //! Subjects: see [`crate::runtime`].
+//!
+//! Security ([`NatsSecurity`]): TLS to the servers (a CA, a client
+//! certificate, TLS required) and one kind of credentials (a `.creds` file,
+//! an nkey seed, a user and password, or a token). Files are read and checked
+//! when the task starts, so a missing or malformed one stops the node with an
+//! error naming it, rather than failing each reconnect; certificates are read
+//! again by the client at each reconnect, so renewed ones are picked up then.
+//! Replies to this node's requests come under its own inbox prefix
+//! ([`Subjects::inbox`]), so its NATS user may be allowed to read only those.
 
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::Subject;
@@ -19,7 +31,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::runtime::{Answer, Input, Replica, Runtime, RuntimeConfig, Subjects, SyncShared, Transport};
 use crate::wire::{self, Reply};
@@ -28,8 +40,83 @@ use crate::wire::{self, Reply};
 #[derive(Clone, Debug)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
+    /// TLS and credentials.
+    pub security: NatsSecurity,
     /// The runtime's settings (subjects, timers, transfers).
     pub runtime: RuntimeConfig,
+}
+
+/// How the connection to NATS is protected and how this node proves who it
+/// is. The default: plain TCP unless the server or a `tls://` URL asks for
+/// TLS, and no credentials (or a user and password given in a URL).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsSecurity {
+    /// CA certificates (PEM) the servers' certificates must chain to
+    /// (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM files), for servers that
+    /// verify clients.
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+    /// Refuse to talk to a server without TLS.
+    pub require_tls: bool,
+    pub credentials: Option<NatsCredentials>,
+}
+
+/// One way of logging in to NATS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// A `.creds` file: a user JWT and its nkey seed (NATS accounts, `nsc`).
+    CredsFile(PathBuf),
+    /// An nkey seed (`SU...`), for a server that lists the user's public key.
+    NkeySeed(Secret),
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+}
+
+/// A secret: a file read when replication starts, or a value already known
+/// (taken from the environment). Its `Debug` never shows a value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(PathBuf),
+    Value(String),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    /// The secret, without the line end a file usually has. `what` names it
+    /// in the error.
+    fn read(&self, what: &'static str) -> Result<String, SyncError> {
+        let value = match self {
+            Self::Value(v) => v.clone(),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| file_error(what, path, e))?;
+                text.trim_end_matches(['\n', '\r']).to_string()
+            }
+        };
+        if value.is_empty() {
+            let reason = "is empty".to_string();
+            return Err(match self {
+                Self::File(path) => SyncError::File { what, path: path.clone(), reason },
+                Self::Value(_) => SyncError::Secret { what, reason },
+            });
+        }
+        Ok(value)
+    }
+}
+
+fn file_error(what: &'static str, path: &Path, e: impl fmt::Display) -> SyncError {
+    SyncError::File { what, path: path.to_path_buf(), reason: e.to_string() }
 }
 
 /// Why replication could not start.
@@ -39,6 +126,13 @@ pub enum SyncError {
     Connect(String),
     #[error("NATS subscribe to {subject}: {reason}")]
     Subscribe { subject: String, reason: String },
+    /// A file of [`NatsSecurity`] that cannot be read or is not what it
+    /// should be.
+    #[error("NATS {what} {}: {reason}", path.display())]
+    File { what: &'static str, path: PathBuf, reason: String },
+    /// A secret given as a value that cannot be used (never shown).
+    #[error("NATS {what}: {reason}")]
+    Secret { what: &'static str, reason: String },
 }
 
 /// The running replication task.
@@ -68,6 +162,61 @@ fn url_credentials(urls: &[String]) -> Option<(String, String)> {
     urls.iter().find_map(|u| {
         let addr: async_nats::ServerAddr = u.parse().ok()?;
         Some((addr.username()?.to_string(), addr.password()?.to_string()))
+    })
+}
+
+/// Reads and checks the files of `security` (the client reads certificates
+/// itself at each connect, so they are only checked here) and sets the
+/// options: TLS, then credentials, explicit ones before a URL's.
+async fn secure(
+    options: async_nats::ConnectOptions,
+    security: &NatsSecurity,
+    urls: &[String],
+) -> Result<async_nats::ConnectOptions, SyncError> {
+    use async_nats::rustls::pki_types::pem::PemObject as _;
+    use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = |what: &'static str, path: &Path| {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| file_error(what, path, e))?;
+        if certs.is_empty() {
+            return Err(file_error(what, path, "holds no PEM certificate"));
+        }
+        Ok(())
+    };
+    let mut options = options.require_tls(security.require_tls);
+    if let Some(ca) = &security.tls_ca_file {
+        certificates("CA file", ca)?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &security.tls_client_cert {
+        certificates("client certificate", cert)?;
+        PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("client key", key, e))?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(match &security.credentials {
+        Some(NatsCredentials::CredsFile(path)) => {
+            options.credentials_file(path).await.map_err(|e| file_error("credentials file", path, e))?
+        }
+        Some(NatsCredentials::NkeySeed(seed)) => {
+            let value = seed.read("nkey seed")?;
+            if let Err(e) = nkeys::KeyPair::from_seed(value.trim()) {
+                let reason = format!("not an nkey seed: {e}");
+                return Err(match seed {
+                    Secret::File(path) => SyncError::File { what: "nkey seed", path: path.clone(), reason },
+                    Secret::Value(_) => SyncError::Secret { what: "nkey seed", reason },
+                });
+            }
+            options.nkey(value.trim().to_string())
+        }
+        Some(NatsCredentials::UserPassword { user, password }) => {
+            options.user_and_password(user.clone(), password.read("password")?)
+        }
+        Some(NatsCredentials::Token(token)) => options.token(token.read("token")?),
+        None => match url_credentials(urls) {
+            Some((user, password)) => options.user_and_password(user, password),
+            None => options,
+        },
     })
 }
 
@@ -136,7 +285,7 @@ impl Transport for NatsTransport {
         self.tasks.spawn(async move {
             let payload = Bytes::from(wire::encode(&wire::reply_to_wire(&reply)));
             if let Err(e) = client.publish(reply_to, payload).await {
-                shared.metrics.publish_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
                 debug!(error = %e, "could not send a sync reply");
             }
         });
@@ -157,7 +306,7 @@ impl NatsTransport {
         let mut queue = std::mem::take(&mut self.queue);
         for out in queue.drain(..) {
             if let Err(e) = self.client.publish(out.subject, out.payload).await {
-                self.shared.metrics.publish_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.metrics.publish_errors.fetch_add(1, Ordering::Relaxed);
                 if out.reply {
                     debug!(error = %e, "could not send a sync reply");
                 } else {
@@ -179,8 +328,12 @@ pub async fn spawn_sync<R: Replica>(
     stop: CancellationToken,
 ) -> Result<SyncHandle, SyncError> {
     let (events_tx, events_rx) = mpsc::channel(64);
+    let shared = Arc::new(SyncShared::default());
+    let errors = shared.clone();
+    let subjects = Subjects::new(&cfg.runtime.subject_prefix, &cfg.runtime.cluster, &me.node);
     let options = async_nats::ConnectOptions::new()
         .name(format!("registry-node {}", me.node))
+        .custom_inbox_prefix(&subjects.inbox)
         .retry_on_initial_connect()
         .max_reconnects(None)
         // The first attempt counts as 1: connect at once, then back off.
@@ -191,11 +344,23 @@ pub async fn spawn_sync<R: Replica>(
         .subscription_capacity(1 << 16)
         .event_callback(move |event| {
             let tx = events_tx.clone();
+            let errors = errors.clone();
             async move {
                 let e = match event {
                     async_nats::Event::Connected => Event::Connected,
                     async_nats::Event::Disconnected => Event::Disconnected,
                     async_nats::Event::SlowConsumer(_) => Event::SlowConsumer,
+                    // Refused logins and publishes: this node's NATS user
+                    // or the server's permissions are wrong, and peers will
+                    // not hear what was refused.
+                    async_nats::Event::ServerError(e) => {
+                        let n = errors.metrics.server_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                        // The 1st, 2nd, 4th...: one refused beat a second must not flood the log.
+                        if n.is_power_of_two() {
+                            warn!(error = %e, errors = n, "NATS refused this node: check its NATS user and permissions");
+                        }
+                        return;
+                    }
                     other => {
                         debug!(event = %other, "NATS event");
                         return;
@@ -204,12 +369,8 @@ pub async fn spawn_sync<R: Replica>(
                 let _ = tx.send(e).await;
             }
         });
-    let options = match url_credentials(&cfg.urls) {
-        Some((user, password)) => options.user_and_password(user, password),
-        None => options,
-    };
+    let options = secure(options, &cfg.security, &cfg.urls).await?;
     let client = options.connect(cfg.urls.clone()).await.map_err(|e| SyncError::Connect(e.to_string()))?;
-    let subjects = Subjects::new(&cfg.runtime.subject_prefix, &cfg.runtime.cluster, &me.node);
     let subscribe = |subject: String| {
         let client = client.clone();
         async move {
@@ -218,7 +379,6 @@ pub async fn spawn_sync<R: Replica>(
     };
     let data = subscribe(subjects.bus.clone()).await?;
     let rpc = subscribe(subjects.my_sync.clone()).await?;
-    let shared = Arc::new(SyncShared::default());
     let (answers_tx, answers_rx) = mpsc::channel(256);
     let transport = NatsTransport {
         client,

@@ -19,9 +19,15 @@
 //! production runs; only the transports differ, and they only move bytes.
 //!
 //! Subjects, under `<prefix>.<cluster>` (see [`Subjects`]):
-//! - `bus.changes.<node>`, `bus.beat`, `bus.hello`: one wildcard subscription
-//!   (`bus.>`), so a node's changes and beats arrive in the order it sent them;
+//! - `bus.changes.<node>`, `bus.beat.<node>`, `bus.hello.<node>`: one wildcard
+//!   subscription (`bus.>`), so a node's changes and beats arrive in the order
+//!   it sent them;
 //! - `sync.<node>`: request/reply for range and slice pulls.
+//!
+//! Every bus subject names its publisher, so a NATS server can let each node's
+//! user publish on its own subjects only; and a message whose origin is not
+//! the node its subject names is dropped here, counted as forged, for when
+//! the server does not (see SECURITY.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -171,8 +177,16 @@ pub struct RuntimeConfig {
 /// Counters of the runtime (the core's are mirrored in `core`).
 #[derive(Debug, Default)]
 pub struct SyncMetrics {
+    /// Messages ignored: undecodable, on no subject a node uses, or forged.
     pub garbage_messages: AtomicU64,
+    /// Of those, well-formed messages whose origin is not the node their
+    /// subject names: another node's (or someone's) forgery, or a
+    /// misconfigured node. Operators alarm on this one.
+    pub forged_messages: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Errors the NATS server sent: refused logins and refused publishes
+    /// or subscriptions (permissions).
+    pub server_errors: AtomicU64,
     pub slow_consumer_events: AtomicU64,
     pub disconnects: AtomicU64,
     pub bus_connected: AtomicBool,
@@ -194,7 +208,9 @@ pub struct SyncShared {
     pub own_seq: AtomicU64,
 }
 
-/// The subjects of one node, under `<prefix>.<cluster>`.
+/// The subjects of one node, under `<prefix>.<cluster>`. Each subject a node
+/// publishes on ends with its own node id, so that a NATS user per node can
+/// be allowed exactly its own (see `deploy/nats/auth.conf`).
 #[derive(Clone, Debug)]
 pub struct Subjects {
     /// The one bus subscription: `bus.>`.
@@ -202,11 +218,19 @@ pub struct Subjects {
     pub changes_prefix: String,
     /// This node's changes: `bus.changes.<node>`.
     pub changes: String,
+    pub beat_prefix: String,
+    /// This node's beats: `bus.beat.<node>`.
     pub beat: String,
+    pub hello_prefix: String,
+    /// This node's hellos: `bus.hello.<node>`.
     pub hello: String,
     pub sync_prefix: String,
     /// This node's request subject: `sync.<node>`.
     pub my_sync: String,
+    /// Where replies to this node's requests come:
+    /// `_INBOX.<prefix>.<cluster>.<node>` (the NATS client adds tokens below
+    /// it), so a node's NATS user may listen to its own replies only.
+    pub inbox: String,
 }
 
 impl Subjects {
@@ -216,10 +240,13 @@ impl Subjects {
             bus: format!("{base}.bus.>"),
             changes_prefix: format!("{base}.bus.changes."),
             changes: format!("{base}.bus.changes.{node}"),
-            beat: format!("{base}.bus.beat"),
-            hello: format!("{base}.bus.hello"),
+            beat_prefix: format!("{base}.bus.beat."),
+            beat: format!("{base}.bus.beat.{node}"),
+            hello_prefix: format!("{base}.bus.hello."),
+            hello: format!("{base}.bus.hello.{node}"),
             sync_prefix: format!("{base}.sync."),
             my_sync: format!("{base}.sync.{node}"),
+            inbox: format!("_INBOX.{base}.{node}"),
         }
     }
 
@@ -227,6 +254,12 @@ impl Subjects {
     pub fn subscriptions(&self) -> [&str; 2] {
         [&self.bus, &self.my_sync]
     }
+}
+
+/// The node a subject under `prefix` names, if it is one (a single token:
+/// `bus.beat.a.b` names no node).
+fn named_node<'s>(subject: &'s str, prefix: &str) -> Option<&'s str> {
+    subject.strip_prefix(prefix).filter(|node| wire::is_node_token(node))
 }
 
 /// The protocol core of one node with everything around it; see the module
@@ -377,36 +410,59 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
         debug!(subject, error = %e, "ignored invalid {what}");
     }
 
+    /// A well-formed message on another node's subject than its origin's:
+    /// forged, or sent by a node configured wrong. Dropped, and counted both
+    /// as garbage and as forged; logged at the 1st, 2nd, 4th, 8th... one, so
+    /// a flood of them cannot flood the log.
+    fn forged(&self, what: &str, subject: &str, origin: &Origin) {
+        let metrics = &self.shared.metrics;
+        metrics.garbage_messages.fetch_add(1, Ordering::Relaxed);
+        let n = metrics.forged_messages.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            warn!(
+                subject, %origin, forged = n,
+                "dropped a {what} whose origin is not the node its subject names (forged; check who may publish on the bus)"
+            );
+        }
+    }
+
     fn on_message(&mut self, subject: &str, payload: &[u8], reply_to: Option<T::ReplyTo>, now: u64) -> Vec<Action> {
+        // The subject names the publisher; a message claiming another origin is forged.
         if subject == self.subjects.my_sync {
             self.serve(subject, payload, reply_to, now);
             Vec::new()
-        } else if subject == self.subjects.beat {
+        } else if let Some(node) = named_node(subject, &self.subjects.beat_prefix) {
             match wire::decode_beat(payload) {
-                Ok((origin, beat)) => {
+                Ok((origin, beat)) if *origin.node == *node => {
                     let copy = self.replica.copy_stats(&origin);
                     self.core.on_beat(origin, beat, copy, now)
+                }
+                Ok((origin, _)) => {
+                    self.forged("beat", subject, &origin);
+                    Vec::new()
                 }
                 Err(e) => {
                     self.garbage("beat", subject, &e);
                     Vec::new()
                 }
             }
-        } else if subject == self.subjects.hello {
+        } else if let Some(node) = named_node(subject, &self.subjects.hello_prefix) {
             match wire::decode_hello(payload) {
-                Ok(origin) => self.core.on_hello(origin, now),
+                Ok(origin) if *origin.node == *node => self.core.on_hello(origin, now),
+                Ok(origin) => {
+                    self.forged("hello", subject, &origin);
+                    Vec::new()
+                }
                 Err(e) => {
                     self.garbage("hello", subject, &e);
                     Vec::new()
                 }
             }
-        } else if let Some(node) = subject.strip_prefix(&self.subjects.changes_prefix) {
+        } else if let Some(node) = named_node(subject, &self.subjects.changes_prefix) {
             match wire::decode_batch(payload) {
-                // The subject names the publisher; a batch claiming another origin is forged.
                 Ok(batch) if *batch.origin.node == *node => self.core.on_batch(batch, now),
-                Ok(_) => {
-                    self.shared.metrics.garbage_messages.fetch_add(1, Ordering::Relaxed);
-                    debug!(subject, "ignored a batch whose origin does not match its subject");
+                Ok(batch) => {
+                    self.forged("change batch", subject, &batch.origin);
                     Vec::new()
                 }
                 Err(e) => {
@@ -415,7 +471,10 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
                 }
             }
         } else {
+            // No subject a node publishes on (or one of an older version's
+            // shared `bus.beat` and `bus.hello`).
             self.shared.metrics.garbage_messages.fetch_add(1, Ordering::Relaxed);
+            debug!(subject, "ignored a message on an unknown subject");
             Vec::new()
         }
     }

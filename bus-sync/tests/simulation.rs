@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use bus_sync::memory::{Faults, MemoryBus, MemoryTransport, Message};
 use bus_sync::wire;
-use bus_sync::{Input, Replica, Runtime, RuntimeConfig, SliceCut, Subjects, SyncConfig, SyncCore};
+use bus_sync::{BeatInfo, Input, Replica, Runtime, RuntimeConfig, SliceCut, Subjects, SyncConfig, SyncCore};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -335,6 +335,15 @@ impl SimNode {
 
     fn garbage(&self) -> u64 {
         self.runtime.shared().metrics.garbage_messages.load(Ordering::Relaxed)
+    }
+
+    fn forged(&self) -> u64 {
+        self.runtime.shared().metrics.forged_messages.load(Ordering::Relaxed)
+    }
+
+    /// Whether this node knows `origin` as a peer.
+    fn knows(&self, origin: &Origin, now: u64) -> bool {
+        self.core().peers(now).iter().any(|p| p.origin == *origin)
     }
 }
 
@@ -877,6 +886,7 @@ fn a_batch_on_another_origins_subject_is_garbage() {
     sim.advance(200).expect("delivered");
     let n0 = &sim.nodes[0];
     assert_eq!(n0.garbage(), 1);
+    assert_eq!(n0.forged(), 1, "counted as forged too");
     assert!(n0.replica.with_store(|s| s.find_origin(&forged).is_none()), "a forged batch was applied");
     assert!(!n0.view().contains_key(&key(3)));
     assert_eq!(n0.core().counters().changes_applied, 0);
@@ -888,4 +898,50 @@ fn a_batch_on_another_origins_subject_is_garbage() {
     let n0 = &sim.nodes[0];
     assert_eq!(n0.garbage(), 1);
     assert_eq!(n0.view().get(&key(3)), Some(&3_333));
+}
+
+/// Beats and hellos are checked like batches: each node publishes them on
+/// its own subject (`bus.beat.<node>`, `bus.hello.<node>`), and one on
+/// another node's subject claiming to come from an origin nobody has heard
+/// of is counted as forged and never reaches the core (the origin does not
+/// become a peer). The same message on its origin's own subject does.
+#[test]
+fn a_beat_or_hello_on_another_origins_subject_is_forged() {
+    let forged = Origin::new("n2", 77);
+    for what in ["beat", "hello"] {
+        let payload = Bytes::from(match what {
+            // A beat announcing a slice, so that a node which took it would
+            // also start pulling that slice.
+            "beat" => {
+                let info = BeatInfo { seq: 3, entries: 1, live: 1, ready: true, ..Default::default() };
+                wire::encode(&wire::beat_to_wire(&forged, &info))
+            }
+            _ => wire::encode(&wire::hello_to_wire(&forged)),
+        });
+        let subject_of = |node: &str| {
+            let subjects = Subjects::new(PREFIX, CLUSTER, node);
+            if what == "beat" { subjects.beat } else { subjects.hello }
+        };
+        let mut sim = Sim::new(2, 29);
+        sim.advance(1_000).expect("start");
+        let send = |sim: &mut Sim, node: &str| {
+            let message = Message { subject: subject_of(node).into(), payload: payload.clone(), reply_to: None };
+            sim.bus.publish("n1", message, sim.now);
+        };
+        send(&mut sim, "n1");
+        sim.advance(200).expect("delivered");
+        for node in &sim.nodes {
+            assert_eq!((node.forged(), node.garbage()), (1, 1), "{what} at {}: counted as forged", node.me);
+            assert!(!node.knows(&forged, sim.now), "{what} at {}: the forged origin became a peer", node.me);
+        }
+
+        // On its own subject the same message goes through to the core:
+        // the check above is what kept it out.
+        send(&mut sim, "n2");
+        sim.advance(200).expect("delivered");
+        for node in &sim.nodes {
+            assert_eq!(node.forged(), 1, "{what} at {}", node.me);
+            assert!(node.knows(&forged, sim.now), "{what} at {}: the origin's own {what} was not taken", node.me);
+        }
+    }
 }

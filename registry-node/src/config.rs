@@ -95,6 +95,161 @@ pub struct SyncSettings {
     /// Most entries (instances, tombstones, consumer records) a peer's slice
     /// may claim; a transfer claiming more is refused.
     pub max_slice_entries: u64,
+    /// CA certificates (PEM) the NATS servers' certificates must chain to
+    /// (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for NATS servers that verify clients;
+    /// with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to a NATS server without TLS.
+    pub require_tls: bool,
+    /// NATS credentials, at most one kind: a `.creds` file (user JWT and
+    /// nkey seed), an nkey seed file, `user` with a password (file or
+    /// `REGISTRY_NATS_PASSWORD`), or a token (file or `REGISTRY_NATS_TOKEN`).
+    pub creds_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// `REGISTRY_NATS_PASSWORD`: from the environment only, never printed.
+    #[serde(skip)]
+    pub password_env: Option<EnvSecret>,
+    /// `REGISTRY_NATS_TOKEN`: from the environment only, never printed.
+    #[serde(skip)]
+    pub token_env: Option<EnvSecret>,
+}
+
+/// Whether a NATS URL carries a user (`nats://user:password@host`), as
+/// configurations did before `sync.user`.
+fn url_has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().is_some_and(|authority| authority.contains('@'))
+}
+
+/// The environment variable that holds the NATS password of `sync.user`.
+pub const NATS_PASSWORD_ENV: &str = "REGISTRY_NATS_PASSWORD";
+/// The environment variable that holds a NATS token.
+pub const NATS_TOKEN_ENV: &str = "REGISTRY_NATS_TOKEN";
+
+/// A secret taken from the environment. Not serialized, so `--check-config`
+/// does not print it, and redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvSecret(pub String);
+
+impl std::fmt::Debug for EnvSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SyncSettings {
+    /// Takes the NATS password and token from the environment (`env` looks
+    /// a variable up; empty counts as unset).
+    pub fn secrets_from_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let get = |name| env(name).filter(|v| !v.is_empty()).map(EnvSecret);
+        self.password_env = get(NATS_PASSWORD_ENV);
+        self.token_env = get(NATS_TOKEN_ENV);
+    }
+
+    /// The kinds of NATS credentials set, each named by a setting that sets it.
+    fn credential_kinds(&self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.creds_file.is_some() {
+            kinds.push("sync.creds_file");
+        }
+        if self.nkey_seed_file.is_some() {
+            kinds.push("sync.nkey_seed_file");
+        }
+        if self.user.is_some() {
+            kinds.push("sync.user");
+        } else if self.password_file.is_some() {
+            kinds.push("sync.password_file");
+        } else if self.password_env.is_some() {
+            kinds.push(NATS_PASSWORD_ENV);
+        }
+        if self.token_file.is_some() {
+            kinds.push("sync.token_file");
+        } else if self.token_env.is_some() {
+            kinds.push(NATS_TOKEN_ENV);
+        }
+        kinds
+    }
+
+    /// Checks the TLS and credential settings (files are read at start).
+    fn check_nats_security(&self, nats_url: &[String]) -> Result<(), ConfigError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => return Err(invalid("sync.tls_cert_file", "needs sync.tls_key_file")),
+            (None, Some(_)) => return Err(invalid("sync.tls_key_file", "needs sync.tls_cert_file")),
+            _ => {}
+        }
+        let kinds = self.credential_kinds();
+        if let [first, second, ..] = kinds[..] {
+            return Err(invalid(
+                second,
+                format!(
+                    "conflicts with {first}: set one kind of NATS credentials (a .creds file, an nkey seed, a user and password, or a token)"
+                ),
+            ));
+        }
+        if self.token_file.is_some() && self.token_env.is_some() {
+            return Err(invalid("sync.token_file", format!("{NATS_TOKEN_ENV} is set too: use one")));
+        }
+        if let Some(user) = &self.user {
+            if user.is_empty() || user.len() > 256 || user.contains(char::is_whitespace) {
+                return Err(invalid("sync.user", format!("{user:?} is not a NATS user name")));
+            }
+            match (&self.password_file, &self.password_env) {
+                (None, None) => {
+                    return Err(invalid("sync.user", format!("needs sync.password_file or {NATS_PASSWORD_ENV}")));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid("sync.password_file", format!("{NATS_PASSWORD_ENV} is set too: use one")));
+                }
+                _ => {}
+            }
+        } else if self.password_file.is_some() {
+            return Err(invalid("sync.password_file", "needs sync.user"));
+        } else if self.password_env.is_some() {
+            return Err(invalid("sync.user", format!("{NATS_PASSWORD_ENV} is set but sync.user is not")));
+        }
+        if nats_url.iter().any(|u| url_has_credentials(u))
+            && let Some(kind) = kinds.first()
+        {
+            return Err(invalid(
+                "nats_url",
+                format!(
+                    "has credentials in it and {kind} is set too: use one (prefer {kind}: a URL is logged and shown in process lists)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS connection's TLS and credentials, as bus-sync takes them.
+    pub fn nats_security(&self) -> bus_sync::NatsSecurity {
+        use bus_sync::{NatsCredentials, Secret};
+        let secret = |file: &Option<PathBuf>, env: &Option<EnvSecret>| match (file, env) {
+            (Some(path), _) => Some(Secret::File(path.clone())),
+            (None, Some(EnvSecret(value))) => Some(Secret::Value(value.clone())),
+            (None, None) => None,
+        };
+        let credentials = if let Some(path) = &self.creds_file {
+            Some(NatsCredentials::CredsFile(path.clone()))
+        } else if let Some(path) = &self.nkey_seed_file {
+            Some(NatsCredentials::NkeySeed(Secret::File(path.clone())))
+        } else if let (Some(user), Some(password)) = (&self.user, secret(&self.password_file, &self.password_env)) {
+            Some(NatsCredentials::UserPassword { user: user.clone(), password })
+        } else {
+            secret(&self.token_file, &self.token_env).map(NatsCredentials::Token)
+        };
+        bus_sync::NatsSecurity {
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client_cert: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
+            require_tls: self.require_tls,
+            credentials,
+        }
+    }
 }
 
 impl Default for SyncSettings {
@@ -112,6 +267,17 @@ impl Default for SyncSettings {
             ring_capacity: 100_000,
             page_entries: 2_000,
             max_slice_entries: 10_000_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_tls: false,
+            creds_file: None,
+            nkey_seed_file: None,
+            user: None,
+            password_file: None,
+            token_file: None,
+            password_env: None,
+            token_env: None,
         }
     }
 }
@@ -370,6 +536,7 @@ impl NodeConfig {
         if !(y.safety_valve_share > 0.0 && y.safety_valve_share <= 1.0) {
             return Err(invalid("sync.safety_valve_share", format!("{} is outside (0, 1]", y.safety_valve_share)));
         }
+        y.check_nats_security(&self.nats_url)?;
         self.auth.validate().map_err(|(setting, reason)| invalid(setting, reason))?;
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|(setting, reason)| invalid(setting, reason))?;
@@ -430,11 +597,17 @@ impl Cli {
         Ok(())
     }
 }
+/// Secrets are read from the environment or from files, never from flags
+/// (a command line is visible to every user of the host); `--help` lists them.
+const SECRETS_HELP: &str = "\
+Secrets come from files (settings ending in _file) or from the environment, never from flags:
+  REGISTRY_NATS_PASSWORD  the NATS password of sync.user (instead of sync.password_file)
+  REGISTRY_NATS_TOKEN     a NATS token (instead of sync.token_file)";
 
 /// Command line of the `registry-node` binary. Each flag can also be given as
 /// the `REGISTRY_*` environment variable shown in `--help`.
 #[derive(Debug, Default, Parser)]
-#[command(name = "registry-node", version, about = "AP service registry node")]
+#[command(name = "registry-node", version, about = "AP service registry node", after_help = SECRETS_HELP)]
 pub struct Cli {
     /// TOML configuration file (see config.example.toml).
     #[arg(long, env = "REGISTRY_CONFIG")]
@@ -478,6 +651,18 @@ pub struct Cli {
     /// (`tls.client_ca_file`): the node asks clients for one (mTLS).
     #[arg(long, env = "REGISTRY_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// The NATS user this node logs in as (`sync.user`).
+    #[arg(long, env = "REGISTRY_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// A file holding the NATS password of that user (`sync.password_file`).
+    #[arg(long, env = "REGISTRY_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// A NATS .creds file: user JWT and nkey seed (`sync.creds_file`).
+    #[arg(long, env = "REGISTRY_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// A file holding this node's NATS nkey seed (`sync.nkey_seed_file`).
+    #[arg(long, env = "REGISTRY_NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
     /// Validate the configuration, print it as TOML and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -522,13 +707,35 @@ impl Cli {
             config.auth.tokens_file = Some(v.clone());
         }
         self.apply_tls(&mut config)?;
+        self.override_sync(&mut config.sync);
+        config.sync.secrets_from_env(|name| std::env::var(name).ok());
         config.validate()?;
         Ok(config)
     }
 }
 
+impl Cli {
+    /// The `[sync]` settings given as flags or environment variables.
+    fn override_sync(&self, sync: &mut SyncSettings) {
+        if let Some(v) = &self.nats_user {
+            sync.user = Some(v.clone());
+        }
+        if let Some(v) = &self.nats_password_file {
+            sync.password_file = Some(v.clone());
+        }
+        if let Some(v) = &self.nats_creds_file {
+            sync.creds_file = Some(v.clone());
+        }
+        if let Some(v) = &self.nats_nkey_seed_file {
+            sync.nkey_seed_file = Some(v.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[test]
@@ -585,6 +792,133 @@ mod tests {
         let cli = Cli::try_parse_from(["registry-node", "--grpc-addr", "0.0.0.0:7070", "--auth-mode", "off"])
             .expect("parses");
         assert_eq!(cli.load().expect("loads").auth.mode, Some(AuthMode::Off));
+    }
+
+    fn clustered() -> NodeConfig {
+        NodeConfig { nats_url: vec!["nats://127.0.0.1:4222".into()], ..NodeConfig::default() }
+    }
+
+    fn refused_setting(config: &NodeConfig) -> String {
+        match config.validate() {
+            Err(ConfigError::Invalid { setting, reason }) => format!("{setting}: {reason}"),
+            other => panic!("expected a refused setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nats_tls_needs_the_certificate_and_its_key_together() {
+        let mut config = clustered();
+        config.sync.tls_cert_file = Some("node.pem".into());
+        assert!(refused_setting(&config).starts_with("sync.tls_cert_file: needs sync.tls_key_file"));
+        config.sync = SyncSettings { tls_key_file: Some("node.key".into()), ..SyncSettings::default() };
+        assert!(refused_setting(&config).starts_with("sync.tls_key_file: needs sync.tls_cert_file"));
+        config.sync.tls_cert_file = Some("node.pem".into());
+        config.sync.tls_ca_file = Some("ca.pem".into());
+        config.sync.require_tls = true;
+        config.validate().expect("both given");
+        let security = config.sync.nats_security();
+        assert_eq!(security.tls_client_cert, Some(("node.pem".into(), "node.key".into())));
+        assert_eq!(security.tls_ca_file, Some("ca.pem".into()));
+        assert!(security.require_tls);
+    }
+
+    #[test]
+    fn at_most_one_kind_of_nats_credentials() {
+        let mut config = clustered();
+        config.sync.creds_file = Some("node.creds".into());
+        config.validate().expect("one kind");
+        config.sync.user = Some("registry-0".into());
+        config.sync.password_file = Some("pw".into());
+        let err = refused_setting(&config);
+        assert!(err.starts_with("sync.user: conflicts with sync.creds_file"), "{err}");
+        config.sync = SyncSettings { nkey_seed_file: Some("seed".into()), ..SyncSettings::default() };
+        config.sync.token_env = Some(EnvSecret("t".into()));
+        let err = refused_setting(&config);
+        assert!(err.starts_with("REGISTRY_NATS_TOKEN: conflicts with sync.nkey_seed_file"), "{err}");
+        config.sync = SyncSettings { token_file: Some("token".into()), ..SyncSettings::default() };
+        config.sync.token_env = Some(EnvSecret("t".into()));
+        let err = refused_setting(&config);
+        assert!(err.starts_with("sync.token_file: REGISTRY_NATS_TOKEN is set too"), "{err}");
+    }
+
+    #[test]
+    fn a_nats_user_needs_exactly_one_password() {
+        let mut config = clustered();
+        config.sync.user = Some("registry-0".into());
+        assert!(refused_setting(&config).starts_with("sync.user: needs sync.password_file or REGISTRY_NATS_PASSWORD"));
+        config.sync.password_file = Some("pw".into());
+        config.validate().expect("user and password file");
+        config.sync.password_env = Some(EnvSecret("from-env".into()));
+        assert!(refused_setting(&config).starts_with("sync.password_file: REGISTRY_NATS_PASSWORD is set too"));
+        config.sync.password_file = None;
+        config.validate().expect("user and password from the environment");
+        config.sync.user = None;
+        assert!(refused_setting(&config).starts_with("sync.user: REGISTRY_NATS_PASSWORD is set but sync.user is not"));
+        config.sync = SyncSettings { password_file: Some("pw".into()), ..SyncSettings::default() };
+        assert!(refused_setting(&config).starts_with("sync.password_file: needs sync.user"));
+        config.sync = SyncSettings {
+            user: Some("has space".into()),
+            password_file: Some("pw".into()),
+            ..SyncSettings::default()
+        };
+        assert!(refused_setting(&config).starts_with("sync.user: \"has space\" is not a NATS user name"));
+    }
+
+    #[test]
+    fn credentials_in_a_nats_url_and_in_sync_conflict() {
+        let mut config = clustered();
+        config.nats_url = vec!["nats://registry-0:pw@nats-1:4222".into()];
+        config.validate().expect("a URL with credentials alone still works");
+        config.sync.token_file = Some("token".into());
+        let err = refused_setting(&config);
+        assert!(err.starts_with("nats_url: has credentials in it and sync.token_file is set too"), "{err}");
+    }
+
+    #[test]
+    fn nats_secrets_from_the_environment_are_never_printed() {
+        let mut config = clustered();
+        config.sync.user = Some("registry-0".into());
+        let env = |name: &str| match name {
+            NATS_PASSWORD_ENV => Some("s3cret-from-env".to_string()),
+            NATS_TOKEN_ENV => Some(String::new()),
+            _ => None,
+        };
+        config.sync.secrets_from_env(env);
+        assert_eq!(config.sync.token_env, None, "empty counts as unset");
+        config.validate().expect("user with the password from the environment");
+        let printed = toml::to_string_pretty(&config).expect("prints");
+        let debug = format!("{config:?} {:?}", config.sync.nats_security());
+        for shown in [&printed, &debug] {
+            assert!(!shown.contains("s3cret-from-env"), "a secret was shown: {shown}");
+        }
+        assert!(debug.contains("<redacted>"), "{debug}");
+        match config.sync.nats_security().credentials {
+            Some(bus_sync::NatsCredentials::UserPassword { user, password: bus_sync::Secret::Value(v) }) => {
+                assert_eq!((user.as_str(), v.as_str()), ("registry-0", "s3cret-from-env"));
+            }
+            other => panic!("expected a user and password, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nats_credential_flags_set_the_sync_settings() {
+        let cli = Cli::try_parse_from([
+            "registry-node",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--nats-user",
+            "registry-1",
+            "--nats-password-file",
+            "/run/secrets/nats",
+        ])
+        .expect("parses");
+        let config = cli.load().expect("loads");
+        assert_eq!(config.sync.user.as_deref(), Some("registry-1"));
+        assert_eq!(config.sync.password_file, Some("/run/secrets/nats".into()));
+        let help = Cli::command().render_long_help().to_string();
+        for name in [NATS_PASSWORD_ENV, NATS_TOKEN_ENV, "REGISTRY_NATS_PASSWORD_FILE"] {
+            assert!(help.contains(name), "--help does not name {name}");
+        }
     }
 
     #[test]
@@ -647,6 +981,16 @@ mod tests {
                 "beat_interval_ms",
                 "subject_prefix",
                 "max_weight",
+                "nats_url",
+                "tls_ca_file",
+                "tls_cert_file",
+                "tls_key_file",
+                "require_tls",
+                "creds_file",
+                "nkey_seed_file",
+                "user",
+                "password_file",
+                "token_file",
             ]);
             let value = prop_oneof![
                 "\"[a-z0-9.:*/ -]{0,12}\"".prop_map(|v| v),
@@ -657,6 +1001,7 @@ mod tests {
                 Just("\"required\"".to_string()),
                 Just("[{ namespace = \"*\", services = \"a*\", role = \"write\" }]".to_string()),
                 Just("[{ namespace = \"\", services = \"*a\", role = \"root\" }]".to_string()),
+                Just("[\"nats://registry-0:pw@127.0.0.1:4222\"]".to_string()),
             ];
             let header = prop::sample::select(vec![
                 "",

@@ -410,7 +410,7 @@ fn nats_config(config: &NodeConfig) -> NatsConfig {
             ..SyncConfig::default()
         },
     };
-    NatsConfig { urls: config.nats_url.clone(), runtime }
+    NatsConfig { urls: config.nats_url.clone(), security: config.sync.nats_security(), runtime }
 }
 
 /// Purges own tombstones once nothing they hide can exist any more.

@@ -1,5 +1,6 @@
 //! Real `nats-server` processes for tests: started on free loopback ports,
-//! killed on drop. A single server, or a cluster of servers joined by routes.
+//! killed on drop. A single server (plain, or with a configuration file of
+//! users, permissions and TLS), or a cluster of servers joined by routes.
 //! A server may also run inside a network namespace on its address there
 //! (see [`crate::netem`]), so its connections cross an impaired network.
 
@@ -42,6 +43,10 @@ pub struct NatsServer {
     /// The network namespace it runs in (`ip netns exec`), if not the test's.
     netns: Option<String>,
     args: Vec<String>,
+    /// Environment of the server (secrets a configuration file names as `$VAR`).
+    env: Vec<(String, String)>,
+    /// The configuration file written for it, if any (removed on drop).
+    config: Option<PathBuf>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -56,6 +61,38 @@ impl NatsServer {
         Self::start_at(None, IpAddr::from([127, 0, 0, 1]), extra, port, monitor_port).await
     }
 
+    /// A standalone server on loopback with configuration file `config`
+    /// (nats-server's format: users, permissions, TLS) and environment `env`
+    /// (the secrets the file names as `$VAR`, so they are in no file). Its
+    /// ports are given as flags, which take precedence over the file.
+    pub async fn start_configured(config: &str, env: Vec<(String, String)>) -> Result<Self> {
+        let (port, monitor_port) = (free_port()?, free_port()?);
+        let path = std::env::temp_dir().join(format!("registry-test-nats-{port}.conf"));
+        std::fs::write(&path, config)?;
+        // A configuration the server refuses says why here, not as a
+        // server that never answers.
+        let checked = Command::new("nats-server")
+            .args(["-c", &path.to_string_lossy(), "-t"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .context("running nats-server -t (is it installed? scripts/test.sh installs it)")?;
+        if !checked.status.success() {
+            let _ = std::fs::remove_file(&path);
+            bail!(
+                "nats-server refuses the configuration: {}{}",
+                String::from_utf8_lossy(&checked.stdout),
+                String::from_utf8_lossy(&checked.stderr)
+            );
+        }
+        let host = IpAddr::from([127, 0, 0, 1]);
+        let args = vec!["-c".to_string(), path.to_string_lossy().into_owned()];
+        let mut server = Self::new(None, host, args, port, monitor_port);
+        server.env = env;
+        server.config = Some(path);
+        server.spawn().await?;
+        Ok(server)
+    }
+
     /// A server in network namespace `netns` (the test's own when `None`),
     /// bound to `host` there, with `extra` arguments (cluster options).
     pub async fn start_at(
@@ -65,6 +102,12 @@ impl NatsServer {
         port: u16,
         monitor_port: u16,
     ) -> Result<Self> {
+        let mut server = Self::new(netns, host, extra, port, monitor_port);
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    fn new(netns: Option<&str>, host: IpAddr, extra: Vec<String>, port: u16, monitor_port: u16) -> Self {
         let mut args = vec![
             "-a".to_string(),
             host.to_string(),
@@ -80,9 +123,7 @@ impl NatsServer {
             None => std::env::temp_dir().join(format!("registry-test-nats-{host}-{port}.log")),
         };
         let netns = netns.map(str::to_string);
-        let mut server = Self { port, monitor_port, host, netns, args, child: None, log };
-        server.spawn().await?;
-        Ok(server)
+        Self { port, monitor_port, host, netns, args, env: Vec::new(), config: None, child: None, log }
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -98,6 +139,7 @@ impl NatsServer {
         };
         let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["-l", &self.log.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -162,6 +204,9 @@ impl Drop for NatsServer {
         self.kill();
         if std::env::var_os("NODE_LOG_DIR").is_none() {
             let _ = std::fs::remove_file(&self.log);
+        }
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
         }
     }
 }

@@ -305,7 +305,7 @@ async fn a_warming_node_is_skipped_not_served_empty() -> Result<()> {
             let mut every = tokio::time::interval(Duration::from_millis(100));
             while !ghost.is_cancelled() {
                 every.tick().await;
-                let _ = bus.publish("registry.c4.bus.beat", beat.encode_to_vec().into()).await;
+                let _ = bus.publish("registry.c4.bus.beat.ghost", beat.encode_to_vec().into()).await;
             }
         })
     };

@@ -357,7 +357,7 @@ async fn garbage_and_forged_bus_messages_are_counted_and_ignored() -> Result<()>
     let raw = async_nats::connect(nats.url()).await?;
     let base = "registry.t9";
     // Not protobuf at all, on every subject.
-    for subject in ["bus.beat", "bus.hello", "bus.changes.a", "bus.changes.zz", "sync.b"] {
+    for subject in ["bus.beat.a", "bus.hello.a", "bus.changes.a", "bus.changes.zz", "sync.b"] {
         raw.publish(format!("{base}.{subject}"), bytes::Bytes::from_static(b"\xff\xfe garbage")).await?;
     }
     // A well-formed batch whose origin does not match its subject (forged), and

@@ -89,8 +89,10 @@ fn deploy_files_use_only_settings_the_node_knows() -> Result<()> {
     for path in deploy_files() {
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         for name in env_names(&text) {
-            // nats-server's own variables (passwords of the per-node users).
-            if name.ends_with("_NATS_PASSWORD") {
+            // nats-server's own variables: REGISTRY_<N>_NATS_PASSWORD, the
+            // passwords of the per-node users (the node's own is checked).
+            let number = name.strip_prefix("REGISTRY_").and_then(|n| n.strip_suffix("_NATS_PASSWORD"));
+            if number.is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
                 continue;
             }
             ensure!(known.contains(&name), "{} uses {name}, which registry-node does not read", path.display());
@@ -107,25 +109,39 @@ fn deploy_files_use_only_settings_the_node_knows() -> Result<()> {
 }
 
 /// deploy/nats/nats.conf made runnable on loopback: its listen, monitoring and
-/// route addresses moved to free local ports, and the per-node users included.
+/// route addresses moved to free local ports, with the per-node users of
+/// auth.conf (their passwords made for the run).
 struct AuthNats {
     child: Child,
     port: u16,
     dir: PathBuf,
+    passwords: Vec<String>,
 }
 
-const PASSWORDS: [(&str, &str); 3] =
-    [("REGISTRY_0_NATS_PASSWORD", "pw-0"), ("REGISTRY_1_NATS_PASSWORD", "pw-1"), ("REGISTRY_2_NATS_PASSWORD", "pw-2")];
+/// The node ids deploy/nats/auth.conf has users for.
+const NODES: [&str; 3] = ["registry-0", "registry-1", "registry-2"];
+
+/// A password per node, made now. Each starts with a letter: nats-server
+/// reads a `$VARIABLE`'s value as configuration, so `1e5...` would be a number.
+fn passwords() -> Vec<String> {
+    NODES
+        .iter()
+        .map(|_| {
+            let bytes: [u8; 16] = rand::random();
+            format!("p{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        })
+        .collect()
+}
 
 impl AuthNats {
     fn config(port: u16, monitor: u16, route: u16) -> Result<String> {
         let text = std::fs::read_to_string(repo_root().join("deploy/nats/nats.conf"))?;
         let mut out = text.clone();
+        ensure!(out.lines().any(|l| l == "include \"auth.conf\""), "deploy/nats/nats.conf includes auth.conf");
         for (from, to) in [
             ("0.0.0.0:4222".to_string(), format!("127.0.0.1:{port}")),
             ("0.0.0.0:8222".to_string(), format!("127.0.0.1:{monitor}")),
             ("0.0.0.0:6222".to_string(), format!("127.0.0.1:{route}")),
-            ("# include \"auth.conf\"".to_string(), "include \"auth.conf\"".to_string()),
         ] {
             ensure!(out.contains(&from), "deploy/nats/nats.conf no longer has {from:?}");
             out = out.replace(&from, &to);
@@ -148,21 +164,25 @@ impl AuthNats {
         Ok(dir)
     }
 
-    fn command(dir: &Path) -> Command {
+    fn command(dir: &Path, passwords: &[String]) -> Command {
         let mut cmd = Command::new("nats-server");
-        cmd.current_dir(dir).env("SERVER_NAME", "deploy-test").envs(PASSWORDS).stdout(Stdio::null());
+        cmd.current_dir(dir).env("SERVER_NAME", "deploy-test").stdout(Stdio::null());
+        for (i, password) in passwords.iter().enumerate() {
+            cmd.env(format!("REGISTRY_{i}_NATS_PASSWORD"), password);
+        }
         cmd
     }
 
     async fn start() -> Result<Self> {
         let (port, monitor) = (free_port()?, free_port()?);
         let dir = Self::prepare(port, monitor, free_port()?)?;
-        let child = Self::command(&dir)
+        let passwords = passwords();
+        let child = Self::command(&dir, &passwords)
             .args(["-c", "nats.conf", "-l", "nats.log"])
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server (scripts/test.sh installs it)")?;
-        let server = Self { child, port, dir };
+        let server = Self { child, port, dir, passwords };
         let addr = format!("127.0.0.1:{monitor}").parse()?;
         eventually("nats-server with the deploy config answers", Duration::from_secs(10), || async move {
             http_get(addr, "/healthz").await.ok().filter(|(s, _)| *s == 200).map(|_| ())
@@ -171,9 +191,23 @@ impl AuthNats {
         Ok(server)
     }
 
+    fn password(&self, node: &str) -> &str {
+        let i = NODES.iter().position(|n| *n == node).expect("a node of auth.conf");
+        &self.passwords[i]
+    }
+
+    /// A client logged in as `user`, with the node's inbox prefix (cluster
+    /// "prod"), the only part of _INBOX its user may read.
     async fn connect(&self, user: &str, password: &str) -> Result<async_nats::Client> {
         let url = format!("nats://127.0.0.1:{}", self.port);
-        Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()).connect(url).await?)
+        Ok(async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+            .custom_inbox_prefix(format!("_INBOX.registry.prod.{user}"))
+            .connect(url)
+            .await?)
+    }
+
+    async fn connect_as(&self, node: &str) -> Result<async_nats::Client> {
+        self.connect(node, self.password(node)).await
     }
 }
 
@@ -188,7 +222,7 @@ impl Drop for AuthNats {
 #[test]
 fn nats_config_loads_in_nats_server() -> Result<()> {
     let dir = AuthNats::prepare(free_port()?, free_port()?, free_port()?)?;
-    let out = AuthNats::command(&dir).args(["-c", "nats.conf", "-t"]).output();
+    let out = AuthNats::command(&dir, &passwords()).args(["-c", "nats.conf", "-t"]).output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.context("running nats-server -t (scripts/test.sh installs it)")?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -212,20 +246,20 @@ async fn next_subject(sub: &mut async_nats::Subscriber) -> Result<String> {
 }
 
 #[tokio::test]
-async fn nats_users_publish_only_their_own_changes() -> Result<()> {
+async fn nats_users_publish_only_on_their_own_subjects() -> Result<()> {
     let nats = AuthNats::start().await?;
     ensure!(nats.connect("registry-0", "wrong").await.is_err(), "a wrong password is refused");
-    let node0 = nats.connect("registry-0", "pw-0").await?;
-    let node1 = nats.connect("registry-1", "pw-1").await?;
+    let node0 = nats.connect_as("registry-0").await?;
+    let node1 = nats.connect_as("registry-1").await?;
     let mut bus = node1.subscribe("registry.prod.bus.>").await?;
-    until_subscribed(&node1, &mut bus, "registry.prod.bus.hello").await?;
+    until_subscribed(&node1, &mut bus, "registry.prod.bus.hello.registry-1").await?;
 
-    // registry-0 tries to publish in registry-1's name first: the server drops
-    // it, so the first thing registry-1 hears is registry-0's own batch.
-    node0.publish("registry.prod.bus.changes.registry-1", "forged".into()).await?;
-    node0.publish("registry.prod.bus.changes.registry-0", "own".into()).await?;
-    node0.publish("registry.prod.bus.beat", "beat".into()).await?;
-    node0.publish("registry.prod.bus.hello", "hello".into()).await?;
+    // registry-0 tries to publish in registry-1's name before each message of
+    // its own: the server drops those, so registry-1 hears registry-0's own only.
+    for kind in ["changes", "beat", "hello"] {
+        node0.publish(format!("registry.prod.bus.{kind}.registry-1"), "forged".into()).await?;
+        node0.publish(format!("registry.prod.bus.{kind}.registry-0"), "own".into()).await?;
+    }
     node0.flush().await?;
     let mut heard = Vec::new();
     for _ in 0..3 {
@@ -233,8 +267,12 @@ async fn nats_users_publish_only_their_own_changes() -> Result<()> {
     }
     assert_eq!(
         heard,
-        ["registry.prod.bus.changes.registry-0", "registry.prod.bus.beat", "registry.prod.bus.hello"],
-        "the forged batch never arrives"
+        [
+            "registry.prod.bus.changes.registry-0",
+            "registry.prod.bus.beat.registry-0",
+            "registry.prod.bus.hello.registry-0"
+        ],
+        "nothing forged arrives"
     );
 
     // Sync pulls: registry-0 asks registry-1, which may answer the request it
@@ -274,7 +312,7 @@ async fn nats_users_publish_only_their_own_changes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_replicate_as_their_own_nats_users() -> Result<()> {
     let nats = AuthNats::start().await?;
-    let url = |user: &str, pw: &str| format!("nats://{user}:{pw}@127.0.0.1:{}", nats.port);
+    let url = |user: &str| format!("nats://{user}:{}@127.0.0.1:{}", nats.password(user), nats.port);
     let connected = |n: &registry_node::NodeHandle| {
         let registry = n.registry.clone();
         eventually("the node is connected to NATS", PROMPTLY, move || {
@@ -282,14 +320,14 @@ async fn nodes_replicate_as_their_own_nats_users() -> Result<()> {
             async move { r.bus_connected().then_some(()) }
         })
     };
-    let a = start_node(cluster_config("registry-0", &[url("registry-0", "pw-0")], "prod")).await?;
+    let a = start_node(cluster_config("registry-0", &[url("registry-0")], "prod")).await?;
     connected(&a).await?;
     until_ready(&a).await?;
     let mut provider = Session::open(&mut client(a.grpc_addr).await?, 0).await?;
     provider.upsert(instance("orders", "o1", 8001)).await?;
     // registry-1 starts later, so it pulls registry-0's slice (a sync request
     // and its replies), then hears the next change on the bus.
-    let b = start_node(cluster_config("registry-1", &[url("registry-1", "pw-1")], "prod")).await?;
+    let b = start_node(cluster_config("registry-1", &[url("registry-1")], "prod")).await?;
     connected(&b).await?;
     until_ready(&b).await?;
     assert_eq!(service_ids(b.grpc_addr, "orders").await?, ["o1"], "loaded from registry-0's slice");

@@ -471,8 +471,8 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
             };
             let messages: Vec<(String, Vec<u8>)> = vec![
                 (format!("{base}.bus.changes.a"), vec![0xff; 64]),
-                (format!("{base}.bus.beat"), b"not protobuf at all".to_vec()),
-                (format!("{base}.bus.hello"), vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+                (format!("{base}.bus.beat.a"), b"not protobuf at all".to_vec()),
+                (format!("{base}.bus.hello.a"), vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
                 // A batch on a's subject claiming to come from b: forged origin.
                 (format!("{base}.bus.changes.a"), forged_put("b", 1).encode_to_vec()),
                 // A record that is not its key's, from an unknown node, at seq u64::MAX - 1.
@@ -501,7 +501,7 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
                 ),
                 // A beat of a replayed, older incarnation of b.
                 (
-                    format!("{base}.bus.beat"),
+                    format!("{base}.bus.beat.b"),
                     pb::Beat { origin: origin("b", 1), seq: u64::MAX, ..Default::default() }.encode_to_vec(),
                 ),
             ];
@@ -548,7 +548,7 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
                 })
             };
             for _ in 0..5 {
-                nats.publish(format!("{base}.bus.beat"), forged_beat.encode_to_vec().into()).await?;
+                nats.publish(format!("{base}.bus.beat.x"), forged_beat.encode_to_vec().into()).await?;
                 tokio::time::sleep(BEAT).await;
             }
             let answered = answered.await?;
@@ -614,7 +614,7 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
             let endless_beat =
                 pb::Beat { origin: origin("y", 9), seq: 5, entries: 3, live: 3, ready: true, ..Default::default() };
             for _ in 0..5 {
-                nats.publish(format!("{base}.bus.beat"), endless_beat.encode_to_vec().into()).await?;
+                nats.publish(format!("{base}.bus.beat.y"), endless_beat.encode_to_vec().into()).await?;
                 tokio::time::sleep(BEAT).await;
             }
             let served = served.await?;

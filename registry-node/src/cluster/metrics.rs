@@ -48,6 +48,18 @@ pub fn render_metrics(out: &mut String, node_id: &str, sync: &SyncShared) {
     line("origins_dropped_total", "counter", "Peer slices removed after their grace.", c.origins_dropped);
     line("safety_valve_holds_total", "counter", "Times the safety valve started holding.", c.safety_valve_holds);
     line("garbage_messages_total", "counter", "Undecodable or forged bus messages ignored.", get(&m.garbage_messages));
+    line(
+        "forged_messages_total",
+        "counter",
+        "Bus messages whose origin is not the node their subject names, ignored (also counted as garbage).",
+        get(&m.forged_messages),
+    );
+    line(
+        "nats_server_errors_total",
+        "counter",
+        "Errors the NATS server sent this node (refused logins, publishes or subscriptions).",
+        get(&m.server_errors),
+    );
     line("publish_errors_total", "counter", "Publishes that failed (repaired from beats).", get(&m.publish_errors));
     line(
         "slow_consumer_events_total",
