@@ -9,11 +9,14 @@
 //! - [`registry`]: the shared state: the store behind a single writer, ownership
 //!   of instances by sessions and leases, the consumer directory.
 //! - [`views`]: per-service views, revisions and the encode-once fan-out.
-//! - [`session`]: the task behind each `Register` stream.
-//! - [`grpc`]: the tonic services and the error-to-status mapping.
+//! - [`api`]: the in-process API every front-end calls (`NodeApi`).
+//! - [`frontend`]: one module per protocol (gRPC, HTTP).
+//! - [`listen`]: accepting connections, plaintext or TLS, with each peer's
+//!   client certificate names.
+//! - [`auth`]: principals, grants, tokens, client certificates, the audit trail.
 //! - [`cluster`]: replication wiring (the replica the sync runtime drives,
 //!   Members, sync metrics).
-//! - [`http`], [`metrics`], [`readiness`]: what operators look at.
+//! - [`metrics`], [`readiness`]: what operators look at.
 //! - [`node`]: wiring and lifecycle: start, serve, drain, stop.
 //!
 //! Dependencies point one way: node → bus-sync → store; everything → proto.
