@@ -414,7 +414,7 @@ async fn an_instance_is_replaced_or_removed_by_its_principal_only_across_nodes()
     ];
     let nats = registry_tests::nats::NatsServer::start().await?;
     let mut nodes = Vec::new();
-    for name in ["a", "b"] {
+    for name in ["a", "b", "c"] {
         let mut config = registry_tests::cluster_config(name, &[nats.url()], "auth-owner");
         config.auth.mode = Some(AuthMode::Enforce);
         config.auth.tokens = entries.clone();
@@ -425,24 +425,27 @@ async fn an_instance_is_replaced_or_removed_by_its_principal_only_across_nodes()
     }
     let (mut a, _) = client(nodes[0].grpc_addr).await?;
     let (mut b, _) = client(nodes[1].grpc_addr).await?;
+    let (mut c3, _) = client(nodes[2].grpc_addr).await?;
     let reg = |port: u32| v1::RegisterInstanceRequest {
         instance: Some(instance("orders", "shared-id", port)),
         ..Default::default()
     };
     a.register_instance(with(Some(&alice), reg(1))).await?;
-    // The record, with its principal, reaches node b.
+    // The record, with its principal, reaches nodes b and c.
     let get = || v1::GetServiceRequest { namespace: String::new(), service: "orders".into() };
-    registry_tests::eventually("alice's instance on node b", PROMPTLY, || {
-        let mut b = b.clone();
-        let alice = alice.clone();
-        async move {
-            let r = b.get_service(with(Some(&alice), get())).await.ok()?.into_inner();
-            r.instances.iter().any(|i| i.principal == "alice").then_some(())
-        }
-    })
-    .await?;
-    // Bob may write `orders`, but not alice's instance, on either node.
-    for (node, c) in [("a", &mut a), ("b", &mut b)] {
+    for (node, peer) in [("b", &b), ("c", &c3)] {
+        registry_tests::eventually(&format!("alice's instance on node {node}"), PROMPTLY, || {
+            let mut peer = peer.clone();
+            let alice = alice.clone();
+            async move {
+                let r = peer.get_service(with(Some(&alice), get())).await.ok()?.into_inner();
+                r.instances.iter().any(|i| i.principal == "alice").then_some(())
+            }
+        })
+        .await?;
+    }
+    // Bob may write `orders`, but not alice's instance, on any node.
+    for (node, c) in [("a", &mut a), ("b", &mut b), ("c", &mut c3)] {
         let got = c.register_instance(with(Some(&bob), reg(2))).await;
         ensure!(code(got) == Code::PermissionDenied, "bob replacing on node {node}");
         let key = v1::DeregisterRequest {
@@ -465,6 +468,7 @@ async fn an_instance_is_replaced_or_removed_by_its_principal_only_across_nodes()
         r.into_inner().instances.into_iter().map(|i| i.port).collect()
     };
     ensure!(ports(b.get_service(with(Some(&alice), get())).await?) == [1], "still alice's");
+    ensure!(ports(c3.get_service(with(Some(&alice), get())).await?) == [1], "still alice's on node c");
     // Alice re-registering elsewhere (a move or a restart) is hers to do.
     b.register_instance(with(Some(&alice), reg(3))).await?;
     registry_tests::eventually("alice's move seen on node a", PROMPTLY, || {
