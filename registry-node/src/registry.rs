@@ -218,6 +218,21 @@ impl Registry {
         Ok(version.hlc)
     }
 
+    /// Where the shown copy of each of `ids` (instances of `namespace`/
+    /// `service`) comes from: the node holding it, and when that copy was
+    /// written (Unix ms). Ids not shown are left out.
+    pub fn instance_sources(&self, namespace: &str, service: &str, ids: &[&str]) -> HashMap<String, (Arc<str>, u64)> {
+        let st = self.state.lock();
+        ids.iter()
+            .filter_map(|id| {
+                let key = Key::Instance(InstanceKey::new(namespace, service, id));
+                let (origin, entry) = st.store.visible_entry(&key)?;
+                let node = st.store.origin(origin)?.node.clone();
+                Some((id.to_string(), (node, entry.version.wall_ms())))
+            })
+            .collect()
+    }
+
     /// Removes one instance that `owner` registered.
     pub fn remove_owned(&self, owner: OwnerId, key: &InstanceKey) -> Result<u64, RegistryError> {
         let mut st = self.state.lock();

@@ -265,6 +265,20 @@ impl Views {
         out
     }
 
+    /// Every namespace with instances: (name, services with instances,
+    /// instances), sorted by name.
+    pub fn namespaces(&self) -> Vec<(String, u64, u64)> {
+        let mut by: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+        for e in self.map.iter() {
+            let n = e.value().instances.len() as u64;
+            if n > 0 {
+                let c = by.entry(e.key().0.to_string()).or_default();
+                *c = (c.0 + 1, c.1 + n);
+            }
+        }
+        by.into_iter().map(|(ns, (s, i))| (ns, s, i)).collect()
+    }
+
     /// (instances, services with at least one instance).
     pub fn counts(&self) -> (u64, u64) {
         self.map.iter().fold((0, 0), |(i, s), e| {

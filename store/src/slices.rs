@@ -251,6 +251,13 @@ impl Store {
         entry.record.as_ref().map(|r| (origin, r))
     }
 
+    /// The shown entry of `key` (its version: when it was written), and the
+    /// origin holding it.
+    pub fn visible_entry(&self, key: &Key) -> Option<(OriginId, &Entry)> {
+        let holders = self.keys.get(key).map_or(&[][..], |h| &h[..]);
+        shown_entry(&self.slices, holders, self.moved.get(key)).filter(|(_, e)| e.is_live())
+    }
+
     /// The own slice's entry for `key`.
     pub fn local_entry(&self, key: &Key) -> Option<&Entry> {
         self.keys.get(key)?.iter().find(|(o, _)| *o == self.local).map(|(_, e)| e)

@@ -469,3 +469,108 @@ pub fn metric(body: &str, name: &str) -> Option<u64> {
     let prefix = format!("registry_{name}{{");
     body.lines().find(|l| l.starts_with(&prefix))?.rsplit(' ').next()?.parse().ok()
 }
+
+/// An HTTP/1.1 request with a JSON body (plain, or HTTPS when the node is
+/// secured): the status and the body parsed as JSON (`Null` when empty or
+/// not JSON, so a test sees what came).
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    timeout(PROMPTLY, s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+/// A server-sent events stream (`GET path`), read event by event.
+pub struct SseStream {
+    reader: tokio::io::BufReader<tokio::net::TcpStream>,
+    /// The response's status.
+    pub status: u16,
+}
+
+/// One server-sent event: its name and its data parsed as JSON.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+impl SseStream {
+    /// Opens `GET path` and reads the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n").as_bytes(),
+        )
+        .await?;
+        let mut reader = tokio::io::BufReader::new(s);
+        let mut line = String::new();
+        timeout(PROMPTLY, reader.read_line(&mut line)).await??;
+        let status =
+            line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad {line:?}"))?;
+        loop {
+            line.clear();
+            timeout(PROMPTLY, reader.read_line(&mut line)).await??;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        Ok(Self { reader, status })
+    }
+
+    /// The next event, skipping comments (keep-alives) and chunk framing;
+    /// an error after `within`, or when the stream ends.
+    pub async fn next(&mut self, within: Duration) -> Result<SseEvent> {
+        use tokio::io::AsyncBufReadExt as _;
+        let deadline = Instant::now() + within;
+        let (mut event, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout_at(deadline, self.reader.read_line(&mut line))
+                .await
+                .map_err(|_| anyhow!("no event within {within:?}"))??;
+            if n == 0 {
+                bail!("the event stream ended");
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if line.is_empty() && !event.is_empty() {
+                let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                return Ok(SseEvent { event, data });
+            }
+            // Anything else: chunk sizes, comments (`:`), blank lines between chunks.
+        }
+    }
+
+    /// The next event named `name`, skipping others (progress keepalives).
+    pub async fn next_named(&mut self, name: &str, within: Duration) -> Result<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self.next(left).await?;
+            if e.event == name {
+                return Ok(e);
+            }
+        }
+    }
+}

@@ -250,6 +250,15 @@ impl Auth {
         Err(refusal)
     }
 
+    /// Whether `caller` may read some service of `namespace` (filters lists
+    /// of namespaces; counts nothing).
+    pub fn sees_namespace(&self, caller: &Caller, namespace: &str) -> bool {
+        match &caller.identity {
+            Identity::Principal(p) => self.mode == AuthMode::Warn || p.holds_in(Role::Read, namespace),
+            Identity::Open | Identity::Unverified(_) => true,
+        }
+    }
+
     /// Whether `caller` may see `namespace`/`service` (filters lists).
     pub fn sees(&self, caller: &Caller, namespace: &str, service: &str) -> bool {
         match &caller.identity {

@@ -7,6 +7,8 @@
 //! probes), `/metrics` too unless `auth.protect_metrics`; `/admin/*` needs an
 //! admin grant when auth is on.
 
+pub mod json;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -45,6 +47,7 @@ pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>) -> Router {
         .route("/readyz", get(readyz))
         .route("/admin/node", get(admin_node))
         .route("/admin/members", get(admin_members))
+        .merge(json::routes())
         .with_state(Http { registry, readiness, api, tls })
 }
 

@@ -1,0 +1,897 @@
+//! The JSON HTTP API under `/v1/`: the registry for scripts and languages
+//! without gRPC. Every handler turns its request into a [`NodeApi`] call,
+//! with the same validation, grants, ownership and readiness rules as gRPC,
+//! and answers JSON whose field names follow the protobuf JSON mapping
+//! (lowerCamelCase, enum values by name, 64-bit integers as strings).
+//!
+//! - Reads: `GET /v1/namespaces`, `GET /v1/namespaces/{namespace}/services`
+//!   (searchable, paginated, counts by status), `GET
+//!   /v1/namespaces/{namespace}/services/{service}` (instances with the node
+//!   holding each and when it was written, and the consumers), `GET
+//!   /v1/members`, `GET /v1/node`.
+//! - Live: `GET /v1/watch?namespace=&service=`, server-sent events: a
+//!   `snapshot` per service, then `delta`s, `progress` keepalives, a `drain`
+//!   when the node wants the watcher elsewhere, and `end` before it closes.
+//!   The watcher is a consumer in the directory, like a gRPC Subscribe.
+//! - Provider writes under a unary lease: `POST
+//!   /v1/namespaces/{namespace}/services/{service}/instances` (register or
+//!   update, with `ttlMs` and `leaseId`), `POST /v1/leases/{leaseId}/renew`,
+//!   `DELETE /v1/namespaces/{namespace}/services/{service}/instances/{instanceId}`.
+//! - Errors: `{"code": "...", "message": "..."}` with the HTTP status that
+//!   matches the code (400, 401, 403, 404, 429, 503 while warming up or draining).
+//! - `GET /v1/openapi.json`: the OpenAPI 3.1 document, generated from these
+//!   handlers and types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use registry_proto::v1;
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt as _;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::Http;
+use crate::api::{NodeApi, RegistryError, WatchEnd};
+use crate::auth::{Caller, Role};
+use crate::listen::Peer;
+
+pub(super) fn routes() -> axum::Router<Http> {
+    axum::Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/namespaces", get(namespaces))
+        .route("/v1/namespaces/{namespace}/services", get(services))
+        .route("/v1/namespaces/{namespace}/services/{service}", get(service))
+        .route("/v1/namespaces/{namespace}/services/{service}/instances", post(register))
+        .route("/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}", delete(deregister))
+        .route("/v1/leases/{lease_id}/renew", post(renew))
+        .route("/v1/members", get(members))
+        .route("/v1/node", get(node))
+        .route("/v1/watch", get(watch))
+        .route("/v1/{*rest}", axum::routing::any(not_found))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "registry JSON API",
+        description = "Service registry: reads, live watches (server-sent events), provider leases. \
+                       Send `authorization: Bearer <token>` when the node enforces auth.",
+        version = "1"
+    ),
+    paths(namespaces, services, service, register, deregister, renew, members, node, watch),
+    components(schemas(
+        ApiError, NamespaceJson, NamespacesJson, ServicesPage, ServiceSummaryJson, ServiceJson, InstanceJson,
+        ConsumerJson, RegisterBody, RegisteredJson, InstanceKeyJson, RenewedJson, DeregisteredJson, MembersJson,
+        MemberJson, NodeJson, StatusJson, SnapshotEvent, DeltaEvent, EndEvent
+    )),
+    tags((name = "registry", description = "The registry's JSON API"))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Response {
+    match openapi_document().to_pretty_json() {
+        Ok(body) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ errors
+
+/// An error: a code (the gRPC status name) and a message saying what to fix.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiError {
+    /// `INVALID_ARGUMENT`, `UNAUTHENTICATED`, `PERMISSION_DENIED`, `NOT_FOUND`,
+    /// `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, ...
+    pub code: String,
+    pub message: String,
+}
+
+/// An error answer: the status and its JSON body.
+#[derive(Debug)]
+struct Problem(StatusCode, ApiError);
+
+impl Problem {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self(status, ApiError { code: code.into(), message: message.into() })
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", message)
+    }
+}
+
+impl From<RegistryError> for Problem {
+    fn from(e: RegistryError) -> Self {
+        let (status, code) = match &e {
+            RegistryError::Invalid(_) => (StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+            RegistryError::TooManyInstances { .. } => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+            RegistryError::NotOwned(_) | RegistryError::LeaseNotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            RegistryError::Draining | RegistryError::WarmingUp => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            RegistryError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            RegistryError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(e: JsonRejection) -> Self {
+        Self::invalid(format!("request body: {}", e.body_text()))
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(e: QueryRejection) -> Self {
+        Self::invalid(format!("query: {}", e.body_text()))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let Problem(status, body) = self;
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint; see /v1/openapi.json")
+}
+
+type Answer<T> = Result<Json<T>, Problem>;
+
+fn caller(api: &NodeApi, headers: &HeaderMap, peer: &Peer) -> Result<Caller, Problem> {
+    Ok(api.authenticate(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes), peer)?)
+}
+
+// ------------------------------------------------------------------ shapes
+
+/// An instance's status, as the protobuf enum names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum StatusJson {
+    #[serde(rename = "STATUS_UNSPECIFIED")]
+    Unspecified,
+    #[serde(rename = "STATUS_UP")]
+    Up,
+    #[serde(rename = "STATUS_DOWN")]
+    Down,
+    #[serde(rename = "STATUS_STARTING")]
+    Starting,
+    #[serde(rename = "STATUS_OUT_OF_SERVICE")]
+    OutOfService,
+}
+
+impl From<v1::Status> for StatusJson {
+    fn from(s: v1::Status) -> Self {
+        match s {
+            v1::Status::Unspecified => Self::Unspecified,
+            v1::Status::Up => Self::Up,
+            v1::Status::Down => Self::Down,
+            v1::Status::Starting => Self::Starting,
+            v1::Status::OutOfService => Self::OutOfService,
+        }
+    }
+}
+
+impl From<StatusJson> for v1::Status {
+    fn from(s: StatusJson) -> Self {
+        match s {
+            StatusJson::Unspecified => Self::Unspecified,
+            StatusJson::Up => Self::Up,
+            StatusJson::Down => Self::Down,
+            StatusJson::Starting => Self::Starting,
+            StatusJson::OutOfService => Self::OutOfService,
+        }
+    }
+}
+
+/// One instance, every field.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceJson {
+    pub namespace: String,
+    pub service: String,
+    pub instance_id: String,
+    pub host: String,
+    pub port: u32,
+    pub metadata: BTreeMap<String, String>,
+    /// Relative load-balancing weight (100 when the provider set none).
+    pub weight: u32,
+    pub zone: String,
+    pub status: StatusJson,
+    /// The principal that registered it (empty with auth off).
+    pub principal: String,
+    /// The node holding this copy (the provider's node). Only in a
+    /// service's detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_node: Option<String>,
+    /// When this copy was written (registered or last updated), Unix ms.
+    /// Only in a service's detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_unix_ms: Option<String>,
+}
+
+impl From<v1::Instance> for InstanceJson {
+    fn from(i: v1::Instance) -> Self {
+        let status = i.status().into();
+        Self {
+            namespace: i.namespace,
+            service: i.service,
+            instance_id: i.instance_id,
+            host: i.host,
+            port: i.port,
+            metadata: i.metadata.into_iter().collect(),
+            weight: i.weight.unwrap_or(100),
+            zone: i.zone,
+            status,
+            principal: i.principal,
+            owner_node: None,
+            updated_unix_ms: None,
+        }
+    }
+}
+
+/// A consumer: a watcher of services (gRPC Subscribe or SSE).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerJson {
+    pub consumer_id: String,
+    pub host: String,
+    pub metadata: BTreeMap<String, String>,
+    /// The node holding its stream.
+    pub node_id: String,
+    /// Services it watches; empty: the whole namespace.
+    pub services: Vec<String>,
+    /// When it started watching, Unix ms.
+    pub since_unix_ms: String,
+    pub principal: String,
+}
+
+impl From<v1::Consumer> for ConsumerJson {
+    fn from(c: v1::Consumer) -> Self {
+        let info = c.info.unwrap_or_default();
+        Self {
+            consumer_id: info.consumer_id,
+            host: info.host,
+            metadata: info.metadata.into_iter().collect(),
+            node_id: c.node_id,
+            services: c.services,
+            since_unix_ms: c.since_unix_ms.to_string(),
+            principal: c.principal,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceJson {
+    pub name: String,
+    /// Services with at least one instance.
+    pub services: u64,
+    pub instances: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NamespacesJson {
+    pub namespaces: Vec<NamespaceJson>,
+}
+
+/// A service with its instances counted by status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSummaryJson {
+    pub service: String,
+    pub instance_count: u32,
+    /// UP, or no status set.
+    pub up: u32,
+    pub down: u32,
+    pub starting: u32,
+    pub out_of_service: u32,
+    pub revision: String,
+}
+
+/// One page of a namespace's services, sorted by name.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesPage {
+    pub namespace: String,
+    pub services: Vec<ServiceSummaryJson>,
+    /// Services matching the search, on all pages.
+    pub total: u32,
+    /// Pass as `pageToken` for the next page; empty on the last.
+    pub next_page_token: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ServicesQuery {
+    /// Only services whose name contains this (case-insensitive).
+    #[serde(default)]
+    search: String,
+    /// Services per page: 1 to 1,000, default 100.
+    page_size: Option<u32>,
+    /// The `nextPageToken` of the previous page.
+    #[serde(default)]
+    page_token: String,
+}
+
+/// One service: its instances and its consumers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceJson {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub instances: Vec<InstanceJson>,
+    pub consumers: Vec<ConsumerJson>,
+}
+
+/// An instance to register under a lease (the path names its namespace and service).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Default: `host:port`.
+    #[serde(default)]
+    pub instance_id: String,
+    pub host: String,
+    pub port: u32,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub zone: String,
+    pub status: Option<StatusJson>,
+    /// Lease TTL in ms; absent or 0: the node's default.
+    #[serde(default)]
+    pub ttl_ms: u32,
+    /// Add the instance to this existing lease instead of a new one.
+    #[serde(default)]
+    pub lease_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceKeyJson {
+    pub namespace: String,
+    pub service: String,
+    pub instance_id: String,
+}
+
+/// A registration: renew `leaseId` within `ttlMs` to keep it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredJson {
+    pub lease_id: String,
+    pub key: InstanceKeyJson,
+    pub version: String,
+    pub ttl_ms: u32,
+    pub node_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewedJson {
+    pub ttl_ms: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeregisteredJson {
+    /// False when it was not registered (deregistering is idempotent).
+    pub found: bool,
+}
+
+/// A member of the cluster, as this node sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberJson {
+    pub node_id: String,
+    pub incarnation: String,
+    /// `MEMBER_STATE_LOCAL`, `_LIVE`, `_SUSPECT`, `_ORPHANED`, `_LEAVING`, `_LEFT`.
+    pub state: String,
+    pub advertise_addr: String,
+    pub last_beat_age_ms: String,
+    pub origin_seq: String,
+    pub applied_seq: String,
+    /// Changes it issued that this node has not applied.
+    pub lag: String,
+    pub record_count: String,
+    pub digest_match: bool,
+    pub ready: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersJson {
+    pub cluster: String,
+    pub node_id: String,
+    pub members: Vec<MemberJson>,
+}
+
+/// This node at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJson {
+    pub node_id: String,
+    pub cluster: String,
+    pub version: String,
+    pub clustered: bool,
+    pub ready: bool,
+    pub draining: bool,
+    /// Part of the view comes from a silent peer, or this node is cut off.
+    pub degraded: bool,
+    /// Orphan removal is held: it would remove too much at once.
+    pub safety_valve_holding: bool,
+    pub instances: String,
+    pub services: String,
+    pub sessions: String,
+    pub leases: String,
+    pub subscribers: String,
+}
+
+/// `event: snapshot`: a watched service's instances now.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotEvent {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub instances: Vec<InstanceJson>,
+    pub degraded: bool,
+}
+
+/// `event: delta`: what changed in a watched service, in revision order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaEvent {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub prev_revision: String,
+    pub upserted: Vec<InstanceJson>,
+    /// Instance ids removed.
+    pub removed: Vec<String>,
+    pub degraded: bool,
+}
+
+/// `event: end`: the node ends the stream; watch again (any node).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndEvent {
+    pub reason: String,
+}
+
+// ------------------------------------------------------------------ reads
+
+/// Namespaces with instances (those the caller may read).
+#[utoipa::path(get, path = "/v1/namespaces", tag = "registry",
+    responses((status = 200, body = NamespacesJson), (status = 401, body = ApiError), (status = 503, body = ApiError)))]
+async fn namespaces(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Answer<NamespacesJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    h.api.check_ready()?;
+    let auth = h.api.auth();
+    let namespaces = h
+        .registry
+        .views()
+        .namespaces()
+        .into_iter()
+        .filter(|(ns, _, _)| auth.sees_namespace(&caller, ns))
+        .map(|(name, services, instances)| NamespaceJson { name, services, instances })
+        .collect();
+    Ok(Json(NamespacesJson { namespaces }))
+}
+
+/// Counts of a service's instances by status.
+fn summarize(api: &NodeApi, namespace: &str, s: v1::ServiceSummary) -> ServiceSummaryJson {
+    let (_, instances) = api.registry().views().get(namespace, &s.service);
+    let mut out = ServiceSummaryJson {
+        service: s.service,
+        instance_count: s.instance_count,
+        up: 0,
+        down: 0,
+        starting: 0,
+        out_of_service: 0,
+        revision: s.revision.to_string(),
+    };
+    for i in instances {
+        match i.status().effective() {
+            v1::Status::Down => out.down += 1,
+            v1::Status::Starting => out.starting += 1,
+            v1::Status::OutOfService => out.out_of_service += 1,
+            _ => out.up += 1,
+        }
+    }
+    out
+}
+
+/// The services of a namespace the caller may read, by name, a page at a time.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/services", tag = "registry",
+    params(("namespace" = String, Path), ServicesQuery),
+    responses((status = 200, body = ServicesPage), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+async fn services(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(namespace): Path<String>,
+    query: Result<Query<ServicesQuery>, QueryRejection>,
+) -> Answer<ServicesPage> {
+    let Query(q) = query?;
+    let caller = caller(&h.api, &headers, &peer)?;
+    let page_size = q.page_size.unwrap_or(100);
+    if !(1..=1_000).contains(&page_size) {
+        return Err(Problem::invalid(format!("pageSize {page_size} is outside 1..=1000")));
+    }
+    let list = h.api.list_services(&caller, &namespace)?;
+    let search = q.search.to_lowercase();
+    let matching: Vec<v1::ServiceSummary> =
+        list.services.into_iter().filter(|s| search.is_empty() || s.service.to_lowercase().contains(&search)).collect();
+    let total = matching.len() as u32;
+    // The token is the last name of the previous page: pages stay right
+    // while services come and go.
+    let start = if q.page_token.is_empty() {
+        0
+    } else {
+        let after =
+            decode_token(&q.page_token).ok_or_else(|| Problem::invalid("pageToken is not one this API gave"))?;
+        matching.partition_point(|s| s.service <= after)
+    };
+    let page: Vec<v1::ServiceSummary> = matching.into_iter().skip(start).take(page_size as usize + 1).collect();
+    let more = page.len() > page_size as usize;
+    let page: Vec<v1::ServiceSummary> = page.into_iter().take(page_size as usize).collect();
+    let next_page_token = match (more, page.last()) {
+        (true, Some(last)) => encode_token(&last.service),
+        _ => String::new(),
+    };
+    let services = page.into_iter().map(|s| summarize(&h.api, &list.namespace, s)).collect();
+    Ok(Json(ServicesPage { namespace: list.namespace, services, total, next_page_token }))
+}
+
+fn encode_token(after: &str) -> String {
+    after.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) || token.len() > 2_048 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// One service: every instance (with the node holding it and when it was
+/// written) and its consumers.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}/services/{service}", tag = "registry",
+    params(("namespace" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = ServiceJson), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError, description = "no instance and no consumer"),
+        (status = 503, body = ApiError)))]
+async fn service(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((namespace, service)): Path<(String, String)>,
+) -> Answer<ServiceJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let (revision, instances) = h.api.get_service(&caller, &namespace, &service)?;
+    let consumers = h.api.list_consumers(&caller, &namespace, &service)?.consumers;
+    if instances.is_empty() && consumers.is_empty() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("service {namespace}/{service} has no instance and no consumer"),
+        ));
+    }
+    let ns = instances.first().map_or(namespace, |i| i.namespace.clone());
+    let ids: Vec<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
+    let sources: HashMap<String, (std::sync::Arc<str>, u64)> = h.registry.instance_sources(&ns, &service, &ids);
+    let mut instances: Vec<InstanceJson> = instances
+        .into_iter()
+        .map(|i| {
+            let source = sources.get(&i.instance_id).cloned();
+            let mut json = InstanceJson::from(i);
+            json.owner_node = source.as_ref().map(|(node, _)| node.to_string());
+            json.updated_unix_ms = source.map(|(_, ms)| ms.to_string());
+            json
+        })
+        .collect();
+    instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    Ok(Json(ServiceJson {
+        namespace: ns,
+        service,
+        revision: revision.to_string(),
+        instances,
+        consumers: consumers.into_iter().map(ConsumerJson::from).collect(),
+    }))
+}
+
+/// The members of the cluster with their sync state (needs an admin grant).
+#[utoipa::path(get, path = "/v1/members", tag = "registry",
+    responses((status = 200, body = MembersJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn members(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Answer<MembersJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let answer = h.api.members(&caller)?;
+    let members = answer
+        .members
+        .into_iter()
+        .map(|m| {
+            let state = m.state().as_str_name().to_string();
+            MemberJson {
+                node_id: m.node_id,
+                incarnation: m.incarnation.to_string(),
+                state,
+                advertise_addr: m.advertise_addr,
+                last_beat_age_ms: m.last_beat_age_ms.to_string(),
+                origin_seq: m.origin_seq.to_string(),
+                applied_seq: m.applied_seq.to_string(),
+                lag: m.origin_seq.saturating_sub(m.applied_seq).to_string(),
+                record_count: m.record_count.to_string(),
+                digest_match: m.digest_match,
+                ready: m.ready,
+            }
+        })
+        .collect();
+    Ok(Json(MembersJson { cluster: answer.cluster, node_id: h.registry.node_id().to_string(), members }))
+}
+
+/// This node at a glance: readiness, degraded view, safety valve, counts.
+#[utoipa::path(get, path = "/v1/node", tag = "registry",
+    responses((status = 200, body = NodeJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Answer<NodeJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    h.api.auth().check_anywhere(&caller, Role::Read).map_err(RegistryError::from)?;
+    let r = &h.registry;
+    let gauges = r.gauges(h.readiness.is_ready());
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed).to_string();
+    Ok(Json(NodeJson {
+        node_id: r.node_id().to_string(),
+        cluster: r.config().cluster.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        clustered: r.config().clustered(),
+        ready: gauges.ready,
+        draining: r.is_draining(),
+        degraded: r.freshness().degraded,
+        safety_valve_holding: r
+            .sync_state()
+            .is_some_and(|s| s.metrics.valve_holding.load(std::sync::atomic::Ordering::Relaxed)),
+        instances: gauges.instances.to_string(),
+        services: gauges.services.to_string(),
+        sessions: get(&r.metrics.sessions_active),
+        leases: get(&r.metrics.leases_active),
+        subscribers: get(&r.metrics.subscribers_active),
+    }))
+}
+
+// ------------------------------------------------------------------ writes
+
+/// Registers (or updates) an instance under a TTL lease; renew the lease
+/// (`POST /v1/leases/{leaseId}/renew`) within `ttlMs` to keep it.
+#[utoipa::path(post, path = "/v1/namespaces/{namespace}/services/{service}/instances", tag = "registry",
+    params(("namespace" = String, Path), ("service" = String, Path)),
+    request_body = RegisterBody,
+    responses((status = 200, body = RegisteredJson), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError, description = "unknown leaseId"),
+        (status = 429, body = ApiError), (status = 503, body = ApiError)))]
+async fn register(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((namespace, service)): Path<(String, String)>,
+    body: Result<Json<RegisterBody>, JsonRejection>,
+) -> Answer<RegisteredJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let Json(b) = body?;
+    let instance = v1::Instance {
+        namespace,
+        service,
+        instance_id: b.instance_id,
+        host: b.host,
+        port: b.port,
+        metadata: b.metadata.into_iter().collect(),
+        weight: b.weight,
+        zone: b.zone,
+        status: v1::Status::from(b.status.unwrap_or(StatusJson::Unspecified)) as i32,
+        principal: String::new(),
+    };
+    let r = h.api.register_instance(&caller, &b.lease_id, b.ttl_ms, Some(instance))?;
+    let key = r.key.unwrap_or_default();
+    Ok(Json(RegisteredJson {
+        lease_id: r.lease_id,
+        key: InstanceKeyJson { namespace: key.namespace, service: key.service, instance_id: key.instance_id },
+        version: r.version.to_string(),
+        ttl_ms: r.ttl_ms,
+        node_id: r.node_id,
+    }))
+}
+
+/// Extends a lease by its TTL (on the node that granted it).
+#[utoipa::path(post, path = "/v1/leases/{lease_id}/renew", tag = "registry",
+    params(("lease_id" = String, Path)),
+    responses((status = 200, body = RenewedJson), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 404, body = ApiError, description = "unknown or expired lease: register again")))]
+async fn renew(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(lease_id): Path<String>,
+) -> Answer<RenewedJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let ttl = h.api.renew(&caller, &lease_id)?;
+    Ok(Json(RenewedJson { ttl_ms: ttl.as_millis() as u32 }))
+}
+
+/// Removes an instance: its own principal's, or anyone's with an admin grant.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}",
+    tag = "registry",
+    params(("namespace" = String, Path), ("service" = String, Path), ("instance_id" = String, Path)),
+    responses((status = 200, body = DeregisteredJson), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+async fn deregister(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((namespace, service, instance_id)): Path<(String, String, String)>,
+) -> Answer<DeregisteredJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let found = h.api.deregister(&caller, Some(v1::InstanceKey { namespace, service, instance_id }))?;
+    Ok(Json(DeregisteredJson { found }))
+}
+
+// ------------------------------------------------------------------ watch
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct WatchQuery {
+    /// Default: `default`.
+    #[serde(default)]
+    namespace: String,
+    /// The service to watch; absent: every service of the namespace.
+    #[serde(default)]
+    service: String,
+    /// Names this watcher in the consumer directory (default: its address).
+    #[serde(default)]
+    consumer_id: String,
+}
+
+/// Server-sent events: a `snapshot` of each watched service, then every
+/// change as a `delta`, `progress` keepalives, a `drain` when the node
+/// wants the watcher on another node, and `end` before the node closes the
+/// stream. The watcher is a consumer in the directory.
+#[utoipa::path(get, path = "/v1/watch", tag = "registry", params(WatchQuery),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "events `snapshot` (SnapshotEvent), `delta` (DeltaEvent), `progress`, `drain`, `end` (EndEvent)"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError),
+        (status = 503, body = ApiError)))]
+async fn watch(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = query?;
+    let caller = caller(&h.api, &headers, &peer)?;
+    let request = v1::SubscribeRequest {
+        namespace: q.namespace,
+        services: if q.service.is_empty() { Vec::new() } else { vec![q.service] },
+        consumer: Some(v1::ConsumerInfo { consumer_id: q.consumer_id, ..Default::default() }),
+    };
+    let rx = h.api.watch(&caller, request, Some(peer.addr))?;
+    // After an `end` the node drops its side, and the stream ends.
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| Ok::<Event, Infallible>(sse_event(item)));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// One watch item as a server-sent event.
+fn sse_event(item: crate::api::WatchItem) -> Event {
+    use v1::subscribe_response::Kind;
+    let end = |reason: String| json_event("end", &EndEvent { reason });
+    let frame = match item {
+        Ok(frame) => frame,
+        Err(e) => return end(watch_end(e)),
+    };
+    match frame.decode().ok().and_then(|r| r.kind) {
+        Some(Kind::Snapshot(s)) => json_event(
+            "snapshot",
+            &SnapshotEvent {
+                namespace: s.namespace,
+                service: s.service,
+                revision: s.revision.to_string(),
+                instances: s.instances.into_iter().map(InstanceJson::from).collect(),
+                degraded: s.freshness.is_some_and(|f| f.degraded),
+            },
+        ),
+        Some(Kind::Delta(d)) => json_event(
+            "delta",
+            &DeltaEvent {
+                namespace: d.namespace,
+                service: d.service,
+                revision: d.revision.to_string(),
+                prev_revision: d.prev_revision.to_string(),
+                upserted: d.upserted.into_iter().map(InstanceJson::from).collect(),
+                removed: d.removed.into_iter().map(|k| k.instance_id).collect(),
+                degraded: d.freshness.is_some_and(|f| f.degraded),
+            },
+        ),
+        Some(Kind::Progress(p)) => json_event(
+            "progress",
+            &serde_json::json!({
+                "nodeId": p.node_id,
+                "degraded": p.freshness.is_some_and(|f| f.degraded),
+            }),
+        ),
+        Some(Kind::Drain(d)) => {
+            json_event("drain", &serde_json::json!({ "hint": d.hint, "delayMs": d.delay_ms, "reason": d.reason }))
+        }
+        None => end("the node sent a frame this front-end cannot read; watch again".into()),
+    }
+}
+
+fn watch_end(e: WatchEnd) -> String {
+    e.to_string()
+}
+
+fn json_event(name: &str, data: &impl Serialize) -> Event {
+    Event::default().event(name).json_data(data).unwrap_or_else(|_| Event::default().event(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_refused() {
+        for name in ["orders", "a.b-c_d", ""] {
+            assert_eq!(decode_token(&encode_token(name)).as_deref(), Some(name));
+        }
+        for bad in ["zz", "abc", "ff"] {
+            assert!(decode_token(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let doc = openapi_document();
+        let json = doc.to_json().expect("serializes");
+        for path in [
+            "/v1/namespaces",
+            "/v1/namespaces/{namespace}/services",
+            "/v1/namespaces/{namespace}/services/{service}",
+            "/v1/namespaces/{namespace}/services/{service}/instances",
+            "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}",
+            "/v1/leases/{lease_id}/renew",
+            "/v1/members",
+            "/v1/node",
+            "/v1/watch",
+        ] {
+            assert!(doc.paths.paths.contains_key(path), "{path} missing from {json}");
+        }
+    }
+}

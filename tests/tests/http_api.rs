@@ -1,0 +1,246 @@
+//! The JSON HTTP API (`/v1/`) as a script would use it, over real HTTP: a
+//! provider with nothing but HTTP (register, renew, watch itself over
+//! server-sent events, expire), paginated and searchable reads with counts
+//! by status, a service's detail, errors as JSON with their statuses, the
+//! grants of the security model, and the OpenAPI document.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use registry_node::auth::tokens::sha256_hex;
+use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
+use registry_tests::{PROMPTLY, SseStream, http_json, start_node, test_config};
+use serde_json::{Value, json};
+
+fn body(host: &str, port: u32) -> Value {
+    json!({ "host": host, "port": port })
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_curl_only_provider_registers_renews_watches_itself_and_expires() -> Result<()> {
+    let mut config = test_config("http-provider");
+    config.sessions.min_lease_ttl_ms = 500;
+    let node = start_node(config).await?;
+    let addr = node.http_addr;
+    let mut watch = SseStream::open(addr, "/v1/watch?service=orders&consumerId=curl-watcher", &[]).await?;
+    ensure!(watch.status == 200, "watch: {}", watch.status);
+    let snapshot = watch.next_named("snapshot", PROMPTLY).await?;
+    ensure!(snapshot.data["instances"].as_array().is_some_and(Vec::is_empty), "{:?}", snapshot.data);
+
+    let mut b = body("10.0.0.7", 8080);
+    b["ttlMs"] = json!(1000);
+    b["metadata"] = json!({ "version": "1.2.3" });
+    let (status, reg) =
+        http_json(addr, "POST", "/v1/namespaces/default/services/orders/instances", &[], Some(&b)).await?;
+    ensure!(status == 200, "register: {status} {reg}");
+    let lease = str_of(&reg["leaseId"]).to_string();
+    ensure!(!lease.is_empty() && reg["key"]["instanceId"] == "10.0.0.7:8080" && reg["ttlMs"] == 1000, "{reg}");
+    ensure!(str_of(&reg["version"]).parse::<u64>().is_ok(), "64-bit integers are strings: {reg}");
+
+    // The watcher sees it at once, every field in the protobuf JSON mapping
+    // (no status given reads as UP).
+    let delta = watch.next_named("delta", PROMPTLY).await?;
+    let up = &delta.data["upserted"][0];
+    ensure!(up["instanceId"] == "10.0.0.7:8080" && up["status"] == "STATUS_UP", "{}", delta.data);
+    ensure!(up["metadata"]["version"] == "1.2.3" && up["weight"] == 100, "{}", delta.data);
+
+    // Renewals keep it; the watcher is in the consumer directory.
+    for _ in 0..3 {
+        let (status, r) = http_json(addr, "POST", &format!("/v1/leases/{lease}/renew"), &[], None).await?;
+        ensure!(status == 200 && r["ttlMs"] == 1000, "renew: {status} {r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, detail) = http_json(addr, "GET", "/v1/namespaces/default/services/orders", &[], None).await?;
+    ensure!(status == 200 && detail["instances"].as_array().map(Vec::len) == Some(1), "{detail}");
+    ensure!(detail["consumers"][0]["consumerId"] == "curl-watcher", "{detail}");
+
+    // It stops renewing: the lease expires and the watcher sees it go.
+    let gone = watch.next_named("delta", Duration::from_secs(5)).await?;
+    ensure!(gone.data["removed"] == json!(["10.0.0.7:8080"]), "{}", gone.data);
+    let (status, e) = http_json(addr, "POST", &format!("/v1/leases/{lease}/renew"), &[], None).await?;
+    ensure!(status == 404 && e["code"] == "NOT_FOUND", "renewing an expired lease: {status} {e}");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_paginate_search_and_count_by_status() -> Result<()> {
+    let node = start_node(test_config("http-reads")).await?;
+    let addr = node.http_addr;
+    for i in 0..25 {
+        let service = format!("svc-{i:02}");
+        for (j, status) in ["STATUS_UP", "STATUS_DOWN", "STATUS_OUT_OF_SERVICE"].iter().enumerate().take(1 + i % 3) {
+            let mut b = body("10.0.0.1", 1000 + j as u32);
+            b["status"] = json!(status);
+            b["zone"] = json!("eu-1");
+            let path = format!("/v1/namespaces/default/services/{service}/instances");
+            let (status, r) = http_json(addr, "POST", &path, &[], Some(&b)).await?;
+            ensure!(status == 200, "{status} {r}");
+        }
+    }
+    let mut b = body("10.9.9.9", 1);
+    b["instanceId"] = json!("other");
+    http_json(addr, "POST", "/v1/namespaces/prod/services/billing/instances", &[], Some(&b)).await?;
+
+    let (_, ns) = http_json(addr, "GET", "/v1/namespaces", &[], None).await?;
+    ensure!(
+        ns["namespaces"]
+            == json!([{ "name": "default", "services": 25, "instances": 49 },
+                                   { "name": "prod", "services": 1, "instances": 1 }]),
+        "{ns}"
+    );
+
+    // Every service exactly once across pages of 10.
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let path = format!("/v1/namespaces/default/services?pageSize=10&pageToken={token}");
+        let (status, page) = http_json(addr, "GET", &path, &[], None).await?;
+        ensure!(status == 200 && page["total"] == 25, "{status} {page}");
+        pages += 1;
+        for s in page["services"].as_array().into_iter().flatten() {
+            seen.push(str_of(&s["service"]).to_string());
+        }
+        token = str_of(&page["nextPageToken"]).to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    ensure!(pages == 3 && seen.len() == 25, "{pages} pages, {seen:?}");
+    ensure!(seen.iter().collect::<BTreeSet<_>>().len() == 25 && seen.is_sorted(), "{seen:?}");
+
+    // Search, and counts by status (svc-02 has UP, DOWN and OUT_OF_SERVICE).
+    let (_, found) = http_json(addr, "GET", "/v1/namespaces/default/services?search=VC-02", &[], None).await?;
+    ensure!(found["total"] == 1, "{found}");
+    let s = &found["services"][0];
+    ensure!(s["service"] == "svc-02" && s["instanceCount"] == 3, "{s}");
+    ensure!(s["up"] == 1 && s["down"] == 1 && s["outOfService"] == 1 && s["starting"] == 0, "{s}");
+
+    // A service's detail: every field, the node holding each, when written.
+    let (status, d) = http_json(addr, "GET", "/v1/namespaces/default/services/svc-02", &[], None).await?;
+    ensure!(status == 200 && d["instances"].as_array().map(Vec::len) == Some(3), "{d}");
+    let first = &d["instances"][0];
+    ensure!(first["ownerNode"] == "http-reads" && first["zone"] == "eu-1", "{first}");
+    let written: u64 = str_of(&first["updatedUnixMs"]).parse()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    ensure!(written <= now + 1_000 && now - written < 60_000, "written {written}, now {now}");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_json_with_their_status() -> Result<()> {
+    let node = start_node(test_config("http-errors")).await?;
+    let addr = node.http_addr;
+    let post = "/v1/namespaces/default/services/orders/instances";
+    let rows: Vec<(&str, String, Option<Value>, u16, &str)> = vec![
+        ("POST", post.into(), Some(json!("not an object")), 400, "INVALID_ARGUMENT"),
+        ("POST", post.into(), Some(json!({ "host": "h", "port": 1, "color": "red" })), 400, "INVALID_ARGUMENT"),
+        ("POST", post.into(), Some(json!({ "host": "", "port": 1 })), 400, "INVALID_ARGUMENT"),
+        ("POST", post.into(), Some(json!({ "host": "h", "port": 70000 })), 400, "INVALID_ARGUMENT"),
+        ("POST", post.into(), Some(json!({ "host": "h", "port": 1, "ttlMs": 1 })), 400, "INVALID_ARGUMENT"),
+        ("POST", post.into(), Some(json!({ "host": "h", "port": 1, "leaseId": "nope" })), 404, "NOT_FOUND"),
+        (
+            "POST",
+            "/v1/namespaces/default/services/bad%20name!/instances".into(),
+            Some(body("h", 1)),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        ("GET", "/v1/namespaces/default/services/unknown".into(), None, 404, "NOT_FOUND"),
+        ("GET", "/v1/namespaces/default/services?pageSize=0".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/namespaces/default/services?pageToken=zz".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/namespaces/default/services?colour=red".into(), None, 400, "INVALID_ARGUMENT"),
+        ("POST", "/v1/leases/unknown/renew".into(), None, 404, "NOT_FOUND"),
+        ("GET", "/v1/nothing-here".into(), None, 404, "NOT_FOUND"),
+        ("GET", "/v1/watch?service=a%20b".into(), None, 400, "INVALID_ARGUMENT"),
+    ];
+    for (method, path, b, want_status, want_code) in &rows {
+        let (status, e) = http_json(addr, method, path, &[], b.as_ref()).await?;
+        ensure!(
+            status == *want_status && e["code"] == *want_code && !str_of(&e["message"]).is_empty(),
+            "{method} {path}: {status} {e}, expected {want_status} {want_code}"
+        );
+    }
+    // Nothing of that changed anything.
+    let (_, ns) = http_json(addr, "GET", "/v1/namespaces", &[], None).await?;
+    ensure!(ns["namespaces"] == json!([]), "{ns}");
+    // Deregistering what is not there is fine (idempotent).
+    let (status, r) = http_json(addr, "DELETE", &format!("{post}/x"), &[], None).await?;
+    ensure!(status == 200 && r["found"] == false, "{status} {r}");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_obeys_grants_and_ownership() -> Result<()> {
+    let token = || format!("{:032x}", rand::random::<u128>());
+    let (writer, reader, admin, other) = (token(), token(), token(), token());
+    let entry = |name: &str, t: &str, namespace: &str, services: &str, role| TokenEntry {
+        name: name.into(),
+        sha256: sha256_hex(t.as_bytes()),
+        grants: vec![Grant { namespace: namespace.into(), services: services.into(), role }],
+    };
+    let mut config = test_config("http-auth");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.tokens = vec![
+        entry("writer", &writer, "default", "orders*", Role::Write),
+        entry("reader", &reader, "default", "*", Role::Read),
+        entry("ops", &admin, "default", "*", Role::Admin),
+        entry("other", &other, "default", "orders*", Role::Write),
+    ];
+    let node = start_node(config).await?;
+    let addr = node.http_addr;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (w, r, a, o) = (bearer(&writer), bearer(&reader), bearer(&admin), bearer(&other));
+    let post = "/v1/namespaces/default/services/orders/instances";
+    let del = format!("{post}/10.0.0.7:8080");
+    let b = body("10.0.0.7", 8080);
+
+    let (status, e) = http_json(addr, "POST", post, &[], Some(&b)).await?;
+    ensure!(status == 401 && e["code"] == "UNAUTHENTICATED", "{status} {e}");
+    let (status, e) = http_json(addr, "POST", post, &[("authorization", &r)], Some(&b)).await?;
+    ensure!(status == 403 && str_of(&e["message"]).contains("reader"), "{status} {e}");
+    let (status, _) = http_json(addr, "POST", post, &[("authorization", &w)], Some(&b)).await?;
+    ensure!(status == 200);
+    // Another writer of the service may neither replace nor remove it.
+    let (status, e) = http_json(addr, "POST", post, &[("authorization", &o)], Some(&b)).await?;
+    ensure!(status == 403 && str_of(&e["message"]).contains("belongs to principal \"writer\""), "{status} {e}");
+    let (status, _) = http_json(addr, "DELETE", &del, &[("authorization", &o)], None).await?;
+    ensure!(status == 403);
+    // Reads: the reader sees it; the members and node views need their grants.
+    let (status, d) =
+        http_json(addr, "GET", "/v1/namespaces/default/services/orders", &[("authorization", &r)], None).await?;
+    ensure!(status == 200 && d["instances"][0]["principal"] == "writer", "{status} {d}");
+    ensure!(http_json(addr, "GET", "/v1/members", &[("authorization", &r)], None).await?.0 == 403);
+    let (status, m) = http_json(addr, "GET", "/v1/members", &[("authorization", &a)], None).await?;
+    ensure!(status == 200 && m["members"][0]["state"] == "MEMBER_STATE_LOCAL", "{status} {m}");
+    let (status, n) = http_json(addr, "GET", "/v1/node", &[("authorization", &r)], None).await?;
+    ensure!(status == 200 && n["nodeId"] == "http-auth" && n["ready"] == true && n["instances"] == "1", "{n}");
+    // A watch needs read, like Subscribe.
+    let watch = SseStream::open(addr, "/v1/watch?service=orders", &[]).await?;
+    ensure!(watch.status == 401, "anonymous watch: {}", watch.status);
+    // An admin removes anyone's instance.
+    let (status, gone) = http_json(addr, "DELETE", &del, &[("authorization", &a)], None).await?;
+    ensure!(status == 200 && gone["found"] == true, "{status} {gone}");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_and_names_every_route() -> Result<()> {
+    let node = start_node(test_config("http-openapi")).await?;
+    let (status, doc) = http_json(node.http_addr, "GET", "/v1/openapi.json", &[], None).await?;
+    ensure!(status == 200 && str_of(&doc["openapi"]).starts_with("3."), "{status}");
+    let paths: BTreeSet<&str> = doc["paths"].as_object().into_iter().flatten().map(|(k, _)| k.as_str()).collect();
+    for p in ["/v1/namespaces", "/v1/watch", "/v1/leases/{lease_id}/renew", "/v1/members", "/v1/node"] {
+        ensure!(paths.contains(p), "{p} not in {paths:?}");
+    }
+    ensure!(doc["components"]["schemas"]["InstanceJson"]["properties"]["instanceId"].is_object(), "camelCase fields");
+    node.shutdown().await;
+    Ok(())
+}
