@@ -15,6 +15,17 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 echo "nats-server: $(nats-server --version)"
 
+# Clients of other ecosystems (PyPI validators and clients) install into a
+# virtual environment under target/ when a test first needs them; that takes
+# python3 with venv and pip.
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+    echo "python3 venv not found: installing the Debian packages"
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+fi
+
 # The deploy checks use haproxy (-c) and docker-compose (config, no engine
 # needed) when present. Installing them is best effort: without them those
 # checks are skipped, and say so.

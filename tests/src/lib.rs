@@ -27,6 +27,7 @@ pub mod netem;
 pub mod pki;
 pub mod procs;
 pub mod secure;
+pub mod tools;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;

@@ -241,6 +241,23 @@ async fn the_openapi_document_is_served_and_names_every_route() -> Result<()> {
         ensure!(paths.contains(p), "{p} not in {paths:?}");
     }
     ensure!(doc["components"]["schemas"]["InstanceJson"]["properties"]["instanceId"].is_object(), "camelCase fields");
+
+    // A real validator (PyPI openapi-spec-validator) accepts it.
+    let validator = registry_tests::tools::python_tool("openapi-spec-validator", &["openapi-spec-validator==0.7.1"])?;
+    let file = std::env::temp_dir().join(format!("registry-openapi-{}.json", std::process::id()));
+    std::fs::write(&file, doc.to_string())?;
+    let out = std::process::Command::new(&validator).arg(&file).output()?;
+    ensure!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And it can fail: a document without its required `info` is refused.
+    let mut broken = doc.clone();
+    broken.as_object_mut().map(|o| o.remove("info"));
+    std::fs::write(&file, broken.to_string())?;
+    ensure!(!std::process::Command::new(&validator).arg(&file).output()?.status.success(), "the validator validates");
     node.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,65 @@
+//! Real clients of other ecosystems, installed when missing: Python packages
+//! in a virtual environment under the build's `target/` directory (never in
+//! the system). The first test that needs one installs it; the others wait
+//! for that (a lock file), so parallel tests do not race on `pip`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// The build's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+}
+
+/// The path of `program` in the test virtual environment, with `packages`
+/// (pip requirement strings, pinned) installed there first if missing.
+pub fn python_tool(program: &str, packages: &[&str]) -> Result<PathBuf> {
+    let venv = target_dir().join("py-venv");
+    let bin = venv.join("bin").join(program);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(target_dir())?;
+    // One installer at a time, across test processes too.
+    let lock = target_dir().join("py-venv.lock");
+    let _guard = FileLock::acquire(&lock)?;
+    if bin.exists() {
+        return Ok(bin);
+    }
+    if !venv.join("bin").join("pip").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
+    }
+    run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+        &format!("pip install {}", packages.join(" ")),
+    )?;
+    if !bin.exists() {
+        bail!("{} was not installed by {packages:?}", bin.display());
+    }
+    Ok(bin)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("{what}: cannot run"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// An exclusive lock on a file, released when dropped.
+struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    fn acquire(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        file.lock().with_context(|| format!("lock {}", path.display()))?;
+        Ok(Self(file))
+    }
+}
