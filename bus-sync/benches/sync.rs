@@ -41,6 +41,7 @@ fn instance(k: usize) -> v1::Instance {
         zone: "eu-west-1a".into(),
         status: v1::Status::Up.into(),
         principal: String::new(),
+        status_override: None,
     }
 }
 

@@ -54,12 +54,13 @@ pub struct Cuts {
 /// framing around them); only used to size pages.
 fn entry_bytes(key: &Key, entry: &Entry) -> usize {
     let key = match key {
-        Key::Instance(k) => k.namespace.len() + k.service.len() + k.id.len(),
+        Key::Instance(k) | Key::StatusOverride(k) => k.namespace.len() + k.service.len() + k.id.len(),
         Key::Consumer(k) => k.namespace.len() + k.stream.len(),
     };
     let record = match &entry.record {
         Some(registry_store::Record::Instance(i)) => i.bytes().len(),
         Some(registry_store::Record::Consumer(c)) => prost::Message::encoded_len(&**c),
+        Some(registry_store::Record::StatusOverride(o)) => prost::Message::encoded_len(&**o),
         None => 0,
     };
     key + record + 64

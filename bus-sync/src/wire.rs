@@ -83,6 +83,7 @@ pub fn key_to_wire(k: &Key) -> pb::Key {
             namespace: k.namespace.to_string(),
             stream: k.stream.to_string(),
         }),
+        Key::StatusOverride(k) => pb::key::Kind::StatusOverride(k.to_proto()),
     };
     pb::Key { kind: Some(kind) }
 }
@@ -102,6 +103,11 @@ fn key_with_names(k: Option<pb::Key>, names: &mut RecentNames) -> Result<Key, Wi
             namespace: part("key.namespace", &k.namespace)?,
             stream: part("key.stream", &k.stream)?,
         }))),
+        pb::key::Kind::StatusOverride(k) => Ok(Key::StatusOverride(InstanceKey::from_parts(
+            RecentNames::get(&mut names.namespace, "key.namespace", &k.namespace)?,
+            RecentNames::get(&mut names.service, "key.service", &k.service)?,
+            part("key.instance_id", &k.instance_id)?,
+        ))),
     }
 }
 
@@ -111,6 +117,7 @@ pub fn entry_to_wire(e: &Entry) -> pb::Entry {
         record: e.record.as_ref().map(|r| match r {
             Record::Instance(i) => pb::entry::Record::Instance(i.bytes().to_vec()),
             Record::Consumer(c) => pb::entry::Record::Consumer((**c).clone()),
+            Record::StatusOverride(o) => pb::entry::Record::StatusOverride((**o).clone()),
         }),
     }
 }
@@ -127,6 +134,15 @@ pub fn entry_from_wire(key: &Key, e: Option<pb::Entry>) -> Result<Entry, WireErr
             Some(Record::Instance(EncodedInstance::from_checked(&bytes)))
         }
         (Key::Consumer(_), Some(pb::entry::Record::Consumer(c))) => Some(Record::Consumer(Arc::new(c))),
+        (Key::StatusOverride(_), Some(pb::entry::Record::StatusOverride(o))) => {
+            if registry_proto::v1::Status::try_from(o.status).is_err() || o.set_by.len() > 1_024 {
+                return Err(invalid(
+                    "entry.record",
+                    "a status override with an unknown status or an oversized principal",
+                ));
+            }
+            Some(Record::StatusOverride(Arc::new(o)))
+        }
         _ => return Err(invalid("entry.record", "record kind does not match the key kind")),
     };
     Ok(Entry { version, record })

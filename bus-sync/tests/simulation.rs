@@ -86,7 +86,7 @@ fn record(k: u8, port: u16) -> Record {
 fn port_of(r: &Record) -> u32 {
     match r {
         Record::Instance(i) => i.decode().map_or(0, |i| i.port),
-        Record::Consumer(_) => 0,
+        Record::Consumer(_) | Record::StatusOverride(_) => 0,
     }
 }
 

@@ -39,6 +39,9 @@ use crate::view::{InstanceChange, ServiceView};
 /// }
 /// # }
 /// ```
+// Events are few and short-lived (a broadcast ring of them per watch); boxing
+// the change would cost every receiver an allocation to save ~200 bytes a slot.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum WatchEvent {
     /// An instance came, changed or went.

@@ -48,6 +48,7 @@ fn instance(k: usize, port: u32) -> v1::Instance {
         zone: "eu-west-1a".into(),
         status: v1::Status::Up.into(),
         principal: String::new(),
+        status_override: None,
     }
 }
 

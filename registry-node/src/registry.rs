@@ -76,6 +76,8 @@ struct State {
     outbox: Vec<(u64, Change)>,
     /// Own entries hidden by newer ones elsewhere, purged when due.
     stale: StaleQueue,
+    /// Status overrides shown now, by instance (see `set_status_override`).
+    overrides: HashMap<InstanceKey, Arc<v1::StatusOverride>>,
     /// Moved copies the store kept in view, as of the last write (more now:
     /// the reaper has a new deadline).
     moved_seen: usize,
@@ -128,6 +130,7 @@ impl Registry {
                 leases: Leases::default(),
                 outbox: Vec::new(),
                 stale: StaleQueue::new(Duration::from_millis(config.sync.dead_after_ms)),
+                overrides: HashMap::new(),
                 moved_seen: 0,
                 reaper_at: None,
             }),
@@ -216,6 +219,24 @@ impl Registry {
         self.apply(&mut st, out);
         Metrics::inc(&self.metrics.registrations);
         Ok(version.hlc)
+    }
+
+    /// Sets (`Some`) or clears (`None`) an admin's status override of `key`,
+    /// replicated to every node; the instance shows the override's status
+    /// until it is cleared, whatever its provider sends. Returns whether
+    /// anything changed (clearing what is not set changes nothing).
+    pub fn set_status_override(&self, key: &InstanceKey, o: Option<v1::StatusOverride>) -> bool {
+        let mut st = self.state.lock();
+        let key = Key::StatusOverride(st.store.intern_key(key.clone()));
+        let out = match o {
+            Some(o) => Some(st.store.put_local(key, Record::StatusOverride(Arc::new(o)), wall_ms()).1),
+            None => st.store.remove_local(&key, wall_ms()).map(|(_, out)| out),
+        };
+        let changed = out.is_some();
+        if let Some(out) = out {
+            self.apply(&mut st, out);
+        }
+        changed
     }
 
     /// Where the shown copy of each of `ids` (instances of `namespace`/
@@ -596,7 +617,23 @@ impl Registry {
     pub fn drop_origin(&self, origin: &Origin) {
         let mut st = self.lock_for_peers();
         if let Some(id) = st.store.find_origin(origin) {
-            let out = st.store.drop_origin(id);
+            // Status overrides outlive the node an admin reached: those the
+            // departing slice shows are adopted into this node's own (every
+            // node does the same; last writer wins among equal copies).
+            let adopt: Vec<(Key, Record)> = st
+                .store
+                .slice_entries(id)
+                .into_iter()
+                .filter(|(k, _)| matches!(k, Key::StatusOverride(_)))
+                .filter(|(k, _)| st.store.visible_entry(k).is_some_and(|(o, _)| o == id))
+                .filter_map(|(k, e)| e.record.map(|r| (k, r)))
+                .collect();
+            let mut out = st.store.drop_origin(id);
+            for (key, record) in adopt {
+                if st.store.visible_entry(&key).is_none() {
+                    out.extend(st.store.put_local(key, record, wall_ms()).1);
+                }
+            }
             self.apply(&mut st, out);
         }
         drop(st);
@@ -680,6 +717,22 @@ impl Registry {
         let mut instance_changes = Vec::with_capacity(out.view.len());
         for change in out.view {
             match change {
+                // An override changed: the instance (if shown) is shown again
+                // with the status now in force.
+                ViewChange::Upsert { key: Key::StatusOverride(k), record: Record::StatusOverride(o), .. } => {
+                    st.overrides.insert(k.clone(), o);
+                    instance_changes.extend(shown_with_override(st, &k));
+                }
+                ViewChange::Remove { key: Key::StatusOverride(k) } => {
+                    st.overrides.remove(&k);
+                    instance_changes.extend(shown_with_override(st, &k));
+                }
+                ViewChange::Upsert { key: Key::Instance(k), record: Record::Instance(i), origin }
+                    if st.overrides.contains_key(&k) =>
+                {
+                    let record = with_override(&i, st.overrides.get(&k).map(|o| &**o));
+                    instance_changes.push(ViewChange::Upsert { key: Key::Instance(k), record, origin });
+                }
                 ViewChange::Upsert { key: Key::Consumer(k), record: Record::Consumer(c), .. } => {
                     self.consumers.entry(k.namespace.clone()).or_default().insert(k.stream.clone(), c);
                 }
@@ -705,6 +758,26 @@ impl Registry {
             self.views.apply(instance_changes, || self.freshness());
         }
     }
+}
+
+/// The view change that shows instance `key` as it is now, with the
+/// override in force applied (none if the instance is not shown).
+fn shown_with_override(st: &State, key: &InstanceKey) -> Option<ViewChange> {
+    let ikey = Key::Instance(key.clone());
+    let (origin, record) = st.store.visible(&ikey)?;
+    let Record::Instance(i) = record else { return None };
+    let record = with_override(i, st.overrides.get(key).map(|o| &**o));
+    Some(ViewChange::Upsert { key: ikey, record, origin })
+}
+
+/// An instance record as shown: with `o`, its status is the override's
+/// and `status_override` says who set it and what the provider reports.
+fn with_override(i: &registry_store::EncodedInstance, o: Option<&v1::StatusOverride>) -> Record {
+    let Some(o) = o else { return Record::Instance(i.clone()) };
+    let Ok(mut shown) = i.decode() else { return Record::Instance(i.clone()) };
+    shown.status_override = Some(v1::StatusOverride { provider_status: shown.status, ..o.clone() });
+    shown.status = o.status;
+    Record::instance(&shown)
 }
 
 /// Forgets who owns `key` and removes it from the own slice; the caller applies
@@ -766,6 +839,7 @@ fn describe_change(change: &Change) -> String {
     let key = |k: &Key| match k {
         Key::Instance(k) => display_key(k),
         Key::Consumer(c) => format!("consumer {}/{}", c.namespace, c.stream),
+        Key::StatusOverride(k) => format!("status override of {}", display_key(k)),
     };
     match change {
         Change::Put { key: k, entry } => {
@@ -813,6 +887,76 @@ mod tests {
         let key = Key::Instance(InstanceKey::new("default", "orders", id));
         let (_, out) = store.put_local(key, Record::instance(&instance(id, 9)), wall_ms() + 60_000);
         r.apply_remote(&b, out.local.into_iter().map(|(_, c)| c).collect());
+    }
+
+    fn statuses(r: &Registry) -> Vec<(String, v1::Status, Option<String>)> {
+        let mut v: Vec<_> = r
+            .views()
+            .get("default", "orders")
+            .1
+            .into_iter()
+            .map(|i| {
+                let status = i.status();
+                (i.instance_id, status, i.status_override.map(|o| o.set_by))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn oos(by: &str) -> Option<v1::StatusOverride> {
+        Some(v1::StatusOverride {
+            status: v1::Status::OutOfService as i32,
+            set_by: by.into(),
+            set_unix_ms: 1,
+            provider_status: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_status_override_wins_over_the_provider_until_cleared() {
+        let r = registry();
+        let (_, owner, _) = r.lease("", Duration::from_secs(30), None).expect("lease");
+        let mut up = instance("i1", 1);
+        up.status = v1::Status::Up as i32;
+        r.upsert(owner, up.clone(), &Writer::default()).expect("upsert");
+        let key = InstanceKey::new("default", "orders", "i1");
+        assert!(r.set_status_override(&key, oos("ops")));
+        assert_eq!(statuses(&r), [("i1".into(), v1::Status::OutOfService, Some("ops".into()))]);
+        let shown = &r.views().get("default", "orders").1[0];
+        let o = shown.status_override.as_ref().expect("override shown");
+        assert_eq!(o.provider_status(), v1::Status::Up, "what the provider says is kept beside it");
+        // The provider updating its instance does not undo the override.
+        up.port = 2;
+        r.upsert(owner, up, &Writer::default()).expect("upsert");
+        assert_eq!(statuses(&r), [("i1".into(), v1::Status::OutOfService, Some("ops".into()))]);
+        // An override set before its instance exists applies when it comes.
+        r.set_status_override(&InstanceKey::new("default", "orders", "i2"), oos("ops"));
+        r.upsert(owner, instance("i2", 3), &Writer::default()).expect("upsert");
+        assert_eq!(statuses(&r)[1], ("i2".into(), v1::Status::OutOfService, Some("ops".into())));
+        // Cleared: the provider's status again; clearing twice changes nothing.
+        assert!(r.set_status_override(&key, None));
+        assert!(!r.set_status_override(&key, None));
+        assert_eq!(statuses(&r)[0], ("i1".into(), v1::Status::Up, None));
+    }
+
+    #[tokio::test]
+    async fn an_override_from_a_departed_node_is_adopted() {
+        let r = registry();
+        let (_, owner, _) = r.lease("", Duration::from_secs(30), None).expect("lease");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
+        // Node b set the override; then b leaves, and its slice is dropped.
+        let b = Origin::new("b", 7);
+        let mut store = Store::new(b.clone());
+        let key = Key::StatusOverride(InstanceKey::new("default", "orders", "i1"));
+        let (_, out) =
+            store.put_local(key.clone(), Record::StatusOverride(Arc::new(oos("ops").expect("o"))), wall_ms());
+        r.apply_remote(&b, out.local.into_iter().map(|(_, c)| c).collect());
+        assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService);
+        r.drop_origin(&b);
+        assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService, "still in force: adopted into this node's slice");
+        let st = r.state.lock();
+        assert_eq!(st.store.visible_entry(&key).map(|(o, _)| o), Some(st.store.local_id()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -140,8 +140,10 @@ pub fn instance(mut i: v1::Instance, limits: &Limits) -> Result<v1::Instance> {
     let status = v1::Status::try_from(i.status)
         .map_err(|_| refuse("instance.status", format!("{} is not a known status", i.status)))?;
     i.status = status.effective() as i32;
-    // Set by the node from the caller's credential, never by the caller.
+    // Set by the node (from the caller's credential; from an admin's
+    // override), never by the caller.
     i.principal.clear();
+    i.status_override = None;
     Ok(i)
 }
 

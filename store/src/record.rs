@@ -68,6 +68,10 @@ pub struct ConsumerKey {
 pub enum Key {
     Instance(InstanceKey),
     Consumer(Arc<ConsumerKey>),
+    /// An admin's status override of the instance with this key: a record of
+    /// its own, written by whichever node the admin reached, so that the
+    /// instance's record stays its provider's node's.
+    StatusOverride(InstanceKey),
 }
 
 impl Key {
@@ -89,6 +93,12 @@ impl Key {
                 h.write(&[2]);
                 h.write_field(k.namespace.as_bytes());
                 h.write_field(k.stream.as_bytes());
+            }
+            Key::StatusOverride(k) => {
+                h.write(&[3]);
+                h.write_field(k.namespace.as_bytes());
+                h.write_field(k.service.as_bytes());
+                h.write_field(k.id.as_bytes());
             }
         }
     }
@@ -135,6 +145,7 @@ impl std::fmt::Debug for EncodedInstance {
 pub enum Record {
     Instance(EncodedInstance),
     Consumer(Arc<v1::Consumer>),
+    StatusOverride(Arc<v1::StatusOverride>),
 }
 
 impl Record {

@@ -539,7 +539,7 @@ impl Store {
             Key::Instance(k) => {
                 (1, Arc::as_ptr(&k.namespace).cast::<u8>() as usize, Arc::as_ptr(&k.service).cast::<u8>() as usize)
             }
-            Key::Consumer(_) => (0, 0, 0),
+            Key::Consumer(_) | Key::StatusOverride(_) => (0, 0, 0),
         });
     }
 

@@ -23,7 +23,7 @@ fn instance(id: &str, port: u32) -> Record {
 fn port_shown(store: &Store, k: &Key) -> Option<u32> {
     match store.visible(k)?.1 {
         Record::Instance(i) => i.decode().ok().map(|i| i.port),
-        Record::Consumer(_) => None,
+        Record::Consumer(_) | Record::StatusOverride(_) => None,
     }
 }
 
@@ -341,7 +341,7 @@ proptest! {
                 .visible_records()
                 .map(|(k, _, r)| match r {
                     Record::Instance(i) => (k.clone(), i.decode().map_or(0, |i| i.port)),
-                    Record::Consumer(_) => (k.clone(), 0),
+                    Record::Consumer(_) | Record::StatusOverride(_) => (k.clone(), 0),
                 })
                 .collect();
             v.sort();

@@ -261,3 +261,88 @@ async fn the_openapi_document_is_served_and_names_every_route() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registration() -> Result<()> {
+    let token = || format!("{:032x}", rand::random::<u128>());
+    let (writer, admin) = (token(), token());
+    let entries = vec![
+        TokenEntry {
+            name: "writer".into(),
+            sha256: sha256_hex(writer.as_bytes()),
+            grants: vec![Grant { namespace: "default".into(), services: "orders".into(), role: Role::Write }],
+        },
+        TokenEntry {
+            name: "ops".into(),
+            sha256: sha256_hex(admin.as_bytes()),
+            grants: vec![Grant { namespace: "default".into(), services: "*".into(), role: Role::Admin }],
+        },
+    ];
+    let nats = registry_tests::nats::NatsServer::start().await?;
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = registry_tests::cluster_config(name, &[nats.url()], "http-override");
+        config.auth.mode = Some(AuthMode::Enforce);
+        config.auth.tokens = entries.clone();
+        nodes.push(start_node(config).await?);
+    }
+    for n in &nodes {
+        registry_tests::until_ready(n).await?;
+    }
+    let (a, b) = (nodes[0].http_addr, nodes[1].http_addr);
+    let (w, o) = (format!("Bearer {writer}"), format!("Bearer {admin}"));
+    let post = "/v1/namespaces/default/services/orders/instances";
+    let status_path = format!("{post}/10.0.0.7:8080/status");
+    let mut up = body("10.0.0.7", 8080);
+    up["status"] = json!("STATUS_UP");
+    let (status, reg) = http_json(a, "POST", post, &[("authorization", &w)], Some(&up)).await?;
+    ensure!(status == 200, "{status} {reg}");
+    let lease = str_of(&reg["leaseId"]).to_string();
+    let mut watch = SseStream::open(a, "/v1/watch?service=orders", &[("authorization", &w)]).await?;
+    watch.next_named("snapshot", PROMPTLY).await?;
+
+    // Only an admin may override; the admin reaches node b, the provider is on a.
+    let oos = json!({ "status": "STATUS_OUT_OF_SERVICE" });
+    let (status, e) = http_json(b, "PUT", &status_path, &[("authorization", &w)], Some(&oos)).await?;
+    ensure!(status == 403 && e["code"] == "PERMISSION_DENIED", "{status} {e}");
+    let (status, r) = http_json(b, "PUT", &status_path, &[("authorization", &o)], Some(&oos)).await?;
+    ensure!(status == 200 && r["changed"] == true, "{status} {r}");
+    let delta = watch.next_named("delta", PROMPTLY).await?;
+    let shown = &delta.data["upserted"][0];
+    ensure!(shown["status"] == "STATUS_OUT_OF_SERVICE", "node a's watcher sees the override: {}", delta.data);
+    ensure!(
+        shown["statusOverride"]["setBy"] == "ops" && shown["statusOverride"]["providerStatus"] == "STATUS_UP",
+        "{shown}"
+    );
+
+    // The provider re-registers (same lease, new metadata): still out of service.
+    up["leaseId"] = json!(lease);
+    up["metadata"] = json!({ "v": "2" });
+    let (status, _) = http_json(a, "POST", post, &[("authorization", &w)], Some(&up)).await?;
+    ensure!(status == 200);
+    let delta = watch.next_named("delta", PROMPTLY).await?;
+    let shown = &delta.data["upserted"][0];
+    ensure!(shown["status"] == "STATUS_OUT_OF_SERVICE" && shown["metadata"]["v"] == "2", "{}", delta.data);
+
+    // Cleared on node a: node b shows the provider's status again.
+    let (status, r) = http_json(a, "DELETE", &status_path, &[("authorization", &o)], None).await?;
+    ensure!(status == 200 && r["changed"] == true, "{status} {r}");
+    registry_tests::eventually("node b shows STATUS_UP again", PROMPTLY, || async {
+        let (_, d) =
+            http_json(b, "GET", "/v1/namespaces/default/services/orders", &[("authorization", &o)], None).await.ok()?;
+        (d["instances"][0]["status"] == "STATUS_UP" && d["instances"][0]["statusOverride"].is_null()).then_some(())
+    })
+    .await?;
+    // A bad status is refused and changes nothing.
+    let (status, e) =
+        http_json(a, "PUT", &status_path, &[("authorization", &o)], Some(&json!({ "status": "ASLEEP" }))).await?;
+    ensure!(status == 400 && e["code"] == "INVALID_ARGUMENT", "{status} {e}");
+    let (status, e) =
+        http_json(a, "PUT", &status_path, &[("authorization", &o)], Some(&json!({ "status": "STATUS_UNSPECIFIED" })))
+            .await?;
+    ensure!(status == 400, "{status} {e}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}

@@ -267,6 +267,49 @@ impl NodeApi {
         Ok(found)
     }
 
+    /// Sets (`Some(status)`) or clears (`None`) an admin's status override
+    /// of an instance (it need not be registered yet): every node shows that
+    /// status for it until it is cleared, whatever its provider sends. Needs
+    /// an admin grant on the service; audited. Returns whether anything
+    /// changed.
+    pub fn set_status_override(
+        &self,
+        caller: &Caller,
+        key: Option<v1::InstanceKey>,
+        status: Option<v1::Status>,
+    ) -> Result<bool, RegistryError> {
+        self.registry.check_accepting()?;
+        let k = key.unwrap_or_default();
+        let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
+        let shown = || display_key(&key);
+        let action = if status.is_some() { "set status override" } else { "clear status override" };
+        if let Err(e) = self.check(caller, Role::Admin, &key.namespace, &key.service) {
+            self.audit_refusal(caller, action, shown, &e);
+            return Err(e);
+        }
+        let o = match status {
+            Some(v1::Status::Unspecified) => {
+                return Err(self.invalid(ValidationError {
+                    field: "status".into(),
+                    reason:
+                        "an override needs a status (STATUS_UP, STATUS_DOWN, STATUS_STARTING or STATUS_OUT_OF_SERVICE)"
+                            .into(),
+                }));
+            }
+            Some(status) => Some(v1::StatusOverride {
+                status: status as i32,
+                set_by: caller.name().unwrap_or_default().to_string(),
+                set_unix_ms: wall_ms(),
+                provider_status: 0,
+            }),
+            None => None,
+        };
+        let reason = status.map(|s| s.as_str_name().to_string()).unwrap_or_default();
+        let changed = self.registry.set_status_override(&key, o);
+        self.auth.audit().record(caller, action, &shown(), Outcome::Allowed, &reason);
+        Ok(changed)
+    }
+
     /// One service as a `GetServiceResponse`, written from stored bytes.
     pub fn get_service_frame(
         &self,

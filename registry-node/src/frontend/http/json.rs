@@ -51,6 +51,10 @@ pub(super) fn routes() -> axum::Router<Http> {
         .route("/v1/namespaces/{namespace}/services/{service}", get(service))
         .route("/v1/namespaces/{namespace}/services/{service}/instances", post(register))
         .route("/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}", delete(deregister))
+        .route(
+            "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}/status",
+            axum::routing::put(set_override).delete(clear_override),
+        )
         .route("/v1/leases/{lease_id}/renew", post(renew))
         .route("/v1/members", get(members))
         .route("/v1/node", get(node))
@@ -66,11 +70,12 @@ pub(super) fn routes() -> axum::Router<Http> {
                        Send `authorization: Bearer <token>` when the node enforces auth.",
         version = "1"
     ),
-    paths(namespaces, services, service, register, deregister, renew, members, node, watch),
+    paths(namespaces, services, service, register, deregister, set_override, clear_override, renew, members, node, watch),
     components(schemas(
         ApiError, NamespaceJson, NamespacesJson, ServicesPage, ServiceSummaryJson, ServiceJson, InstanceJson,
         ConsumerJson, RegisterBody, RegisteredJson, InstanceKeyJson, RenewedJson, DeregisteredJson, MembersJson,
-        MemberJson, NodeJson, StatusJson, SnapshotEvent, DeltaEvent, EndEvent
+        MemberJson, NodeJson, StatusJson, SnapshotEvent, DeltaEvent, EndEvent, StatusOverrideJson, OverrideBody,
+        OverriddenJson
     )),
     tags((name = "registry", description = "The registry's JSON API"))
 )]
@@ -220,6 +225,10 @@ pub struct InstanceJson {
     pub status: StatusJson,
     /// The principal that registered it (empty with auth off).
     pub principal: String,
+    /// Set when an admin overrides the status: `status` is then the
+    /// override's, and this says who set it and what the provider reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_override: Option<StatusOverrideJson>,
     /// The node holding this copy (the provider's node). Only in a
     /// service's detail.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,9 +239,33 @@ pub struct InstanceJson {
     pub updated_unix_ms: Option<String>,
 }
 
+/// An admin's override of an instance's status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusOverrideJson {
+    pub status: StatusJson,
+    /// The principal that set it (empty with auth off).
+    pub set_by: String,
+    pub set_unix_ms: String,
+    /// The status the provider itself reports.
+    pub provider_status: StatusJson,
+}
+
+impl From<v1::StatusOverride> for StatusOverrideJson {
+    fn from(o: v1::StatusOverride) -> Self {
+        Self {
+            status: o.status().into(),
+            provider_status: o.provider_status().into(),
+            set_by: o.set_by,
+            set_unix_ms: o.set_unix_ms.to_string(),
+        }
+    }
+}
+
 impl From<v1::Instance> for InstanceJson {
     fn from(i: v1::Instance) -> Self {
         let status = i.status().into();
+        let status_override = i.status_override.map(StatusOverrideJson::from);
         Self {
             namespace: i.namespace,
             service: i.service,
@@ -244,6 +277,7 @@ impl From<v1::Instance> for InstanceJson {
             zone: i.zone,
             status,
             principal: i.principal,
+            status_override,
             owner_node: None,
             updated_unix_ms: None,
         }
@@ -719,6 +753,7 @@ async fn register(
         zone: b.zone,
         status: v1::Status::from(b.status.unwrap_or(StatusJson::Unspecified)) as i32,
         principal: String::new(),
+        status_override: None,
     };
     let r = h.api.register_instance(&caller, &b.lease_id, b.ttl_ms, Some(instance))?;
     let key = r.key.unwrap_or_default();
@@ -762,6 +797,61 @@ async fn deregister(
     let caller = caller(&h.api, &headers, &peer)?;
     let found = h.api.deregister(&caller, Some(v1::InstanceKey { namespace, service, instance_id }))?;
     Ok(Json(DeregisteredJson { found }))
+}
+
+/// The status to show for an instance, whatever its provider reports.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideBody {
+    pub status: StatusJson,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverriddenJson {
+    /// False when nothing changed (clearing an override that was not set).
+    pub changed: bool,
+}
+
+/// Overrides an instance's status on every node (admin): take it out of
+/// traffic (`STATUS_OUT_OF_SERVICE`) without touching its provider. The
+/// override stays, across re-registrations, until it is cleared.
+#[utoipa::path(put, path = "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}/status",
+    tag = "registry",
+    params(("namespace" = String, Path), ("service" = String, Path), ("instance_id" = String, Path)),
+    request_body = OverrideBody,
+    responses((status = 200, body = OverriddenJson), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+async fn set_override(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((namespace, service, instance_id)): Path<(String, String, String)>,
+    body: Result<Json<OverrideBody>, JsonRejection>,
+) -> Answer<OverriddenJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let Json(b) = body?;
+    let key = v1::InstanceKey { namespace, service, instance_id };
+    let changed = h.api.set_status_override(&caller, Some(key), Some(b.status.into()))?;
+    Ok(Json(OverriddenJson { changed }))
+}
+
+/// Clears an instance's status override (admin): it shows its provider's
+/// status again.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}/status",
+    tag = "registry",
+    params(("namespace" = String, Path), ("service" = String, Path), ("instance_id" = String, Path)),
+    responses((status = 200, body = OverriddenJson), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError), (status = 503, body = ApiError)))]
+async fn clear_override(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((namespace, service, instance_id)): Path<(String, String, String)>,
+) -> Answer<OverriddenJson> {
+    let caller = caller(&h.api, &headers, &peer)?;
+    let key = v1::InstanceKey { namespace, service, instance_id };
+    let changed = h.api.set_status_override(&caller, Some(key), None)?;
+    Ok(Json(OverriddenJson { changed }))
 }
 
 // ------------------------------------------------------------------ watch
