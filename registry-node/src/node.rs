@@ -282,7 +282,8 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     });
     let http = axum::serve(
         http_incoming,
-        crate::frontend::http::router(api.clone(), tls.clone()).into_make_service_with_connect_info::<Peer>(),
+        crate::frontend::http::router(api.clone(), tls.clone(), shutdown.clone())
+            .into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(signals.stop.clone().cancelled_owned());
     let http_task = tokio::spawn(async move {

@@ -346,3 +346,28 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_drains_a_node_over_http_and_it_stops() -> Result<()> {
+    let (reader, admin) = (format!("{:032x}", rand::random::<u128>()), format!("{:032x}", rand::random::<u128>()));
+    let entry = |name: &str, t: &str, role| TokenEntry {
+        name: name.into(),
+        sha256: sha256_hex(t.as_bytes()),
+        grants: vec![Grant { namespace: "*".into(), services: "*".into(), role }],
+    };
+    let mut config = test_config("http-drain");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.tokens = vec![entry("reader", &reader, Role::Read), entry("ops", &admin, Role::Admin)];
+    let node = start_node(config).await?;
+    let addr = node.http_addr;
+    let (status, e) =
+        http_json(addr, "POST", "/v1/node/drain", &[("authorization", &format!("Bearer {reader}"))], None).await?;
+    ensure!(status == 403 && e["code"] == "PERMISSION_DENIED", "{status} {e}");
+    ensure!(http_json(addr, "GET", "/readyz", &[], None).await?.0 == 200, "still serving");
+    let (status, r) =
+        http_json(addr, "POST", "/v1/node/drain", &[("authorization", &format!("Bearer {admin}"))], None).await?;
+    ensure!(status == 202 && r["draining"] == true, "{status} {r}");
+    tokio::time::timeout(Duration::from_secs(10), node.stopped()).await.map_err(|_| anyhow::anyhow!("not stopped"))?;
+    ensure!(http_json(addr, "GET", "/healthz", &[], None).await.is_err(), "the port is closed once stopped");
+    Ok(())
+}

@@ -58,6 +58,7 @@ pub(super) fn routes() -> axum::Router<Http> {
         .route("/v1/leases/{lease_id}/renew", post(renew))
         .route("/v1/members", get(members))
         .route("/v1/node", get(node))
+        .route("/v1/node/drain", post(drain))
         .route("/v1/watch", get(watch))
         .route("/v1/{*rest}", axum::routing::any(not_found))
 }
@@ -70,12 +71,15 @@ pub(super) fn routes() -> axum::Router<Http> {
                        Send `authorization: Bearer <token>` when the node enforces auth.",
         version = "1"
     ),
-    paths(namespaces, services, service, register, deregister, set_override, clear_override, renew, members, node, watch),
+    paths(
+        namespaces, services, service, register, deregister, set_override, clear_override, renew, members, node, drain,
+        watch
+    ),
     components(schemas(
         ApiError, NamespaceJson, NamespacesJson, ServicesPage, ServiceSummaryJson, ServiceJson, InstanceJson,
         ConsumerJson, RegisterBody, RegisteredJson, InstanceKeyJson, RenewedJson, DeregisteredJson, MembersJson,
         MemberJson, NodeJson, StatusJson, SnapshotEvent, DeltaEvent, EndEvent, StatusOverrideJson, OverrideBody,
-        OverriddenJson
+        OverriddenJson, DrainingJson
     )),
     tags((name = "registry", description = "The registry's JSON API"))
 )]
@@ -721,6 +725,29 @@ async fn node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, heade
         leases: get(&r.metrics.leases_active),
         subscribers: get(&r.metrics.subscribers_active),
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrainingJson {
+    pub draining: bool,
+}
+
+/// Drains this node and stops it (admin), as SIGTERM does: it turns unready,
+/// asks its provider sessions and watchers to move to other nodes, waits up
+/// to `shutdown_grace_ms` for them, and exits. Its supervisor (systemd,
+/// Kubernetes) decides whether it starts again.
+#[utoipa::path(post, path = "/v1/node/drain", tag = "registry",
+    responses((status = 202, body = DrainingJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn drain(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
+    let result = caller(&h.api, &headers, &peer).and_then(|c| Ok(h.api.check_admin(&c, "drain node")?));
+    match result {
+        Ok(()) => {
+            tracing::warn!(peer = %peer.addr, "drain asked over HTTP: draining, then stopping");
+            h.shutdown.cancel();
+            (StatusCode::ACCEPTED, Json(DrainingJson { draining: true })).into_response()
+        }
+        Err(p) => p.into_response(),
+    }
 }
 
 // ------------------------------------------------------------------ writes

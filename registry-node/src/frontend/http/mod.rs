@@ -23,6 +23,8 @@ use axum::routing::get;
 use registry_proto::v1;
 use serde::Serialize;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::NodeApi;
 use crate::auth::{AuthMetrics, Role};
 use crate::listen::Peer;
@@ -37,9 +39,12 @@ struct Http {
     readiness: Readiness,
     api: NodeApi,
     tls: Option<Arc<TlsServer>>,
+    shutdown: CancellationToken,
 }
 
-pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>) -> Router {
+/// The HTTP port's routes. `shutdown` starts the node's graceful shutdown
+/// (`POST /v1/node/drain`).
+pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>, shutdown: CancellationToken) -> Router {
     let (registry, readiness) = (api.registry().clone(), api.readiness().clone());
     Router::new()
         .route("/metrics", get(metrics))
@@ -48,7 +53,7 @@ pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>) -> Router {
         .route("/admin/node", get(admin_node))
         .route("/admin/members", get(admin_members))
         .merge(json::routes())
-        .with_state(Http { registry, readiness, api, tls })
+        .with_state(Http { registry, readiness, api, tls, shutdown })
 }
 
 /// The same answers as gRPC: 401 for a missing or unknown credential, 403
