@@ -401,7 +401,11 @@ fn nats_config(config: &NodeConfig) -> NatsConfig {
             suspect_after_ms: y.suspect_after_ms,
             dead_after_ms: y.dead_after_ms,
             orphan_grace_ms: y.orphan_grace_ms,
-            discovery_ms: y.beat_interval_ms.max(500),
+            // Longer than a beat interval, with room to spare: a starting
+            // node whose hello's answers were lost (a route that has not
+            // learned its subscription yet) still hears every peer's
+            // regular beat before it decides it is alone.
+            discovery_ms: (2 * y.beat_interval_ms).max(500),
             ready_timeout_ms: y.ready_timeout_ms,
             request_timeout_ms: y.request_timeout_ms,
             retry_ms: y.beat_interval_ms,

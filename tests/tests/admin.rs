@@ -230,7 +230,19 @@ async fn operations_doc_names_only_metrics_the_node_exports() -> Result<()> {
         (status == 200 && body.contains("peer=\"b\"")).then_some(body)
     })
     .await?;
-    let exported = metric_names(&body);
+    let mut exported = metric_names(&body);
+    // A node with TLS exports its TLS metrics too.
+    let ca = registry_tests::pki::TestCa::new("doc CA")?;
+    let dir = registry_tests::pki::cert_dir("doc")?;
+    let (cert_file, key_file) = ca.server()?.write(&dir, "server")?;
+    let mut config = registry_tests::test_config("doc-tls");
+    config.tls =
+        Some(registry_node::listen::TlsSettings { cert_file, key_file, client_ca_file: None, client_auth: None });
+    let tls_node = registry_tests::start_node(config).await?;
+    let (_, tls_body) =
+        registry_tests::pki::ClientTls::trusting(&ca).https_get(tls_node.http_addr, "/metrics", &[]).await?;
+    exported.extend(metric_names(&tls_body));
+    tls_node.shutdown().await;
     let documented = metric_names(&doc);
     ensure!(documented.len() >= 20, "OPERATIONS.md names its metrics: {documented:?}");
     let unknown: Vec<_> = documented.difference(&exported).collect();

@@ -46,18 +46,34 @@ impl SyncCore {
         (mine, mine ^ stable_hash(self.me.node.as_bytes()))
     }
 
-    /// Another node started: answer with a beat at once (at most every 100 ms).
+    /// Another node started: answer with a beat at once, or, within 100 ms
+    /// of the last answer, as soon as those 100 ms are over (one beat answers
+    /// every hello of a burst; none goes unanswered). Our own hello, echoed
+    /// back by the bus, needs no answer.
     pub fn on_hello(&mut self, origin: Origin, now: u64) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Some(node) = self.peer_for(&origin, now, &mut actions) {
-            self.heard(&node, now, &mut actions);
-        }
+        let Some(node) = self.peer_for(&origin, now, &mut actions) else { return actions };
+        self.heard(&node, now, &mut actions);
         if self.last_hello_answer.is_none_or(|t| now >= t + 100) {
-            self.last_hello_answer = Some(now);
-            self.last_beat = Some(now);
-            actions.push(Action::PublishBeat);
+            self.answer_hello(now, &mut actions);
+        } else {
+            self.hello_owed = true;
         }
         actions
+    }
+
+    fn answer_hello(&mut self, now: u64, actions: &mut Vec<Action>) {
+        self.last_hello_answer = Some(now);
+        self.last_beat = Some(now);
+        self.hello_owed = false;
+        actions.push(Action::PublishBeat);
+    }
+
+    /// The beat owed to hellos that came too soon after the last answer.
+    pub(super) fn pay_owed_hello(&mut self, now: u64, actions: &mut Vec<Action>) {
+        if self.hello_owed && self.last_hello_answer.is_none_or(|t| now >= t + 100) {
+            self.answer_hello(now, actions);
+        }
     }
 
     /// Turns ready once caught up with every live peer and done discovering
@@ -87,5 +103,29 @@ impl SyncCore {
                 actions.push(Action::Ready { timed_out: false });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Action, SyncConfig, SyncCore};
+
+    fn beats(actions: &[Action]) -> usize {
+        actions.iter().filter(|a| matches!(a, Action::PublishBeat)).count()
+    }
+
+    #[test]
+    fn every_hello_of_a_burst_is_answered_and_our_own_echo_is_not() {
+        let me = Origin::new("a", 1);
+        let mut core = SyncCore::new(me.clone(), SyncConfig::default(), 0);
+        core.on_tick(0, 0);
+        assert_eq!(beats(&core.on_hello(me.clone(), 10)), 0, "our own hello, echoed by the bus");
+        assert_eq!(beats(&core.on_hello(Origin::new("b", 1), 20)), 1, "answered at once");
+        // Another node starts 30 ms later: owed, not dropped.
+        assert_eq!(beats(&core.on_hello(Origin::new("c", 1), 50)), 0);
+        assert_eq!(beats(&core.on_tick(100, 0)), 0, "not before 100 ms after the last answer");
+        assert_eq!(beats(&core.on_tick(120, 0)), 1, "then the owed beat");
+        assert_eq!(beats(&core.on_tick(370, 0)), 0, "owed once");
     }
 }

@@ -41,8 +41,10 @@ impl SyncCore {
         }
         if self.last_beat.is_none_or(|t| now >= t + self.cfg.beat_interval_ms) {
             self.last_beat = Some(now);
+            self.hello_owed = false;
             actions.push(Action::PublishBeat);
         }
+        self.pay_owed_hello(now, &mut actions);
         let expired: Vec<u64> = self
             .requests
             .iter()

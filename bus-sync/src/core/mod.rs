@@ -49,7 +49,9 @@ pub struct SyncConfig {
     pub dead_after_ms: u64,
     /// How long orphaned records stay before they are removed.
     pub orphan_grace_ms: u64,
-    /// How long a starting node listens for peers before it may turn ready.
+    /// How long a starting node listens for peers before it may turn ready;
+    /// longer than `beat_interval_ms`, so a regular beat of every live peer
+    /// falls within it even when the answers to its hello were lost.
     pub discovery_ms: u64,
     /// A starting node turns ready after this even if not caught up (logged loudly).
     pub ready_timeout_ms: u64,
@@ -84,7 +86,7 @@ impl Default for SyncConfig {
             suspect_after_ms: 3_000,
             dead_after_ms: 6_000,
             orphan_grace_ms: 10_000,
-            discovery_ms: 1_000,
+            discovery_ms: 2_000,
             ready_timeout_ms: 60_000,
             request_timeout_ms: 5_000,
             retry_ms: 1_000,
@@ -286,6 +288,10 @@ pub struct SyncCore {
     ready: bool,
     last_beat: Option<u64>,
     last_hello_answer: Option<u64>,
+    /// A hello came within 100 ms of the last answer: a beat is owed (sent
+    /// on the first tick 100 ms after that answer), never dropped, so a node
+    /// starting right after another still hears from every peer at once.
+    hello_owed: bool,
     valve_holding: bool,
     /// When the bus first came up: discovery runs from there.
     discovery_from: Option<u64>,
@@ -309,6 +315,7 @@ impl SyncCore {
             ready: false,
             last_beat: None,
             last_hello_answer: None,
+            hello_owed: false,
             valve_holding: false,
             discovery_from: Some(now),
             counters: Counters::default(),
