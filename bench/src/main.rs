@@ -7,10 +7,14 @@
 //! `--system etcd` or `--system zookeeper` runs the same scenarios against the
 //! systems the registry is compared with (see `peers`); `bench/peers/*.sh`
 //! install them from Debian packages when they are missing.
+//!
+//! `--tls` and `--token` run the registry's scenarios with TLS on every port
+//! and with auth enforced (see `security`); the rows then say so.
 
 mod peers;
 mod procs;
 mod scenarios;
+mod security;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -35,6 +39,14 @@ struct Cli {
     /// Also append the result rows (markdown) to this file.
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// Every node serves TLS only, with a CA and a certificate for localhost
+    /// made at start; the bench's clients trust that CA.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Every node enforces auth, knowing one admin token made at start; the
+    /// bench's clients send it.
+    #[arg(long, global = true)]
+    token: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -131,13 +143,24 @@ async fn run(cli: &Cli) -> Result<Vec<Row>> {
     if matches!(cli.scenario, Scenario::Smoke) && cli.system != System::Registry {
         bail!("smoke runs the registry only (CI must not need etcd or Java); run the peer scenarios one by one");
     }
+    if (cli.tls || cli.token) && cli.system != System::Registry {
+        bail!("--tls and --token apply to the registry only; the peers run as they are set up in bench/peers");
+    }
     Ok(match cli.system {
         System::Registry => {
             let bin = match &cli.node_bin {
                 Some(b) => b.clone(),
                 None => procs::default_node_bin()?,
             };
-            registry(&bin, &cli.scenario).await?
+            let setup = procs::Setup::new(bin, security::Security::new(cli.tls, cli.token)?)?;
+            let mut rows = registry(&setup, &cli.scenario).await?;
+            if let Some(mode) = setup.label() {
+                eprintln!("mode: {mode}");
+                for r in &mut rows {
+                    r.variant = format!("{}, {mode}", r.variant);
+                }
+            }
+            rows
         }
         System::Etcd => {
             let etcd = peers::etcd::Etcd::locate()?;
@@ -152,24 +175,26 @@ async fn run(cli: &Cli) -> Result<Vec<Row>> {
     })
 }
 
-async fn registry(bin: &std::path::Path, scenario: &Scenario) -> Result<Vec<Row>> {
+async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>> {
     Ok(match *scenario {
-        Scenario::Ingest { instances, nodes, pipelined } => scenarios::ingest(bin, nodes, instances, pipelined).await?,
-        Scenario::Propagation { rate, seconds } => scenarios::propagation(bin, rate, seconds).await?,
-        Scenario::Fanout { subscribers, connections, flaps } => {
-            scenarios::fanout(bin, subscribers, connections, flaps).await?
+        Scenario::Ingest { instances, nodes, pipelined } => {
+            scenarios::ingest(setup, nodes, instances, pipelined).await?
         }
-        Scenario::Scale { instances, metadata } => scenarios::scale(bin, instances, metadata).await?,
-        Scenario::Catchup { instances, metadata } => scenarios::catchup(bin, instances, metadata).await?,
-        Scenario::Failure { rounds } => scenarios::failure(bin, rounds).await?,
+        Scenario::Propagation { rate, seconds } => scenarios::propagation(setup, rate, seconds).await?,
+        Scenario::Fanout { subscribers, connections, flaps } => {
+            scenarios::fanout(setup, subscribers, connections, flaps).await?
+        }
+        Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
+        Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
+        Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
         Scenario::Smoke => {
-            let mut rows = scenarios::ingest(bin, 1, 2_000, true).await?;
-            rows.extend(scenarios::ingest(bin, 3, 2_000, false).await?);
-            rows.extend(scenarios::propagation(bin, 100, 1).await?);
-            rows.extend(scenarios::fanout(bin, 50, 2, 3).await?);
-            rows.extend(scenarios::scale(bin, 2_000, 200).await?);
-            rows.extend(scenarios::catchup(bin, 2_000, 200).await?);
-            rows.extend(scenarios::failure(bin, 1).await?);
+            let mut rows = scenarios::ingest(setup, 1, 2_000, true).await?;
+            rows.extend(scenarios::ingest(setup, 3, 2_000, false).await?);
+            rows.extend(scenarios::propagation(setup, 100, 1).await?);
+            rows.extend(scenarios::fanout(setup, 50, 2, 3).await?);
+            rows.extend(scenarios::scale(setup, 2_000, 200).await?);
+            rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
+            rows.extend(scenarios::failure(setup, 1).await?);
             rows
         }
     })

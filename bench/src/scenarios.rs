@@ -2,7 +2,6 @@
 //! processes, drives them over real gRPC at a fixed offered load, and returns
 //! result rows.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,13 +10,13 @@ use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use registry_proto::v1;
 use registry_tests::nats::NatsServer;
-use registry_tests::{CuttableLink, Session, Watch, channel, client, eventually, instance};
+use registry_tests::{CuttableLink, Session, Watch, eventually, instance};
 use tokio::time::Instant;
 use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
 use v1::subscribe_response::Kind as Push;
 
-use crate::procs::{NodeProc, start_node};
+use crate::procs::{NodeProc, Setup};
 
 /// One measured value.
 #[derive(Clone, Debug)]
@@ -46,14 +45,14 @@ pub(crate) fn latency_rows(scenario: &str, variant: &str, h: &Histogram<u64>) ->
     ]
 }
 
-async fn cluster(bin: &Path, n: usize, tag: &str) -> Result<(Option<NatsServer>, Vec<NodeProc>)> {
+async fn cluster(setup: &Setup, n: usize, tag: &str) -> Result<(Option<NatsServer>, Vec<NodeProc>)> {
     if n == 1 {
-        return Ok((None, vec![start_node(bin, "a", &[], tag).await?]));
+        return Ok((None, vec![setup.start_node("a", &[], tag).await?]));
     }
     let nats = NatsServer::start().await?;
     let mut nodes = Vec::new();
     for name in ["a", "b", "c", "d", "e"].iter().take(n) {
-        nodes.push(start_node(bin, name, &[nats.url()], tag).await?);
+        nodes.push(setup.start_node(name, &[nats.url()], tag).await?);
     }
     Ok((Some(nats), nodes))
 }
@@ -69,6 +68,7 @@ pub(crate) fn with_metadata(mut i: v1::Instance, bytes: usize) -> v1::Instance {
 /// connections): pipelined (all sent, then all answers read) or one at a time.
 /// Returns the sessions (their instances live as long as they do).
 async fn register_many(
+    setup: &Setup,
     node: &NodeProc,
     total: u32,
     sessions: u32,
@@ -78,7 +78,7 @@ async fn register_many(
     let per = total / sessions;
     let mut channels = Vec::new();
     for _ in 0..sessions.min(8) {
-        channels.push(client(node.grpc).await?);
+        channels.push(setup.client(node.grpc).await?);
     }
     let mut tasks = Vec::new();
     for s in 0..sessions {
@@ -125,12 +125,12 @@ fn cpu(nodes: &[NodeProc]) -> Result<Vec<f64>> {
 }
 
 /// 1. Ingest: instances registered per second.
-pub(crate) async fn ingest(bin: &Path, nodes: usize, total: u32, pipelined: bool) -> Result<Vec<Row>> {
+pub(crate) async fn ingest(setup: &Setup, nodes: usize, total: u32, pipelined: bool) -> Result<Vec<Row>> {
     let variant = format!("{nodes} node(s), {}", if pipelined { "pipelined" } else { "one at a time" });
-    let (_nats, procs) = cluster(bin, nodes, "ingest").await?;
+    let (_nats, procs) = cluster(setup, nodes, "ingest").await?;
     let cpu0 = cpu(&procs)?;
     let t0 = Instant::now();
-    let sessions = register_many(&procs[0], total, 200, pipelined, 0).await?;
+    let sessions = register_many(setup, &procs[0], total, 200, pipelined, 0).await?;
     let accepted = t0.elapsed();
     for p in &procs {
         p.wait_instances(u64::from(total), Duration::from_secs(300)).await?;
@@ -157,12 +157,12 @@ pub(crate) async fn ingest(bin: &Path, nodes: usize, total: u32, pipelined: bool
 }
 
 /// 2. Propagation: upsert on node a, push received by a subscriber on node c.
-pub(crate) async fn propagation(bin: &Path, rate: u32, seconds: u64) -> Result<Vec<Row>> {
+pub(crate) async fn propagation(setup: &Setup, rate: u32, seconds: u64) -> Result<Vec<Row>> {
     let variant = format!("{rate} changes/s");
-    let (_nats, procs) = cluster(bin, 3, "prop").await?;
-    let mut watch = Watch::start(&mut client(procs[2].grpc).await?, "", &["prop"], "bench").await?;
+    let (_nats, procs) = cluster(setup, 3, "prop").await?;
+    let mut watch = Watch::start(&mut setup.client(procs[2].grpc).await?, "", &["prop"], "bench").await?;
     watch.step(Duration::from_secs(10)).await?;
-    let mut provider = Session::open(&mut client(procs[0].grpc).await?, 0).await?;
+    let mut provider = Session::open(&mut setup.client(procs[0].grpc).await?, 0).await?;
     let epoch = Instant::now();
     let total = rate as u64 * seconds;
     let cpu0 = cpu(&procs)?;
@@ -213,9 +213,9 @@ pub(crate) async fn propagation(bin: &Path, rate: u32, seconds: u64) -> Result<V
 }
 
 /// 3. Fan-out: one service, many subscribers, one instance flapping.
-pub(crate) async fn fanout(bin: &Path, subscribers: u32, connections: u32, flaps: u32) -> Result<Vec<Row>> {
+pub(crate) async fn fanout(setup: &Setup, subscribers: u32, connections: u32, flaps: u32) -> Result<Vec<Row>> {
     let variant = format!("{subscribers} subscribers over {connections} connections");
-    let (_nats, procs) = cluster(bin, 1, "fanout").await?;
+    let (_nats, procs) = cluster(setup, 1, "fanout").await?;
     let node = &procs[0];
     let ready = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
@@ -224,7 +224,7 @@ pub(crate) async fn fanout(bin: &Path, subscribers: u32, connections: u32, flaps
     let last: Arc<Vec<AtomicU64>> = Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect());
     let mut chans = Vec::new();
     for _ in 0..connections {
-        chans.push(v1::registry_client::RegistryClient::new(channel(node.grpc).await?));
+        chans.push(setup.client(node.grpc).await?);
     }
     for s in 0..subscribers {
         let mut c = chans[(s % connections) as usize].clone();
@@ -258,7 +258,7 @@ pub(crate) async fn fanout(bin: &Path, subscribers: u32, connections: u32, flaps
         async move { (ready.load(Ordering::Relaxed) == u64::from(subscribers)).then_some(()) }
     })
     .await?;
-    let mut provider = Session::open(&mut client(node.grpc).await?, 0).await?;
+    let mut provider = Session::open(&mut setup.client(node.grpc).await?, 0).await?;
     let mut h = histogram()?;
     let cpu0 = node.cpu_seconds()?;
     for f in 1..=flaps {
@@ -281,12 +281,12 @@ pub(crate) async fn fanout(bin: &Path, subscribers: u32, connections: u32, flaps
 
 /// Scenario 4, scale and memory: resident memory per instance, and GetService
 /// latency under 1k writes/s.
-pub(crate) async fn scale(bin: &Path, instances: u32, metadata: usize) -> Result<Vec<Row>> {
+pub(crate) async fn scale(setup: &Setup, instances: u32, metadata: usize) -> Result<Vec<Row>> {
     let variant = format!("{instances} instances, {metadata} B metadata");
-    let (_nats, procs) = cluster(bin, 1, "scale").await?;
+    let (_nats, procs) = cluster(setup, 1, "scale").await?;
     let node = &procs[0];
     let (base, _) = node.rss_kib()?;
-    let sessions = register_many(node, instances, (instances / 1_000).max(1), true, metadata).await?;
+    let sessions = register_many(setup, node, instances, (instances / 1_000).max(1), true, metadata).await?;
     node.wait_instances(u64::from(instances), Duration::from_secs(300)).await?;
     let (rss, peak) = node.rss_kib()?;
     let per = (rss.saturating_sub(base) as f64 * 1024.0) / f64::from(instances);
@@ -297,7 +297,7 @@ pub(crate) async fn scale(bin: &Path, instances: u32, metadata: usize) -> Result
         row("scale", &variant, "RSS per instance beyond its metadata", per - metadata as f64, "B"),
     ];
     // Reads of one 1,000-instance service while a writer updates at 1k/s.
-    let mut writer = Session::open(&mut client(node.grpc).await?, 0).await?;
+    let mut writer = Session::open(&mut setup.client(node.grpc).await?, 0).await?;
     let stop = Instant::now() + Duration::from_secs(5);
     let writes = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -310,7 +310,7 @@ pub(crate) async fn scale(bin: &Path, instances: u32, metadata: usize) -> Result
         }
         Ok::<_, anyhow::Error>(n)
     });
-    let mut reader = client(node.grpc).await?;
+    let mut reader = setup.client(node.grpc).await?;
     let mut h = histogram()?;
     while Instant::now() < stop {
         let t = Instant::now();
@@ -324,15 +324,15 @@ pub(crate) async fn scale(bin: &Path, instances: u32, metadata: usize) -> Result
 }
 
 /// 5. Catch-up: a cold node joins a cluster holding `instances`; time to ready.
-pub(crate) async fn catchup(bin: &Path, instances: u32, metadata: usize) -> Result<Vec<Row>> {
+pub(crate) async fn catchup(setup: &Setup, instances: u32, metadata: usize) -> Result<Vec<Row>> {
     let variant = format!("{instances} instances, {metadata} B metadata");
-    let (nats, procs) = cluster(bin, 2, "catchup").await?;
+    let (nats, procs) = cluster(setup, 2, "catchup").await?;
     let nats = nats.ok_or_else(|| anyhow::anyhow!("a cluster has NATS"))?;
-    let sessions = register_many(&procs[0], instances, (instances / 1_000).max(1), true, metadata).await?;
+    let sessions = register_many(setup, &procs[0], instances, (instances / 1_000).max(1), true, metadata).await?;
     procs[1].wait_instances(u64::from(instances), Duration::from_secs(600)).await?;
     let origin_cpu = procs[0].cpu_seconds()?;
     let t0 = Instant::now();
-    let joiner = start_node(bin, "cold", &[nats.url()], "catchup").await?;
+    let joiner = setup.start_node("cold", &[nats.url()], "catchup").await?;
     let ready = t0.elapsed();
     // CPU is the steadier number on a shared machine: wall time also counts
     // whatever else runs on its two cores.
@@ -354,14 +354,14 @@ pub(crate) async fn catchup(bin: &Path, instances: u32, metadata: usize) -> Resu
 
 /// Scenario 6, failure detection: a provider's connection dies; the removal
 /// reaches a subscriber on another node.
-pub(crate) async fn failure(bin: &Path, rounds: u32) -> Result<Vec<Row>> {
-    let (_nats, procs) = cluster(bin, 3, "failure").await?;
-    let mut watch = Watch::start(&mut client(procs[2].grpc).await?, "", &["fragile"], "bench").await?;
+pub(crate) async fn failure(setup: &Setup, rounds: u32) -> Result<Vec<Row>> {
+    let (_nats, procs) = cluster(setup, 3, "failure").await?;
+    let mut watch = Watch::start(&mut setup.client(procs[2].grpc).await?, "", &["fragile"], "bench").await?;
     watch.step(Duration::from_secs(10)).await?;
     let mut h = histogram()?;
     for r in 0..rounds {
         let link = CuttableLink::start(procs[0].grpc).await?;
-        let mut p = Session::open(&mut client(link.addr).await?, 0).await?;
+        let mut p = Session::open(&mut setup.client(link.addr).await?, 0).await?;
         let id = format!("victim-{r}");
         p.upsert(instance("fragile", &id, 1)).await?;
         watch.until("registered", Duration::from_secs(10), |v| v["fragile"].1.contains_key(&id)).await?;

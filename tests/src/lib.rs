@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::client::GrpcService;
+use tonic::codegen::{Body, Bytes, StdError};
 use tonic::transport::Channel;
 use v1::register_request::Kind as In;
 use v1::register_response::Kind as Out;
@@ -31,6 +33,27 @@ pub mod tools;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;
+
+/// What a generated client can run over: a [`Channel`], or a channel behind
+/// an interceptor (one that adds a bearer token, say). [`Session`] and
+/// [`Watch`] open over either.
+pub trait GrpcTransport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    >
+{
+}
+
+impl<T> GrpcTransport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        >
+{
+}
 
 /// Generous bound for things that happen "at once" (one local round trip).
 pub const PROMPTLY: Duration = Duration::from_secs(5);
@@ -153,7 +176,10 @@ pub struct Session {
 
 impl Session {
     /// Opens a session with the given heartbeat interval (0: node default).
-    pub async fn open(client: &mut RegistryClient, heartbeat_interval_ms: u32) -> Result<Self> {
+    pub async fn open<T: GrpcTransport>(
+        client: &mut v1::registry_client::RegistryClient<T>,
+        heartbeat_interval_ms: u32,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         tx.send(v1::RegisterRequest {
             kind: Some(In::Open(v1::OpenSession { client_name: "test".into(), heartbeat_interval_ms })),
@@ -227,8 +253,8 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub async fn start(
-        client: &mut RegistryClient,
+    pub async fn start<T: GrpcTransport>(
+        client: &mut v1::registry_client::RegistryClient<T>,
         namespace: &str,
         services: &[&str],
         consumer_id: &str,

@@ -78,9 +78,16 @@ impl Secure {
 
     /// Registers the node at `addrs` as secured with this material.
     pub fn register(&self, addrs: &[SocketAddr]) {
-        let mut all = ACCESS.lock();
-        for a in addrs {
-            all.insert(a.port(), self.access.clone());
-        }
+        register_access(addrs, self.access.clone());
+    }
+}
+
+/// Registers the node at `addrs` as secured with `access`, material made
+/// elsewhere (the bench's `--tls`): the harness's helpers then reach it
+/// over TLS.
+pub fn register_access(addrs: &[SocketAddr], access: Arc<Access>) {
+    let mut all = ACCESS.lock();
+    for a in addrs {
+        all.insert(a.port(), access.clone());
     }
 }
