@@ -104,6 +104,17 @@ impl Audit {
         Ok(Self { node: node.into(), file: Some(tx), metrics })
     }
 
+    /// Whether a line would go anywhere (the audit file, or a log that
+    /// keeps target `registry::audit`); when not, callers skip building it.
+    pub fn active(&self) -> bool {
+        self.file.is_some() || tracing::enabled!(target: "registry::audit", tracing::Level::INFO)
+    }
+
+    /// Counts a line that goes nowhere (see [`Audit::active`]).
+    pub fn count_only(&self) {
+        self.metrics.lines.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records one audited request.
     pub fn record(&self, caller: &Caller, action: &str, key: &str, outcome: Outcome, reason: &str) {
         let principal = caller.name().unwrap_or("-");
