@@ -41,7 +41,9 @@ async fn an_injected_flap_fails_the_flap_check_and_is_named() -> Result<()> {
         .run(async |report| {
             let cluster = ProcCluster::start("self", &["a", "b"], 1).await?;
             let endpoints = cluster.endpoints();
-            let mut fleet = Fleet::default();
+            // Leases of 3 s: only the injected removal may happen, not one of
+            // a session whose 200 ms heartbeats a busy machine delayed.
+            let mut fleet = Fleet::with_heartbeat(Duration::from_secs(1));
             fleet.register(&endpoints, "api", &ids("p", 4)).await?;
             fleet.watch(&endpoints, "api").await?;
             converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
