@@ -37,6 +37,13 @@ pub fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, node_i
     let _ = writeln!(out, "{name}{{node=\"{node_id}\"}} {value}");
 }
 
+/// Writes counters with their HELP and TYPE lines: (name, help, counter).
+pub fn write_counters(out: &mut String, node_id: &str, counters: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, counter) in counters {
+        write_metric(out, name, "counter", help, node_id, counter.load(Ordering::Relaxed));
+    }
+}
+
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);

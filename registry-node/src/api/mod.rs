@@ -112,7 +112,7 @@ impl NodeApi {
         match self.auth.check_anywhere(caller, Role::Admin) {
             Ok(()) => {
                 if caller.principal().is_some() {
-                    self.auth.audit().record(caller, action, "", Outcome::Allowed, "");
+                    self.auth.audit().record(caller, action, String::new, Outcome::Allowed, "");
                 }
                 Ok(())
             }
@@ -128,12 +128,7 @@ impl NodeApi {
     /// principal goes to the audit trail.
     pub fn audit_refusal(&self, caller: &Caller, action: &str, key: impl FnOnce() -> String, e: &RegistryError) {
         if let RegistryError::PermissionDenied(reason) = e {
-            let audit = self.auth.audit();
-            if audit.active() {
-                audit.record(caller, action, &key(), Outcome::Denied, reason);
-            } else {
-                audit.count_only();
-            }
+            self.auth.audit().record(caller, action, key, Outcome::Denied, reason);
         }
     }
 
@@ -147,12 +142,7 @@ impl NodeApi {
         service: &str,
     ) {
         if caller.principal_grants().is_some_and(|p| p.may(Role::Admin, namespace, service)) {
-            let audit = self.auth.audit();
-            if audit.active() {
-                audit.record(caller, action, &key(), Outcome::Allowed, "");
-            } else {
-                audit.count_only();
-            }
+            self.auth.audit().record(caller, action, key, Outcome::Allowed, "");
         }
     }
 
@@ -316,7 +306,7 @@ impl NodeApi {
         };
         let reason = status.map(|s| s.as_str_name().to_string()).unwrap_or_default();
         let changed = self.registry.set_status_override(&key, o);
-        self.auth.audit().record(caller, action, &shown(), Outcome::Allowed, &reason);
+        self.auth.audit().record(caller, action, shown, Outcome::Allowed, &reason);
         Ok(changed)
     }
 

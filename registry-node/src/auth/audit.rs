@@ -105,18 +105,20 @@ impl Audit {
     }
 
     /// Whether a line would go anywhere (the audit file, or a log that
-    /// keeps target `registry::audit`); when not, callers skip building it.
-    pub fn active(&self) -> bool {
+    /// keeps target `registry::audit`); when not, a line is only counted.
+    fn active(&self) -> bool {
         self.file.is_some() || tracing::enabled!(target: "registry::audit", tracing::Level::INFO)
     }
 
-    /// Counts a line that goes nowhere (see [`Audit::active`]).
-    pub fn count_only(&self) {
+    /// Records one audited request. `key` is built only if the line goes
+    /// somewhere (see [`Audit::active`]): requests are audited on the write
+    /// path, where nobody may be listening.
+    pub fn record(&self, caller: &Caller, action: &str, key: impl FnOnce() -> String, outcome: Outcome, reason: &str) {
         self.metrics.lines.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records one audited request.
-    pub fn record(&self, caller: &Caller, action: &str, key: &str, outcome: Outcome, reason: &str) {
+        if !self.active() {
+            return;
+        }
+        let key = &*key();
         let principal = caller.name().unwrap_or("-");
         let peer = caller.peer.map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(
@@ -124,7 +126,6 @@ impl Audit {
             principal, action, key, peer, node = %self.node, outcome = outcome.as_str(), reason,
             "audit"
         );
-        self.metrics.lines.fetch_add(1, Ordering::Relaxed);
         let Some(tx) = &self.file else { return };
         let line = Line {
             ts_ms: crate::registry::wall_ms(),
@@ -223,7 +224,7 @@ mod tests {
         let audit = Audit::to_file("node-a", &path).expect("opens");
         let caller =
             Caller { identity: super::super::Identity::Open, peer: Some("10.0.0.9:5000".parse().expect("addr")) };
-        audit.record(&caller, "deregister", "default/orders/o1", Outcome::Denied, "belongs to \"x\"");
+        audit.record(&caller, "deregister", || "default/orders/o1".into(), Outcome::Denied, "belongs to \"x\"");
         let lines = read_lines(&path, 1);
         assert_eq!(lines.len(), 1);
         let l = &lines[0];
@@ -239,7 +240,7 @@ mod tests {
         let rotated = dir.join("audit.jsonl.1");
         std::fs::rename(&path, &rotated).expect("rotate");
         audit.reopen();
-        audit.record(&caller, "members", "", Outcome::Allowed, "");
+        audit.record(&caller, "members", String::new, Outcome::Allowed, "");
         assert_eq!(read_lines(&path, 1).len(), 1, "the new line is in the new file");
         assert_eq!(read_lines(&rotated, 1).len(), 1, "the old file keeps its line");
         assert_eq!(audit.metrics.lines.load(Ordering::Relaxed), 2);

@@ -29,7 +29,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -39,7 +39,7 @@ use tokio_stream::StreamExt as _;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::Http;
-use crate::api::{NodeApi, RegistryError, WatchEnd};
+use crate::api::{NodeApi, RegistryError};
 use crate::auth::{Caller, Role};
 use crate::listen::Peer;
 
@@ -168,8 +168,29 @@ async fn not_found() -> Problem {
 
 type Answer<T> = Result<Json<T>, Problem>;
 
-fn caller(api: &NodeApi, headers: &HeaderMap, peer: &Peer) -> Result<Caller, Problem> {
-    Ok(api.authenticate(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes), peer)?)
+/// What names a request's caller: its `authorization` header and its
+/// connection's peer (address, client certificate). Each handler asks for
+/// the caller where its own errors are ordered.
+struct Authed {
+    authorization: Option<HeaderValue>,
+    peer: Peer,
+}
+
+impl Authed {
+    fn caller(&self, api: &NodeApi) -> Result<Caller, Problem> {
+        Ok(api.authenticate(self.authorization.as_ref().map(HeaderValue::as_bytes), &self.peer)?)
+    }
+}
+
+impl axum::extract::FromRequestParts<Http> for Authed {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &Http) -> Result<Self, Problem> {
+        let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<Peer>>().cloned().ok_or_else(|| {
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "the connection's peer is unknown")
+        })?;
+        Ok(Self { authorization: parts.headers.get(AUTHORIZATION).cloned(), peer })
+    }
 }
 
 // ------------------------------------------------------------------ shapes
@@ -522,12 +543,8 @@ pub struct EndEvent {
 /// Namespaces with instances (those the caller may read).
 #[utoipa::path(get, path = "/v1/namespaces", tag = "registry",
     responses((status = 200, body = NamespacesJson), (status = 401, body = ApiError), (status = 503, body = ApiError)))]
-async fn namespaces(
-    State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Answer<NamespacesJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+async fn namespaces(State(h): State<Http>, who: Authed) -> Answer<NamespacesJson> {
+    let caller = who.caller(&h.api)?;
     h.api.check_ready()?;
     let auth = h.api.auth();
     let namespaces = h
@@ -571,13 +588,12 @@ fn summarize(api: &NodeApi, namespace: &str, s: v1::ServiceSummary) -> ServiceSu
         (status = 403, body = ApiError), (status = 503, body = ApiError)))]
 async fn services(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path(namespace): Path<String>,
     query: Result<Query<ServicesQuery>, QueryRejection>,
 ) -> Answer<ServicesPage> {
     let Query(q) = query?;
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let page_size = q.page_size.unwrap_or(100);
     if !(1..=1_000).contains(&page_size) {
         return Err(Problem::invalid(format!("pageSize {page_size} is outside 1..=1000")));
@@ -629,11 +645,10 @@ fn decode_token(token: &str) -> Option<String> {
         (status = 503, body = ApiError)))]
 async fn service(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path((namespace, service)): Path<(String, String)>,
 ) -> Answer<ServiceJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let (revision, instances) = h.api.get_service(&caller, &namespace, &service)?;
     let consumers = h.api.list_consumers(&caller, &namespace, &service)?.consumers;
     if instances.is_empty() && consumers.is_empty() {
@@ -669,12 +684,8 @@ async fn service(
 /// The members of the cluster with their sync state (needs an admin grant).
 #[utoipa::path(get, path = "/v1/members", tag = "registry",
     responses((status = 200, body = MembersJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn members(
-    State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-) -> Answer<MembersJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+async fn members(State(h): State<Http>, who: Authed) -> Answer<MembersJson> {
+    let caller = who.caller(&h.api)?;
     let answer = h.api.members(&caller)?;
     let members = answer
         .members
@@ -702,8 +713,8 @@ async fn members(
 /// This node at a glance: readiness, degraded view, safety valve, counts.
 #[utoipa::path(get, path = "/v1/node", tag = "registry",
     responses((status = 200, body = NodeJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn node(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Answer<NodeJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+async fn node(State(h): State<Http>, who: Authed) -> Answer<NodeJson> {
+    let caller = who.caller(&h.api)?;
     h.api.auth().check_anywhere(&caller, Role::Read).map_err(RegistryError::from)?;
     let r = &h.registry;
     let gauges = r.gauges(h.readiness.is_ready());
@@ -738,11 +749,11 @@ pub struct DrainingJson {
 /// Kubernetes) decides whether it starts again.
 #[utoipa::path(post, path = "/v1/node/drain", tag = "registry",
     responses((status = 202, body = DrainingJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn drain(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, headers: HeaderMap) -> Response {
-    let result = caller(&h.api, &headers, &peer).and_then(|c| Ok(h.api.check_admin(&c, "drain node")?));
+async fn drain(State(h): State<Http>, who: Authed) -> Response {
+    let result = who.caller(&h.api).and_then(|c| Ok(h.api.check_admin(&c, "drain node")?));
     match result {
         Ok(()) => {
-            tracing::warn!(peer = %peer.addr, "drain asked over HTTP: draining, then stopping");
+            tracing::warn!(peer = %who.peer.addr, "drain asked over HTTP: draining, then stopping");
             h.shutdown.cancel();
             (StatusCode::ACCEPTED, Json(DrainingJson { draining: true })).into_response()
         }
@@ -762,12 +773,11 @@ async fn drain(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, head
         (status = 429, body = ApiError), (status = 503, body = ApiError)))]
 async fn register(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path((namespace, service)): Path<(String, String)>,
     body: Result<Json<RegisterBody>, JsonRejection>,
 ) -> Answer<RegisteredJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let Json(b) = body?;
     let instance = v1::Instance {
         namespace,
@@ -798,13 +808,8 @@ async fn register(
     params(("lease_id" = String, Path)),
     responses((status = 200, body = RenewedJson), (status = 401, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError, description = "unknown or expired lease: register again")))]
-async fn renew(
-    State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path(lease_id): Path<String>,
-) -> Answer<RenewedJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+async fn renew(State(h): State<Http>, who: Authed, Path(lease_id): Path<String>) -> Answer<RenewedJson> {
+    let caller = who.caller(&h.api)?;
     let ttl = h.api.renew(&caller, &lease_id)?;
     Ok(Json(RenewedJson { ttl_ms: ttl.as_millis() as u32 }))
 }
@@ -817,11 +822,10 @@ async fn renew(
         (status = 403, body = ApiError), (status = 503, body = ApiError)))]
 async fn deregister(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path((namespace, service, instance_id)): Path<(String, String, String)>,
 ) -> Answer<DeregisteredJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let found = h.api.deregister(&caller, Some(v1::InstanceKey { namespace, service, instance_id }))?;
     Ok(Json(DeregisteredJson { found }))
 }
@@ -850,12 +854,11 @@ pub struct OverriddenJson {
         (status = 403, body = ApiError), (status = 503, body = ApiError)))]
 async fn set_override(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path((namespace, service, instance_id)): Path<(String, String, String)>,
     body: Result<Json<OverrideBody>, JsonRejection>,
 ) -> Answer<OverriddenJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let Json(b) = body?;
     let key = v1::InstanceKey { namespace, service, instance_id };
     let changed = h.api.set_status_override(&caller, Some(key), Some(b.status.into()))?;
@@ -871,11 +874,10 @@ async fn set_override(
         (status = 403, body = ApiError), (status = 503, body = ApiError)))]
 async fn clear_override(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     Path((namespace, service, instance_id)): Path<(String, String, String)>,
 ) -> Answer<OverriddenJson> {
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let key = v1::InstanceKey { namespace, service, instance_id };
     let changed = h.api.set_status_override(&caller, Some(key), None)?;
     Ok(Json(OverriddenJson { changed }))
@@ -909,18 +911,17 @@ struct WatchQuery {
         (status = 503, body = ApiError)))]
 async fn watch(
     State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
+    who: Authed,
     query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = query?;
-    let caller = caller(&h.api, &headers, &peer)?;
+    let caller = who.caller(&h.api)?;
     let request = v1::SubscribeRequest {
         namespace: q.namespace,
         services: if q.service.is_empty() { Vec::new() } else { vec![q.service] },
         consumer: Some(v1::ConsumerInfo { consumer_id: q.consumer_id, ..Default::default() }),
     };
-    let rx = h.api.watch(&caller, request, Some(peer.addr))?;
+    let rx = h.api.watch(&caller, request, Some(who.peer.addr))?;
     // After an `end` the node drops its side, and the stream ends.
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| Ok::<Event, Infallible>(sse_event(item)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
@@ -932,7 +933,7 @@ fn sse_event(item: crate::api::WatchItem) -> Event {
     let end = |reason: String| json_event("end", &EndEvent { reason });
     let frame = match item {
         Ok(frame) => frame,
-        Err(e) => return end(watch_end(e)),
+        Err(e) => return end(e.to_string()),
     };
     match frame.decode().ok().and_then(|r| r.kind) {
         Some(Kind::Snapshot(s)) => json_event(
@@ -969,10 +970,6 @@ fn sse_event(item: crate::api::WatchItem) -> Event {
         }
         None => end("the node sent a frame this front-end cannot read; watch again".into()),
     }
-}
-
-fn watch_end(e: WatchEnd) -> String {
-    e.to_string()
 }
 
 fn json_event(name: &str, data: &impl Serialize) -> Event {

@@ -26,6 +26,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::NodeApi;
+use crate::auth::audit::AuditMetrics;
 use crate::auth::{AuthMetrics, Role};
 use crate::listen::Peer;
 use crate::listen::TlsServer;
@@ -95,52 +96,51 @@ async fn metrics(State(h): State<Http>, ConnectInfo(peer): ConnectInfo<Peer>, he
         crate::cluster::render_metrics(&mut body, h.registry.node_id(), sync);
     }
     render_auth_metrics(&mut body, h.registry.node_id(), &h.api.auth().metrics);
-    let audit = &h.api.auth().audit().metrics;
-    for (name, help, value) in [
-        (
-            "registry_audit_lines_total",
-            "Audit trail lines (admin actions, denied writes, ownership refusals).",
-            &audit.lines,
-        ),
-        (
-            "registry_audit_dropped_total",
-            "Audit lines not written to auth.audit_file because its writer fell behind (they are still logged).",
-            &audit.dropped,
-        ),
-        ("registry_audit_write_errors_total", "Failed writes to auth.audit_file.", &audit.write_errors),
-    ] {
-        crate::metrics::write_metric(
-            &mut body,
-            name,
-            "counter",
-            help,
-            h.registry.node_id(),
-            value.load(Ordering::Relaxed),
-        );
-    }
+    render_audit_metrics(&mut body, h.registry.node_id(), &h.api.auth().audit().metrics);
     if let Some(tls) = &h.tls {
         render_tls_metrics(&mut body, h.registry.node_id(), &tls.metrics);
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+fn render_audit_metrics(out: &mut String, node_id: &str, m: &AuditMetrics) {
+    crate::metrics::write_counters(
+        out,
+        node_id,
+        &[
+            (
+                "registry_audit_lines_total",
+                "Audit trail lines (admin actions, denied writes, ownership refusals).",
+                &m.lines,
+            ),
+            (
+                "registry_audit_dropped_total",
+                "Audit lines not written to auth.audit_file because its writer fell behind (they are still logged).",
+                &m.dropped,
+            ),
+            ("registry_audit_write_errors_total", "Failed writes to auth.audit_file.", &m.write_errors),
+        ],
+    );
+}
+
 fn render_tls_metrics(out: &mut String, node_id: &str, m: &TlsMetrics) {
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    for (name, help, value) in [
-        (
-            "registry_tls_handshake_failures_total",
-            "TLS handshakes that failed or timed out (wrong CA, bad or missing client certificate, plaintext).",
-            get(&m.handshake_failures),
-        ),
-        ("registry_tls_reloads_total", "TLS material loaded after the start.", get(&m.reloads)),
-        (
-            "registry_tls_reload_failures_total",
-            "TLS reloads refused (the old material stays in force).",
-            get(&m.reload_failures),
-        ),
-    ] {
-        crate::metrics::write_metric(out, name, "counter", help, node_id, value);
-    }
+    crate::metrics::write_counters(
+        out,
+        node_id,
+        &[
+            (
+                "registry_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out (wrong CA, bad or missing client certificate, plaintext).",
+                &m.handshake_failures,
+            ),
+            ("registry_tls_reloads_total", "TLS material loaded after the start.", &m.reloads),
+            (
+                "registry_tls_reload_failures_total",
+                "TLS reloads refused (the old material stays in force).",
+                &m.reload_failures,
+            ),
+        ],
+    );
     let not_after = m.cert_not_after.load(Ordering::Relaxed).max(0) as u64;
     crate::metrics::write_metric(
         out,
@@ -169,29 +169,26 @@ fn render_auth_metrics(out: &mut String, node_id: &str, m: &AuthMetrics) {
         let _ =
             writeln!(out, "registry_auth_failures_total{{node=\"{node_id}\",reason=\"{reason}\"}} {}", get(counter));
     }
-    crate::metrics::write_metric(
+    crate::metrics::write_counters(
         out,
-        "registry_auth_reloads_total",
-        "counter",
-        "Token sets loaded after the start (SIGHUP or a changed tokens file).",
         node_id,
-        get(&m.reloads),
-    );
-    crate::metrics::write_metric(
-        out,
-        "registry_auth_reload_failures_total",
-        "counter",
-        "Token reloads refused (the old tokens stay in force).",
-        node_id,
-        get(&m.reload_failures),
-    );
-    crate::metrics::write_metric(
-        out,
-        "registry_auth_denied_total",
-        "counter",
-        "Requests of a known principal without the grant (in warn mode: that would have been denied).",
-        node_id,
-        get(&m.denied),
+        &[
+            (
+                "registry_auth_reloads_total",
+                "Token sets loaded after the start (SIGHUP or a changed tokens file).",
+                &m.reloads,
+            ),
+            (
+                "registry_auth_reload_failures_total",
+                "Token reloads refused (the old tokens stay in force).",
+                &m.reload_failures,
+            ),
+            (
+                "registry_auth_denied_total",
+                "Requests of a known principal without the grant (in warn mode: that would have been denied).",
+                &m.denied,
+            ),
+        ],
     );
 }
 
