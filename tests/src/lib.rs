@@ -477,16 +477,45 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
 
 /// [`http_get`] with extra request headers.
 pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, headers, None).await
+}
+
+/// One HTTP/1.1 request (`Connection: close`): plaintext, or HTTPS with the
+/// harness's client certificate when the node is secured. A `body` comes
+/// with `Content-Type: application/json` and its length.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     if let Some(access) = secure::access(addr.port()) {
-        return access.tls.https_get(addr, path, headers).await;
+        return access.tls.https_request(addr, method, path, headers, body).await;
     }
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(request_text(&addr.to_string(), method, path, headers, body).as_bytes()).await?;
     let mut buf = Vec::new();
     timeout(PROMPTLY, s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
+    parse_response(&buf)
+}
+
+/// The text of an HTTP/1.1 request to `host`.
+fn request_text(host: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> String {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let content =
+        body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())).unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}{content}Connection: close\r\n\r\n{}",
+        body.unwrap_or("")
+    )
+}
+
+/// The status and the body of a whole HTTP/1.1 response.
+fn parse_response(buf: &[u8]) -> Result<(u16, String)> {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let status =
+        text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad response {text:?}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
@@ -508,19 +537,8 @@ pub async fn http_json(
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, serde_json::Value)> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).await?;
-    let mut buf = Vec::new();
-    timeout(PROMPTLY, s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| anyhow!("bad response"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
+    let (status, text) = http_request(addr, method, path, headers, Some(&body)).await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
 }
 
 /// A server-sent events stream (`GET path`), read event by event.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -157,23 +157,26 @@ impl ClientTls {
 
     /// An HTTPS GET of `path` (HTTP/1.1): the status and the body.
     pub async fn https_get(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+        self.https_request(addr, "GET", path, headers, None).await
+    }
+
+    /// One HTTPS request (see [`crate::http_request`]): the status and the body.
+    pub async fn https_request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(self.rustls()?));
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost")?;
         let mut s = tokio::time::timeout(PROMPTLY, connector.connect(name, tcp)).await.context("TLS handshake")??;
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(crate::request_text("localhost", method, path, headers, body).as_bytes()).await?;
         let mut buf = Vec::new();
         // A TLS peer that closes without close_notify is still an answer.
         let _ = tokio::time::timeout(PROMPTLY, s.read_to_end(&mut buf)).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("bad response {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Ok((status, body))
+        crate::parse_response(&buf)
     }
 }
