@@ -41,7 +41,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn plain(addr: SocketAddr) -> Self {
+    /// A peer without a client certificate.
+    pub(crate) fn plain(addr: SocketAddr) -> Self {
         Self { addr, cert_names: Arc::from([]) }
     }
 }

@@ -6,7 +6,6 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use registry_proto::frames::registry_server;
 use registry_proto::{GetServiceFrame, SubscribeFrame, v1};
@@ -36,10 +35,11 @@ pub fn status_of(e: &RegistryError) -> Status {
 /// The other end of a request's connection (the node's listeners put it in
 /// every request; see `crate::listen`).
 fn peer<T>(request: &Request<T>) -> Peer {
-    request.extensions().get::<Peer>().cloned().unwrap_or_else(|| Peer {
-        addr: request.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        cert_names: Arc::from([]),
-    })
+    request
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or_else(|| Peer::plain(request.remote_addr().unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))))
 }
 
 /// The caller of a request, from its `authorization` metadata or its
