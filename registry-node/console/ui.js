@@ -53,6 +53,7 @@ export function ago(unixMs) {
 }
 
 export function duration(ms) {
+  if (Number(ms) < 10_000) return `${(Number(ms) / 1000).toFixed(1)} s`;
   const s = Math.round(Number(ms) / 1000);
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min`;
