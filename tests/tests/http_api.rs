@@ -431,6 +431,14 @@ async fn the_session_and_the_dashboard_feed() -> Result<()> {
     let (_, s) = http_json(addr, "GET", "/v1/session", &[("authorization", &as_admin)], None).await?;
     ensure!(s["principal"] == "ops" && s["admin"] == true, "{s}");
 
+    // The console's files need no credential (their API calls do); `/` leads there.
+    let (status, _) = registry_tests::http_request(addr, "GET", "/", &[], None).await?;
+    ensure!(status == 303, "/ redirects to the console: {status}");
+    let (status, page) = registry_tests::http_request(addr, "GET", "/ui/", &[], None).await?;
+    ensure!(status == 200 && page.contains("<script type=\"module\" src=\"app.js\">"), "{status} {page}");
+    let (status, _) = registry_tests::http_request(addr, "GET", "/ui/secrets.txt", &[], None).await?;
+    ensure!(status == 404, "unknown console file: {status}");
+
     // Refused before any stream: no credential, a namespace outside the grant.
     let (status, _) = http_json(addr, "GET", "/v1/events", &[], None).await?;
     ensure!(status == 401, "no credential: {status}");

@@ -136,6 +136,9 @@ mod tests {
     fn etags_revalidate() {
         let first = serve("app.js", &HeaderMap::new());
         assert_eq!(first.status(), StatusCode::OK);
+        let csp = first.headers().get("content-security-policy").expect("csp");
+        assert!(csp.to_str().expect("ascii").contains("script-src 'self'"), "{csp:?}");
+        assert_eq!(first.headers().get("x-frame-options").expect("frame options"), "DENY");
         let etag = first.headers().get(ETAG).expect("etag").clone();
         let mut again = HeaderMap::new();
         again.insert(IF_NONE_MATCH, etag);
