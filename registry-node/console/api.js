@@ -105,14 +105,18 @@ async function readEvents(body, onEvent) {
   let buffer = '';
   let name = 'message';
   let data = [];
+  let scanned = 0; // the buffer's first `scanned` characters hold no newline
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
     buffer += value;
+    // Walk the lines with a cursor and keep only the unfinished tail: a
+    // chunk of hundreds of events is read in one pass, not copied per line.
+    let from = 0;
     let end;
-    while ((end = buffer.indexOf('\n')) >= 0) {
-      let line = buffer.slice(0, end);
-      buffer = buffer.slice(end + 1);
+    while ((end = buffer.indexOf('\n', Math.max(from, scanned))) >= 0) {
+      let line = buffer.slice(from, end);
+      from = end + 1;
       if (line.endsWith('\r')) line = line.slice(0, -1);
       if (line === '') {
         if (data.length) {
@@ -132,5 +136,7 @@ async function readEvents(body, onEvent) {
       if (field === 'event') name = v;
       else if (field === 'data') data.push(v);
     }
+    buffer = buffer.slice(from);
+    scanned = buffer.length;
   }
 }
