@@ -6,7 +6,8 @@
 //!
 //! - [`grpc`]: `registry.v1` (Registry, Cluster) on the gRPC port.
 //! - [`http`]: operators' endpoints on the HTTP port (metrics, health,
-//!   readiness, read-only admin JSON).
+//!   readiness, read-only admin JSON), the JSON API and the web console.
+//! - [`eureka`]: the Eureka-compatible REST API on the HTTP port.
 //!
 //! Where the next ones go: `http` grows the JSON API (`/v1/`) and the
 //! console (`/ui/`); `xds` (Envoy's ADS on the gRPC port), `eureka` (the
@@ -14,5 +15,6 @@
 //! each get a module here. Authentication and grants sit in front of the API
 //! for all of them, in one place.
 
+pub mod eureka;
 pub mod grpc;
 pub mod http;
