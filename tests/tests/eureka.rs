@@ -19,7 +19,8 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const PY_EUREKA_CLIENT: &str = "py-eureka-client==0.13.3";
 
-/// A py-eureka-client process (`tests/eureka/py_client.py`) driven by lines.
+/// A Eureka client process driven by lines: py-eureka-client
+/// (`tests/eureka/py_client.py`) or eureka-js-client (`tests/eureka-js/client.js`).
 struct PyClient {
     _child: Child,
     stdin: ChildStdin,
@@ -27,24 +28,43 @@ struct PyClient {
 }
 
 impl PyClient {
-    /// Starts it; it has registered when this returns.
+    /// Starts py-eureka-client; it has registered when this returns.
     async fn start(http: SocketAddr, app: &str, id: &str, port: u16) -> Result<Self> {
         let python = python_with("py_eureka_client", &[PY_EUREKA_CLIENT])?;
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eureka").join("py_client.py");
-        let mut child = tokio::process::Command::new(python)
-            .arg(script)
-            .args([format!("http://{http}/eureka/"), app.into(), id.into(), port.to_string()])
+        let mut command = tokio::process::Command::new(python);
+        command.arg(script).args([format!("http://{http}/eureka/"), app.into(), id.into(), port.to_string()]);
+        Self::spawn(command, "py-eureka-client").await
+    }
+
+    /// Starts eureka-js-client (npm, pinned by tests/eureka-js/package-lock.json).
+    async fn start_js(http: SocketAddr, app: &str, id: &str, port: u16) -> Result<Self> {
+        let modules = registry_tests::tools::npm_project("eureka-js")?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eureka-js").join("client.js");
+        let mut command = tokio::process::Command::new("node");
+        command.env("NODE_MODULES", modules).arg(script).args([
+            http.ip().to_string(),
+            http.port().to_string(),
+            app.into(),
+            id.into(),
+            port.to_string(),
+        ]);
+        Self::spawn(command, "eureka-js-client").await
+    }
+
+    async fn spawn(mut command: tokio::process::Command, what: &str) -> Result<Self> {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .context("python")?;
+            .with_context(|| format!("starting {what}"))?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow!("stdin"))?;
         let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("stdout"))?).lines();
         let mut c = Self { _child: child, stdin, stdout };
         let first = c.line().await?;
-        ensure!(first == "registered", "py-eureka-client said {first:?}");
+        ensure!(first == "registered", "{what} said {first:?}");
         Ok(c)
     }
 
@@ -347,5 +367,38 @@ async fn a_renewal_failing_over_to_another_node_keeps_the_instance_without_a_fla
     for n in nodes {
         n.shutdown().await;
     }
+    Ok(())
+}
+
+/// eureka-js-client (npm): registers and renews, shows in GetService,
+/// discovers a gRPC service and follows it by delta, stop() cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eureka_js_client_registers_discovers_by_delta_and_leaves() -> Result<()> {
+    let node = start_node(test_config("eureka-js")).await?;
+    let (grpc, http) = (node.grpc_addr, node.http_addr);
+    register_grpc(grpc, grpc_instance("inventory", "inv-1", "10.0.0.1", 7001)).await?;
+    let mut js = PyClient::start_js(http, "orders-js", "orders-js-1", 9191).await?;
+    let mut c = client(grpc).await?;
+    let mut watch = Watch::start(&mut c, "default", &["orders-js"], "eureka-js-test").await?;
+    let has_js = |v: &std::collections::HashMap<String, (u64, std::collections::BTreeMap<String, v1::Instance>)>| {
+        v.get("orders-js").and_then(|(_, i)| i.get("orders-js-1")).is_some_and(|i| {
+            i.host == "10.6.0.1" && i.port == 9191 && i.metadata.get("version").map(String::as_str) == Some("3.1")
+        })
+    };
+    watch.until("eureka-js-client's registration", PROMPTLY, has_js).await?;
+    js.until_discovers("inventory", &["10.0.0.1:7001"]).await?;
+    let full_before = metric(&metrics_of(http).await?, "eureka_full_fetches_total").unwrap_or(0);
+    register_grpc(grpc, grpc_instance("inventory", "inv-2", "10.0.0.2", 7002)).await?;
+    js.until_discovers("inventory", &["10.0.0.1:7001", "10.0.0.2:7002"]).await.context("by delta")?;
+    let m = metrics_of(http).await?;
+    let full = metric(&m, "eureka_full_fetches_total").unwrap_or(0);
+    eprintln!(
+        "eureka-js-client fetches: {full} full ({full_before} before the delta), {} delta",
+        metric(&m, "eureka_delta_fetches_total").unwrap_or(0)
+    );
+    ensure!(full == full_before, "eureka-js-client fell back to full fetches: {full_before} then {full}");
+    ensure!(js.ask("stop").await? == "stopped");
+    watch.until("the stopped client is gone", PROMPTLY, |v| !has_js(v)).await?;
+    node.shutdown().await;
     Ok(())
 }
