@@ -11,6 +11,7 @@
 //! `--tls` and `--token` run the registry's scenarios with TLS on every port
 //! and with auth enforced (see `security`); the rows then say so.
 
+mod eureka;
 mod peers;
 mod procs;
 mod scenarios;
@@ -96,6 +97,14 @@ enum Scenario {
         watchers: u32,
         #[arg(long, default_value_t = 20)]
         flaps: u32,
+    },
+    /// Eureka instances registered and renewing beside gRPC leases (node CPU
+    /// per renewal), and the full fetch of `/eureka/apps`.
+    Eureka {
+        #[arg(long, default_value_t = 10_000)]
+        instances: u32,
+        #[arg(long, default_value_t = 200)]
+        fetches: u32,
     },
     /// Memory per instance and GetService latency under writes.
     Scale {
@@ -193,6 +202,7 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             scenarios::fanout(setup, subscribers, connections, flaps).await?
         }
         Scenario::SseFanout { watchers, flaps } => scenarios::sse_fanout(setup, watchers, flaps).await?,
+        Scenario::Eureka { instances, fetches } => eureka::eureka(setup, instances, fetches).await?,
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
@@ -204,6 +214,7 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             // Plain HTTP only: the SSE test client speaks no TLS.
             if setup.label().is_none() {
                 rows.extend(scenarios::sse_fanout(setup, 20, 3).await?);
+                rows.extend(eureka::eureka(setup, 200, 5).await?);
             }
             rows.extend(scenarios::scale(setup, 2_000, 200).await?);
             rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
@@ -224,7 +235,7 @@ async fn run_etcd(etcd: &peers::etcd::Etcd, scenario: &Scenario) -> Result<Vec<R
         Scenario::Scale { instances, metadata } => etcd::scale(etcd, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => etcd::catchup(etcd, instances, metadata).await?,
         Scenario::Failure { rounds } => etcd::failure(etcd, rounds).await?,
-        Scenario::SseFanout { .. } => bail!("sse-fanout runs the registry only"),
+        Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }
@@ -238,7 +249,7 @@ async fn run_zookeeper(zk: &peers::zookeeper::ZooKeeper, scenario: &Scenario) ->
         Scenario::Scale { instances, metadata } => z::scale(zk, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => z::catchup(zk, instances, metadata).await?,
         Scenario::Failure { rounds } => z::failure(zk, rounds).await?,
-        Scenario::SseFanout { .. } => bail!("sse-fanout runs the registry only"),
+        Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }

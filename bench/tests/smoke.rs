@@ -25,7 +25,9 @@ fn smoke(args: &[&str]) -> Vec<String> {
 #[test]
 fn every_scenario_runs_at_a_tiny_size() {
     let rows = smoke(&[]);
-    assert!(rows.iter().any(|r| r.starts_with("| SSE fan-out")), "no SSE fan-out row in {rows:?}");
+    for scenario in ["| SSE fan-out", "| eureka: renewals", "| eureka: full fetch"] {
+        assert!(rows.iter().any(|r| r.starts_with(scenario)), "no {scenario} row in {rows:?}");
+    }
 }
 
 /// With `--tls --token`: nodes that serve TLS only and enforce auth, clients

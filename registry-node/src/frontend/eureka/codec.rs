@@ -590,6 +590,31 @@ mod tests {
         assert_eq!(json.duration_secs, 90);
     }
 
+    /// Variations clients write: `$` as a string, `@enabled` as a JSON
+    /// boolean, a disabled port with the secure one enabled, no instanceId
+    /// (older clients: the host name is the id), STARTING.
+    #[test]
+    fn the_variations_clients_write_are_read() {
+        let doc = r#"{"instance":{"hostName":"neo4j.dev.example","app":"NEO4J","ipAddr":"192.168.123.10",
+            "status":"STARTING","overriddenstatus":"UNKNOWN","port":{"@enabled":false,"$":"7474"},
+            "securePort":{"@enabled":"true","$":"7473"},"countryId":1,
+            "dataCenterInfo":{"@class":"com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo","name":"MyOwn",
+            "metadata":{"availability-zone":"us-east-1a"}},
+            "leaseInfo":{"renewalIntervalInSecs":30,"durationInSecs":"30"},
+            "metadata":{"@class":"java.util.Collections$EmptyMap"},"isCoordinatingDiscoveryServer":false}}"#;
+        let reg = registration(&parse(doc.as_bytes()).expect("json"), "default", "neo4j").expect("reg");
+        let i = &reg.instance;
+        assert_eq!((i.instance_id.as_str(), i.port, i.status()), ("neo4j.dev.example", 7473, v1::Status::Starting));
+        assert_eq!(i.zone, "us-east-1a");
+        assert_eq!(i.metadata.get(keys::SECURE).map(String::as_str), Some("true"));
+        assert_eq!(i.metadata.get(keys::OTHER_PORT).map(String::as_str), Some("7474"));
+        assert_eq!(reg.duration_secs, 30);
+        // Shown back: the secure port enabled, the plain one not.
+        let shown = to_xml(&Node::Map(vec![("instance".into(), instance_node(i, "ADDED", 0))]));
+        assert!(shown.contains("<port enabled=\"false\">7474</port>"), "{shown}");
+        assert!(shown.contains("<securePort enabled=\"true\">7473</securePort>"), "{shown}");
+    }
+
     #[test]
     fn what_is_written_reads_back() {
         let reg = registration(&parse(JAVA_JSON.as_bytes()).expect("json"), "default", "orders").expect("reg");

@@ -46,8 +46,27 @@ struct Eureka {
     api: NodeApi,
     namespace: Arc<str>,
     /// (service, instance id) → the lease this node holds it under.
-    leases: Arc<DashMap<(String, String), String>>,
+    leases: Arc<DashMap<(String, String), Held>>,
     changes: Arc<ChangeLog>,
+    /// The last full answer of `/apps` for callers that read the whole
+    /// namespace, by the views' revision: renewals change nothing, so
+    /// clients polling every 30 s share one rendering (Eureka caches too).
+    full: Arc<tokio::sync::Mutex<FullCache>>,
+}
+
+/// A lease this node holds for a Eureka instance, and the client's
+/// `lastDirtyTimestamp` when it registered.
+#[derive(Clone, Debug)]
+struct Held {
+    lease: String,
+    last_dirty: u64,
+}
+
+#[derive(Debug, Default)]
+struct FullCache {
+    revision: u64,
+    json: Option<Bytes>,
+    xml: Option<Bytes>,
 }
 
 /// The routes under `/eureka/` and `/eureka/v2/`, or none when
@@ -58,7 +77,13 @@ pub fn router(api: NodeApi) -> Router {
         return Router::new();
     }
     let changes = api.registry().views().keep_changes(&settings.namespace, settings.delta_retention_ms);
-    let state = Eureka { api, namespace: settings.namespace.as_str().into(), leases: Arc::default(), changes };
+    let state = Eureka {
+        api,
+        namespace: settings.namespace.as_str().into(),
+        leases: Arc::default(),
+        changes,
+        full: Arc::default(),
+    };
     let routes = || {
         Router::new()
             .route("/apps", get(all_apps))
@@ -83,9 +108,12 @@ pub fn router(api: NodeApi) -> Router {
 // ------------------------------------------------------------------ plumbing
 
 /// An answer in the format the client accepts: JSON if it says so, else XML.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"))
+}
+
 fn answer(headers: &HeaderMap, node: &Node) -> Response {
-    let json = headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("json"));
-    if json {
+    if wants_json(headers) {
         ([(CONTENT_TYPE, "application/json")], codec::to_json(node).to_string()).into_response()
     } else {
         ([(CONTENT_TYPE, "application/xml")], codec::to_xml(node)).into_response()
@@ -223,7 +251,8 @@ async fn register(
     let limits = &e.api.registry().config().sessions;
     let ttl_ms = (reg.duration_secs * 1_000).clamp(limits.min_lease_ttl_ms, limits.max_lease_ttl_ms);
     let key = (reg.instance.service.clone(), reg.instance.instance_id.clone());
-    let held = e.leases.get(&key).map(|l| l.clone()).unwrap_or_default();
+    let held = e.leases.get(&key).map(|l| l.lease.clone()).unwrap_or_default();
+    let last_dirty: u64 = reg.instance.metadata.get(codec::keys::LAST_DIRTY).and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut result = e.api.register_instance(&caller, &held, ttl_ms as u32, Some(reg.instance.clone()));
     if matches!(result, Err(RegistryError::LeaseNotFound(_))) && !held.is_empty() {
         // The lease expired: a new one.
@@ -231,7 +260,7 @@ async fn register(
     }
     match result {
         Ok(r) => {
-            e.leases.insert(key, r.lease_id);
+            e.leases.insert(key, Held { lease: r.lease_id, last_dirty });
             StatusCode::NO_CONTENT.into_response()
         }
         Err(RegistryError::Invalid(msg)) => e.bad(msg),
@@ -264,6 +293,24 @@ async fn renew(
         return e.bad(format!("status: {status:?} is not UP, DOWN, STARTING, OUT_OF_SERVICE or UNKNOWN"));
     }
     let key = e.key(&app, &id);
+    let map_key = (key.service.clone(), id.clone());
+    // The client's record is newer than the one registered (it changed
+    // while we did not hear): 404 makes it register again, as Eureka's
+    // server does.
+    let newer = |ours: u64| q.last_dirty_timestamp.is_some_and(|theirs| theirs > ours);
+    // The common case, kept cheap: a lease this node holds.
+    if let Some(held) = e.leases.get(&map_key).map(|h| h.clone()) {
+        if newer(held.last_dirty) {
+            return refusal(StatusCode::NOT_FOUND, "the client's record is newer: register again");
+        }
+        match e.api.renew(&caller, &held.lease) {
+            Ok(_) => return StatusCode::OK.into_response(),
+            Err(RegistryError::LeaseNotFound(_)) => {
+                e.leases.remove(&map_key);
+            }
+            Err(err) => return registry_error(&err),
+        }
+    }
     let (_, instances) = match e.api.get_service(&caller, &key.namespace, &key.service) {
         Ok(r) => r,
         Err(err) => return registry_error(&err),
@@ -271,21 +318,9 @@ async fn renew(
     let Some(current) = instances.into_iter().find(|i| i.instance_id == id) else {
         return refusal(StatusCode::NOT_FOUND, "not registered: register again");
     };
-    // The client's record is newer than ours (it changed while we did not
-    // hear): 404 makes it register again, as Eureka's server does.
     let ours: u64 = current.metadata.get(codec::keys::LAST_DIRTY).and_then(|v| v.parse().ok()).unwrap_or(0);
-    if q.last_dirty_timestamp.is_some_and(|theirs| theirs > ours) {
+    if newer(ours) {
         return refusal(StatusCode::NOT_FOUND, "the client's record is newer: register again");
-    }
-    let map_key = (key.service.clone(), id.clone());
-    if let Some(lease) = e.leases.get(&map_key).map(|l| l.clone()) {
-        match e.api.renew(&caller, &lease) {
-            Ok(_) => return StatusCode::OK.into_response(),
-            Err(RegistryError::LeaseNotFound(_)) => {
-                e.leases.remove(&map_key);
-            }
-            Err(err) => return registry_error(&err),
-        }
     }
     // Registered through another node (its client failed over here), or
     // its lease here ended: take it over with the same record, so it
@@ -305,7 +340,7 @@ async fn renew(
     record.principal.clear();
     match e.api.register_instance(&caller, "", ttl_ms as u32, Some(record)) {
         Ok(r) => {
-            e.leases.insert(map_key, r.lease_id);
+            e.leases.insert(map_key, Held { lease: r.lease_id, last_dirty: ours });
             Metrics::inc(&e.metrics().eureka_adoptions);
             StatusCode::OK.into_response()
         }
@@ -395,7 +430,7 @@ async fn update_metadata(
         return e.bad(format!("metadata key {k:?}: the eureka. prefix is reserved"));
     }
     let key = e.key(&app, &id);
-    let Some(lease) = e.leases.get(&(key.service.clone(), id.clone())).map(|l| l.clone()) else {
+    let Some(lease) = e.leases.get(&(key.service.clone(), id.clone())).map(|l| l.lease.clone()) else {
         return refusal(StatusCode::NOT_FOUND, "not registered through this node");
     };
     let (_, instances) = match e.api.get_service(&caller, &key.namespace, &key.service) {
@@ -426,10 +461,47 @@ async fn all_apps((State(e), ConnectInfo(peer), headers): Caught) -> Response {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    match e.read_all(&caller) {
-        Ok(all) => answer(&headers, &e.applications(all.clone(), &all)),
-        Err(err) => registry_error(&err),
+    let json = wants_json(&headers);
+    if !e.api.auth().sees(&caller, &e.namespace, "*") {
+        // Part of the namespace: rendered for this caller alone.
+        return match e.read_all(&caller) {
+            Ok(all) => answer(&headers, &e.applications(all.clone(), &all)),
+            Err(err) => registry_error(&err),
+        };
     }
+    // One rendering per revision of the views, shared; whoever finds it
+    // stale renders it (off the async workers) while the others wait.
+    let mut cache = e.full.lock().await;
+    let revision = e.api.registry().views().revision();
+    if cache.revision != revision {
+        *cache = FullCache { revision, json: None, xml: None };
+    }
+    let cached = if json { cache.json.clone() } else { cache.xml.clone() };
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let (e2, caller) = (e.clone(), caller.clone());
+            let rendered = tokio::task::spawn_blocking(move || {
+                let all = e2.read_all(&caller)?;
+                let node = e2.applications(all.clone(), &all);
+                Ok::<_, RegistryError>(Bytes::from(if json {
+                    codec::to_json(&node).to_string()
+                } else {
+                    codec::to_xml(&node)
+                }))
+            })
+            .await;
+            let body = match rendered {
+                Ok(Ok(body)) => body,
+                Ok(Err(err)) => return registry_error(&err),
+                Err(_) => return refusal(StatusCode::INTERNAL_SERVER_ERROR, "rendering the registry failed"),
+            };
+            *(if json { &mut cache.json } else { &mut cache.xml }) = Some(body.clone());
+            body
+        }
+    };
+    drop(cache);
+    ([(CONTENT_TYPE, if json { "application/json" } else { "application/xml" })], body).into_response()
 }
 
 /// `GET /eureka/apps/delta`: what changed in the last `delta_retention_ms`
