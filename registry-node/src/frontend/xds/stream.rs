@@ -177,6 +177,9 @@ impl AdsStream {
         if self.namespace.is_none() {
             // Clients send their node on the first request only.
             let (namespace, consumer) = consumer_of(request.node.as_ref())?;
+            let limits = &self.api.registry().config().limits;
+            // "" is the default namespace, by its name.
+            let namespace = validate::namespace(&namespace, limits).map_err(|e| self.api.invalid(e))?;
             self.namespace = Some(namespace);
             self.consumer = consumer;
         }

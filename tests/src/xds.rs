@@ -1,0 +1,206 @@
+//! Real xDS clients for the tests: grpcio backends and a grpcio client whose
+//! `xds:///` channel discovers them through a node, both child processes
+//! of the test virtual environment's Python (see [`crate::tools`]).
+//!
+//! The client calls its target in a loop and prints who answered each
+//! call; [`XdsClient`] keeps those answers with the time each arrived, so a
+//! test asks "since this moment, who answered" with a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// The grpcio release the tests run (its C core has the xDS resolver).
+pub const GRPCIO: &str = "grpcio==1.85.4";
+
+fn python() -> Result<PathBuf> {
+    crate::tools::python_module("grpc", &[GRPCIO])
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+}
+
+/// grpcio servers, one per name, each answering with its name. Stopped
+/// when dropped.
+pub struct Backends {
+    child: Child,
+    _stdin: ChildStdin,
+    /// Port of each backend, by name.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl Backends {
+    pub fn start(names: &[&str]) -> Result<Self> {
+        let mut child = Command::new(python()?)
+            .arg(script("xds_backends.py"))
+            .args(names)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the grpcio backends")?;
+        let stdin = child.stdin.take().context("backends' stdin")?;
+        let mut lines = BufReader::new(child.stdout.take().context("backends' stdout")?).lines();
+        let mut ports = BTreeMap::new();
+        while ports.len() < names.len() {
+            let Some(line) = lines.next() else { bail!("the backends exited before listening") };
+            let line = line?;
+            let (name, port) = line.split_once(' ').context("a line '<name> <port>'")?;
+            ports.insert(name.to_string(), port.parse()?);
+        }
+        Ok(Self { child, _stdin: stdin, ports })
+    }
+
+    pub fn port(&self, name: &str) -> u32 {
+        self.ports.get(name).copied().map_or(0, u32::from)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bootstrap file for gRPC's xDS client, plaintext to `server`.
+/// `namespace` goes into `node.metadata`, `zone` into `node.locality`.
+pub fn write_bootstrap(
+    server: std::net::SocketAddr,
+    node_id: &str,
+    namespace: Option<&str>,
+    zone: &str,
+) -> Result<PathBuf> {
+    let mut node = serde_json::json!({ "id": node_id, "locality": { "zone": zone } });
+    if let Some(ns) = namespace {
+        node["metadata"] = serde_json::json!({ "namespace": ns });
+    }
+    let bootstrap = serde_json::json!({
+        "xds_servers": [{
+            "server_uri": server.to_string(),
+            "channel_creds": [{ "type": "insecure" }],
+            "server_features": ["xds_v3"]
+        }],
+        "node": node,
+    });
+    let path = std::env::temp_dir().join(format!(
+        "registry-xds-bootstrap-{node_id}-{}-{}.json",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
+    Ok(path)
+}
+
+/// One call's outcome: the backend that answered, or the status code.
+pub type Answer = std::result::Result<String, String>;
+
+/// A grpcio client calling `xds:///<service>` in a loop. Killed when dropped.
+pub struct XdsClient {
+    child: Child,
+    answers: Arc<Mutex<Vec<(Instant, Answer)>>>,
+    bootstrap: PathBuf,
+}
+
+impl XdsClient {
+    pub fn start(target: &str, bootstrap: PathBuf) -> Result<Self> {
+        let mut child = Command::new(python()?)
+            .arg(script("xds_client.py"))
+            .arg(target)
+            .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the grpcio xDS client")?;
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().context("client's stdout")?;
+        let sink = answers.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let answer = match line.split_once(' ') {
+                    Some(("ok", who)) => Ok(who.to_string()),
+                    Some((_, code)) => Err(code.to_string()),
+                    None => Err(line.clone()),
+                };
+                sink.lock().push((Instant::now(), answer));
+            }
+        });
+        Ok(Self { child, answers, bootstrap })
+    }
+
+    /// The answers that arrived after `since`, oldest first.
+    pub fn since(&self, since: Instant) -> Vec<(Instant, Answer)> {
+        self.answers.lock().iter().filter(|(t, _)| *t > since).cloned().collect()
+    }
+
+    /// Waits until the last `window` answers after `since` satisfy `cond`;
+    /// returns all answers after `since` then. Fails after `within`, showing
+    /// the last answers.
+    pub async fn until<F>(
+        &self,
+        what: &str,
+        since: Instant,
+        window: usize,
+        within: Duration,
+        cond: F,
+    ) -> Result<Vec<(Instant, Answer)>>
+    where
+        F: Fn(&[Answer]) -> bool,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = self.since(since);
+            if all.len() >= window {
+                let last: Vec<Answer> = all[all.len() - window..].iter().map(|(_, a)| a.clone()).collect();
+                if cond(&last) {
+                    return Ok(all);
+                }
+            }
+            if Instant::now() >= deadline {
+                let tail: Vec<&Answer> = all.iter().rev().take(12).map(|(_, a)| a).collect();
+                bail!("timed out after {within:?} waiting for: {what}; last answers, newest first: {tail:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for XdsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.bootstrap);
+    }
+}
+
+/// Each of `backends` answered exactly `rounds` times and nothing else did:
+/// round robin over exactly that set, every call answered.
+pub fn round_robin(answers: &[Answer], backends: &[&str], rounds: usize) -> bool {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in answers {
+        match a {
+            Ok(who) => *counts.entry(who.as_str()).or_default() += 1,
+            Err(_) => return false,
+        }
+    }
+    counts.len() == backends.len() && backends.iter().all(|b| counts.get(b) == Some(&rounds))
+}
+
+/// When `backend` last answered among `answers` (after a change at `at`):
+/// how long it still got traffic.
+pub fn last_seen(answers: &[(Instant, Answer)], backend: &str, at: Instant) -> Option<Duration> {
+    answers.iter().rev().find(|(_, a)| a.as_deref() == Ok(backend)).map(|(t, _)| t.saturating_duration_since(at))
+}
+
+/// When `backend` first answered after a change at `at`.
+pub fn first_seen(answers: &[(Instant, Answer)], backend: &str, at: Instant) -> Option<Duration> {
+    answers.iter().find(|(_, a)| a.as_deref() == Ok(backend)).map(|(t, _)| t.saturating_duration_since(at))
+}
