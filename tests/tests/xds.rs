@@ -111,3 +111,239 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
     node.shutdown().await;
     Ok(())
 }
+
+// ------------------------------------------------------------- hostile streams
+
+mod hostile {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use envoy_types::pb::google::rpc;
+    use prost::Message as _;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Code, Status, Streaming};
+
+    use super::*;
+
+    const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+    /// A hand-driven ADS stream.
+    struct Ads {
+        tx: mpsc::Sender<DiscoveryRequest>,
+        rx: Streaming<DiscoveryResponse>,
+    }
+
+    impl Ads {
+        async fn open(channel: tonic::transport::Channel) -> Result<Self> {
+            let (tx, rx) = mpsc::channel(16);
+            let rx = AggregatedDiscoveryServiceClient::new(channel)
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            Ok(Self { tx, rx })
+        }
+
+        async fn send(&self, type_url: &str, names: &[&str], nonce: &str, error: Option<&str>) -> Result<()> {
+            let request = DiscoveryRequest {
+                node: Some(Node { id: "hostile".into(), ..Default::default() }),
+                type_url: type_url.into(),
+                resource_names: names.iter().map(|s| s.to_string()).collect(),
+                response_nonce: nonce.into(),
+                version_info: nonce.into(),
+                error_detail: error.map(|m| rpc::Status { code: 3, message: m.into(), details: vec![] }),
+                ..Default::default()
+            };
+            self.tx.send(request).await.context("the stream is closed")
+        }
+
+        async fn next(&mut self) -> Result<DiscoveryResponse> {
+            match tokio::time::timeout(PROMPTLY, self.rx.message()).await {
+                Err(_) => bail!("no response within {PROMPTLY:?}"),
+                Ok(Ok(Some(r))) => Ok(r),
+                Ok(Ok(None)) => bail!("the stream ended"),
+                Ok(Err(s)) => bail!("the stream failed: {s}"),
+            }
+        }
+
+        /// How the node ended the stream.
+        async fn end(&mut self) -> Result<Status> {
+            loop {
+                match tokio::time::timeout(PROMPTLY, self.rx.message()).await {
+                    Err(_) => bail!("the stream did not end within {PROMPTLY:?}"),
+                    Ok(Ok(Some(_))) => continue,
+                    Ok(Ok(None)) => bail!("the stream ended without an error"),
+                    Ok(Err(s)) => return Ok(s),
+                }
+            }
+        }
+    }
+
+    async fn xds_metric(node: &registry_node::NodeHandle, name: &str) -> Result<u64> {
+        let (_, body) = http_get(node.http_addr, "/metrics").await?;
+        metric(&body, name).with_context(|| format!("metric registry_{name}"))
+    }
+
+    /// The node still answers an ordinary ADS client.
+    async fn still_serves(node: &registry_node::NodeHandle) -> Result<()> {
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        ads.send(LDS, &["echo"], "", None).await?;
+        let r = ads.next().await?;
+        assert_eq!(r.type_url, LDS);
+        Ok(())
+    }
+
+    fn cla(r: &DiscoveryResponse) -> Result<Vec<ClusterLoadAssignment>> {
+        Ok(r.resources.iter().map(|a| ClusterLoadAssignment::decode(a.value.as_slice())).collect::<Result<_, _>>()?)
+    }
+
+    #[tokio::test]
+    async fn unknown_types_are_ignored_and_missing_resources_left_out() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut c = client(node.grpc_addr).await?;
+        register(&mut c, "", instance("echo", "e1", 9001), "").await?;
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        ads.send("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", &["x"], "", None).await?;
+        ads.send("", &["x"], "", None).await?;
+        ads.send(LDS, &["echo", "nosuch", "not a name!"], "", None).await?;
+        let r = ads.next().await?;
+        assert_eq!(r.type_url, LDS, "the unknown types got no answer, the stream went on");
+        assert_eq!(r.resources.len(), 1, "what does not exist is left out, at once");
+        assert_eq!(xds_metric(&node, "xds_unknown_type_requests_total").await?, 2);
+        node.shutdown().await;
+        Ok(())
+    }
+
+    /// Field 3 (`resource_names`, strings) as a number: not a DiscoveryRequest.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Garbage {
+        #[prost(uint64, tag = "3")]
+        resource_names: u64,
+    }
+
+    #[tokio::test]
+    async fn garbage_ends_the_stream_with_invalid_argument() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut grpc = tonic::client::Grpc::new(channel(node.grpc_addr).await?);
+        grpc.ready().await?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        );
+        let codec = tonic_prost::ProstCodec::<Garbage, DiscoveryResponse>::default();
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Garbage { resource_names: 7 }).await?;
+        let status = match grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec).await {
+            Err(s) => s,
+            Ok(r) => {
+                let mut rx = r.into_inner();
+                match tokio::time::timeout(PROMPTLY, rx.message()).await? {
+                    Err(s) => s,
+                    Ok(m) => bail!("garbage was answered: {m:?}"),
+                }
+            }
+        };
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("not a DiscoveryRequest"), "{status:?}");
+        drop(tx);
+        assert_eq!(xds_metric(&node, "xds_bad_requests_total").await?, 1);
+        still_serves(&node).await?;
+        node.shutdown().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_names_are_refused_whole() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        let names: Vec<String> = (0..10_000).map(|i| format!("svc-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        ads.send(EDS, &names, "", None).await?;
+        let status = ads.end().await?;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("10000 resource names"), "{status:?}");
+        assert_eq!(xds_metric(&node, "xds_bad_requests_total").await?, 1);
+        assert_eq!(xds_metric(&node, "xds_streams").await?, 0, "the stream is gone");
+        still_serves(&node).await?;
+        node.shutdown().await;
+        Ok(())
+    }
+
+    /// A NACK is counted (once, however often it is repeated), the refused
+    /// state is not pushed again, and the next change is.
+    #[tokio::test]
+    async fn a_nack_is_counted_once_and_the_next_change_still_comes() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut c = client(node.grpc_addr).await?;
+        register(&mut c, "", instance("echo", "e1", 9001), "").await?;
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        ads.send(EDS, &["echo"], "", None).await?;
+        let first = ads.next().await?;
+        assert_eq!(cla(&first)?[0].endpoints[0].lb_endpoints.len(), 1);
+        for _ in 0..50 {
+            ads.send(EDS, &["echo"], &first.nonce, Some("I refuse")).await?;
+        }
+        register(&mut c, "", instance("echo", "e2", 9002), "").await?;
+        let next = ads.next().await?;
+        assert_ne!(next.nonce, first.nonce);
+        assert_eq!(cla(&next)?[0].endpoints[0].lb_endpoints.len(), 2, "the change after the NACK");
+        let (_, body) = http_get(node.http_addr, "/metrics").await?;
+        assert!(body.contains("registry_xds_nacks_total{node=\"n1\",type=\"eds\"} 1"), "{body}");
+        node.shutdown().await;
+        Ok(())
+    }
+
+    /// A client that stops reading holds a bounded number of responses
+    /// (its queue and its HTTP/2 window), not one per change; when it reads
+    /// again it gets the latest state after those few.
+    #[tokio::test]
+    async fn a_client_that_never_reads_costs_a_bounded_number_of_responses() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut c = client(node.grpc_addr).await?;
+        // Some 30 instances with metadata: each assignment is a few KiB.
+        for i in 0..30 {
+            let mut inst = instance("big", &format!("i{i}"), 9000 + i);
+            inst.metadata.insert("padding".into(), "x".repeat(100));
+            register(&mut c, "", inst, "").await?;
+        }
+        let small_window = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc_addr))?
+            .initial_stream_window_size(Some(16 * 1024))
+            .initial_connection_window_size(Some(16 * 1024))
+            .connect()
+            .await?;
+        let mut ads = Ads::open(small_window).await?;
+        ads.send(EDS, &["big"], "", None).await?;
+        let first = ads.next().await?;
+        let before = xds_metric(&node, "xds_responses_total").await?;
+        // 300 changes while the client reads nothing, then one to look for.
+        let (changes, last_weight) = (300u32, 777u32);
+        let lease = register(&mut c, "", instance("big", "moving", 8000), "").await?;
+        for w in 1..=changes {
+            let weight = if w == changes { last_weight } else { w };
+            register(&mut c, "", v1::Instance { weight: Some(weight), ..instance("big", "moving", 8000) }, &lease)
+                .await?;
+        }
+        let sent = xds_metric(&node, "xds_responses_total").await? - before;
+        assert!(sent < 60, "{sent} responses for {changes} changes to a client that does not read");
+        let mut read = 0;
+        loop {
+            let r = ads.next().await?;
+            read += 1;
+            let has_last = cla(&r)?[0]
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .any(|e| e.load_balancing_weight.as_ref().is_some_and(|w| w.value == last_weight));
+            if has_last {
+                break;
+            }
+            if read > 100 {
+                bail!("read {read} responses and the latest state was not among them");
+            }
+        }
+        assert!(read <= 60, "{read} responses before the latest (first was nonce {})", first.nonce);
+        node.shutdown().await;
+        Ok(())
+    }
+}

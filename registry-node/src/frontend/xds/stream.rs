@@ -85,7 +85,7 @@ pub struct AdsStream {
 enum Event<'a> {
     Stop,
     Drain,
-    Request(Option<Result<Incoming, Status>>),
+    Request(Option<Result<Box<Incoming>, Status>>),
     Watch(Option<WatchItem>),
     Room(mpsc::Permit<'a, Result<DiscoveryFrame, Status>>),
 }
@@ -151,7 +151,7 @@ impl AdsStream {
                 biased;
                 _ = stop.cancelled() => Event::Stop,
                 _ = tokio::time::sleep_until(self.drain_at.unwrap_or_else(Instant::now)), if self.drain_at.is_some() => Event::Drain,
-                r = requests.message() => Event::Request(r.transpose()),
+                r = requests.message() => Event::Request(r.transpose().map(|r| r.map(Box::new))),
                 item = recv(&mut self.watch), if self.watch.is_some() => Event::Watch(item),
                 permit = out.reserve(), if due => match permit {
                     Ok(p) => Event::Room(p),
@@ -163,8 +163,10 @@ impl AdsStream {
                 Event::Drain => return Err(StreamError::Moved("draining or rebalancing".into())),
                 // The client half-closed, or its transport broke.
                 Event::Request(None | Some(Err(_))) => return Ok(()),
-                Event::Request(Some(Ok(Err(garbage)))) => return Err(StreamError::Garbage(garbage)),
-                Event::Request(Some(Ok(Ok(request)))) => self.on_request(request)?,
+                Event::Request(Some(Ok(incoming))) => match *incoming {
+                    Err(garbage) => return Err(StreamError::Garbage(garbage)),
+                    Ok(request) => self.on_request(request)?,
+                },
                 Event::Watch(None) => return Err(StreamError::Shutdown),
                 Event::Watch(Some(Err(end))) => return Err(StreamError::Moved(end.to_string())),
                 Event::Watch(Some(Ok(frame))) => self.on_frame(&frame),
@@ -250,10 +252,8 @@ impl AdsStream {
             Ok(FrameKind { snapshot: Some(s), .. }) | Ok(FrameKind { delta: Some(s), .. }) => {
                 self.sotw.touch(&s.service)
             }
-            Ok(FrameKind { drain: Some(d), .. }) => {
-                if self.drain_at.is_none() {
-                    self.drain_at = Some(Instant::now() + Duration::from_millis(u64::from(d.delay_ms)));
-                }
+            Ok(FrameKind { drain: Some(d), .. }) if self.drain_at.is_none() => {
+                self.drain_at = Some(Instant::now() + Duration::from_millis(u64::from(d.delay_ms)));
             }
             // Progress keepalives: xDS has none of its own to map them to.
             _ => {}
