@@ -270,6 +270,21 @@ mod hostile {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn a_request_over_the_message_limit_is_refused() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        // 2 MiB in one name: over limits.max_message_bytes (1 MiB).
+        let name = "x".repeat(2 << 20);
+        ads.send(LDS, &[&name], "", None).await?;
+        let status = ads.end().await?;
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert_eq!(xds_metric(&node, "xds_bad_requests_total").await?, 1);
+        still_serves(&node).await?;
+        node.shutdown().await;
+        Ok(())
+    }
+
     /// A NACK is counted (once, however often it is repeated), the refused
     /// state is not pushed again, and the next change is.
     #[tokio::test]

@@ -39,6 +39,10 @@ use crate::validate;
 pub enum StreamError {
     #[error("the request is not a DiscoveryRequest: {0}")]
     Garbage(prost::DecodeError),
+    /// tonic refused what the client sent (a message over
+    /// `limits.max_message_bytes`, a broken frame): its status as it is.
+    #[error("{}", .0.message())]
+    Refused(Status),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("node.metadata.namespace must be a string naming a namespace")]
@@ -57,6 +61,7 @@ impl From<&StreamError> for Status {
             StreamError::Garbage(_) | StreamError::NamespaceNotText => Status::invalid_argument(e.to_string()),
             StreamError::Protocol(ProtocolError::TooManyNames { .. }) => Status::resource_exhausted(e.to_string()),
             StreamError::Registry(r) => crate::frontend::grpc::status_of(r),
+            StreamError::Refused(s) => s.clone(),
             StreamError::Shutdown | StreamError::Moved(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -120,7 +125,10 @@ impl AdsStream {
         let end = self.serve(requests).await;
         if let Err(e) = &end {
             match e {
-                StreamError::Garbage(_) | StreamError::Protocol(_) | StreamError::NamespaceNotText => {
+                StreamError::Garbage(_)
+                | StreamError::Refused(_)
+                | StreamError::Protocol(_)
+                | StreamError::NamespaceNotText => {
                     Metrics::inc(&metrics.xds.bad_requests);
                     debug!(peer = %self.peer, error = %e, "xDS stream refused");
                 }
@@ -161,8 +169,10 @@ impl AdsStream {
             match event {
                 Event::Stop => return Err(StreamError::Shutdown),
                 Event::Drain => return Err(StreamError::Moved("draining or rebalancing".into())),
-                // The client half-closed, or its transport broke.
-                Event::Request(None | Some(Err(_))) => return Ok(()),
+                // The client half-closed, or went away.
+                Event::Request(None) => return Ok(()),
+                Event::Request(Some(Err(s))) if refused(&s) => return Err(StreamError::Refused(s)),
+                Event::Request(Some(Err(_))) => return Ok(()),
                 Event::Request(Some(Ok(incoming))) => match *incoming {
                     Err(garbage) => return Err(StreamError::Garbage(garbage)),
                     Ok(request) => self.on_request(request)?,
@@ -287,6 +297,12 @@ impl AdsStream {
             return;
         }
     }
+}
+
+/// Whether tonic refused what the client sent, rather than losing the
+/// client: worth telling it why, and counting.
+fn refused(s: &Status) -> bool {
+    matches!(s.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::Internal)
 }
 
 async fn recv(watch: &mut Option<mpsc::Receiver<WatchItem>>) -> Option<WatchItem> {
