@@ -70,33 +70,78 @@ impl Drop for Backends {
     }
 }
 
-/// A bootstrap file for gRPC's xDS client, plaintext to `server`.
-/// `namespace` goes into `node.metadata`, `zone` into `node.locality`.
-pub fn write_bootstrap(
-    server: std::net::SocketAddr,
-    node_id: &str,
-    namespace: Option<&str>,
-    zone: &str,
-) -> Result<PathBuf> {
-    let mut node = serde_json::json!({ "id": node_id, "locality": { "zone": zone } });
-    if let Some(ns) = namespace {
-        node["metadata"] = serde_json::json!({ "namespace": ns });
+/// A bootstrap file for gRPC's xDS client: the node to ask, the
+/// credentials to ask it with, and the client's node (id, zone, namespace).
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    pub server_uri: String,
+    /// `xds_servers[0].channel_creds[0]`.
+    pub channel_creds: serde_json::Value,
+    /// `xds_servers[0].call_creds`, where the client supports them.
+    pub call_creds: Option<serde_json::Value>,
+    pub node_id: String,
+    pub zone: String,
+    /// `node.metadata.namespace`, when set.
+    pub namespace: Option<String>,
+}
+
+impl Bootstrap {
+    /// Plaintext to the node at `server`.
+    pub fn plaintext(server: std::net::SocketAddr, node_id: &str, zone: &str) -> Self {
+        Self {
+            server_uri: server.to_string(),
+            channel_creds: serde_json::json!({ "type": "insecure" }),
+            call_creds: None,
+            node_id: node_id.into(),
+            zone: zone.into(),
+            namespace: None,
+        }
     }
-    let bootstrap = serde_json::json!({
-        "xds_servers": [{
-            "server_uri": server.to_string(),
-            "channel_creds": [{ "type": "insecure" }],
+
+    /// TLS to `localhost:<port>` trusting `ca_file`, with a client
+    /// certificate (mTLS) when `identity` (certificate and key files) is given.
+    pub fn tls(port: u16, ca_file: &Path, identity: Option<(&Path, &Path)>, node_id: &str, zone: &str) -> Self {
+        let mut config = serde_json::json!({ "ca_certificate_file": ca_file });
+        if let Some((cert, key)) = identity {
+            config["certificate_file"] = serde_json::json!(cert);
+            config["private_key_file"] = serde_json::json!(key);
+        }
+        Self {
+            channel_creds: serde_json::json!({ "type": "tls", "config": config }),
+            server_uri: format!("localhost:{port}"),
+            ..Self::plaintext(([127, 0, 0, 1], port).into(), node_id, zone)
+        }
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Writes the file into the temporary directory; returns its path.
+    pub fn write(&self) -> Result<PathBuf> {
+        let mut node = serde_json::json!({ "id": self.node_id, "locality": { "zone": self.zone } });
+        if let Some(ns) = &self.namespace {
+            node["metadata"] = serde_json::json!({ "namespace": ns });
+        }
+        let mut server = serde_json::json!({
+            "server_uri": self.server_uri,
+            "channel_creds": [self.channel_creds],
             "server_features": ["xds_v3"]
-        }],
-        "node": node,
-    });
-    let path = std::env::temp_dir().join(format!(
-        "registry-xds-bootstrap-{node_id}-{}-{}.json",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
-    Ok(path)
+        });
+        if let Some(call) = &self.call_creds {
+            server["call_creds"] = serde_json::json!([call]);
+        }
+        let bootstrap = serde_json::json!({ "xds_servers": [server], "node": node });
+        let path = std::env::temp_dir().join(format!(
+            "registry-xds-bootstrap-{}-{}-{}.json",
+            self.node_id,
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
+        Ok(path)
+    }
 }
 
 /// One call's outcome: the backend that answered, or the status code.
@@ -115,6 +160,9 @@ impl XdsClient {
             .arg(script("xds_client.py"))
             .arg(target)
             .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            // Call credentials in the bootstrap (gRFC A97) are still
+            // behind this switch in grpcio.
+            .env("GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

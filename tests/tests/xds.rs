@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use registry_tests::xds::{Backends, XdsClient, first_seen, last_seen, round_robin, write_bootstrap};
+use registry_tests::xds::{Backends, Bootstrap, XdsClient, first_seen, last_seen, round_robin};
 use registry_tests::*;
 use tokio::time::Instant;
 
@@ -50,7 +50,7 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
         leases.insert(b, lease);
     }
 
-    let bootstrap = write_bootstrap(node.grpc_addr, "checkout-1", None, "zone-a")?;
+    let bootstrap = Bootstrap::plaintext(node.grpc_addr, "checkout-1", "zone-a").write()?;
     let client = XdsClient::start("xds:///echo", bootstrap)?;
     let start = Instant::now();
     client
@@ -94,7 +94,7 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
 
     // Another namespace's `echo`, through the bootstrap's node metadata.
     register(&mut c, "payments", instance("echo", "p1", backends.port("p1")), "").await?;
-    let bootstrap = write_bootstrap(node.grpc_addr, "payer-1", Some("payments"), "zone-b")?;
+    let bootstrap = Bootstrap::plaintext(node.grpc_addr, "payer-1", "zone-b").namespace("payments").write()?;
     let payer = XdsClient::start("xds:///echo", bootstrap)?;
     let start = Instant::now();
     payer.until("payments' echo is p1 alone", start, 5, FIRST_CONTACT, |a| round_robin(a, &["p1"], 5)).await?;
@@ -110,6 +110,119 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
     drop((client, payer, backends));
     node.shutdown().await;
     Ok(())
+}
+
+/// The same over TLS with auth enforced: the xDS client proves who it is
+/// with a client certificate (the bootstrap's `tls` channel credentials) or
+/// a bearer token (its `jwt_token_file` call credentials), and the node
+/// applies that principal's read grants, as it does for `registry.v1`. A
+/// principal without a grant on the service is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result<()> {
+    use registry_node::auth::{AuthMode, CertEntry, Grant, Role};
+    use registry_node::listen::{ClientAuth, TlsSettings};
+    use registry_tests::pki::{ClientTls, TestCa, Validity, cert_dir};
+
+    let ca = TestCa::new("xds test CA")?;
+    let dir = cert_dir("xds-mtls")?;
+    let (cert_file, key_file) = ca.server()?.write(&dir, "server")?;
+    let ca_file = ca.write(&dir, "ca")?;
+    let mut config = test_config("n1");
+    config.tls = Some(TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file: Some(ca_file.clone()),
+        client_auth: Some(ClientAuth::Optional),
+    });
+    config.auth.mode = Some(AuthMode::Enforce);
+    let grant = |services: &str, role| Grant { namespace: "default".into(), services: services.into(), role };
+    config.auth.certs = vec![
+        CertEntry { name: "ops".into(), subject: "ops".into(), grants: vec![grant("*", Role::Admin)] },
+        CertEntry { name: "checkout".into(), subject: "checkout".into(), grants: vec![grant("echo", Role::Read)] },
+        CertEntry { name: "nosy".into(), subject: "nosy".into(), grants: vec![grant("other", Role::Read)] },
+    ];
+    // A token shaped as a JWT (header.claims.signature, base64url), which
+    // gRPC's call credentials insist on; for the node it is opaque.
+    let b64 = |s: &str| base64url(s.as_bytes());
+    let token = format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(r#"{"sub":"checkout","exp":4102444800}"#),
+        b64(&format!("{:032x}", rand::random::<u128>()))
+    );
+    config.auth.tokens = vec![registry_node::auth::TokenEntry {
+        name: "checkout-token".into(),
+        sha256: registry_node::auth::tokens::sha256_hex(token.as_bytes()),
+        grants: vec![grant("echo", Role::Read)],
+    }];
+    let node = start_node(config).await?;
+    let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
+    let mut c = RegistryClient::new(ops.channel(node.grpc_addr).await?);
+    let backends = Backends::start(&["b1", "b2"])?;
+    for b in ["b1", "b2"] {
+        register(&mut c, "", instance("echo", b, backends.port(b)), "").await?;
+    }
+
+    let (cert, key) = ca.client("checkout", &[], Validity::Current)?.write(&dir, "checkout")?;
+    let bootstrap = Bootstrap::tls(node.grpc_addr.port(), &ca_file, Some((&cert, &key)), "checkout-1", "zone-a");
+    let client = XdsClient::start("xds:///echo", bootstrap.write()?)?;
+    let start = Instant::now();
+    client.until("round robin over b1, b2", start, 6, FIRST_CONTACT, |a| round_robin(a, &["b1", "b2"], 3)).await?;
+    let consumers = c
+        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: "echo".into() })
+        .await?
+        .into_inner()
+        .consumers;
+    let me = consumers
+        .iter()
+        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "checkout-1"))
+        .context("the ADS stream in the consumer directory")?;
+    assert_eq!(me.principal, "checkout", "the stream's principal is its certificate's");
+    deregister(&mut c, "default", "echo", "b2").await?;
+    let at = Instant::now();
+    client.until("b2 gone", at, 4, PROMPTLY, |a| round_robin(a, &["b1"], 4)).await?;
+
+    // A bearer token instead of a certificate: gRPC's bootstrap call
+    // credentials read it from a file (a JWT's shape, as they expect; the
+    // node compares the whole string's SHA-256 like any token).
+    let token_file = dir.join("token.jwt");
+    std::fs::write(&token_file, &token)?;
+    let mut bootstrap = Bootstrap::tls(node.grpc_addr.port(), &ca_file, None, "bearer-1", "zone-a");
+    bootstrap.call_creds =
+        Some(serde_json::json!({ "type": "jwt_token_file", "config": { "jwt_token_file": token_file } }));
+    let bearer = XdsClient::start("xds:///echo", bootstrap.write()?)?;
+    let start = Instant::now();
+    bearer.until("the token's client reaches b1", start, 4, FIRST_CONTACT, |a| round_robin(a, &["b1"], 4)).await?;
+
+    // Read grants apply: a principal that may not read `echo` gets nothing.
+    let (cert, key) = ca.client("nosy", &[], Validity::Current)?.write(&dir, "nosy")?;
+    let bootstrap = Bootstrap::tls(node.grpc_addr.port(), &ca_file, Some((&cert, &key)), "nosy-1", "zone-a");
+    let nosy = XdsClient::start("xds:///echo", bootstrap.write()?)?;
+    let start = Instant::now();
+    nosy.until("every call of the refused client fails", start, 5, FIRST_CONTACT, |a| {
+        a.iter().all(|a| a.as_ref().is_err_and(|code| code == "UNAVAILABLE"))
+    })
+    .await?;
+    assert!(nosy.since(start).iter().all(|(_, a)| a.is_err()), "no call of the refused client got through");
+    let (_, metrics) = ops.https_get(node.http_addr, "/metrics", &[]).await?;
+    assert!(metric(&metrics, "auth_denied_total").is_some_and(|n| n >= 1), "the refusal is counted\n{metrics}");
+
+    drop((client, bearer, nosy, backends));
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Base64url without padding, as JWTs are written.
+fn base64url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ABC[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
 }
 
 // ------------------------------------------------------------- hostile streams
