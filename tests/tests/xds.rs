@@ -212,6 +212,46 @@ async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> R
     Ok(())
 }
 
+/// A 3-node cluster over a real nats-server: a grpcio client whose
+/// bootstrap names a balancer in front of nodes c and b discovers through c
+/// a registration made on node a; when c crashes it reconnects to b and
+/// follows the next registration, and none of its calls fails in between
+/// (it keeps its last config while it has no node, and b's first answer is
+/// the whole state, never an empty list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_xds_client_fails_over_to_another_node() -> Result<()> {
+    let nats = registry_tests::nats::NatsServer::start().await?;
+    let mut nodes = start_cluster(&[nats.url()], "xds", &["a", "b", "c"]).await?;
+    let backends = Backends::start(&["b1", "b2"])?;
+    let mut on_a = client(nodes[0].grpc_addr).await?;
+    register(&mut on_a, "", instance("echo", "b1", backends.port("b1")), "").await?;
+    let link = BalancingLink::start(vec![nodes[2].grpc_addr, nodes[1].grpc_addr]).await?;
+    let bootstrap = Bootstrap::plaintext(link.addr, "checkout-1", "zone-a").write()?;
+    let client = XdsClient::start("xds:///echo", bootstrap)?;
+    let start = Instant::now();
+    client.until("b1 through node c", start, 4, FIRST_CONTACT, |a| round_robin(a, &["b1"], 4)).await?;
+    let (_, on_c) = http_get(nodes[2].http_addr, "/metrics").await?;
+    assert_eq!(metric(&on_c, "xds_streams"), Some(1), "the client's ADS stream is on c");
+
+    let c = nodes.pop().context("node c")?;
+    c.crash().await;
+    let crashed = Instant::now();
+    register(&mut on_a, "", instance("echo", "b2", backends.port("b2")), "").await?;
+    client
+        .until("b1 and b2 through node b", crashed, 6, Duration::from_secs(20), |a| round_robin(a, &["b1", "b2"], 3))
+        .await?;
+    let failed: Vec<_> = client.since(crashed).into_iter().filter(|(_, a)| a.is_err()).collect();
+    assert!(failed.is_empty(), "calls failed while the client moved from c to b: {failed:?}");
+    let (_, on_b) = http_get(nodes[1].http_addr, "/metrics").await?;
+    assert_eq!(metric(&on_b, "xds_streams"), Some(1), "the client's ADS stream moved to b");
+
+    drop((client, link, backends));
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 /// Base64url without padding, as JWTs are written.
 fn base64url(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
