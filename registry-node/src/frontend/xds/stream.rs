@@ -78,12 +78,22 @@ pub struct AdsStream {
     /// From the stream's first request; `None` until then.
     namespace: Option<String>,
     consumer: v1::ConsumerInfo,
-    /// The node's watch of `slots`' services, while there are any.
+    /// The node's watch of the services asked for, while there are any.
     watch: Option<mpsc::Receiver<WatchItem>>,
+    /// What `watch` watches.
+    watching: Option<Watching>,
     /// The services watched (valid names only; others do not exist).
     slots: HashMap<String, Arc<Slot>>,
     /// When a stream asked to move ends.
     drain_at: Option<Instant>,
+}
+
+/// What a stream's watch covers.
+#[derive(Debug, PartialEq, Eq)]
+enum Watching {
+    Services(BTreeSet<String>),
+    /// Every service of the namespace (a wildcard was asked for).
+    Namespace,
 }
 
 /// What woke the stream.
@@ -114,6 +124,7 @@ impl AdsStream {
             namespace: None,
             consumer: v1::ConsumerInfo::default(),
             watch: None,
+            watching: None,
             slots: HashMap::new(),
             drain_at: None,
         }
@@ -220,41 +231,62 @@ impl AdsStream {
     }
 
     /// Watches what the client now asks for, if that changed: a new watch
-    /// (a consumer record naming the new services) replaces the old one.
+    /// (a consumer record naming the new services, or the whole namespace
+    /// for a wildcard) replaces the old one.
     fn rewatch_if_changed(&mut self) -> Result<(), StreamError> {
         let namespace = self.namespace.clone().unwrap_or_default();
         let limits = &self.api.registry().config().limits;
         // A name that is not a valid service name is a resource that does
         // not exist: left out of responses, not watched.
-        let want: BTreeSet<String> =
+        let named: BTreeSet<String> =
             self.sotw.watched().into_iter().filter(|s| validate::service_ref(&namespace, s, limits).is_ok()).collect();
-        if want.len() == self.slots.len() && want.iter().all(|s| self.slots.contains_key(s)) {
-            return Ok(());
-        }
-        self.watch = if want.is_empty() {
-            None
-        } else {
-            let request = v1::SubscribeRequest {
-                namespace: namespace.clone(),
-                services: want.iter().cloned().collect(),
-                consumer: Some(self.consumer.clone()),
+        let want = if self.sotw.any_wildcard() { Watching::Namespace } else { Watching::Services(named.clone()) };
+        if self.watching.as_ref() != Some(&want) {
+            self.watch = match &want {
+                Watching::Services(s) if s.is_empty() => None,
+                Watching::Services(s) => Some(self.watch_services(&namespace, s.iter().cloned().collect())?),
+                // Every service of the namespace, those to come included
+                // (the watch checks a read grant on all of it).
+                Watching::Namespace => Some(self.watch_services(&namespace, Vec::new())?),
             };
-            Some(self.api.watch(&self.caller, request, Some(self.peer))?)
-        };
-        let gone: Vec<String> = self.slots.keys().filter(|s| !want.contains(*s)).cloned().collect();
+            self.watching = Some(want);
+            self.sotw.touch_all();
+        }
+        // Slots for the names asked for; a wildcard's come and go with the
+        // responses that list them (`send_due`).
+        if !self.sotw.any_wildcard() {
+            self.retain_slots(&named);
+        }
+        for s in named {
+            self.slot(&namespace, &s);
+        }
+        Ok(())
+    }
+
+    fn watch_services(&self, namespace: &str, services: Vec<String>) -> Result<mpsc::Receiver<WatchItem>, StreamError> {
+        let request =
+            v1::SubscribeRequest { namespace: namespace.into(), services, consumer: Some(self.consumer.clone()) };
+        Ok(self.api.watch(&self.caller, request, Some(self.peer))?)
+    }
+
+    /// The slot of `service`, taken from the cache the first time.
+    fn slot(&mut self, namespace: &str, service: &str) -> Arc<Slot> {
+        if let Some(slot) = self.slots.get(service) {
+            return slot.clone();
+        }
+        let slot = self.cache.slot(namespace, service);
+        self.slots.insert(service.to_string(), slot.clone());
+        slot
+    }
+
+    /// Gives back the slots of services not in `keep`.
+    fn retain_slots(&mut self, keep: &BTreeSet<String>) {
+        let gone: Vec<String> = self.slots.keys().filter(|s| !keep.contains(*s)).cloned().collect();
         for s in gone {
             if let Some(slot) = self.slots.remove(&s) {
                 self.cache.release(slot);
             }
         }
-        for s in want {
-            if !self.slots.contains_key(&s) {
-                let slot = self.cache.slot(&namespace, &s);
-                self.slots.insert(s, slot);
-            }
-        }
-        self.sotw.touch_all();
-        Ok(())
     }
 
     fn on_frame(&mut self, frame: &SubscribeFrame) {
@@ -273,17 +305,37 @@ impl AdsStream {
     /// Sends the first response owed, in the order clusters, endpoints,
     /// listeners, routes.
     fn send_due(&mut self, permit: mpsc::Permit<'_, Result<DiscoveryFrame, Status>>) {
+        let namespace = self.namespace.clone().unwrap_or_default();
         for t in ResourceType::ALL {
             if !self.sotw.maybe_due(t) {
                 continue;
             }
+            let names: Vec<String> = if self.sotw.is_wildcard(t) {
+                // Every service of the namespace that has instances. The
+                // listing walks the views: a wildcard is for the few Envoys
+                // of a fleet, not for every client.
+                let mut all: BTreeSet<String> =
+                    self.api.registry().views().list(&namespace).into_iter().map(|s| s.service).collect();
+                all.extend(self.sotw.names(t).map(String::from));
+                let mut keep = all.clone();
+                keep.extend(self.sotw.watched());
+                self.retain_slots(&keep);
+                all.into_iter().collect()
+            } else {
+                self.sotw.names(t).map(String::from).collect()
+            };
             let mut sent = Sent::new();
             let mut resources = Vec::new();
-            for name in self.sotw.names(t) {
-                let Some(slot) = self.slots.get(name) else { continue };
-                if let Some(r) = self.cache.current(slot) {
-                    sent.insert(name.to_string(), if t.follows_instances() { r.revision } else { 0 });
+            let registry = self.api.registry().clone();
+            let limits = &registry.config().limits;
+            for name in names {
+                if validate::service_ref(&namespace, &name, limits).is_err() {
+                    continue;
+                }
+                let slot = self.slot(&namespace, &name);
+                if let Some(r) = self.cache.current(&slot) {
                     resources.push(r.get(t).clone());
+                    sent.insert(name, if t.follows_instances() { r.revision } else { 0 });
                 }
             }
             if !self.sotw.due(t, &sent) {
