@@ -96,3 +96,54 @@ impl XdsCache {
         resources
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use registry_proto::v1;
+
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::registry::Writer;
+
+    fn instance(id: &str, port: u32) -> v1::Instance {
+        v1::Instance {
+            namespace: "default".into(),
+            service: "orders".into(),
+            instance_id: id.into(),
+            host: "10.0.0.1".into(),
+            port,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn encoded_once_per_revision_for_every_holder_and_dropped_with_the_last() {
+        let registry = Arc::new(Registry::new(Arc::new(NodeConfig::default()), 1));
+        let cache = XdsCache::new(registry.clone());
+        let encodings = || registry.metrics.xds.encodings.load(Ordering::Relaxed);
+        let (a, b) = (cache.slot("default", "orders"), cache.slot("default", "orders"));
+        assert!(Arc::ptr_eq(&a, &b), "one slot per service");
+        assert!(cache.current(&a).is_none(), "no instances: it does not exist");
+
+        let (_, owner, _) = registry.lease("", Duration::from_secs(30), None).expect("lease");
+        registry.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
+        let before = encodings();
+        let first = cache.current(&a).expect("exists");
+        let second = cache.current(&b).expect("exists");
+        assert!(Arc::ptr_eq(&first, &second), "the second holder takes the first one's encoding");
+        assert_eq!(encodings(), before + 1, "built once for the revision");
+
+        registry.upsert(owner, instance("i2", 2), &Writer::default()).expect("upsert");
+        let newer = cache.current(&b).expect("exists");
+        assert!(newer.revision > first.revision);
+        assert_eq!(encodings(), before + 2, "built again for the next revision only");
+
+        cache.release(a);
+        assert_eq!(cache.len(), 1, "still held");
+        cache.release(b);
+        assert!(cache.is_empty(), "the last holder gone, the slot goes");
+    }
+}

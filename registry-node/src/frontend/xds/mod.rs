@@ -6,7 +6,8 @@
 //! How it maps onto the node:
 //! - Each ADS stream is one [`NodeApi::watch`] of the services it asks for
 //!   (in the namespace of its bootstrap's `node.metadata.namespace`,
-//!   "default" without): so it is a consumer in the directory (the
+//!   "default" without; the whole namespace when it asks for every listener
+//!   or cluster, as Envoy's CDS does): so it is a consumer in the directory (the
 //!   bootstrap's `node.id`, its zone), it is authenticated and checked
 //!   against read grants exactly as a Subscribe stream is, it waits for a
 //!   warming node and it is drained with the node. The watch's frames only
