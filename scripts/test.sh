@@ -2,16 +2,26 @@
 # Runs every check of the project: formatting, lints, the deploy files, and the
 # whole test suite (unit, property and end-to-end tests against real nodes and
 # nats-server).
-# Installs nats-server from the distribution packages when it is missing.
+# Installs what the tests need from the distribution packages when it is
+# missing: nats-server, python3-venv, chromium and node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs Debian packages (the first call refreshes the package lists).
+apt_updated=false
+apt_install() {
+    local sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    if ! $apt_updated; then
+        $sudo_cmd apt-get update -qq
+        apt_updated=true
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+
 if ! command -v nats-server >/dev/null 2>&1; then
     echo "nats-server not found: installing the Debian package"
-    sudo_cmd=""
-    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server >/dev/null
+    apt_install nats-server
 fi
 echo "nats-server: $(nats-server --version)"
 
@@ -20,11 +30,21 @@ echo "nats-server: $(nats-server --version)"
 # python3 with venv and pip.
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
     echo "python3 venv not found: installing the Debian packages"
-    sudo_cmd=""
-    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
+    apt_install python3 python3-venv python3-pip
 fi
+
+# The console's end-to-end tests drive Debian's chromium, headless, through
+# playwright-core (npm, installed under target/ by the tests): they need
+# chromium, node and npm.
+browser_packages=()
+[ -x /usr/bin/chromium ] || browser_packages+=(chromium)
+command -v node >/dev/null 2>&1 || browser_packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || browser_packages+=(npm)
+if [ ${#browser_packages[@]} -gt 0 ]; then
+    echo "installing the Debian packages ${browser_packages[*]} (console tests)"
+    apt_install "${browser_packages[@]}"
+fi
+echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo unknown); node: $(node --version)"
 
 # The deploy checks use haproxy (-c) and docker-compose (config, no engine
 # needed) when present. Installing them is best effort: without them those

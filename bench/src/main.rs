@@ -90,6 +90,14 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         flaps: u32,
     },
+    /// One service watched over server-sent events (`GET /v1/watch`), one
+    /// instance flapping.
+    SseFanout {
+        #[arg(long, default_value_t = 1_000)]
+        watchers: u32,
+        #[arg(long, default_value_t = 20)]
+        flaps: u32,
+    },
     /// Memory per instance and GetService latency under writes.
     Scale {
         #[arg(long, default_value_t = 100_000)]
@@ -200,6 +208,7 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         Scenario::Fanout { subscribers, connections, flaps } => {
             scenarios::fanout(setup, subscribers, connections, flaps).await?
         }
+        Scenario::SseFanout { watchers, flaps } => scenarios::sse_fanout(setup, watchers, flaps).await?,
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
@@ -213,6 +222,10 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             rows.extend(scenarios::ingest(setup, 3, 2_000, false).await?);
             rows.extend(scenarios::propagation(setup, 100, 1).await?);
             rows.extend(scenarios::fanout(setup, 50, 2, 3).await?);
+            // Plain HTTP only: the SSE test client speaks no TLS.
+            if setup.label().is_none() {
+                rows.extend(scenarios::sse_fanout(setup, 20, 3).await?);
+            }
             rows.extend(scenarios::scale(setup, 2_000, 200).await?);
             rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
             rows.extend(scenarios::failure(setup, 1).await?);
@@ -235,6 +248,7 @@ async fn run_etcd(etcd: &peers::etcd::Etcd, scenario: &Scenario) -> Result<Vec<R
         Scenario::Catchup { instances, metadata } => etcd::catchup(etcd, instances, metadata).await?,
         Scenario::Failure { rounds } => etcd::failure(etcd, rounds).await?,
         Scenario::Xds { .. } => bail!("xds runs the registry only (etcd speaks no xDS)"),
+        Scenario::SseFanout { .. } => bail!("sse-fanout runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }
@@ -249,6 +263,7 @@ async fn run_zookeeper(zk: &peers::zookeeper::ZooKeeper, scenario: &Scenario) ->
         Scenario::Catchup { instances, metadata } => z::catchup(zk, instances, metadata).await?,
         Scenario::Failure { rounds } => z::failure(zk, rounds).await?,
         Scenario::Xds { .. } => bail!("xds runs the registry only (ZooKeeper speaks no xDS)"),
+        Scenario::SseFanout { .. } => bail!("sse-fanout runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }

@@ -218,17 +218,14 @@ pub(crate) async fn fanout(setup: &Setup, subscribers: u32, connections: u32, fl
     let (_nats, procs) = cluster(setup, 1, "fanout").await?;
     let node = &procs[0];
     let ready = Arc::new(AtomicU64::new(0));
-    let epoch = Instant::now();
-    // Per flap: subscribers that have it, and the latest receive time (µs since epoch).
-    let got: Arc<Vec<AtomicU64>> = Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect());
-    let last: Arc<Vec<AtomicU64>> = Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect());
+    let seen = Arc::new(Flaps::new(flaps));
     let mut chans = Vec::new();
     for _ in 0..connections {
         chans.push(setup.client(node.grpc).await?);
     }
     for s in 0..subscribers {
         let mut c = chans[(s % connections) as usize].clone();
-        let (ready, got, last) = (ready.clone(), got.clone(), last.clone());
+        let (ready, seen) = (ready.clone(), seen.clone());
         tokio::spawn(async move {
             let req = v1::SubscribeRequest { namespace: String::new(), services: vec!["flap".into()], consumer: None };
             let Ok(resp) = c.subscribe(req).await else { return };
@@ -238,16 +235,7 @@ pub(crate) async fn fanout(setup: &Setup, subscribers: u32, connections: u32, fl
                     Some(Push::Snapshot(_)) => {
                         ready.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(Push::Delta(d)) => {
-                        let now = epoch.elapsed().as_micros() as u64;
-                        for i in d.upserted {
-                            let f = i.port as usize;
-                            if f < got.len() {
-                                got[f].fetch_add(1, Ordering::Relaxed);
-                                last[f].fetch_max(now, Ordering::Relaxed);
-                            }
-                        }
-                    }
+                    Some(Push::Delta(d)) => d.upserted.iter().for_each(|i| seen.seen(u64::from(i.port))),
                     _ => {}
                 }
             }
@@ -258,25 +246,121 @@ pub(crate) async fn fanout(setup: &Setup, subscribers: u32, connections: u32, fl
         async move { (ready.load(Ordering::Relaxed) == u64::from(subscribers)).then_some(()) }
     })
     .await?;
+    flap_rounds("fan-out: last subscriber notified", &variant, setup, node, subscribers, &seen).await
+}
+
+/// What the watchers of the flapping instance saw: per flap (its port), how
+/// many have it and when the latest got it (µs since `epoch`).
+struct Flaps {
+    epoch: Instant,
+    got: Arc<Vec<AtomicU64>>,
+    last: Arc<Vec<AtomicU64>>,
+}
+
+impl Flaps {
+    fn new(flaps: u32) -> Self {
+        Self {
+            epoch: Instant::now(),
+            got: Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect()),
+            last: Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect()),
+        }
+    }
+
+    /// A watcher received the instance with `port`.
+    fn seen(&self, port: u64) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        if let Some(got) = self.got.get(port as usize) {
+            got.fetch_add(1, Ordering::Relaxed);
+            self.last[port as usize].fetch_max(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Flaps the instance `flap/x` (its port is the round) once per round and
+/// waits until all `watchers` have each round: the time to the last of them,
+/// and the node's CPU per push.
+async fn flap_rounds(
+    scenario: &str,
+    variant: &str,
+    setup: &Setup,
+    node: &NodeProc,
+    watchers: u32,
+    seen: &Flaps,
+) -> Result<Vec<Row>> {
+    let flaps = seen.got.len() as u32 - 1;
     let mut provider = Session::open(&mut setup.client(node.grpc).await?, 0).await?;
     let mut h = histogram()?;
     let cpu0 = node.cpu_seconds()?;
     for f in 1..=flaps {
-        let t0 = epoch.elapsed().as_micros() as u64;
+        let t0 = seen.epoch.elapsed().as_micros() as u64;
         provider.upsert(instance("flap", "x", f)).await?;
-        let (got, f_idx) = (got.clone(), f as usize);
-        registry_tests::eventually("every subscriber has the flap", Duration::from_secs(30), || {
+        let (got, f_idx) = (seen.got.clone(), f as usize);
+        registry_tests::eventually("every watcher has the flap", Duration::from_secs(30), || {
             let got = got.clone();
-            async move { (got[f_idx].load(Ordering::Relaxed) == u64::from(subscribers)).then_some(()) }
+            async move { (got[f_idx].load(Ordering::Relaxed) == u64::from(watchers)).then_some(()) }
         })
         .await?;
-        h.record(last[f_idx].load(Ordering::Relaxed).saturating_sub(t0).max(1))?;
+        h.record(seen.last[f_idx].load(Ordering::Relaxed).saturating_sub(t0).max(1))?;
     }
     let cpu = node.cpu_seconds()? - cpu0;
-    let mut rows = latency_rows("fan-out: last subscriber notified", &variant, &h);
-    let pushes = f64::from(flaps) * f64::from(subscribers);
-    rows.push(row("fan-out: last subscriber notified", &variant, "node CPU per push", cpu * 1e6 / pushes, "µs"));
+    let mut rows = latency_rows(scenario, variant, &h);
+    let pushes = f64::from(flaps) * f64::from(watchers);
+    rows.push(row(scenario, variant, "node CPU per push", cpu * 1e6 / pushes, "µs"));
     Ok(rows)
+}
+
+/// 3b. Fan-out over server-sent events: many `GET /v1/watch` streams of one
+/// service (each its own HTTP connection), one instance flapping.
+pub(crate) async fn sse_fanout(setup: &Setup, watchers: u32, flaps: u32) -> Result<Vec<Row>> {
+    if setup.label().is_some() {
+        bail!("sse-fanout measures plaintext HTTP only (drop --tls and --token)");
+    }
+    let variant = format!("{watchers} SSE watchers, one connection each");
+    let (_nats, procs) = cluster(setup, 1, "sse-fanout").await?;
+    let node = &procs[0];
+    let ready = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Flaps::new(flaps));
+    let mut tasks: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+    for w in 0..watchers {
+        let (ready, seen, http) = (ready.clone(), seen.clone(), node.http);
+        tasks.spawn(async move {
+            let path = format!("/v1/watch?service=flap&consumerId=sse-{w}");
+            let mut stream = registry_tests::SseStream::open(http, &path, &[]).await?;
+            if stream.status != 200 {
+                bail!("watch answered {}", stream.status);
+            }
+            loop {
+                let e = stream.next(Duration::from_secs(3_600)).await?;
+                match e.event.as_str() {
+                    "snapshot" => {
+                        ready.fetch_add(1, Ordering::Relaxed);
+                    }
+                    "delta" => {
+                        for i in e.data["upserted"].as_array().into_iter().flatten() {
+                            seen.seen(i["port"].as_u64().unwrap_or(0));
+                        }
+                    }
+                    "end" => bail!("the node ended the watch: {}", e.data),
+                    _ => {}
+                }
+            }
+        });
+    }
+    registry_tests::eventually("all SSE watchers have their snapshot", Duration::from_secs(120), || {
+        let ready = ready.clone();
+        async move { (ready.load(Ordering::Relaxed) == u64::from(watchers)).then_some(()) }
+    })
+    .await?;
+    let rows = flap_rounds("SSE fan-out: last watcher notified", &variant, setup, node, watchers, &seen).await;
+    // A watcher that failed says why (a dropped stream would otherwise only
+    // show as a timeout).
+    tasks.abort_all();
+    while let Some(t) = tasks.join_next().await {
+        if let Ok(Err(e)) = t {
+            bail!("an SSE watcher failed: {e:#}");
+        }
+    }
+    rows
 }
 
 /// Scenario 4, scale and memory: resident memory per instance, and GetService

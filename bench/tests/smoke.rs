@@ -24,7 +24,8 @@ fn smoke(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn every_scenario_runs_at_a_tiny_size() {
-    smoke(&[]);
+    let rows = smoke(&[]);
+    assert!(rows.iter().any(|r| r.starts_with("| SSE fan-out")), "no SSE fan-out row in {rows:?}");
 }
 
 /// With `--tls --token`: nodes that serve TLS only and enforce auth, clients

@@ -109,6 +109,26 @@ impl Subscriber {
     }
 }
 
+/// Instances counted by (effective) status: unspecified counts as up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub up: u32,
+    pub down: u32,
+    pub starting: u32,
+    pub out_of_service: u32,
+}
+
+impl StatusCounts {
+    fn add(&mut self, status: v1::Status) {
+        match status.effective() {
+            v1::Status::Down => self.down += 1,
+            v1::Status::Starting => self.starting += 1,
+            v1::Status::OutOfService => self.out_of_service += 1,
+            _ => self.up += 1,
+        }
+    }
+}
+
 /// One service's view.
 #[derive(Debug, Default)]
 pub struct ServiceView {
@@ -238,7 +258,7 @@ impl Views {
 
     /// The revision of one service (0 if unknown), without reading its
     /// instances: how a cache of what is built from them tells it is current.
-    pub fn revision(&self, namespace: &str, service: &str) -> u64 {
+    pub fn service_revision(&self, namespace: &str, service: &str) -> u64 {
         let key: ServiceKey = (namespace.into(), service.into());
         self.map.get(&key).map_or(0, |v| v.revision)
     }
@@ -270,6 +290,27 @@ impl Views {
             .collect();
         out.sort_by(|a, b| a.service.cmp(&b.service));
         out
+    }
+
+    /// The node-wide revision: it changes whenever any service's view does
+    /// (dashboards poll it to skip work when nothing changed).
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Instances by status: of one service, or of every service of the node.
+    pub fn status_counts(&self, service: Option<(&str, &str)>) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        match service {
+            Some((namespace, service)) => {
+                let key: ServiceKey = (namespace.into(), service.into());
+                if let Some(v) = self.map.get(&key) {
+                    v.instances.values().for_each(|i| counts.add(i.status()));
+                }
+            }
+            None => self.map.iter().for_each(|e| e.value().instances.values().for_each(|i| counts.add(i.status()))),
+        }
+        counts
     }
 
     /// Every namespace with instances: (name, services with instances,

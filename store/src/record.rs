@@ -128,6 +128,29 @@ impl EncodedInstance {
     pub fn decode(&self) -> Result<v1::Instance, prost::DecodeError> {
         prost::Message::decode(&*self.0)
     }
+
+    /// The instance's status (an override's, when one is applied), read
+    /// without decoding the rest: counting a node's instances by status
+    /// allocates nothing. Bytes that do not parse read as unspecified.
+    pub fn status(&self) -> v1::Status {
+        use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+        /// `Instance.status`.
+        const STATUS: u32 = 9;
+        let mut buf = &self.0[..];
+        let mut status = 0;
+        while !buf.is_empty() {
+            let Ok((field, wire_type)) = decode_key(&mut buf) else { break };
+            if field == STATUS && wire_type == WireType::Varint {
+                match decode_varint(&mut buf) {
+                    Ok(v) => status = v as i32,
+                    Err(_) => break,
+                }
+            } else if skip_field(wire_type, field, &mut buf, DecodeContext::default()).is_err() {
+                break;
+            }
+        }
+        v1::Status::try_from(status).unwrap_or(v1::Status::Unspecified)
+    }
 }
 
 impl std::fmt::Debug for EncodedInstance {
@@ -199,6 +222,46 @@ impl Change {
     pub fn key(&self) -> &Key {
         match self {
             Change::Put { key, .. } | Change::Purge { key } | Change::Moved { key, .. } => key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_status_read_alone_is_the_decoded_one(
+            status in 0i32..6,
+            metadata in proptest::collection::btree_map("[a-z]{1,8}", ".{0,20}", 0..4),
+            host in "[a-z0-9.]{1,30}",
+            overridden in proptest::option::of(0i32..5),
+        ) {
+            let instance = v1::Instance {
+                namespace: "ns".into(),
+                service: "svc".into(),
+                instance_id: "i-1".into(),
+                host,
+                port: 8080,
+                metadata: metadata.into_iter().collect(),
+                weight: Some(7),
+                zone: "z".into(),
+                status,
+                principal: "p".into(),
+                status_override: overridden.map(|s| v1::StatusOverride { status: s, ..Default::default() }),
+            };
+            let encoded = EncodedInstance::encode(&instance);
+            let decoded = encoded.decode().expect("decodes");
+            prop_assert_eq!(encoded.status(), decoded.status());
+        }
+    }
+
+    #[test]
+    fn garbage_reads_as_unspecified() {
+        for bytes in [&[0xff_u8, 0xff, 0xff][..], &[0x48][..], &[]] {
+            assert_eq!(EncodedInstance::from_checked(bytes).status(), v1::Status::Unspecified);
         }
     }
 }

@@ -547,6 +547,8 @@ pub struct SseStream {
     reader: tokio::io::BufReader<tokio::net::TcpStream>,
     /// The response's status.
     pub status: u16,
+    /// The name of every event received, skipped ones included.
+    names: Vec<String>,
 }
 
 /// One server-sent event: its name and its data parsed as JSON.
@@ -578,7 +580,7 @@ impl SseStream {
                 break;
             }
         }
-        Ok(Self { reader, status })
+        Ok(Self { reader, status, names: Vec::new() })
     }
 
     /// The next event, skipping comments (keep-alives) and chunk framing;
@@ -602,9 +604,33 @@ impl SseStream {
                 data.push_str(v.trim_start());
             } else if line.is_empty() && !event.is_empty() {
                 let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                self.names.push(event.clone());
                 return Ok(SseEvent { event, data });
             }
             // Anything else: chunk sizes, comments (`:`), blank lines between chunks.
+        }
+    }
+
+    /// Whether an event named `name` was received (skipped or not).
+    pub fn seen(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// The next event named `name` whose data satisfies `cond`, skipping
+    /// others; an error after `within`.
+    pub async fn next_where(
+        &mut self,
+        name: &str,
+        within: Duration,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<SseEvent> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self.next_named(name, left).await?;
+            if cond(&e.data) {
+                return Ok(e);
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! Real clients of other ecosystems, installed when missing: Python packages
-//! in a virtual environment under the build's `target/` directory (never in
-//! the system). The first test that needs one installs it; the others wait
-//! for that (a lock file), so parallel tests do not race on `pip`.
+//! in a virtual environment and npm packages in a folder, both under the
+//! build's `target/` directory (never in the system). The first test that
+//! needs one installs it; the others wait for that (a lock file), so parallel
+//! tests do not race on `pip` or `npm`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -80,6 +81,39 @@ pub fn python_module(module: &str, packages: &[&str]) -> Result<PathBuf> {
         bail!("python cannot import {module} after installing {packages:?}");
     }
     Ok(python)
+}
+
+/// The `node_modules` folder of the npm project `tests/<project>/` (its
+/// `package.json` and `package-lock.json`, pinned), installed with `npm ci`
+/// under `target/npm/<project>/` first if missing or out of date.
+pub fn npm_project(project: &str) -> Result<PathBuf> {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(project);
+    let dir = target_dir().join("npm").join(project);
+    let modules = dir.join("node_modules");
+    let lock_text = std::fs::read(source.join("package-lock.json"))
+        .with_context(|| format!("tests/{project}/package-lock.json"))?;
+    // The installed lock names what is installed: a changed lock reinstalls.
+    let installed = || {
+        std::fs::read(modules.join(".package-lock.json")).is_ok()
+            && std::fs::read(dir.join("package-lock.json")).ok().as_ref() == Some(&lock_text)
+    };
+    if installed() {
+        return Ok(modules);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let _guard = FileLock::acquire(&target_dir().join("npm.lock"))?;
+    if installed() {
+        return Ok(modules);
+    }
+    std::fs::copy(source.join("package.json"), dir.join("package.json"))?;
+    std::fs::write(dir.join("package-lock.json"), &lock_text)?;
+    run(
+        Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
+        &format!("npm ci in target/npm/{project} (Debian: nodejs, npm)"),
+    )?;
+    Ok(modules)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use registry_node::auth::tokens::sha256_hex;
 use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
 use registry_tests::{PROMPTLY, SseStream, http_json, start_node, test_config};
@@ -120,6 +120,28 @@ async fn reads_paginate_search_and_count_by_status() -> Result<()> {
     ensure!(s["service"] == "svc-02" && s["instanceCount"] == 3, "{s}");
     ensure!(s["up"] == 1 && s["down"] == 1 && s["outOfService"] == 1 && s["starting"] == 0, "{s}");
 
+    // Sorted by a count, most first, ties by name; pages follow that order.
+    let (mut by_down, mut token) = (Vec::new(), String::new());
+    loop {
+        let path = format!("/v1/namespaces/default/services?pageSize=7&orderBy=down%20desc&pageToken={token}");
+        let (status, page) = http_json(addr, "GET", &path, &[], None).await?;
+        ensure!(status == 200, "{status} {page}");
+        for s in page["services"].as_array().into_iter().flatten() {
+            by_down.push((s["down"].as_u64().unwrap_or(9), str_of(&s["service"]).to_string()));
+        }
+        token = str_of(&page["nextPageToken"]).to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut expected = by_down.clone();
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    ensure!(by_down.len() == 25 && by_down == expected, "{by_down:?}");
+    ensure!(by_down[0] == (1, "svc-01".to_string()), "{by_down:?}");
+    let (_, desc) =
+        http_json(addr, "GET", "/v1/namespaces/default/services?orderBy=name%20desc&pageSize=2", &[], None).await?;
+    ensure!(desc["services"][0]["service"] == "svc-24" && desc["services"][1]["service"] == "svc-23", "{desc}");
+
     // A service's detail: every field, the node holding each, when written.
     let (status, d) = http_json(addr, "GET", "/v1/namespaces/default/services/svc-02", &[], None).await?;
     ensure!(status == 200 && d["instances"].as_array().map(Vec::len) == Some(3), "{d}");
@@ -155,6 +177,11 @@ async fn errors_are_json_with_their_status() -> Result<()> {
         ("GET", "/v1/namespaces/default/services?pageSize=0".into(), None, 400, "INVALID_ARGUMENT"),
         ("GET", "/v1/namespaces/default/services?pageToken=zz".into(), None, 400, "INVALID_ARGUMENT"),
         ("GET", "/v1/namespaces/default/services?colour=red".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/namespaces/default/services?orderBy=colour".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/namespaces/default/services?orderBy=down%20sideways".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/namespaces/default/services?orderBy=up%20desc%20name".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/events?namespace=bad%20ns".into(), None, 400, "INVALID_ARGUMENT"),
+        ("GET", "/v1/events?colour=red".into(), None, 400, "INVALID_ARGUMENT"),
         ("POST", "/v1/leases/unknown/renew".into(), None, 404, "NOT_FOUND"),
         ("GET", "/v1/nothing-here".into(), None, 404, "NOT_FOUND"),
         ("GET", "/v1/watch?service=a%20b".into(), None, 400, "INVALID_ARGUMENT"),
@@ -369,5 +396,90 @@ async fn an_admin_drains_a_node_over_http_and_it_stops() -> Result<()> {
     ensure!(status == 202 && r["draining"] == true, "{status} {r}");
     tokio::time::timeout(Duration::from_secs(10), node.stopped()).await.map_err(|_| anyhow::anyhow!("not stopped"))?;
     ensure!(http_json(addr, "GET", "/healthz", &[], None).await.is_err(), "the port is closed once stopped");
+    Ok(())
+}
+
+/// What a console asks first (who am I), and the dashboard feed: only what
+/// changed, members for admins only, refusals before the stream starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_and_the_dashboard_feed() -> Result<()> {
+    let token = || format!("{:032x}", rand::random::<u128>());
+    let (reader, admin, stranger) = (token(), token(), token());
+    let entry = |name: &str, t: &str, namespace: &str, role| TokenEntry {
+        name: name.into(),
+        sha256: sha256_hex(t.as_bytes()),
+        grants: vec![Grant { namespace: namespace.into(), services: "*".into(), role }],
+    };
+    let mut config = test_config("http-feed");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.tokens = vec![entry("viewer", &reader, "default", Role::Read), entry("ops", &admin, "*", Role::Admin)];
+    let node = start_node(config).await?;
+    let addr = node.http_addr;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (as_reader, as_admin) = (bearer(&reader), bearer(&admin));
+
+    // The session: anonymous is not an error (the login form), a wrong token is.
+    let (status, s) = http_json(addr, "GET", "/v1/session", &[], None).await?;
+    ensure!(
+        status == 200 && s == json!({ "principal": "", "authRequired": true, "signedIn": false, "admin": false }),
+        "{status} {s}"
+    );
+    let (status, _) = http_json(addr, "GET", "/v1/session", &[("authorization", &bearer(&stranger))], None).await?;
+    ensure!(status == 401, "unknown token: {status}");
+    let (_, s) = http_json(addr, "GET", "/v1/session", &[("authorization", &as_reader)], None).await?;
+    ensure!(s["principal"] == "viewer" && s["signedIn"] == true && s["admin"] == false, "{s}");
+    let (_, s) = http_json(addr, "GET", "/v1/session", &[("authorization", &as_admin)], None).await?;
+    ensure!(s["principal"] == "ops" && s["admin"] == true, "{s}");
+
+    // The console's files need no credential (their API calls do); `/` leads there.
+    let (status, _) = registry_tests::http_request(addr, "GET", "/", &[], None).await?;
+    ensure!(status == 303, "/ redirects to the console: {status}");
+    let (status, page) = registry_tests::http_request(addr, "GET", "/ui/", &[], None).await?;
+    ensure!(status == 200 && page.contains("<script type=\"module\" src=\"app.js\">"), "{status} {page}");
+    let (status, _) = registry_tests::http_request(addr, "GET", "/ui/secrets.txt", &[], None).await?;
+    ensure!(status == 404, "unknown console file: {status}");
+
+    // Refused before any stream: no credential, a namespace outside the grant.
+    let (status, _) = http_json(addr, "GET", "/v1/events", &[], None).await?;
+    ensure!(status == 401, "no credential: {status}");
+    let (status, e) =
+        http_json(addr, "GET", "/v1/events?namespace=prod", &[("authorization", &as_reader)], None).await?;
+    ensure!(status == 403 && e["code"] == "PERMISSION_DENIED", "{status} {e}");
+
+    // A reader's feed: node, namespaces, the start of services; no members.
+    let mut feed = SseStream::open(addr, "/v1/events", &[("authorization", &as_reader)]).await?;
+    ensure!(feed.status == 200, "{}", feed.status);
+    let node_event = feed.next_named("node", PROMPTLY).await.context("the first node event")?;
+    ensure!(node_event.data["nodeId"] == "http-feed" && node_event.data["members"] == 1, "{}", node_event.data);
+    let start = feed.next_named("services", PROMPTLY).await.context("the first services event")?;
+    ensure!(start.data["changed"] == json!([]) && start.data["total"] == 0, "{}", start.data);
+    let mut admin_feed = SseStream::open(addr, "/v1/events", &[("authorization", &as_admin)]).await?;
+    let members = admin_feed.next_named("members", PROMPTLY).await.context("members for an admin")?;
+    ensure!(members.data["members"][0]["nodeId"] == "http-feed", "{}", members.data);
+
+    // A registration: the feed counts it by status (the node event comes
+    // first in a tick), and names the service.
+    let mut b = body("10.0.0.8", 80);
+    b["status"] = json!("STATUS_DOWN");
+    let (status, r) = http_json(
+        addr,
+        "POST",
+        "/v1/namespaces/default/services/orders/instances",
+        &[("authorization", &as_admin)],
+        Some(&b),
+    )
+    .await?;
+    ensure!(status == 200, "{status} {r}");
+    let node_event =
+        feed.next_where("node", PROMPTLY, |n| n["down"] == 1).await.context("node counting the down instance")?;
+    ensure!(node_event.data["instances"] == "1" && node_event.data["up"] == 0, "{}", node_event.data);
+    let changed = feed.next_named("services", PROMPTLY).await.context("services after a registration")?;
+    ensure!(changed.data["changed"] == json!(["orders"]) && changed.data["total"] == 1, "{}", changed.data);
+    // Nothing else happens: nothing else is sent (but keep-alive comments).
+    let quiet = feed.next(std::time::Duration::from_millis(1_500)).await;
+    ensure!(quiet.is_err(), "an unchanged node sends nothing: {:?}", quiet.map(|e| (e.event, e.data)));
+    // A reader never gets members.
+    ensure!(!feed.seen("members"), "members went to a reader");
+    node.shutdown().await;
     Ok(())
 }

@@ -250,6 +250,16 @@ impl Auth {
         Err(refusal)
     }
 
+    /// Whether `caller` may take admin actions somewhere (what a console
+    /// offers it). Counts and logs nothing: the action itself is checked.
+    pub fn may_admin(&self, caller: &Caller) -> bool {
+        match &caller.identity {
+            // `Unverified` exists only in warn mode, where everything passes.
+            Identity::Open | Identity::Unverified(_) => true,
+            Identity::Principal(p) => self.mode == AuthMode::Warn || p.holds_anywhere(Role::Admin),
+        }
+    }
+
     /// Whether `caller` may read some service of `namespace` (filters lists
     /// of namespaces; counts nothing).
     pub fn sees_namespace(&self, caller: &Caller, namespace: &str) -> bool {

@@ -42,6 +42,7 @@ use super::Http;
 use crate::api::{NodeApi, RegistryError};
 use crate::auth::{Caller, Role};
 use crate::listen::Peer;
+use crate::views::{StatusCounts, Views};
 
 pub(super) fn routes() -> axum::Router<Http> {
     axum::Router::new()
@@ -60,6 +61,8 @@ pub(super) fn routes() -> axum::Router<Http> {
         .route("/v1/node", get(node))
         .route("/v1/node/drain", post(drain))
         .route("/v1/watch", get(watch))
+        .route("/v1/events", get(events))
+        .route("/v1/session", get(session))
         .route("/v1/{*rest}", axum::routing::any(not_found))
 }
 
@@ -73,13 +76,13 @@ pub(super) fn routes() -> axum::Router<Http> {
     ),
     paths(
         namespaces, services, service, register, deregister, set_override, clear_override, renew, members, node, drain,
-        watch
+        watch, events, session
     ),
     components(schemas(
         ApiError, NamespaceJson, NamespacesJson, ServicesPage, ServiceSummaryJson, ServiceJson, InstanceJson,
         ConsumerJson, RegisterBody, RegisteredJson, InstanceKeyJson, RenewedJson, DeregisteredJson, MembersJson,
         MemberJson, NodeJson, StatusJson, SnapshotEvent, DeltaEvent, EndEvent, StatusOverrideJson, OverrideBody,
-        OverriddenJson, DrainingJson
+        OverriddenJson, DrainingJson, SessionJson, ServicesChangedEvent
     )),
     tags((name = "registry", description = "The registry's JSON API"))
 )]
@@ -368,7 +371,7 @@ pub struct ServiceSummaryJson {
     pub revision: String,
 }
 
-/// One page of a namespace's services, sorted by name.
+/// One page of a namespace's services, in the order asked (by name by default).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesPage {
@@ -389,9 +392,13 @@ struct ServicesQuery {
     search: String,
     /// Services per page: 1 to 1,000, default 100.
     page_size: Option<u32>,
-    /// The `nextPageToken` of the previous page.
+    /// The `nextPageToken` of the previous page (with the same search and order).
     #[serde(default)]
     page_token: String,
+    /// `name` (default), `instanceCount`, `up`, `down`, `starting` or
+    /// `outOfService`, then ` desc` for descending; ties go by name.
+    #[serde(default)]
+    order_by: String,
 }
 
 /// One service: its instances and its consumers.
@@ -502,6 +509,17 @@ pub struct NodeJson {
     pub safety_valve_holding: bool,
     pub instances: String,
     pub services: String,
+    /// Instances by status (unset counts as up).
+    pub up: u32,
+    pub down: u32,
+    pub starting: u32,
+    pub out_of_service: u32,
+    /// Peers this node has not heard from for a while (their instances still served).
+    pub suspect_peers: u32,
+    /// Peers silent long enough that their instances are being removed.
+    pub orphaned_peers: u32,
+    /// Members of the cluster, this node included.
+    pub members: u32,
     pub sessions: String,
     pub leases: String,
     pub subscribers: String,
@@ -559,26 +577,83 @@ async fn namespaces(State(h): State<Http>, who: Authed) -> Answer<NamespacesJson
 }
 
 /// Counts of a service's instances by status.
-fn summarize(api: &NodeApi, namespace: &str, s: v1::ServiceSummary) -> ServiceSummaryJson {
-    let (_, instances) = api.registry().views().get(namespace, &s.service);
-    let mut out = ServiceSummaryJson {
+fn summarize(views: &Views, namespace: &str, s: v1::ServiceSummary) -> ServiceSummaryJson {
+    let c = views.status_counts(Some((namespace, &s.service)));
+    ServiceSummaryJson {
         service: s.service,
         instance_count: s.instance_count,
-        up: 0,
-        down: 0,
-        starting: 0,
-        out_of_service: 0,
+        up: c.up,
+        down: c.down,
+        starting: c.starting,
+        out_of_service: c.out_of_service,
         revision: s.revision.to_string(),
-    };
-    for i in instances {
-        match i.status().effective() {
-            v1::Status::Down => out.down += 1,
-            v1::Status::Starting => out.starting += 1,
-            v1::Status::OutOfService => out.out_of_service += 1,
-            _ => out.up += 1,
+    }
+}
+
+/// How a page of services is sorted: `orderBy=<field>[ desc]`, as in
+/// Google's API guidelines (AIP-132). Ties go by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Order {
+    field: OrderField,
+    desc: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OrderField {
+    Name,
+    InstanceCount,
+    Up,
+    Down,
+    Starting,
+    OutOfService,
+}
+
+impl Order {
+    fn parse(text: &str) -> Result<Self, Problem> {
+        let mut words = text.split_whitespace();
+        let field = match words.next() {
+            None | Some("name") => OrderField::Name,
+            Some("instanceCount") => OrderField::InstanceCount,
+            Some("up") => OrderField::Up,
+            Some("down") => OrderField::Down,
+            Some("starting") => OrderField::Starting,
+            Some("outOfService") => OrderField::OutOfService,
+            Some(other) => {
+                return Err(Problem::invalid(format!(
+                    "orderBy {other:?}: sort by name, instanceCount, up, down, starting or outOfService"
+                )));
+            }
+        };
+        let desc = match words.next() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => return Err(Problem::invalid(format!("orderBy direction {other:?}: asc or desc"))),
+        };
+        if words.next().is_some() {
+            return Err(Problem::invalid("orderBy takes one field and a direction, as \"down desc\""));
+        }
+        Ok(Self { field, desc })
+    }
+
+    /// The number a service sorts by (0 when sorted by name alone).
+    fn key(self, s: &ServiceSummaryJson) -> u32 {
+        match self.field {
+            OrderField::Name => 0,
+            OrderField::InstanceCount => s.instance_count,
+            OrderField::Up => s.up,
+            OrderField::Down => s.down,
+            OrderField::Starting => s.starting,
+            OrderField::OutOfService => s.out_of_service,
         }
     }
-    out
+
+    fn cmp(self, a: (u32, &str), b: (u32, &str)) -> std::cmp::Ordering {
+        match (self.field, self.desc) {
+            (OrderField::Name, true) => b.1.cmp(a.1),
+            (_, true) => b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)),
+            (_, false) => a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)),
+        }
+    }
 }
 
 /// The services of a namespace the caller may read, by name, a page at a time.
@@ -598,28 +673,42 @@ async fn services(
     if !(1..=1_000).contains(&page_size) {
         return Err(Problem::invalid(format!("pageSize {page_size} is outside 1..=1000")));
     }
+    let order = Order::parse(&q.order_by)?;
     let list = h.api.list_services(&caller, &namespace)?;
     let search = q.search.to_lowercase();
-    let matching: Vec<v1::ServiceSummary> =
-        list.services.into_iter().filter(|s| search.is_empty() || s.service.to_lowercase().contains(&search)).collect();
+    let views = h.registry.views();
+    // Counting by status reads one field of each instance: sorting 10,000
+    // services by a count stays cheap.
+    let mut matching: Vec<ServiceSummaryJson> = list
+        .services
+        .into_iter()
+        .filter(|s| search.is_empty() || s.service.to_lowercase().contains(&search))
+        .map(|s| summarize(views, &list.namespace, s))
+        .collect();
+    matching.sort_by(|a, b| order.cmp((order.key(a), &a.service), (order.key(b), &b.service)));
     let total = matching.len() as u32;
-    // The token is the last name of the previous page: pages stay right
-    // while services come and go.
+    // The token names the last row of the previous page (its sort key and
+    // name): pages stay right while services come and go.
     let start = if q.page_token.is_empty() {
         0
     } else {
-        let after =
-            decode_token(&q.page_token).ok_or_else(|| Problem::invalid("pageToken is not one this API gave"))?;
-        matching.partition_point(|s| s.service <= after)
+        let after = decode_token(&q.page_token)
+            .and_then(|t| {
+                let (key, name) = t.split_once('\n')?;
+                Some((key.parse::<u32>().ok()?, name.to_string()))
+            })
+            .ok_or_else(|| Problem::invalid("pageToken is not one this API gave"))?;
+        matching.partition_point(|s| {
+            order.cmp((order.key(s), &s.service), (after.0, &after.1)) != std::cmp::Ordering::Greater
+        })
     };
-    let page: Vec<v1::ServiceSummary> = matching.into_iter().skip(start).take(page_size as usize + 1).collect();
-    let more = page.len() > page_size as usize;
-    let page: Vec<v1::ServiceSummary> = page.into_iter().take(page_size as usize).collect();
-    let next_page_token = match (more, page.last()) {
-        (true, Some(last)) => encode_token(&last.service),
+    let mut services: Vec<ServiceSummaryJson> = matching.into_iter().skip(start).take(page_size as usize + 1).collect();
+    let more = services.len() > page_size as usize;
+    services.truncate(page_size as usize);
+    let next_page_token = match (more, services.last()) {
+        (true, Some(last)) => encode_token(&format!("{}\n{}", order.key(last), last.service)),
         _ => String::new(),
     };
-    let services = page.into_iter().map(|s| summarize(&h.api, &list.namespace, s)).collect();
     Ok(Json(ServicesPage { namespace: list.namespace, services, total, next_page_token }))
 }
 
@@ -686,7 +775,10 @@ async fn service(
     responses((status = 200, body = MembersJson), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
 async fn members(State(h): State<Http>, who: Authed) -> Answer<MembersJson> {
     let caller = who.caller(&h.api)?;
-    let answer = h.api.members(&caller)?;
+    Ok(Json(members_json(&h, h.api.members(&caller)?)))
+}
+
+fn members_json(h: &Http, answer: v1::MembersResponse) -> MembersJson {
     let members = answer
         .members
         .into_iter()
@@ -707,7 +799,7 @@ async fn members(State(h): State<Http>, who: Authed) -> Answer<MembersJson> {
             }
         })
         .collect();
-    Ok(Json(MembersJson { cluster: answer.cluster, node_id: h.registry.node_id().to_string(), members }))
+    MembersJson { cluster: answer.cluster, node_id: h.registry.node_id().to_string(), members }
 }
 
 /// This node at a glance: readiness, degraded view, safety valve, counts.
@@ -716,10 +808,18 @@ async fn members(State(h): State<Http>, who: Authed) -> Answer<MembersJson> {
 async fn node(State(h): State<Http>, who: Authed) -> Answer<NodeJson> {
     let caller = who.caller(&h.api)?;
     h.api.auth().check_anywhere(&caller, Role::Read).map_err(RegistryError::from)?;
+    Ok(Json(node_json(&h, h.registry.views().status_counts(None))))
+}
+
+/// This node's overview, with `counts` (by status) taken by the caller: the
+/// dashboard feed recounts only when a view changed.
+fn node_json(h: &Http, counts: StatusCounts) -> NodeJson {
     let r = &h.registry;
     let gauges = r.gauges(h.readiness.is_ready());
     let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed).to_string();
-    Ok(Json(NodeJson {
+    let members = crate::cluster::members(r, gauges.ready).members;
+    let in_state = |state: v1::MemberState| members.iter().filter(|m| m.state() == state).count() as u32;
+    NodeJson {
         node_id: r.node_id().to_string(),
         cluster: r.config().cluster.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -732,10 +832,17 @@ async fn node(State(h): State<Http>, who: Authed) -> Answer<NodeJson> {
             .is_some_and(|s| s.metrics.valve_holding.load(std::sync::atomic::Ordering::Relaxed)),
         instances: gauges.instances.to_string(),
         services: gauges.services.to_string(),
+        up: counts.up,
+        down: counts.down,
+        starting: counts.starting,
+        out_of_service: counts.out_of_service,
+        suspect_peers: in_state(v1::MemberState::Suspect),
+        orphaned_peers: in_state(v1::MemberState::Orphaned),
+        members: members.len() as u32,
         sessions: get(&r.metrics.sessions_active),
         leases: get(&r.metrics.leases_active),
         subscribers: get(&r.metrics.subscribers_active),
-    }))
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -972,6 +1079,215 @@ fn sse_event(item: crate::api::WatchItem) -> Event {
     }
 }
 
+// ------------------------------------------------------------------ dashboards
+
+/// Who the caller is, and what a console should offer it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionJson {
+    /// The principal the credential names (empty with auth off).
+    pub principal: String,
+    /// The node refuses requests without a credential (`auth.mode = enforce`).
+    pub auth_required: bool,
+    /// The request's credential was accepted (false: none was sent and the
+    /// node requires one; a credential it does not know is 401).
+    pub signed_in: bool,
+    /// Holds an admin grant: may override statuses, deregister any
+    /// instance, drain the node and read the members.
+    pub admin: bool,
+}
+
+/// Who the caller is: a console asks first, to show its login form or its
+/// pages (with the admin actions for admins).
+#[utoipa::path(get, path = "/v1/session", tag = "registry",
+    responses((status = 200, body = SessionJson), (status = 401, body = ApiError)))]
+async fn session(State(h): State<Http>, who: Authed) -> Answer<SessionJson> {
+    let auth = h.api.auth();
+    let auth_required = auth.mode() == crate::auth::AuthMode::Enforce;
+    let caller = match who.caller(&h.api) {
+        Ok(caller) => caller,
+        // No credential at all: not an error here, the answer for a console
+        // to show its login form (a wrong one is 401).
+        Err(_) if who.authorization.is_none() => {
+            return Ok(Json(SessionJson { principal: String::new(), auth_required, signed_in: false, admin: false }));
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Json(SessionJson {
+        principal: caller.name().unwrap_or_default().to_string(),
+        auth_required,
+        signed_in: true,
+        admin: auth.may_admin(&caller),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// The namespace whose services to follow (default: `default`).
+    #[serde(default)]
+    namespace: String,
+}
+
+/// `event: services`: the followed namespace's services that changed since
+/// the previous event (the first event lists none: it marks the start).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesChangedEvent {
+    pub namespace: String,
+    /// Services that appeared or whose instances changed (at most 1,000).
+    pub changed: Vec<String>,
+    /// Services that lost their last instance.
+    pub removed: Vec<String>,
+    /// More changed than `changed` lists: read the pages again.
+    pub truncated: bool,
+    /// Services with instances in the namespace now.
+    pub total: u32,
+}
+
+/// How often the dashboard feed looks for changes.
+const FEED_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+/// The most service names one `services` event lists.
+const FEED_MAX_CHANGED: usize = 1_000;
+
+/// Server-sent events for dashboards, each sent when it changes (looked at
+/// twice a second, so within 500 ms): `node` (NodeJson), `namespaces`
+/// (NamespacesJson), `services` (ServicesChangedEvent, for the namespace
+/// asked) and, for admins, `members` (MembersJson); `end` (EndEvent) when
+/// the node drains. Costs nothing while no one listens.
+#[utoipa::path(get, path = "/v1/events", tag = "registry", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "events `node`, `namespaces`, `services`, `members` (admins), `end`"),
+        (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn events(
+    State(h): State<Http>,
+    who: Authed,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = query?;
+    let caller = who.caller(&h.api)?;
+    h.api.auth().check_anywhere(&caller, Role::Read).map_err(RegistryError::from)?;
+    let namespace = if q.namespace.is_empty() { "default".to_string() } else { q.namespace };
+    // Refused now rather than silently empty later; warming up is not a
+    // refusal (the feed says so through `node`).
+    match h.api.list_services(&caller, &namespace) {
+        Ok(_) | Err(RegistryError::WarmingUp) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let admin = h.api.auth().may_admin(&caller);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(DashboardFeed { h, caller, namespace, admin, tx }.run());
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<Event, Infallible>);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// One dashboard's feed: what it sent last, to send only what changed.
+struct DashboardFeed {
+    h: Http,
+    caller: Caller,
+    namespace: String,
+    admin: bool,
+    tx: tokio::sync::mpsc::Sender<Event>,
+}
+
+impl DashboardFeed {
+    async fn run(self) {
+        let mut tick = tokio::time::interval(FEED_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let views = self.h.registry.views();
+        let (mut seen_revision, mut counts) = (None, StatusCounts::default());
+        let mut services: Option<HashMap<String, u64>> = None;
+        let (mut last_node, mut last_namespaces, mut last_members) = (String::new(), String::new(), String::new());
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.tx.closed() => return,
+                () = self.h.shutdown.cancelled() => {
+                    let end = EndEvent { reason: "the node is draining; connect again (any node)".into() };
+                    let _ = self.tx.send(json_event("end", &end)).await;
+                    return;
+                }
+            }
+            let revision = views.revision();
+            let views_changed = seen_revision != Some(revision);
+            if views_changed {
+                counts = views.status_counts(None);
+            }
+            let mut out = Vec::new();
+            changed(&mut out, &mut last_node, "node", &node_json(&self.h, counts));
+            if views_changed {
+                let auth = self.h.api.auth();
+                let namespaces = NamespacesJson {
+                    namespaces: views
+                        .namespaces()
+                        .into_iter()
+                        .filter(|(ns, _, _)| auth.sees_namespace(&self.caller, ns))
+                        .map(|(name, services, instances)| NamespaceJson { name, services, instances })
+                        .collect(),
+                };
+                changed(&mut out, &mut last_namespaces, "namespaces", &namespaces);
+                // Warming up: no list yet; the next change of the views retries.
+                if let Ok(list) = self.h.api.list_services(&self.caller, &self.namespace) {
+                    let now: HashMap<String, u64> =
+                        list.services.into_iter().map(|s| (s.service, s.revision)).collect();
+                    let event = match &services {
+                        None => ServicesChangedEvent {
+                            namespace: self.namespace.clone(),
+                            changed: Vec::new(),
+                            removed: Vec::new(),
+                            truncated: false,
+                            total: now.len() as u32,
+                        },
+                        Some(before) => services_changed(&self.namespace, before, &now),
+                    };
+                    if services.is_none() || !event.changed.is_empty() || !event.removed.is_empty() {
+                        out.push(json_event("services", &event));
+                    }
+                    services = Some(now);
+                    seen_revision = Some(revision);
+                }
+            }
+            if self.admin {
+                let members =
+                    members_json(&self.h, crate::cluster::members(&self.h.registry, self.h.readiness.is_ready()));
+                changed(&mut out, &mut last_members, "members", &members);
+            }
+            for event in out {
+                if self.tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Queues `event` with `value` if its JSON differs from `last` (and keeps it).
+fn changed(out: &mut Vec<Event>, last: &mut String, event: &str, value: &impl Serialize) {
+    let Ok(json) = serde_json::to_string(value) else { return };
+    if json != *last {
+        out.push(Event::default().event(event).data(json.clone()));
+        *last = json;
+    }
+}
+
+/// What changed between two listings of a namespace (service → revision).
+fn services_changed(
+    namespace: &str,
+    before: &HashMap<String, u64>,
+    now: &HashMap<String, u64>,
+) -> ServicesChangedEvent {
+    let mut changed: Vec<String> =
+        now.iter().filter(|(name, rev)| before.get(*name) != Some(rev)).map(|(name, _)| name.clone()).collect();
+    let mut removed: Vec<String> = before.keys().filter(|name| !now.contains_key(*name)).cloned().collect();
+    changed.sort();
+    removed.sort();
+    let truncated = changed.len() + removed.len() > FEED_MAX_CHANGED;
+    changed.truncate(FEED_MAX_CHANGED);
+    removed.truncate(FEED_MAX_CHANGED.saturating_sub(changed.len()));
+    ServicesChangedEvent { namespace: namespace.to_string(), changed, removed, truncated, total: now.len() as u32 }
+}
+
 fn json_event(name: &str, data: &impl Serialize) -> Event {
     Event::default().event(name).json_data(data).unwrap_or_else(|_| Event::default().event(name))
 }
@@ -1004,6 +1320,8 @@ mod tests {
             "/v1/members",
             "/v1/node",
             "/v1/watch",
+            "/v1/events",
+            "/v1/session",
         ] {
             assert!(doc.paths.paths.contains_key(path), "{path} missing from {json}");
         }

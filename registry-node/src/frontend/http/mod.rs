@@ -3,10 +3,12 @@
 //! JSON for people and scripts: `/admin/node` (this node at a glance) and
 //! `/admin/members` (the `Cluster.Members` answer, same fields, plus `lag`).
 //!
-//! Nothing here changes state. `/healthz` and `/readyz` are always open (for
-//! probes), `/metrics` too unless `auth.protect_metrics`; `/admin/*` needs an
-//! admin grant when auth is on.
+//! `/healthz` and `/readyz` are always open (for probes), `/metrics` too
+//! unless `auth.protect_metrics`; `/admin/*` needs an admin grant when auth
+//! is on. The JSON API is under `/v1/` ([`json`]) and the web console under
+//! `/ui/` (`console`; `/` redirects there).
 
+mod console;
 pub mod json;
 
 use std::sync::Arc;
@@ -54,6 +56,7 @@ pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>, shutdown: CancellationT
         .route("/admin/node", get(admin_node))
         .route("/admin/members", get(admin_members))
         .merge(json::routes())
+        .merge(console::routes())
         .with_state(Http { registry, readiness, api, tls, shutdown })
 }
 

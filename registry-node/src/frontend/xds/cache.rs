@@ -69,7 +69,7 @@ impl XdsCache {
         let views = self.registry.views();
         let (ns, svc) = (&*slot.key.0, &*slot.key.1);
         let mut built = slot.built.lock();
-        let revision = views.revision(ns, svc);
+        let revision = views.service_revision(ns, svc);
         if let Some((r, resources)) = &*built
             && *r == revision
         {
