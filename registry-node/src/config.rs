@@ -64,6 +64,26 @@ pub struct NodeConfig {
     /// both are plaintext.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSettings>,
+    /// The Eureka-compatible REST API under `/eureka/` on the HTTP port.
+    pub eureka: EurekaSettings,
+}
+
+/// The Eureka-compatible REST API (`/eureka/`, `/eureka/v2/`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EurekaSettings {
+    /// Serve it (default true; it costs nothing until a Eureka client calls).
+    pub enabled: bool,
+    /// The namespace Eureka applications live in.
+    pub namespace: String,
+    /// How long `/eureka/apps/delta` remembers a change (Eureka's 3 minutes).
+    pub delta_retention_ms: u64,
+}
+
+impl Default for EurekaSettings {
+    fn default() -> Self {
+        Self { enabled: true, namespace: "default".into(), delta_retention_ms: 180_000 }
+    }
 }
 
 /// Replication between nodes (used only with `nats_url`).
@@ -364,6 +384,7 @@ impl Default for NodeConfig {
             sync: SyncSettings::default(),
             auth: AuthConfig::default(),
             tls: None,
+            eureka: EurekaSettings::default(),
         }
     }
 }
@@ -468,6 +489,8 @@ impl NodeConfig {
     /// Checks every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_token("node_id", &self.node_id)?;
+        check_token("eureka.namespace", &self.eureka.namespace)?;
+        check_range("eureka.delta_retention_ms", self.eureka.delta_retention_ms, 1_000, 3_600_000)?;
         check_token("cluster", &self.cluster)?;
         for url in &self.nats_url {
             if url.trim().is_empty() || url.contains(char::is_whitespace) {

@@ -19,6 +19,15 @@ pub struct Metrics {
     pub rejections: AtomicU64,
     pub pushes: AtomicU64,
     pub subscriber_resyncs: AtomicU64,
+    /// Eureka requests refused as bad input (400).
+    pub eureka_bad_requests: AtomicU64,
+    /// Eureka renewals that adopted an instance this node held no lease for
+    /// (its client failed over from another node).
+    pub eureka_adoptions: AtomicU64,
+    /// Eureka full registry fetches (`GET /eureka/apps`) and delta fetches:
+    /// a client falls back to full fetches when a delta does not add up.
+    pub eureka_full_fetches: AtomicU64,
+    pub eureka_delta_fetches: AtomicU64,
     /// The xDS front-end's (`frontend::xds`).
     pub xds: XdsMetrics,
 }
@@ -114,6 +123,30 @@ impl Metrics {
             "counter",
             "Times a subscriber fell behind and was sent a fresh snapshot.",
             get(&self.subscriber_resyncs),
+        );
+        line(
+            "eureka_bad_requests_total",
+            "counter",
+            "Eureka API requests refused as bad input (400).",
+            get(&self.eureka_bad_requests),
+        );
+        line(
+            "eureka_adoptions_total",
+            "counter",
+            "Eureka renewals of an instance registered through another node, taken over here.",
+            get(&self.eureka_adoptions),
+        );
+        line(
+            "eureka_full_fetches_total",
+            "counter",
+            "Eureka full registry fetches (GET /eureka/apps).",
+            get(&self.eureka_full_fetches),
+        );
+        line(
+            "eureka_delta_fetches_total",
+            "counter",
+            "Eureka delta fetches (GET /eureka/apps/delta).",
+            get(&self.eureka_delta_fetches),
         );
         self.render_xds(&mut out, node_id);
         out

@@ -138,6 +138,76 @@ pub struct ServiceView {
     snapshot: Option<SubscribeFrame>,
 }
 
+/// What changed lately in one namespace: instances added, modified and
+/// deleted, each with its record, kept for `retention_ms` (at most
+/// `MAX_CHANGES`). Eureka's `/apps/delta` is read from it. Kept only when
+/// asked for ([`Views::keep_changes`]); recording is a clone of a shared
+/// record under a short lock.
+#[derive(Debug)]
+pub struct ChangeLog {
+    namespace: Arc<str>,
+    retention_ms: u64,
+    entries: Mutex<std::collections::VecDeque<LoggedChange>>,
+}
+
+/// One change of a [`ChangeLog`].
+#[derive(Clone, Debug)]
+pub struct LoggedChange {
+    pub at_unix_ms: u64,
+    pub service: Arc<str>,
+    pub action: ChangeAction,
+    /// The instance after the change (before it, for a deletion).
+    pub instance: EncodedInstance,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeAction {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl ChangeLog {
+    /// The most changes kept, however recent (bounds memory under churn).
+    pub const MAX_CHANGES: usize = 200_000;
+
+    fn record(&self, service: &Arc<str>, action: ChangeAction, instance: &EncodedInstance) {
+        let now = unix_ms();
+        let mut entries = self.entries.lock();
+        entries.push_back(LoggedChange {
+            at_unix_ms: now,
+            service: service.clone(),
+            action,
+            instance: instance.clone(),
+        });
+        self.trim(&mut entries, now);
+    }
+
+    fn trim(&self, entries: &mut std::collections::VecDeque<LoggedChange>, now: u64) {
+        while entries
+            .front()
+            .is_some_and(|c| c.at_unix_ms + self.retention_ms < now || entries.len() > Self::MAX_CHANGES)
+        {
+            entries.pop_front();
+        }
+    }
+
+    /// The changes still remembered, oldest first.
+    pub fn recent(&self) -> Vec<LoggedChange> {
+        let mut entries = self.entries.lock();
+        self.trim(&mut entries, unix_ms());
+        entries.iter().cloned().collect()
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// All service views of the node.
 #[derive(Debug)]
 pub struct Views {
@@ -147,6 +217,7 @@ pub struct Views {
     revision: AtomicU64,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
+    changelog: std::sync::OnceLock<Arc<ChangeLog>>,
 }
 
 impl Views {
@@ -157,7 +228,18 @@ impl Views {
             revision: AtomicU64::new(0),
             queue_capacity,
             metrics,
+            changelog: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts keeping a [`ChangeLog`] of `namespace` (once per node; later
+    /// calls get the first log).
+    pub fn keep_changes(&self, namespace: &str, retention_ms: u64) -> Arc<ChangeLog> {
+        self.changelog
+            .get_or_init(|| {
+                Arc::new(ChangeLog { namespace: namespace.into(), retention_ms, entries: Mutex::default() })
+            })
+            .clone()
     }
 
     /// A new subscriber, and the receiving end of its stream.
@@ -370,14 +452,22 @@ impl Views {
         let mut view = self.map.entry(svc.clone()).or_default();
         let mut upserted = Vec::new();
         let mut removed = Vec::new();
+        let log = self.changelog.get().filter(|l| l.namespace == svc.0);
         for (id, value) in changes {
             match value {
                 Some(instance) => {
                     upserted.push(instance.clone());
-                    view.instances.insert(id, instance);
+                    let before = view.instances.insert(id, instance.clone());
+                    if let Some(log) = log {
+                        let action = if before.is_some() { ChangeAction::Modified } else { ChangeAction::Added };
+                        log.record(&svc.1, action, &instance);
+                    }
                 }
                 None => {
-                    if view.instances.remove(&id).is_some() {
+                    if let Some(before) = view.instances.remove(&id) {
+                        if let Some(log) = log {
+                            log.record(&svc.1, ChangeAction::Deleted, &before);
+                        }
                         removed.push(v1::InstanceKey {
                             namespace: svc.0.to_string(),
                             service: svc.1.to_string(),

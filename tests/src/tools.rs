@@ -116,6 +116,36 @@ pub fn npm_project(project: &str) -> Result<PathBuf> {
     Ok(modules)
 }
 
+/// The test virtual environment's `python`, with the module `module`
+/// importable: `packages` (pinned) are installed first if it is not.
+pub fn python_with(module: &str, packages: &[&str]) -> Result<PathBuf> {
+    let venv = target_dir().join("py-venv");
+    let python = venv.join("bin").join("python");
+    let importable =
+        || Command::new(&python).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+    if python.exists() && importable() {
+        return Ok(python);
+    }
+    std::fs::create_dir_all(target_dir())?;
+    let _guard = FileLock::acquire(&target_dir().join("py-venv.lock"))?;
+    if python.exists() && importable() {
+        return Ok(python);
+    }
+    if !venv.join("bin").join("pip").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
+    }
+    run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+        &format!("pip install {}", packages.join(" ")),
+    )?;
+    if !importable() {
+        bail!("{module} is not importable after installing {packages:?}");
+    }
+    Ok(python)
+}
+
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let out = cmd.output().with_context(|| format!("{what}: cannot run"))?;
     if !out.status.success() {

@@ -57,7 +57,8 @@ pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>, shutdown: CancellationT
         .route("/admin/members", get(admin_members))
         .merge(json::routes())
         .merge(console::routes())
-        .with_state(Http { registry, readiness, api, tls, shutdown })
+        .with_state(Http { registry, readiness, api: api.clone(), tls, shutdown })
+        .merge(crate::frontend::eureka::router(api))
 }
 
 /// The same answers as gRPC: 401 for a missing or unknown credential, 403
