@@ -38,7 +38,8 @@ async fn deregister(c: &mut RegistryClient, namespace: &str, service: &str, id: 
 /// A grpcio `xds:///echo` channel balances round robin over the backends
 /// registered as `echo`, and follows a deregistration, a new registration
 /// and a DOWN status within a second. A second namespace, named in the
-/// bootstrap's node metadata, sees its own `echo` only.
+/// bootstrap's node metadata or in the target (`xds:///payments/echo`),
+/// sees its own `echo` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
     let node = start_node(test_config("n1")).await?;
@@ -100,14 +101,20 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
     payer.until("payments' echo is p1 alone", start, 5, FIRST_CONTACT, |a| round_robin(a, &["p1"], 5)).await?;
     let since = Instant::now();
     client.until("default's echo is unchanged", since, 6, PROMPTLY, |a| round_robin(a, &["b2", "b4"], 3)).await?;
+    // The same, named in the target: `namespace/service`, from a client
+    // whose bootstrap names no namespace.
+    let bootstrap = Bootstrap::plaintext(node.grpc_addr, "payer-2", "zone-b").write()?;
+    let named = XdsClient::start("xds:///payments/echo", bootstrap)?;
+    let start = Instant::now();
+    named.until("payments/echo is p1 alone", start, 5, FIRST_CONTACT, |a| round_robin(a, &["p1"], 5)).await?;
 
     let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
-    assert_eq!(metric(&metrics, "xds_streams"), Some(2), "one ADS stream per client");
+    assert_eq!(metric(&metrics, "xds_streams"), Some(3), "one ADS stream per client");
     for t in ["lds", "rds", "cds", "eds"] {
         let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
         assert!(metrics.contains(&line), "no NACK of {t}: grpcio took every resource\n{metrics}");
     }
-    drop((client, payer, backends));
+    drop((client, payer, named, backends));
     node.shutdown().await;
     Ok(())
 }

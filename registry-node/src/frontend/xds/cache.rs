@@ -26,10 +26,14 @@ pub struct XdsCache {
     slots: DashMap<ServiceKey, Arc<Slot>>,
 }
 
-/// One service's encodings at the revision they were built for.
+/// One service's encodings, under one resource name, at the revision they
+/// were built for.
 #[derive(Debug)]
 pub struct Slot {
+    /// `(namespace, resource name)`: a service asked for as `orders` and
+    /// as `payments/orders` is named differently in its resources.
     key: ServiceKey,
+    service: Arc<str>,
     /// `(revision, resources)`; `None` while the service has no instances.
     built: Mutex<Option<(u64, Option<Arc<ServiceResources>>)>>,
 }
@@ -39,10 +43,15 @@ impl XdsCache {
         Self { registry, slots: DashMap::new() }
     }
 
-    /// The slot of `namespace`/`service`, for a stream that watches it.
-    pub fn slot(&self, namespace: &str, service: &str) -> Arc<Slot> {
-        let key: ServiceKey = (namespace.into(), service.into());
-        self.slots.entry(key.clone()).or_insert_with(|| Arc::new(Slot { key, built: Mutex::new(None) })).clone()
+    /// The slot of `namespace`/`service` under the resource name `name`
+    /// (the service's own name, or `namespace/service`), for a stream that
+    /// watches it.
+    pub fn slot(&self, namespace: &str, service: &str, name: &str) -> Arc<Slot> {
+        let key: ServiceKey = (namespace.into(), name.into());
+        self.slots
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Slot { key, service: service.into(), built: Mutex::new(None) }))
+            .clone()
     }
 
     /// A stream stopped watching `slot`'s service: the slot goes once no
@@ -67,7 +76,7 @@ impl XdsCache {
     /// instances), built if the view moved on since they were.
     pub fn current(&self, slot: &Slot) -> Option<Arc<ServiceResources>> {
         let views = self.registry.views();
-        let (ns, svc) = (&*slot.key.0, &*slot.key.1);
+        let (ns, svc, name) = (&*slot.key.0, &*slot.service, &*slot.key.1);
         let mut built = slot.built.lock();
         let revision = views.service_revision(ns, svc);
         if let Some((r, resources)) = &*built
@@ -77,7 +86,7 @@ impl XdsCache {
         }
         // Revision and instances read together, under the view's guard.
         let (revision, instances) = views.get(ns, svc);
-        let resources = resources::build(svc, revision, &instances).map(Arc::new);
+        let resources = resources::build(name, revision, &instances).map(Arc::new);
         let m = &self.registry.metrics.xds;
         Metrics::inc(&m.encodings);
         if let Some(r) = &resources
@@ -124,7 +133,7 @@ mod tests {
         let registry = Arc::new(Registry::new(Arc::new(NodeConfig::default()), 1));
         let cache = XdsCache::new(registry.clone());
         let encodings = || registry.metrics.xds.encodings.load(Ordering::Relaxed);
-        let (a, b) = (cache.slot("default", "orders"), cache.slot("default", "orders"));
+        let (a, b) = (cache.slot("default", "orders", "orders"), cache.slot("default", "orders", "orders"));
         assert!(Arc::ptr_eq(&a, &b), "one slot per service");
         assert!(cache.current(&a).is_none(), "no instances: it does not exist");
 

@@ -121,8 +121,9 @@ impl ServiceResources {
     }
 }
 
-/// The resources of `service` at `revision`, or `None` when it has no
-/// instances: a resource that does not exist is left out of responses.
+/// The resources of a service at `revision`, all named `service` (the name
+/// the client asked for), or `None` when it has no instances: a resource
+/// that does not exist is left out of responses.
 pub fn build(service: &str, revision: u64, instances: &[v1::Instance]) -> Option<ServiceResources> {
     if instances.is_empty() {
         return None;

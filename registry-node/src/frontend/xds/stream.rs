@@ -9,7 +9,7 @@
 //! room, from the views as they are then, so a client that reads slowly
 //! skips the states it missed instead of queueing them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,9 @@ use prost::Message;
 use registry_proto::{SubscribeFrame, v1};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
@@ -78,11 +81,13 @@ pub struct AdsStream {
     /// From the stream's first request; `None` until then.
     namespace: Option<String>,
     consumer: v1::ConsumerInfo,
-    /// The node's watch of the services asked for, while there are any.
-    watch: Option<mpsc::Receiver<WatchItem>>,
-    /// What `watch` watches.
-    watching: Option<Watching>,
-    /// The services watched (valid names only; others do not exist).
+    /// The node's watches of the services asked for, one per namespace
+    /// (names of the form `namespace/service` reach beyond the stream's).
+    watch: StreamMap<String, ReceiverStream<WatchItem>>,
+    /// What each watch in `watch` covers, by namespace.
+    watching: BTreeMap<String, Watching>,
+    /// The slot of each resource name watched (valid names only; others do
+    /// not exist).
     slots: HashMap<String, Arc<Slot>>,
     /// When a stream asked to move ends.
     drain_at: Option<Instant>,
@@ -101,7 +106,7 @@ enum Event<'a> {
     Stop,
     Drain,
     Request(Option<Result<Box<Incoming>, Status>>),
-    Watch(Option<WatchItem>),
+    Watch(Option<(String, WatchItem)>),
     Room(mpsc::Permit<'a, Result<DiscoveryFrame, Status>>),
 }
 
@@ -123,8 +128,8 @@ impl AdsStream {
             sotw: Sotw::new(max_names),
             namespace: None,
             consumer: v1::ConsumerInfo::default(),
-            watch: None,
-            watching: None,
+            watch: StreamMap::new(),
+            watching: BTreeMap::new(),
             slots: HashMap::new(),
             drain_at: None,
         }
@@ -150,7 +155,7 @@ impl AdsStream {
             // not a task held open.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.out.send(Err(Status::from(e)))).await;
         }
-        self.watch = None;
+        self.watch.clear();
         for (_, slot) in self.slots.drain() {
             self.cache.release(slot);
         }
@@ -171,7 +176,7 @@ impl AdsStream {
                 _ = stop.cancelled() => Event::Stop,
                 _ = tokio::time::sleep_until(self.drain_at.unwrap_or_else(Instant::now)), if self.drain_at.is_some() => Event::Drain,
                 r = requests.message() => Event::Request(r.transpose().map(|r| r.map(Box::new))),
-                item = recv(&mut self.watch), if self.watch.is_some() => Event::Watch(item),
+                item = self.watch.next(), if !self.watch.is_empty() => Event::Watch(item),
                 permit = out.reserve(), if due => match permit {
                     Ok(p) => Event::Room(p),
                     Err(_) => return Ok(()),
@@ -189,8 +194,8 @@ impl AdsStream {
                     Ok(request) => self.on_request(request)?,
                 },
                 Event::Watch(None) => return Err(StreamError::Shutdown),
-                Event::Watch(Some(Err(end))) => return Err(StreamError::Moved(end.to_string())),
-                Event::Watch(Some(Ok(frame))) => self.on_frame(&frame),
+                Event::Watch(Some((_, Err(end)))) => return Err(StreamError::Moved(end.to_string())),
+                Event::Watch(Some((namespace, Ok(frame)))) => self.on_frame(&namespace, &frame),
                 Event::Room(permit) => self.send_due(permit),
             }
         }
@@ -230,26 +235,51 @@ impl AdsStream {
         self.rewatch_if_changed()
     }
 
-    /// Watches what the client now asks for, if that changed: a new watch
-    /// (a consumer record naming the new services, or the whole namespace
-    /// for a wildcard) replaces the old one.
+    /// The namespace and service a resource name stands for: `service` in
+    /// the stream's namespace, or `namespace/service`. `None`: not a valid
+    /// name, so a resource that does not exist.
+    fn resolve(&self, name: &str) -> Option<(String, String)> {
+        let own = self.namespace.as_deref().unwrap_or_default();
+        let (namespace, service) = name.split_once('/').unwrap_or((own, name));
+        validate::service_ref(namespace, service, &self.api.registry().config().limits).ok()
+    }
+
+    /// Watches what the client now asks for, if that changed: for each
+    /// namespace it names, a new watch (a consumer record naming the new
+    /// services, or the whole namespace for a wildcard) replaces the old one.
     fn rewatch_if_changed(&mut self) -> Result<(), StreamError> {
-        let namespace = self.namespace.clone().unwrap_or_default();
-        let limits = &self.api.registry().config().limits;
-        // A name that is not a valid service name is a resource that does
-        // not exist: left out of responses, not watched.
-        let named: BTreeSet<String> =
-            self.sotw.watched().into_iter().filter(|s| validate::service_ref(&namespace, s, limits).is_ok()).collect();
-        let want = if self.sotw.any_wildcard() { Watching::Namespace } else { Watching::Services(named.clone()) };
-        if self.watching.as_ref() != Some(&want) {
-            self.watch = match &want {
-                Watching::Services(s) if s.is_empty() => None,
-                Watching::Services(s) => Some(self.watch_services(&namespace, s.iter().cloned().collect())?),
-                // Every service of the namespace, those to come included
-                // (the watch checks a read grant on all of it).
-                Watching::Namespace => Some(self.watch_services(&namespace, Vec::new())?),
-            };
-            self.watching = Some(want);
+        let named: BTreeSet<String> = self.sotw.watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
+        let mut want: BTreeMap<String, Watching> = BTreeMap::new();
+        for name in &named {
+            if let Some((namespace, service)) = self.resolve(name)
+                && let Watching::Services(s) =
+                    want.entry(namespace).or_insert_with(|| Watching::Services(BTreeSet::new()))
+            {
+                s.insert(service);
+            }
+        }
+        if self.sotw.any_wildcard() {
+            // Every service of the stream's namespace, those to come included
+            // (the watch checks a read grant on all of it).
+            want.insert(self.namespace.clone().unwrap_or_default(), Watching::Namespace);
+        }
+        if want != self.watching {
+            for (namespace, w) in &want {
+                if self.watching.get(namespace) != Some(w) {
+                    let services = match w {
+                        Watching::Services(s) => s.iter().cloned().collect(),
+                        Watching::Namespace => Vec::new(),
+                    };
+                    let rx = self.watch_services(namespace, services)?;
+                    self.watch.insert(namespace.clone(), ReceiverStream::new(rx));
+                }
+            }
+            for namespace in self.watching.keys() {
+                if !want.contains_key(namespace) {
+                    self.watch.remove(namespace);
+                }
+            }
+            self.watching = want;
             self.sotw.touch_all();
         }
         // Slots for the names asked for; a wildcard's come and go with the
@@ -257,8 +287,8 @@ impl AdsStream {
         if !self.sotw.any_wildcard() {
             self.retain_slots(&named);
         }
-        for s in named {
-            self.slot(&namespace, &s);
+        for name in named {
+            self.slot(&name);
         }
         Ok(())
     }
@@ -269,17 +299,19 @@ impl AdsStream {
         Ok(self.api.watch(&self.caller, request, Some(self.peer))?)
     }
 
-    /// The slot of `service`, taken from the cache the first time.
-    fn slot(&mut self, namespace: &str, service: &str) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(service) {
-            return slot.clone();
+    /// The slot of the resource `name`, taken from the cache the first
+    /// time; `None` if the name is not valid.
+    fn slot(&mut self, name: &str) -> Option<Arc<Slot>> {
+        if let Some(slot) = self.slots.get(name) {
+            return Some(slot.clone());
         }
-        let slot = self.cache.slot(namespace, service);
-        self.slots.insert(service.to_string(), slot.clone());
-        slot
+        let (namespace, service) = self.resolve(name)?;
+        let slot = self.cache.slot(&namespace, &service, name);
+        self.slots.insert(name.to_string(), slot.clone());
+        Some(slot)
     }
 
-    /// Gives back the slots of services not in `keep`.
+    /// Gives back the slots of names not in `keep`.
     fn retain_slots(&mut self, keep: &BTreeSet<String>) {
         let gone: Vec<String> = self.slots.keys().filter(|s| !keep.contains(*s)).cloned().collect();
         for s in gone {
@@ -289,10 +321,14 @@ impl AdsStream {
         }
     }
 
-    fn on_frame(&mut self, frame: &SubscribeFrame) {
+    fn on_frame(&mut self, namespace: &str, frame: &SubscribeFrame) {
         match FrameKind::decode(frame.0.clone()) {
             Ok(FrameKind { snapshot: Some(s), .. }) | Ok(FrameKind { delta: Some(s), .. }) => {
-                self.sotw.touch(&s.service)
+                // The service changed under both of its names.
+                if self.namespace.as_deref() == Some(namespace) {
+                    self.sotw.touch(&s.service);
+                }
+                self.sotw.touch(&format!("{namespace}/{}", s.service));
             }
             Ok(FrameKind { drain: Some(d), .. }) if self.drain_at.is_none() => {
                 self.drain_at = Some(Instant::now() + Duration::from_millis(u64::from(d.delay_ms)));
@@ -326,13 +362,8 @@ impl AdsStream {
             };
             let mut sent = Sent::new();
             let mut resources = Vec::new();
-            let registry = self.api.registry().clone();
-            let limits = &registry.config().limits;
             for name in names {
-                if validate::service_ref(&namespace, &name, limits).is_err() {
-                    continue;
-                }
-                let slot = self.slot(&namespace, &name);
+                let Some(slot) = self.slot(&name) else { continue };
                 if let Some(r) = self.cache.current(&slot) {
                     resources.push(r.get(t).clone());
                     sent.insert(name, if t.follows_instances() { r.revision } else { 0 });
@@ -355,13 +386,6 @@ impl AdsStream {
 /// client: worth telling it why, and counting.
 fn refused(s: &Status) -> bool {
     matches!(s.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange | tonic::Code::Internal)
-}
-
-async fn recv(watch: &mut Option<mpsc::Receiver<WatchItem>>) -> Option<WatchItem> {
-    match watch {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The namespace and consumer record of a stream, from its bootstrap's node.
