@@ -16,6 +16,7 @@ mod peers;
 mod procs;
 mod scenarios;
 mod security;
+mod xds;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -125,6 +126,21 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// The same over xDS: ADS streams on one node watching one service's
+    /// endpoints while an instance flaps, then upserts on node a at `rate`
+    /// seen by an ADS stream on node c.
+    Xds {
+        #[arg(long, default_value_t = 1_000)]
+        streams: u32,
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+        #[arg(long, default_value_t = 20)]
+        flaps: u32,
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Every scenario at a tiny size (keeps the tool working; no timing claims).
     Smoke,
 }
@@ -206,6 +222,11 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
+        Scenario::Xds { streams, connections, flaps, rate, seconds } => {
+            let mut rows = xds::fanout(setup, streams, connections, flaps).await?;
+            rows.extend(xds::propagation(setup, rate, seconds).await?);
+            rows
+        }
         Scenario::Smoke => {
             let mut rows = scenarios::ingest(setup, 1, 2_000, true).await?;
             rows.extend(scenarios::ingest(setup, 3, 2_000, false).await?);
@@ -219,6 +240,8 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             rows.extend(scenarios::scale(setup, 2_000, 200).await?);
             rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
             rows.extend(scenarios::failure(setup, 1).await?);
+            rows.extend(xds::fanout(setup, 50, 2, 3).await?);
+            rows.extend(xds::propagation(setup, 100, 1).await?);
             rows
         }
     })
@@ -235,6 +258,7 @@ async fn run_etcd(etcd: &peers::etcd::Etcd, scenario: &Scenario) -> Result<Vec<R
         Scenario::Scale { instances, metadata } => etcd::scale(etcd, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => etcd::catchup(etcd, instances, metadata).await?,
         Scenario::Failure { rounds } => etcd::failure(etcd, rounds).await?,
+        Scenario::Xds { .. } => bail!("xds runs the registry only (etcd speaks no xDS)"),
         Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
@@ -249,6 +273,7 @@ async fn run_zookeeper(zk: &peers::zookeeper::ZooKeeper, scenario: &Scenario) ->
         Scenario::Scale { instances, metadata } => z::scale(zk, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => z::catchup(zk, instances, metadata).await?,
         Scenario::Failure { rounds } => z::failure(zk, rounds).await?,
+        Scenario::Xds { .. } => bail!("xds runs the registry only (ZooKeeper speaks no xDS)"),
         Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })

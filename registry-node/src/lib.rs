@@ -10,7 +10,7 @@
 //!   of instances by sessions and leases, the consumer directory.
 //! - [`views`]: per-service views, revisions and the encode-once fan-out.
 //! - [`api`]: the in-process API every front-end calls (`NodeApi`).
-//! - [`frontend`]: one module per protocol (gRPC, HTTP).
+//! - [`frontend`]: one module per protocol (gRPC, HTTP, xDS).
 //! - [`listen`]: accepting connections, plaintext or TLS, with each peer's
 //!   client certificate names.
 //! - [`auth`]: principals, grants, tokens, client certificates, the audit trail.

@@ -28,6 +28,32 @@ pub struct Metrics {
     /// a client falls back to full fetches when a delta does not add up.
     pub eureka_full_fetches: AtomicU64,
     pub eureka_delta_fetches: AtomicU64,
+    /// The xDS front-end's (`frontend::xds`).
+    pub xds: XdsMetrics,
+}
+
+/// The `type` label of xDS metrics kept per resource type, in the order of
+/// the front-end's `ResourceType::index`.
+pub const XDS_TYPE_LABELS: [&str; 4] = ["cds", "eds", "lds", "rds"];
+
+/// Counters of the xDS front-end.
+#[derive(Debug, Default)]
+pub struct XdsMetrics {
+    /// Open ADS streams.
+    pub streams: AtomicU64,
+    pub responses: AtomicU64,
+    /// A service's resources encoded (once per revision, shared by streams).
+    pub encodings: AtomicU64,
+    /// NACKs by type, in the order of [`XDS_TYPE_LABELS`].
+    pub nacks: [AtomicU64; 4],
+    /// Requests ignored: of a type this node does not serve.
+    pub unknown_types: AtomicU64,
+    /// Requests ignored: answering a response a newer one overtook.
+    pub stale: AtomicU64,
+    /// Streams ended for a request that could not be decoded or was refused.
+    pub bad_requests: AtomicU64,
+    /// Instances left out of endpoints for a host that is not an IP literal.
+    pub hosts_left_out: AtomicU64,
 }
 
 /// Values computed at scrape time rather than counted.
@@ -122,6 +148,57 @@ impl Metrics {
             "Eureka delta fetches (GET /eureka/apps/delta).",
             get(&self.eureka_delta_fetches),
         );
+        self.render_xds(&mut out, node_id);
         out
+    }
+
+    fn render_xds(&self, out: &mut String, node_id: &str) {
+        let x = &self.xds;
+        write_metric(
+            out,
+            "registry_xds_streams",
+            "gauge",
+            "Open xDS (ADS) streams.",
+            node_id,
+            x.streams.load(Ordering::Relaxed),
+        );
+        write_counters(
+            out,
+            node_id,
+            &[
+                ("registry_xds_responses_total", "DiscoveryResponses sent.", &x.responses),
+                (
+                    "registry_xds_encodings_total",
+                    "Services' xDS resources encoded (once per revision, shared by every stream).",
+                    &x.encodings,
+                ),
+                (
+                    "registry_xds_unknown_type_requests_total",
+                    "Requests of a type URL this node does not serve (ignored).",
+                    &x.unknown_types,
+                ),
+                (
+                    "registry_xds_stale_requests_total",
+                    "Requests answering a response a newer one overtook (ignored).",
+                    &x.stale,
+                ),
+                (
+                    "registry_xds_bad_requests_total",
+                    "Streams ended for a request that was garbage or refused.",
+                    &x.bad_requests,
+                ),
+                (
+                    "registry_xds_hosts_left_out_total",
+                    "Instances left out of endpoints because their host is not an IP literal (per encoding).",
+                    &x.hosts_left_out,
+                ),
+            ],
+        );
+        let _ = writeln!(out, "# HELP registry_xds_nacks_total Responses the client refused (NACK), by type.");
+        let _ = writeln!(out, "# TYPE registry_xds_nacks_total counter");
+        for (label, nacks) in XDS_TYPE_LABELS.iter().zip(&x.nacks) {
+            let v = nacks.load(Ordering::Relaxed);
+            let _ = writeln!(out, "registry_xds_nacks_total{{node=\"{node_id}\",type=\"{label}\"}} {v}");
+        }
     }
 }

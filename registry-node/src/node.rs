@@ -254,6 +254,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     let registry_service = RegistryServer::new(RegistryService { api: api.clone() })
         .max_decoding_message_size(config.limits.max_message_bytes);
     let cluster_service = ClusterServer::new(ClusterService { api: api.clone() });
+    let ads_service = crate::frontend::xds::AdsServer::new(api.clone());
     let accept = |listener, alpn| listen::incoming(listener, tls.clone(), alpn, signals.stop.clone());
     let grpc_incoming = accept(grpc_listener, Alpn::Grpc).map_err(|source| StartError::Bind {
         what: "gRPC",
@@ -274,6 +275,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
         .add_service(reflection_v1alpha)
         .add_service(registry_service)
         .add_service(cluster_service)
+        .add_service(ads_service)
         .serve_with_incoming_shutdown(grpc_incoming.into_stream(), signals.stop.clone().cancelled_owned());
     let grpc_task = tokio::spawn(async move {
         if let Err(e) = grpc.await {

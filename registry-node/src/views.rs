@@ -338,6 +338,13 @@ impl Views {
         }
     }
 
+    /// The revision of one service (0 if unknown), without reading its
+    /// instances: how a cache of what is built from them tells it is current.
+    pub fn service_revision(&self, namespace: &str, service: &str) -> u64 {
+        let key: ServiceKey = (namespace.into(), service.into());
+        self.map.get(&key).map_or(0, |v| v.revision)
+    }
+
     /// What `GetService` answers, written around the instances' stored
     /// encodings (nothing decoded or re-encoded). Wire-identical to the
     /// `GetServiceResponse` of [`Self::get`].

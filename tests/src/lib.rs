@@ -30,6 +30,7 @@ pub mod pki;
 pub mod procs;
 pub mod secure;
 pub mod tools;
+pub mod xds;
 
 pub type RegistryClient = v1::registry_client::RegistryClient<Channel>;
 pub type ClusterClient = v1::cluster_client::ClusterClient<Channel>;

@@ -46,6 +46,43 @@ pub fn python_tool(program: &str, packages: &[&str]) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The virtual environment's `python3`, able to import `module`, with
+/// `packages` (pip requirement strings, pinned) installed first if it
+/// cannot. For libraries, which put no program of their own in `bin/`.
+pub fn python_module(module: &str, packages: &[&str]) -> Result<PathBuf> {
+    let venv = target_dir().join("py-venv");
+    let python = venv.join("bin").join("python3");
+    let imports = || {
+        python.exists()
+            && Command::new(&python)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    if imports() {
+        return Ok(python);
+    }
+    std::fs::create_dir_all(target_dir())?;
+    let lock = target_dir().join("py-venv.lock");
+    let _guard = FileLock::acquire(&lock)?;
+    if imports() {
+        return Ok(python);
+    }
+    if !venv.join("bin").join("pip").exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
+    }
+    run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+        &format!("pip install {}", packages.join(" ")),
+    )?;
+    if !imports() {
+        bail!("python cannot import {module} after installing {packages:?}");
+    }
+    Ok(python)
+}
+
 /// The `node_modules` folder of the npm project `tests/<project>/` (its
 /// `package.json` and `package-lock.json`, pinned), installed with `npm ci`
 /// under `target/npm/<project>/` first if missing or out of date.
@@ -77,36 +114,6 @@ pub fn npm_project(project: &str) -> Result<PathBuf> {
         &format!("npm ci in target/npm/{project} (Debian: nodejs, npm)"),
     )?;
     Ok(modules)
-}
-
-/// The test virtual environment's `python`, with the module `module`
-/// importable: `packages` (pinned) are installed first if it is not.
-pub fn python_with(module: &str, packages: &[&str]) -> Result<PathBuf> {
-    let venv = target_dir().join("py-venv");
-    let python = venv.join("bin").join("python");
-    let importable =
-        || Command::new(&python).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
-    if python.exists() && importable() {
-        return Ok(python);
-    }
-    std::fs::create_dir_all(target_dir())?;
-    let _guard = FileLock::acquire(&target_dir().join("py-venv.lock"))?;
-    if python.exists() && importable() {
-        return Ok(python);
-    }
-    if !venv.join("bin").join("pip").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
-    }
-    run(
-        Command::new(venv.join("bin").join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(packages),
-        &format!("pip install {}", packages.join(" ")),
-    )?;
-    if !importable() {
-        bail!("{module} is not importable after installing {packages:?}");
-    }
-    Ok(python)
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use registry_node::auth::tokens::sha256_hex;
 use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
 use registry_proto::v1;
-use registry_tests::tools::python_with;
+use registry_tests::tools::python_module;
 use registry_tests::{PROMPTLY, Watch, client, http_request, metric, start_node, test_config};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -30,7 +30,7 @@ struct PyClient {
 impl PyClient {
     /// Starts py-eureka-client; it has registered when this returns.
     async fn start(http: SocketAddr, app: &str, id: &str, port: u16) -> Result<Self> {
-        let python = python_with("py_eureka_client", &[PY_EUREKA_CLIENT])?;
+        let python = python_module("py_eureka_client", &[PY_EUREKA_CLIENT])?;
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eureka").join("py_client.py");
         let mut command = tokio::process::Command::new(python);
         command.arg(script).args([format!("http://{http}/eureka/"), app.into(), id.into(), port.to_string()]);

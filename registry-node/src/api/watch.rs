@@ -2,8 +2,9 @@
 //! progress keepalives and, when the node wants the watcher elsewhere, a
 //! drain. The frames are the shared encoded `SubscribeResponse`s: the writer
 //! queues deltas straight into the watcher's queue, encoded once for all.
-//! Every front-end that streams changes (gRPC Subscribe today; server-sent
-//! events, xDS later) reads the same [`WatchItem`]s and only re-frames them.
+//! Every front-end that streams changes (gRPC Subscribe, server-sent events,
+//! xDS) reads the same [`WatchItem`]s and only re-frames them (xDS reads them
+//! as "this service changed" and sends what the view holds).
 
 use std::sync::Arc;
 use std::time::Duration;

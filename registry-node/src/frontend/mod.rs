@@ -8,13 +8,14 @@
 //! - [`http`]: operators' endpoints on the HTTP port (metrics, health,
 //!   readiness, read-only admin JSON), the JSON API and the web console.
 //! - [`eureka`]: the Eureka-compatible REST API on the HTTP port.
+//! - [`xds`]: Envoy's Aggregated Discovery Service (state of the world) on
+//!   the gRPC port, for gRPC clients' `xds:///` resolver and Envoy.
 //!
-//! Where the next ones go: `http` grows the JSON API (`/v1/`) and the
-//! console (`/ui/`); `xds` (Envoy's ADS on the gRPC port), `eureka` (the
-//! Eureka REST API on the HTTP port) and `dns` (its own UDP/TCP listener)
-//! each get a module here. Authentication and grants sit in front of the API
-//! for all of them, in one place.
+//! Where the next one goes: `dns` (its own UDP/TCP listener) gets a module
+//! here. Authentication and grants sit in front of the API for all of them,
+//! in one place.
 
 pub mod eureka;
 pub mod grpc;
 pub mod http;
+pub mod xds;

@@ -34,7 +34,7 @@ pub fn status_of(e: &RegistryError) -> Status {
 
 /// The other end of a request's connection (the node's listeners put it in
 /// every request; see `crate::listen`).
-fn peer<T>(request: &Request<T>) -> Peer {
+pub(crate) fn peer<T>(request: &Request<T>) -> Peer {
     request
         .extensions()
         .get::<Peer>()
@@ -44,7 +44,7 @@ fn peer<T>(request: &Request<T>) -> Peer {
 
 /// The caller of a request, from its `authorization` metadata or its
 /// connection's client certificate.
-fn caller<T>(api: &NodeApi, request: &Request<T>) -> Result<Caller, Status> {
+pub(crate) fn caller<T>(api: &NodeApi, request: &Request<T>) -> Result<Caller, Status> {
     let header = request.metadata().get("authorization").map(|v| v.as_bytes());
     Ok(api.authenticate(header, &peer(request))?)
 }

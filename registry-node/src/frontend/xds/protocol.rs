@@ -1,0 +1,353 @@
+//! The state-of-the-world bookkeeping of one ADS stream, with no I/O: which
+//! names the client wants of each type, what was last sent (nonce, version,
+//! and the revision of each resource in it), whether the client took it
+//! (ACK) or refused it (NACK), and so when a response is owed.
+//!
+//! The rules, from the xDS protocol:
+//! - A request with no nonce subscribes (the first of a type on a stream, or
+//!   a client that reconnected): it is always answered, even when none of
+//!   its resources exists, so the client learns that they do not.
+//! - A request carrying the nonce of the last response of its type is the
+//!   client's verdict on it: an ACK, or with `error_detail` a NACK (logged
+//!   and counted by the caller; the client keeps its last good config, and
+//!   the same resources are not sent again until they change). Its names
+//!   are the subscription from then on.
+//! - A request carrying an older nonce was overtaken by a response in
+//!   flight; it is ignored (its names come again with the next ACK).
+//! - Between requests, a response is owed when a subscribed resource came,
+//!   went or (endpoints) changed revision. Responses are state of the world:
+//!   each names every subscribed resource that exists.
+//! - Listeners and clusters may be asked for by wildcard (Envoy's CDS): a
+//!   first request with no names, or the name `*`. The stream then owes every
+//!   resource of the type that exists (the caller lists them), and compares
+//!   again at every change in the namespace. Explicit names beside `*` are
+//!   subscribed too; a request that names resources without `*` ends the
+//!   wildcard.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::resources::ResourceType;
+
+/// What the client said with a request, for the caller to log and count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A new subscription (no nonce): answered whatever it finds.
+    Subscribe,
+    /// The last response of the type was applied.
+    Ack { version: String },
+    /// The last response of the type was refused; `version` is the last
+    /// one the client holds.
+    Nack { version: String, message: String },
+    /// The same NACK again (a client retrying): not counted twice; its
+    /// names are taken as any request's.
+    Repeated,
+    /// Answers a response that a newer one overtook: ignored.
+    Stale,
+}
+
+/// A request refused whole.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("{count} resource names in one request is over the limit of {limit} (limits.max_services_per_subscribe)")]
+    TooManyNames { count: usize, limit: usize },
+}
+
+/// What a response held of each resource: its revision (endpoints) or 0
+/// (the others, which change only by existing or not); absent resources
+/// are not in the map.
+pub type Sent = BTreeMap<String, u64>;
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// The client has asked for this type on this stream.
+    subscribed: bool,
+    names: BTreeSet<String>,
+    /// Every resource of the type is subscribed (see the module's rules).
+    wildcard: bool,
+    /// Nonce of the last response of this type (0: none yet).
+    nonce: u64,
+    sent: Sent,
+    /// Version the client last accepted.
+    acked: Option<String>,
+    /// Nonce of the last response refused (0: none).
+    nacked: u64,
+    /// A response is owed whatever the state (a new subscription).
+    owed: bool,
+    /// A subscribed service changed since the last response: compare.
+    dirty: bool,
+}
+
+/// The state-of-the-world bookkeeping of one stream.
+#[derive(Debug)]
+pub struct Sotw {
+    types: [TypeState; 4],
+    /// Counter of responses on this stream: each gets the next value as
+    /// both its version and its nonce.
+    counter: u64,
+    max_names: usize,
+}
+
+impl Sotw {
+    pub fn new(max_names: usize) -> Self {
+        Self { types: Default::default(), counter: 0, max_names }
+    }
+
+    fn state(&mut self, t: ResourceType) -> &mut TypeState {
+        &mut self.types[t.index()]
+    }
+
+    /// Takes one request of type `t`. `nonce` is the request's
+    /// `response_nonce`, `error` its `error_detail` message if it has one.
+    pub fn on_request(
+        &mut self,
+        t: ResourceType,
+        names: Vec<String>,
+        nonce: &str,
+        version: &str,
+        error: Option<String>,
+    ) -> Result<Verdict, ProtocolError> {
+        if names.len() > self.max_names {
+            return Err(ProtocolError::TooManyNames { count: names.len(), limit: self.max_names });
+        }
+        let s = self.state(t);
+        let verdict = if nonce.is_empty() || s.nonce == 0 {
+            // A nonce of a response this stream never sent (a client that
+            // reconnected) is a new subscription too.
+            Verdict::Subscribe
+        } else if nonce != s.nonce.to_string() {
+            return Ok(Verdict::Stale);
+        } else if let Some(message) = error {
+            if s.nacked == s.nonce {
+                Verdict::Repeated
+            } else {
+                s.nacked = s.nonce;
+                Verdict::Nack { version: version.to_string(), message }
+            }
+        } else {
+            s.acked = Some(version.to_string());
+            Verdict::Ack { version: version.to_string() }
+        };
+        let mut names: BTreeSet<String> = names.into_iter().collect();
+        let star = names.remove("*");
+        let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!s.subscribed || s.wildcard)));
+        if verdict == Verdict::Subscribe || names != s.names || wildcard != s.wildcard {
+            s.owed = true;
+        }
+        s.subscribed = true;
+        s.names = names;
+        s.wildcard = wildcard;
+        Ok(verdict)
+    }
+
+    /// Every name any type subscribes to: the services to watch.
+    pub fn watched(&self) -> BTreeSet<String> {
+        self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
+    }
+
+    /// Whether some type subscribes to every resource: the stream must
+    /// watch its whole namespace.
+    pub fn any_wildcard(&self) -> bool {
+        self.types.iter().any(|s| s.wildcard)
+    }
+
+    /// Whether type `t` subscribes to every resource that exists.
+    pub fn is_wildcard(&self, t: ResourceType) -> bool {
+        self.types[t.index()].wildcard
+    }
+
+    /// `service` changed: each type that subscribes to it (by name or by
+    /// wildcard) compares its state again before the next response.
+    pub fn touch(&mut self, service: &str) {
+        for s in &mut self.types {
+            if s.wildcard || s.names.contains(service) {
+                s.dirty = true;
+            }
+        }
+    }
+
+    /// Every type: compare again (the watched services were watched anew,
+    /// and any of them may have changed meanwhile).
+    pub fn touch_all(&mut self) {
+        for s in &mut self.types {
+            s.dirty = s.wildcard || !s.names.is_empty();
+        }
+    }
+
+    /// Whether a response of type `t` may be owed: check it with [`Self::due`].
+    pub fn maybe_due(&self, t: ResourceType) -> bool {
+        let s = &self.types[t.index()];
+        s.subscribed && (s.owed || s.dirty)
+    }
+
+    /// The names of type `t` asked for by name, sorted (a wildcard adds
+    /// every resource that exists: see [`Self::is_wildcard`]).
+    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
+        self.types[t.index()].names.iter().map(String::as_str)
+    }
+
+    /// Whether `now` (what a response of type `t` would hold) must be sent:
+    /// a response is owed, or it differs from the last one. Clears the
+    /// dirty mark when nothing changed.
+    pub fn due(&mut self, t: ResourceType, now: &Sent) -> bool {
+        let s = self.state(t);
+        if s.owed {
+            return true;
+        }
+        if !s.dirty {
+            return false;
+        }
+        if &s.sent == now {
+            s.dirty = false;
+            return false;
+        }
+        true
+    }
+
+    /// Records a response of type `t` holding `sent`; returns its version
+    /// and nonce (the same number, as text).
+    pub fn record_sent(&mut self, t: ResourceType, sent: Sent) -> String {
+        self.counter += 1;
+        let n = self.counter;
+        let s = self.state(t);
+        s.nonce = n;
+        s.sent = sent;
+        s.owed = false;
+        s.dirty = false;
+        n.to_string()
+    }
+
+    /// The version the client last accepted of type `t`.
+    pub fn acked(&self, t: ResourceType) -> Option<&str> {
+        self.types[t.index()].acked.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: ResourceType = ResourceType::Listener;
+    const E: ResourceType = ResourceType::Endpoints;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn sent(n: &[(&str, u64)]) -> Sent {
+        n.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_subscription_is_answered_even_when_nothing_exists() {
+        let mut p = Sotw::new(10);
+        assert!(!p.maybe_due(L));
+        assert_eq!(p.on_request(L, names(&["orders"]), "", "", None), Ok(Verdict::Subscribe));
+        assert!(p.maybe_due(L));
+        assert!(p.due(L, &Sent::new()), "empty, but owed");
+        assert_eq!(p.record_sent(L, Sent::new()), "1");
+        assert!(!p.maybe_due(L));
+        assert!(!p.maybe_due(E), "other types are not subscribed");
+    }
+
+    #[test]
+    fn ack_and_nack_by_nonce() {
+        let mut p = Sotw::new(10);
+        p.on_request(E, names(&["orders"]), "", "", None).expect("ok");
+        let v1 = p.record_sent(E, sent(&[("orders", 5)]));
+        assert_eq!(p.on_request(E, names(&["orders"]), &v1, &v1, None), Ok(Verdict::Ack { version: v1.clone() }));
+        assert_eq!(p.acked(E), Some(v1.as_str()));
+        assert!(!p.maybe_due(E), "an ACK with the same names asks for nothing");
+
+        p.touch("orders");
+        assert!(p.due(E, &sent(&[("orders", 6)])));
+        let v2 = p.record_sent(E, sent(&[("orders", 6)]));
+        let nack = p.on_request(E, names(&["orders"]), &v2, &v1, Some("bad weight".into()));
+        assert_eq!(nack, Ok(Verdict::Nack { version: v1.clone(), message: "bad weight".into() }));
+        let again = p.on_request(E, names(&["orders"]), &v2, &v1, Some("bad weight".into()));
+        assert_eq!(again, Ok(Verdict::Repeated), "a NACK storm is counted once");
+        assert_eq!(p.acked(E), Some(v1.as_str()), "the client keeps its last good config");
+        assert!(!p.maybe_due(E), "what was refused is not sent again until it changes");
+        p.touch("orders");
+        assert!(!p.due(E, &sent(&[("orders", 6)])), "unchanged: nothing owed, dirty cleared");
+        assert!(!p.maybe_due(E));
+    }
+
+    #[test]
+    fn a_request_answering_an_overtaken_response_is_ignored() {
+        let mut p = Sotw::new(10);
+        p.on_request(L, names(&["a"]), "", "", None).expect("ok");
+        let v1 = p.record_sent(L, sent(&[("a", 0)]));
+        p.touch("a");
+        let _v2 = p.record_sent(L, Sent::new());
+        // The client's ACK of v1 (with a new name) crosses v2 on the wire.
+        assert_eq!(p.on_request(L, names(&["a", "b"]), &v1, &v1, None), Ok(Verdict::Stale));
+        assert_eq!(p.names(L).collect::<Vec<_>>(), ["a"], "its names wait for the next ACK");
+        assert!(!p.maybe_due(L));
+    }
+
+    #[test]
+    fn changed_names_are_answered_and_define_what_is_watched() {
+        let mut p = Sotw::new(10);
+        p.on_request(L, names(&["a"]), "", "", None).expect("ok");
+        let v = p.record_sent(L, Sent::new());
+        p.on_request(E, names(&["b", "c"]), "", "", None).expect("ok");
+        assert_eq!(p.watched().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(p.on_request(L, names(&["a", "d"]), &v, &v, None), Ok(Verdict::Ack { version: v.clone() }));
+        assert!(p.maybe_due(L), "a new name is answered");
+        assert!(p.due(L, &Sent::new()), "even when the answer did not change");
+    }
+
+    #[test]
+    fn a_change_marks_only_the_types_that_hold_the_service() {
+        let mut p = Sotw::new(10);
+        p.on_request(L, names(&["a"]), "", "", None).expect("ok");
+        p.record_sent(L, sent(&[("a", 0)]));
+        p.on_request(E, names(&["b"]), "", "", None).expect("ok");
+        p.record_sent(E, sent(&[("b", 1)]));
+        p.touch("b");
+        assert!(!p.maybe_due(L));
+        assert!(p.maybe_due(E));
+        assert!(p.due(E, &Sent::new()), "b is gone");
+    }
+
+    #[test]
+    fn a_nonce_from_another_stream_subscribes() {
+        let mut p = Sotw::new(10);
+        assert_eq!(p.on_request(L, names(&["a"]), "17", "17", None), Ok(Verdict::Subscribe));
+        assert!(p.maybe_due(L));
+    }
+
+    #[test]
+    fn wildcards_of_clusters_and_listeners() {
+        const C: ResourceType = ResourceType::Cluster;
+        let mut p = Sotw::new(10);
+        assert_eq!(p.on_request(C, vec![], "", "", None), Ok(Verdict::Subscribe));
+        assert!(p.is_wildcard(C) && p.any_wildcard(), "a first request without names is a wildcard");
+        let v = p.record_sent(C, sent(&[("a", 0)]));
+        p.touch("anything");
+        assert!(p.maybe_due(C), "every service's change concerns a wildcard");
+        p.on_request(C, vec![], &v, &v, None).expect("ok");
+        assert!(p.is_wildcard(C), "an ACK without names keeps the wildcard");
+        p.on_request(C, names(&["a"]), &v, &v, None).expect("ok");
+        assert!(!p.is_wildcard(C), "names without * end it");
+        p.on_request(C, names(&["*", "b"]), &v, &v, None).expect("ok");
+        assert!(p.is_wildcard(C));
+        assert_eq!(p.names(C).collect::<Vec<_>>(), ["b"], "* is not a name");
+
+        assert_eq!(p.on_request(E, vec![], "", "", None), Ok(Verdict::Subscribe));
+        assert!(!p.is_wildcard(E), "endpoints are asked for by name only");
+        let mut q = Sotw::new(10);
+        q.on_request(C, names(&["a"]), "", "", None).expect("ok");
+        let v = q.record_sent(C, Sent::new());
+        q.on_request(C, vec![], &v, &v, None).expect("ok");
+        assert!(!q.is_wildcard(C), "no names after names unsubscribes, it is no wildcard");
+    }
+
+    #[test]
+    fn too_many_names_are_refused_whole() {
+        let mut p = Sotw::new(3);
+        let many: Vec<String> = (0..10_000).map(|i| format!("s{i}")).collect();
+        assert_eq!(p.on_request(L, many, "", "", None), Err(ProtocolError::TooManyNames { count: 10_000, limit: 3 }));
+        assert!(p.watched().is_empty(), "nothing of it is kept");
+    }
+}
