@@ -138,26 +138,39 @@ pub struct ServiceView {
     snapshot: Option<SubscribeFrame>,
 }
 
-/// What changed lately in one namespace: instances added, modified and
-/// deleted, each with its record, kept for `retention_ms` (at most
-/// `MAX_CHANGES`). Eureka's `/apps/delta` is read from it. Kept only when
-/// asked for ([`Views::keep_changes`]); recording is a clone of a shared
-/// record under a short lock.
+/// What changed lately in one namespace: for each instance added, modified
+/// or deleted in the last `retention_ms`, its latest change (an instance
+/// added then modified reads as added; then deleted, as deleted). Eureka's
+/// `/apps/delta` is read from it. Kept only when asked for
+/// ([`Views::keep_changes`]). It holds names, never records: its memory is
+/// bounded by `MAX_CHANGES` entries however big or busy the instances are
+/// (an overflow drops the oldest, and a Eureka client whose delta then does
+/// not add up fetches everything, as it would from Eureka).
 #[derive(Debug)]
 pub struct ChangeLog {
     namespace: Arc<str>,
     retention_ms: u64,
-    entries: Mutex<std::collections::VecDeque<LoggedChange>>,
+    inner: Mutex<LogInner>,
 }
 
-/// One change of a [`ChangeLog`].
+/// An instance of the logged namespace: (service, instance id).
+type InstanceName = (Arc<str>, Arc<str>);
+
+#[derive(Debug, Default)]
+struct LogInner {
+    /// Changes in time order: when, and which instance.
+    order: std::collections::VecDeque<(u64, Arc<str>, Arc<str>)>,
+    /// The latest change of each instance: when, and what.
+    latest: HashMap<InstanceName, (u64, ChangeAction), Hasher>,
+}
+
+/// One change of a [`ChangeLog`]: the latest of an instance.
 #[derive(Clone, Debug)]
 pub struct LoggedChange {
     pub at_unix_ms: u64,
     pub service: Arc<str>,
+    pub instance_id: Arc<str>,
     pub action: ChangeAction,
-    /// The instance after the change (before it, for a deletion).
-    pub instance: EncodedInstance,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,32 +184,51 @@ impl ChangeLog {
     /// The most changes kept, however recent (bounds memory under churn).
     pub const MAX_CHANGES: usize = 200_000;
 
-    fn record(&self, service: &Arc<str>, action: ChangeAction, instance: &EncodedInstance) {
+    fn record(&self, service: &Arc<str>, id: &Arc<str>, action: ChangeAction) {
         let now = unix_ms();
-        let mut entries = self.entries.lock();
-        entries.push_back(LoggedChange {
-            at_unix_ms: now,
-            service: service.clone(),
-            action,
-            instance: instance.clone(),
-        });
-        self.trim(&mut entries, now);
+        let mut inner = self.inner.lock();
+        let key = (service.clone(), id.clone());
+        // Added, then changed again within the window: still news as added;
+        // whatever came before a deletion, it is deleted.
+        let action = match (inner.latest.get(&key).map(|(_, a)| *a), action) {
+            (Some(ChangeAction::Added), ChangeAction::Modified) => ChangeAction::Added,
+            (_, a) => a,
+        };
+        inner.latest.insert(key, (now, action));
+        inner.order.push_back((now, service.clone(), id.clone()));
+        self.trim(&mut inner, now);
     }
 
-    fn trim(&self, entries: &mut std::collections::VecDeque<LoggedChange>, now: u64) {
-        while entries
-            .front()
-            .is_some_and(|c| c.at_unix_ms + self.retention_ms < now || entries.len() > Self::MAX_CHANGES)
-        {
-            entries.pop_front();
+    fn trim(&self, inner: &mut LogInner, now: u64) {
+        while let Some((at, _, _)) = inner.order.front() {
+            if *at + self.retention_ms >= now && inner.order.len() <= Self::MAX_CHANGES {
+                break;
+            }
+            let Some((at, service, id)) = inner.order.pop_front() else { break };
+            let key = (service, id);
+            // A later change of the same instance is still in the log.
+            if inner.latest.get(&key).is_some_and(|(latest, _)| *latest <= at) {
+                inner.latest.remove(&key);
+            }
         }
     }
 
-    /// The changes still remembered, oldest first.
+    /// The latest change of each instance changed within the retention.
     pub fn recent(&self) -> Vec<LoggedChange> {
-        let mut entries = self.entries.lock();
-        self.trim(&mut entries, unix_ms());
-        entries.iter().cloned().collect()
+        let mut inner = self.inner.lock();
+        self.trim(&mut inner, unix_ms());
+        let mut out: Vec<LoggedChange> = inner
+            .latest
+            .iter()
+            .map(|((service, id), (at, action))| LoggedChange {
+                at_unix_ms: *at,
+                service: service.clone(),
+                instance_id: id.clone(),
+                action: *action,
+            })
+            .collect();
+        out.sort_by_key(|c| c.at_unix_ms);
+        out
     }
 
     pub fn namespace(&self) -> &str {
@@ -236,9 +268,7 @@ impl Views {
     /// calls get the first log).
     pub fn keep_changes(&self, namespace: &str, retention_ms: u64) -> Arc<ChangeLog> {
         self.changelog
-            .get_or_init(|| {
-                Arc::new(ChangeLog { namespace: namespace.into(), retention_ms, entries: Mutex::default() })
-            })
+            .get_or_init(|| Arc::new(ChangeLog { namespace: namespace.into(), retention_ms, inner: Mutex::default() }))
             .clone()
     }
 
@@ -457,16 +487,17 @@ impl Views {
             match value {
                 Some(instance) => {
                     upserted.push(instance.clone());
-                    let before = view.instances.insert(id, instance.clone());
                     if let Some(log) = log {
-                        let action = if before.is_some() { ChangeAction::Modified } else { ChangeAction::Added };
-                        log.record(&svc.1, action, &instance);
+                        let action =
+                            if view.instances.contains_key(&id) { ChangeAction::Modified } else { ChangeAction::Added };
+                        log.record(&svc.1, &id, action);
                     }
+                    view.instances.insert(id, instance);
                 }
                 None => {
-                    if let Some(before) = view.instances.remove(&id) {
+                    if view.instances.remove(&id).is_some() {
                         if let Some(log) = log {
-                            log.record(&svc.1, ChangeAction::Deleted, &before);
+                            log.record(&svc.1, &id, ChangeAction::Deleted);
                         }
                         removed.push(v1::InstanceKey {
                             namespace: svc.0.to_string(),
@@ -533,5 +564,57 @@ impl Views {
                 p.needs_snapshot.remove(svc);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> ChangeLog {
+        ChangeLog { namespace: "ns".into(), retention_ms: 60_000, inner: Mutex::default() }
+    }
+
+    fn latest(log: &ChangeLog) -> Vec<(String, ChangeAction)> {
+        let mut out: Vec<(String, ChangeAction)> =
+            log.recent().into_iter().map(|c| (c.instance_id.to_string(), c.action)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn the_change_log_keeps_the_latest_change_of_each_instance() {
+        let log = log();
+        let svc: Arc<str> = "orders".into();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        log.record(&svc, &a, ChangeAction::Added);
+        log.record(&svc, &a, ChangeAction::Modified);
+        log.record(&svc, &b, ChangeAction::Modified);
+        log.record(&svc, &b, ChangeAction::Deleted);
+        log.record(&svc, &c, ChangeAction::Deleted);
+        log.record(&svc, &c, ChangeAction::Added);
+        assert_eq!(
+            latest(&log),
+            vec![
+                ("a".to_string(), ChangeAction::Added),
+                ("b".to_string(), ChangeAction::Deleted),
+                ("c".to_string(), ChangeAction::Added)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_change_log_is_bounded_however_busy() {
+        let log = log();
+        let svc: Arc<str> = "orders".into();
+        for n in 0..(ChangeLog::MAX_CHANGES + 10_000) {
+            let id: Arc<str> = format!("i-{n}").into();
+            log.record(&svc, &id, ChangeAction::Added);
+        }
+        let inner = log.inner.lock();
+        assert!(inner.order.len() <= ChangeLog::MAX_CHANGES, "{}", inner.order.len());
+        assert!(inner.latest.len() <= ChangeLog::MAX_CHANGES, "{}", inner.latest.len());
+        // The newest are kept.
+        assert!(inner.latest.contains_key(&(svc.clone(), format!("i-{}", ChangeLog::MAX_CHANGES + 9_999).into())));
     }
 }

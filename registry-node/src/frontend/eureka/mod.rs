@@ -517,26 +517,29 @@ async fn delta((State(e), ConnectInfo(peer), headers): Caught) -> Response {
         Ok(all) => all,
         Err(err) => return registry_error(&err),
     };
-    // The latest change of each instance: an instance still there is shown
-    // as it is now (so the delta ends where the hash code is), one gone as
-    // it was.
-    let mut latest: BTreeMap<(Arc<str>, String), (ChangeAction, v1::Instance)> = BTreeMap::new();
-    for c in e.changes.recent() {
-        if let Ok(i) = c.instance.decode() {
-            latest.insert((c.service.clone(), i.instance_id.clone()), (c.action, i));
-        }
-    }
+    // The latest change of each instance: one still there is shown as it
+    // is now (so the delta ends where the hash code is), one gone by name.
     let mut apps: BTreeMap<String, Vec<Node>> = BTreeMap::new();
-    for ((service, id), (action, was)) in latest {
-        if !e.api.auth().sees(&caller, &e.namespace, &service) {
+    for c in e.changes.recent() {
+        if !e.api.auth().sees(&caller, &e.namespace, &c.service) {
             continue;
         }
-        let node = match all.get(&*service).and_then(|is| is.iter().find(|i| i.instance_id == id)) {
-            Some(now) if action == ChangeAction::Added => codec::instance_node(now, "ADDED", 0),
-            Some(now) => codec::instance_node(now, "MODIFIED", 0),
-            None => codec::instance_node(&was, "DELETED", 0),
+        let now = all.get(&*c.service).and_then(|is| is.iter().find(|i| *i.instance_id == *c.instance_id));
+        let node = match (now, c.action) {
+            (Some(i), ChangeAction::Added) => codec::instance_node(i, "ADDED", c.at_unix_ms),
+            (Some(i), _) => codec::instance_node(i, "MODIFIED", c.at_unix_ms),
+            (None, _) => {
+                let gone = v1::Instance {
+                    namespace: e.namespace.to_string(),
+                    service: c.service.to_string(),
+                    instance_id: c.instance_id.to_string(),
+                    status: v1::Status::Down as i32,
+                    ..Default::default()
+                };
+                codec::instance_node(&gone, "DELETED", c.at_unix_ms)
+            }
         };
-        apps.entry(service.to_ascii_uppercase()).or_default().push(node);
+        apps.entry(c.service.to_ascii_uppercase()).or_default().push(node);
     }
     let hash = codec::hashcode(all.values().flatten().map(|i| codec::status_name(i.status())));
     let version = e.api.registry().views().revision();
