@@ -15,5 +15,5 @@ with grpc.insecure_channel("xds:///greeter") as channel:
     greeter = helloworld_pb2_grpc.GreeterStub(channel)
     for n in range(calls):
         reply = greeter.SayHello(helloworld_pb2.HelloRequest(name=f"xds {n}"), timeout=20, wait_for_ready=True)
-        print(reply.message)
+        print(f"{reply.message} (from {reply.server})")
         time.sleep(0.2)
