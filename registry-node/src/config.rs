@@ -548,7 +548,8 @@ impl NodeConfig {
     /// Checks every value; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_token("node_id", &self.node_id)?;
-        check_token("eureka.namespace", &self.eureka.namespace)?;
+        crate::validate::namespace(&self.eureka.namespace, &self.limits)
+            .map_err(|e| invalid("eureka.namespace", e.to_string()))?;
         check_range("eureka.delta_retention_ms", self.eureka.delta_retention_ms, 1_000, 3_600_000)?;
         check_token("cluster", &self.cluster)?;
         self.dns.validate()?;
@@ -892,6 +893,18 @@ mod tests {
             Err(ConfigError::Invalid { setting, reason }) => format!("{setting}: {reason}"),
             other => panic!("expected a refused setting, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_eureka_namespace_follows_the_namespace_rules() {
+        let mut config = NodeConfig::default();
+        config.eureka.namespace = "team.payments".into();
+        assert!(config.validate().is_ok(), "dots are allowed in namespaces");
+        config.eureka.namespace = "bad ns".into();
+        assert!(refused_setting(&config).starts_with("eureka.namespace: "), "{}", refused_setting(&config));
+        config.eureka.namespace = "default".into();
+        config.eureka.delta_retention_ms = 10;
+        assert!(refused_setting(&config).starts_with("eureka.delta_retention_ms: "));
     }
 
     #[test]
