@@ -335,7 +335,21 @@ impl Nsd {
 }
 
 impl Drop for Nsd {
+    /// SIGTERM, not SIGKILL: NSD's server and xfrd processes are its
+    /// children, and only a terminated parent stops them.
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        match self.child.id() {
+            Some(pid) => {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                // Let it stop its children before kill_on_drop's SIGKILL.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            None => {
+                let _ = self.child.start_kill();
+            }
+        }
     }
 }
