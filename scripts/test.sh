@@ -3,7 +3,7 @@
 # whole test suite (unit, property and end-to-end tests against real nodes and
 # nats-server).
 # Installs what the tests need from the distribution packages when it is
-# missing: nats-server, python3-venv, chromium and node.
+# missing: nats-server, dig, python3-venv, chromium and node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,13 @@ if ! command -v nats-server >/dev/null 2>&1; then
     apt_install nats-server
 fi
 echo "nats-server: $(nats-server --version)"
+
+# The DNS tests (tests/tests/dns.rs) ask with the real dig.
+if ! command -v dig >/dev/null 2>&1; then
+    echo "dig not found: installing the Debian package"
+    apt_install bind9-dnsutils
+fi
+echo "dig: $(dig -v 2>&1 | head -1)"
 
 # Clients of other ecosystems (PyPI validators and clients) install into a
 # virtual environment under target/ when a test first needs them; that takes

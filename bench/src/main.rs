@@ -11,6 +11,7 @@
 //! `--tls` and `--token` run the registry's scenarios with TLS on every port
 //! and with auth enforced (see `security`); the rows then say so.
 
+mod dns;
 mod eureka;
 mod peers;
 mod procs;
@@ -106,6 +107,18 @@ enum Scenario {
         instances: u32,
         #[arg(long, default_value_t = 200)]
         fetches: u32,
+    },
+    /// DNS: dnsperf against a node holding `instances` in `services`
+    /// services (and against NSD with the same records, when installed);
+    /// a registration on node a answered by DNS on node c.
+    Dns {
+        #[arg(long, default_value_t = 100_000)]
+        instances: u32,
+        #[arg(long, default_value_t = 10_000)]
+        services: u32,
+        /// How long each dnsperf run lasts.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Memory per instance and GetService latency under writes.
     Scale {
@@ -219,6 +232,7 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         }
         Scenario::SseFanout { watchers, flaps } => scenarios::sse_fanout(setup, watchers, flaps).await?,
         Scenario::Eureka { instances, fetches } => eureka::eureka(setup, instances, fetches).await?,
+        Scenario::Dns { instances, services, seconds } => dns::dns(setup, instances, services, seconds).await?,
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
@@ -259,7 +273,9 @@ async fn run_etcd(etcd: &peers::etcd::Etcd, scenario: &Scenario) -> Result<Vec<R
         Scenario::Catchup { instances, metadata } => etcd::catchup(etcd, instances, metadata).await?,
         Scenario::Failure { rounds } => etcd::failure(etcd, rounds).await?,
         Scenario::Xds { .. } => bail!("xds runs the registry only (etcd speaks no xDS)"),
-        Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
+        Scenario::SseFanout { .. } | Scenario::Eureka { .. } | Scenario::Dns { .. } => {
+            bail!("this scenario runs the registry only")
+        }
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }
@@ -274,7 +290,9 @@ async fn run_zookeeper(zk: &peers::zookeeper::ZooKeeper, scenario: &Scenario) ->
         Scenario::Catchup { instances, metadata } => z::catchup(zk, instances, metadata).await?,
         Scenario::Failure { rounds } => z::failure(zk, rounds).await?,
         Scenario::Xds { .. } => bail!("xds runs the registry only (ZooKeeper speaks no xDS)"),
-        Scenario::SseFanout { .. } | Scenario::Eureka { .. } => bail!("this scenario runs the registry only"),
+        Scenario::SseFanout { .. } | Scenario::Eureka { .. } | Scenario::Dns { .. } => {
+            bail!("this scenario runs the registry only")
+        }
         Scenario::Smoke => bail!("smoke runs the registry only"),
     })
 }

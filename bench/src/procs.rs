@@ -40,7 +40,18 @@ impl Setup {
 
     /// Starts a bench node and waits until it is ready.
     pub(crate) async fn start_node(&self, name: &str, nats: &[String], cluster: &str) -> Result<NodeProc> {
-        let node = NodeProc::spawn(&self.bin, name, nats, cluster, &self.config)?;
+        self.start_node_with(name, nats, cluster, "").await
+    }
+
+    /// [`Self::start_node`] with more TOML after the bench's (new tables only).
+    pub(crate) async fn start_node_with(
+        &self,
+        name: &str,
+        nats: &[String],
+        cluster: &str,
+        extra: &str,
+    ) -> Result<NodeProc> {
+        let node = NodeProc::spawn(&self.bin, name, nats, cluster, &format!("{}{extra}", self.config))?;
         // With TLS, the test kit's probes (readiness, metrics) use HTTPS.
         self.security.register(&node);
         node.wait_ready(Duration::from_secs(120)).await?;

@@ -66,6 +66,64 @@ pub struct NodeConfig {
     pub tls: Option<TlsSettings>,
     /// The Eureka-compatible REST API under `/eureka/` on the HTTP port.
     pub eureka: EurekaSettings,
+    /// The DNS interface (see `crate::frontend::dns`); off unless `dns.addr`
+    /// is set.
+    pub dns: DnsSettings,
+}
+
+/// The DNS interface: an authoritative server for `domain` on UDP and TCP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSettings {
+    /// UDP and TCP listen address (the same port for both); absent, no DNS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// The zone answered; names outside it are REFUSED.
+    pub domain: String,
+    /// TTL of every record, and of negative answers (SOA minimum).
+    pub ttl_s: u32,
+    /// Namespaces served; empty serves every namespace. DNS has no
+    /// credentials, so this is what decides who can read what by DNS.
+    pub namespaces: Vec<String>,
+    /// A TCP client that sends no complete query for this long is closed.
+    pub tcp_idle_timeout_ms: u64,
+    /// TCP connections open at once; more are closed on accept.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            domain: "registry.internal.".into(),
+            ttl_s: 5,
+            namespaces: Vec::new(),
+            tcp_idle_timeout_ms: 5_000,
+            max_tcp_connections: 256,
+        }
+    }
+}
+
+impl DnsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = self.domain.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if name.is_empty() || name.len() > 200 || !name.split('.').all(label_ok) {
+            return Err(invalid(
+                "dns.domain",
+                format!("{:?} is not a domain name (labels of A-Z a-z 0-9 - _, at most 200 characters)", self.domain),
+            ));
+        }
+        check_range("dns.ttl_s", u64::from(self.ttl_s), 0, 86_400)?;
+        for ns in &self.namespaces {
+            check_token("dns.namespaces", ns)?;
+        }
+        check_range("dns.tcp_idle_timeout_ms", self.tcp_idle_timeout_ms, 100, 600_000)?;
+        check_range("dns.max_tcp_connections", self.max_tcp_connections as u64, 1, 65_536)?;
+        Ok(())
+    }
 }
 
 /// The Eureka-compatible REST API (`/eureka/`, `/eureka/v2/`).
@@ -385,6 +443,7 @@ impl Default for NodeConfig {
             auth: AuthConfig::default(),
             tls: None,
             eureka: EurekaSettings::default(),
+            dns: DnsSettings::default(),
         }
     }
 }
@@ -493,6 +552,7 @@ impl NodeConfig {
             .map_err(|e| invalid("eureka.namespace", e.to_string()))?;
         check_range("eureka.delta_retention_ms", self.eureka.delta_retention_ms, 1_000, 3_600_000)?;
         check_token("cluster", &self.cluster)?;
+        self.dns.validate()?;
         for url in &self.nats_url {
             if url.trim().is_empty() || url.contains(char::is_whitespace) {
                 return Err(invalid("nats_url", format!("{url:?} is not a server URL")));
@@ -645,6 +705,9 @@ pub struct Cli {
     /// HTTP listen address for /metrics, /healthz, /readyz [default: 127.0.0.1:7071].
     #[arg(long, env = "REGISTRY_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Serve DNS on this UDP and TCP address (`dns.addr`); off by default.
+    #[arg(long, env = "REGISTRY_DNS_ADDR")]
+    pub dns_addr: Option<SocketAddr>,
     /// NATS server URL; repeat or comma-separate for several. Absent: standalone.
     #[arg(long, env = "REGISTRY_NATS_URL", value_delimiter = ',')]
     pub nats_url: Vec<String>,
@@ -711,6 +774,9 @@ impl Cli {
         }
         if let Some(v) = self.http_addr {
             config.http_addr = v;
+        }
+        if let Some(v) = self.dns_addr {
+            config.dns.addr = Some(v);
         }
         if !self.nats_url.is_empty() {
             config.nats_url = self.nats_url.clone();
@@ -934,6 +1000,28 @@ mod tests {
             }
             other => panic!("expected a user and password, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn dns_is_off_by_default_and_its_settings_are_checked() {
+        let config = NodeConfig::default();
+        assert_eq!((config.dns.addr, config.dns.domain.as_str(), config.dns.ttl_s), (None, "registry.internal.", 5));
+        let cli = Cli::try_parse_from(["registry-node", "--dns-addr", "127.0.0.1:8600"]).expect("parses");
+        assert_eq!(cli.load().expect("loads").dns.addr, Some("127.0.0.1:8600".parse().expect("addr")));
+        let refused = |f: fn(&mut DnsSettings)| {
+            let mut c = NodeConfig::default();
+            f(&mut c.dns);
+            match c.validate() {
+                Err(ConfigError::Invalid { setting, .. }) => setting,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        };
+        assert_eq!(refused(|d| d.domain = "bad domain.".into()), "dns.domain");
+        assert_eq!(refused(|d| d.domain = "a..b".into()), "dns.domain");
+        assert_eq!(refused(|d| d.ttl_s = 100_000), "dns.ttl_s");
+        assert_eq!(refused(|d| d.namespaces = vec!["a.b".into()]), "dns.namespaces");
+        assert_eq!(refused(|d| d.tcp_idle_timeout_ms = 0), "dns.tcp_idle_timeout_ms");
+        assert_eq!(refused(|d| d.max_tcp_connections = 0), "dns.max_tcp_connections");
     }
 
     #[test]

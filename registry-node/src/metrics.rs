@@ -30,6 +30,28 @@ pub struct Metrics {
     pub eureka_delta_fetches: AtomicU64,
     /// The xDS front-end's (`frontend::xds`).
     pub xds: XdsMetrics,
+    /// The DNS front-end's (`frontend::dns`).
+    pub dns: DnsMetrics,
+}
+
+/// The `rcode` label of `registry_dns_queries_total`, in the order of
+/// [`DnsMetrics::answers`].
+pub const DNS_RCODE_LABELS: [&str; 6] = ["NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR", "NOTIMP"];
+
+/// Counters of the DNS front-end.
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    /// Answers sent, by response code (in the order of [`DNS_RCODE_LABELS`]).
+    pub answers: [AtomicU64; 6],
+    /// Requests that were not a well-formed query: garbage, cut-off headers,
+    /// responses sent to us, other opcodes, several questions.
+    pub bad_requests: AtomicU64,
+    /// UDP answers cut to fit the requester's size (TC set).
+    pub truncated: AtomicU64,
+    /// TCP connections closed for saying nothing in time.
+    pub tcp_timeouts: AtomicU64,
+    /// TCP connections refused because too many were open.
+    pub tcp_refused: AtomicU64,
 }
 
 /// The `type` label of xDS metrics kept per resource type, in the order of
@@ -149,7 +171,40 @@ impl Metrics {
             get(&self.eureka_delta_fetches),
         );
         self.render_xds(&mut out, node_id);
+        self.render_dns(&mut out, node_id);
         out
+    }
+
+    fn render_dns(&self, out: &mut String, node_id: &str) {
+        let d = &self.dns;
+        let _ = writeln!(out, "# HELP registry_dns_queries_total DNS answers sent, by response code.");
+        let _ = writeln!(out, "# TYPE registry_dns_queries_total counter");
+        for (label, n) in DNS_RCODE_LABELS.iter().zip(&d.answers) {
+            let v = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "registry_dns_queries_total{{node=\"{node_id}\",rcode=\"{label}\"}} {v}");
+        }
+        write_counters(
+            out,
+            node_id,
+            &[
+                (
+                    "registry_dns_bad_requests_total",
+                    "DNS requests that were garbage, cut off, of another opcode or not one question.",
+                    &d.bad_requests,
+                ),
+                ("registry_dns_truncated_total", "UDP answers cut to the requester's size (TC set).", &d.truncated),
+                (
+                    "registry_dns_tcp_timeouts_total",
+                    "DNS TCP connections closed for sending no complete query in time.",
+                    &d.tcp_timeouts,
+                ),
+                (
+                    "registry_dns_tcp_refused_total",
+                    "DNS TCP connections closed at once because too many were open.",
+                    &d.tcp_refused,
+                ),
+            ],
+        );
     }
 
     fn render_xds(&self, out: &mut String, node_id: &str) {

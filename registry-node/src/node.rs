@@ -42,6 +42,8 @@ pub enum StartError {
     Auth(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("DNS: {0}")]
+    Dns(#[from] crate::frontend::dns::DnsError),
 }
 
 /// The authenticator of `[auth]` (tokens file read now). A node that serves
@@ -156,6 +158,8 @@ pub struct NodeHandle {
     /// The gRPC address actually bound (useful with port 0).
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The DNS address actually bound (UDP and TCP), if DNS is on.
+    pub dns_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     shutdown: CancellationToken,
@@ -217,6 +221,16 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
     })?;
     config.grpc_addr = grpc_addr;
     config.http_addr = http_addr;
+    let dns_sockets = match config.dns.addr {
+        Some(addr) => {
+            let sockets = crate::frontend::dns::DnsSockets::bind(addr).await?;
+            let bound = sockets.local_addr().map_err(|source| StartError::Bind { what: "DNS", addr, source })?;
+            config.dns.addr = Some(bound);
+            Some(sockets)
+        }
+        None => None,
+    };
+    let dns_addr = config.dns.addr.filter(|_| dns_sockets.is_some());
     let auth = Arc::new(build_auth(&config)?);
     let tls = match &config.tls {
         Some(settings) => {
@@ -293,6 +307,13 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             warn!(error = %e, "HTTP server ended with an error");
         }
     });
+    // DNS stops with the other listeners; it holds no stream to drain.
+    let dns_task = match dns_sockets {
+        Some(sockets) => {
+            Some(crate::frontend::dns::spawn_dns(api.clone(), &config.dns, sockets, signals.stop.clone())?)
+        }
+        None => None,
+    };
     let reaper_task = spawn_lease_reaper(registry.clone(), signals.stop.clone());
     let reloader = spawn_reloader(auth.clone(), tls.clone(), config.clone(), RELOAD_POLL, signals.stop.clone());
 
@@ -342,6 +363,9 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
                     readiness.set(false);
                     signals.stop.cancel();
                     let _ = tokio::join!(grpc_task, http_task);
+                    if let Some(dns) = dns_task {
+                        let _ = dns.await;
+                    }
                     return;
                 }
             }
@@ -374,6 +398,9 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             }
             signals.stop.cancel();
             let _ = tokio::join!(grpc_task, http_task);
+            if let Some(dns) = dns_task {
+                let _ = dns.await;
+            }
             for task in background {
                 let _ = task.await;
             }
@@ -384,7 +411,7 @@ pub async fn start(mut config: NodeConfig) -> Result<NodeHandle, StartError> {
             info!("stopped");
         })
     };
-    Ok(NodeHandle { grpc_addr, http_addr, registry, readiness, shutdown, crash, done })
+    Ok(NodeHandle { grpc_addr, http_addr, dns_addr, registry, readiness, shutdown, crash, done })
 }
 
 fn nats_config(config: &NodeConfig) -> NatsConfig {

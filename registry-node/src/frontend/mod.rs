@@ -10,11 +10,13 @@
 //! - [`eureka`]: the Eureka-compatible REST API on the HTTP port.
 //! - [`xds`]: Envoy's Aggregated Discovery Service (state of the world) on
 //!   the gRPC port, for gRPC clients' `xds:///` resolver and Envoy.
+//! - [`dns`]: an authoritative DNS server on its own UDP and TCP port,
+//!   answering from the views (it has no credentials to check).
 //!
-//! Where the next one goes: `dns` (its own UDP/TCP listener) gets a module
-//! here. Authentication and grants sit in front of the API for all of them,
-//! in one place.
+//! Authentication and grants sit in front of the API for all of them, in
+//! one place.
 
+pub mod dns;
 pub mod eureka;
 pub mod grpc;
 pub mod http;

@@ -1,0 +1,355 @@
+//! The DNS scenario: a node holding `instances` in `services` services,
+//! queried by `dnsperf` (Debian package) for A records of every service;
+//! the same records served by NSD (Debian package `nsd`, one server
+//! process) and queried the same way, in the same run, when NSD is
+//! installed; the latency of single queries at rest; and a registration on
+//! node a seen by DNS on node c of a 3-node cluster.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+use registry_proto::v1;
+use registry_tests::nats::{NatsServer, free_port};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use crate::procs::{NodeProc, Setup};
+use crate::scenarios::{Row, histogram, latency_rows, row};
+
+const DOMAIN: &str = "registry.internal";
+const NAMESPACE: &str = "bench";
+
+fn host(i: u32) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+/// `[dns]` on a free port.
+fn dns_config(port: u16) -> String {
+    format!("[dns]\naddr = \"127.0.0.1:{port}\"\n")
+}
+
+pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u64) -> Result<Vec<Row>> {
+    if setup.label().is_some() {
+        bail!("the dns scenario has no TLS or tokens to measure (drop --tls and --token)");
+    }
+    let variant = format!("{instances} instances in {services} services");
+    let port = free_port()?;
+    let node = setup.start_node_with("a", &[], "dns", &dns_config(port)).await?;
+    let dns: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    register_all(setup, &node, instances, services).await?;
+    node.wait_instances(u64::from(instances), Duration::from_secs(300)).await?;
+
+    let dir = std::env::temp_dir().join(format!("registry-bench-dns-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let queries = dir.join("queries.txt");
+    let mut text = String::new();
+    for s in 0..services {
+        // Spread over the services in a fixed shuffled order.
+        let s = (u64::from(s) * 7_919 % u64::from(services)) as u32;
+        text.push_str(&format!("svc-{s}.{NAMESPACE}.{DOMAIN}. A\n"));
+    }
+    std::fs::write(&queries, text)?;
+
+    let mut rows = Vec::new();
+    let single = single_query_latency(dns, services, 5_000).await?;
+    rows.extend(latency_rows(
+        "dns: one query at a time (UDP, A, 10 records)",
+        &format!("registry-node, {variant}"),
+        &single,
+    ));
+    let cpu0 = node.cpu_seconds()?;
+    let ours = dnsperf(dns, &queries, seconds).await?;
+    let cpu = node.cpu_seconds()? - cpu0;
+    rows.extend(ours.rows(&format!("registry-node, {variant}")));
+    rows.push(row(
+        "dns: dnsperf",
+        &format!("registry-node, {variant}"),
+        "node CPU per query",
+        cpu * 1e6 / ours.completed,
+        "µs",
+    ));
+
+    match which("nsd") {
+        Some(nsd_bin) => {
+            let nsd = Nsd::start(&nsd_bin, &dir, instances, services).await?;
+            let single = single_query_latency(nsd.addr, services, 5_000).await?;
+            rows.extend(latency_rows(
+                "dns: one query at a time (UDP, A, 10 records)",
+                &format!("nsd, {variant}"),
+                &single,
+            ));
+            let theirs = dnsperf(nsd.addr, &queries, seconds).await?;
+            rows.extend(theirs.rows(&format!("nsd (1 server process), {variant}")));
+            rows.push(row("dns: dnsperf", &variant, "registry-node qps / nsd qps", ours.qps / theirs.qps, "×"));
+        }
+        None => eprintln!("nsd not installed (Debian package nsd): no side-by-side comparison"),
+    }
+    drop(node);
+    rows.extend(propagation(setup).await?);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
+async fn register_all(setup: &Setup, node: &NodeProc, instances: u32, services: u32) -> Result<()> {
+    const CONNS: u32 = 8;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CONNS {
+        let mut client = setup.client(node.grpc).await?;
+        tasks.spawn(async move {
+            for i in (c..instances).step_by(CONNS as usize) {
+                let instance = v1::Instance {
+                    namespace: NAMESPACE.into(),
+                    service: format!("svc-{}", i % services),
+                    instance_id: format!("i-{i}"),
+                    host: host(i),
+                    port: 8080,
+                    ..Default::default()
+                };
+                client
+                    .register_instance(v1::RegisterInstanceRequest {
+                        instance: Some(instance),
+                        ttl_ms: 600_000,
+                        lease_id: String::new(),
+                    })
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+fn query(name: &str, id: u16) -> Result<Vec<u8>> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    Ok(m.to_vec()?)
+}
+
+/// Asks `name` on `server` until the answer has `want` A records, or `within`.
+async fn ask(socket: &UdpSocket, server: SocketAddr, name: &str, id: u16) -> Result<(ResponseCode, usize)> {
+    socket.send_to(&query(name, id)?, server).await?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+            .await
+            .context("no DNS answer in 2 s")??;
+        let m = Message::from_vec(&buf[..n]).map_err(|e| anyhow!("undecodable answer: {e}"))?;
+        if m.metadata.id == id {
+            return Ok((m.metadata.response_code, m.answers.len()));
+        }
+    }
+}
+
+/// Latency of `n` queries sent one after the other (µs histogram).
+async fn single_query_latency(server: SocketAddr, services: u32, n: u32) -> Result<hdrhistogram::Histogram<u64>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut h = histogram()?;
+    for i in 0..n {
+        let name = format!("svc-{}.{NAMESPACE}.{DOMAIN}.", i % services);
+        let t = Instant::now();
+        let (code, answers) = ask(&socket, server, &name, i as u16).await?;
+        h.record((t.elapsed().as_micros() as u64).max(1))?;
+        if code != ResponseCode::NoError || answers == 0 {
+            bail!("{name}: {code} with {answers} answers");
+        }
+    }
+    Ok(h)
+}
+
+struct Perf {
+    qps: f64,
+    completed: f64,
+    lost: f64,
+    avg_ms: f64,
+    max_ms: f64,
+    stddev_ms: f64,
+}
+
+impl Perf {
+    fn rows(&self, variant: &str) -> Vec<Row> {
+        vec![
+            row("dns: dnsperf", variant, "queries per second", self.qps, "/s"),
+            row("dns: dnsperf", variant, "queries lost", self.lost, ""),
+            row("dns: dnsperf", variant, "average latency", self.avg_ms, "ms"),
+            row("dns: dnsperf", variant, "latency stddev", self.stddev_ms, "ms"),
+            row("dns: dnsperf", variant, "max latency", self.max_ms, "ms"),
+        ]
+    }
+}
+
+/// `dnsperf -s server -p port -d queries -l seconds -c 4 -q 100`: 4 clients,
+/// up to 100 queries outstanding, as fast as answers come.
+async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Result<Perf> {
+    let out = tokio::process::Command::new("dnsperf")
+        .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string()])
+        .arg("-d")
+        .arg(queries)
+        .args(["-l", &seconds.to_string(), "-c", "4", "-q", "100", "-t", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running dnsperf (Debian package dnsperf)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    let field = |label: &str| -> Result<&str> {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .ok_or_else(|| anyhow!("no {label:?} in {text}"))?;
+        Ok(line.split_once(':').map(|(_, v)| v.trim()).unwrap_or(""))
+    };
+    let number = |s: &str| -> Result<f64> {
+        s.split(|c: char| c.is_whitespace() || c == '(' || c == ',')
+            .find(|w| !w.is_empty())
+            .unwrap_or("")
+            .parse()
+            .map_err(|e| anyhow!("{s:?}: {e}"))
+    };
+    let latency = field("Average Latency (s)")?;
+    // "0.000336 (min 0.000021, max 0.004211)"
+    let max = latency.split("max").nth(1).map(|m| m.trim_end_matches(')')).unwrap_or("0");
+    Ok(Perf {
+        qps: number(field("Queries per second")?)?,
+        completed: number(field("Queries completed")?)?,
+        lost: number(field("Queries lost")?)?,
+        avg_ms: number(latency)? * 1e3,
+        max_ms: number(max)? * 1e3,
+        stddev_ms: number(field("Latency StdDev (s)")?)? * 1e3,
+    })
+}
+
+/// A registration on node a, then queries to node c's DNS until it shows:
+/// the time from the registration's answer to the first DNS answer with it.
+async fn propagation(setup: &Setup) -> Result<Vec<Row>> {
+    let nats = NatsServer::start().await?;
+    let c_port = free_port()?;
+    let a = setup.start_node("a", &[nats.url()], "dns-prop").await?;
+    let _b = setup.start_node("b", &[nats.url()], "dns-prop").await?;
+    let c = setup.start_node_with("c", &[nats.url()], "dns-prop", &dns_config(c_port)).await?;
+    let c_dns: SocketAddr = format!("127.0.0.1:{c_port}").parse()?;
+    let mut client = setup.client(a.grpc).await?;
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut h = histogram()?;
+    for i in 0..200u32 {
+        let service = format!("prop-{i}");
+        let name = format!("{service}.{NAMESPACE}.{DOMAIN}.");
+        let instance = v1::Instance {
+            namespace: NAMESPACE.into(),
+            service,
+            instance_id: "p".into(),
+            host: host(i),
+            port: 80,
+            ..Default::default()
+        };
+        client
+            .register_instance(v1::RegisterInstanceRequest {
+                instance: Some(instance),
+                ttl_ms: 600_000,
+                lease_id: String::new(),
+            })
+            .await?;
+        let registered = Instant::now();
+        let mut id = (i as u16).wrapping_mul(97);
+        loop {
+            id = id.wrapping_add(1);
+            let (_, answers) = ask(&socket, c_dns, &name, id).await?;
+            if answers > 0 {
+                break;
+            }
+            if registered.elapsed() > Duration::from_secs(10) {
+                bail!("{name} not on node c after 10 s");
+            }
+        }
+        h.record((registered.elapsed().as_micros() as u64).max(1))?;
+    }
+    drop((a, c, nats));
+    Ok(latency_rows("dns: registered on a, answered by DNS on c (3 nodes)", "200 registrations, one at a time", &h))
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+/// NSD serving the same A records from a zone file, one server process.
+struct Nsd {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Nsd {
+    async fn start(bin: &Path, dir: &Path, instances: u32, services: u32) -> Result<Self> {
+        let port = free_port()?;
+        let mut zone = format!(
+            "$ORIGIN {DOMAIN}.\n$TTL 5\n@ IN SOA ns hostmaster 1 3600 600 86400 5\n@ IN NS ns\nns IN A 127.0.0.1\n"
+        );
+        for i in 0..instances {
+            zone.push_str(&format!("svc-{}.{NAMESPACE} IN A {}\n", i % services, host(i)));
+        }
+        std::fs::write(dir.join("zone"), zone)?;
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
+             zonesdir: \"{d}\"\n  database: \"\"\n  pidfile: \"{d}/nsd.pid\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  verbosity: 0\n\
+             remote-control:\n  control-enable: no\nzone:\n  name: {DOMAIN}\n  zonefile: \"{d}/zone\"\n"
+        );
+        let conf_path = dir.join("nsd.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = tokio::process::Command::new(bin)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nsd")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let nsd = Self { child, addr };
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let name = format!("svc-0.{NAMESPACE}.{DOMAIN}.");
+        loop {
+            if let Ok((ResponseCode::NoError, n)) = ask(&socket, addr, &name, 1).await
+                && n > 0
+            {
+                return Ok(nsd);
+            }
+            if Instant::now() > deadline {
+                bail!("nsd did not answer within 60 s (see {}/nsd.log)", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Nsd {
+    /// SIGTERM, not SIGKILL: NSD's server and xfrd processes are its
+    /// children, and only a terminated parent stops them.
+    fn drop(&mut self) {
+        match self.child.id() {
+            Some(pid) => {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+                // Let it stop its children before kill_on_drop's SIGKILL.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            None => {
+                let _ = self.child.start_kill();
+            }
+        }
+    }
+}

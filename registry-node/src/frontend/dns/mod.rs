@@ -1,0 +1,247 @@
+//! The DNS interface: an authoritative server for `dns.domain` on UDP and
+//! TCP at `dns.addr`, for everything that resolves names and links no
+//! registry client (nginx upstreams, curl, JDBC URLs, cron jobs).
+//!
+//! - [`answer`]: the core, with no I/O: request bytes in, answer bytes out,
+//!   the naming scheme, truncation and rotation.
+//! - This module: the sockets. One task reads UDP and answers each datagram
+//!   in turn (a flood costs at most that task, and every answer is small
+//!   work); a task per TCP connection, bounded in number, each closed when
+//!   its client says nothing for `dns.tcp_idle_timeout_ms`.
+//!
+//! Answers are read from the node's views ([`crate::views::Views`]) at each
+//! query, not from a copy: a registration is visible to the next query.
+//! The views are sharded maps; a read holds one shard for the time it takes
+//! to decode one service's instances, never across an await. Readiness is
+//! the API's ([`NodeApi::check_ready`]). DNS has no credentials: what
+//! `dns.namespaces` lists (all by default) is readable by anyone who
+//! reaches the port.
+
+pub mod answer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use registry_proto::v1;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use self::answer::{Directory, Outcome, Responder, Transport};
+use crate::api::NodeApi;
+use crate::config::DnsSettings;
+use crate::metrics::{DnsMetrics, Metrics};
+
+/// Why the DNS server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen for DNS on {proto} {addr}: {source}")]
+    Bind { proto: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Zone(#[from] answer::ZoneError),
+}
+
+/// The UDP and TCP sockets, bound on one port.
+#[derive(Debug)]
+pub struct DnsSockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl DnsSockets {
+    /// Binds UDP, then TCP on the same port. With port 0, the port UDP got
+    /// may be taken for TCP: a few other ports are tried.
+    pub async fn bind(addr: SocketAddr) -> Result<Self, DnsError> {
+        let attempts = if addr.port() == 0 { 8 } else { 1 };
+        let mut last = None;
+        for _ in 0..attempts {
+            let udp = UdpSocket::bind(addr).await.map_err(|source| DnsError::Bind { proto: "UDP", addr, source })?;
+            let bound = udp.local_addr().map_err(|source| DnsError::Bind { proto: "UDP", addr, source })?;
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => return Ok(Self { udp, tcp }),
+                Err(source) => last = Some(DnsError::Bind { proto: "TCP", addr: bound, source }),
+            }
+        }
+        Err(last.unwrap_or(DnsError::Bind { proto: "TCP", addr, source: std::io::ErrorKind::AddrInUse.into() }))
+    }
+
+    /// The address both listen on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+}
+
+/// The node seen as a [`Directory`].
+struct NodeDirectory {
+    api: NodeApi,
+}
+
+impl Directory for NodeDirectory {
+    fn ready(&self) -> bool {
+        self.api.check_ready().is_ok()
+    }
+
+    fn instances(&self, namespace: &str, service: &str) -> Vec<v1::Instance> {
+        self.api.registry().views().get(namespace, service).1
+    }
+
+    fn serial(&self) -> u32 {
+        // RFC 1982 arithmetic wraps; the low bits still grow with changes.
+        self.api.registry().views().revision() as u32
+    }
+}
+
+/// Serves DNS on `sockets` until `stop`; the task ends when every
+/// connection has closed.
+pub fn spawn_dns(
+    api: NodeApi,
+    settings: &DnsSettings,
+    sockets: DnsSockets,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, DnsError> {
+    let responder = Arc::new(Responder::new(&settings.domain, settings.ttl_s, settings.namespaces.clone())?);
+    let dir = Arc::new(NodeDirectory { api: api.clone() });
+    let metrics = api.registry().metrics.clone();
+    let idle = Duration::from_millis(settings.tcp_idle_timeout_ms);
+    let slots = Arc::new(Semaphore::new(settings.max_tcp_connections));
+    let addr = sockets.local_addr().ok();
+    info!(addr = ?addr, domain = %settings.domain, "DNS on UDP and TCP");
+    if addr.is_some_and(|a| !a.ip().is_loopback()) && settings.namespaces.is_empty() {
+        // Auth does not reach DNS: say once what is open, and to whom.
+        warn!(addr = ?addr, "DNS has no credentials: every namespace is readable by anyone who reaches this address (dns.namespaces limits it)");
+    }
+    let DnsSockets { udp, tcp } = sockets;
+    Ok(tokio::spawn(async move {
+        let connections = TaskTracker::new();
+        let udp_task = tokio::spawn(serve_udp(udp, responder.clone(), dir.clone(), metrics.clone(), stop.clone()));
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = tcp.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: pass, but do not spin.
+                        warn!(error = %e, "DNS TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                Metrics::inc(&metrics.dns.tcp_refused);
+                continue;
+            };
+            let (responder, dir, metrics, stop) = (responder.clone(), dir.clone(), metrics.clone(), stop.clone());
+            connections.spawn(async move {
+                serve_tcp(stream, &responder, &dir, &metrics, idle, stop).await;
+                drop(slot);
+            });
+        }
+        connections.close();
+        connections.wait().await;
+        let _ = udp_task.await;
+    }))
+}
+
+async fn serve_udp(
+    socket: UdpSocket,
+    responder: Arc<Responder>,
+    dir: Arc<NodeDirectory>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    // Room for any datagram: a longer request would be cut and read as garbage.
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let (len, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                // ICMP port unreachable from an earlier answer and the like.
+                Err(_) => continue,
+            },
+        };
+        let (answer, outcome) = responder.respond(&buf[..len], Transport::Udp, &*dir);
+        count(&metrics.dns, outcome);
+        if let Some(answer) = answer {
+            let _ = socket.send_to(&answer, peer).await;
+        }
+    }
+}
+
+/// One TCP connection: length-prefixed queries, answered in order, until
+/// the client closes, says nothing for `idle`, or sends garbage it cannot
+/// frame.
+async fn serve_tcp(
+    mut stream: TcpStream,
+    responder: &Responder,
+    dir: &NodeDirectory,
+    metrics: &Metrics,
+    idle: Duration,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    loop {
+        let read = async {
+            let len = stream.read_u16().await?;
+            buf.resize(usize::from(len), 0);
+            stream.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(idle, read) => r,
+        };
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                Metrics::inc(&metrics.dns.tcp_timeouts);
+                return;
+            }
+        }
+        let (answer, outcome) = responder.respond(&buf, Transport::Tcp, dir);
+        count(&metrics.dns, outcome);
+        let Some(answer) = answer else {
+            // Nothing to answer: a client that sends responses is not one.
+            return;
+        };
+        let Ok(len) = u16::try_from(answer.len()) else { return };
+        let write = async {
+            stream.write_u16(len).await?;
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        };
+        if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+fn count(m: &DnsMetrics, outcome: Outcome) {
+    if outcome.bad {
+        Metrics::inc(&m.bad_requests);
+    }
+    if outcome.truncated {
+        Metrics::inc(&m.truncated);
+    }
+    let index = match outcome.rcode {
+        None => return,
+        Some(ResponseCode::NoError) => 0,
+        Some(ResponseCode::NXDomain) => 1,
+        Some(ResponseCode::Refused) => 2,
+        Some(ResponseCode::ServFail) => 3,
+        Some(ResponseCode::FormErr) => 4,
+        Some(_) => 5,
+    };
+    let counter: &AtomicU64 = &m.answers[index];
+    Metrics::inc(counter);
+}
