@@ -19,30 +19,9 @@ pub fn target_dir() -> PathBuf {
 /// The path of `program` in the test virtual environment, with `packages`
 /// (pip requirement strings, pinned) installed there first if missing.
 pub fn python_tool(program: &str, packages: &[&str]) -> Result<PathBuf> {
-    let venv = target_dir().join("py-venv");
-    let bin = venv.join("bin").join(program);
-    if bin.exists() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(target_dir())?;
-    // One installer at a time, across test processes too.
-    let lock = target_dir().join("py-venv.lock");
-    let _guard = FileLock::acquire(&lock)?;
-    if bin.exists() {
-        return Ok(bin);
-    }
-    if !venv.join("bin").join("pip").exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
-    }
-    run(
-        Command::new(venv.join("bin").join("pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(packages),
-        &format!("pip install {}", packages.join(" ")),
-    )?;
-    if !bin.exists() {
-        bail!("{} was not installed by {packages:?}", bin.display());
-    }
+    let bin = venv_dir().join("bin").join(program);
+    venv_install(|| bin.exists(), packages)
+        .with_context(|| format!("{} was not installed by {packages:?}", bin.display()))?;
     Ok(bin)
 }
 
@@ -50,8 +29,7 @@ pub fn python_tool(program: &str, packages: &[&str]) -> Result<PathBuf> {
 /// `packages` (pip requirement strings, pinned) installed first if it
 /// cannot. For libraries, which put no program of their own in `bin/`.
 pub fn python_module(module: &str, packages: &[&str]) -> Result<PathBuf> {
-    let venv = target_dir().join("py-venv");
-    let python = venv.join("bin").join("python3");
+    let python = venv_dir().join("bin").join("python3");
     let imports = || {
         python.exists()
             && Command::new(&python)
@@ -59,15 +37,28 @@ pub fn python_module(module: &str, packages: &[&str]) -> Result<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success())
     };
-    if imports() {
-        return Ok(python);
+    venv_install(imports, packages)
+        .with_context(|| format!("python cannot import {module} after installing {packages:?}"))?;
+    Ok(python)
+}
+
+fn venv_dir() -> PathBuf {
+    target_dir().join("py-venv")
+}
+
+/// Installs `packages` into the test virtual environment (made first if
+/// missing) unless `ready` already holds; fails if it does not hold after.
+/// One installer at a time, across test processes too.
+fn venv_install(ready: impl Fn() -> bool, packages: &[&str]) -> Result<()> {
+    if ready() {
+        return Ok(());
     }
     std::fs::create_dir_all(target_dir())?;
-    let lock = target_dir().join("py-venv.lock");
-    let _guard = FileLock::acquire(&lock)?;
-    if imports() {
-        return Ok(python);
+    let _guard = FileLock::acquire(&target_dir().join("py-venv.lock"))?;
+    if ready() {
+        return Ok(());
     }
+    let venv = venv_dir();
     if !venv.join("bin").join("pip").exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv (Debian: python3-venv)")?;
     }
@@ -77,10 +68,10 @@ pub fn python_module(module: &str, packages: &[&str]) -> Result<PathBuf> {
             .args(packages),
         &format!("pip install {}", packages.join(" ")),
     )?;
-    if !imports() {
-        bail!("python cannot import {module} after installing {packages:?}");
+    if !ready() {
+        bail!("pip install {} succeeded but left it missing", packages.join(" "));
     }
-    Ok(python)
+    Ok(())
 }
 
 /// The `node_modules` folder of the npm project `tests/<project>/` (its
