@@ -184,6 +184,12 @@ impl Eureka {
         caller.map_err(|e| Box::new(registry_error(&e)))
     }
 
+    /// A Eureka lease of `duration_secs` as a lease TTL within the node's limits.
+    fn ttl_ms(&self, duration_secs: u64) -> u32 {
+        let limits = &self.api.registry().config().sessions;
+        (duration_secs.saturating_mul(1_000)).clamp(limits.min_lease_ttl_ms, limits.max_lease_ttl_ms) as u32
+    }
+
     fn key(&self, app: &str, id: &str) -> v1::InstanceKey {
         v1::InstanceKey {
             namespace: self.namespace.to_string(),
@@ -225,6 +231,17 @@ impl Eureka {
 
 type Caught = (State<Eureka>, ConnectInfo<Peer>, HeaderMap);
 
+/// An instance as the registry shows it, turned back into what its provider
+/// registered, to register it again (taken over, or with new metadata): the
+/// provider's own status under any override, no principal (the caller's).
+fn provider_record(mut shown: v1::Instance) -> v1::Instance {
+    if let Some(o) = shown.status_override.take() {
+        shown.status = o.provider_status;
+    }
+    shown.principal.clear();
+    shown
+}
+
 // ------------------------------------------------------------------ writes
 
 /// `POST /eureka/apps/{APP}`: register (or update) under a lease of
@@ -248,15 +265,14 @@ async fn register(
         Ok(r) => r,
         Err(bad) => return e.bad(bad),
     };
-    let limits = &e.api.registry().config().sessions;
-    let ttl_ms = (reg.duration_secs * 1_000).clamp(limits.min_lease_ttl_ms, limits.max_lease_ttl_ms);
+    let ttl_ms = e.ttl_ms(reg.duration_secs);
     let key = (reg.instance.service.clone(), reg.instance.instance_id.clone());
     let held = e.leases.get(&key).map(|l| l.lease.clone()).unwrap_or_default();
     let last_dirty: u64 = reg.instance.metadata.get(codec::keys::LAST_DIRTY).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut result = e.api.register_instance(&caller, &held, ttl_ms as u32, Some(reg.instance.clone()));
+    let mut result = e.api.register_instance(&caller, &held, ttl_ms, Some(reg.instance.clone()));
     if matches!(result, Err(RegistryError::LeaseNotFound(_))) && !held.is_empty() {
         // The lease expired: a new one.
-        result = e.api.register_instance(&caller, "", ttl_ms as u32, Some(reg.instance));
+        result = e.api.register_instance(&caller, "", ttl_ms, Some(reg.instance));
     }
     match result {
         Ok(r) => {
@@ -330,15 +346,7 @@ async fn renew(
         .get(codec::keys::DURATION)
         .and_then(|v| v.parse().ok())
         .unwrap_or(codec::DEFAULT_DURATION_SECS);
-    let limits = &e.api.registry().config().sessions;
-    let ttl_ms = (duration * 1_000).clamp(limits.min_lease_ttl_ms, limits.max_lease_ttl_ms);
-    let mut record = current;
-    // Shown with any override applied; the provider's own status is stored.
-    if let Some(o) = record.status_override.take() {
-        record.status = o.provider_status;
-    }
-    record.principal.clear();
-    match e.api.register_instance(&caller, "", ttl_ms as u32, Some(record)) {
+    match e.api.register_instance(&caller, "", e.ttl_ms(duration), Some(provider_record(current))) {
         Ok(r) => {
             e.leases.insert(map_key, Held { lease: r.lease_id, last_dirty: ours });
             Metrics::inc(&e.metrics().eureka_adoptions);
@@ -437,13 +445,10 @@ async fn update_metadata(
         Ok(r) => r,
         Err(err) => return registry_error(&err),
     };
-    let Some(mut record) = instances.into_iter().find(|i| i.instance_id == id) else {
+    let Some(current) = instances.into_iter().find(|i| i.instance_id == id) else {
         return refusal(StatusCode::NOT_FOUND, "not registered");
     };
-    if let Some(o) = record.status_override.take() {
-        record.status = o.provider_status;
-    }
-    record.principal.clear();
+    let mut record = provider_record(current);
     record.metadata.extend(pairs);
     match e.api.register_instance(&caller, &lease, 0, Some(record)) {
         Ok(_) => StatusCode::OK.into_response(),

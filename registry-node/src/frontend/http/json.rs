@@ -564,16 +564,21 @@ pub struct EndEvent {
 async fn namespaces(State(h): State<Http>, who: Authed) -> Answer<NamespacesJson> {
     let caller = who.caller(&h.api)?;
     h.api.check_ready()?;
+    Ok(Json(namespaces_json(&h, &caller)))
+}
+
+/// The namespaces with instances that `caller` may read.
+fn namespaces_json(h: &Http, caller: &Caller) -> NamespacesJson {
     let auth = h.api.auth();
     let namespaces = h
         .registry
         .views()
         .namespaces()
         .into_iter()
-        .filter(|(ns, _, _)| auth.sees_namespace(&caller, ns))
+        .filter(|(ns, _, _)| auth.sees_namespace(caller, ns))
         .map(|(name, services, instances)| NamespaceJson { name, services, instances })
         .collect();
-    Ok(Json(NamespacesJson { namespaces }))
+    NamespacesJson { namespaces }
 }
 
 /// Counts of a service's instances by status.
@@ -1217,16 +1222,7 @@ impl DashboardFeed {
             let mut out = Vec::new();
             changed(&mut out, &mut last_node, "node", &node_json(&self.h, counts));
             if views_changed {
-                let auth = self.h.api.auth();
-                let namespaces = NamespacesJson {
-                    namespaces: views
-                        .namespaces()
-                        .into_iter()
-                        .filter(|(ns, _, _)| auth.sees_namespace(&self.caller, ns))
-                        .map(|(name, services, instances)| NamespaceJson { name, services, instances })
-                        .collect(),
-                };
-                changed(&mut out, &mut last_namespaces, "namespaces", &namespaces);
+                changed(&mut out, &mut last_namespaces, "namespaces", &namespaces_json(&self.h, &self.caller));
                 // Warming up: no list yet; the next change of the views retries.
                 if let Ok(list) = self.h.api.list_services(&self.caller, &self.namespace) {
                     let now: HashMap<String, u64> =
