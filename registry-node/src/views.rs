@@ -250,6 +250,19 @@ pub struct Views {
     queue_capacity: usize,
     metrics: Arc<Metrics>,
     changelog: std::sync::OnceLock<Arc<ChangeLog>>,
+    listener: std::sync::OnceLock<Arc<dyn ViewListener>>,
+}
+
+/// Told of every change to a service's view, as it happens: what keeps its
+/// own index of the views (DNS) stays exact without reading them on every
+/// query. Calls come from the registry's writer, after the view changed and
+/// before its lock is released, and must be quick and never block.
+pub trait ViewListener: Send + Sync + std::fmt::Debug {
+    /// `service`'s instances changed; its view is now at `revision`.
+    fn changed(&self, service: &ServiceKey, revision: u64);
+    /// `service`'s view was forgotten (no instances, no subscribers) at
+    /// `revision`. A later view of the same name starts at a higher one.
+    fn dropped(&self, service: &ServiceKey, revision: u64);
 }
 
 impl Views {
@@ -261,7 +274,26 @@ impl Views {
             queue_capacity,
             metrics,
             changelog: std::sync::OnceLock::new(),
+            listener: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Starts telling `listener` of every change, after telling it of every
+    /// view that has instances now. One listener per node: false if there
+    /// is one already.
+    pub fn listen(&self, listener: Arc<dyn ViewListener>) -> bool {
+        if self.listener.set(listener.clone()).is_err() {
+            return false;
+        }
+        // Changes from now on are told by the writer; the views that exist
+        // are told here. The two may cross: a listener keeps the highest
+        // revision it hears of.
+        for entry in self.map.iter() {
+            if !entry.value().instances.is_empty() {
+                listener.changed(entry.key(), entry.value().revision);
+            }
+        }
+        true
     }
 
     /// Starts keeping a [`ChangeLog`] of `namespace` (once per node; later
@@ -515,6 +547,9 @@ impl Views {
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         view.revision = revision;
         view.snapshot = None;
+        if let Some(listener) = self.listener.get() {
+            listener.changed(svc, revision);
+        }
         let watched = self.watchers.get(&svc.0).is_some_and(|w| !w.is_empty());
         if view.subscribers.is_empty() && !watched {
             // Nobody to tell (the common case while a node loads the registry):
@@ -555,6 +590,9 @@ impl Views {
     /// snapshot if it comes back.
     fn drop_if_unused(&self, svc: &ServiceKey) {
         let removed = self.map.remove_if(svc, |_, v| v.instances.is_empty() && v.subscribers.is_empty());
+        if let (Some((_, view)), Some(listener)) = (&removed, self.listener.get()) {
+            listener.dropped(svc, view.revision);
+        }
         if removed.is_some()
             && let Some(watchers) = self.watchers.get(&svc.0)
         {

@@ -1,10 +1,11 @@
 //! The DNS front-end's core, with no I/O: a request's bytes in, the
-//! answer's bytes out (or nothing), read from a [`Directory`] of instances.
-//! Sockets, timeouts and counting of connections live in the module around
-//! it; everything a client can send and every answer it can get is decided
-//! here, which is what the unit tests below exercise.
+//! answer's bytes out (or nothing), read from a [`Directory`] of compiled
+//! records. Sockets, timeouts and counting of connections live in the
+//! module around it; everything a client can send and every answer it can
+//! get is decided here, which is what the unit tests below exercise.
 //!
-//! Names under the domain (`registry.internal.` by default):
+//! Names under the domain (`registry.internal.` by default), matched
+//! without regard to case (RFC 4343):
 //!
 //! - `<service>.<namespace>.<domain>`: A/AAAA of the UP instances whose
 //!   host is an IP literal, SRV of every UP instance.
@@ -17,15 +18,23 @@
 //! dot in its name cannot be reached; a service name may contain dots. When
 //! a name reads both as a dotted service and as a zone of a shorter one
 //! (`a.b.<ns>`), the dotted service wins if it has instances.
+//!
+//! Speed: a service's records are encoded once per change of its view
+//! ([`Responder::compile`], by hickory), each answer record with its owner
+//! name compressed to a pointer at the question (which every response
+//! carries at the same offset, 12). A query then costs a parse, a lookup
+//! and a copy of the records it gets, rotated; sizes are known before
+//! anything is written, so an answer cut to fit is cut once.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hickory_proto::ProtoError;
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use registry_proto::v1;
 
 /// The largest UDP answer sent, whatever size a requester offers: bigger
@@ -35,13 +44,19 @@ pub const MAX_UDP_PAYLOAD: u16 = 4096;
 /// The largest DNS message over TCP (its length prefix is 16 bits).
 pub const MAX_TCP_MESSAGE: usize = u16::MAX as usize;
 
+/// Where every response carries its question's name: right after the
+/// 12-byte header. Compiled answer records point their owner name here.
+const QUESTION_OFFSET: usize = 12;
+
 /// What answers read: the node's views, or a table in tests.
 pub trait Directory {
     /// Whether the node has loaded the registry (a warming-up clustered node
     /// answers SERVFAIL rather than a partial list).
     fn ready(&self) -> bool;
-    /// Every instance of a service, whatever its status; empty if unknown.
-    fn instances(&self, namespace: &str, service: &str) -> Vec<v1::Instance>;
+    /// The records of a service, compiled by `responder`, or `None` if the
+    /// name is unknown. `namespace` and `service` come lowercase; a name
+    /// matches every service whose name differs from it only in case.
+    fn records(&self, namespace: &str, service: &str, responder: &Responder) -> Option<Arc<Records>>;
     /// The SOA serial: anything that grows when the registry changes.
     fn serial(&self) -> u32;
 }
@@ -79,8 +94,13 @@ pub struct Responder {
     mname: Name,
     rname: Name,
     addr: Name,
+    /// The owner name compiled answer records are encoded under (then
+    /// pointed at the question of each response).
+    placeholder: Name,
+    /// Our OPT record, encoded once.
+    opt: Vec<u8>,
     ttl: u32,
-    /// Namespaces served; empty serves all.
+    /// Namespaces served, lowercase; empty serves all.
     namespaces: Vec<String>,
     /// Turns per query, so answers rotate.
     turn: AtomicU64,
@@ -100,6 +120,7 @@ enum Target {
     Nothing,
 }
 
+/// A service name read from a query, lowercase.
 #[derive(Debug, PartialEq, Eq)]
 struct ServiceName {
     namespace: String,
@@ -109,14 +130,95 @@ struct ServiceName {
     srv_only: bool,
 }
 
-/// The records of one service name.
+/// Encoded records, each whole and independent of where it lands in a
+/// response: `bytes` holds them back to back, record `i` ending at
+/// `ends[i]`.
 #[derive(Debug, Default)]
-struct Found {
-    /// Whether the name exists (it has instances, of any status).
+struct Chunks {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Chunks {
+    fn push(&mut self, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] as usize }
+    }
+
+    /// Appends whole records to `out`, starting at record `turn` (mod the
+    /// count) and wrapping, while they fit in `room` bytes. Returns how many
+    /// records and bytes it wrote.
+    fn write_rotated(&self, turn: usize, room: usize, out: &mut Vec<u8>) -> (usize, usize) {
+        let n = self.len();
+        if n == 0 {
+            return (0, 0);
+        }
+        let first = turn % n;
+        let split = self.start(first);
+        if self.bytes.len() <= room {
+            out.extend_from_slice(&self.bytes[split..]);
+            out.extend_from_slice(&self.bytes[..split]);
+            return (n, self.bytes.len());
+        }
+        let mut used = 0;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let record = &self.bytes[self.start(i)..self.ends[i] as usize];
+            if used + record.len() > room {
+                return (k, used);
+            }
+            out.extend_from_slice(record);
+            used += record.len();
+        }
+        (n, used)
+    }
+}
+
+/// The records of one service (or of one of its zones), ready to copy.
+#[derive(Debug, Default)]
+struct RecordSet {
+    /// Whether the name exists: it has instances, of any status.
     exists: bool,
-    addresses: Vec<IpAddr>,
-    /// (weight, port, target, address of the target if it is ours).
-    srv: Vec<(u16, u16, Name, Option<IpAddr>)>,
+    /// Answers, owner pointing at the question.
+    a: Chunks,
+    aaaa: Chunks,
+    srv: Chunks,
+    /// A/AAAA of the SRV targets we named, for the additional section.
+    targets: Chunks,
+}
+
+/// A service's records, compiled once per change of its view: the whole
+/// service, and each zone.
+#[derive(Debug, Default)]
+pub struct Records {
+    all: RecordSet,
+    /// Zones, lowercase.
+    zones: Vec<(Box<str>, RecordSet)>,
+}
+
+impl Records {
+    fn set(&self, zone: Option<&str>) -> Option<&RecordSet> {
+        match zone {
+            None => Some(&self.all),
+            Some(zone) => self.zones.iter().find(|(z, _)| &**z == zone).map(|(_, set)| set),
+        }
+    }
+}
+
+/// Records made for one query (the apex, an address, negative answers):
+/// the rare paths, encoded whole by hickory.
+struct Made {
+    answers: Vec<Record>,
+    authority: Option<Record>,
+    code: ResponseCode,
 }
 
 impl Responder {
@@ -126,13 +228,19 @@ impl Responder {
         let mut name = Name::from_ascii(domain).map_err(bad)?.to_lowercase();
         name.set_fqdn(true);
         let label = |l: &str| Name::from_ascii(l).and_then(|n| n.append_domain(&name)).map_err(bad);
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_PAYLOAD);
+        let mut opt = Vec::new();
+        Record::from(&edns).emit(&mut BinEncoder::new(&mut opt)).map_err(bad)?;
         Ok(Self {
             mname: label("ns")?,
             rname: label("hostmaster")?,
             addr: label("addr")?,
+            placeholder: Name::from_ascii("q.").map_err(bad)?,
+            opt,
             domain: name,
             ttl,
-            namespaces,
+            namespaces: namespaces.iter().map(|n| n.to_ascii_lowercase()).collect(),
             turn: AtomicU64::new(0),
         })
     }
@@ -168,61 +276,82 @@ impl Responder {
             return self.error(meta.id, meta.op_code, ResponseCode::FormErr, outcome);
         };
 
-        let mut response = Message::response(meta.id, OpCode::Query);
-        response.metadata.authoritative = true;
-        response.metadata.recursion_desired = meta.recursion_desired;
-        response.add_query(query.clone());
-        if message.edns.is_some() {
-            let mut edns = Edns::new();
-            edns.set_max_payload(MAX_UDP_PAYLOAD);
-            response.set_edns(edns);
-        }
         let limit = match transport {
             Transport::Udp => usize::from(message.max_payload().min(MAX_UDP_PAYLOAD)),
             Transport::Tcp => MAX_TCP_MESSAGE,
         };
-
+        let Some(mut response) = Response::start(meta, query, message.edns.is_some().then_some(&self.opt[..])) else {
+            // A question read from the request encodes again; if not, say so.
+            return self.error(meta.id, meta.op_code, ResponseCode::ServFail, outcome);
+        };
         let qname = query.name();
         if !(query.query_class() == DNSClass::IN || query.query_class() == DNSClass::ANY) || !self.domain.zone_of(qname)
         {
-            response.metadata.authoritative = false;
-            return self.finish(response, Vec::new(), Vec::new(), ResponseCode::Refused, limit, outcome);
+            response.authoritative = false;
+            return self.made(
+                response,
+                Made { answers: Vec::new(), authority: None, code: ResponseCode::Refused },
+                limit,
+                outcome,
+            );
         }
         if !dir.ready() {
-            response.metadata.authoritative = false;
-            return self.finish(response, Vec::new(), Vec::new(), ResponseCode::ServFail, limit, outcome);
+            response.authoritative = false;
+            return self.made(
+                response,
+                Made { answers: Vec::new(), authority: None, code: ResponseCode::ServFail },
+                limit,
+                outcome,
+            );
         }
         let qtype = query.query_type();
-        let (answers, additionals, code) = match self.read_name(qname) {
-            Target::Apex => {
-                let answers =
-                    if matches!(qtype, RecordType::SOA | RecordType::ANY) { vec![self.soa(dir)] } else { Vec::new() };
-                (answers, Vec::new(), ResponseCode::NoError)
-            }
+        let answers = match self.read_name(qname) {
+            Target::Apex if matches!(qtype, RecordType::SOA | RecordType::ANY) => vec![self.soa(dir)],
+            Target::Apex => Vec::new(),
             Target::Address(ip) => match (ip, qtype) {
                 (IpAddr::V4(_), RecordType::A | RecordType::ANY)
-                | (IpAddr::V6(_), RecordType::AAAA | RecordType::ANY) => {
-                    (vec![self.address_record(qname.clone(), ip)], Vec::new(), ResponseCode::NoError)
-                }
-                _ => (Vec::new(), Vec::new(), ResponseCode::NoError),
+                | (IpAddr::V6(_), RecordType::AAAA | RecordType::ANY) => vec![self.address_record(qname.clone(), ip)],
+                _ => Vec::new(),
             },
-            Target::Nothing => (Vec::new(), Vec::new(), ResponseCode::NXDomain),
+            Target::Nothing => return self.negative(response, ResponseCode::NXDomain, dir, limit, outcome),
             Target::Service(candidates) => {
-                let found = candidates.iter().map(|c| self.find(c, dir)).find(|f| f.exists);
-                match found {
-                    None => (Vec::new(), Vec::new(), ResponseCode::NXDomain),
-                    Some(found) => {
-                        let (answers, additionals) = self.records(qname, qtype, found);
-                        (answers, additionals, ResponseCode::NoError)
+                let found = candidates.iter().find_map(|c| {
+                    let records = dir.records(&c.namespace, &c.service, self)?;
+                    records.set(c.zone.as_deref()).is_some_and(|s| s.exists).then_some((c, records))
+                });
+                let Some((name, records)) = found else {
+                    return self.negative(response, ResponseCode::NXDomain, dir, limit, outcome);
+                };
+                let Some(set) = records.set(name.zone.as_deref()) else {
+                    return self.negative(response, ResponseCode::NXDomain, dir, limit, outcome);
+                };
+                let want = |t: RecordType| qtype == t || qtype == RecordType::ANY;
+                let mut lists: Vec<&Chunks> = Vec::with_capacity(3);
+                if !name.srv_only {
+                    if want(RecordType::A) {
+                        lists.push(&set.a);
+                    }
+                    if want(RecordType::AAAA) {
+                        lists.push(&set.aaaa);
                     }
                 }
+                let srv = want(RecordType::SRV);
+                if srv {
+                    lists.push(&set.srv);
+                }
+                lists.retain(|c| c.len() > 0);
+                if lists.is_empty() {
+                    return self.negative(response, ResponseCode::NoError, dir, limit, outcome);
+                }
+                let additional = if srv { Some(&set.targets) } else { None };
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
+                return self.compiled(response, &lists, additional, turn, limit, outcome);
             }
         };
         if answers.is_empty() {
-            // NXDOMAIN and NODATA carry the SOA, for negative caching.
-            response.add_authority(self.soa(dir));
+            return self.negative(response, ResponseCode::NoError, dir, limit, outcome);
         }
-        self.finish(response, answers, additionals, code, limit, outcome)
+        self.made(response, Made { answers, authority: None, code: ResponseCode::NoError }, limit, outcome)
     }
 
     fn error(&self, id: u16, op: OpCode, code: ResponseCode, mut outcome: Outcome) -> (Option<Vec<u8>>, Outcome) {
@@ -230,37 +359,120 @@ impl Responder {
         (Message::error_msg(id, op, code).to_vec().ok(), outcome)
     }
 
-    /// Encodes the response within `limit` bytes: whole, else without the
-    /// additional section, else with as many whole answers as fit and TC
-    /// set (RFC 2181 §9: TC only when the answer itself is incomplete).
-    fn finish(
+    /// NXDOMAIN or NODATA (NOERROR, no answer), with the SOA for negative
+    /// caching (RFC 2308).
+    fn negative(
         &self,
-        mut response: Message,
-        answers: Vec<Record>,
-        additionals: Vec<Record>,
+        response: Response<'_>,
         code: ResponseCode,
+        dir: &impl Directory,
+        limit: usize,
+        outcome: Outcome,
+    ) -> (Option<Vec<u8>>, Outcome) {
+        self.made(response, Made { answers: Vec::new(), authority: Some(self.soa(dir)), code }, limit, outcome)
+    }
+
+    /// A response of records made for this query. They are few and small
+    /// (one SOA or one address); if even they do not fit, the answer goes
+    /// out empty with TC.
+    fn made(
+        &self,
+        mut response: Response<'_>,
+        made: Made,
         limit: usize,
         mut outcome: Outcome,
     ) -> (Option<Vec<u8>>, Outcome) {
-        response.metadata.response_code = code;
-        outcome.rcode = Some(code);
-        response.answers = answers;
-        response.additionals = additionals;
-        match fit(&mut response, limit) {
-            Ok((bytes, truncated)) => {
-                outcome.truncated = truncated;
-                (Some(bytes), outcome)
+        response.code = made.code;
+        outcome.rcode = Some(made.code);
+        let mark = response.out.len();
+        let encoded = (|| {
+            // The question's names are compression targets for these.
+            let mut encoder = BinEncoder::with_offset(&mut response.out, mark as u32);
+            let answers = encoder.emit_all(made.answers.iter())?;
+            let authorities = encoder.emit_all(made.authority.iter())?;
+            Ok::<_, ProtoError>((answers, authorities))
+        })();
+        match encoded {
+            Ok((answers, authorities)) if response.out.len() + response.opt.len() <= limit => {
+                response.counts.answers = answers as u16;
+                response.counts.authorities = authorities as u16;
+            }
+            Ok(_) => {
+                response.out.truncate(mark);
+                response.truncated = true;
+                outcome.truncated = true;
             }
             // Only names we made could fail to encode; say so rather than
             // send nothing and make the client wait.
-            Err(_) => {
-                let (id, op) = (response.metadata.id, response.metadata.op_code);
-                self.error(id, op, ResponseCode::ServFail, outcome)
+            Err(_) => return self.error(response.id, OpCode::Query, ResponseCode::ServFail, outcome),
+        }
+        self.finish(response, outcome)
+    }
+
+    /// A response of compiled records: all of them if they fit in `limit`,
+    /// else without the additional section, else with as many whole answers
+    /// as fit and TC set (RFC 2181 §9: TC only when the answer itself is
+    /// incomplete). Each list starts at record `turn`.
+    fn compiled(
+        &self,
+        mut response: Response<'_>,
+        lists: &[&Chunks],
+        additional: Option<&Chunks>,
+        turn: usize,
+        limit: usize,
+        mut outcome: Outcome,
+    ) -> (Option<Vec<u8>>, Outcome) {
+        response.code = ResponseCode::NoError;
+        outcome.rcode = Some(ResponseCode::NoError);
+        let base = response.out.len() + response.opt.len();
+        let answers: usize = lists.iter().map(|c| c.bytes.len()).sum();
+        let extra = additional.map_or(0, |c| c.bytes.len());
+        let mut room = limit.saturating_sub(base);
+        let with_additional = answers + extra <= room;
+        response.out.reserve(answers.min(room) + if with_additional { extra } else { 0 } + response.opt.len());
+        let mut count = 0;
+        for list in lists {
+            let (n, used) = list.write_rotated(turn, room, &mut response.out);
+            count += n;
+            room -= used;
+            if n < list.len() {
+                response.truncated = true;
+                outcome.truncated = true;
+                break;
             }
+        }
+        response.counts.answers = count as u16;
+        if let Some(targets) = additional.filter(|_| with_additional) {
+            let (n, _) = targets.write_rotated(turn, usize::MAX, &mut response.out);
+            response.counts.additionals = n as u16;
+        }
+        self.finish(response, outcome)
+    }
+
+    /// Writes the header (and our OPT if the request had one) around the
+    /// records written.
+    fn finish(&self, mut response: Response<'_>, outcome: Outcome) -> (Option<Vec<u8>>, Outcome) {
+        let mut metadata = Metadata::new(response.id, MessageType::Response, OpCode::Query);
+        metadata.authoritative = response.authoritative;
+        metadata.truncation = response.truncated;
+        metadata.recursion_desired = response.recursion_desired;
+        metadata.response_code = response.code;
+        if !response.opt.is_empty() {
+            response.out.extend_from_slice(response.opt);
+            response.counts.additionals += 1;
+        }
+        let header = Header { metadata, counts: response.counts };
+        let mut head = Vec::with_capacity(QUESTION_OFFSET);
+        match header.emit(&mut BinEncoder::new(&mut head)) {
+            Ok(()) if head.len() == QUESTION_OFFSET => {
+                response.out[..QUESTION_OFFSET].copy_from_slice(&head);
+                (Some(response.out), outcome)
+            }
+            _ => self.error(response.id, OpCode::Query, ResponseCode::ServFail, outcome),
         }
     }
 
-    /// Reads a name of the zone (the caller checked it is one).
+    /// Reads a name of the zone (the caller checked it is one), lowercase.
     fn read_name(&self, qname: &Name) -> Target {
         let labels: Vec<&[u8]> = qname.iter().collect();
         let Some(ours) = labels.len().checked_sub(usize::from(self.domain.num_labels())) else {
@@ -270,12 +482,12 @@ impl Responder {
         let Some((namespace, rest)) = labels.split_last() else {
             return Target::Apex;
         };
-        let text = |l: &[u8]| std::str::from_utf8(l).ok().map(str::to_string);
+        let text = |l: &[u8]| std::str::from_utf8(l).ok().map(str::to_ascii_lowercase);
         let (Some(namespace), Some(rest)) = (text(namespace), rest.iter().map(|l| text(l)).collect::<Option<Vec<_>>>())
         else {
             return Target::Nothing;
         };
-        if namespace.eq_ignore_ascii_case("addr") {
+        if namespace == "addr" {
             return match rest.as_slice() {
                 [hex] => parse_address(hex).map_or(Target::Nothing, Target::Address),
                 _ => Target::Nothing,
@@ -286,7 +498,7 @@ impl Responder {
         }
         // _<service>._tcp: everything before `_tcp`, less the underscore.
         if let [first, .., last] = rest.as_slice()
-            && last.eq_ignore_ascii_case("_tcp")
+            && last == "_tcp"
             && let Some(head) = first.strip_prefix('_')
         {
             let mut service = head.to_string();
@@ -311,70 +523,77 @@ impl Responder {
         Target::Service(candidates)
     }
 
-    /// The UP instances of a service name, as addresses and SRV data.
-    fn find(&self, name: &ServiceName, dir: &impl Directory) -> Found {
-        let mut found = Found::default();
-        let mut instances = dir.instances(&name.namespace, &name.service);
-        if let Some(zone) = &name.zone {
-            instances.retain(|i| &i.zone == zone);
-        }
-        found.exists = !instances.is_empty();
-        instances.retain(|i| i.status().effective() == v1::Status::Up);
+    /// Compiles the records of a service's instances (any status; only UP
+    /// ones give records): for the whole service and for each zone.
+    pub fn compile(&self, instances: &[v1::Instance]) -> Records {
+        let mut instances: Vec<&v1::Instance> = instances.iter().collect();
         // A stable order before the rotation, whatever order the views keep.
         instances.sort_unstable_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-        for i in &instances {
-            let Ok(port) = u16::try_from(i.port) else { continue };
-            let weight = u16::try_from(i.weight.unwrap_or(100)).unwrap_or(u16::MAX);
-            match i.host.parse::<IpAddr>() {
-                Ok(ip) => {
-                    if !name.srv_only {
-                        found.addresses.push(ip);
+        let mut records = Records::default();
+        for i in instances {
+            let zone = i.zone.to_ascii_lowercase();
+            let zone_set = if zone.is_empty() {
+                None
+            } else {
+                let at = match records.zones.iter().position(|(z, _)| **z == *zone) {
+                    Some(at) => at,
+                    None => {
+                        records.zones.push((zone.into(), RecordSet::default()));
+                        records.zones.len() - 1
                     }
-                    if let Some(target) = self.address_name(ip) {
-                        found.srv.push((weight, port, target, Some(ip)));
-                    }
-                }
-                // A host name is a target only: its addresses are not ours.
-                Err(_) => {
-                    if let Ok(mut target) = Name::from_ascii(&i.host) {
-                        target.set_fqdn(true);
-                        found.srv.push((weight, port, target, None));
-                    }
-                }
+                };
+                Some(at)
+            };
+            records.all.exists = true;
+            if let Some(at) = zone_set {
+                records.zones[at].1.exists = true;
+            }
+            if i.status().effective() != v1::Status::Up {
+                continue;
+            }
+            let Some(encoded) = self.encode_instance(i) else { continue };
+            records.all.add(&encoded);
+            if let Some(at) = zone_set {
+                records.zones[at].1.add(&encoded);
             }
         }
-        found
+        records
     }
 
-    /// The answers to `qtype` at `qname`, rotated by one more turn than the
-    /// last query's, and the addresses of SRV targets as additionals.
-    fn records(&self, qname: &Name, qtype: RecordType, found: Found) -> (Vec<Record>, Vec<Record>) {
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
-        let Found { mut addresses, mut srv, .. } = found;
-        rotate(&mut addresses, turn);
-        rotate(&mut srv, turn);
-        let want_a = matches!(qtype, RecordType::A | RecordType::ANY);
-        let want_aaaa = matches!(qtype, RecordType::AAAA | RecordType::ANY);
-        let want_srv = matches!(qtype, RecordType::SRV | RecordType::ANY);
-        let mut answers: Vec<Record> = addresses
-            .into_iter()
-            .filter(|ip| (ip.is_ipv4() && want_a) || (ip.is_ipv6() && want_aaaa))
-            .map(|ip| self.address_record(qname.clone(), ip))
-            .collect();
-        let mut additionals = Vec::new();
-        if want_srv {
-            for (weight, port, target, ip) in srv {
-                if let Some(ip) = ip {
-                    additionals.push(self.address_record(target.clone(), ip));
-                }
-                answers.push(Record::from_rdata(
-                    qname.clone(),
-                    self.ttl,
-                    RData::SRV(SRV::new(0, weight, port, target)),
-                ));
+    /// One UP instance's records: its A or AAAA answer if its host is an
+    /// IP literal, its SRV answer, and the address of the SRV target if we
+    /// named it. `None` if its port or host cannot be told by DNS.
+    fn encode_instance(&self, i: &v1::Instance) -> Option<EncodedInstance> {
+        let port = u16::try_from(i.port).ok()?;
+        let weight = u16::try_from(i.weight.unwrap_or(100)).unwrap_or(u16::MAX);
+        let host = i.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&i.host);
+        let (address, target, target_address) = match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                let target = self.address_name(ip)?;
+                let address = self.answer_chunk(self.address_record(self.placeholder.clone(), ip))?;
+                let target_address = record_chunk(&self.address_record(target.clone(), ip))?;
+                (Some((ip, address)), target, Some(target_address))
             }
-        }
-        (answers, additionals)
+            // A host name is a target only: its addresses are not ours.
+            Err(_) => {
+                let mut target = Name::from_ascii(host).ok()?;
+                target.set_fqdn(true);
+                (None, target, None)
+            }
+        };
+        let srv = Record::from_rdata(self.placeholder.clone(), self.ttl, RData::SRV(SRV::new(0, weight, port, target)));
+        Some(EncodedInstance { address, srv: self.answer_chunk(srv)?, target_address })
+    }
+
+    /// `record` (owned by the placeholder) encoded as it will be in a
+    /// response, its owner a pointer at the question.
+    fn answer_chunk(&self, record: Record) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; QUESTION_OFFSET];
+        let mut encoder = BinEncoder::with_offset(&mut buf, QUESTION_OFFSET as u32);
+        self.placeholder.emit(&mut encoder).ok()?;
+        let start = encoder.offset();
+        record.emit(&mut encoder).ok()?;
+        Some(buf[start..].to_vec())
     }
 
     fn address_record(&self, name: Name, ip: IpAddr) -> Record {
@@ -400,6 +619,67 @@ impl Responder {
     }
 }
 
+/// One instance's encoded records (see [`Responder::encode_instance`]).
+struct EncodedInstance {
+    address: Option<(IpAddr, Vec<u8>)>,
+    srv: Vec<u8>,
+    target_address: Option<Vec<u8>>,
+}
+
+impl RecordSet {
+    fn add(&mut self, i: &EncodedInstance) {
+        match &i.address {
+            Some((IpAddr::V4(_), chunk)) => self.a.push(chunk),
+            Some((IpAddr::V6(_), chunk)) => self.aaaa.push(chunk),
+            None => {}
+        }
+        self.srv.push(&i.srv);
+        if let Some(chunk) = &i.target_address {
+            self.targets.push(chunk);
+        }
+    }
+}
+
+/// `record` encoded alone: its names uncompressed, so it can land anywhere.
+fn record_chunk(record: &Record) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    record.emit(&mut BinEncoder::new(&mut buf)).ok()?;
+    Some(buf)
+}
+
+/// A response being written: the header's fields, and the bytes after it.
+struct Response<'a> {
+    id: u16,
+    recursion_desired: bool,
+    authoritative: bool,
+    truncated: bool,
+    code: ResponseCode,
+    counts: HeaderCounts,
+    /// Room for the header, then the question, then records.
+    out: Vec<u8>,
+    /// Our OPT record if the request had EDNS, else empty.
+    opt: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// The header's room and the question, echoed as asked (case and all).
+    fn start(meta: Metadata, query: &Query, opt: Option<&'a [u8]>) -> Option<Self> {
+        let mut out = Vec::with_capacity(512);
+        out.resize(QUESTION_OFFSET, 0);
+        query.emit(&mut BinEncoder::with_offset(&mut out, QUESTION_OFFSET as u32)).ok()?;
+        Some(Self {
+            id: meta.id,
+            recursion_desired: meta.recursion_desired,
+            authoritative: true,
+            truncated: false,
+            code: ResponseCode::NoError,
+            counts: HeaderCounts { queries: 1, answers: 0, authorities: 0, additionals: 0 },
+            out,
+            opt: opt.unwrap_or_default(),
+        })
+    }
+}
+
 /// The inverse of [`Responder::address_name`]'s label.
 fn parse_address(hex: &str) -> Option<IpAddr> {
     let bytes: Option<Vec<u8>> =
@@ -409,58 +689,6 @@ fn parse_address(hex: &str) -> Option<IpAddr> {
         b if b.len() == 16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
         _ => None,
     }
-}
-
-fn rotate<T>(v: &mut [T], turn: usize) {
-    if !v.is_empty() {
-        v.rotate_left(turn % v.len());
-    }
-}
-
-/// Encodes `response` in at most `limit` bytes; returns whether answers had
-/// to be left out (TC is then set).
-fn fit(response: &mut Message, limit: usize) -> Result<(Vec<u8>, bool), ProtoError> {
-    if let Some(whole) = encode_whole(response, limit)? {
-        return Ok((whole, false));
-    }
-    response.additionals.clear();
-    if let Some(bytes) = encode_whole(response, limit)? {
-        return Ok((bytes, false));
-    }
-    // The most whole answers that fit, by bisection (name compression makes
-    // sizes not add up record by record).
-    response.authorities.clear();
-    response.metadata.truncation = true;
-    let answers = std::mem::take(&mut response.answers);
-    let (mut lo, mut hi) = (0, answers.len());
-    let mut best = response.to_vec()?;
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        response.answers = answers[..mid].to_vec();
-        match encode_whole(response, limit)? {
-            Some(bytes) => {
-                lo = mid;
-                best = bytes;
-            }
-            None => hi = mid - 1,
-        }
-    }
-    Ok((best, true))
-}
-
-/// `response` encoded, if all of it fits in `limit` bytes. hickory cuts a
-/// message that outgrows 64 KiB by itself (dropping the records that do not
-/// fit); such a cut counts as not fitting.
-fn encode_whole(response: &Message, limit: usize) -> Result<Option<Vec<u8>>, ProtoError> {
-    let bytes = response.to_vec()?;
-    if bytes.len() > limit {
-        return Ok(None);
-    }
-    let header = Header::read(&mut BinDecoder::new(&bytes)).map_err(|_| ProtoError::Message("unreadable header"))?;
-    let complete = usize::from(header.counts.answers) == response.answers.len()
-        && usize::from(header.counts.authorities) == response.authorities.len()
-        && usize::from(header.counts.additionals) >= response.additionals.len();
-    Ok(complete.then_some(bytes))
 }
 
 #[cfg(test)]
@@ -482,8 +710,15 @@ mod tests {
         fn ready(&self) -> bool {
             !self.warming
         }
-        fn instances(&self, namespace: &str, service: &str) -> Vec<v1::Instance> {
-            self.services.get(&(namespace.to_string(), service.to_string())).cloned().unwrap_or_default()
+        fn records(&self, namespace: &str, service: &str, responder: &Responder) -> Option<Arc<Records>> {
+            // Every service whose name differs only in case, as the node's catalog.
+            let mut found = None::<Vec<v1::Instance>>;
+            for ((ns, svc), list) in &self.services {
+                if ns.eq_ignore_ascii_case(namespace) && svc.eq_ignore_ascii_case(service) {
+                    found.get_or_insert_default().extend(list.iter().cloned());
+                }
+            }
+            found.map(|list| Arc::new(responder.compile(&list)))
         }
         fn serial(&self) -> u32 {
             7
@@ -662,6 +897,38 @@ mod tests {
     }
 
     #[test]
+    fn names_match_without_case_and_owners_echo_the_question() {
+        let (r, mut t) = (responder(), table());
+        t.services.insert(("Prod".into(), "Billing".into()), vec![instance("10.3.0.1", 70, "East", v1::Status::Up)]);
+        for name in
+            ["WEB.Prod.Registry.Internal.", "_Web._TCP.prod.registry.internal.", "A.web.PROD.registry.internal."]
+        {
+            for qtype in [RecordType::A, RecordType::SRV] {
+                let m = ask(&r, &t, name, qtype);
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name} {qtype}");
+                assert_eq!(m.queries[0].name().to_ascii(), name, "the question as asked");
+                assert!(m.answers.iter().all(|a| a.name.to_ascii() == name), "{name} {qtype}: {:?}", m.answers);
+            }
+        }
+        // A registered name with capitals, a zone with capitals.
+        let billing = ask(&r, &t, "east.billing.prod.registry.internal.", RecordType::A);
+        assert_eq!(ips(&billing), vec![IpAddr::from([10, 3, 0, 1])]);
+    }
+
+    #[test]
+    fn truncated_answers_rotate_too() {
+        let (r, t) = (responder(), big(100));
+        let firsts: std::collections::HashSet<String> = (0..5)
+            .map(|_| {
+                let m = ask(&r, &t, "big.prod.registry.internal.", RecordType::A);
+                assert!(m.metadata.truncation);
+                m.answers[0].to_string()
+            })
+            .collect();
+        assert_eq!(firsts.len(), 5, "each cut starts elsewhere, so the whole fleet gets asked");
+    }
+
+    #[test]
     fn answers_rotate_per_query() {
         let (r, t) = (responder(), table());
         let firsts: Vec<_> = (0..4)
@@ -695,11 +962,17 @@ mod tests {
         let tcp = ask_with(&r, &t, "big.prod.registry.internal.", RecordType::A, None, Transport::Tcp);
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 1000);
-        // SRV targets are never compressed (RFC 2782): 1000 of ours do not
-        // fit in the 64 KiB of a TCP message, and the cut says so.
-        let srv = ask_with(&r, &t, "big.prod.registry.internal.", RecordType::SRV, None, Transport::Tcp);
-        assert!(srv.metadata.truncation && srv.answers.len() > 800, "{} SRV over TCP", srv.answers.len());
+        // SRV targets are never compressed (RFC 2782), but each answer's
+        // owner is: 1,000 SRV records fit in a TCP message (51 bytes each),
+        // their targets' addresses do not, and leaving those out is no cut.
+        let srv = ask_with(&r, &t, "_big._tcp.prod.registry.internal.", RecordType::SRV, None, Transport::Tcp);
+        assert!(!srv.metadata.truncation);
+        assert_eq!(srvs(&srv).len(), 1000, "1000 SRV over TCP");
         assert!(srv.additionals.is_empty(), "{:?}", srv.additionals.first());
+        let few = ask_with(&r, &big(300), "big.prod.registry.internal.", RecordType::SRV, None, Transport::Tcp);
+        assert_eq!((few.answers.len(), few.additionals.len()), (300, 300), "targets' addresses when they fit");
+        let edns = ask_with(&r, &t, "big.prod.registry.internal.", RecordType::SRV, Some(4096), Transport::Udp);
+        assert!(edns.metadata.truncation && edns.additionals.is_empty() && edns.answers.len() > 70);
         let small = ask(&r, &big(3), "big.prod.registry.internal.", RecordType::A);
         assert!(!small.metadata.truncation);
     }

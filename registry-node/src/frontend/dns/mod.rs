@@ -4,20 +4,21 @@
 //!
 //! - [`answer`]: the core, with no I/O: request bytes in, answer bytes out,
 //!   the naming scheme, truncation and rotation.
-//! - This module: the sockets. One task reads UDP and answers each datagram
-//!   in turn (a flood costs at most that task, and every answer is small
-//!   work); a task per TCP connection, bounded in number, each closed when
-//!   its client says nothing for `dns.tcp_idle_timeout_ms`.
+//! - [`catalog`]: which names exist and their records, compiled once per
+//!   change of a view, in a map queries read without a lock.
+//! - This module: the sockets. A few OS threads read UDP and answer each
+//!   datagram in turn (a flood costs at most those threads, and every
+//!   answer is short work); a task per TCP connection, bounded in number,
+//!   each closed when its client says nothing for `dns.tcp_idle_timeout_ms`.
 //!
-//! Answers are read from the node's views ([`crate::views::Views`]) at each
-//! query, not from a copy: a registration is visible to the next query.
-//! The views are sharded maps; a read holds one shard for the time it takes
-//! to decode one service's instances, never across an await. Readiness is
-//! the API's ([`NodeApi::check_ready`]). DNS has no credentials: what
-//! `dns.namespaces` lists (all by default) is readable by anyone who
-//! reaches the port.
+//! The registry's writer tells the catalog of every change as it makes it
+//! ([`crate::views::ViewListener`]): a registration is visible to the next
+//! query. Readiness is the API's ([`NodeApi::check_ready`]). DNS has no
+//! credentials: what `dns.namespaces` lists (all by default) is readable by
+//! anyone who reaches the port.
 
 pub mod answer;
+pub mod catalog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
-use registry_proto::v1;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use self::answer::{Directory, Outcome, Responder, Transport};
+use self::answer::{Directory, Outcome, Records, Responder, Transport};
+use self::catalog::Catalog;
 use crate::api::NodeApi;
 use crate::config::DnsSettings;
 use crate::metrics::{DnsMetrics, Metrics};
@@ -46,6 +47,8 @@ pub enum DnsError {
     Bind { proto: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Zone(#[from] answer::ZoneError),
+    #[error("the node's views already have a listener: one DNS server per node")]
+    Listening,
 }
 
 /// The UDP and TCP sockets, bound on one port.
@@ -78,9 +81,10 @@ impl DnsSockets {
     }
 }
 
-/// The node seen as a [`Directory`].
+/// The node seen as a [`Directory`]: the catalog, compiled from its views.
 struct NodeDirectory {
     api: NodeApi,
+    catalog: Arc<Catalog>,
 }
 
 impl Directory for NodeDirectory {
@@ -88,8 +92,14 @@ impl Directory for NodeDirectory {
         self.api.check_ready().is_ok()
     }
 
-    fn instances(&self, namespace: &str, service: &str) -> Vec<v1::Instance> {
-        self.api.registry().views().get(namespace, service).1
+    fn records(&self, namespace: &str, service: &str, responder: &Responder) -> Option<Arc<Records>> {
+        self.catalog.records(namespace, service, |views| {
+            let mut instances = Vec::new();
+            for (namespace, service) in views {
+                instances.extend(self.api.registry().views().get(namespace, service).1);
+            }
+            responder.compile(&instances)
+        })
     }
 
     fn serial(&self) -> u32 {
@@ -107,7 +117,11 @@ pub fn spawn_dns(
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>, DnsError> {
     let responder = Arc::new(Responder::new(&settings.domain, settings.ttl_s, settings.namespaces.clone())?);
-    let dir = Arc::new(NodeDirectory { api: api.clone() });
+    let catalog = Arc::new(Catalog::default());
+    if !api.registry().views().listen(catalog.clone()) {
+        return Err(DnsError::Listening);
+    }
+    let dir = Arc::new(NodeDirectory { api: api.clone(), catalog });
     let metrics = api.registry().metrics.clone();
     let idle = Duration::from_millis(settings.tcp_idle_timeout_ms);
     let slots = Arc::new(Semaphore::new(settings.max_tcp_connections));
@@ -120,7 +134,13 @@ pub fn spawn_dns(
     let DnsSockets { udp, tcp } = sockets;
     Ok(tokio::spawn(async move {
         let connections = TaskTracker::new();
-        let udp_task = tokio::spawn(serve_udp(udp, responder.clone(), dir.clone(), metrics.clone(), stop.clone()));
+        let udp_threads = match spawn_udp(udp, responder.clone(), dir.clone(), metrics.clone(), stop.clone()) {
+            Ok(threads) => threads,
+            Err(e) => {
+                warn!(error = %e, "cannot start the DNS UDP threads: DNS is served over TCP only");
+                Vec::new()
+            }
+        };
         loop {
             let (stream, _) = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -146,32 +166,61 @@ pub fn spawn_dns(
         }
         connections.close();
         connections.wait().await;
-        let _ = udp_task.await;
+        let _ = tokio::task::spawn_blocking(move || udp_threads.into_iter().for_each(|t| drop(t.join()))).await;
     }))
 }
 
-async fn serve_udp(
+/// How long a UDP thread blocks before it looks whether to stop.
+const UDP_STOP_POLL: Duration = Duration::from_millis(100);
+
+/// UDP is served by a few OS threads blocked in `recv_from` on the same
+/// socket (the kernel hands each datagram to one of them), each answering
+/// in turn and sending with a blocking `send_to`. Every answer is short
+/// work with no await in it; threads skip the wake-ups and hand-offs of a
+/// task on the runtime, which were most of a query's cost under load.
+fn spawn_udp(
     socket: UdpSocket,
     responder: Arc<Responder>,
     dir: Arc<NodeDirectory>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let socket = socket.into_std()?;
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(UDP_STOP_POLL))?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let mut handles = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let socket = socket.try_clone()?;
+        let (responder, dir, metrics, stop) = (responder.clone(), dir.clone(), metrics.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("dns-udp-{n}"))
+            .spawn(move || serve_udp(&socket, &responder, &dir, &metrics, &stop))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn serve_udp(
+    socket: &std::net::UdpSocket,
+    responder: &Responder,
+    dir: &NodeDirectory,
+    metrics: &Metrics,
+    stop: &CancellationToken,
 ) {
     // Room for any datagram: a longer request would be cut and read as garbage.
     let mut buf = vec![0u8; 65_535];
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                // ICMP port unreachable from an earlier answer and the like.
-                Err(_) => continue,
-            },
+    while !stop.is_cancelled() {
+        let (len, peer) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            // The poll timeout, ICMP port unreachable from an earlier answer
+            // and the like.
+            Err(_) => continue,
         };
-        let (answer, outcome) = responder.respond(&buf[..len], Transport::Udp, &*dir);
+        let (answer, outcome) = responder.respond(&buf[..len], Transport::Udp, dir);
         count(&metrics.dns, outcome);
         if let Some(answer) = answer {
-            let _ = socket.send_to(&answer, peer).await;
+            let _ = socket.send_to(&answer, peer);
         }
     }
 }
