@@ -173,6 +173,12 @@ pub fn spawn_dns(
 /// How long a UDP thread blocks before it looks whether to stop.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
 
+/// The UDP socket's receive buffer: room for a burst of some 5,000 queries
+/// (a datagram takes about 800 bytes of buffer) rather than the default's
+/// 270, so a burst waits instead of being dropped. The kernel caps it at
+/// `net.core.rmem_max` (OPERATIONS.md).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
 /// UDP is served by a few OS threads blocked in `recv_from` on the same
 /// socket (the kernel hands each datagram to one of them), each answering
 /// in turn and sending with a blocking `send_to`. Every answer is short
@@ -186,6 +192,9 @@ fn spawn_udp(
     stop: CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let socket = socket.into_std()?;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        warn!(error = %e, "cannot enlarge the DNS UDP receive buffer: bursts may be dropped");
+    }
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(UDP_STOP_POLL))?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
