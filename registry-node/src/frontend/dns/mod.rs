@@ -222,9 +222,17 @@ fn serve_udp(
     while !stop.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            // The poll timeout, ICMP port unreachable from an earlier answer
-            // and the like.
-            Err(_) => continue,
+            Err(e) => {
+                use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, Interrupted, TimedOut, WouldBlock};
+                // The poll timeout; ICMP port unreachable from an earlier
+                // answer. Anything else (out of memory and the like): pass,
+                // but do not spin.
+                if !matches!(e.kind(), WouldBlock | TimedOut | Interrupted | ConnectionRefused | ConnectionReset) {
+                    warn!(error = %e, "DNS UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
         };
         let (answer, outcome) = responder.respond(&buf[..len], Transport::Udp, dir);
         count(&metrics.dns, outcome);
