@@ -285,24 +285,19 @@ impl Responder {
             return self.error(meta.id, meta.op_code, ResponseCode::ServFail, outcome);
         };
         let qname = query.name();
-        if !(query.query_class() == DNSClass::IN || query.query_class() == DNSClass::ANY) || !self.domain.zone_of(qname)
-        {
+        let in_zone =
+            (query.query_class() == DNSClass::IN || query.query_class() == DNSClass::ANY) && self.domain.zone_of(qname);
+        // Not ours to answer, or not yet: an empty, non-authoritative answer.
+        let refusal = if !in_zone {
+            Some(ResponseCode::Refused)
+        } else if !dir.ready() {
+            Some(ResponseCode::ServFail)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
             response.authoritative = false;
-            return self.made(
-                response,
-                Made { answers: Vec::new(), authority: None, code: ResponseCode::Refused },
-                limit,
-                outcome,
-            );
-        }
-        if !dir.ready() {
-            response.authoritative = false;
-            return self.made(
-                response,
-                Made { answers: Vec::new(), authority: None, code: ResponseCode::ServFail },
-                limit,
-                outcome,
-            );
+            return self.made(response, Made { answers: Vec::new(), authority: None, code }, limit, outcome);
         }
         let qtype = query.query_type();
         let answers = match self.read_name(qname) {
