@@ -18,7 +18,7 @@ use registry_tests::nats::{NatsServer, free_port};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::procs::{NodeProc, Setup};
+use crate::procs::{NodeProc, Setup, cpu_seconds};
 use crate::scenarios::{Row, histogram, latency_rows, row};
 
 const DOMAIN: &str = "registry.internal";
@@ -56,36 +56,18 @@ pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u
     std::fs::write(&queries, text)?;
 
     let mut rows = Vec::new();
-    let single = single_query_latency(dns, services, 5_000).await?;
-    rows.extend(latency_rows(
-        "dns: one query at a time (UDP, A, 10 records)",
-        &format!("registry-node, {variant}"),
-        &single,
-    ));
-    let cpu0 = node.cpu_seconds()?;
-    let ours = dnsperf(dns, &queries, seconds).await?;
-    let cpu = node.cpu_seconds()? - cpu0;
-    rows.extend(ours.rows(&format!("registry-node, {variant}")));
-    rows.push(row(
-        "dns: dnsperf",
-        &format!("registry-node, {variant}"),
-        "node CPU per query",
-        cpu * 1e6 / ours.completed,
-        "µs",
-    ));
-
+    let ours_variant = format!("registry-node, {variant}");
+    rows.extend(measure(dns, &queries, services, seconds, || node.cpu_seconds(), &ours_variant).await?);
     match which("nsd") {
         Some(nsd_bin) => {
             let nsd = Nsd::start(&nsd_bin, &dir, instances, services).await?;
-            let single = single_query_latency(nsd.addr, services, 5_000).await?;
-            rows.extend(latency_rows(
-                "dns: one query at a time (UDP, A, 10 records)",
-                &format!("nsd, {variant}"),
-                &single,
-            ));
-            let theirs = dnsperf(nsd.addr, &queries, seconds).await?;
-            rows.extend(theirs.rows(&format!("nsd (1 server process), {variant}")));
-            rows.push(row("dns: dnsperf", &variant, "registry-node qps / nsd qps", ours.qps / theirs.qps, "×"));
+            let theirs_variant = format!("nsd (1 server process), {variant}");
+            rows.extend(measure(nsd.addr, &queries, services, seconds, || nsd.cpu_seconds(), &theirs_variant).await?);
+            let qps =
+                |v: &str| rows.iter().find(|r| r.variant == v && r.metric == "queries per second").map(|r| r.value);
+            if let (Some(ours), Some(theirs)) = (qps(&ours_variant), qps(&theirs_variant)) {
+                rows.push(row("dns: dnsperf, flat out", &variant, "registry-node qps / nsd qps", ours / theirs, "×"));
+            }
         }
         None => eprintln!("nsd not installed (Debian package nsd): no side-by-side comparison"),
     }
@@ -165,35 +147,95 @@ async fn single_query_latency(server: SocketAddr, services: u32, n: u32) -> Resu
     Ok(h)
 }
 
+/// The queries per second offered in the latency run: the target.
+const OFFERED_QPS: u32 = 100_000;
+
+/// One server measured: single queries at rest, dnsperf flat out, then
+/// dnsperf offering [`OFFERED_QPS`] with every answer's latency; the
+/// server's CPU per query in both dnsperf runs.
+async fn measure(
+    server: SocketAddr,
+    queries: &Path,
+    services: u32,
+    seconds: u64,
+    cpu: impl Fn() -> Result<f64>,
+    variant: &str,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let single = single_query_latency(server, services, 5_000).await?;
+    rows.extend(latency_rows("dns: one query at a time (UDP, A, 10 records)", variant, &single));
+    for load in [Load::FlatOut, Load::Offered(OFFERED_QPS)] {
+        let cpu0 = cpu()?;
+        let perf = dnsperf(server, queries, seconds, load).await?;
+        let used = cpu()? - cpu0;
+        rows.extend(perf.rows(load, variant));
+        rows.push(row(load.scenario(), variant, "server CPU per query", used * 1e6 / perf.completed, "µs"));
+    }
+    Ok(rows)
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    /// `-c 8 -T 2 -q 64`: as fast as answers come, 64 queries outstanding.
+    FlatOut,
+    /// `-Q <qps> -c 8 -T 2 -q 256 -v`: at most that many queries a second,
+    /// every answer's latency printed.
+    Offered(u32),
+}
+
+impl Load {
+    fn scenario(self) -> &'static str {
+        match self {
+            Load::FlatOut => "dns: dnsperf, flat out",
+            Load::Offered(_) => "dns: dnsperf, 100k queries/s offered",
+        }
+    }
+}
+
 struct Perf {
     qps: f64,
     completed: f64,
     lost: f64,
     avg_ms: f64,
     max_ms: f64,
-    stddev_ms: f64,
+    /// Every answer's latency (µs), when dnsperf printed them.
+    latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl Perf {
-    fn rows(&self, variant: &str) -> Vec<Row> {
-        vec![
-            row("dns: dnsperf", variant, "queries per second", self.qps, "/s"),
-            row("dns: dnsperf", variant, "queries lost", self.lost, ""),
-            row("dns: dnsperf", variant, "average latency", self.avg_ms, "ms"),
-            row("dns: dnsperf", variant, "latency stddev", self.stddev_ms, "ms"),
-            row("dns: dnsperf", variant, "max latency", self.max_ms, "ms"),
-        ]
+    fn rows(&self, load: Load, variant: &str) -> Vec<Row> {
+        let scenario = load.scenario();
+        let mut rows = vec![
+            row(scenario, variant, "queries per second", self.qps, "/s"),
+            row(scenario, variant, "queries lost", self.lost, ""),
+            row(scenario, variant, "average latency", self.avg_ms, "ms"),
+            row(scenario, variant, "max latency", self.max_ms, "ms"),
+        ];
+        if let Some(h) = &self.latency {
+            rows.extend(latency_rows(scenario, variant, h));
+        }
+        rows
     }
 }
 
-/// `dnsperf -s server -p port -d queries -l seconds -c 4 -q 100`: 4 clients,
-/// up to 100 queries outstanding, as fast as answers come.
-async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Result<Perf> {
-    let out = tokio::process::Command::new("dnsperf")
-        .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string()])
-        .arg("-d")
-        .arg(queries)
-        .args(["-l", &seconds.to_string(), "-c", "4", "-q", "100", "-t", "2"])
+/// `dnsperf -s server -p port -d queries -l seconds` with `load`'s options.
+async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, load: Load) -> Result<Perf> {
+    let mut command = tokio::process::Command::new("dnsperf");
+    command.args(["-s", &server.ip().to_string(), "-p", &server.port().to_string()]).arg("-d").arg(queries).args([
+        "-l",
+        &seconds.to_string(),
+        "-c",
+        "8",
+        "-T",
+        "2",
+        "-t",
+        "2",
+    ]);
+    match load {
+        Load::FlatOut => command.args(["-q", "64"]),
+        Load::Offered(qps) => command.args(["-q", "256", "-Q", &qps.to_string(), "-v"]),
+    };
+    let out = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -201,12 +243,25 @@ async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Result<Per
         .await
         .context("running dnsperf (Debian package dnsperf)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{text}");
+    // "> NOERROR svc-1.bench.registry.internal. A 0.000123" per answer,
+    // "> T svc-1.bench.registry.internal. A" per query timed out (counted
+    // as lost in the summary).
+    let mut latency = None;
+    if let Load::Offered(_) = load {
+        let mut h = histogram()?;
+        for line in text.lines().filter(|l| l.starts_with("> ") && !l.starts_with("> T ")) {
+            let seconds: f64 = line.rsplit(' ').next().unwrap_or("").parse().map_err(|e| anyhow!("{line:?}: {e}"))?;
+            h.record(((seconds * 1e6) as u64).max(1))?;
+        }
+        latency = Some(h);
+    }
+    let summary = text.lines().filter(|l| !l.starts_with("> ")).collect::<Vec<_>>().join("\n");
+    eprintln!("{summary}");
     let field = |label: &str| -> Result<&str> {
-        let line = text
+        let line = summary
             .lines()
             .find(|l| l.trim_start().starts_with(label))
-            .ok_or_else(|| anyhow!("no {label:?} in {text}"))?;
+            .ok_or_else(|| anyhow!("no {label:?} in {summary}"))?;
         Ok(line.split_once(':').map(|(_, v)| v.trim()).unwrap_or(""))
     };
     let number = |s: &str| -> Result<f64> {
@@ -216,16 +271,16 @@ async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64) -> Result<Per
             .parse()
             .map_err(|e| anyhow!("{s:?}: {e}"))
     };
-    let latency = field("Average Latency (s)")?;
+    let average = field("Average Latency (s)")?;
     // "0.000336 (min 0.000021, max 0.004211)"
-    let max = latency.split("max").nth(1).map(|m| m.trim_end_matches(')')).unwrap_or("0");
+    let max = average.split("max").nth(1).map(|m| m.trim_end_matches(')')).unwrap_or("0");
     Ok(Perf {
         qps: number(field("Queries per second")?)?,
         completed: number(field("Queries completed")?)?,
         lost: number(field("Queries lost")?)?,
-        avg_ms: number(latency)? * 1e3,
+        avg_ms: number(average)? * 1e3,
         max_ms: number(max)? * 1e3,
-        stddev_ms: number(field("Latency StdDev (s)")?)? * 1e3,
+        latency,
     })
 }
 
@@ -316,7 +371,7 @@ impl Nsd {
             .spawn()
             .context("starting nsd")?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let nsd = Self { child, addr };
+        let mut nsd = Self { child, addr };
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let name = format!("svc-0.{NAMESPACE}.{DOMAIN}.");
@@ -326,11 +381,42 @@ impl Nsd {
             {
                 return Ok(nsd);
             }
+            if let Some(status) = nsd.child.try_wait()? {
+                bail!("nsd exited ({status}) before answering (its errors are above, or in {}/nsd.log)", dir.display());
+            }
             if Instant::now() > deadline {
                 bail!("nsd did not answer within 60 s (see {}/nsd.log)", dir.display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Nsd {
+    /// CPU of NSD's processes: the parent and every process under it (its
+    /// server and xfrd processes, and the servers they fork).
+    fn cpu_seconds(&self) -> Result<f64> {
+        let root = self.child.id().ok_or_else(|| anyhow!("nsd has exited"))?;
+        let mut parents = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            // "pid (comm) state ppid ...": the parent comes after the state.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            {
+                parents.insert(pid, ppid);
+            }
+        }
+        let under_root = |mut pid: u32| loop {
+            if pid == root {
+                return true;
+            }
+            match parents.get(&pid) {
+                Some(&ppid) if ppid != 0 && ppid != pid => pid = ppid,
+                _ => return false,
+            }
+        };
+        Ok(parents.keys().filter(|&&pid| under_root(pid)).map(|&pid| cpu_seconds(pid).unwrap_or(0.0)).sum())
     }
 }
 

@@ -285,24 +285,19 @@ impl Responder {
             return self.error(meta.id, meta.op_code, ResponseCode::ServFail, outcome);
         };
         let qname = query.name();
-        if !(query.query_class() == DNSClass::IN || query.query_class() == DNSClass::ANY) || !self.domain.zone_of(qname)
-        {
+        let in_zone =
+            (query.query_class() == DNSClass::IN || query.query_class() == DNSClass::ANY) && self.domain.zone_of(qname);
+        // Not ours to answer, or not yet: an empty, non-authoritative answer.
+        let refusal = if !in_zone {
+            Some(ResponseCode::Refused)
+        } else if !dir.ready() {
+            Some(ResponseCode::ServFail)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
             response.authoritative = false;
-            return self.made(
-                response,
-                Made { answers: Vec::new(), authority: None, code: ResponseCode::Refused },
-                limit,
-                outcome,
-            );
-        }
-        if !dir.ready() {
-            response.authoritative = false;
-            return self.made(
-                response,
-                Made { answers: Vec::new(), authority: None, code: ResponseCode::ServFail },
-                limit,
-                outcome,
-            );
+            return self.made(response, Made { answers: Vec::new(), authority: None, code }, limit, outcome);
         }
         let qtype = query.query_type();
         let answers = match self.read_name(qname) {
@@ -975,6 +970,98 @@ mod tests {
         assert!(edns.metadata.truncation && edns.additionals.is_empty() && edns.answers.len() > 70);
         let small = ask(&r, &big(3), "big.prod.registry.internal.", RecordType::A);
         assert!(!small.metadata.truncation);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn host() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (0u8..4, 0u8..255).prop_map(|(a, b)| format!("10.{a}.0.{b}")),
+                (0u16..300).prop_map(|a| format!("fd00::{a:x}")),
+                (0u16..50).prop_map(|a| format!("host-{a}.example.com")),
+            ]
+        }
+
+        fn status() -> impl Strategy<Value = v1::Status> {
+            prop_oneof![Just(v1::Status::Up), Just(v1::Status::Down), Just(v1::Status::OutOfService)]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            /// Whatever the instances, the question and the size asked: the
+            /// answer decodes, fits, says TC only when answers were left
+            /// out, and every record is one of an UP instance's.
+            #[test]
+            fn every_answer_decodes_fits_and_tells_only_up_instances(
+                instances in prop::collection::vec((host(), 1u32..65536, 0usize..3, status()), 0..400),
+                qtype in prop_oneof![Just(RecordType::A), Just(RecordType::AAAA), Just(RecordType::SRV), Just(RecordType::ANY)],
+                name in prop_oneof![Just("svc"), Just("_svc._tcp"), Just("z1.svc"), Just("SVC")],
+                edns in prop_oneof![Just(None), Just(Some(512u16)), Just(Some(1232)), Just(Some(4096)), Just(Some(65000))],
+                tcp in any::<bool>(),
+            ) {
+                let r = responder();
+                let mut t = Table::default();
+                let zones = ["z1", "z2", ""];
+                let list: Vec<v1::Instance> = instances
+                    .iter()
+                    .map(|(h, port, z, st)| instance(h, *port, zones[*z], *st))
+                    .collect();
+                t.services.insert(("prod".into(), "svc".into()), list.clone());
+                let transport = if tcp { Transport::Tcp } else { Transport::Udp };
+                let mut q = Message::query();
+                let qname = format!("{name}.prod.registry.internal.");
+                q.add_query(Query::query(Name::from_ascii(&qname).expect("name"), qtype));
+                if let Some(size) = edns {
+                    let mut e = Edns::new();
+                    e.set_max_payload(size);
+                    q.set_edns(e);
+                }
+                let (bytes, outcome) = r.respond(&q.to_vec().expect("encode"), transport, &t);
+                let bytes = bytes.expect("an answer");
+                let limit = if tcp { MAX_TCP_MESSAGE } else { usize::from(edns.unwrap_or(512).clamp(512, MAX_UDP_PAYLOAD)) };
+                prop_assert!(bytes.len() <= limit, "{} bytes over {limit}", bytes.len());
+                let m = Message::from_vec(&bytes).expect("decodes");
+                prop_assert_eq!(m.metadata.truncation, outcome.truncated);
+                prop_assert_eq!(m.edns.is_some(), edns.is_some());
+                let up: Vec<&v1::Instance> = list
+                    .iter()
+                    .filter(|i| i.status == v1::Status::Up as i32)
+                    .filter(|i| name != "z1.svc" || i.zone == "z1")
+                    .collect();
+                for a in &m.answers {
+                    prop_assert_eq!(a.name.to_ascii(), qname.clone());
+                    let known = match &a.data {
+                        RData::A(x) => up.iter().any(|i| i.host.parse::<IpAddr>().ok() == Some(IpAddr::V4(x.0))),
+                        RData::AAAA(x) => up.iter().any(|i| i.host.parse::<IpAddr>().ok() == Some(IpAddr::V6(x.0))),
+                        RData::SRV(x) => up.iter().any(|i| i.port == u32::from(x.port)),
+                        _ => false,
+                    };
+                    prop_assert!(known, "{a} is no UP instance's");
+                }
+                let srv_form = name == "_svc._tcp";
+                let want = |ty: RecordType| qtype == ty || qtype == RecordType::ANY;
+                let expected = up
+                    .iter()
+                    .map(|i| {
+                        let ip = i.host.parse::<IpAddr>().ok();
+                        usize::from(!srv_form && want(RecordType::A) && ip.is_some_and(|ip| ip.is_ipv4()))
+                            + usize::from(!srv_form && want(RecordType::AAAA) && ip.is_some_and(|ip| ip.is_ipv6()))
+                            + usize::from(want(RecordType::SRV))
+                    })
+                    .sum::<usize>();
+                if !m.metadata.truncation {
+                    prop_assert_eq!(m.answers.len(), expected, "whole when not cut");
+                } else {
+                    prop_assert!(m.answers.len() < expected);
+                }
+                let code = m.metadata.response_code;
+                let exists = list.iter().any(|i| name != "z1.svc" || i.zone == "z1");
+                prop_assert_eq!(code, if exists { ResponseCode::NoError } else { ResponseCode::NXDomain });
+            }
+        }
     }
 
     #[test]

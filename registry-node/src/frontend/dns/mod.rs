@@ -6,9 +6,10 @@
 //!   the naming scheme, truncation and rotation.
 //! - [`catalog`]: which names exist and their records, compiled once per
 //!   change of a view, in a map queries read without a lock.
-//! - This module: the sockets. A few OS threads read UDP and answer each
-//!   datagram in turn (a flood costs at most those threads, and every
-//!   answer is short work); a task per TCP connection, bounded in number,
+//! - This module: the sockets. A few OS threads read UDP in batches
+//!   (`recvmmsg`), answer each datagram in turn and send the answers in one
+//!   call (`sendmmsg`): a flood costs at most those threads, and every
+//!   answer is short work. A task per TCP connection, bounded in number,
 //!   each closed when its client says nothing for `dns.tcp_idle_timeout_ms`.
 //!
 //! The registry's writer tells the catalog of every change as it makes it
@@ -173,6 +174,12 @@ pub fn spawn_dns(
 /// How long a UDP thread blocks before it looks whether to stop.
 const UDP_STOP_POLL: Duration = Duration::from_millis(100);
 
+/// The UDP socket's receive buffer: room for a burst of some 5,000 queries
+/// (a datagram takes about 800 bytes of buffer) rather than the default's
+/// 270, so a burst waits instead of being dropped. The kernel caps it at
+/// `net.core.rmem_max` (OPERATIONS.md).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
 /// UDP is served by a few OS threads blocked in `recv_from` on the same
 /// socket (the kernel hands each datagram to one of them), each answering
 /// in turn and sending with a blocking `send_to`. Every answer is short
@@ -186,6 +193,9 @@ fn spawn_udp(
     stop: CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let socket = socket.into_std()?;
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        warn!(error = %e, "cannot enlarge the DNS UDP receive buffer: bursts may be dropped");
+    }
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(UDP_STOP_POLL))?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
@@ -201,6 +211,15 @@ fn spawn_udp(
     Ok(handles)
 }
 
+/// Datagrams read (and answers sent) per system call at most.
+const UDP_BATCH: usize = 32;
+
+/// Room for one query. A real one is a few hundred bytes (one question,
+/// an OPT record); anything longer is cut, then read as garbage.
+const UDP_DATAGRAM: usize = 4096;
+
+/// One UDP thread, until `stop`: in batches where the system has them,
+/// else a datagram at a time.
 fn serve_udp(
     socket: &std::net::UdpSocket,
     responder: &Responder,
@@ -208,14 +227,112 @@ fn serve_udp(
     metrics: &Metrics,
     stop: &CancellationToken,
 ) {
-    // Room for any datagram: a longer request would be cut and read as garbage.
-    let mut buf = vec![0u8; 65_535];
+    #[cfg(target_os = "linux")]
+    if serve_udp_batched(socket, responder, dir, metrics, stop) {
+        return;
+    }
+    serve_udp_singly(socket, responder, dir, metrics, stop);
+}
+
+/// `recvmmsg` takes every datagram waiting (up to [`UDP_BATCH`]) in one
+/// call, each is answered in turn, and `sendmmsg` sends the answers in one
+/// call. Under load that is two system calls per batch instead of two per
+/// query; at rest a batch is one datagram. Returns false at once if the
+/// kernel has no `recvmmsg` (some sandboxes).
+#[cfg(target_os = "linux")]
+fn serve_udp_batched(
+    socket: &std::net::UdpSocket,
+    responder: &Responder,
+    dir: &NodeDirectory,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> bool {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::AsRawFd as _;
+
+    use nix::errno::Errno;
+    use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+
+    let fd = socket.as_raw_fd();
+    let mut buffers = vec![[0u8; UDP_DATAGRAM]; UDP_BATCH];
+    let mut receiving = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut sending = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
+    let mut received: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(UDP_BATCH);
+    let mut answers: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(UDP_BATCH);
+    while !stop.is_cancelled() {
+        received.clear();
+        {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                buffers.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
+            // Blocks for the first (up to the socket's read timeout), then
+            // takes what else is there without waiting.
+            match recvmmsg(fd, &mut receiving, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+                Ok(messages) => {
+                    for m in messages {
+                        // A datagram longer than the buffer is cut: its
+                        // length is what was read, and the rest reads as garbage.
+                        received.push((m.bytes.min(UDP_DATAGRAM), m.address));
+                    }
+                }
+                // The poll timeout; ICMP port unreachable from an earlier answer.
+                Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNREFUSED) => continue,
+                Err(Errno::ENOSYS) => return false,
+                Err(e) => {
+                    // Out of memory and the like: pass, but do not spin.
+                    warn!(error = %e, "DNS UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        answers.clear();
+        for (buffer, (len, peer)) in buffers.iter().zip(&received) {
+            let (answer, outcome) = responder.respond(&buffer[..*len], Transport::Udp, dir);
+            count(&metrics.dns, outcome);
+            if let (Some(answer), Some(peer)) = (answer, peer) {
+                answers.push((answer, *peer));
+            }
+        }
+        let mut sent = 0;
+        while sent < answers.len() {
+            let rest = &answers[sent..];
+            let slices: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(a, _)| [IoSlice::new(a)]).collect();
+            let peers: Vec<Option<SockaddrStorage>> = rest.iter().map(|(_, p)| Some(*p)).collect();
+            let none: [ControlMessage<'_>; 0] = [];
+            match sendmmsg(fd, &mut sending, slices.iter(), &peers, none, MsgFlags::empty()) {
+                Ok(results) => {
+                    let n = results.count();
+                    // A message that cannot go (its peer unreachable) stops
+                    // the call: skip it, send the rest.
+                    sent += n.max(1);
+                }
+                Err(_) => sent += 1,
+            }
+        }
+    }
+    true
+}
+
+/// A datagram per system call, for systems without `recvmmsg`.
+fn serve_udp_singly(
+    socket: &std::net::UdpSocket,
+    responder: &Responder,
+    dir: &NodeDirectory,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) {
+    let mut buf = vec![0u8; UDP_DATAGRAM];
     while !stop.is_cancelled() {
         let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            // The poll timeout, ICMP port unreachable from an earlier answer
-            // and the like.
-            Err(_) => continue,
+            Err(e) => {
+                use std::io::ErrorKind::{ConnectionRefused, ConnectionReset, Interrupted, TimedOut, WouldBlock};
+                if !matches!(e.kind(), WouldBlock | TimedOut | Interrupted | ConnectionRefused | ConnectionReset) {
+                    warn!(error = %e, "DNS UDP receive failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
         };
         let (answer, outcome) = responder.respond(&buf[..len], Transport::Udp, dir);
         count(&metrics.dns, outcome);
