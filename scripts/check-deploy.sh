@@ -2,7 +2,7 @@
 # Checks the files under deploy/ with whatever tools this machine has; a check
 # whose tool is missing says so and is skipped. The node's own checks of these
 # files (--check-config on every TOML, known settings, the NATS config in a
-# real nats-server) are Rust tests: tests/tests/deploy.rs.
+# real nats-server) are Rust tests: tests/tests/e2e/deploy.rs.
 #
 #   YAML parses           python3 with PyYAML (installed with pip if missing)
 #   compose file          docker compose config, or docker-compose config

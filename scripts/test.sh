@@ -25,7 +25,7 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 echo "nats-server: $(nats-server --version)"
 
-# The DNS tests (tests/tests/dns.rs) ask with the real dig.
+# The DNS tests (tests/tests/e2e/dns.rs) ask with the real dig.
 if ! command -v dig >/dev/null 2>&1; then
     echo "dig not found: installing the Debian package"
     apt_install bind9-dnsutils

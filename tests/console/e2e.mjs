@@ -1,5 +1,5 @@
 // Drives Debian's chromium (headless, through playwright-core) through the
-// registry console, as a user would. Started by tests/tests/console.rs, which
+// registry console, as a user would. Started by tests/tests/e2e/console.rs, which
 // runs the nodes: when the script needs something done outside the browser
 // (register over gRPC, kill a node) it prints `step <name>` and waits for
 // the test to answer `ok` (or `fail <why>`) on stdin.

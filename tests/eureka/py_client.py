@@ -1,5 +1,5 @@
 """A py-eureka-client provider and consumer, driven line by line by
-tests/tests/eureka.rs: it registers (renewing every second, a 3 s lease),
+tests/tests/e2e/eureka.rs: it registers (renewing every second, a 3 s lease),
 then answers commands on stdin:
 
   discover APP   print the UP instances of APP as the client sees them (JSON)

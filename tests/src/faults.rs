@@ -887,6 +887,18 @@ enum Share {
     Alone(std::sync::RwLockWriteGuard<'static, ()>),
 }
 
+/// A hold on the machine alone, for a scenario that measures without a
+/// [`Report`] (the slow subscriber reads its test process's resident
+/// memory): like [`Report::alone`], it waits for the scenarios running to
+/// finish, and none starts until it is dropped.
+#[must_use = "the machine is held alone only while this lives"]
+pub struct Alone(#[allow(dead_code)] Share);
+
+/// Holds the machine alone (see [`Alone`]).
+pub fn alone() -> Alone {
+    Alone(Share::Alone(MACHINE.write().unwrap_or_else(|e| e.into_inner())))
+}
+
 /// One scenario's numbers.
 ///
 /// A report checks nothing until it is finished, so one that is dropped

@@ -283,6 +283,8 @@ async fn counts(addr: std::net::SocketAddr) -> Result<Vec<u32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_a_large_cluster_is_ready_with_everything_and_never_pushes_a_partial_list() -> Result<()> {
+    // Not beside a browser scenario (see ONE_AT_A_TIME in main.rs).
+    let _turn = crate::ONE_AT_A_TIME.lock().await;
     // 100k instances: 100 services of 1,000, one session per service.
     const SERVICES: u32 = 100;
     const PER_SERVICE: u32 = 1_000;

@@ -30,10 +30,9 @@ use v1::register_response::Kind as Out;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// One scenario at a time: the pages are held to "within 1 s" of a change,
-/// which a browser starved by another scenario's 110,000 registrations on
-/// a 2-core machine could miss for reasons that are not the console's.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One scenario at a time, and not beside the heaviest scenarios of the
+/// other modules of this binary (see `main.rs`).
+use crate::ONE_AT_A_TIME;
 
 /// A scenario of `e2e.mjs` running against `url`. The script asks for steps
 /// outside the browser; `on_step` does them.

@@ -13,16 +13,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::scripted::{Script, SubscribeStream, serve};
 use registry_client::{Client, ClientConfig, InstanceChange, WatchEvent};
 use registry_proto::v1::subscribe_response::Kind as Push;
 use registry_proto::v1::{self};
-use scripted::{Script, SubscribeStream, serve};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-
-mod scripted;
 
 /// What a scripted node pushes on a Subscribe stream: each message after its
 /// delay (from the previous one); then the stream stays open.

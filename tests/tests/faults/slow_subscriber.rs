@@ -1,6 +1,7 @@
 //! A consumer that stops reading must not make the node buffer without bound,
 //! and must not silently lose changes: it gets a fresh snapshot when it catches up.
-//! (Its own test binary, so the resident-memory reading is this scenario's alone.)
+//! (It holds the fault binary's machine lock alone, so the resident-memory
+//! reading of this process is this scenario's alone.)
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_is_resynced_and_memory_stays_bounded() -> Result<()> {
+    let _alone = registry_tests::faults::alone();
     let mut config = test_config("n1");
     config.subscriptions.queue_capacity = 16;
     let node = start_node(config).await?;

@@ -20,17 +20,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::scripted::{RegisterStream, Script, serve};
 use registry_client::{Backoff, Client, ClientConfig};
 use registry_proto::v1::register_request::Kind as In;
 use registry_proto::v1::register_response::Kind as Out;
 use registry_proto::v1::{self};
-use scripted::{RegisterStream, Script, serve};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
-
-mod scripted;
 
 /// How a scripted session ended, as the node saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]

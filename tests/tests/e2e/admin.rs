@@ -164,6 +164,8 @@ async fn register_many(node: SocketAddr, service: &str, n: u32, meta_bytes: usiz
 /// max_payload), so the joiner loads the peer and turns ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_loads_a_peer_whose_instances_carry_1_kib_of_metadata() -> Result<()> {
+    // Not beside a browser scenario (see ONE_AT_A_TIME in main.rs).
+    let _turn = crate::ONE_AT_A_TIME.lock().await;
     let nats = NatsServer::start().await?;
     let a = start_node(cluster_config("a", &[nats.url()], "big")).await?;
     until_ready(&a).await?;
@@ -182,6 +184,8 @@ async fn a_joiner_loads_a_peer_whose_instances_carry_1_kib_of_metadata() -> Resu
 /// page_entries x the largest instance stays well under max_payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smaller_pages_let_a_joiner_load_large_instances() -> Result<()> {
+    // Not beside a browser scenario (see ONE_AT_A_TIME in main.rs).
+    let _turn = crate::ONE_AT_A_TIME.lock().await;
     let nats = NatsServer::start().await?;
     let mut config = cluster_config("a", &[nats.url()], "pages");
     config.sync.page_entries = 200;

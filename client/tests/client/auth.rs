@@ -8,19 +8,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::scripted::{RegisterStream, Script, SubscribeStream, serve};
 use registry_client::{Backoff, Client, ClientConfig, Error};
 use registry_proto::v1::register_request::Kind as In;
 use registry_proto::v1::register_response::Kind as Out;
 use registry_proto::v1::subscribe_response::Kind as Push;
 use registry_proto::v1::{self};
-use scripted::{RegisterStream, Script, SubscribeStream, serve};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Status, Streaming};
-
-mod scripted;
 
 /// (rpc, the `authorization` metadata) of one call.
 type Seen = (&'static str, Option<String>);

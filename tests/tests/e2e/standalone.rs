@@ -434,6 +434,8 @@ async fn consumer_directory_lists_live_subscribers_and_forgets_them() -> Result<
 
 #[tokio::test]
 async fn thousand_concurrent_sessions_are_all_visible() -> Result<()> {
+    // Not beside a browser scenario (see ONE_AT_A_TIME in main.rs).
+    let _turn = crate::ONE_AT_A_TIME.lock().await;
     let node = start_node(test_config("n1")).await?;
     let mut tasks = Vec::new();
     for conn in 0..10 {

@@ -8,14 +8,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::scripted::{Script, serve, serve_with};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use registry_client::{Client, ClientConfig, Error};
 use registry_proto::v1;
-use scripted::{Script, serve, serve_with};
 use tonic::Status;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-
-mod scripted;
 
 /// A node that answers `GetService` with an empty service.
 struct Node;

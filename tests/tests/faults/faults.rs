@@ -946,7 +946,7 @@ const SOAK_POPULATION: usize = 300;
 /// A soak: random churn and random faults for `FAULTS_SOAK_SECS` (default
 /// 120) seconds; after each fault everything converges, no live provider
 /// ever disappears from a consumer, and memory stays flat. Not in the CI
-/// run: `FAULTS=full cargo test -p registry-tests --test faults -- --include-ignored`.
+/// run: `FAULTS=full cargo test -p registry-tests --test faults -- faults:: --include-ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: minutes long; run with FAULTS=full and --include-ignored"]
 async fn soak_random_churn_and_faults() -> Result<()> {

@@ -472,6 +472,8 @@ async fn a_watch_outlives_its_streams_maximum_age_without_spurious_events() -> R
 /// client library still watches it and reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_larger_than_four_mib_is_watched_and_read() -> Result<()> {
+    // Not beside a browser scenario (see ONE_AT_A_TIME in main.rs).
+    let _turn = crate::ONE_AT_A_TIME.lock().await;
     const N: usize = 12_000;
     let mut config = test_config("a");
     config.limits.max_instances_per_session = N;
