@@ -33,7 +33,7 @@ fn dns_config(port: u16) -> String {
     format!("[dns]\naddr = \"127.0.0.1:{port}\"\n")
 }
 
-pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u64) -> Result<Vec<Row>> {
+pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u64, qps: u32) -> Result<Vec<Row>> {
     if setup.label().is_some() {
         bail!("the dns scenario has no TLS or tokens to measure (drop --tls and --token)");
     }
@@ -57,12 +57,14 @@ pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u
 
     let mut rows = Vec::new();
     let ours_variant = format!("registry-node, {variant}");
-    rows.extend(measure(dns, &queries, services, seconds, || node.cpu_seconds(), &ours_variant).await?);
+    rows.extend(measure(dns, &queries, services, seconds, qps, || node.cpu_seconds(), &ours_variant).await?);
     match which("nsd") {
         Some(nsd_bin) => {
             let nsd = Nsd::start(&nsd_bin, &dir, instances, services).await?;
             let theirs_variant = format!("nsd (1 server process), {variant}");
-            rows.extend(measure(nsd.addr, &queries, services, seconds, || nsd.cpu_seconds(), &theirs_variant).await?);
+            rows.extend(
+                measure(nsd.addr, &queries, services, seconds, qps, || nsd.cpu_seconds(), &theirs_variant).await?,
+            );
             let qps =
                 |v: &str| rows.iter().find(|r| r.variant == v && r.metric == "queries per second").map(|r| r.value);
             if let (Some(ours), Some(theirs)) = (qps(&ours_variant), qps(&theirs_variant)) {
@@ -147,29 +149,27 @@ async fn single_query_latency(server: SocketAddr, services: u32, n: u32) -> Resu
     Ok(h)
 }
 
-/// The queries per second offered in the latency run: the target.
-const OFFERED_QPS: u32 = 100_000;
-
 /// One server measured: single queries at rest, dnsperf flat out, then
-/// dnsperf offering [`OFFERED_QPS`] with every answer's latency; the
-/// server's CPU per query in both dnsperf runs.
+/// dnsperf offering `qps` queries a second with every answer's latency;
+/// the server's CPU per query in both dnsperf runs.
 async fn measure(
     server: SocketAddr,
     queries: &Path,
     services: u32,
     seconds: u64,
+    qps: u32,
     cpu: impl Fn() -> Result<f64>,
     variant: &str,
 ) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let single = single_query_latency(server, services, 5_000).await?;
     rows.extend(latency_rows("dns: one query at a time (UDP, A, 10 records)", variant, &single));
-    for load in [Load::FlatOut, Load::Offered(OFFERED_QPS)] {
+    for load in [Load::FlatOut, Load::Offered(qps)] {
         let cpu0 = cpu()?;
         let perf = dnsperf(server, queries, seconds, load).await?;
         let used = cpu()? - cpu0;
         rows.extend(perf.rows(load, variant));
-        rows.push(row(load.scenario(), variant, "server CPU per query", used * 1e6 / perf.completed, "µs"));
+        rows.push(row(&load.scenario(), variant, "server CPU per query", used * 1e6 / perf.completed, "µs"));
     }
     Ok(rows)
 }
@@ -184,10 +184,10 @@ enum Load {
 }
 
 impl Load {
-    fn scenario(self) -> &'static str {
+    fn scenario(self) -> String {
         match self {
-            Load::FlatOut => "dns: dnsperf, flat out",
-            Load::Offered(_) => "dns: dnsperf, 100k queries/s offered",
+            Load::FlatOut => "dns: dnsperf, flat out".into(),
+            Load::Offered(qps) => format!("dns: dnsperf, {qps} queries/s offered"),
         }
     }
 }
@@ -204,7 +204,7 @@ struct Perf {
 
 impl Perf {
     fn rows(&self, load: Load, variant: &str) -> Vec<Row> {
-        let scenario = load.scenario();
+        let scenario = &load.scenario();
         let mut rows = vec![
             row(scenario, variant, "queries per second", self.qps, "/s"),
             row(scenario, variant, "queries lost", self.lost, ""),

@@ -119,6 +119,9 @@ enum Scenario {
         /// How long each dnsperf run lasts.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Queries per second offered in the latency run.
+        #[arg(long, default_value_t = 100_000)]
+        qps: u32,
     },
     /// Memory per instance and GetService latency under writes.
     Scale {
@@ -232,7 +235,9 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         }
         Scenario::SseFanout { watchers, flaps } => scenarios::sse_fanout(setup, watchers, flaps).await?,
         Scenario::Eureka { instances, fetches } => eureka::eureka(setup, instances, fetches).await?,
-        Scenario::Dns { instances, services, seconds } => dns::dns(setup, instances, services, seconds).await?,
+        Scenario::Dns { instances, services, seconds, qps } => {
+            dns::dns(setup, instances, services, seconds, qps).await?
+        }
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
