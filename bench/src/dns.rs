@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::procs::{NodeProc, Setup, cpu_seconds};
 use crate::scenarios::{Row, histogram, latency_rows, row};
+use crate::security::Client;
 
 const DOMAIN: &str = "registry.internal";
 const NAMESPACE: &str = "bench";
@@ -86,21 +87,7 @@ async fn register_all(setup: &Setup, node: &NodeProc, instances: u32, services: 
         let mut client = setup.client(node.grpc).await?;
         tasks.spawn(async move {
             for i in (c..instances).step_by(CONNS as usize) {
-                let instance = v1::Instance {
-                    namespace: NAMESPACE.into(),
-                    service: format!("svc-{}", i % services),
-                    instance_id: format!("i-{i}"),
-                    host: host(i),
-                    port: 8080,
-                    ..Default::default()
-                };
-                client
-                    .register_instance(v1::RegisterInstanceRequest {
-                        instance: Some(instance),
-                        ttl_ms: 600_000,
-                        lease_id: String::new(),
-                    })
-                    .await?;
+                register(&mut client, &format!("svc-{}", i % services), &format!("i-{i}"), i, 8080).await?;
             }
             anyhow::Ok(())
         });
@@ -108,6 +95,27 @@ async fn register_all(setup: &Setup, node: &NodeProc, instances: u32, services: 
     while let Some(done) = tasks.join_next().await {
         done??;
     }
+    Ok(())
+}
+
+/// Registers instance `id` of `service` in the bench namespace, its host
+/// [`host`]`(i)`, for 10 minutes (no renewal: the runs are shorter).
+async fn register(client: &mut Client, service: &str, id: &str, i: u32, port: u32) -> Result<()> {
+    let instance = v1::Instance {
+        namespace: NAMESPACE.into(),
+        service: service.into(),
+        instance_id: id.into(),
+        host: host(i),
+        port,
+        ..Default::default()
+    };
+    client
+        .register_instance(v1::RegisterInstanceRequest {
+            instance: Some(instance),
+            ttl_ms: 600_000,
+            lease_id: String::new(),
+        })
+        .await?;
     Ok(())
 }
 
@@ -299,21 +307,7 @@ async fn propagation(setup: &Setup) -> Result<Vec<Row>> {
     for i in 0..200u32 {
         let service = format!("prop-{i}");
         let name = format!("{service}.{NAMESPACE}.{DOMAIN}.");
-        let instance = v1::Instance {
-            namespace: NAMESPACE.into(),
-            service,
-            instance_id: "p".into(),
-            host: host(i),
-            port: 80,
-            ..Default::default()
-        };
-        client
-            .register_instance(v1::RegisterInstanceRequest {
-                instance: Some(instance),
-                ttl_ms: 600_000,
-                lease_id: String::new(),
-            })
-            .await?;
+        register(&mut client, &service, "p", i, 80).await?;
         let registered = Instant::now();
         let mut id = (i as u16).wrapping_mul(97);
         loop {
