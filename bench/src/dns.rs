@@ -243,14 +243,23 @@ async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, load: Load) -
         Load::FlatOut => command.args(["-q", "64"]),
         Load::Offered(qps) => command.args(["-q", "256", "-Q", &qps.to_string(), "-v"]),
     };
-    let out = command
-        .stdout(Stdio::piped())
+    // Into a file, read when dnsperf is done: with `-v` that is a line per
+    // answer, and a reader draining a pipe during the run took CPU from the
+    // server and dnsperf on the same cores.
+    let report = queries.with_file_name("dnsperf.out");
+    let status = command
+        .stdout(std::fs::File::create(&report).with_context(|| format!("creating {}", report.display()))?)
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .output()
+        .status()
         .await
         .context("running dnsperf (Debian package dnsperf)")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    let _ = std::fs::remove_file(&report);
+    if !status.success() {
+        // Its complaint is on stderr, above.
+        bail!("dnsperf failed ({status})");
+    }
     // "> NOERROR svc-1.bench.registry.internal. A 0.000123" per answer,
     // "> T svc-1.bench.registry.internal. A" per query timed out (counted
     // as lost in the summary).
