@@ -390,6 +390,11 @@ pub struct SessionConfig {
     /// HTTP/2 keepalive ping interval: how fast a dead connection is noticed.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
+    /// An admin's status override of an instance that has not been shown
+    /// for this long (deregistered, expired, or never registered) is
+    /// dropped, so overrides of instances long gone do not pile up. 0: kept
+    /// until an admin clears it.
+    pub status_override_retention_ms: u64,
 }
 
 /// Consumer streams.
@@ -465,6 +470,7 @@ impl Default for SessionConfig {
             rebalance_interval_ms: 10_000,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 5_000,
+            status_override_retention_ms: 3_600_000,
         }
     }
 }
@@ -582,6 +588,14 @@ impl NodeConfig {
         }
         check_range("sessions.keepalive_interval_ms", s.keepalive_interval_ms, 100, 3_600_000)?;
         check_range("sessions.keepalive_timeout_ms", s.keepalive_timeout_ms, 100, 3_600_000)?;
+        if s.status_override_retention_ms != 0 {
+            check_range(
+                "sessions.status_override_retention_ms",
+                s.status_override_retention_ms,
+                1_000,
+                30 * 86_400_000,
+            )?;
+        }
         check_range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000)?;
         let sub = &self.subscriptions;
         check_range("subscriptions.queue_capacity", sub.queue_capacity as u64, 1, 1 << 20)?;
@@ -905,6 +919,18 @@ mod tests {
         config.eureka.namespace = "default".into();
         config.eureka.delta_retention_ms = 10;
         assert!(refused_setting(&config).starts_with("eureka.delta_retention_ms: "));
+    }
+
+    #[test]
+    fn the_override_retention_is_off_or_at_least_a_second() {
+        let mut config = NodeConfig::default();
+        config.sessions.status_override_retention_ms = 0;
+        config.validate().expect("0: kept until cleared");
+        config.sessions.status_override_retention_ms = 999;
+        let err = refused_setting(&config);
+        assert!(err.starts_with("sessions.status_override_retention_ms: "), "{err}");
+        config.sessions.status_override_retention_ms = 86_400_000;
+        config.validate().expect("a day");
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct Gauges {
     pub instances: u64,
     pub services: u64,
     pub store_keys: u64,
+    /// Admin status overrides held, of instances shown or not.
+    pub status_overrides: u64,
     pub ready: bool,
 }
 
@@ -120,6 +122,12 @@ impl Metrics {
         line("instances", "gauge", "Instances in the merged view.", gauges.instances);
         line("services", "gauge", "Services with at least one instance.", gauges.services);
         line("store_keys", "gauge", "Keys held in the store, tombstones included.", gauges.store_keys);
+        line(
+            "status_overrides",
+            "gauge",
+            "Admin status overrides held, including those of instances not shown now.",
+            gauges.status_overrides,
+        );
         line("sessions", "gauge", "Open Register streams.", get(&self.sessions_active));
         line("sessions_opened_total", "counter", "Register streams opened.", get(&self.sessions_opened));
         line(

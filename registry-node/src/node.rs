@@ -461,8 +461,9 @@ fn spawn_tombstone_gc(registry: Arc<Registry>, stop: CancellationToken) -> JoinH
     })
 }
 
-/// Ends unary leases whose TTL passed, purges hidden own copies and stops
-/// showing moved copies whose newer copy never came: each when it is due.
+/// Ends unary leases whose TTL passed, purges hidden own copies, stops
+/// showing moved copies whose newer copy never came and drops status
+/// overrides of instances long gone: each when it is due.
 /// It sleeps until the registry's next deadline, woken early when one comes
 /// nearer (a lease granted, a copy to purge), so an idle node does no work.
 fn spawn_lease_reaper(registry: Arc<Registry>, stop: CancellationToken) -> JoinHandle<()> {
@@ -480,6 +481,7 @@ fn spawn_lease_reaper(registry: Arc<Registry>, stop: CancellationToken) -> JoinH
                 info!(leases = n, "leases expired; their instances removed");
             }
             registry.purge_stale(now);
+            registry.drop_gone_overrides(now);
         }
     })
 }

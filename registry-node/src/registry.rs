@@ -78,6 +78,11 @@ struct State {
     stale: StaleQueue,
     /// Status overrides shown now, by instance (see `set_status_override`).
     overrides: HashMap<InstanceKey, Arc<v1::StatusOverride>>,
+    /// Overrides whose instance is not shown, since when: dropped once that
+    /// is `sessions.status_override_retention_ms` (see `drop_gone_overrides`).
+    overridden_gone: HashMap<InstanceKey, Instant>,
+    /// When `drop_gone_overrides` next has something to do.
+    overrides_due: Option<Instant>,
     /// Moved copies the store kept in view, as of the last write (more now:
     /// the reaper has a new deadline).
     moved_seen: usize,
@@ -131,6 +136,8 @@ impl Registry {
                 outbox: Vec::new(),
                 stale: StaleQueue::new(Duration::from_millis(config.sync.dead_after_ms)),
                 overrides: HashMap::new(),
+                overridden_gone: HashMap::new(),
+                overrides_due: None,
                 moved_seen: 0,
                 reaper_at: None,
             }),
@@ -223,7 +230,8 @@ impl Registry {
 
     /// Sets (`Some`) or clears (`None`) an admin's status override of `key`,
     /// replicated to every node; the instance shows the override's status
-    /// until it is cleared, whatever its provider sends. Returns whether
+    /// until it is cleared or its instance is long gone
+    /// ([`Self::drop_gone_overrides`]), whatever its provider sends. Returns whether
     /// anything changed (clearing what is not set changes nothing).
     pub fn set_status_override(&self, key: &InstanceKey, o: Option<v1::StatusOverride>) -> bool {
         let mut st = self.state.lock();
@@ -432,7 +440,8 @@ impl Registry {
         let mut st = self.state.lock();
         let hold = self.config.sync.dead_after_ms + self.config.sync.orphan_grace_ms;
         let moved = st.store.next_moved_due(hold).map(|ms| self.epoch + Duration::from_millis(ms));
-        let next = [st.leases.next_deadline(), st.stale.next_deadline(), moved].into_iter().flatten().min();
+        let next =
+            [st.leases.next_deadline(), st.stale.next_deadline(), moved, st.overrides_due].into_iter().flatten().min();
         st.reaper_at = next;
         next
     }
@@ -499,8 +508,9 @@ impl Registry {
 
     pub fn gauges(&self, ready: bool) -> Gauges {
         let (instances, services) = self.views.counts();
-        let store_keys = self.state.lock().store.key_count() as u64;
-        Gauges { instances, services, store_keys, ready }
+        let st = self.state.lock();
+        let (store_keys, status_overrides) = (st.store.key_count() as u64, st.overrides.len() as u64);
+        Gauges { instances, services, store_keys, status_overrides, ready }
     }
 
     /// Freshness of what this node serves: the age of the oldest peer state it
@@ -685,6 +695,56 @@ impl Registry {
         n
     }
 
+    /// Drops the status overrides whose instance has not been shown for
+    /// `sessions.status_override_retention_ms`: an override outlives its
+    /// instance's restarts and moves, not its instance. Every node does the
+    /// same (the deletes agree). Not while this node's view is degraded (cut
+    /// off from the bus, or a peer orphaned): an instance missing from a
+    /// partial view may be alive. Returns how many were dropped.
+    pub fn drop_gone_overrides(&self, now: Instant) -> usize {
+        let retention = Duration::from_millis(self.config.sessions.status_override_retention_ms);
+        let mut st = self.state.lock();
+        if st.overrides_due.is_none_or(|due| now < due) {
+            return 0;
+        }
+        if self.bus_down.load(Ordering::Relaxed) || !self.orphaned.lock().is_empty() {
+            // Looked at again once the view may be whole.
+            st.overrides_due = Some(now + Duration::from_millis(self.config.sync.beat_interval_ms));
+            return 0;
+        }
+        let due: Vec<InstanceKey> =
+            st.overridden_gone.iter().filter(|(_, since)| **since + retention <= now).map(|(k, _)| k.clone()).collect();
+        let mut all = Outcome::default();
+        for key in &due {
+            st.overridden_gone.remove(key);
+            tracing::info!(key = %display_key(key), ?retention, "status override dropped: its instance is long gone");
+            if let Some((_, out)) = st.store.remove_local(&Key::StatusOverride(key.clone()), wall_ms()) {
+                all.extend(out);
+            }
+        }
+        st.overrides_due = st.overridden_gone.values().min().map(|since| *since + retention);
+        self.apply(&mut st, all);
+        due.len()
+    }
+
+    /// Keeps `overridden_gone` true after the view changed for `key`: an
+    /// override without its instance shown starts (or keeps) counting.
+    fn track_override(&self, st: &mut State, key: &InstanceKey) {
+        let retention = self.config.sessions.status_override_retention_ms;
+        let gone = st.overrides.contains_key(key) && st.store.visible(&Key::Instance(key.clone())).is_none();
+        if !gone {
+            st.overridden_gone.remove(key);
+        } else if retention != 0 && !st.overridden_gone.contains_key(key) {
+            let now = Instant::now();
+            st.overridden_gone.insert(key.clone(), now);
+            let due = now + Duration::from_millis(retention);
+            if st.overrides_due.is_none_or(|d| due < d) {
+                st.overrides_due = Some(due);
+            }
+            self.deadline_at(st, due);
+        }
+    }
+
     /// Applies what a store operation caused: ownership hand-overs, view
     /// changes (with their fan-out) and consumer directory changes.
     fn apply(&self, st: &mut State, out: Outcome) {
@@ -715,6 +775,8 @@ impl Registry {
         }
         st.moved_seen = moved;
         let mut instance_changes = Vec::with_capacity(out.view.len());
+        // Overridden instances shown or gone, and overrides set or cleared.
+        let mut overridden = Vec::new();
         for change in out.view {
             match change {
                 // An override changed: the instance (if shown) is shown again
@@ -722,15 +784,18 @@ impl Registry {
                 ViewChange::Upsert { key: Key::StatusOverride(k), record: Record::StatusOverride(o), .. } => {
                     st.overrides.insert(k.clone(), o);
                     instance_changes.extend(shown_with_override(st, &k));
+                    overridden.push(k);
                 }
                 ViewChange::Remove { key: Key::StatusOverride(k) } => {
                     st.overrides.remove(&k);
                     instance_changes.extend(shown_with_override(st, &k));
+                    overridden.push(k);
                 }
                 ViewChange::Upsert { key: Key::Instance(k), record: Record::Instance(i), origin }
                     if st.overrides.contains_key(&k) =>
                 {
                     let record = with_override(&i, st.overrides.get(&k).map(|o| &**o));
+                    overridden.push(k.clone());
                     instance_changes.push(ViewChange::Upsert { key: Key::Instance(k), record, origin });
                 }
                 ViewChange::Upsert { key: Key::Consumer(k), record: Record::Consumer(c), .. } => {
@@ -749,10 +814,16 @@ impl Registry {
                 other => {
                     if let ViewChange::Remove { key: Key::Instance(k) } = &other {
                         tracing::trace!(key = %display_key(k), "instance left the merged view");
+                        if st.overrides.contains_key(k) {
+                            overridden.push(k.clone());
+                        }
                     }
                     instance_changes.push(other)
                 }
             }
+        }
+        for key in &overridden {
+            self.track_override(st, key);
         }
         if !instance_changes.is_empty() {
             self.views.apply(instance_changes, || self.freshness());
@@ -957,6 +1028,85 @@ mod tests {
         assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService, "still in force: adopted into this node's slice");
         let st = r.state.lock();
         assert_eq!(st.store.visible_entry(&key).map(|(o, _)| o), Some(st.store.local_id()));
+    }
+
+    fn overrides_kept(r: &Registry) -> Vec<String> {
+        let mut ids: Vec<String> = r.state.lock().overrides.keys().map(|k| k.id.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_override_is_dropped_once_its_instance_is_gone_for_the_retention() {
+        let mut config = NodeConfig::default();
+        config.sessions.status_override_retention_ms = 10_000;
+        let retention = Duration::from_secs(10);
+        let r = Registry::new(Arc::new(config), 1);
+        let (_, owner, _) = r.lease("", Duration::from_secs(3_600), None).expect("lease");
+        for id in ["i1", "i2"] {
+            r.upsert(owner, instance(id, 1), &Writer::default()).expect("upsert");
+            assert!(r.set_status_override(&InstanceKey::new("default", "orders", id), oos("ops")));
+        }
+        // Shown instances keep their overrides, however long.
+        tokio::time::advance(retention * 2).await;
+        assert_eq!(r.drop_gone_overrides(Instant::now()), 0);
+        assert_eq!(r.next_deadline(), Some(Instant::now() + Duration::from_secs(3_600) - retention * 2));
+        // Both leave; i2 comes back within the retention (a restart) and
+        // keeps its override, i1 does not.
+        let t0 = Instant::now();
+        for id in ["i1", "i2"] {
+            r.deregister(&InstanceKey::new("default", "orders", id), &Writer::default()).expect("deregister");
+        }
+        assert_eq!(r.next_deadline(), Some(t0 + retention), "the reaper wakes for it");
+        tokio::time::advance(retention / 2).await;
+        r.upsert(owner, instance("i2", 2), &Writer::default()).expect("upsert");
+        assert_eq!(r.drop_gone_overrides(t0 + retention - Duration::from_millis(1)), 0, "not yet");
+        assert_eq!(overrides_kept(&r), ["i1", "i2"]);
+        assert_eq!(r.drop_gone_overrides(t0 + retention), 1);
+        assert_eq!(overrides_kept(&r), ["i2"]);
+        assert_eq!(statuses(&r), [("i2".into(), v1::Status::OutOfService, Some("ops".into()))]);
+        // i1 registering again now is its provider's status alone.
+        let mut up = instance("i1", 3);
+        up.status = v1::Status::Up as i32;
+        r.upsert(owner, up, &Writer::default()).expect("upsert");
+        assert_eq!(statuses(&r)[0], ("i1".into(), v1::Status::Up, None));
+        // An override of an instance never registered counts from when it was set.
+        let t1 = Instant::now();
+        r.set_status_override(&InstanceKey::new("default", "orders", "never"), oos("ops"));
+        assert_eq!(r.drop_gone_overrides(t1 + retention), 1);
+        assert_eq!(overrides_kept(&r), ["i2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_degraded_node_keeps_overrides_of_instances_it_does_not_see() {
+        let mut config = NodeConfig::default();
+        config.sessions.status_override_retention_ms = 10_000;
+        let r = Registry::new(Arc::new(config), 1);
+        let t0 = Instant::now();
+        r.set_status_override(&InstanceKey::new("default", "orders", "elsewhere"), oos("ops"));
+        // Cut off from the bus, an instance missing here may be alive on a
+        // peer: nothing is dropped, and it is looked at again later.
+        r.set_bus_connected(false);
+        let late = t0 + Duration::from_secs(60);
+        assert_eq!(r.drop_gone_overrides(late), 0);
+        assert_eq!(overrides_kept(&r), ["elsewhere"]);
+        let again = r.next_deadline().expect("a deadline");
+        assert!(again > late, "no busy loop while degraded");
+        r.set_bus_connected(true);
+        assert_eq!(r.drop_gone_overrides(again), 1);
+        assert!(overrides_kept(&r).is_empty());
+        assert_eq!(r.next_deadline(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overrides_are_kept_until_cleared_with_no_retention() {
+        let mut config = NodeConfig::default();
+        config.sessions.status_override_retention_ms = 0;
+        let r = Registry::new(Arc::new(config), 1);
+        r.set_status_override(&InstanceKey::new("default", "orders", "i1"), oos("ops"));
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(r.drop_gone_overrides(Instant::now() + Duration::from_secs(86_400 * 365)), 0);
+        assert_eq!(overrides_kept(&r), ["i1"]);
     }
 
     #[tokio::test(start_paused = true)]

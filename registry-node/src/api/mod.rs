@@ -269,7 +269,8 @@ impl NodeApi {
 
     /// Sets (`Some(status)`) or clears (`None`) an admin's status override
     /// of an instance (it need not be registered yet): every node shows that
-    /// status for it until it is cleared, whatever its provider sends. Needs
+    /// status for it until it is cleared (or its instance is gone for the
+    /// retention), whatever its provider sends. Needs
     /// an admin grant on the service; audited. Returns whether anything
     /// changed.
     pub fn set_status_override(

@@ -374,6 +374,95 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
     Ok(())
 }
 
+/// An override outlives its instance's restarts, not its instance: once
+/// the instance has been gone for the retention (1 s here), every node
+/// drops the override, and the instance registering again later shows its
+/// provider's status. One that came back in time keeps its override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_of_an_instance_gone_for_the_retention_is_dropped_on_every_node() -> Result<()> {
+    let nats = registry_tests::nats::NatsServer::start().await?;
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let mut config = registry_tests::cluster_config(name, &[nats.url()], "http-override-gc");
+        config.sessions.status_override_retention_ms = 1_000;
+        nodes.push(start_node(config).await?);
+    }
+    for n in &nodes {
+        registry_tests::until_ready(n).await?;
+    }
+    let (a, b) = (nodes[0].http_addr, nodes[1].http_addr);
+    let post = "/v1/namespaces/default/services/orders/instances";
+    let register = |host: &'static str| async move {
+        let mut up = body(host, 8080);
+        up["status"] = json!("STATUS_UP");
+        let (status, r) = http_json(a, "POST", post, &[], Some(&up)).await?;
+        ensure!(status == 200, "{status} {r}");
+        anyhow::Ok(())
+    };
+    let statuses = |node| async move {
+        let (_, d) = http_json(node, "GET", "/v1/namespaces/default/services/orders", &[], None).await.ok()?;
+        let mut shown: Vec<(String, String, bool)> = d["instances"]
+            .as_array()?
+            .iter()
+            .map(|i| (str_of(&i["instanceId"]).into(), str_of(&i["status"]).into(), !i["statusOverride"].is_null()))
+            .collect();
+        shown.sort();
+        Some(shown)
+    };
+    let overrides = |node: &registry_node::NodeHandle| {
+        let http = node.http_addr;
+        async move {
+            let (_, text) = registry_tests::http_get(http, "/metrics").await.ok()?;
+            registry_tests::metric(&text, "status_overrides")
+        }
+    };
+    let (gone, back) = ("10.0.0.7:8080", "10.0.0.8:8080");
+    register("10.0.0.7").await?;
+    register("10.0.0.8").await?;
+    let oos = json!({ "status": "STATUS_OUT_OF_SERVICE" });
+    for id in [gone, back] {
+        let (status, r) = http_json(b, "PUT", &format!("{post}/{id}/status"), &[], Some(&oos)).await?;
+        ensure!(status == 200 && r["changed"] == true, "{status} {r}");
+    }
+    let out = |id: &str| (id.to_string(), "STATUS_OUT_OF_SERVICE".to_string(), true);
+    let both_out = vec![out(gone), out(back)];
+    for node in [a, b] {
+        let want = both_out.clone();
+        registry_tests::eventually("both out of service", PROMPTLY, || {
+            let want = want.clone();
+            async move { (statuses(node).await? == want).then_some(()) }
+        })
+        .await?;
+    }
+    // Both leave; one comes back at once (a restart), the other does not.
+    for id in [gone, back] {
+        let (status, r) = http_json(a, "DELETE", &format!("{post}/{id}"), &[], None).await?;
+        ensure!(status == 200 && r["found"] == true, "{status} {r}");
+    }
+    register("10.0.0.8").await?;
+    for node in &nodes {
+        registry_tests::eventually("only the override of the instance still shown is held", PROMPTLY, || async {
+            (overrides(node).await? == 1).then_some(())
+        })
+        .await?;
+    }
+    // The one that left registers again: its provider's status, on both.
+    register("10.0.0.7").await?;
+    let want = vec![(gone.to_string(), "STATUS_UP".to_string(), false), out(back)];
+    for node in [a, b] {
+        let want = want.clone();
+        registry_tests::eventually("the override gone, the other kept", PROMPTLY, || {
+            let want = want.clone();
+            async move { (statuses(node).await? == want).then_some(()) }
+        })
+        .await?;
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_drains_a_node_over_http_and_it_stops() -> Result<()> {
     let (reader, admin) = (format!("{:032x}", rand::random::<u128>()), format!("{:032x}", rand::random::<u128>()));

@@ -957,7 +957,9 @@ pub struct OverriddenJson {
 
 /// Overrides an instance's status on every node (admin): take it out of
 /// traffic (`STATUS_OUT_OF_SERVICE`) without touching its provider. The
-/// override stays, across re-registrations, until it is cleared.
+/// override stays, across re-registrations, until it is cleared or its
+/// instance has not been shown for `sessions.status_override_retention_ms`
+/// (1 hour by default).
 #[utoipa::path(put, path = "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}/status",
     tag = "registry",
     params(("namespace" = String, Path), ("service" = String, Path), ("instance_id" = String, Path)),
