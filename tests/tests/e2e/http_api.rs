@@ -374,6 +374,25 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
     Ok(())
 }
 
+/// Waits until every node shows `orders` as `want`: (instance id, status,
+/// whether an override is shown), by id.
+async fn until_shown(nodes: &[std::net::SocketAddr], what: &str, want: &[(String, String, bool)]) -> Result<()> {
+    for &node in nodes {
+        registry_tests::eventually(what, PROMPTLY, || async move {
+            let (_, d) = http_json(node, "GET", "/v1/namespaces/default/services/orders", &[], None).await.ok()?;
+            let mut shown: Vec<(String, String, bool)> = d["instances"]
+                .as_array()?
+                .iter()
+                .map(|i| (str_of(&i["instanceId"]).into(), str_of(&i["status"]).into(), !i["statusOverride"].is_null()))
+                .collect();
+            shown.sort();
+            (shown == want).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// An override outlives its instance's restarts, not its instance: once
 /// the instance has been gone for the retention (1 s here), every node
 /// drops the override, and the instance registering again later shows its
@@ -399,16 +418,6 @@ async fn an_override_of_an_instance_gone_for_the_retention_is_dropped_on_every_n
         ensure!(status == 200, "{status} {r}");
         anyhow::Ok(())
     };
-    let statuses = |node| async move {
-        let (_, d) = http_json(node, "GET", "/v1/namespaces/default/services/orders", &[], None).await.ok()?;
-        let mut shown: Vec<(String, String, bool)> = d["instances"]
-            .as_array()?
-            .iter()
-            .map(|i| (str_of(&i["instanceId"]).into(), str_of(&i["status"]).into(), !i["statusOverride"].is_null()))
-            .collect();
-        shown.sort();
-        Some(shown)
-    };
     let overrides = |node: &registry_node::NodeHandle| {
         let http = node.http_addr;
         async move {
@@ -425,15 +434,7 @@ async fn an_override_of_an_instance_gone_for_the_retention_is_dropped_on_every_n
         ensure!(status == 200 && r["changed"] == true, "{status} {r}");
     }
     let out = |id: &str| (id.to_string(), "STATUS_OUT_OF_SERVICE".to_string(), true);
-    let both_out = vec![out(gone), out(back)];
-    for node in [a, b] {
-        let want = both_out.clone();
-        registry_tests::eventually("both out of service", PROMPTLY, || {
-            let want = want.clone();
-            async move { (statuses(node).await? == want).then_some(()) }
-        })
-        .await?;
-    }
+    until_shown(&[a, b], "both out of service", &[out(gone), out(back)]).await?;
     // Both leave; one comes back at once (a restart), the other does not.
     for id in [gone, back] {
         let (status, r) = http_json(a, "DELETE", &format!("{post}/{id}"), &[], None).await?;
@@ -448,15 +449,8 @@ async fn an_override_of_an_instance_gone_for_the_retention_is_dropped_on_every_n
     }
     // The one that left registers again: its provider's status, on both.
     register("10.0.0.7").await?;
-    let want = vec![(gone.to_string(), "STATUS_UP".to_string(), false), out(back)];
-    for node in [a, b] {
-        let want = want.clone();
-        registry_tests::eventually("the override gone, the other kept", PROMPTLY, || {
-            let want = want.clone();
-            async move { (statuses(node).await? == want).then_some(()) }
-        })
-        .await?;
-    }
+    let up = (gone.to_string(), "STATUS_UP".to_string(), false);
+    until_shown(&[a, b], "the override gone, the other kept", &[up, out(back)]).await?;
     for n in nodes {
         n.shutdown().await;
     }
