@@ -279,8 +279,54 @@ pub struct Envoy {
     config: PathBuf,
 }
 
+/// How Envoy reaches a node that requires TLS: the CA it trusts, and who it
+/// is (a client certificate, a bearer token sent with the ADS stream, or both).
+pub struct EnvoyTls {
+    pub ca_file: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub token: Option<String>,
+}
+
+impl EnvoyTls {
+    /// Envoy's cluster options for a node at 127.0.0.1 with a certificate
+    /// for `localhost`: TLS with ALPN h2, the node's certificate checked
+    /// against the CA and its name.
+    fn transport_socket(&self) -> serde_json::Value {
+        let mut common = serde_json::json!({
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": { "filename": self.ca_file },
+                "match_typed_subject_alt_names": [{ "san_type": "DNS", "matcher": { "exact": "localhost" } }]
+            }
+        });
+        if let Some((cert, key)) = &self.identity {
+            common["tls_certificates"] =
+                serde_json::json!([{ "certificate_chain": { "filename": cert }, "private_key": { "filename": key } }]);
+        }
+        serde_json::json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "localhost",
+                "common_tls_context": common
+            }
+        })
+    }
+}
+
 impl Envoy {
     pub fn start(node: std::net::SocketAddr, node_id: &str, namespace: Option<&str>, cluster: &str) -> Result<Self> {
+        Self::start_with(node, node_id, namespace, cluster, None)
+    }
+
+    /// [`Envoy::start`], reaching the node over TLS when `tls` says how.
+    pub fn start_with(
+        node: std::net::SocketAddr,
+        node_id: &str,
+        namespace: Option<&str>,
+        cluster: &str,
+        tls: Option<&EnvoyTls>,
+    ) -> Result<Self> {
         let envoy = crate::tools::python_tool("envoy", &[ENVOY])?;
         let port = crate::nats::free_port()?;
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
@@ -290,13 +336,18 @@ impl Envoy {
         if let Some(ns) = namespace {
             envoy_node["metadata"] = serde_json::json!({ "namespace": ns });
         }
-        let config = serde_json::json!({
+        let mut registry_grpc = serde_json::json!({ "envoy_grpc": { "cluster_name": "registry" } });
+        if let Some(token) = tls.and_then(|t| t.token.as_ref()) {
+            registry_grpc["initial_metadata"] =
+                serde_json::json!([{ "key": "authorization", "value": format!("Bearer {token}") }]);
+        }
+        let mut config = serde_json::json!({
             "node": envoy_node,
             "dynamic_resources": {
                 "ads_config": {
                     "api_type": "GRPC",
                     "transport_api_version": "V3",
-                    "grpc_services": [{ "envoy_grpc": { "cluster_name": "registry" } }]
+                    "grpc_services": [registry_grpc]
                 },
                 "cds_config": { "ads": {}, "resource_api_version": "V3" }
             },
@@ -337,6 +388,9 @@ impl Envoy {
                 }]
             }
         });
+        if let Some(tls) = tls {
+            config["static_resources"]["clusters"][0]["transport_socket"] = tls.transport_socket();
+        }
         let stem = format!("registry-envoy-{node_id}-{}-{}", std::process::id(), rand::random::<u32>());
         let path = std::env::temp_dir().join(format!("{stem}.json"));
         let log = std::env::temp_dir().join(format!("{stem}.log"));

@@ -329,6 +329,104 @@ async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()>
     Ok(())
 }
 
+/// Envoy in front of a node that requires TLS and enforces auth: it
+/// checks the node's certificate against the CA and its name, proves who it
+/// is with a client certificate or with a bearer token in its ADS stream's
+/// metadata, and routes by what the node sends. A wildcard (every cluster of
+/// the namespace) needs a read grant on the whole namespace: an Envoy whose
+/// principal may read only part of it gets nothing, and the refusal is
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result<()> {
+    use registry_node::auth::{AuthMode, CertEntry, Grant, Role, TokenEntry};
+    use registry_node::listen::{ClientAuth, TlsSettings};
+    use registry_tests::pki::{ClientTls, TestCa, Validity, cert_dir};
+    use registry_tests::xds::EnvoyTls;
+
+    let ca = TestCa::new("envoy test CA")?;
+    let dir = cert_dir("envoy-mtls")?;
+    let (cert_file, key_file) = ca.server()?.write(&dir, "server")?;
+    let ca_file = ca.write(&dir, "ca")?;
+    let mut config = test_config("n1");
+    config.tls = Some(TlsSettings {
+        cert_file,
+        key_file,
+        client_ca_file: Some(ca_file.clone()),
+        client_auth: Some(ClientAuth::Optional),
+    });
+    config.auth.mode = Some(AuthMode::Enforce);
+    let grant = |services: &str, role| Grant { namespace: "default".into(), services: services.into(), role };
+    config.auth.certs = vec![
+        CertEntry { name: "ops".into(), subject: "ops".into(), grants: vec![grant("*", Role::Admin)] },
+        CertEntry { name: "edge".into(), subject: "edge".into(), grants: vec![grant("*", Role::Read)] },
+        CertEntry { name: "nosy".into(), subject: "nosy".into(), grants: vec![grant("web", Role::Read)] },
+    ];
+    let token = format!("{:032x}", rand::random::<u128>());
+    config.auth.tokens = vec![TokenEntry {
+        name: "edge-token".into(),
+        sha256: registry_node::auth::tokens::sha256_hex(token.as_bytes()),
+        grants: vec![grant("*", Role::Read)],
+    }];
+    let node = start_node(config).await?;
+    let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
+    let mut c = RegistryClient::new(ops.channel(node.grpc_addr).await?);
+    let web = Backends::http(&["h1", "h2"])?;
+    for b in ["h1", "h2"] {
+        register(&mut c, "", instance("web", b, web.port(b)), "").await?;
+    }
+
+    // A client certificate.
+    let edge_tls = EnvoyTls {
+        ca_file: ca_file.clone(),
+        identity: Some(ca.client("edge", &[], Validity::Current)?.write(&dir, "edge")?),
+        token: None,
+    };
+    let edge = Envoy::start_with(node.grpc_addr, "edge-1", None, "web", Some(&edge_tls))?;
+    until_envoy(&edge, "round robin over h1, h2 (certificate)", FIRST_CONTACT, &["h1", "h2"], 4).await?;
+    let consumers = c
+        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: String::new() })
+        .await?
+        .into_inner()
+        .consumers;
+    let me = consumers
+        .iter()
+        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "edge-1"))
+        .context("Envoy's ADS stream in the consumer directory")?;
+    assert_eq!(me.principal, "edge", "the stream's principal is its certificate's");
+
+    // A bearer token, no certificate.
+    let bearer_tls = EnvoyTls { ca_file: ca_file.clone(), identity: None, token: Some(token) };
+    let bearer = Envoy::start_with(node.grpc_addr, "edge-2", None, "web", Some(&bearer_tls))?;
+    until_envoy(&bearer, "round robin over h1, h2 (token)", FIRST_CONTACT, &["h1", "h2"], 4).await?;
+
+    // A principal that may read only part of the namespace: its wildcard is
+    // refused, so it never has a cluster to route to.
+    let denied = || async {
+        let (_, metrics) = ops.https_get(node.http_addr, "/metrics", &[]).await.ok()?;
+        metric(&metrics, "auth_denied_total")
+    };
+    let before = denied().await.context("auth_denied_total")?;
+    let nosy_tls = EnvoyTls {
+        ca_file: ca_file.clone(),
+        identity: Some(ca.client("nosy", &[], Validity::Current)?.write(&dir, "nosy")?),
+        token: None,
+    };
+    let nosy = Envoy::start_with(node.grpc_addr, "nosy-1", None, "web", Some(&nosy_tls))?;
+    eventually("the nosy Envoy's wildcard refused", FIRST_CONTACT, || async {
+        denied().await.is_some_and(|n| n > before).then_some(())
+    })
+    .await
+    .with_context(|| format!("envoy's log:\n{}", nosy.log_tail(30)))?;
+    let answers = through(&nosy, 3).await;
+    assert!(answers.iter().all(|a| a.is_err()), "the refused Envoy routed: {answers:?}");
+    // The others still route.
+    until_envoy(&edge, "still round robin", PROMPTLY, &["h1", "h2"], 4).await?;
+
+    drop((edge, bearer, nosy, web));
+    node.shutdown().await;
+    Ok(())
+}
+
 /// Base64url without padding, as JWTs are written.
 fn base64url(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
