@@ -12,8 +12,11 @@
 //! certificate, TLS required) and one kind of credentials (a `.creds` file,
 //! an nkey seed, a user and password, or a token). Files are read and checked
 //! when the task starts, so a missing or malformed one stops the node with an
-//! error naming it, rather than failing each reconnect; certificates are read
-//! again by the client at each reconnect, so renewed ones are picked up then.
+//! error naming it, rather than failing each reconnect. They are read again
+//! at each connect (credentials by the login callback, certificates by the
+//! client), so rotated ones are used from the next reconnect on: a `.creds`
+//! file renewed before its JWT expires (the server then disconnects the old
+//! one), a new password or token, a renewed certificate.
 //! Replies to this node's requests come under its own inbox prefix
 //! ([`Subjects::inbox`]), so its NATS user may be allowed to read only those.
 
@@ -165,10 +168,81 @@ fn url_credentials(urls: &[String]) -> Option<(String, String)> {
     })
 }
 
-/// Reads and checks the files of `security` (the client reads certificates
-/// itself at each connect, so they are only checked here) and sets the
-/// options: TLS, then credentials, explicit ones before a URL's.
-async fn secure(
+/// The options to start from: with credentials, a login callback that
+/// reads them at each connect ([`login`]), so rotated files are used from
+/// the next reconnect on without a restart.
+fn login_options(credentials: Option<&NatsCredentials>) -> async_nats::ConnectOptions {
+    let Some(credentials) = credentials.cloned() else { return async_nats::ConnectOptions::new() };
+    let credentials = Arc::new(credentials);
+    async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+        let credentials = credentials.clone();
+        async move {
+            login(&credentials, &nonce).map_err(|e| {
+                warn!(error = %e, "cannot log in to NATS: the next reconnect reads the credentials again");
+                async_nats::AuthError::new(e)
+            })
+        }
+    })
+}
+
+/// What this node sends NATS to log in, read from the credentials' files
+/// now: the user JWT and the nonce signed with its seed, the nkey and the
+/// nonce signed, a user and password, or a token.
+fn login(credentials: &NatsCredentials, nonce: &[u8]) -> Result<async_nats::Auth, SyncError> {
+    let mut auth = async_nats::Auth::new();
+    let sign = |key: &nkeys::KeyPair, what: &'static str, source: &dyn Fn(String) -> SyncError| {
+        key.sign(nonce).map_err(|e| source(format!("cannot sign with the {what}: {e}")))
+    };
+    match credentials {
+        NatsCredentials::CredsFile(path) => {
+            let what = "credentials file";
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(what, path, e))?;
+            let (jwt, seed) = creds_parts(&text)
+                .ok_or_else(|| file_error(what, path, "holds no user JWT and nkey seed (the format nsc writes)"))?;
+            let key = nkeys::KeyPair::from_seed(seed)
+                .map_err(|e| file_error(what, path, format!("its seed is not an nkey seed: {e}")))?;
+            auth.signature = Some(sign(&key, "seed", &|reason| file_error(what, path, reason))?);
+            auth.jwt = Some(jwt.to_string());
+        }
+        NatsCredentials::NkeySeed(seed) => {
+            let value = seed.read("nkey seed")?;
+            let error = |reason: String| match seed {
+                Secret::File(path) => SyncError::File { what: "nkey seed", path: path.clone(), reason },
+                Secret::Value(_) => SyncError::Secret { what: "nkey seed", reason },
+            };
+            let key = nkeys::KeyPair::from_seed(value.trim()).map_err(|e| error(format!("not an nkey seed: {e}")))?;
+            auth.signature = Some(sign(&key, "nkey seed", &error)?);
+            auth.nkey = Some(key.public_key());
+        }
+        NatsCredentials::UserPassword { user, password } => {
+            auth.username = Some(user.clone());
+            auth.password = Some(password.read("password")?);
+        }
+        NatsCredentials::Token(token) => auth.token = Some(token.read("token")?),
+    }
+    Ok(auth)
+}
+
+/// The user JWT and the nkey seed of a `.creds` file: the first and second
+/// blocks between dashed lines, as `nsc` writes them.
+fn creds_parts(text: &str) -> Option<(&str, &str)> {
+    let dashed = |l: &str| l.len() > 6 && l.starts_with("---") && l.ends_with("---");
+    let mut lines = text.lines().map(str::trim);
+    let mut block = || {
+        lines.by_ref().find(|l| dashed(l) && l.contains("BEGIN"))?;
+        let value = lines.next().filter(|v| !v.is_empty() && !dashed(v))?;
+        lines.next().filter(|l| dashed(l) && l.contains("END"))?;
+        Some(value)
+    };
+    let jwt = block()?;
+    let seed = block()?;
+    Some((jwt, seed))
+}
+
+/// Checks the files of `security` (the client and [`login`] read them
+/// again at each connect) and sets the options: TLS, then a URL's user and
+/// password when no credentials are configured.
+fn secure(
     options: async_nats::ConnectOptions,
     security: &NatsSecurity,
     urls: &[String],
@@ -195,24 +269,11 @@ async fn secure(
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     Ok(match &security.credentials {
-        Some(NatsCredentials::CredsFile(path)) => {
-            options.credentials_file(path).await.map_err(|e| file_error("credentials file", path, e))?
+        // Set by `login_options`; checked here so that a bad file stops the start.
+        Some(credentials) => {
+            login(credentials, b"checking the credentials at start")?;
+            options
         }
-        Some(NatsCredentials::NkeySeed(seed)) => {
-            let value = seed.read("nkey seed")?;
-            if let Err(e) = nkeys::KeyPair::from_seed(value.trim()) {
-                let reason = format!("not an nkey seed: {e}");
-                return Err(match seed {
-                    Secret::File(path) => SyncError::File { what: "nkey seed", path: path.clone(), reason },
-                    Secret::Value(_) => SyncError::Secret { what: "nkey seed", reason },
-                });
-            }
-            options.nkey(value.trim().to_string())
-        }
-        Some(NatsCredentials::UserPassword { user, password }) => {
-            options.user_and_password(user.clone(), password.read("password")?)
-        }
-        Some(NatsCredentials::Token(token)) => options.token(token.read("token")?),
         None => match url_credentials(urls) {
             Some((user, password)) => options.user_and_password(user, password),
             None => options,
@@ -331,7 +392,7 @@ pub async fn spawn_sync<R: Replica>(
     let shared = Arc::new(SyncShared::default());
     let errors = shared.clone();
     let subjects = Subjects::new(&cfg.runtime.subject_prefix, &cfg.runtime.cluster, &me.node);
-    let options = async_nats::ConnectOptions::new()
+    let options = login_options(cfg.security.credentials.as_ref())
         .name(format!("registry-node {}", me.node))
         .custom_inbox_prefix(&subjects.inbox)
         .retry_on_initial_connect()
@@ -369,7 +430,7 @@ pub async fn spawn_sync<R: Replica>(
                 let _ = tx.send(e).await;
             }
         });
-    let options = secure(options, &cfg.security, &cfg.urls).await?;
+    let options = secure(options, &cfg.security, &cfg.urls)?;
     let client = options.connect(cfg.urls.clone()).await.map_err(|e| SyncError::Connect(e.to_string()))?;
     let subscribe = |subject: String| {
         let client = client.clone();
@@ -445,4 +506,91 @@ async fn run<R: Replica>(
     let _ = tokio::time::timeout(Duration::from_secs(2), transport.client.flush()).await;
     transport.tasks.abort_all();
     info!("replication stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `.creds` file as `nsc` writes it.
+    fn creds(jwt: &str, seed: &str) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n"
+        )
+    }
+
+    fn scratch(name: &str, contents: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("bus-sync-{name}-{}-{n}", std::process::id()));
+        std::fs::write(&path, contents).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_creds_file_gives_its_jwt_and_signs_the_nonce_with_its_seed() {
+        let key = nkeys::KeyPair::new_user();
+        let seed = key.seed().expect("seed");
+        assert_eq!(creds_parts(&creds("eyJ0.eyJz.c2ln", &seed)), Some(("eyJ0.eyJz.c2ln", seed.as_str())));
+        let path = scratch("creds", &creds("eyJ0.eyJz.c2ln", &seed));
+        let auth = login(&NatsCredentials::CredsFile(path.clone()), b"nonce-1").expect("login");
+        assert_eq!(auth.jwt.as_deref(), Some("eyJ0.eyJz.c2ln"));
+        let public = nkeys::KeyPair::from_public_key(&key.public_key()).expect("public key");
+        public.verify(b"nonce-1", auth.signature.as_deref().expect("signed")).expect("signed with the file's seed");
+        // Read again at each login: a rotated file is used at once.
+        let renewed = nkeys::KeyPair::new_user();
+        std::fs::write(&path, creds("eyJ0.bmV3.c2ln", &renewed.seed().expect("seed"))).expect("rotate");
+        let auth = login(&NatsCredentials::CredsFile(path.clone()), b"nonce-2").expect("login");
+        assert_eq!(auth.jwt.as_deref(), Some("eyJ0.bmV3.c2ln"));
+        let public = nkeys::KeyPair::from_public_key(&renewed.public_key()).expect("public key");
+        public.verify(b"nonce-2", auth.signature.as_deref().expect("signed")).expect("the renewed seed");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_bad_creds_file_is_an_error_naming_it() {
+        for (name, text) in [
+            ("empty", String::new()),
+            ("jwt-only", "-----BEGIN NATS USER JWT-----\neyJ0\n------END NATS USER JWT------\n".to_string()),
+            ("bad-seed", creds("eyJ0", "SUNOTASEED")),
+            ("unterminated", "-----BEGIN NATS USER JWT-----\neyJ0\n".to_string()),
+        ] {
+            let path = scratch(name, &text);
+            let err = login(&NatsCredentials::CredsFile(path.clone()), b"n").err().expect(name).to_string();
+            assert!(err.starts_with(&format!("NATS credentials file {}: ", path.display())), "{name}: {err}");
+            let _ = std::fs::remove_file(path);
+        }
+        let missing = std::env::temp_dir().join("bus-sync-no-such.creds");
+        assert!(login(&NatsCredentials::CredsFile(missing), b"n").is_err());
+    }
+
+    #[test]
+    fn nkeys_passwords_and_tokens_are_read_at_each_login() {
+        let key = nkeys::KeyPair::new_user();
+        let seed = Secret::Value(key.seed().expect("seed"));
+        let auth = login(&NatsCredentials::NkeySeed(seed), b"nonce").expect("login");
+        assert_eq!(auth.nkey, Some(key.public_key()));
+        let public = nkeys::KeyPair::from_public_key(&key.public_key()).expect("public key");
+        public.verify(b"nonce", auth.signature.as_deref().expect("signed")).expect("signed");
+        let err = login(&NatsCredentials::NkeySeed(Secret::Value("nope".into())), b"n").err().expect("bad seed");
+        assert!(!err.to_string().contains("nope"), "a secret value is never shown: {err}");
+
+        let path = scratch("password", "first\n");
+        let credentials =
+            NatsCredentials::UserPassword { user: "registry-0".into(), password: Secret::File(path.clone()) };
+        let auth = login(&credentials, b"n").expect("login");
+        assert_eq!((auth.username.as_deref(), auth.password.as_deref()), (Some("registry-0"), Some("first")));
+        std::fs::write(&path, "second\n").expect("rotate");
+        assert_eq!(login(&credentials, b"n").expect("login").password.as_deref(), Some("second"));
+        std::fs::write(&path, "").expect("empty");
+        assert!(login(&credentials, b"n").is_err(), "an emptied file is refused, not sent");
+        let _ = std::fs::remove_file(path);
+
+        let auth = login(&NatsCredentials::Token(Secret::Value("t0k3n".into())), b"n").expect("login");
+        assert_eq!(auth.token.as_deref(), Some("t0k3n"));
+    }
 }

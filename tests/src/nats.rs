@@ -183,6 +183,13 @@ impl NatsServer {
         self.spawn().await
     }
 
+    /// Starts the server again on the same ports with another environment
+    /// (new secrets for its configuration file's `$VAR`s).
+    pub async fn restart_with(&mut self, env: Vec<(String, String)>) -> Result<()> {
+        self.env = env;
+        self.restart().await
+    }
+
     /// Number of routes to other servers of its cluster.
     pub async fn routes(&self) -> Result<usize> {
         let monitor = SocketAddr::new(self.host, self.monitor_port);

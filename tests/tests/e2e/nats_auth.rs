@@ -95,11 +95,29 @@ impl AuthNats {
         let config = auth.replacen(users, "users: [\n    { user: admin, password: $TEST_ADMIN_NATS_PASSWORD }", 1);
         let passwords: Vec<String> = NODES.iter().map(|_| nats_password()).collect();
         let admin = nats_password();
+        let server = NatsServer::start_configured(&config, Self::env(&passwords, &admin)).await?;
+        Ok(Self { server, passwords, admin })
+    }
+
+    /// The server's environment: the passwords its configuration names.
+    fn env(passwords: &[String], admin: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             passwords.iter().enumerate().map(|(i, p)| (format!("REGISTRY_{i}_NATS_PASSWORD"), p.clone())).collect();
-        env.push(("TEST_ADMIN_NATS_PASSWORD".into(), admin.clone()));
-        let server = NatsServer::start_configured(&config, env).await?;
-        Ok(Self { server, passwords, admin })
+        env.push(("TEST_ADMIN_NATS_PASSWORD".into(), admin.to_string()));
+        env
+    }
+
+    /// New passwords for every node: the files of the nodes that read one
+    /// ([`Self::start_node`]) are rewritten, then the server restarts with
+    /// the new passwords only.
+    async fn rotate(&mut self, scratch: &Scratch) -> Result<()> {
+        self.passwords = NODES.iter().map(|_| nats_password()).collect();
+        for (node, password) in NODES.iter().zip(&self.passwords) {
+            if *node != "registry-1" {
+                scratch.write(&format!("{node}.password"), &format!("{password}\n"))?;
+            }
+        }
+        self.server.restart_with(Self::env(&self.passwords, &self.admin)).await
     }
 
     fn password(&self, node: &str) -> &str {
@@ -430,6 +448,38 @@ async fn nodes_reach_nats_over_tls_with_client_certificates() -> Result<()> {
         .add_client_certificate(cert, key);
     ensure!(attempt(wrong_ca).await != Ok(true), "a certificate of another CA was let in");
 
+    provider.goodbye().await?;
+    shutdown(nodes).await;
+    Ok(())
+}
+
+/// Rotating NATS passwords needs no node restart: the nodes' password files
+/// are rewritten, then nats-server restarts with the new passwords only;
+/// the nodes log in again with what their files say now, and replicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_nats_passwords_are_read_again_at_the_next_reconnect() -> Result<()> {
+    let mut nats = AuthNats::start().await?;
+    let scratch = Scratch::new("rotate")?;
+    // Both read their password from a file (registry-1 takes it from the
+    // environment, which only a restart changes).
+    let nodes = vec![
+        nats.start_node(&scratch, "registry-0", "rotate").await?,
+        nats.start_node(&scratch, "registry-2", "rotate").await?,
+    ];
+    let mut provider = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
+    provider.upsert(instance("svc", "before", 8000)).await?;
+    eventually("registry-2 sees the instance", PROMPTLY, || async {
+        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["before"])
+    })
+    .await?;
+    let old = nats.password("registry-0").to_string();
+    nats.rotate(&scratch).await?;
+    ensure!(nats.connect("registry-0", &old).await.is_err(), "the old password still works");
+    provider.upsert(instance("svc", "after", 8001)).await?;
+    eventually("registry-2 sees the change made after the rotation", std::time::Duration::from_secs(20), || async {
+        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["after", "before"])
+    })
+    .await?;
     provider.goodbye().await?;
     shutdown(nodes).await;
     Ok(())
