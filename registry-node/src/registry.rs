@@ -232,9 +232,17 @@ impl Registry {
     /// replicated to every node; the instance shows the override's status
     /// until it is cleared or its instance is long gone
     /// ([`Self::drop_gone_overrides`]), whatever its provider sends. Returns whether
-    /// anything changed (clearing what is not set changes nothing).
-    pub fn set_status_override(&self, key: &InstanceKey, o: Option<v1::StatusOverride>) -> bool {
+    /// anything changed (clearing what is not set changes nothing). A writer
+    /// that is not an admin of the service may only override its own
+    /// instance ([`check_override`]).
+    pub fn set_status_override(
+        &self,
+        key: &InstanceKey,
+        o: Option<v1::StatusOverride>,
+        writer: &Writer,
+    ) -> Result<bool, RegistryError> {
         let mut st = self.state.lock();
+        check_override(&st, key, writer)?;
         let key = Key::StatusOverride(st.store.intern_key(key.clone()));
         let out = match o {
             Some(o) => Some(st.store.put_local(key, Record::StatusOverride(Arc::new(o)), wall_ms()).1),
@@ -244,7 +252,7 @@ impl Registry {
         if let Some(out) = out {
             self.apply(&mut st, out);
         }
-        changed
+        Ok(changed)
     }
 
     /// Where the shown copy of each of `ids` (instances of `namespace`/
@@ -895,6 +903,45 @@ fn check_writer(st: &State, key: &InstanceKey, writer: &Writer, action: &str) ->
     Err(RegistryError::PermissionDenied(reason))
 }
 
+/// An admin overrides any instance's status. A writer that is not an admin
+/// overrides (or clears) only the status of an instance it registered and
+/// that is shown, as Spring's `/actuator/service-registry` does through
+/// Eureka to take itself out of traffic; and never an override someone
+/// else set, so an admin's stays until an admin clears it.
+fn check_override(st: &State, key: &InstanceKey, writer: &Writer) -> Result<(), RegistryError> {
+    let Some(me) = &writer.principal else { return Ok(()) };
+    if writer.may_override {
+        return Ok(());
+    }
+    let refuse = |reason: String| {
+        if writer.warn_only {
+            tracing::warn!(%reason, "would deny (auth.mode = warn: allowed)");
+            return Ok(());
+        }
+        tracing::info!(%reason, "denied");
+        Err(RegistryError::PermissionDenied(reason))
+    };
+    let shown = display_key(key);
+    let Some((_, Record::Instance(instance))) = st.store.visible(&Key::Instance(key.clone())) else {
+        return refuse(format!(
+            "instance {shown} is not registered: only an admin overrides the status of an instance not shown"
+        ));
+    };
+    let holder = instance.decode().map(|i| i.principal).unwrap_or_default();
+    if !holder.is_empty() && *holder != **me {
+        return refuse(format!(
+            "instance {shown} belongs to principal {holder:?}: principal {me:?} may not override its status"
+        ));
+    }
+    match st.overrides.get(key) {
+        Some(o) if !o.set_by.is_empty() && *o.set_by != **me => refuse(format!(
+            "the status of {shown} is overridden by {:?}: only an admin replaces or clears it",
+            o.set_by
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A lease taken by a principal is renewed by that principal only.
 fn check_lease_holder(leases: &Leases, lease_id: &str, principal: Option<&Arc<str>>) -> Result<(), RegistryError> {
     match (leases.get(lease_id).and_then(|l| l.principal.as_ref()), principal) {
@@ -975,6 +1022,11 @@ mod tests {
         v
     }
 
+    /// Sets or clears an override with auth off.
+    fn set_override(r: &Registry, key: &InstanceKey, o: Option<v1::StatusOverride>) -> bool {
+        r.set_status_override(key, o, &Writer::default()).expect("no auth, no refusal")
+    }
+
     fn oos(by: &str) -> Option<v1::StatusOverride> {
         Some(v1::StatusOverride {
             status: v1::Status::OutOfService as i32,
@@ -992,7 +1044,7 @@ mod tests {
         up.status = v1::Status::Up as i32;
         r.upsert(owner, up.clone(), &Writer::default()).expect("upsert");
         let key = InstanceKey::new("default", "orders", "i1");
-        assert!(r.set_status_override(&key, oos("ops")));
+        assert!(set_override(&r, &key, oos("ops")));
         assert_eq!(statuses(&r), [("i1".into(), v1::Status::OutOfService, Some("ops".into()))]);
         let shown = &r.views().get("default", "orders").1[0];
         let o = shown.status_override.as_ref().expect("override shown");
@@ -1002,13 +1054,43 @@ mod tests {
         r.upsert(owner, up, &Writer::default()).expect("upsert");
         assert_eq!(statuses(&r), [("i1".into(), v1::Status::OutOfService, Some("ops".into()))]);
         // An override set before its instance exists applies when it comes.
-        r.set_status_override(&InstanceKey::new("default", "orders", "i2"), oos("ops"));
+        set_override(&r, &InstanceKey::new("default", "orders", "i2"), oos("ops"));
         r.upsert(owner, instance("i2", 3), &Writer::default()).expect("upsert");
         assert_eq!(statuses(&r)[1], ("i2".into(), v1::Status::OutOfService, Some("ops".into())));
         // Cleared: the provider's status again; clearing twice changes nothing.
-        assert!(r.set_status_override(&key, None));
-        assert!(!r.set_status_override(&key, None));
+        assert!(set_override(&r, &key, None));
+        assert!(!set_override(&r, &key, None));
         assert_eq!(statuses(&r)[0], ("i1".into(), v1::Status::Up, None));
+    }
+
+    #[tokio::test]
+    async fn a_writer_overrides_its_own_instance_only_and_never_an_admins_override() {
+        let r = registry();
+        let writer =
+            |name: &str, admin: bool| Writer { principal: Some(name.into()), may_override: admin, warn_only: false };
+        let (_, owner, _) = r.lease("", Duration::from_secs(30), Some(&Arc::from("shop"))).expect("lease");
+        r.upsert(owner, instance("mine", 1), &writer("shop", false)).expect("upsert");
+        let (_, other, _) = r.lease("", Duration::from_secs(30), Some(&Arc::from("rival"))).expect("lease");
+        r.upsert(other, instance("theirs", 2), &writer("rival", false)).expect("upsert");
+        let key = |id: &str| InstanceKey::new("default", "orders", id);
+        let denied = |result: Result<bool, RegistryError>| matches!(result, Err(RegistryError::PermissionDenied(_)));
+        // Its own instance: set, then cleared.
+        assert_eq!(r.set_status_override(&key("mine"), oos("shop"), &writer("shop", false)).ok(), Some(true));
+        assert_eq!(statuses(&r)[0], ("mine".into(), v1::Status::OutOfService, Some("shop".into())));
+        assert_eq!(r.set_status_override(&key("mine"), None, &writer("shop", false)).ok(), Some(true));
+        // Another principal's instance, or one not registered: refused.
+        assert!(denied(r.set_status_override(&key("theirs"), oos("shop"), &writer("shop", false))));
+        assert!(denied(r.set_status_override(&key("nobody"), oos("shop"), &writer("shop", false))));
+        // An admin's override is an admin's to clear or replace.
+        assert_eq!(r.set_status_override(&key("mine"), oos("ops"), &writer("ops", true)).ok(), Some(true));
+        assert!(denied(r.set_status_override(&key("mine"), None, &writer("shop", false))));
+        assert!(denied(r.set_status_override(&key("mine"), oos("shop"), &writer("shop", false))));
+        assert_eq!(statuses(&r)[0], ("mine".into(), v1::Status::OutOfService, Some("ops".into())));
+        assert_eq!(overrides_kept(&r), ["mine"], "the refused writes changed nothing");
+        // `warn` mode logs the refusal and goes on.
+        let warn = Writer { warn_only: true, ..writer("shop", false) };
+        assert_eq!(r.set_status_override(&key("mine"), None, &warn).ok(), Some(true));
+        assert_eq!(statuses(&r)[0], ("mine".into(), v1::Status::Unspecified, None));
     }
 
     #[tokio::test]
@@ -1045,7 +1127,7 @@ mod tests {
         let (_, owner, _) = r.lease("", Duration::from_secs(3_600), None).expect("lease");
         for id in ["i1", "i2"] {
             r.upsert(owner, instance(id, 1), &Writer::default()).expect("upsert");
-            assert!(r.set_status_override(&InstanceKey::new("default", "orders", id), oos("ops")));
+            assert!(set_override(&r, &InstanceKey::new("default", "orders", id), oos("ops")));
         }
         // Shown instances keep their overrides, however long.
         tokio::time::advance(retention * 2).await;
@@ -1072,7 +1154,7 @@ mod tests {
         assert_eq!(statuses(&r)[0], ("i1".into(), v1::Status::Up, None));
         // An override of an instance never registered counts from when it was set.
         let t1 = Instant::now();
-        r.set_status_override(&InstanceKey::new("default", "orders", "never"), oos("ops"));
+        set_override(&r, &InstanceKey::new("default", "orders", "never"), oos("ops"));
         assert_eq!(r.drop_gone_overrides(t1 + retention), 1);
         assert_eq!(overrides_kept(&r), ["i2"]);
     }
@@ -1083,7 +1165,7 @@ mod tests {
         config.sessions.status_override_retention_ms = 10_000;
         let r = Registry::new(Arc::new(config), 1);
         let t0 = Instant::now();
-        r.set_status_override(&InstanceKey::new("default", "orders", "elsewhere"), oos("ops"));
+        set_override(&r, &InstanceKey::new("default", "orders", "elsewhere"), oos("ops"));
         // Cut off from the bus, an instance missing here may be alive on a
         // peer: nothing is dropped, and it is looked at again later.
         r.set_bus_connected(false);
@@ -1103,7 +1185,7 @@ mod tests {
         let mut config = NodeConfig::default();
         config.sessions.status_override_retention_ms = 0;
         let r = Registry::new(Arc::new(config), 1);
-        r.set_status_override(&InstanceKey::new("default", "orders", "i1"), oos("ops"));
+        set_override(&r, &InstanceKey::new("default", "orders", "i1"), oos("ops"));
         assert_eq!(r.next_deadline(), None);
         assert_eq!(r.drop_gone_overrides(Instant::now() + Duration::from_secs(86_400 * 365)), 0);
         assert_eq!(overrides_kept(&r), ["i1"]);

@@ -267,12 +267,12 @@ impl NodeApi {
         Ok(found)
     }
 
-    /// Sets (`Some(status)`) or clears (`None`) an admin's status override
-    /// of an instance (it need not be registered yet): every node shows that
-    /// status for it until it is cleared (or its instance is gone for the
-    /// retention), whatever its provider sends. Needs
-    /// an admin grant on the service; audited. Returns whether anything
-    /// changed.
+    /// Sets (`Some(status)`) or clears (`None`) a status override of an
+    /// instance: every node shows that status for it until it is cleared
+    /// (or its instance is gone for the retention), whatever its provider
+    /// sends. An admin of the service overrides any instance (registered or
+    /// not yet); a writer only its own registered instance, and never an
+    /// override someone else set. Audited. Returns whether anything changed.
     pub fn set_status_override(
         &self,
         caller: &Caller,
@@ -284,10 +284,11 @@ impl NodeApi {
         let key = validate::instance_key("key", &k, &self.registry.config().limits).map_err(|e| self.invalid(e))?;
         let shown = || display_key(&key);
         let action = if status.is_some() { "set status override" } else { "clear status override" };
-        if let Err(e) = self.check(caller, Role::Admin, &key.namespace, &key.service) {
+        if let Err(e) = self.check(caller, Role::Write, &key.namespace, &key.service) {
             self.audit_refusal(caller, action, shown, &e);
             return Err(e);
         }
+        let writer = self.writer(caller, &key.namespace, &key.service);
         let o = match status {
             Some(v1::Status::Unspecified) => {
                 return Err(self.invalid(ValidationError {
@@ -306,7 +307,10 @@ impl NodeApi {
             None => None,
         };
         let reason = status.map(|s| s.as_str_name().to_string()).unwrap_or_default();
-        let changed = self.registry.set_status_override(&key, o);
+        let changed = self
+            .registry
+            .set_status_override(&key, o, &writer)
+            .inspect_err(|e| self.audit_refusal(caller, action, shown, e))?;
         self.auth.audit().record(caller, action, shown, Outcome::Allowed, &reason);
         Ok(changed)
     }

@@ -13,7 +13,7 @@ use registry_node::auth::tokens::sha256_hex;
 use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
 use registry_proto::v1;
 use registry_tests::tools::python_module;
-use registry_tests::{PROMPTLY, Watch, client, http_request, metric, start_node, test_config};
+use registry_tests::{PROMPTLY, Watch, client, eventually, http_json, http_request, metric, start_node, test_config};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -30,10 +30,19 @@ struct PyClient {
 impl PyClient {
     /// Starts py-eureka-client; it has registered when this returns.
     async fn start(http: SocketAddr, app: &str, id: &str, port: u16) -> Result<Self> {
+        Self::start_url(format!("http://{http}/eureka/"), app, id, port).await
+    }
+
+    /// [`Self::start`] with HTTP basic auth in the URL, as Spring writes it.
+    async fn start_as(http: SocketAddr, user: &str, token: &str, app: &str, id: &str, port: u16) -> Result<Self> {
+        Self::start_url(format!("http://{user}:{token}@{http}/eureka/"), app, id, port).await
+    }
+
+    async fn start_url(url: String, app: &str, id: &str, port: u16) -> Result<Self> {
         let python = python_module("py_eureka_client", &[PY_EUREKA_CLIENT])?;
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eureka").join("py_client.py");
         let mut command = tokio::process::Command::new(python);
-        command.arg(script).args([format!("http://{http}/eureka/"), app.into(), id.into(), port.to_string()]);
+        command.arg(script).args([url, app.into(), id.into(), port.to_string()]);
         Self::spawn(command, "py-eureka-client").await
     }
 
@@ -308,6 +317,77 @@ async fn eureka_calls_authenticate_with_basic_auth() -> Result<()> {
         http_request(http, "PUT", "/eureka/apps/ORDERS/o-1", &[("authorization", &basic("shop", &token))], None)
             .await?;
     ensure!(status == 404, "renewing a cancelled instance: {status}");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Spring's `/actuator/service-registry` and py-eureka-client's
+/// `status_update` take an instance out of traffic through Eureka's status
+/// override, with the instance's own credential: with auth on, every reader
+/// sees it OUT_OF_SERVICE until the client clears the override. Another
+/// writer of the service may not touch it, and the instance may not clear
+/// an admin's override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_takes_itself_out_of_service_with_its_own_credential() -> Result<()> {
+    let token = || format!("{:032x}", rand::random::<u128>());
+    let (shop, rival, ops) = (token(), token(), token());
+    let entry = |name: &str, token: &str, services: &str, role| TokenEntry {
+        name: name.into(),
+        sha256: sha256_hex(token.as_bytes()),
+        grants: vec![Grant { namespace: "default".into(), services: services.into(), role }],
+    };
+    let mut config = test_config("eureka-self-status");
+    config.auth.mode = Some(AuthMode::Enforce);
+    config.auth.tokens = vec![
+        entry("shop", &shop, "orders", Role::Write),
+        entry("rival", &rival, "orders", Role::Write),
+        entry("ops", &ops, "*", Role::Admin),
+    ];
+    let node = start_node(config).await?;
+    let http = node.http_addr;
+    let admin = format!("Bearer {ops}");
+    let basic = |user: &str, pass: &str| {
+        use base64::Engine as _;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    };
+    // The instance as every reader sees it: its status and who overrides it.
+    let shown = || async {
+        let path = "/v1/namespaces/default/services/orders";
+        let (_, d) = http_json(http, "GET", path, &[("authorization", &admin)], None).await.ok()?;
+        let i = &d["instances"].as_array()?.first()?.clone();
+        Some((i["status"].as_str()?.to_string(), i["statusOverride"]["setBy"].as_str().map(str::to_string)))
+    };
+    let until_shown = |what: &'static str, want: (&'static str, Option<&'static str>)| async move {
+        eventually(what, PROMPTLY, || async {
+            let (status, by) = shown().await?;
+            (status == want.0 && by.as_deref() == want.1).then_some(())
+        })
+        .await
+    };
+
+    let mut client = PyClient::start_as(http, "shop", &shop, "orders", "o-1", 8080).await?;
+    until_shown("registered UP", ("STATUS_UP", None)).await?;
+    ensure!(client.ask("status OUT_OF_SERVICE").await? == "status sent");
+    until_shown("out of service by its own hand", ("STATUS_OUT_OF_SERVICE", Some("shop"))).await?;
+    // Another writer of the service may not clear it.
+    let path = "/eureka/apps/ORDERS/o-1/status";
+    let (status, text) =
+        http_request(http, "DELETE", path, &[("authorization", &basic("rival", &rival))], None).await?;
+    ensure!(status == 403, "another principal cleared it: {status} {text}");
+    ensure!(client.ask("clear-status").await? == "clear sent");
+    eventually("the override cleared by the instance", PROMPTLY, || async {
+        shown().await.filter(|(_, by)| by.is_none())
+    })
+    .await?;
+    // An admin's override is not the instance's to clear.
+    let (status, _) =
+        http_request(http, "PUT", &format!("{path}?value=OUT_OF_SERVICE"), &[("authorization", &admin)], None).await?;
+    ensure!(status == 200, "admin override: {status}");
+    until_shown("out of service by an admin", ("STATUS_OUT_OF_SERVICE", Some("ops"))).await?;
+    let (status, text) = http_request(http, "DELETE", path, &[("authorization", &basic("shop", &shop))], None).await?;
+    ensure!(status == 403, "the instance cleared an admin's override: {status} {text}");
+    ensure!(shown().await == Some(("STATUS_OUT_OF_SERVICE".into(), Some("ops".into()))), "unchanged");
+    ensure!(client.ask("stop").await? == "stopped");
     node.shutdown().await;
     Ok(())
 }

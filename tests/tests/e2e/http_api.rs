@@ -328,10 +328,8 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
     let mut watch = SseStream::open(a, "/v1/watch?service=orders", &[("authorization", &w)]).await?;
     watch.next_named("snapshot", PROMPTLY).await?;
 
-    // Only an admin may override; the admin reaches node b, the provider is on a.
+    // The admin reaches node b, the provider is on a.
     let oos = json!({ "status": "STATUS_OUT_OF_SERVICE" });
-    let (status, e) = http_json(b, "PUT", &status_path, &[("authorization", &w)], Some(&oos)).await?;
-    ensure!(status == 403 && e["code"] == "PERMISSION_DENIED", "{status} {e}");
     let (status, r) = http_json(b, "PUT", &status_path, &[("authorization", &o)], Some(&oos)).await?;
     ensure!(status == 200 && r["changed"] == true, "{status} {r}");
     let delta = watch.next_named("delta", PROMPTLY).await?;
@@ -341,6 +339,21 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
         shown["statusOverride"]["setBy"] == "ops" && shown["statusOverride"]["providerStatus"] == "STATUS_UP",
         "{shown}"
     );
+    // The provider may override its own instance, but not replace or clear
+    // an admin's override (node b has its instance by now: a shows b's override).
+    registry_tests::eventually("node b has the instance", PROMPTLY, || async {
+        let (_, d) =
+            http_json(b, "GET", "/v1/namespaces/default/services/orders", &[("authorization", &w)], None).await.ok()?;
+        (d["instances"].as_array()?.len() == 1).then_some(())
+    })
+    .await?;
+    for (method, body) in [("DELETE", None), ("PUT", Some(&oos))] {
+        let (status, e) = http_json(b, method, &status_path, &[("authorization", &w)], body).await?;
+        ensure!(
+            status == 403 && e["code"] == "PERMISSION_DENIED" && str_of(&e["message"]).contains("only an admin"),
+            "{method} by the provider: {status} {e}"
+        );
+    }
 
     // The provider re-registers (same lease, new metadata): still out of service.
     up["leaseId"] = json!(lease);

@@ -955,8 +955,10 @@ pub struct OverriddenJson {
     pub changed: bool,
 }
 
-/// Overrides an instance's status on every node (admin): take it out of
-/// traffic (`STATUS_OUT_OF_SERVICE`) without touching its provider. The
+/// Overrides an instance's status on every node: take it out of traffic
+/// (`STATUS_OUT_OF_SERVICE`) without touching its provider. An admin of the
+/// service overrides any instance; a writer only its own, and never an
+/// override someone else set (403). The
 /// override stays, across re-registrations, until it is cleared or its
 /// instance has not been shown for `sessions.status_override_retention_ms`
 /// (1 hour by default).
@@ -979,8 +981,9 @@ async fn set_override(
     Ok(Json(OverriddenJson { changed }))
 }
 
-/// Clears an instance's status override (admin): it shows its provider's
-/// status again.
+/// Clears an instance's status override: it shows its provider's status
+/// again. An admin clears any; a writer only its own instance's override
+/// that it set itself.
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/services/{service}/instances/{instance_id}/status",
     tag = "registry",
     params(("namespace" = String, Path), ("service" = String, Path), ("instance_id" = String, Path)),
