@@ -44,7 +44,7 @@ export function service({ main, params, signedOut }) {
 
   const columns = [
     { label: 'Instance' }, { label: 'Address' }, { label: 'Status' }, { label: 'Zone' }, { label: 'Weight', num: true },
-    { label: 'Metadata' }, { label: 'Node' }, { label: 'Age', num: true },
+    { label: 'Metadata' }, { label: 'Node' }, { label: 'Last write', num: true },
   ];
   if (session.admin) columns.push({ label: 'Actions', num: true });
 
@@ -62,7 +62,7 @@ export function service({ main, params, signedOut }) {
       h('td', null, Object.entries(i.metadata || {}).map(([k, v]) => h('span', { class: 'chip' }, `${k}=${v}`))),
       h('td', null, d.ownerNode || h('span', { class: 'zero' }, '…')),
       h('td', { class: 'num', title: d.updatedUnixMs ? `written ${new Date(Number(d.updatedUnixMs)).toISOString()}` : null },
-        d.updatedUnixMs ? ago(d.updatedUnixMs) : '—'),
+        d.updatedUnixMs ? `${ago(d.updatedUnixMs)} ago` : '—'),
       session.admin ? h('td', null, h('div', { class: 'actions' }, actions(i))) : null);
   }
 
@@ -231,7 +231,7 @@ export function service({ main, params, signedOut }) {
         details.set(i.instanceId, { ownerNode: i.ownerNode, updatedUnixMs: i.updatedUnixMs });
         if (!snapshotSeen) instances.set(i.instanceId, i);
       }
-      reorder(); // every row's node and age may have changed
+      reorder(); // every row's node and last write may have changed
       consumers = s.consumers;
       drawConsumers();
       draw();
