@@ -1040,18 +1040,58 @@ async fn watch(
     };
     let rx = h.api.watch(&caller, request, Some(who.peer.addr))?;
     // After an `end` the node drops its side, and the stream ends.
-    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| Ok::<Event, Infallible>(sse_event(item)));
+    let renders = h.sse.clone();
+    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        Ok::<Event, Infallible>(match item {
+            Ok(frame) => renders.event(&frame),
+            Err(e) => json_event("end", &EndEvent { reason: e.to_string() }),
+        })
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// One watch item as a server-sent event.
-fn sse_event(item: crate::api::WatchItem) -> Event {
+/// The server-sent events of the frames sent lately, shared by every watch
+/// stream of the node. A change reaches every watcher of its service as the
+/// same frame (one buffer), so the first stream to send it renders its JSON
+/// and the others copy the event: a push to a thousand SSE watchers renders
+/// once, as a gRPC push encodes once. An entry holds its frame's buffer, so
+/// no other frame can be at that address while the entry is here; frames
+/// over [`SSE_RENDER_MAX_BYTES`] (large snapshots) are rendered each time.
+#[derive(Debug, Default)]
+pub(super) struct SseRenders(parking_lot::Mutex<std::collections::VecDeque<(bytes::Bytes, Event)>>);
+
+/// Events kept in [`SseRenders`].
+const SSE_RENDERS: usize = 64;
+/// Largest frame whose event is kept: deltas and small snapshots.
+const SSE_RENDER_MAX_BYTES: usize = 16 * 1024;
+
+impl SseRenders {
+    /// `frame` as a server-sent event, rendered now or by another stream.
+    pub(super) fn event(&self, frame: &registry_proto::SubscribeFrame) -> Event {
+        let bytes = &frame.0;
+        if bytes.is_empty() || bytes.len() > SSE_RENDER_MAX_BYTES {
+            return sse_event(frame);
+        }
+        let same = |b: &bytes::Bytes| b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len();
+        if let Some((_, event)) = self.0.lock().iter().rev().find(|(b, _)| same(b)) {
+            return event.clone();
+        }
+        let event = sse_event(frame);
+        let mut kept = self.0.lock();
+        if !kept.iter().any(|(b, _)| same(b)) {
+            if kept.len() == SSE_RENDERS {
+                kept.pop_front();
+            }
+            kept.push_back((bytes.clone(), event.clone()));
+        }
+        event
+    }
+}
+
+/// One frame as a server-sent event.
+fn sse_event(frame: &registry_proto::SubscribeFrame) -> Event {
     use v1::subscribe_response::Kind;
     let end = |reason: String| json_event("end", &EndEvent { reason });
-    let frame = match item {
-        Ok(frame) => frame,
-        Err(e) => return end(e.to_string()),
-    };
     match frame.decode().ok().and_then(|r| r.kind) {
         Some(Kind::Snapshot(s)) => json_event(
             "snapshot",
@@ -1296,6 +1336,56 @@ fn json_event(name: &str, data: &impl Serialize) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A delta of `orders` upserting instance `id`, in a buffer of its own.
+    fn delta(id: &str, padding: usize) -> registry_proto::SubscribeFrame {
+        let instance = v1::Instance {
+            namespace: "default".into(),
+            service: "orders".into(),
+            instance_id: id.into(),
+            host: "10.0.0.1".into(),
+            port: 80,
+            metadata: [("pad".to_string(), "x".repeat(padding))].into(),
+            ..Default::default()
+        };
+        registry_proto::SubscribeFrame::encode(&v1::SubscribeResponse {
+            kind: Some(v1::subscribe_response::Kind::Delta(v1::ServiceDelta {
+                namespace: "default".into(),
+                service: "orders".into(),
+                revision: 2,
+                prev_revision: 1,
+                upserted: vec![instance],
+                ..Default::default()
+            })),
+        })
+    }
+
+    #[test]
+    fn a_frame_is_rendered_once_for_every_stream_that_sends_it() {
+        let renders = SseRenders::default();
+        let kept = || renders.0.lock().len();
+        let frame = delta("i1", 0);
+        let first = format!("{:?}", renders.event(&frame));
+        assert!(first.contains("delta") && first.contains("i1"), "{first}");
+        // Another stream's copy of the same frame (the same buffer).
+        assert_eq!(format!("{:?}", renders.event(&frame.clone())), first);
+        assert_eq!(kept(), 1, "rendered once");
+        // Equal bytes in another buffer are another frame: rendered alike.
+        assert_eq!(format!("{:?}", renders.event(&delta("i1", 0))), first);
+        assert_eq!(kept(), 2);
+        // Each frame keeps its own rendering.
+        assert!(format!("{:?}", renders.event(&delta("i2", 0))).contains("i2"));
+        assert_eq!(format!("{:?}", renders.event(&frame)), first);
+        // Large frames are rendered each time, and the oldest renderings go.
+        assert!(format!("{:?}", renders.event(&delta("big", SSE_RENDER_MAX_BYTES))).contains("big"));
+        assert_eq!(kept(), 3);
+        let frames: Vec<_> = (0..SSE_RENDERS).map(|n| delta(&format!("n{n}"), 0)).collect();
+        for f in &frames {
+            let _ = renders.event(f);
+        }
+        assert_eq!(kept(), SSE_RENDERS);
+        assert!(!renders.0.lock().iter().any(|(b, _)| b.as_ptr() == frame.0.as_ptr()), "the first is gone");
+    }
 
     #[test]
     fn page_tokens_round_trip_and_garbage_is_refused() {

@@ -43,6 +43,8 @@ struct Http {
     api: NodeApi,
     tls: Option<Arc<TlsServer>>,
     shutdown: CancellationToken,
+    /// Server-sent events rendered lately, shared by every watch stream.
+    sse: Arc<json::SseRenders>,
 }
 
 /// The HTTP port's routes. `shutdown` starts the node's graceful shutdown
@@ -57,7 +59,7 @@ pub fn router(api: NodeApi, tls: Option<Arc<TlsServer>>, shutdown: CancellationT
         .route("/admin/members", get(admin_members))
         .merge(json::routes())
         .merge(console::routes())
-        .with_state(Http { registry, readiness, api: api.clone(), tls, shutdown })
+        .with_state(Http { registry, readiness, api: api.clone(), tls, shutdown, sse: Default::default() })
         .merge(crate::frontend::eureka::router(api))
 }
 
