@@ -119,19 +119,27 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
     Ok(())
 }
 
-/// The same over TLS with auth enforced: the xDS client proves who it is
-/// with a client certificate (the bootstrap's `tls` channel credentials) or
-/// a bearer token (its `jwt_token_file` call credentials), and the node
-/// applies that principal's read grants, as it does for `registry.v1`. A
-/// principal without a grant on the service is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result<()> {
-    use registry_node::auth::{AuthMode, CertEntry, Grant, Role};
+/// A node that requires TLS (client certificates optional) and enforces
+/// auth, and the means to reach it: its CA, a directory for certificates,
+/// and `ops`, an admin of `default` by client certificate.
+struct SecuredNode {
+    node: registry_node::NodeHandle,
+    ca: registry_tests::pki::TestCa,
+    dir: std::path::PathBuf,
+    ca_file: std::path::PathBuf,
+    ops: registry_tests::pki::ClientTls,
+}
+
+/// [`SecuredNode`] whose other principals read `default`: `readers` by
+/// client certificate (subject, services), and a token (name, token,
+/// services).
+async fn secured_node(test: &str, readers: &[(&str, &str)], token: (&str, &str, &str)) -> Result<SecuredNode> {
+    use registry_node::auth::{AuthMode, CertEntry, Grant, Role, TokenEntry};
     use registry_node::listen::{ClientAuth, TlsSettings};
     use registry_tests::pki::{ClientTls, TestCa, Validity, cert_dir};
 
-    let ca = TestCa::new("xds test CA")?;
-    let dir = cert_dir("xds-mtls")?;
+    let ca = TestCa::new(&format!("{test} CA"))?;
+    let dir = cert_dir(test)?;
     let (cert_file, key_file) = ca.server()?.write(&dir, "server")?;
     let ca_file = ca.write(&dir, "ca")?;
     let mut config = test_config("n1");
@@ -143,11 +151,30 @@ async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> R
     });
     config.auth.mode = Some(AuthMode::Enforce);
     let grant = |services: &str, role| Grant { namespace: "default".into(), services: services.into(), role };
-    config.auth.certs = vec![
-        CertEntry { name: "ops".into(), subject: "ops".into(), grants: vec![grant("*", Role::Admin)] },
-        CertEntry { name: "checkout".into(), subject: "checkout".into(), grants: vec![grant("echo", Role::Read)] },
-        CertEntry { name: "nosy".into(), subject: "nosy".into(), grants: vec![grant("other", Role::Read)] },
-    ];
+    let cert = |name: &str, grants| CertEntry { name: name.into(), subject: name.into(), grants };
+    config.auth.certs = std::iter::once(cert("ops", vec![grant("*", Role::Admin)]))
+        .chain(readers.iter().map(|(name, services)| cert(name, vec![grant(services, Role::Read)])))
+        .collect();
+    let (name, secret, services) = token;
+    config.auth.tokens = vec![TokenEntry {
+        name: name.into(),
+        sha256: registry_node::auth::tokens::sha256_hex(secret.as_bytes()),
+        grants: vec![grant(services, Role::Read)],
+    }];
+    let node = start_node(config).await?;
+    let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
+    Ok(SecuredNode { node, ca, dir, ca_file, ops })
+}
+
+/// The same over TLS with auth enforced: the xDS client proves who it is
+/// with a client certificate (the bootstrap's `tls` channel credentials) or
+/// a bearer token (its `jwt_token_file` call credentials), and the node
+/// applies that principal's read grants, as it does for `registry.v1`. A
+/// principal without a grant on the service is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result<()> {
+    use registry_tests::pki::Validity;
+
     // A token shaped as a JWT (header.claims.signature, base64url), which
     // gRPC's call credentials insist on; for the node it is opaque.
     let b64 = |s: &str| base64url(s.as_bytes());
@@ -157,13 +184,9 @@ async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> R
         b64(r#"{"sub":"checkout","exp":4102444800}"#),
         b64(&format!("{:032x}", rand::random::<u128>()))
     );
-    config.auth.tokens = vec![registry_node::auth::TokenEntry {
-        name: "checkout-token".into(),
-        sha256: registry_node::auth::tokens::sha256_hex(token.as_bytes()),
-        grants: vec![grant("echo", Role::Read)],
-    }];
-    let node = start_node(config).await?;
-    let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
+    let SecuredNode { node, ca, dir, ca_file, ops } =
+        secured_node("xds-mtls", &[("checkout", "echo"), ("nosy", "other")], ("checkout-token", &token, "echo"))
+            .await?;
     let mut c = RegistryClient::new(ops.channel(node.grpc_addr).await?);
     let backends = Backends::start(&["b1", "b2"])?;
     for b in ["b1", "b2"] {
@@ -338,37 +361,12 @@ async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()>
 /// counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result<()> {
-    use registry_node::auth::{AuthMode, CertEntry, Grant, Role, TokenEntry};
-    use registry_node::listen::{ClientAuth, TlsSettings};
-    use registry_tests::pki::{ClientTls, TestCa, Validity, cert_dir};
+    use registry_tests::pki::Validity;
     use registry_tests::xds::EnvoyTls;
 
-    let ca = TestCa::new("envoy test CA")?;
-    let dir = cert_dir("envoy-mtls")?;
-    let (cert_file, key_file) = ca.server()?.write(&dir, "server")?;
-    let ca_file = ca.write(&dir, "ca")?;
-    let mut config = test_config("n1");
-    config.tls = Some(TlsSettings {
-        cert_file,
-        key_file,
-        client_ca_file: Some(ca_file.clone()),
-        client_auth: Some(ClientAuth::Optional),
-    });
-    config.auth.mode = Some(AuthMode::Enforce);
-    let grant = |services: &str, role| Grant { namespace: "default".into(), services: services.into(), role };
-    config.auth.certs = vec![
-        CertEntry { name: "ops".into(), subject: "ops".into(), grants: vec![grant("*", Role::Admin)] },
-        CertEntry { name: "edge".into(), subject: "edge".into(), grants: vec![grant("*", Role::Read)] },
-        CertEntry { name: "nosy".into(), subject: "nosy".into(), grants: vec![grant("web", Role::Read)] },
-    ];
     let token = format!("{:032x}", rand::random::<u128>());
-    config.auth.tokens = vec![TokenEntry {
-        name: "edge-token".into(),
-        sha256: registry_node::auth::tokens::sha256_hex(token.as_bytes()),
-        grants: vec![grant("*", Role::Read)],
-    }];
-    let node = start_node(config).await?;
-    let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
+    let SecuredNode { node, ca, dir, ca_file, ops } =
+        secured_node("envoy-mtls", &[("edge", "*"), ("nosy", "web")], ("edge-token", &token, "*")).await?;
     let mut c = RegistryClient::new(ops.channel(node.grpc_addr).await?);
     let web = Backends::http(&["h1", "h2"])?;
     for b in ["h1", "h2"] {
