@@ -78,8 +78,8 @@ struct State {
     stale: StaleQueue,
     /// Status overrides shown now, by instance (see `set_status_override`).
     overrides: HashMap<InstanceKey, Arc<v1::StatusOverride>>,
-    /// Overrides whose instance is not shown, since when: dropped once that
-    /// is `sessions.status_override_retention_ms` (see `drop_gone_overrides`).
+    /// Overrides whose instance is not shown, and when they are to be
+    /// dropped (see `drop_gone_overrides`).
     overridden_gone: HashMap<InstanceKey, Instant>,
     /// When `drop_gone_overrides` next has something to do.
     overrides_due: Option<Instant>,
@@ -703,14 +703,15 @@ impl Registry {
         n
     }
 
-    /// Drops the status overrides whose instance has not been shown for
-    /// `sessions.status_override_retention_ms`: an override outlives its
-    /// instance's restarts and moves, not its instance. Every node does the
-    /// same (the deletes agree). Not while this node's view is degraded (cut
-    /// off from the bus, or a peer orphaned): an instance missing from a
+    /// Drops the status overrides whose instance is gone: an admin's once
+    /// the instance has not been shown for
+    /// `sessions.status_override_retention_ms` (it outlives the instance's
+    /// restarts and moves, not the instance), a provider's own as soon as the
+    /// instance is gone (`ends_with_instance`, as in Eureka). Every node does
+    /// the same (the deletes agree). Not while this node's view is degraded
+    /// (cut off from the bus, or a peer orphaned): an instance missing from a
     /// partial view may be alive. Returns how many were dropped.
     pub fn drop_gone_overrides(&self, now: Instant) -> usize {
-        let retention = Duration::from_millis(self.config.sessions.status_override_retention_ms);
         let mut st = self.state.lock();
         if st.overrides_due.is_none_or(|due| now < due) {
             return 0;
@@ -721,31 +722,34 @@ impl Registry {
             return 0;
         }
         let due: Vec<InstanceKey> =
-            st.overridden_gone.iter().filter(|(_, since)| **since + retention <= now).map(|(k, _)| k.clone()).collect();
+            st.overridden_gone.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
         let mut all = Outcome::default();
         for key in &due {
             st.overridden_gone.remove(key);
-            tracing::info!(key = %display_key(key), ?retention, "status override dropped: its instance is long gone");
+            tracing::info!(key = %display_key(key), "status override dropped: its instance is gone");
             if let Some((_, out)) = st.store.remove_local(&Key::StatusOverride(key.clone()), wall_ms()) {
                 all.extend(out);
             }
         }
-        st.overrides_due = st.overridden_gone.values().min().map(|since| *since + retention);
+        st.overrides_due = st.overridden_gone.values().min().copied();
         self.apply(&mut st, all);
         due.len()
     }
 
     /// Keeps `overridden_gone` true after the view changed for `key`: an
-    /// override without its instance shown starts (or keeps) counting.
+    /// override without its instance shown gets the time it is dropped at
+    /// (now for a provider's own, after the retention for an admin's).
     fn track_override(&self, st: &mut State, key: &InstanceKey) {
         let retention = self.config.sessions.status_override_retention_ms;
-        let gone = st.overrides.contains_key(key) && st.store.visible(&Key::Instance(key.clone())).is_none();
-        if !gone {
+        let gone = st.store.visible(&Key::Instance(key.clone())).is_none();
+        let Some(ends_with_instance) = st.overrides.get(key).filter(|_| gone).map(|o| o.ends_with_instance) else {
             st.overridden_gone.remove(key);
-        } else if retention != 0 && !st.overridden_gone.contains_key(key) {
+            return;
+        };
+        if (ends_with_instance || retention != 0) && !st.overridden_gone.contains_key(key) {
             let now = Instant::now();
-            st.overridden_gone.insert(key.clone(), now);
-            let due = now + Duration::from_millis(retention);
+            let due = if ends_with_instance { now } else { now + Duration::from_millis(retention) };
+            st.overridden_gone.insert(key.clone(), due);
             if st.overrides_due.is_none_or(|d| due < d) {
                 st.overrides_due = Some(due);
             }
@@ -1032,7 +1036,7 @@ mod tests {
             status: v1::Status::OutOfService as i32,
             set_by: by.into(),
             set_unix_ms: 1,
-            provider_status: 0,
+            ..Default::default()
         })
     }
 
@@ -1157,6 +1161,27 @@ mod tests {
         set_override(&r, &InstanceKey::new("default", "orders", "never"), oos("ops"));
         assert_eq!(r.drop_gone_overrides(t1 + retention), 1);
         assert_eq!(overrides_kept(&r), ["i2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_providers_own_override_ends_with_its_instance() {
+        let r = registry();
+        let (_, owner, _) = r.lease("", Duration::from_secs(3_600), None).expect("lease");
+        r.upsert(owner, instance("mine", 1), &Writer::default()).expect("upsert");
+        let key = InstanceKey::new("default", "orders", "mine");
+        let own = oos("shop").map(|o| v1::StatusOverride { ends_with_instance: true, ..o });
+        assert!(set_override(&r, &key, own));
+        assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService);
+        // Its instance leaves (Spring's graceful shutdown: out of service,
+        // then deregistered): the override is due at once, not in an hour.
+        let t0 = Instant::now();
+        r.deregister(&key, &Writer::default()).expect("deregister");
+        assert_eq!(r.next_deadline(), Some(t0));
+        assert_eq!(r.drop_gone_overrides(t0), 1);
+        assert!(overrides_kept(&r).is_empty());
+        // The next deployment of the same instance is its provider's status.
+        r.upsert(owner, instance("mine", 2), &Writer::default()).expect("upsert");
+        assert_eq!(statuses(&r), [("mine".into(), v1::Status::Unspecified, None)]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,18 @@ impl Default for StreamSignals {
     }
 }
 
+/// Whose status override a request sets when auth cannot tell (auth off):
+/// the writer's role decides when it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverrideFrom {
+    /// An operator's (the JSON API, the console): it outlives the
+    /// instance's restarts.
+    Operator,
+    /// The instance's own provider's (Eureka's `/status`, which Spring's
+    /// service-registry endpoint sends): it ends with the instance.
+    Provider,
+}
+
 /// The node's API. Cheap to clone: every front-end holds one.
 #[derive(Clone, Debug)]
 pub struct NodeApi {
@@ -272,12 +284,16 @@ impl NodeApi {
     /// (or its instance is gone for the retention), whatever its provider
     /// sends. An admin of the service overrides any instance (registered or
     /// not yet); a writer only its own registered instance, and never an
-    /// override someone else set. Audited. Returns whether anything changed.
+    /// override someone else set. A writer's ends with its instance (as a
+    /// Eureka client's does in Eureka), an admin's outlives restarts; with
+    /// auth off `from` tells which it is. Audited. Returns whether anything
+    /// changed.
     pub fn set_status_override(
         &self,
         caller: &Caller,
         key: Option<v1::InstanceKey>,
         status: Option<v1::Status>,
+        from: OverrideFrom,
     ) -> Result<bool, RegistryError> {
         self.registry.check_accepting()?;
         let k = key.unwrap_or_default();
@@ -303,6 +319,10 @@ impl NodeApi {
                 set_by: caller.name().unwrap_or_default().to_string(),
                 set_unix_ms: wall_ms(),
                 provider_status: 0,
+                ends_with_instance: match &writer.principal {
+                    Some(_) => !writer.may_override,
+                    None => from == OverrideFrom::Provider,
+                },
             }),
             None => None,
         };

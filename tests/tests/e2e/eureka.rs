@@ -369,6 +369,7 @@ async fn a_provider_takes_itself_out_of_service_with_its_own_credential() -> Res
     until_shown("registered UP", ("STATUS_UP", None)).await?;
     ensure!(client.ask("status OUT_OF_SERVICE").await? == "status sent");
     until_shown("out of service by its own hand", ("STATUS_OUT_OF_SERVICE", Some("shop"))).await?;
+    let overrides = |text: &str| metric(text, "status_overrides");
     // Another writer of the service may not clear it.
     let path = "/eureka/apps/ORDERS/o-1/status";
     let (status, text) =
@@ -387,7 +388,24 @@ async fn a_provider_takes_itself_out_of_service_with_its_own_credential() -> Res
     let (status, text) = http_request(http, "DELETE", path, &[("authorization", &basic("shop", &shop))], None).await?;
     ensure!(status == 403, "the instance cleared an admin's override: {status} {text}");
     ensure!(shown().await == Some(("STATUS_OUT_OF_SERVICE".into(), Some("ops".into()))), "unchanged");
+    let (status, _) = http_request(http, "DELETE", path, &[("authorization", &admin)], None).await?;
+    ensure!(status == 200, "the admin clears it: {status}");
+    until_shown("the admin's override cleared", ("STATUS_UP", None)).await?;
+
+    // Spring's graceful shutdown: out of service by its own hand, then
+    // deregistered. The override ends with the instance, as in Eureka: the
+    // next deployment of the same instance is UP, not out of service.
+    ensure!(client.ask("status OUT_OF_SERVICE").await? == "status sent");
+    until_shown("out of service before stopping", ("STATUS_OUT_OF_SERVICE", Some("shop"))).await?;
     ensure!(client.ask("stop").await? == "stopped");
+    eventually("the instance's own override gone with it", PROMPTLY, || async {
+        let (_, text) = http_request(http, "GET", "/metrics", &[("authorization", &admin)], None).await.ok()?;
+        (overrides(&text)? == 0).then_some(())
+    })
+    .await?;
+    let mut next = PyClient::start_as(http, "shop", &shop, "orders", "o-1", 8080).await?;
+    until_shown("the next deployment is UP", ("STATUS_UP", None)).await?;
+    ensure!(next.ask("stop").await? == "stopped");
     node.shutdown().await;
     Ok(())
 }

@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use registry_proto::v1;
 
 use self::codec::Node;
-use crate::api::{NodeApi, RegistryError};
+use crate::api::{NodeApi, OverrideFrom, RegistryError};
 use crate::auth::Caller;
 use crate::listen::Peer;
 use crate::metrics::Metrics;
@@ -416,7 +416,7 @@ fn override_status(
         Ok(_) => return refusal(StatusCode::NOT_FOUND, "not registered"),
         Err(err) => return registry_error(&err),
     }
-    match e.api.set_status_override(&caller, Some(key), status) {
+    match e.api.set_status_override(&caller, Some(key), status, OverrideFrom::Provider) {
         Ok(_) => StatusCode::OK.into_response(),
         Err(RegistryError::Invalid(msg)) => e.bad(msg),
         Err(err) => registry_error(&err),

@@ -39,7 +39,7 @@ use tokio_stream::StreamExt as _;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::Http;
-use crate::api::{NodeApi, RegistryError};
+use crate::api::{NodeApi, OverrideFrom, RegistryError};
 use crate::auth::{Caller, Role};
 use crate::listen::Peer;
 use crate::views::{StatusCounts, Views};
@@ -277,6 +277,9 @@ pub struct StatusOverrideJson {
     pub set_unix_ms: String,
     /// The status the provider itself reports.
     pub provider_status: StatusJson,
+    /// The provider set it on its own instance: it ends when the instance
+    /// is deregistered or expires (an admin's outlives restarts).
+    pub ends_with_instance: bool,
 }
 
 impl From<v1::StatusOverride> for StatusOverrideJson {
@@ -286,6 +289,7 @@ impl From<v1::StatusOverride> for StatusOverrideJson {
             provider_status: o.provider_status().into(),
             set_by: o.set_by,
             set_unix_ms: o.set_unix_ms.to_string(),
+            ends_with_instance: o.ends_with_instance,
         }
     }
 }
@@ -977,7 +981,7 @@ async fn set_override(
     let caller = who.caller(&h.api)?;
     let Json(b) = body?;
     let key = v1::InstanceKey { namespace, service, instance_id };
-    let changed = h.api.set_status_override(&caller, Some(key), Some(b.status.into()))?;
+    let changed = h.api.set_status_override(&caller, Some(key), Some(b.status.into()), OverrideFrom::Operator)?;
     Ok(Json(OverriddenJson { changed }))
 }
 
@@ -996,7 +1000,7 @@ async fn clear_override(
 ) -> Answer<OverriddenJson> {
     let caller = who.caller(&h.api)?;
     let key = v1::InstanceKey { namespace, service, instance_id };
-    let changed = h.api.set_status_override(&caller, Some(key), None)?;
+    let changed = h.api.set_status_override(&caller, Some(key), None, OverrideFrom::Operator)?;
     Ok(Json(OverriddenJson { changed }))
 }
 
