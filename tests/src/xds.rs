@@ -319,6 +319,11 @@ impl Envoy {
         Self::start_with(node, node_id, namespace, cluster, None)
     }
 
+    /// [`Envoy::start`] over incremental xDS (`api_type: DELTA_GRPC`).
+    pub fn start_delta(node: std::net::SocketAddr, node_id: &str, cluster: &str) -> Result<Self> {
+        Self::launch(node, node_id, None, cluster, None, "DELTA_GRPC")
+    }
+
     /// [`Envoy::start`], reaching the node over TLS when `tls` says how.
     pub fn start_with(
         node: std::net::SocketAddr,
@@ -326,6 +331,17 @@ impl Envoy {
         namespace: Option<&str>,
         cluster: &str,
         tls: Option<&EnvoyTls>,
+    ) -> Result<Self> {
+        Self::launch(node, node_id, namespace, cluster, tls, "GRPC")
+    }
+
+    fn launch(
+        node: std::net::SocketAddr,
+        node_id: &str,
+        namespace: Option<&str>,
+        cluster: &str,
+        tls: Option<&EnvoyTls>,
+        api_type: &str,
     ) -> Result<Self> {
         let envoy = crate::tools::python_tool("envoy", &[ENVOY])?;
         let port = crate::nats::free_port()?;
@@ -345,7 +361,7 @@ impl Envoy {
             "node": envoy_node,
             "dynamic_resources": {
                 "ads_config": {
-                    "api_type": "GRPC",
+                    "api_type": api_type,
                     "transport_api_version": "V3",
                     "grpc_services": [registry_grpc]
                 },

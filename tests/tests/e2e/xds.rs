@@ -425,6 +425,45 @@ async fn envoy_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result
     Ok(())
 }
 
+/// The same Envoy over incremental xDS (`api_type: DELTA_GRPC`): CDS by
+/// wildcard and EDS by name arrive as changes only, and a service whose
+/// instances are all gone is removed from Envoy (`removed_resources`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_over_delta_xds_routes_and_follows_changes() -> Result<()> {
+    let node = start_node(test_config("n1")).await?;
+    let web = Backends::http(&["h1", "h2", "h3"])?;
+    let mut c = client(node.grpc_addr).await?;
+    for b in ["h1", "h2"] {
+        register(&mut c, "", instance("web", b, web.port(b)), "").await?;
+    }
+    register(&mut c, "", instance("other", "o1", 1), "").await?;
+    let envoy = Envoy::start_delta(node.grpc_addr, "edge-delta", "web")?;
+    until_envoy(&envoy, "round robin over h1, h2", FIRST_CONTACT, &["h1", "h2"], 4).await?;
+    register(&mut c, "", instance("web", "h3", web.port("h3")), "").await?;
+    until_envoy(&envoy, "h3 added", PROMPTLY, &["h1", "h2", "h3"], 6).await?;
+    deregister(&mut c, "default", "web", "h1").await?;
+    until_envoy(&envoy, "h1 gone", PROMPTLY, &["h2", "h3"], 4).await?;
+    // Every instance gone: the cluster is removed, and requests fail.
+    for b in ["h2", "h3"] {
+        deregister(&mut c, "default", "web", b).await?;
+    }
+    eventually("no route once web is gone", PROMPTLY, || async {
+        through(&envoy, 2).await.iter().all(|a| a.is_err()).then_some(())
+    })
+    .await?;
+    // And back.
+    register(&mut c, "", instance("web", "h2", web.port("h2")), "").await?;
+    until_envoy(&envoy, "web back with h2", PROMPTLY, &["h2"], 2).await?;
+    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
+    for t in ["cds", "eds"] {
+        let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
+        assert!(metrics.contains(&line), "Envoy refused a {t} response\n{}", envoy.log_tail(30));
+    }
+    drop((envoy, web));
+    node.shutdown().await;
+    Ok(())
+}
+
 /// Base64url without padding, as JWTs are written.
 fn base64url(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -552,28 +591,31 @@ mod hostile {
     #[tokio::test]
     async fn garbage_ends_the_stream_with_invalid_argument() -> Result<()> {
         let node = start_node(test_config("n1")).await?;
-        let mut grpc = tonic::client::Grpc::new(channel(node.grpc_addr).await?);
-        grpc.ready().await?;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-        );
-        let codec = tonic_prost::ProstCodec::<Garbage, DiscoveryResponse>::default();
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(Garbage { resource_names: 7 }).await?;
-        let status = match grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec).await {
-            Err(s) => s,
-            Ok(r) => {
-                let mut rx = r.into_inner();
-                match tokio::time::timeout(PROMPTLY, rx.message()).await? {
-                    Err(s) => s,
-                    Ok(m) => bail!("garbage was answered: {m:?}"),
+        // State of the world, then incremental: the same garbage for both.
+        for (n, method) in ["StreamAggregatedResources", "DeltaAggregatedResources"].into_iter().enumerate() {
+            let mut grpc = tonic::client::Grpc::new(channel(node.grpc_addr).await?);
+            grpc.ready().await?;
+            let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}"
+            ))?;
+            let codec = tonic_prost::ProstCodec::<Garbage, DiscoveryResponse>::default();
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(Garbage { resource_names: 7 }).await?;
+            let status = match grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec).await {
+                Err(s) => s,
+                Ok(r) => {
+                    let mut rx = r.into_inner();
+                    match tokio::time::timeout(PROMPTLY, rx.message()).await? {
+                        Err(s) => s,
+                        Ok(m) => bail!("{method}: garbage was answered: {m:?}"),
+                    }
                 }
-            }
-        };
-        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains("not a DiscoveryRequest"), "{status:?}");
-        drop(tx);
-        assert_eq!(xds_metric(&node, "xds_bad_requests_total").await?, 1);
+            };
+            assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+            assert!(status.message().contains("not a DiscoveryRequest"), "{method}: {status:?}");
+            drop(tx);
+            assert_eq!(xds_metric(&node, "xds_bad_requests_total").await?, n as u64 + 1);
+        }
         still_serves(&node).await?;
         node.shutdown().await;
         Ok(())

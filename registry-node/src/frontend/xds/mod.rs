@@ -24,8 +24,11 @@
 //! the state when there is room, so a client that reads slowly or never
 //! ACKs gets the latest state when it catches up, never a backlog.
 //!
-//! Delta xDS (`DeltaAggregatedResources`) is not served (UNIMPLEMENTED):
-//! gRPC clients speak state of the world only.
+//! Both variants are served: state of the world
+//! (`StreamAggregatedResources`, gRPC clients and Envoy's default) and
+//! incremental (`DeltaAggregatedResources`, Envoy's `DELTA_GRPC`), on the
+//! same stream task with the bookkeeping of each ([`protocol::Sotw`],
+//! [`protocol::Delta`]).
 
 pub mod cache;
 pub mod protocol;
@@ -37,8 +40,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, BufMut, Bytes};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use prost::Message as _;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +54,7 @@ use crate::api::NodeApi;
 /// The gRPC name of the service.
 pub const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// Responses a stream may have queued for its client: state of the world
 /// needs no history, so a few cover a client that reads slowly.
@@ -89,6 +92,76 @@ impl DiscoveryFrame {
     }
 }
 
+/// A `DeltaDiscoveryResponse` written around resources already encoded:
+/// each resource an `envoy.service.discovery.v3.Resource` (name, version,
+/// the shared `Any`), and the names the client is to drop.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeltaFrame {
+    pub system_version_info: String,
+    /// (name, version, encoded `Any`).
+    pub resources: Vec<(String, String, Bytes)>,
+    pub type_url: &'static str,
+    pub nonce: String,
+    pub removed: Vec<String>,
+}
+
+impl DeltaFrame {
+    /// The `Resource` message's length: version (1), resource (2), name (3).
+    fn resource_len(name: &str, version: &str, any: &[u8]) -> usize {
+        let field = |tag: u32, len: usize| if len == 0 { 0 } else { len_delimited(tag, len) };
+        field(1, version.len()) + len_delimited(2, any.len()) + field(3, name.len())
+    }
+
+    /// The wire encoding of the `DeltaDiscoveryResponse` (fields 1, 2, 4, 5, 6).
+    pub fn write(&self, buf: &mut impl BufMut) {
+        put_field(1, self.system_version_info.as_bytes(), buf);
+        for (name, version, any) in &self.resources {
+            encode_key(2, WireType::LengthDelimited, buf);
+            encode_varint(Self::resource_len(name, version, any) as u64, buf);
+            put_field(1, version.as_bytes(), buf);
+            put_len_delimited(2, any, buf);
+            put_field(3, name.as_bytes(), buf);
+        }
+        put_field(4, self.type_url.as_bytes(), buf);
+        put_field(5, self.nonce.as_bytes(), buf);
+        for name in &self.removed {
+            put_len_delimited(6, name.as_bytes(), buf);
+        }
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        let field = |tag: u32, len: usize| if len == 0 { 0 } else { len_delimited(tag, len) };
+        field(1, self.system_version_info.len())
+            + self.resources.iter().map(|(n, v, a)| len_delimited(2, Self::resource_len(n, v, a))).sum::<usize>()
+            + field(4, self.type_url.len())
+            + field(5, self.nonce.len())
+            + self.removed.iter().map(|n| len_delimited(6, n.len())).sum::<usize>()
+    }
+}
+
+/// What a stream sends: a response of its variant.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdsFrame {
+    Sotw(DiscoveryFrame),
+    Delta(DeltaFrame),
+}
+
+impl AdsFrame {
+    fn write(&self, buf: &mut impl BufMut) {
+        match self {
+            Self::Sotw(f) => f.write(buf),
+            Self::Delta(f) => f.write(buf),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Self::Sotw(f) => f.encoded_len(),
+            Self::Delta(f) => f.encoded_len(),
+        }
+    }
+}
+
 fn len_delimited(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
@@ -109,17 +182,26 @@ fn put_len_delimited(tag: u32, bytes: &[u8], buf: &mut impl BufMut) {
 /// A request as it came: decoded, or why it could not be. The stream
 /// answers garbage with a typed error of its own (and counts it) rather
 /// than tonic's generic one.
-pub type Incoming = Result<DiscoveryRequest, prost::DecodeError>;
+pub type Incoming<R = DiscoveryRequest> = Result<R, prost::DecodeError>;
 
-/// Writes [`DiscoveryFrame`]s and reads [`Incoming`] requests.
-#[derive(Clone, Copy, Debug, Default)]
-struct AdsCodec;
+/// Writes [`AdsFrame`]s and reads [`Incoming`] requests of type `R`
+/// (`DiscoveryRequest` or `DeltaDiscoveryRequest`).
+#[derive(Debug, Default)]
+struct AdsCodec<R>(std::marker::PhantomData<fn() -> R>);
 
-impl Codec for AdsCodec {
-    type Encode = DiscoveryFrame;
-    type Decode = Incoming;
-    type Encoder = AdsCodec;
-    type Decoder = AdsCodec;
+impl<R> Clone for AdsCodec<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for AdsCodec<R> {}
+
+impl<R: prost::Message + Default + Send + 'static> Codec for AdsCodec<R> {
+    type Encode = AdsFrame;
+    type Decode = Incoming<R>;
+    type Encoder = AdsCodec<R>;
+    type Decoder = AdsCodec<R>;
 
     fn encoder(&mut self) -> Self::Encoder {
         *self
@@ -130,23 +212,23 @@ impl Codec for AdsCodec {
     }
 }
 
-impl Encoder for AdsCodec {
-    type Item = DiscoveryFrame;
+impl<R> Encoder for AdsCodec<R> {
+    type Item = AdsFrame;
     type Error = Status;
 
-    fn encode(&mut self, item: DiscoveryFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: AdsFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.reserve(item.encoded_len());
         item.write(dst);
         Ok(())
     }
 }
 
-impl Decoder for AdsCodec {
-    type Item = Incoming;
+impl<R: prost::Message + Default> Decoder for AdsCodec<R> {
+    type Item = Incoming<R>;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
-        let decoded = DiscoveryRequest::decode(&mut *src);
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Incoming<R>>, Status> {
+        let decoded = R::decode(&mut *src);
         // A message that failed half way leaves bytes behind: skip them, so
         // the next message starts where it should.
         let rest = src.remaining();
@@ -187,21 +269,23 @@ impl tonic::server::NamedService for AdsServer {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-/// `StreamAggregatedResources`: authenticate, then hand the stream to its task.
-struct SotwMethod(Arc<Ads>);
+/// `StreamAggregatedResources` (`R` = `DiscoveryRequest`) or
+/// `DeltaAggregatedResources` (`DeltaDiscoveryRequest`): authenticate, then
+/// hand the stream to its task.
+struct AdsMethod<R>(Arc<Ads>, std::marker::PhantomData<fn() -> R>);
 
-impl tonic::server::StreamingService<Incoming> for SotwMethod {
-    type Response = DiscoveryFrame;
-    type ResponseStream = ReceiverStream<Result<DiscoveryFrame, Status>>;
+impl<R: stream::AdsRequest> tonic::server::StreamingService<Incoming<R>> for AdsMethod<R> {
+    type Response = AdsFrame;
+    type ResponseStream = ReceiverStream<Result<AdsFrame, Status>>;
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
 
-    fn call(&mut self, request: tonic::Request<Streaming<Incoming>>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Streaming<Incoming<R>>>) -> Self::Future {
         let ads = self.0.clone();
         Box::pin(async move {
             let caller = super::grpc::caller(&ads.api, &request)?;
             let peer = super::grpc::peer(&request).addr;
             let (tx, rx) = mpsc::channel(OUT_QUEUE);
-            let task = stream::AdsStream::new(ads.api.clone(), ads.cache.clone(), caller, peer, tx);
+            let task = stream::AdsStream::new(ads.api.clone(), ads.cache.clone(), caller, peer, tx, R::DELTA);
             ads.api.signals().tasks.spawn(task.run(request.into_inner()));
             Ok(tonic::Response::new(ReceiverStream::new(rx)))
         })
@@ -222,25 +306,65 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != SOTW_PATH {
-            // DeltaAggregatedResources, or nothing this service has.
-            return Box::pin(async { Ok(Status::unimplemented("only state-of-the-world ADS is served").into_http()) });
-        }
         let inner = self.inner.clone();
         let max = self.max_message_bytes;
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(AdsCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.streaming(SotwMethod(inner), req).await)
-        })
+        match req.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let codec = AdsCodec::<DiscoveryRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), None);
+                Ok(grpc.streaming(AdsMethod(inner, std::marker::PhantomData), req).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let codec = AdsCodec::<DeltaDiscoveryRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), None);
+                Ok(grpc.streaming(AdsMethod(inner, std::marker::PhantomData), req).await)
+            }),
+            _ => Box::pin(async { Ok(Status::unimplemented("no such ADS method").into_http()) }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse, Resource};
     use envoy_types::pb::google::protobuf::Any;
+    use prost::Message as _;
 
     use super::*;
+
+    #[test]
+    fn a_delta_frame_is_wire_identical_to_the_response() {
+        let any = Any { type_url: "type.googleapis.com/x.Y".into(), value: vec![1, 2, 3] };
+        let frame = DeltaFrame {
+            system_version_info: "3".into(),
+            resources: vec![
+                ("orders".into(), "00ff".into(), Bytes::from(any.encode_to_vec())),
+                ("pay".into(), String::new(), Bytes::from(any.encode_to_vec())),
+            ],
+            type_url: resources::ResourceType::Endpoints.type_url(),
+            nonce: "3".into(),
+            removed: vec!["gone".into(), "never".into()],
+        };
+        let mut written = Vec::new();
+        frame.write(&mut written);
+        assert_eq!(written.len(), frame.encoded_len());
+        let resource = |name: &str, version: &str| Resource {
+            name: name.into(),
+            version: version.into(),
+            resource: Some(any.clone()),
+            ..Default::default()
+        };
+        let want = DeltaDiscoveryResponse {
+            system_version_info: "3".into(),
+            resources: vec![resource("orders", "00ff"), resource("pay", "")],
+            type_url: frame.type_url.into(),
+            nonce: "3".into(),
+            removed_resources: vec!["gone".into(), "never".into()],
+            ..Default::default()
+        };
+        assert_eq!(written, want.encode_to_vec());
+        assert_eq!(DeltaDiscoveryResponse::decode(&written[..]).expect("decodes"), want);
+    }
 
     #[test]
     fn a_frame_is_wire_identical_to_the_response() {

@@ -222,6 +222,209 @@ impl Sotw {
     }
 }
 
+/// What a delta response of one type carries: the resources to send
+/// (name, version) and the names the client is to drop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub send: Vec<(String, String)>,
+    pub removed: Vec<String>,
+}
+
+/// The incremental (delta xDS) bookkeeping of one stream, with no I/O.
+///
+/// The rules, from the xDS protocol's incremental variant:
+/// - Subscriptions change by difference: each request names resources to
+///   add and to drop (`*` adds or drops the wildcard); they apply whatever
+///   nonce the request carries. A type's first request with no names asks
+///   for every listener or cluster (the legacy wildcard), and brings the
+///   versions the client already holds (a reconnect), which are not sent
+///   again.
+/// - A request carrying the nonce of a response is the client's verdict on
+///   it (ACK, or a NACK with `error_detail`: logged and counted by the
+///   caller, not sent again until it changes).
+/// - A response sends each subscribed resource whose version the client
+///   does not hold, and names in `removed_resources` those it holds that
+///   are gone, and those it asked for by name that do not exist (once).
+///   A type's first request is always answered, even with nothing.
+#[derive(Debug)]
+pub struct Delta {
+    types: [DeltaType; 4],
+    counter: u64,
+    max_names: usize,
+}
+
+#[derive(Debug, Default)]
+struct DeltaType {
+    subscribed: bool,
+    names: BTreeSet<String>,
+    wildcard: bool,
+    /// What the client holds: each resource's version, or `None` for a name
+    /// it was told does not exist.
+    known: BTreeMap<String, Option<String>>,
+    /// Nonce of the last response refused (0: none).
+    nacked: u64,
+    owed: bool,
+    dirty: bool,
+}
+
+impl Delta {
+    pub fn new(max_names: usize) -> Self {
+        Self { types: Default::default(), counter: 0, max_names }
+    }
+
+    fn state(&mut self, t: ResourceType) -> &mut DeltaType {
+        &mut self.types[t.index()]
+    }
+
+    /// Takes one request of type `t`: names to subscribe and unsubscribe,
+    /// the versions the client holds (heeded on its first request of the
+    /// type), its `response_nonce` and `error_detail` message.
+    pub fn on_request(
+        &mut self,
+        t: ResourceType,
+        subscribe: Vec<String>,
+        unsubscribe: Vec<String>,
+        initial: BTreeMap<String, String>,
+        nonce: &str,
+        error: Option<String>,
+    ) -> Result<Verdict, ProtocolError> {
+        let count = subscribe.len() + unsubscribe.len() + initial.len();
+        if count > self.max_names {
+            return Err(ProtocolError::TooManyNames { count, limit: self.max_names });
+        }
+        let counter = self.counter;
+        let s = self.state(t);
+        let verdict = match nonce.parse::<u64>() {
+            _ if nonce.is_empty() => Verdict::Subscribe,
+            Ok(n) if n >= 1 && n <= counter => match error {
+                Some(_) if s.nacked == n => Verdict::Repeated,
+                Some(message) => {
+                    s.nacked = n;
+                    Verdict::Nack { version: String::new(), message }
+                }
+                None => Verdict::Ack { version: nonce.to_string() },
+            },
+            // A nonce this stream never sent: its subscription changes still apply.
+            _ => Verdict::Stale,
+        };
+        if !s.subscribed {
+            s.subscribed = true;
+            s.owed = true;
+            s.wildcard = t.may_be_wildcard() && (subscribe.is_empty() || subscribe.iter().any(|n| n == "*"));
+            s.known = initial.into_iter().map(|(name, version)| (name, Some(version))).collect();
+        }
+        for name in subscribe {
+            if name == "*" {
+                s.wildcard = t.may_be_wildcard();
+            } else {
+                s.names.insert(name);
+            }
+            s.dirty = true;
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                // The client drops what it held by the wildcard alone.
+                s.wildcard = false;
+                let names = &s.names;
+                s.known.retain(|n, _| names.contains(n));
+            } else {
+                s.names.remove(&name);
+                if !s.wildcard {
+                    s.known.remove(&name);
+                }
+            }
+            s.dirty = true;
+        }
+        Ok(verdict)
+    }
+
+    pub fn watched(&self) -> BTreeSet<String> {
+        self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
+    }
+
+    pub fn any_wildcard(&self) -> bool {
+        self.types.iter().any(|s| s.wildcard)
+    }
+
+    pub fn is_wildcard(&self, t: ResourceType) -> bool {
+        self.types[t.index()].wildcard
+    }
+
+    pub fn touch(&mut self, service: &str) {
+        for s in &mut self.types {
+            if s.wildcard || s.names.contains(service) {
+                s.dirty = true;
+            }
+        }
+    }
+
+    pub fn touch_all(&mut self) {
+        for s in &mut self.types {
+            s.dirty = s.subscribed;
+        }
+    }
+
+    pub fn maybe_due(&self, t: ResourceType) -> bool {
+        let s = &self.types[t.index()];
+        s.subscribed && (s.owed || s.dirty)
+    }
+
+    /// The names of type `t` asked for by name.
+    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
+        self.types[t.index()].names.iter().map(String::as_str)
+    }
+
+    /// What a response of type `t` must carry, given `now`: the version of
+    /// every subscribed resource that exists, and `None` for a name asked
+    /// for that does not. `None` when nothing is owed (the dirty mark is
+    /// cleared then).
+    pub fn changes(&mut self, t: ResourceType, now: &BTreeMap<String, Option<String>>) -> Option<Changes> {
+        let s = self.state(t);
+        if !s.subscribed || !(s.owed || s.dirty) {
+            return None;
+        }
+        let mut c = Changes::default();
+        for (name, version) in now {
+            match (version, s.known.get(name)) {
+                (Some(v), Some(Some(held))) if v == held => {}
+                (Some(v), _) => c.send.push((name.clone(), v.clone())),
+                (None, Some(None)) => {}
+                (None, _) => c.removed.push(name.clone()),
+            }
+        }
+        for (name, held) in &s.known {
+            if held.is_some() && !now.contains_key(name) {
+                c.removed.push(name.clone());
+            }
+        }
+        if c.send.is_empty() && c.removed.is_empty() && !s.owed {
+            s.dirty = false;
+            return None;
+        }
+        Some(c)
+    }
+
+    /// Records a response of type `t` carrying `c`; returns its nonce.
+    pub fn record_sent(&mut self, t: ResourceType, c: &Changes) -> String {
+        self.counter += 1;
+        let n = self.counter;
+        let s = self.state(t);
+        for (name, version) in &c.send {
+            s.known.insert(name.clone(), Some(version.clone()));
+        }
+        for name in &c.removed {
+            if s.names.contains(name) {
+                s.known.insert(name.clone(), None);
+            } else {
+                s.known.remove(name);
+            }
+        }
+        s.owed = false;
+        s.dirty = false;
+        n.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +552,85 @@ mod tests {
         let many: Vec<String> = (0..10_000).map(|i| format!("s{i}")).collect();
         assert_eq!(p.on_request(L, many, "", "", None), Err(ProtocolError::TooManyNames { count: 10_000, limit: 3 }));
         assert!(p.watched().is_empty(), "nothing of it is kept");
+    }
+
+    const C: ResourceType = ResourceType::Cluster;
+
+    fn now(n: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+        n.iter().map(|(k, v)| (k.to_string(), v.map(str::to_string))).collect()
+    }
+
+    fn sends(n: &[(&str, &str)]) -> Vec<(String, String)> {
+        n.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn delta_a_wildcard_gets_what_comes_and_is_told_what_goes() {
+        let mut d = Delta::new(10);
+        assert_eq!(d.on_request(C, vec![], vec![], BTreeMap::new(), "", None), Ok(Verdict::Subscribe));
+        assert!(d.is_wildcard(C) && d.maybe_due(C));
+        let c = d.changes(C, &now(&[])).expect("a first request is answered, even with nothing");
+        assert_eq!(c, Changes::default());
+        let n1 = d.record_sent(C, &c);
+        assert_eq!(d.on_request(C, vec![], vec![], BTreeMap::new(), &n1, None), Ok(Verdict::Ack { version: n1 }));
+        assert!(!d.maybe_due(C));
+        d.touch("orders");
+        let c = d.changes(C, &now(&[("orders", Some("a"))])).expect("orders came");
+        assert_eq!((c.send.clone(), c.removed.clone()), (sends(&[("orders", "a")]), vec![]));
+        d.record_sent(C, &c);
+        d.touch("orders");
+        assert_eq!(d.changes(C, &now(&[("orders", Some("a"))])), None, "unchanged: nothing");
+        assert!(!d.maybe_due(C), "the dirty mark is cleared");
+        d.touch("orders");
+        let c = d.changes(C, &now(&[])).expect("orders went");
+        assert_eq!((c.send.clone(), c.removed.clone()), (vec![], vec!["orders".to_string()]));
+        d.record_sent(C, &c);
+        d.touch("orders");
+        assert_eq!(d.changes(C, &now(&[])), None, "told once");
+    }
+
+    #[test]
+    fn delta_names_are_added_and_dropped_by_difference() {
+        let mut d = Delta::new(10);
+        d.on_request(E, names(&["orders", "nowhere"]), vec![], BTreeMap::new(), "", None).expect("ok");
+        assert!(!d.is_wildcard(E), "endpoints are never a wildcard");
+        let c = d.changes(E, &now(&[("orders", Some("v1")), ("nowhere", None)])).expect("owed");
+        assert_eq!(c.send, sends(&[("orders", "v1")]));
+        assert_eq!(c.removed, ["nowhere"], "a name asked for that does not exist is said so");
+        let n1 = d.record_sent(E, &c);
+        // A NACK: counted once, not sent again until it changes.
+        let nack = d.on_request(E, vec![], vec![], BTreeMap::new(), &n1, Some("bad".into()));
+        assert_eq!(nack, Ok(Verdict::Nack { version: String::new(), message: "bad".into() }));
+        let again = d.on_request(E, vec![], vec![], BTreeMap::new(), &n1, Some("bad".into()));
+        assert_eq!(again, Ok(Verdict::Repeated));
+        assert_eq!(d.changes(E, &now(&[("orders", Some("v1")), ("nowhere", None)])), None);
+        // `nowhere` comes: sent. `orders` dropped by the client: never sent again.
+        let stale = d.on_request(E, vec![], names(&["orders"]), BTreeMap::new(), "99", None);
+        assert_eq!(stale, Ok(Verdict::Stale), "an unknown nonce; the change applies anyway");
+        assert_eq!(d.watched(), ["nowhere".to_string()].into());
+        let c = d.changes(E, &now(&[("nowhere", Some("v7"))])).expect("nowhere came");
+        assert_eq!((c.send.clone(), c.removed.clone()), (sends(&[("nowhere", "v7")]), vec![]));
+    }
+
+    #[test]
+    fn delta_a_reconnecting_client_is_not_sent_what_it_holds() {
+        let mut d = Delta::new(10);
+        let held: BTreeMap<String, String> = [("orders".to_string(), "v1".to_string())].into();
+        d.on_request(C, names(&["*"]), vec![], held, "", None).expect("ok");
+        let c = d.changes(C, &now(&[("orders", Some("v1")), ("pay", Some("p1"))])).expect("owed");
+        assert_eq!(c.send, sends(&[("pay", "p1")]), "orders is held at this version");
+        d.record_sent(C, &c);
+        // Dropping the wildcard drops what it alone brought.
+        d.on_request(C, vec![], names(&["*"]), BTreeMap::new(), "", None).expect("ok");
+        assert!(!d.any_wildcard());
+        assert_eq!(d.changes(C, &now(&[])), None);
+    }
+
+    #[test]
+    fn delta_too_many_names_are_refused() {
+        let mut d = Delta::new(2);
+        let err = d.on_request(E, names(&["a", "b"]), names(&["c"]), BTreeMap::new(), "", None);
+        assert_eq!(err, Err(ProtocolError::TooManyNames { count: 3, limit: 2 }));
+        assert!(!d.maybe_due(E), "nothing changed");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use prost::Message;
 use registry_proto::{SubscribeFrame, v1};
@@ -28,9 +28,9 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::cache::{Slot, XdsCache};
-use super::protocol::{ProtocolError, Sent, Sotw, Verdict};
+use super::protocol::{Delta, ProtocolError, Sent, Sotw, Verdict};
 use super::resources::ResourceType;
-use super::{DiscoveryFrame, Incoming};
+use super::{AdsFrame, DeltaFrame, DiscoveryFrame, Incoming};
 use crate::api::{NodeApi, RegistryError, WatchItem};
 use crate::auth::Caller;
 use crate::metrics::Metrics;
@@ -70,14 +70,127 @@ impl From<&StreamError> for Status {
     }
 }
 
+/// A request of either variant, as the stream reads it.
+pub struct Request {
+    node: Option<Node>,
+    type_url: String,
+    error: Option<String>,
+    nonce: String,
+    kind: RequestKind,
+}
+
+enum RequestKind {
+    /// The names wanted now, and the version the client holds.
+    Sotw { names: Vec<String>, version: String },
+    /// Names added and dropped, and the versions held (first request).
+    Delta { subscribe: Vec<String>, unsubscribe: Vec<String>, initial: BTreeMap<String, String> },
+}
+
+/// A request message of one of the two ADS methods.
+pub trait AdsRequest: prost::Message + Default + Send + 'static {
+    /// The incremental variant.
+    const DELTA: bool;
+    fn into_request(self) -> Request;
+}
+
+impl AdsRequest for DiscoveryRequest {
+    const DELTA: bool = false;
+
+    fn into_request(self) -> Request {
+        Request {
+            node: self.node,
+            type_url: self.type_url,
+            error: self.error_detail.map(|e| e.message),
+            nonce: self.response_nonce,
+            kind: RequestKind::Sotw { names: self.resource_names, version: self.version_info },
+        }
+    }
+}
+
+impl AdsRequest for DeltaDiscoveryRequest {
+    const DELTA: bool = true;
+
+    fn into_request(self) -> Request {
+        Request {
+            node: self.node,
+            type_url: self.type_url,
+            error: self.error_detail.map(|e| e.message),
+            nonce: self.response_nonce,
+            kind: RequestKind::Delta {
+                subscribe: self.resource_names_subscribe,
+                unsubscribe: self.resource_names_unsubscribe,
+                initial: self.initial_resource_versions.into_iter().collect(),
+            },
+        }
+    }
+}
+
+/// The bookkeeping of the stream's variant.
+#[derive(Debug)]
+enum Book {
+    Sotw(Sotw),
+    Delta(Delta),
+}
+
+impl Book {
+    fn watched(&self) -> BTreeSet<String> {
+        match self {
+            Self::Sotw(p) => p.watched(),
+            Self::Delta(p) => p.watched(),
+        }
+    }
+
+    fn any_wildcard(&self) -> bool {
+        match self {
+            Self::Sotw(p) => p.any_wildcard(),
+            Self::Delta(p) => p.any_wildcard(),
+        }
+    }
+
+    fn is_wildcard(&self, t: ResourceType) -> bool {
+        match self {
+            Self::Sotw(p) => p.is_wildcard(t),
+            Self::Delta(p) => p.is_wildcard(t),
+        }
+    }
+
+    fn touch(&mut self, service: &str) {
+        match self {
+            Self::Sotw(p) => p.touch(service),
+            Self::Delta(p) => p.touch(service),
+        }
+    }
+
+    fn touch_all(&mut self) {
+        match self {
+            Self::Sotw(p) => p.touch_all(),
+            Self::Delta(p) => p.touch_all(),
+        }
+    }
+
+    fn maybe_due(&self, t: ResourceType) -> bool {
+        match self {
+            Self::Sotw(p) => p.maybe_due(t),
+            Self::Delta(p) => p.maybe_due(t),
+        }
+    }
+
+    fn names(&self, t: ResourceType) -> Vec<String> {
+        match self {
+            Self::Sotw(p) => p.names(t).map(String::from).collect(),
+            Self::Delta(p) => p.names(t).map(String::from).collect(),
+        }
+    }
+}
+
 /// One ADS stream.
 pub struct AdsStream {
     api: NodeApi,
     cache: Arc<XdsCache>,
     caller: Caller,
     peer: SocketAddr,
-    out: mpsc::Sender<Result<DiscoveryFrame, Status>>,
-    sotw: Sotw,
+    out: mpsc::Sender<Result<AdsFrame, Status>>,
+    book: Book,
     /// From the stream's first request; `None` until then.
     namespace: Option<String>,
     consumer: v1::ConsumerInfo,
@@ -105,9 +218,9 @@ enum Watching {
 enum Event<'a> {
     Stop,
     Drain,
-    Request(Option<Result<Box<Incoming>, Status>>),
+    Request(Option<Result<Box<Incoming<Request>>, Status>>),
     Watch(Option<(String, WatchItem)>),
-    Room(mpsc::Permit<'a, Result<DiscoveryFrame, Status>>),
+    Room(mpsc::Permit<'a, Result<AdsFrame, Status>>),
 }
 
 impl AdsStream {
@@ -116,16 +229,18 @@ impl AdsStream {
         cache: Arc<XdsCache>,
         caller: Caller,
         peer: SocketAddr,
-        out: mpsc::Sender<Result<DiscoveryFrame, Status>>,
+        out: mpsc::Sender<Result<AdsFrame, Status>>,
+        delta: bool,
     ) -> Self {
         let max_names = api.registry().config().limits.max_services_per_subscribe;
+        let book = if delta { Book::Delta(Delta::new(max_names)) } else { Book::Sotw(Sotw::new(max_names)) };
         Self {
             api,
             cache,
             caller,
             peer,
             out,
-            sotw: Sotw::new(max_names),
+            book,
             namespace: None,
             consumer: v1::ConsumerInfo::default(),
             watch: StreamMap::new(),
@@ -135,7 +250,7 @@ impl AdsStream {
         }
     }
 
-    pub async fn run(mut self, requests: Streaming<Incoming>) {
+    pub async fn run<R: AdsRequest>(mut self, requests: Streaming<Incoming<R>>) {
         let metrics = self.api.registry().metrics.clone();
         Metrics::inc(&metrics.xds.streams);
         let end = self.serve(requests).await;
@@ -163,10 +278,10 @@ impl AdsStream {
     }
 
     fn any_due(&self) -> bool {
-        ResourceType::ALL.into_iter().any(|t| self.sotw.maybe_due(t))
+        ResourceType::ALL.into_iter().any(|t| self.book.maybe_due(t))
     }
 
-    async fn serve(&mut self, mut requests: Streaming<Incoming>) -> Result<(), StreamError> {
+    async fn serve<R: AdsRequest>(&mut self, mut requests: Streaming<Incoming<R>>) -> Result<(), StreamError> {
         let stop = self.api.signals().stop.clone();
         loop {
             let out = self.out.clone();
@@ -175,7 +290,9 @@ impl AdsStream {
                 biased;
                 _ = stop.cancelled() => Event::Stop,
                 _ = tokio::time::sleep_until(self.drain_at.unwrap_or_else(Instant::now)), if self.drain_at.is_some() => Event::Drain,
-                r = requests.message() => Event::Request(r.transpose().map(|r| r.map(Box::new))),
+                r = requests.message() => Event::Request(
+                    r.transpose().map(|r| r.map(|incoming| Box::new(incoming.map(R::into_request))))
+                ),
                 item = self.watch.next(), if !self.watch.is_empty() => Event::Watch(item),
                 permit = out.reserve(), if due => match permit {
                     Ok(p) => Event::Room(p),
@@ -201,7 +318,7 @@ impl AdsStream {
         }
     }
 
-    fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), StreamError> {
+    fn on_request(&mut self, request: Request) -> Result<(), StreamError> {
         if self.namespace.is_none() {
             // Clients send their node on the first request only.
             let (namespace, consumer) = consumer_of(request.node.as_ref())?;
@@ -217,9 +334,16 @@ impl AdsStream {
             debug!(peer = %self.peer, type_url = %request.type_url, "xDS request of a type not served: ignored");
             return Ok(());
         };
-        let error = request.error_detail.map(|e| e.message);
-        let verdict =
-            self.sotw.on_request(t, request.resource_names, &request.response_nonce, &request.version_info, error)?;
+        let (nonce, error) = (request.nonce, request.error);
+        let verdict = match (&mut self.book, request.kind) {
+            (Book::Sotw(p), RequestKind::Sotw { names, version }) => p.on_request(t, names, &nonce, &version, error)?,
+            (Book::Delta(p), RequestKind::Delta { subscribe, unsubscribe, initial }) => {
+                p.on_request(t, subscribe, unsubscribe, initial, &nonce, error)?
+            }
+            // Each method decodes its own request type, and its stream keeps
+            // that variant's book: nothing else comes.
+            _ => return Ok(()),
+        };
         match verdict {
             Verdict::Subscribe | Verdict::Ack { .. } => {}
             Verdict::Nack { version, message } => {
@@ -248,7 +372,7 @@ impl AdsStream {
     /// namespace it names, a new watch (a consumer record naming the new
     /// services, or the whole namespace for a wildcard) replaces the old one.
     fn rewatch_if_changed(&mut self) -> Result<(), StreamError> {
-        let named: BTreeSet<String> = self.sotw.watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
+        let named: BTreeSet<String> = self.book.watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
         let mut want: BTreeMap<String, Watching> = BTreeMap::new();
         for name in &named {
             if let Some((namespace, service)) = self.resolve(name)
@@ -258,7 +382,7 @@ impl AdsStream {
                 s.insert(service);
             }
         }
-        if self.sotw.any_wildcard() {
+        if self.book.any_wildcard() {
             // Every service of the stream's namespace, those to come included
             // (the watch checks a read grant on all of it).
             want.insert(self.namespace.clone().unwrap_or_default(), Watching::Namespace);
@@ -280,11 +404,11 @@ impl AdsStream {
                 }
             }
             self.watching = want;
-            self.sotw.touch_all();
+            self.book.touch_all();
         }
         // Slots for the names asked for; a wildcard's come and go with the
         // responses that list them (`send_due`).
-        if !self.sotw.any_wildcard() {
+        if !self.book.any_wildcard() {
             self.retain_slots(&named);
         }
         for name in named {
@@ -326,9 +450,9 @@ impl AdsStream {
             Ok(FrameKind { snapshot: Some(s), .. }) | Ok(FrameKind { delta: Some(s), .. }) => {
                 // The service changed under both of its names.
                 if self.namespace.as_deref() == Some(namespace) {
-                    self.sotw.touch(&s.service);
+                    self.book.touch(&s.service);
                 }
-                self.sotw.touch(&format!("{namespace}/{}", s.service));
+                self.book.touch(&format!("{namespace}/{}", s.service));
             }
             Ok(FrameKind { drain: Some(d), .. }) if self.drain_at.is_none() => {
                 self.drain_at = Some(Instant::now() + Duration::from_millis(u64::from(d.delay_ms)));
@@ -340,46 +464,107 @@ impl AdsStream {
 
     /// Sends the first response owed, in the order clusters, endpoints,
     /// listeners, routes.
-    fn send_due(&mut self, permit: mpsc::Permit<'_, Result<DiscoveryFrame, Status>>) {
+    fn send_due(&mut self, permit: mpsc::Permit<'_, Result<AdsFrame, Status>>) {
         let namespace = self.namespace.clone().unwrap_or_default();
         for t in ResourceType::ALL {
-            if !self.sotw.maybe_due(t) {
+            if !self.book.maybe_due(t) {
                 continue;
             }
-            let names: Vec<String> = if self.sotw.is_wildcard(t) {
+            let named = self.book.names(t);
+            let names: Vec<String> = if self.book.is_wildcard(t) {
                 // Every service of the namespace that has instances. The
                 // listing walks the views: a wildcard is for the few Envoys
                 // of a fleet, not for every client.
                 let mut all: BTreeSet<String> =
                     self.api.registry().views().list(&namespace).into_iter().map(|s| s.service).collect();
-                all.extend(self.sotw.names(t).map(String::from));
+                all.extend(named.iter().cloned());
                 let mut keep = all.clone();
-                keep.extend(self.sotw.watched());
+                keep.extend(self.book.watched());
                 self.retain_slots(&keep);
                 all.into_iter().collect()
             } else {
-                self.sotw.names(t).map(String::from).collect()
+                named.clone()
             };
-            let mut sent = Sent::new();
-            let mut resources = Vec::new();
+            // What exists of each name now.
+            let mut current = Vec::with_capacity(names.len());
             for name in names {
-                let Some(slot) = self.slot(&name) else { continue };
-                if let Some(r) = self.cache.current(&slot) {
-                    resources.push(r.get(t).clone());
-                    sent.insert(name, if t.follows_instances() { r.revision } else { 0 });
+                let now = self.slot(&name).and_then(|slot| self.cache.current(&slot));
+                current.push((name, now));
+            }
+            let frame = match &mut self.book {
+                Book::Sotw(p) => {
+                    let mut sent = Sent::new();
+                    let mut resources = Vec::new();
+                    for (name, r) in current {
+                        if let Some(r) = r {
+                            resources.push(r.get(t).clone());
+                            sent.insert(name, if t.follows_instances() { r.revision } else { 0 });
+                        }
+                    }
+                    if !p.due(t, &sent) {
+                        continue;
+                    }
+                    let version = p.record_sent(t, sent);
+                    AdsFrame::Sotw(DiscoveryFrame {
+                        nonce: version.clone(),
+                        version_info: version,
+                        resources,
+                        type_url: t.type_url(),
+                    })
                 }
-            }
-            if !self.sotw.due(t, &sent) {
-                continue;
-            }
-            let version = self.sotw.record_sent(t, sent);
-            let frame =
-                DiscoveryFrame { nonce: version.clone(), version_info: version, resources, type_url: t.type_url() };
+                Book::Delta(p) => {
+                    // A resource's version is a hash of its bytes: the same
+                    // on every node, so a client that reconnects elsewhere
+                    // is not sent what it holds, and never stale after a
+                    // node's revisions start again.
+                    let mut now = BTreeMap::new();
+                    let mut bytes = HashMap::new();
+                    for (name, r) in current {
+                        match r {
+                            Some(r) => {
+                                let b = r.get(t).clone();
+                                now.insert(name.clone(), Some(version_of(&b)));
+                                bytes.insert(name, b);
+                            }
+                            // Asked for by name and absent: the client is told.
+                            None if named.contains(&name) => {
+                                now.insert(name, None);
+                            }
+                            None => {}
+                        }
+                    }
+                    let Some(changes) = p.changes(t, &now) else { continue };
+                    let nonce = p.record_sent(t, &changes);
+                    let resources = changes
+                        .send
+                        .into_iter()
+                        .filter_map(|(name, version)| {
+                            let b = bytes.remove(&name)?;
+                            Some((name, version, b))
+                        })
+                        .collect();
+                    AdsFrame::Delta(DeltaFrame {
+                        system_version_info: nonce.clone(),
+                        resources,
+                        type_url: t.type_url(),
+                        nonce,
+                        removed: changes.removed,
+                    })
+                }
+            };
             permit.send(Ok(frame));
             Metrics::inc(&self.api.registry().metrics.xds.responses);
             return;
         }
     }
+}
+
+/// A delta resource's version: a hash of its encoding, as text.
+fn version_of(bytes: &[u8]) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// Whether tonic refused what the client sent, rather than losing the
