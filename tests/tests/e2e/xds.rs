@@ -305,6 +305,16 @@ async fn until_envoy(envoy: &Envoy, what: &str, within: Duration, backends: &[&s
         .with_context(|| format!("envoy's log:\n{}", envoy.log_tail(30)))
 }
 
+/// Envoy refused no CDS or EDS response of node `n1`.
+async fn no_nacks(node: &registry_node::NodeHandle, envoy: &Envoy) -> Result<()> {
+    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
+    for t in ["cds", "eds"] {
+        let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
+        assert!(metrics.contains(&line), "Envoy refused a {t} response\n{}", envoy.log_tail(30));
+    }
+    Ok(())
+}
+
 /// A real Envoy with a static listener takes its clusters from the node's
 /// ADS (CDS by wildcard, then EDS), routes HTTP requests round robin to the
 /// registered HTTP backends and follows a registration, a deregistration
@@ -342,11 +352,7 @@ async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()>
         .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "edge-1"))
         .context("Envoy in the consumer directory")?;
     assert!(edge.services.is_empty(), "a wildcard watches the namespace: {edge:?}");
-    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
-    for t in ["cds", "eds"] {
-        let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
-        assert!(metrics.contains(&line), "Envoy refused a {t} response\n{}", envoy.log_tail(30));
-    }
+    no_nacks(&node, &envoy).await?;
     drop((envoy, web));
     node.shutdown().await;
     Ok(())
@@ -454,11 +460,7 @@ async fn envoy_over_delta_xds_routes_and_follows_changes() -> Result<()> {
     // And back.
     register(&mut c, "", instance("web", "h2", web.port("h2")), "").await?;
     until_envoy(&envoy, "web back with h2", PROMPTLY, &["h2"], 2).await?;
-    let (_, metrics) = http_get(node.http_addr, "/metrics").await?;
-    for t in ["cds", "eds"] {
-        let line = format!("registry_xds_nacks_total{{node=\"n1\",type=\"{t}\"}} 0");
-        assert!(metrics.contains(&line), "Envoy refused a {t} response\n{}", envoy.log_tail(30));
-    }
+    no_nacks(&node, &envoy).await?;
     drop((envoy, web));
     node.shutdown().await;
     Ok(())
