@@ -57,13 +57,87 @@ pub enum ProtocolError {
 /// are not in the map.
 pub type Sent = BTreeMap<String, u64>;
 
+/// What a client wants of one type, in either variant.
 #[derive(Debug, Default)]
-struct TypeState {
+struct Interest {
     /// The client has asked for this type on this stream.
     subscribed: bool,
     names: BTreeSet<String>,
     /// Every resource of the type is subscribed (see the module's rules).
     wildcard: bool,
+    /// A response is owed whatever the state (a new subscription).
+    owed: bool,
+    /// A subscribed service changed since the last response: compare.
+    dirty: bool,
+}
+
+/// What a stream wants of each of the four types: the part of the
+/// bookkeeping both variants share.
+#[derive(Debug, Default)]
+pub struct Interests([Interest; 4]);
+
+impl Interests {
+    fn of(&mut self, t: ResourceType) -> &mut Interest {
+        &mut self.0[t.index()]
+    }
+
+    /// Every name any type subscribes to: the services to watch.
+    pub fn watched(&self) -> BTreeSet<String> {
+        self.0.iter().flat_map(|s| s.names.iter().cloned()).collect()
+    }
+
+    /// Whether some type subscribes to every resource: the stream must
+    /// watch its whole namespace.
+    pub fn any_wildcard(&self) -> bool {
+        self.0.iter().any(|s| s.wildcard)
+    }
+
+    /// Whether type `t` subscribes to every resource that exists.
+    pub fn is_wildcard(&self, t: ResourceType) -> bool {
+        self.0[t.index()].wildcard
+    }
+
+    /// `service` changed: each type that subscribes to it (by name or by
+    /// wildcard) compares its state again before the next response.
+    pub fn touch(&mut self, service: &str) {
+        for s in &mut self.0 {
+            if s.wildcard || s.names.contains(service) {
+                s.dirty = true;
+            }
+        }
+    }
+
+    /// Every type asked for: compare again (the watched services were
+    /// watched anew, and any of them may have changed meanwhile).
+    pub fn touch_all(&mut self) {
+        for s in &mut self.0 {
+            s.dirty = s.subscribed;
+        }
+    }
+
+    /// Whether a response of type `t` may be owed (the variant's book tells).
+    pub fn maybe_due(&self, t: ResourceType) -> bool {
+        let s = &self.0[t.index()];
+        s.subscribed && (s.owed || s.dirty)
+    }
+
+    /// The names of type `t` asked for by name, sorted (a wildcard adds
+    /// every resource that exists: see [`Self::is_wildcard`]).
+    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
+        self.0[t.index()].names.iter().map(String::as_str)
+    }
+
+    /// A response of type `t` went: nothing is owed until the next change.
+    fn answered(&mut self, t: ResourceType) {
+        let s = self.of(t);
+        s.owed = false;
+        s.dirty = false;
+    }
+}
+
+/// What the state of the world of one type last sent, and the client's verdicts.
+#[derive(Debug, Default)]
+struct SotwType {
     /// Nonce of the last response of this type (0: none yet).
     nonce: u64,
     sent: Sent,
@@ -71,16 +145,13 @@ struct TypeState {
     acked: Option<String>,
     /// Nonce of the last response refused (0: none).
     nacked: u64,
-    /// A response is owed whatever the state (a new subscription).
-    owed: bool,
-    /// A subscribed service changed since the last response: compare.
-    dirty: bool,
 }
 
 /// The state-of-the-world bookkeeping of one stream.
 #[derive(Debug)]
 pub struct Sotw {
-    types: [TypeState; 4],
+    want: Interests,
+    types: [SotwType; 4],
     /// Counter of responses on this stream: each gets the next value as
     /// both its version and its nonce.
     counter: u64,
@@ -89,11 +160,16 @@ pub struct Sotw {
 
 impl Sotw {
     pub fn new(max_names: usize) -> Self {
-        Self { types: Default::default(), counter: 0, max_names }
+        Self { want: Interests::default(), types: Default::default(), counter: 0, max_names }
     }
 
-    fn state(&mut self, t: ResourceType) -> &mut TypeState {
-        &mut self.types[t.index()]
+    /// What the stream wants.
+    pub fn want(&self) -> &Interests {
+        &self.want
+    }
+
+    pub fn want_mut(&mut self) -> &mut Interests {
+        &mut self.want
     }
 
     /// Takes one request of type `t`. `nonce` is the request's
@@ -109,7 +185,7 @@ impl Sotw {
         if names.len() > self.max_names {
             return Err(ProtocolError::TooManyNames { count: names.len(), limit: self.max_names });
         }
-        let s = self.state(t);
+        let s = &mut self.types[t.index()];
         let verdict = if nonce.is_empty() || s.nonce == 0 {
             // A nonce of a response this stream never sent (a client that
             // reconnected) is a new subscription too.
@@ -127,77 +203,32 @@ impl Sotw {
             s.acked = Some(version.to_string());
             Verdict::Ack { version: version.to_string() }
         };
+        let w = self.want.of(t);
         let mut names: BTreeSet<String> = names.into_iter().collect();
         let star = names.remove("*");
-        let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!s.subscribed || s.wildcard)));
-        if verdict == Verdict::Subscribe || names != s.names || wildcard != s.wildcard {
-            s.owed = true;
+        let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!w.subscribed || w.wildcard)));
+        if verdict == Verdict::Subscribe || names != w.names || wildcard != w.wildcard {
+            w.owed = true;
         }
-        s.subscribed = true;
-        s.names = names;
-        s.wildcard = wildcard;
+        w.subscribed = true;
+        w.names = names;
+        w.wildcard = wildcard;
         Ok(verdict)
-    }
-
-    /// Every name any type subscribes to: the services to watch.
-    pub fn watched(&self) -> BTreeSet<String> {
-        self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
-    }
-
-    /// Whether some type subscribes to every resource: the stream must
-    /// watch its whole namespace.
-    pub fn any_wildcard(&self) -> bool {
-        self.types.iter().any(|s| s.wildcard)
-    }
-
-    /// Whether type `t` subscribes to every resource that exists.
-    pub fn is_wildcard(&self, t: ResourceType) -> bool {
-        self.types[t.index()].wildcard
-    }
-
-    /// `service` changed: each type that subscribes to it (by name or by
-    /// wildcard) compares its state again before the next response.
-    pub fn touch(&mut self, service: &str) {
-        for s in &mut self.types {
-            if s.wildcard || s.names.contains(service) {
-                s.dirty = true;
-            }
-        }
-    }
-
-    /// Every type: compare again (the watched services were watched anew,
-    /// and any of them may have changed meanwhile).
-    pub fn touch_all(&mut self) {
-        for s in &mut self.types {
-            s.dirty = s.wildcard || !s.names.is_empty();
-        }
-    }
-
-    /// Whether a response of type `t` may be owed: check it with [`Self::due`].
-    pub fn maybe_due(&self, t: ResourceType) -> bool {
-        let s = &self.types[t.index()];
-        s.subscribed && (s.owed || s.dirty)
-    }
-
-    /// The names of type `t` asked for by name, sorted (a wildcard adds
-    /// every resource that exists: see [`Self::is_wildcard`]).
-    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
-        self.types[t.index()].names.iter().map(String::as_str)
     }
 
     /// Whether `now` (what a response of type `t` would hold) must be sent:
     /// a response is owed, or it differs from the last one. Clears the
     /// dirty mark when nothing changed.
     pub fn due(&mut self, t: ResourceType, now: &Sent) -> bool {
-        let s = self.state(t);
-        if s.owed {
+        let w = &mut self.want.0[t.index()];
+        if w.owed {
             return true;
         }
-        if !s.dirty {
+        if !w.dirty {
             return false;
         }
-        if &s.sent == now {
-            s.dirty = false;
+        if &self.types[t.index()].sent == now {
+            w.dirty = false;
             return false;
         }
         true
@@ -208,11 +239,10 @@ impl Sotw {
     pub fn record_sent(&mut self, t: ResourceType, sent: Sent) -> String {
         self.counter += 1;
         let n = self.counter;
-        let s = self.state(t);
+        let s = &mut self.types[t.index()];
         s.nonce = n;
         s.sent = sent;
-        s.owed = false;
-        s.dirty = false;
+        self.want.answered(t);
         n.to_string()
     }
 
@@ -248,32 +278,34 @@ pub struct Changes {
 ///   A type's first request is always answered, even with nothing.
 #[derive(Debug)]
 pub struct Delta {
+    want: Interests,
     types: [DeltaType; 4],
     counter: u64,
     max_names: usize,
 }
 
+/// What the client holds of one type, and its verdicts.
 #[derive(Debug, Default)]
 struct DeltaType {
-    subscribed: bool,
-    names: BTreeSet<String>,
-    wildcard: bool,
-    /// What the client holds: each resource's version, or `None` for a name
-    /// it was told does not exist.
+    /// Each resource's version, or `None` for a name the client was told
+    /// does not exist.
     known: BTreeMap<String, Option<String>>,
     /// Nonce of the last response refused (0: none).
     nacked: u64,
-    owed: bool,
-    dirty: bool,
 }
 
 impl Delta {
     pub fn new(max_names: usize) -> Self {
-        Self { types: Default::default(), counter: 0, max_names }
+        Self { want: Interests::default(), types: Default::default(), counter: 0, max_names }
     }
 
-    fn state(&mut self, t: ResourceType) -> &mut DeltaType {
-        &mut self.types[t.index()]
+    /// What the stream wants.
+    pub fn want(&self) -> &Interests {
+        &self.want
+    }
+
+    pub fn want_mut(&mut self) -> &mut Interests {
+        &mut self.want
     }
 
     /// Takes one request of type `t`: names to subscribe and unsubscribe,
@@ -292,11 +324,10 @@ impl Delta {
         if count > self.max_names {
             return Err(ProtocolError::TooManyNames { count, limit: self.max_names });
         }
-        let counter = self.counter;
-        let s = self.state(t);
+        let s = &mut self.types[t.index()];
         let verdict = match nonce.parse::<u64>() {
             _ if nonce.is_empty() => Verdict::Subscribe,
-            Ok(n) if n >= 1 && n <= counter => match error {
+            Ok(n) if n >= 1 && n <= self.counter => match error {
                 Some(_) if s.nacked == n => Verdict::Repeated,
                 Some(message) => {
                     s.nacked = n;
@@ -307,71 +338,36 @@ impl Delta {
             // A nonce this stream never sent: its subscription changes still apply.
             _ => Verdict::Stale,
         };
-        if !s.subscribed {
-            s.subscribed = true;
-            s.owed = true;
-            s.wildcard = t.may_be_wildcard() && (subscribe.is_empty() || subscribe.iter().any(|n| n == "*"));
+        let w = self.want.of(t);
+        if !w.subscribed {
+            w.subscribed = true;
+            w.owed = true;
+            w.wildcard = t.may_be_wildcard() && (subscribe.is_empty() || subscribe.iter().any(|n| n == "*"));
             s.known = initial.into_iter().map(|(name, version)| (name, Some(version))).collect();
         }
         for name in subscribe {
             if name == "*" {
-                s.wildcard = t.may_be_wildcard();
+                w.wildcard = t.may_be_wildcard();
             } else {
-                s.names.insert(name);
+                w.names.insert(name);
             }
-            s.dirty = true;
+            w.dirty = true;
         }
         for name in unsubscribe {
             if name == "*" {
                 // The client drops what it held by the wildcard alone.
-                s.wildcard = false;
-                let names = &s.names;
+                w.wildcard = false;
+                let names = &w.names;
                 s.known.retain(|n, _| names.contains(n));
             } else {
-                s.names.remove(&name);
-                if !s.wildcard {
+                w.names.remove(&name);
+                if !w.wildcard {
                     s.known.remove(&name);
                 }
             }
-            s.dirty = true;
+            w.dirty = true;
         }
         Ok(verdict)
-    }
-
-    pub fn watched(&self) -> BTreeSet<String> {
-        self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
-    }
-
-    pub fn any_wildcard(&self) -> bool {
-        self.types.iter().any(|s| s.wildcard)
-    }
-
-    pub fn is_wildcard(&self, t: ResourceType) -> bool {
-        self.types[t.index()].wildcard
-    }
-
-    pub fn touch(&mut self, service: &str) {
-        for s in &mut self.types {
-            if s.wildcard || s.names.contains(service) {
-                s.dirty = true;
-            }
-        }
-    }
-
-    pub fn touch_all(&mut self) {
-        for s in &mut self.types {
-            s.dirty = s.subscribed;
-        }
-    }
-
-    pub fn maybe_due(&self, t: ResourceType) -> bool {
-        let s = &self.types[t.index()];
-        s.subscribed && (s.owed || s.dirty)
-    }
-
-    /// The names of type `t` asked for by name.
-    pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
-        self.types[t.index()].names.iter().map(String::as_str)
     }
 
     /// What a response of type `t` must carry, given `now`: the version of
@@ -379,26 +375,27 @@ impl Delta {
     /// for that does not. `None` when nothing is owed (the dirty mark is
     /// cleared then).
     pub fn changes(&mut self, t: ResourceType, now: &BTreeMap<String, Option<String>>) -> Option<Changes> {
-        let s = self.state(t);
-        if !s.subscribed || !(s.owed || s.dirty) {
+        if !self.want.maybe_due(t) {
             return None;
         }
+        let known = &self.types[t.index()].known;
         let mut c = Changes::default();
         for (name, version) in now {
-            match (version, s.known.get(name)) {
+            match (version, known.get(name)) {
                 (Some(v), Some(Some(held))) if v == held => {}
                 (Some(v), _) => c.send.push((name.clone(), v.clone())),
                 (None, Some(None)) => {}
                 (None, _) => c.removed.push(name.clone()),
             }
         }
-        for (name, held) in &s.known {
+        for (name, held) in known {
             if held.is_some() && !now.contains_key(name) {
                 c.removed.push(name.clone());
             }
         }
-        if c.send.is_empty() && c.removed.is_empty() && !s.owed {
-            s.dirty = false;
+        let w = self.want.of(t);
+        if c.send.is_empty() && c.removed.is_empty() && !w.owed {
+            w.dirty = false;
             return None;
         }
         Some(c)
@@ -407,21 +404,20 @@ impl Delta {
     /// Records a response of type `t` carrying `c`; returns its nonce.
     pub fn record_sent(&mut self, t: ResourceType, c: &Changes) -> String {
         self.counter += 1;
-        let n = self.counter;
-        let s = self.state(t);
+        let names = &self.want.0[t.index()].names;
+        let known = &mut self.types[t.index()].known;
         for (name, version) in &c.send {
-            s.known.insert(name.clone(), Some(version.clone()));
+            known.insert(name.clone(), Some(version.clone()));
         }
         for name in &c.removed {
-            if s.names.contains(name) {
-                s.known.insert(name.clone(), None);
+            if names.contains(name) {
+                known.insert(name.clone(), None);
             } else {
-                s.known.remove(name);
+                known.remove(name);
             }
         }
-        s.owed = false;
-        s.dirty = false;
-        n.to_string()
+        self.want.answered(t);
+        self.counter.to_string()
     }
 }
 
@@ -443,13 +439,13 @@ mod tests {
     #[test]
     fn a_subscription_is_answered_even_when_nothing_exists() {
         let mut p = Sotw::new(10);
-        assert!(!p.maybe_due(L));
+        assert!(!p.want().maybe_due(L));
         assert_eq!(p.on_request(L, names(&["orders"]), "", "", None), Ok(Verdict::Subscribe));
-        assert!(p.maybe_due(L));
+        assert!(p.want().maybe_due(L));
         assert!(p.due(L, &Sent::new()), "empty, but owed");
         assert_eq!(p.record_sent(L, Sent::new()), "1");
-        assert!(!p.maybe_due(L));
-        assert!(!p.maybe_due(E), "other types are not subscribed");
+        assert!(!p.want().maybe_due(L));
+        assert!(!p.want().maybe_due(E), "other types are not subscribed");
     }
 
     #[test]
@@ -459,9 +455,9 @@ mod tests {
         let v1 = p.record_sent(E, sent(&[("orders", 5)]));
         assert_eq!(p.on_request(E, names(&["orders"]), &v1, &v1, None), Ok(Verdict::Ack { version: v1.clone() }));
         assert_eq!(p.acked(E), Some(v1.as_str()));
-        assert!(!p.maybe_due(E), "an ACK with the same names asks for nothing");
+        assert!(!p.want().maybe_due(E), "an ACK with the same names asks for nothing");
 
-        p.touch("orders");
+        p.want_mut().touch("orders");
         assert!(p.due(E, &sent(&[("orders", 6)])));
         let v2 = p.record_sent(E, sent(&[("orders", 6)]));
         let nack = p.on_request(E, names(&["orders"]), &v2, &v1, Some("bad weight".into()));
@@ -469,10 +465,10 @@ mod tests {
         let again = p.on_request(E, names(&["orders"]), &v2, &v1, Some("bad weight".into()));
         assert_eq!(again, Ok(Verdict::Repeated), "a NACK storm is counted once");
         assert_eq!(p.acked(E), Some(v1.as_str()), "the client keeps its last good config");
-        assert!(!p.maybe_due(E), "what was refused is not sent again until it changes");
-        p.touch("orders");
+        assert!(!p.want().maybe_due(E), "what was refused is not sent again until it changes");
+        p.want_mut().touch("orders");
         assert!(!p.due(E, &sent(&[("orders", 6)])), "unchanged: nothing owed, dirty cleared");
-        assert!(!p.maybe_due(E));
+        assert!(!p.want().maybe_due(E));
     }
 
     #[test]
@@ -480,12 +476,12 @@ mod tests {
         let mut p = Sotw::new(10);
         p.on_request(L, names(&["a"]), "", "", None).expect("ok");
         let v1 = p.record_sent(L, sent(&[("a", 0)]));
-        p.touch("a");
+        p.want_mut().touch("a");
         let _v2 = p.record_sent(L, Sent::new());
         // The client's ACK of v1 (with a new name) crosses v2 on the wire.
         assert_eq!(p.on_request(L, names(&["a", "b"]), &v1, &v1, None), Ok(Verdict::Stale));
-        assert_eq!(p.names(L).collect::<Vec<_>>(), ["a"], "its names wait for the next ACK");
-        assert!(!p.maybe_due(L));
+        assert_eq!(p.want().names(L).collect::<Vec<_>>(), ["a"], "its names wait for the next ACK");
+        assert!(!p.want().maybe_due(L));
     }
 
     #[test]
@@ -494,9 +490,9 @@ mod tests {
         p.on_request(L, names(&["a"]), "", "", None).expect("ok");
         let v = p.record_sent(L, Sent::new());
         p.on_request(E, names(&["b", "c"]), "", "", None).expect("ok");
-        assert_eq!(p.watched().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(p.want().watched().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(p.on_request(L, names(&["a", "d"]), &v, &v, None), Ok(Verdict::Ack { version: v.clone() }));
-        assert!(p.maybe_due(L), "a new name is answered");
+        assert!(p.want().maybe_due(L), "a new name is answered");
         assert!(p.due(L, &Sent::new()), "even when the answer did not change");
     }
 
@@ -507,9 +503,9 @@ mod tests {
         p.record_sent(L, sent(&[("a", 0)]));
         p.on_request(E, names(&["b"]), "", "", None).expect("ok");
         p.record_sent(E, sent(&[("b", 1)]));
-        p.touch("b");
-        assert!(!p.maybe_due(L));
-        assert!(p.maybe_due(E));
+        p.want_mut().touch("b");
+        assert!(!p.want().maybe_due(L));
+        assert!(p.want().maybe_due(E));
         assert!(p.due(E, &Sent::new()), "b is gone");
     }
 
@@ -517,7 +513,7 @@ mod tests {
     fn a_nonce_from_another_stream_subscribes() {
         let mut p = Sotw::new(10);
         assert_eq!(p.on_request(L, names(&["a"]), "17", "17", None), Ok(Verdict::Subscribe));
-        assert!(p.maybe_due(L));
+        assert!(p.want().maybe_due(L));
     }
 
     #[test]
@@ -525,25 +521,25 @@ mod tests {
         const C: ResourceType = ResourceType::Cluster;
         let mut p = Sotw::new(10);
         assert_eq!(p.on_request(C, vec![], "", "", None), Ok(Verdict::Subscribe));
-        assert!(p.is_wildcard(C) && p.any_wildcard(), "a first request without names is a wildcard");
+        assert!(p.want().is_wildcard(C) && p.want().any_wildcard(), "a first request without names is a wildcard");
         let v = p.record_sent(C, sent(&[("a", 0)]));
-        p.touch("anything");
-        assert!(p.maybe_due(C), "every service's change concerns a wildcard");
+        p.want_mut().touch("anything");
+        assert!(p.want().maybe_due(C), "every service's change concerns a wildcard");
         p.on_request(C, vec![], &v, &v, None).expect("ok");
-        assert!(p.is_wildcard(C), "an ACK without names keeps the wildcard");
+        assert!(p.want().is_wildcard(C), "an ACK without names keeps the wildcard");
         p.on_request(C, names(&["a"]), &v, &v, None).expect("ok");
-        assert!(!p.is_wildcard(C), "names without * end it");
+        assert!(!p.want().is_wildcard(C), "names without * end it");
         p.on_request(C, names(&["*", "b"]), &v, &v, None).expect("ok");
-        assert!(p.is_wildcard(C));
-        assert_eq!(p.names(C).collect::<Vec<_>>(), ["b"], "* is not a name");
+        assert!(p.want().is_wildcard(C));
+        assert_eq!(p.want().names(C).collect::<Vec<_>>(), ["b"], "* is not a name");
 
         assert_eq!(p.on_request(E, vec![], "", "", None), Ok(Verdict::Subscribe));
-        assert!(!p.is_wildcard(E), "endpoints are asked for by name only");
+        assert!(!p.want().is_wildcard(E), "endpoints are asked for by name only");
         let mut q = Sotw::new(10);
         q.on_request(C, names(&["a"]), "", "", None).expect("ok");
         let v = q.record_sent(C, Sent::new());
         q.on_request(C, vec![], &v, &v, None).expect("ok");
-        assert!(!q.is_wildcard(C), "no names after names unsubscribes, it is no wildcard");
+        assert!(!q.want().is_wildcard(C), "no names after names unsubscribes, it is no wildcard");
     }
 
     #[test]
@@ -551,7 +547,7 @@ mod tests {
         let mut p = Sotw::new(3);
         let many: Vec<String> = (0..10_000).map(|i| format!("s{i}")).collect();
         assert_eq!(p.on_request(L, many, "", "", None), Err(ProtocolError::TooManyNames { count: 10_000, limit: 3 }));
-        assert!(p.watched().is_empty(), "nothing of it is kept");
+        assert!(p.want().watched().is_empty(), "nothing of it is kept");
     }
 
     const C: ResourceType = ResourceType::Cluster;
@@ -568,24 +564,24 @@ mod tests {
     fn delta_a_wildcard_gets_what_comes_and_is_told_what_goes() {
         let mut d = Delta::new(10);
         assert_eq!(d.on_request(C, vec![], vec![], BTreeMap::new(), "", None), Ok(Verdict::Subscribe));
-        assert!(d.is_wildcard(C) && d.maybe_due(C));
+        assert!(d.want().is_wildcard(C) && d.want().maybe_due(C));
         let c = d.changes(C, &now(&[])).expect("a first request is answered, even with nothing");
         assert_eq!(c, Changes::default());
         let n1 = d.record_sent(C, &c);
         assert_eq!(d.on_request(C, vec![], vec![], BTreeMap::new(), &n1, None), Ok(Verdict::Ack { version: n1 }));
-        assert!(!d.maybe_due(C));
-        d.touch("orders");
+        assert!(!d.want().maybe_due(C));
+        d.want_mut().touch("orders");
         let c = d.changes(C, &now(&[("orders", Some("a"))])).expect("orders came");
         assert_eq!((c.send.clone(), c.removed.clone()), (sends(&[("orders", "a")]), vec![]));
         d.record_sent(C, &c);
-        d.touch("orders");
+        d.want_mut().touch("orders");
         assert_eq!(d.changes(C, &now(&[("orders", Some("a"))])), None, "unchanged: nothing");
-        assert!(!d.maybe_due(C), "the dirty mark is cleared");
-        d.touch("orders");
+        assert!(!d.want().maybe_due(C), "the dirty mark is cleared");
+        d.want_mut().touch("orders");
         let c = d.changes(C, &now(&[])).expect("orders went");
         assert_eq!((c.send.clone(), c.removed.clone()), (vec![], vec!["orders".to_string()]));
         d.record_sent(C, &c);
-        d.touch("orders");
+        d.want_mut().touch("orders");
         assert_eq!(d.changes(C, &now(&[])), None, "told once");
     }
 
@@ -593,7 +589,7 @@ mod tests {
     fn delta_names_are_added_and_dropped_by_difference() {
         let mut d = Delta::new(10);
         d.on_request(E, names(&["orders", "nowhere"]), vec![], BTreeMap::new(), "", None).expect("ok");
-        assert!(!d.is_wildcard(E), "endpoints are never a wildcard");
+        assert!(!d.want().is_wildcard(E), "endpoints are never a wildcard");
         let c = d.changes(E, &now(&[("orders", Some("v1")), ("nowhere", None)])).expect("owed");
         assert_eq!(c.send, sends(&[("orders", "v1")]));
         assert_eq!(c.removed, ["nowhere"], "a name asked for that does not exist is said so");
@@ -607,7 +603,7 @@ mod tests {
         // `nowhere` comes: sent. `orders` dropped by the client: never sent again.
         let stale = d.on_request(E, vec![], names(&["orders"]), BTreeMap::new(), "99", None);
         assert_eq!(stale, Ok(Verdict::Stale), "an unknown nonce; the change applies anyway");
-        assert_eq!(d.watched(), ["nowhere".to_string()].into());
+        assert_eq!(d.want().watched(), ["nowhere".to_string()].into());
         let c = d.changes(E, &now(&[("nowhere", Some("v7"))])).expect("nowhere came");
         assert_eq!((c.send.clone(), c.removed.clone()), (sends(&[("nowhere", "v7")]), vec![]));
     }
@@ -622,7 +618,7 @@ mod tests {
         d.record_sent(C, &c);
         // Dropping the wildcard drops what it alone brought.
         d.on_request(C, vec![], names(&["*"]), BTreeMap::new(), "", None).expect("ok");
-        assert!(!d.any_wildcard());
+        assert!(!d.want().any_wildcard());
         assert_eq!(d.changes(C, &now(&[])), None);
     }
 
@@ -631,6 +627,6 @@ mod tests {
         let mut d = Delta::new(2);
         let err = d.on_request(E, names(&["a", "b"]), names(&["c"]), BTreeMap::new(), "", None);
         assert_eq!(err, Err(ProtocolError::TooManyNames { count: 3, limit: 2 }));
-        assert!(!d.maybe_due(E), "nothing changed");
+        assert!(!d.want().maybe_due(E), "nothing changed");
     }
 }

@@ -28,7 +28,7 @@ use tonic::{Status, Streaming};
 use tracing::{debug, warn};
 
 use super::cache::{Slot, XdsCache};
-use super::protocol::{Delta, ProtocolError, Sent, Sotw, Verdict};
+use super::protocol::{Delta, Interests, ProtocolError, Sent, Sotw, Verdict};
 use super::resources::ResourceType;
 use super::{AdsFrame, DeltaFrame, DiscoveryFrame, Incoming};
 use crate::api::{NodeApi, RegistryError, WatchItem};
@@ -133,52 +133,17 @@ enum Book {
 }
 
 impl Book {
-    fn watched(&self) -> BTreeSet<String> {
+    fn want(&self) -> &Interests {
         match self {
-            Self::Sotw(p) => p.watched(),
-            Self::Delta(p) => p.watched(),
+            Self::Sotw(p) => p.want(),
+            Self::Delta(p) => p.want(),
         }
     }
 
-    fn any_wildcard(&self) -> bool {
+    fn want_mut(&mut self) -> &mut Interests {
         match self {
-            Self::Sotw(p) => p.any_wildcard(),
-            Self::Delta(p) => p.any_wildcard(),
-        }
-    }
-
-    fn is_wildcard(&self, t: ResourceType) -> bool {
-        match self {
-            Self::Sotw(p) => p.is_wildcard(t),
-            Self::Delta(p) => p.is_wildcard(t),
-        }
-    }
-
-    fn touch(&mut self, service: &str) {
-        match self {
-            Self::Sotw(p) => p.touch(service),
-            Self::Delta(p) => p.touch(service),
-        }
-    }
-
-    fn touch_all(&mut self) {
-        match self {
-            Self::Sotw(p) => p.touch_all(),
-            Self::Delta(p) => p.touch_all(),
-        }
-    }
-
-    fn maybe_due(&self, t: ResourceType) -> bool {
-        match self {
-            Self::Sotw(p) => p.maybe_due(t),
-            Self::Delta(p) => p.maybe_due(t),
-        }
-    }
-
-    fn names(&self, t: ResourceType) -> Vec<String> {
-        match self {
-            Self::Sotw(p) => p.names(t).map(String::from).collect(),
-            Self::Delta(p) => p.names(t).map(String::from).collect(),
+            Self::Sotw(p) => p.want_mut(),
+            Self::Delta(p) => p.want_mut(),
         }
     }
 }
@@ -278,7 +243,7 @@ impl AdsStream {
     }
 
     fn any_due(&self) -> bool {
-        ResourceType::ALL.into_iter().any(|t| self.book.maybe_due(t))
+        ResourceType::ALL.into_iter().any(|t| self.book.want().maybe_due(t))
     }
 
     async fn serve<R: AdsRequest>(&mut self, mut requests: Streaming<Incoming<R>>) -> Result<(), StreamError> {
@@ -372,7 +337,8 @@ impl AdsStream {
     /// namespace it names, a new watch (a consumer record naming the new
     /// services, or the whole namespace for a wildcard) replaces the old one.
     fn rewatch_if_changed(&mut self) -> Result<(), StreamError> {
-        let named: BTreeSet<String> = self.book.watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
+        let named: BTreeSet<String> =
+            self.book.want().watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
         let mut want: BTreeMap<String, Watching> = BTreeMap::new();
         for name in &named {
             if let Some((namespace, service)) = self.resolve(name)
@@ -382,7 +348,7 @@ impl AdsStream {
                 s.insert(service);
             }
         }
-        if self.book.any_wildcard() {
+        if self.book.want().any_wildcard() {
             // Every service of the stream's namespace, those to come included
             // (the watch checks a read grant on all of it).
             want.insert(self.namespace.clone().unwrap_or_default(), Watching::Namespace);
@@ -404,11 +370,11 @@ impl AdsStream {
                 }
             }
             self.watching = want;
-            self.book.touch_all();
+            self.book.want_mut().touch_all();
         }
         // Slots for the names asked for; a wildcard's come and go with the
         // responses that list them (`send_due`).
-        if !self.book.any_wildcard() {
+        if !self.book.want().any_wildcard() {
             self.retain_slots(&named);
         }
         for name in named {
@@ -450,9 +416,9 @@ impl AdsStream {
             Ok(FrameKind { snapshot: Some(s), .. }) | Ok(FrameKind { delta: Some(s), .. }) => {
                 // The service changed under both of its names.
                 if self.namespace.as_deref() == Some(namespace) {
-                    self.book.touch(&s.service);
+                    self.book.want_mut().touch(&s.service);
                 }
-                self.book.touch(&format!("{namespace}/{}", s.service));
+                self.book.want_mut().touch(&format!("{namespace}/{}", s.service));
             }
             Ok(FrameKind { drain: Some(d), .. }) if self.drain_at.is_none() => {
                 self.drain_at = Some(Instant::now() + Duration::from_millis(u64::from(d.delay_ms)));
@@ -467,11 +433,11 @@ impl AdsStream {
     fn send_due(&mut self, permit: mpsc::Permit<'_, Result<AdsFrame, Status>>) {
         let namespace = self.namespace.clone().unwrap_or_default();
         for t in ResourceType::ALL {
-            if !self.book.maybe_due(t) {
+            if !self.book.want().maybe_due(t) {
                 continue;
             }
-            let named = self.book.names(t);
-            let names: Vec<String> = if self.book.is_wildcard(t) {
+            let named: Vec<String> = self.book.want().names(t).map(String::from).collect();
+            let names: Vec<String> = if self.book.want().is_wildcard(t) {
                 // Every service of the namespace that has instances. The
                 // listing walks the views: a wildcard is for the few Envoys
                 // of a fleet, not for every client.
@@ -479,7 +445,7 @@ impl AdsStream {
                     self.api.registry().views().list(&namespace).into_iter().map(|s| s.service).collect();
                 all.extend(named.iter().cloned());
                 let mut keep = all.clone();
-                keep.extend(self.book.watched());
+                keep.extend(self.book.want().watched());
                 self.retain_slots(&keep);
                 all.into_iter().collect()
             } else {
