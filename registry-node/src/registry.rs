@@ -897,8 +897,15 @@ fn check_writer(st: &State, key: &InstanceKey, writer: &Writer, action: &str) ->
     if holder.is_empty() || *holder == **me {
         return Ok(());
     }
-    let reason =
-        format!("instance {} belongs to principal {holder:?}: principal {me:?} may not {action} it", display_key(key));
+    refuse(
+        writer,
+        format!("instance {} belongs to principal {holder:?}: principal {me:?} may not {action} it", display_key(key)),
+    )
+}
+
+/// A refusal of what `writer` asked: PERMISSION_DENIED, or in `warn` mode a
+/// warning, and the write goes on.
+fn refuse(writer: &Writer, reason: String) -> Result<(), RegistryError> {
     if writer.warn_only {
         tracing::warn!(%reason, "would deny (auth.mode = warn: allowed)");
         return Ok(());
@@ -917,31 +924,19 @@ fn check_override(st: &State, key: &InstanceKey, writer: &Writer) -> Result<(), 
     if writer.may_override {
         return Ok(());
     }
-    let refuse = |reason: String| {
-        if writer.warn_only {
-            tracing::warn!(%reason, "would deny (auth.mode = warn: allowed)");
-            return Ok(());
-        }
-        tracing::info!(%reason, "denied");
-        Err(RegistryError::PermissionDenied(reason))
-    };
     let shown = display_key(key);
-    let Some((_, Record::Instance(instance))) = st.store.visible(&Key::Instance(key.clone())) else {
-        return refuse(format!(
-            "instance {shown} is not registered: only an admin overrides the status of an instance not shown"
-        ));
-    };
-    let holder = instance.decode().map(|i| i.principal).unwrap_or_default();
-    if !holder.is_empty() && *holder != **me {
-        return refuse(format!(
-            "instance {shown} belongs to principal {holder:?}: principal {me:?} may not override its status"
-        ));
+    if st.store.visible(&Key::Instance(key.clone())).is_none() {
+        return refuse(
+            writer,
+            format!("instance {shown} is not registered: only an admin overrides the status of an instance not shown"),
+        );
     }
+    check_writer(st, key, writer, "override the status of")?;
     match st.overrides.get(key) {
-        Some(o) if !o.set_by.is_empty() && *o.set_by != **me => refuse(format!(
-            "the status of {shown} is overridden by {:?}: only an admin replaces or clears it",
-            o.set_by
-        )),
+        Some(o) if !o.set_by.is_empty() && *o.set_by != **me => refuse(
+            writer,
+            format!("the status of {shown} is overridden by {:?}: only an admin replaces or clears it", o.set_by),
+        ),
         _ => Ok(()),
     }
 }
