@@ -94,7 +94,18 @@ async fn dig(server: SocketAddr, name: &str, rtype: &str, extra: &[&str]) -> Res
 }
 
 async fn register(grpc: SocketAddr, service: &str, id: &str, host: &str, port: u32, zone: &str) -> Result<()> {
-    let mut c = client(grpc).await?;
+    register_with(&mut client(grpc).await?, service, id, host, port, zone).await
+}
+
+/// [`register`] on a client already connected.
+async fn register_with(
+    c: &mut registry_tests::RegistryClient,
+    service: &str,
+    id: &str,
+    host: &str,
+    port: u32,
+    zone: &str,
+) -> Result<()> {
     let instance = v1::Instance {
         service: service.into(),
         instance_id: id.into(),
@@ -202,19 +213,8 @@ async fn big_answers_truncate_over_udp_and_come_whole_over_tcp() -> Result<()> {
     let (grpc, dns) = (node.grpc_addr, dns_addr(&node)?);
     let mut c = client(grpc).await?;
     for i in 0..1000u32 {
-        let instance = v1::Instance {
-            service: "big".into(),
-            instance_id: format!("b{i}"),
-            host: format!("10.{}.{}.{}", 100 + i / 62_500, (i / 250) % 250, i % 250 + 1),
-            port: 7000,
-            ..Default::default()
-        };
-        c.register_instance(v1::RegisterInstanceRequest {
-            instance: Some(instance),
-            ttl_ms: 60_000,
-            lease_id: String::new(),
-        })
-        .await?;
+        let host = format!("10.{}.{}.{}", 100 + i / 62_500, (i / 250) % 250, i % 250 + 1);
+        register_with(&mut c, "big", &format!("b{i}"), &host, 7000, "").await?;
         if i == 299 {
             // 300 instances: more than 512 bytes, and more than 1232.
             for extra in [&[][..], &["+bufsize=1232"][..]] {
