@@ -108,13 +108,17 @@ impl Secret {
             }
         };
         if value.is_empty() {
-            let reason = "is empty".to_string();
-            return Err(match self {
-                Self::File(path) => SyncError::File { what, path: path.clone(), reason },
-                Self::Value(_) => SyncError::Secret { what, reason },
-            });
+            return Err(self.error(what, "is empty".into()));
         }
         Ok(value)
+    }
+
+    /// What is wrong with the secret, naming its file (a value is never shown).
+    fn error(&self, what: &'static str, reason: String) -> SyncError {
+        match self {
+            Self::File(path) => SyncError::File { what, path: path.clone(), reason },
+            Self::Value(_) => SyncError::Secret { what, reason },
+        }
     }
 }
 
@@ -190,9 +194,7 @@ fn login_options(credentials: Option<&NatsCredentials>) -> async_nats::ConnectOp
 /// nonce signed, a user and password, or a token.
 fn login(credentials: &NatsCredentials, nonce: &[u8]) -> Result<async_nats::Auth, SyncError> {
     let mut auth = async_nats::Auth::new();
-    let sign = |key: &nkeys::KeyPair, what: &'static str, source: &dyn Fn(String) -> SyncError| {
-        key.sign(nonce).map_err(|e| source(format!("cannot sign with the {what}: {e}")))
-    };
+    let sign = |key: &nkeys::KeyPair| key.sign(nonce).map_err(|e| format!("cannot sign the server's nonce: {e}"));
     match credentials {
         NatsCredentials::CredsFile(path) => {
             let what = "credentials file";
@@ -201,17 +203,15 @@ fn login(credentials: &NatsCredentials, nonce: &[u8]) -> Result<async_nats::Auth
                 .ok_or_else(|| file_error(what, path, "holds no user JWT and nkey seed (the format nsc writes)"))?;
             let key = nkeys::KeyPair::from_seed(seed)
                 .map_err(|e| file_error(what, path, format!("its seed is not an nkey seed: {e}")))?;
-            auth.signature = Some(sign(&key, "seed", &|reason| file_error(what, path, reason))?);
+            auth.signature = Some(sign(&key).map_err(|reason| file_error(what, path, reason))?);
             auth.jwt = Some(jwt.to_string());
         }
         NatsCredentials::NkeySeed(seed) => {
-            let value = seed.read("nkey seed")?;
-            let error = |reason: String| match seed {
-                Secret::File(path) => SyncError::File { what: "nkey seed", path: path.clone(), reason },
-                Secret::Value(_) => SyncError::Secret { what: "nkey seed", reason },
-            };
-            let key = nkeys::KeyPair::from_seed(value.trim()).map_err(|e| error(format!("not an nkey seed: {e}")))?;
-            auth.signature = Some(sign(&key, "nkey seed", &error)?);
+            let what = "nkey seed";
+            let value = seed.read(what)?;
+            let key = nkeys::KeyPair::from_seed(value.trim())
+                .map_err(|e| seed.error(what, format!("not an nkey seed: {e}")))?;
+            auth.signature = Some(sign(&key).map_err(|reason| seed.error(what, reason))?);
             auth.nkey = Some(key.public_key());
         }
         NatsCredentials::UserPassword { user, password } => {
