@@ -111,6 +111,8 @@ pub struct ServiceResources {
     pub revision: u64,
     /// Indexed by [`ResourceType::index`].
     encoded: [Bytes; 4],
+    /// Each one's version for incremental xDS, by the same index.
+    versions: [String; 4],
     /// Instances left out because their host is not an IP literal.
     pub hosts_left_out: usize,
 }
@@ -119,6 +121,22 @@ impl ServiceResources {
     pub fn get(&self, t: ResourceType) -> &Bytes {
         &self.encoded[t.index()]
     }
+
+    /// The version of resource `t` for incremental xDS: a hash of its
+    /// bytes, the same on every node (revisions start again with a node,
+    /// and a client reconnecting elsewhere must not be told it is current
+    /// when it is not).
+    pub fn version(&self, t: ResourceType) -> &str {
+        &self.versions[t.index()]
+    }
+}
+
+/// A hash of `bytes`, as text.
+fn version_of(bytes: &[u8]) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// The resources of a service at `revision`, all named `service` (the name
@@ -134,7 +152,9 @@ pub fn build(service: &str, revision: u64, instances: &[v1::Instance]) -> Option
     encoded[ResourceType::Route.index()] = any(&route_configuration(service));
     encoded[ResourceType::Cluster.index()] = any(&cluster(service));
     encoded[ResourceType::Endpoints.index()] = any(&cla);
-    Some(ServiceResources { revision, encoded, hosts_left_out })
+    // Once per revision, not at every response of every delta stream.
+    let versions = encoded.each_ref().map(|b| version_of(b));
+    Some(ServiceResources { revision, encoded, versions, hosts_left_out })
 }
 
 /// `msg` wrapped in an `Any` and encoded.

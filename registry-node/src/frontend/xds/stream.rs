@@ -479,18 +479,13 @@ impl AdsStream {
                     })
                 }
                 Book::Delta(p) => {
-                    // A resource's version is a hash of its bytes: the same
-                    // on every node, so a client that reconnects elsewhere
-                    // is not sent what it holds, and never stale after a
-                    // node's revisions start again.
                     let mut now = BTreeMap::new();
                     let mut bytes = HashMap::new();
                     for (name, r) in current {
                         match r {
                             Some(r) => {
-                                let b = r.get(t).clone();
-                                now.insert(name.clone(), Some(version_of(&b)));
-                                bytes.insert(name, b);
+                                now.insert(name.clone(), Some(r.version(t).to_string()));
+                                bytes.insert(name, r.get(t).clone());
                             }
                             // Asked for by name and absent: the client is told.
                             None if named.contains(&name) => {
@@ -523,14 +518,6 @@ impl AdsStream {
             return;
         }
     }
-}
-
-/// A delta resource's version: a hash of its encoding, as text.
-fn version_of(bytes: &[u8]) -> String {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
 }
 
 /// Whether tonic refused what the client sent, rather than losing the
