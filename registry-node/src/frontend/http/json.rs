@@ -1048,7 +1048,7 @@ async fn watch(
     let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
         Ok::<Event, Infallible>(match item {
             Ok(frame) => renders.event(&frame),
-            Err(e) => json_event("end", &EndEvent { reason: e.to_string() }),
+            Err(e) => end_event(e.to_string()),
         })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
@@ -1095,7 +1095,6 @@ impl SseRenders {
 /// One frame as a server-sent event.
 fn sse_event(frame: &registry_proto::SubscribeFrame) -> Event {
     use v1::subscribe_response::Kind;
-    let end = |reason: String| json_event("end", &EndEvent { reason });
     match frame.decode().ok().and_then(|r| r.kind) {
         Some(Kind::Snapshot(s)) => json_event(
             "snapshot",
@@ -1129,7 +1128,7 @@ fn sse_event(frame: &registry_proto::SubscribeFrame) -> Event {
         Some(Kind::Drain(d)) => {
             json_event("drain", &serde_json::json!({ "hint": d.hint, "delayMs": d.delay_ms, "reason": d.reason }))
         }
-        None => end("the node sent a frame this front-end cannot read; watch again".into()),
+        None => end_event("the node sent a frame this front-end cannot read; watch again".into()),
     }
 }
 
@@ -1258,8 +1257,8 @@ impl DashboardFeed {
                 _ = tick.tick() => {}
                 () = self.tx.closed() => return,
                 () = self.h.shutdown.cancelled() => {
-                    let end = EndEvent { reason: "the node is draining; connect again (any node)".into() };
-                    let _ = self.tx.send(json_event("end", &end)).await;
+                    let end = end_event("the node is draining; connect again (any node)".into());
+                    let _ = self.tx.send(end).await;
                     return;
                 }
             }
@@ -1331,6 +1330,11 @@ fn services_changed(
     changed.truncate(FEED_MAX_CHANGED);
     removed.truncate(FEED_MAX_CHANGED.saturating_sub(changed.len()));
     ServicesChangedEvent { namespace: namespace.to_string(), changed, removed, truncated, total: now.len() as u32 }
+}
+
+/// The `end` event: why the node closes the stream.
+fn end_event(reason: String) -> Event {
+    json_event("end", &EndEvent { reason })
 }
 
 fn json_event(name: &str, data: &impl Serialize) -> Event {
