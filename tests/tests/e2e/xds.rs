@@ -315,12 +315,21 @@ async fn no_nacks(node: &registry_node::NodeHandle, envoy: &Envoy) -> Result<()>
     Ok(())
 }
 
-/// A real Envoy with a static listener takes its clusters from the node's
-/// ADS (CDS by wildcard, then EDS), routes HTTP requests round robin to the
-/// registered HTTP backends and follows a registration, a deregistration
-/// and a DOWN status; it refuses nothing (no NACK).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()> {
+/// What an Envoy scenario goes on with after [`envoy_following_web`].
+struct EnvoyRun {
+    node: registry_node::NodeHandle,
+    web: Backends,
+    c: RegistryClient,
+    envoy: Envoy,
+    /// The leases of h1 and h2.
+    leases: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// The start the Envoy scenarios share: node `n1`, HTTP backends h1-h3,
+/// `web` on h1 and h2 and another service of the namespace (the wildcard
+/// brings its cluster too), then an Envoy started by `start` routing round
+/// robin over h1 and h2, and following h3 added and h1 gone.
+async fn envoy_following_web(start: impl FnOnce(std::net::SocketAddr) -> Result<Envoy>) -> Result<EnvoyRun> {
     let node = start_node(test_config("n1")).await?;
     let web = Backends::http(&["h1", "h2", "h3"])?;
     let mut c = client(node.grpc_addr).await?;
@@ -328,15 +337,24 @@ async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()>
     for b in ["h1", "h2"] {
         leases.insert(b, register(&mut c, "", instance("web", b, web.port(b)), "").await?);
     }
-    // Another service of the namespace: the wildcard brings its cluster too.
     register(&mut c, "", instance("other", "o1", 1), "").await?;
-    let envoy = Envoy::start(node.grpc_addr, "edge-1", None, "web")?;
+    let envoy = start(node.grpc_addr)?;
     until_envoy(&envoy, "round robin over h1, h2", FIRST_CONTACT, &["h1", "h2"], 4).await?;
-
     register(&mut c, "", instance("web", "h3", web.port("h3")), "").await?;
     until_envoy(&envoy, "h3 added", PROMPTLY, &["h1", "h2", "h3"], 6).await?;
     deregister(&mut c, "default", "web", "h1").await?;
     until_envoy(&envoy, "h1 gone", PROMPTLY, &["h2", "h3"], 4).await?;
+    Ok(EnvoyRun { node, web, c, envoy, leases })
+}
+
+/// A real Envoy with a static listener takes its clusters from the node's
+/// ADS (CDS by wildcard, then EDS), routes HTTP requests round robin to the
+/// registered HTTP backends and follows a registration, a deregistration
+/// and a DOWN status; it refuses nothing (no NACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()> {
+    let EnvoyRun { node, web, mut c, envoy, leases } =
+        envoy_following_web(|grpc| Envoy::start(grpc, "edge-1", None, "web")).await?;
     let down = v1::Instance { status: v1::Status::Down as i32, ..instance("web", "h2", web.port("h2")) };
     register(&mut c, "", down, &leases["h2"]).await?;
     until_envoy(&envoy, "h2 down", PROMPTLY, &["h3"], 3).await?;
@@ -436,19 +454,8 @@ async fn envoy_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result
 /// instances are all gone is removed from Envoy (`removed_resources`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_over_delta_xds_routes_and_follows_changes() -> Result<()> {
-    let node = start_node(test_config("n1")).await?;
-    let web = Backends::http(&["h1", "h2", "h3"])?;
-    let mut c = client(node.grpc_addr).await?;
-    for b in ["h1", "h2"] {
-        register(&mut c, "", instance("web", b, web.port(b)), "").await?;
-    }
-    register(&mut c, "", instance("other", "o1", 1), "").await?;
-    let envoy = Envoy::start_delta(node.grpc_addr, "edge-delta", "web")?;
-    until_envoy(&envoy, "round robin over h1, h2", FIRST_CONTACT, &["h1", "h2"], 4).await?;
-    register(&mut c, "", instance("web", "h3", web.port("h3")), "").await?;
-    until_envoy(&envoy, "h3 added", PROMPTLY, &["h1", "h2", "h3"], 6).await?;
-    deregister(&mut c, "default", "web", "h1").await?;
-    until_envoy(&envoy, "h1 gone", PROMPTLY, &["h2", "h3"], 4).await?;
+    let EnvoyRun { node, web, mut c, envoy, .. } =
+        envoy_following_web(|grpc| Envoy::start_delta(grpc, "edge-delta", "web")).await?;
     // Every instance gone: the cluster is removed, and requests fail.
     for b in ["h2", "h3"] {
         deregister(&mut c, "default", "web", b).await?;
