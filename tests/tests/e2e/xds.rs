@@ -26,6 +26,17 @@ async fn register(c: &mut RegistryClient, namespace: &str, instance: v1::Instanc
     Ok(r.into_inner().lease_id)
 }
 
+/// The consumer record of ADS stream `id` (its bootstrap's `node.id`)
+/// among the watchers of `service` in the default namespace ("" for all).
+async fn consumer(c: &mut RegistryClient, service: &str, id: &str) -> Result<v1::Consumer> {
+    let request = v1::ListConsumersRequest { namespace: String::new(), service: service.into() };
+    let consumers = c.list_consumers(request).await?.into_inner().consumers;
+    consumers
+        .into_iter()
+        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == id))
+        .with_context(|| format!("the ADS stream {id} in the consumer directory"))
+}
+
 async fn deregister(c: &mut RegistryClient, namespace: &str, service: &str, id: &str) -> Result<()> {
     let key = v1::InstanceKey { namespace: namespace.into(), service: service.into(), instance_id: id.into() };
     let found = c.deregister(v1::DeregisterRequest { key: Some(key) }).await?.into_inner().found;
@@ -59,16 +70,7 @@ async fn grpcio_xds_channel_follows_the_registry() -> Result<()> {
         .await?;
 
     // The stream is a consumer in the directory, named by the bootstrap.
-    let consumers = c
-        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: "echo".into() })
-        .await?
-        .into_inner()
-        .consumers;
-    let me = consumers
-        .iter()
-        .filter_map(|c| c.info.as_ref())
-        .find(|i| i.consumer_id == "checkout-1")
-        .context("the ADS stream in the consumer directory")?;
+    let me = consumer(&mut c, "echo", "checkout-1").await?.info.unwrap_or_default();
     assert_eq!(me.metadata.get("zone").map(String::as_str), Some("zone-a"));
 
     // A deregistration.
@@ -198,15 +200,7 @@ async fn grpcio_xds_over_tls_obeys_read_grants_of_certificates_and_tokens() -> R
     let client = XdsClient::start("xds:///echo", bootstrap.write()?)?;
     let start = Instant::now();
     client.until("round robin over b1, b2", start, 6, FIRST_CONTACT, |a| round_robin(a, &["b1", "b2"], 3)).await?;
-    let consumers = c
-        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: "echo".into() })
-        .await?
-        .into_inner()
-        .consumers;
-    let me = consumers
-        .iter()
-        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "checkout-1"))
-        .context("the ADS stream in the consumer directory")?;
+    let me = consumer(&mut c, "echo", "checkout-1").await?;
     assert_eq!(me.principal, "checkout", "the stream's principal is its certificate's");
     deregister(&mut c, "default", "echo", "b2").await?;
     let at = Instant::now();
@@ -360,15 +354,7 @@ async fn envoy_routes_to_registered_backends_and_follows_changes() -> Result<()>
     until_envoy(&envoy, "h2 down", PROMPTLY, &["h3"], 3).await?;
 
     // Envoy's ADS stream watches the whole namespace, as a consumer.
-    let consumers = c
-        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: String::new() })
-        .await?
-        .into_inner()
-        .consumers;
-    let edge = consumers
-        .iter()
-        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "edge-1"))
-        .context("Envoy in the consumer directory")?;
+    let edge = consumer(&mut c, "", "edge-1").await?;
     assert!(edge.services.is_empty(), "a wildcard watches the namespace: {edge:?}");
     no_nacks(&node, &envoy).await?;
     drop((envoy, web));
@@ -405,15 +391,7 @@ async fn envoy_over_tls_obeys_read_grants_of_certificates_and_tokens() -> Result
     };
     let edge = Envoy::start_with(node.grpc_addr, "edge-1", None, "web", Some(&edge_tls))?;
     until_envoy(&edge, "round robin over h1, h2 (certificate)", FIRST_CONTACT, &["h1", "h2"], 4).await?;
-    let consumers = c
-        .list_consumers(v1::ListConsumersRequest { namespace: String::new(), service: String::new() })
-        .await?
-        .into_inner()
-        .consumers;
-    let me = consumers
-        .iter()
-        .find(|c| c.info.as_ref().is_some_and(|i| i.consumer_id == "edge-1"))
-        .context("Envoy's ADS stream in the consumer directory")?;
+    let me = consumer(&mut c, "", "edge-1").await?;
     assert_eq!(me.principal, "edge", "the stream's principal is its certificate's");
 
     // A bearer token, no certificate.
