@@ -261,6 +261,12 @@ async fn bad_eureka_input_is_refused_and_counted() -> Result<()> {
     Ok(())
 }
 
+/// An `authorization` header of HTTP basic auth, as Spring sends it.
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+}
+
 /// With auth on: HTTP basic auth (the token's principal and the token), or
 /// a bearer token; grants as for gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,10 +282,6 @@ async fn eureka_calls_authenticate_with_basic_auth() -> Result<()> {
     let node = start_node(config).await?;
     let http = node.http_addr;
     let body = "{\"instance\": {\"instanceId\": \"o-1\", \"ipAddr\": \"10.0.0.1\", \"port\": {\"$\": 80, \"@enabled\": \"true\"}}}";
-    let basic = |user: &str, pass: &str| {
-        use base64::Engine as _;
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
-    };
     let (status, _) = http_request(http, "POST", "/eureka/apps/ORDERS", &[], Some(body)).await?;
     ensure!(status == 401, "no credential: {status}");
     let (status, _) =
@@ -346,10 +348,6 @@ async fn a_provider_takes_itself_out_of_service_with_its_own_credential() -> Res
     let node = start_node(config).await?;
     let http = node.http_addr;
     let admin = format!("Bearer {ops}");
-    let basic = |user: &str, pass: &str| {
-        use base64::Engine as _;
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
-    };
     // The instance as every reader sees it: its status and who overrides it.
     let shown = || async {
         let path = "/v1/namespaces/default/services/orders";
