@@ -71,18 +71,9 @@ impl NatsServer {
         std::fs::write(&path, config)?;
         // A configuration the server refuses says why here, not as a
         // server that never answers.
-        let checked = Command::new("nats-server")
-            .args(["-c", &path.to_string_lossy(), "-t"])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .context("running nats-server -t (is it installed? scripts/test.sh installs it)")?;
-        if !checked.status.success() {
+        if let Err(e) = check_config(&path, &env) {
             let _ = std::fs::remove_file(&path);
-            bail!(
-                "nats-server refuses the configuration: {}{}",
-                String::from_utf8_lossy(&checked.stdout),
-                String::from_utf8_lossy(&checked.stderr)
-            );
+            return Err(e);
         }
         let host = IpAddr::from([127, 0, 0, 1]);
         let args = vec!["-c".to_string(), path.to_string_lossy().into_owned()];
@@ -169,6 +160,11 @@ impl NatsServer {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether its process is still running (false once killed or exited).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -190,6 +186,91 @@ impl NatsServer {
         self.restart().await
     }
 
+    /// Replaces its configuration file with `config` and has the running
+    /// server load it, as an operator rotating credentials does
+    /// (`nats-server --signal reload=<pid>`): no restart, and the server
+    /// itself closes the connections whose login the new file refuses.
+    /// The environment stays the one the process started with, and a reload
+    /// reads the file's `$VAR`s from it: new secrets must be in the file.
+    ///
+    /// The file is checked first (`nats-server -t`) and moved into place
+    /// whole, so a refused file says why here and the server never reads
+    /// half of one. It may hold secrets: only the owner may read it. Returns
+    /// once the server has loaded it (`config_load_time` in `/varz` moved
+    /// on): a file it refused at reload would leave the old one in force.
+    pub async fn reload_with(&mut self, config: &str) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.config.clone().context("reloading a server started without a configuration file")?;
+        let next = path.with_extension("conf.next");
+        // Left by a run that died between writing and moving it, if any.
+        let _ = std::fs::remove_file(&next);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&next)
+            .and_then(|mut file| file.write_all(config.as_bytes()))
+            .with_context(|| format!("writing {}", next.display()))
+            .and_then(|()| check_config(&next, &self.env))
+            .and_then(|()| std::fs::rename(&next, &path).with_context(|| format!("replacing {}", path.display())));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&next);
+            return Err(e);
+        }
+        let before = self.varz().await?;
+        let pid = self.pid();
+        let signalled = Command::new("nats-server")
+            .args(["--signal", &format!("reload={pid}")])
+            .output()
+            .context("running nats-server --signal reload")?;
+        if !signalled.status.success() {
+            bail!(
+                "nats-server --signal reload={pid} failed: {}{}",
+                String::from_utf8_lossy(&signalled.stdout),
+                String::from_utf8_lossy(&signalled.stderr)
+            );
+        }
+        let reloaded = eventually("nats-server reloads its configuration", Duration::from_secs(5), || async {
+            self.varz().await.ok().filter(|now| now.config_load_time != before.config_load_time)
+        })
+        .await;
+        reloaded.with_context(|| format!("nats-server's log ends:\n{}", self.log_tail(10)))?;
+        Ok(())
+    }
+
+    /// Which server process answers and when it last loaded its
+    /// configuration, from `/varz`.
+    pub async fn varz(&self) -> Result<Varz> {
+        let monitor = SocketAddr::new(self.host, self.monitor_port);
+        let (_, body) = http_get(monitor, "/varz").await?;
+        let varz: serde_json::Value = serde_json::from_str(&body).context("/varz is not JSON")?;
+        let field =
+            |name: &str| varz[name].as_str().map(str::to_string).with_context(|| format!("no {name} in /varz: {body}"));
+        Ok(Varz {
+            server_id: field("server_id")?,
+            start: field("start")?,
+            config_load_time: field("config_load_time")?,
+        })
+    }
+
+    /// The client connections open now, with the user each logged in as.
+    pub async fn logins(&self) -> Result<Vec<Login>> {
+        let monitor = SocketAddr::new(self.host, self.monitor_port);
+        let (_, body) = http_get(monitor, "/connz?auth=true").await?;
+        let connz: serde_json::Value = serde_json::from_str(&body).context("/connz is not JSON")?;
+        let connections =
+            connz["connections"].as_array().with_context(|| format!("no connections in /connz: {body}"))?;
+        connections
+            .iter()
+            .map(|c| {
+                let cid = c["cid"].as_u64().with_context(|| format!("a connection without a cid in /connz: {c}"))?;
+                let user = c["authorized_user"].as_str().unwrap_or_default().to_string();
+                Ok(Login { cid, user })
+            })
+            .collect()
+    }
+
     /// Number of routes to other servers of its cluster.
     pub async fn routes(&self) -> Result<usize> {
         let monitor = SocketAddr::new(self.host, self.monitor_port);
@@ -200,6 +281,42 @@ impl NatsServer {
             .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
         n.ok_or_else(|| anyhow::anyhow!("no num_routes in /routez"))
     }
+}
+
+/// What `/varz` tells of a running server. A restarted server has a new
+/// `server_id` (made at each start) and `start`; a reloaded one keeps both
+/// and has a new `config_load_time`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Varz {
+    pub server_id: String,
+    pub start: String,
+    pub config_load_time: String,
+}
+
+/// A client connection open on a server (`/connz`): its id, never reused
+/// while the server runs, and the user it logged in as (empty without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub cid: u64,
+    pub user: String,
+}
+
+/// Fails, with what nats-server says, if it refuses configuration file
+/// `path` in environment `env` (`nats-server -t`).
+fn check_config(path: &std::path::Path, env: &[(String, String)]) -> Result<()> {
+    let checked = Command::new("nats-server")
+        .args(["-c", &path.to_string_lossy(), "-t"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .context("running nats-server -t (is it installed? scripts/test.sh installs it)")?;
+    if !checked.status.success() {
+        bail!(
+            "nats-server refuses the configuration: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    Ok(())
 }
 
 impl Drop for NatsServer {

@@ -13,6 +13,9 @@
 //!   a client without a certificate, or with another CA's, is refused.
 //! - Secrets: an unreadable file stops the start naming it; a password from
 //!   the environment is used and never printed.
+//! - Rotation: nodes log in with what their password files say at each
+//!   reconnect, whether nats-server restarts with the new passwords or, as
+//!   the runbook does it, reloads a configuration that holds them.
 //!
 //! No secret is fixed: passwords, nkeys and certificates are made at run time.
 
@@ -75,9 +78,12 @@ impl Drop for Scratch {
 
 /// nats-server with `deploy/nats/auth.conf` and a user `admin` without
 /// permissions (so allowed everything). Passwords come from the server's
-/// environment, as in the deploy files.
+/// environment, as in the deploy files, until a rotation by reload writes
+/// them into its configuration ([`Self::rotate_by_reload`]).
 struct AuthNats {
     server: NatsServer,
+    /// Its configuration, which names the passwords as `$VAR`s.
+    config: String,
     /// The password of each of [`NODES`].
     passwords: Vec<String>,
     admin: String,
@@ -96,13 +102,18 @@ impl AuthNats {
         let passwords: Vec<String> = NODES.iter().map(|_| nats_password()).collect();
         let admin = nats_password();
         let server = NatsServer::start_configured(&config, Self::env(&passwords, &admin)).await?;
-        Ok(Self { server, passwords, admin })
+        Ok(Self { server, config, passwords, admin })
+    }
+
+    /// The variable `deploy/nats/auth.conf` takes node `i`'s password from.
+    fn password_var(i: usize) -> String {
+        format!("REGISTRY_{i}_NATS_PASSWORD")
     }
 
     /// The server's environment: the passwords its configuration names.
     fn env(passwords: &[String], admin: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
-            passwords.iter().enumerate().map(|(i, p)| (format!("REGISTRY_{i}_NATS_PASSWORD"), p.clone())).collect();
+            passwords.iter().enumerate().map(|(i, p)| (Self::password_var(i), p.clone())).collect();
         env.push(("TEST_ADMIN_NATS_PASSWORD".into(), admin.to_string()));
         env
     }
@@ -110,14 +121,37 @@ impl AuthNats {
     /// New passwords for every node: the files of the nodes that read one
     /// ([`Self::start_node`]) are rewritten, then the server restarts with
     /// the new passwords only.
-    async fn rotate(&mut self, scratch: &Scratch) -> Result<()> {
+    async fn rotate_by_restart(&mut self, scratch: &Scratch) -> Result<()> {
+        self.new_passwords(scratch)?;
+        self.server.restart_with(Self::env(&self.passwords, &self.admin)).await
+    }
+
+    /// New passwords for every node, the runbook's way: the nodes' files
+    /// are rewritten, then the running server reloads a configuration with
+    /// the new passwords only. They are written into the file: a reload
+    /// reads `$VAR`s from the environment the server started with, so new
+    /// values there would never reach it.
+    async fn rotate_by_reload(&mut self, scratch: &Scratch) -> Result<()> {
+        self.new_passwords(scratch)?;
+        let mut config = self.config.clone();
+        for (i, password) in self.passwords.iter().enumerate() {
+            let var = format!("${}", Self::password_var(i));
+            ensure!(config.matches(&var).count() == 1, "the configuration names {var} once");
+            config = config.replace(&var, &format!("\"{password}\""));
+        }
+        self.server.reload_with(&config).await
+    }
+
+    /// Makes new passwords and writes them to the files of the nodes that
+    /// read one ([`Self::start_node`]).
+    fn new_passwords(&mut self, scratch: &Scratch) -> Result<()> {
         self.passwords = NODES.iter().map(|_| nats_password()).collect();
         for (node, password) in NODES.iter().zip(&self.passwords) {
             if *node != "registry-1" {
                 scratch.write(&format!("{node}.password"), &format!("{password}\n"))?;
             }
         }
-        self.server.restart_with(Self::env(&self.passwords, &self.admin)).await
+        Ok(())
     }
 
     fn password(&self, node: &str) -> &str {
@@ -473,13 +507,97 @@ async fn rotated_nats_passwords_are_read_again_at_the_next_reconnect() -> Result
     })
     .await?;
     let old = nats.password("registry-0").to_string();
-    nats.rotate(&scratch).await?;
+    nats.rotate_by_restart(&scratch).await?;
     ensure!(nats.connect("registry-0", &old).await.is_err(), "the old password still works");
     provider.upsert(instance("svc", "after", 8001)).await?;
     eventually("registry-2 sees the change made after the rotation", std::time::Duration::from_secs(20), || async {
         service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["after", "before"])
     })
     .await?;
+    provider.goodbye().await?;
+    shutdown(nodes).await;
+    Ok(())
+}
+
+/// Rotation as OPERATIONS.md's runbook does it: the nodes' password files
+/// are rewritten, then nats-server reloads (`--signal reload`) a
+/// configuration with the new passwords only, and goes on running. The
+/// reload itself closes the connections whose login no longer holds (the
+/// nodes'), not the others (the admin's); the nodes log in again with what
+/// their files say now and replicate. A node that kept the password it read
+/// at start would be refused at every reconnect and never hear the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_reload_cuts_off_old_logins_and_nodes_log_in_again_from_their_files() -> Result<()> {
+    let mut nats = AuthNats::start().await?;
+    let scratch = Scratch::new("reload")?;
+    // Both read their password from a file (see the restart test above).
+    let nodes = vec![
+        nats.start_node(&scratch, "registry-0", "reload").await?,
+        nats.start_node(&scratch, "registry-2", "reload").await?,
+    ];
+    let mut provider = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
+    provider.upsert(instance("svc", "before", 8000)).await?;
+    eventually("registry-2 sees the instance", PROMPTLY, || async {
+        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["before"])
+    })
+    .await?;
+    // A login the new configuration keeps.
+    let admin = nats.admin().await?;
+    admin.flush().await?;
+    let logins = nats.server.logins().await?;
+    let cids = |user: &str| logins.iter().filter(|l| l.user == user).map(|l| l.cid).collect::<Vec<_>>();
+    let (node_cids, admin_cids) = ([cids("registry-0"), cids("registry-2")].concat(), cids("admin"));
+    ensure!(node_cids.len() == 2 && admin_cids.len() == 1, "one connection per node and the admin's: {logins:?}");
+    let mut counts = Vec::new();
+    for node in &nodes {
+        let count = |name| async move { sync_metric(node, name).await.context("metrics") };
+        counts.push((count("disconnects_total").await?, count("nats_server_errors_total").await?));
+    }
+    let (pid, before) = (nats.server.pid(), nats.server.varz().await?);
+    let old = nats.password("registry-0").to_string();
+
+    nats.rotate_by_reload(&scratch).await?;
+
+    // Reloaded, not restarted: the same process, and the same server in it.
+    let after = nats.server.varz().await?;
+    ensure!(nats.server.pid() == pid && nats.server.running(), "nats-server process {pid} is gone");
+    ensure!(
+        (&after.server_id, &after.start) == (&before.server_id, &before.start),
+        "nats-server restarted: {before:?}, then {after:?}"
+    );
+    ensure!(nats.connect("registry-0", &old).await.is_err(), "the old password still works");
+    // The server cut the nodes off, and only them.
+    let now = eventually("the reload closes the nodes' connections", PROMPTLY, || async {
+        nats.server.logins().await.ok().filter(|now| now.iter().all(|l| !node_cids.contains(&l.cid)))
+    })
+    .await?;
+    ensure!(
+        now.iter().any(|l| admin_cids.contains(&l.cid)),
+        "the reload closed a connection whose login still holds: {now:?}"
+    );
+    for (node, (disconnects, _)) in nodes.iter().zip(&counts) {
+        until_metric(node, "disconnects_total", disconnects + 1).await?;
+        let what = format!("{} is connected to NATS again", node.registry.config().node_id);
+        eventually(&what, PROMPTLY, || async { sync_metric(node, "bus_connected").await.filter(|c| *c == 1) }).await?;
+    }
+    // On their new logins, they replicate.
+    provider.upsert(instance("svc", "after", 8001)).await?;
+    eventually("registry-2 sees the change made after the reload", PROMPTLY, || async {
+        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["after", "before"])
+    })
+    .await?;
+    // Unlike a restart, which just drops the connections, the reload tells
+    // each node why it cuts it off: an `Authorization Violation`, counted
+    // as an error from the server. Once, and nothing since: the server
+    // refused nothing the nodes did on their new logins.
+    for (node, (_, errors)) in nodes.iter().zip(&counts) {
+        let now = sync_metric(node, "nats_server_errors_total").await;
+        ensure!(
+            now == Some(errors + 1),
+            "{} counts {now:?} NATS errors, {errors} before",
+            node.registry.config().node_id
+        );
+    }
     provider.goodbye().await?;
     shutdown(nodes).await;
     Ok(())
