@@ -79,8 +79,9 @@ pub enum NatsCredentials {
     Token(Secret),
 }
 
-/// A secret: a file read when replication starts, or a value already known
-/// (taken from the environment). Its `Debug` never shows a value.
+/// A secret: a file read at every connect (so a rotated one is used from the
+/// next reconnect), or a value already known (taken from the environment).
+/// Its `Debug` never shows a value.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
     File(PathBuf),
