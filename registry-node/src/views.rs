@@ -400,6 +400,14 @@ impl Views {
         }
     }
 
+    /// The stored instances of one service (none if unknown), as they are:
+    /// shared bytes, nothing decoded. A cache of what is built from each
+    /// instance keys on them.
+    pub fn get_stored(&self, namespace: &str, service: &str) -> Vec<EncodedInstance> {
+        let key: ServiceKey = (namespace.into(), service.into());
+        self.map.get(&key).map(|v| v.instances.values().cloned().collect()).unwrap_or_default()
+    }
+
     /// The revision of one service (0 if unknown), without reading its
     /// instances: how a cache of what is built from them tells it is current.
     pub fn service_revision(&self, namespace: &str, service: &str) -> u64 {

@@ -8,7 +8,8 @@
 //! change as it happens ([`ViewListener`]), which only marks the name's
 //! compiled records as behind; the first query after a change compiles
 //! them again from the view (one read of that service's view, as any
-//! reader of the registry does) and every later query copies them. A
+//! reader of the registry does) and the records behind, which hold what
+//! the unchanged instances gave, and every later query copies them. A
 //! change is thereby visible to the next query, and an unknown name is
 //! answered from the index alone.
 //!
@@ -86,14 +87,16 @@ impl Default for Catalog {
 
 impl Catalog {
     /// The records of `namespace`/`service` (lowercase): the compiled ones
-    /// if current, else `compile`d from the views behind the name (and kept
-    /// for the next query, unless a change came meanwhile). `None` if no
-    /// view has that name.
+    /// if current, else `compile`d from the views behind the name and the
+    /// last records compiled (whose unchanged instances it reuses), and
+    /// kept. Records compiled while a change came are kept too, not served:
+    /// the next query compiles again from them. `None` if no view has that
+    /// name.
     pub fn records(
         &self,
         namespace: &str,
         service: &str,
-        compile: impl FnOnce(&[ServiceKey]) -> Records,
+        compile: impl FnOnce(&[ServiceKey], Option<&Records>) -> Records,
     ) -> Option<Arc<Records>> {
         let names = self.names.pin();
         let slot = names.get(&NameRef(namespace, service))?;
@@ -104,14 +107,13 @@ impl Catalog {
         }
         let version = slot.version;
         let views: Vec<ServiceKey> = slot.views.iter().map(|(k, _)| k.clone()).collect();
+        let previous = slot.compiled.as_ref().map(|(_, records)| records.clone());
         // Read after the version: the views are at least that new.
-        let records = Arc::new(compile(&views));
+        let records = Arc::new(compile(&views, previous.as_deref()));
         names.compute(NameKey::of(namespace, service), |entry| match entry {
-            Some((_, slot)) if slot.version == version => Operation::Insert(Slot {
-                views: slot.views.clone(),
-                version,
-                compiled: Some((version, records.clone())),
-            }),
+            Some((_, slot)) if slot.compiled.as_ref().is_none_or(|(v, _)| *v < version) => {
+                Operation::Insert(Slot { compiled: Some((version, records.clone())), ..slot.clone() })
+            }
             _ => Operation::Abort(()),
         });
         Some(records)
@@ -177,7 +179,7 @@ mod tests {
     impl Compiler {
         fn read(&self, catalog: &Catalog, ns: &str, svc: &str) -> Option<Vec<ServiceKey>> {
             let mut seen = None;
-            catalog.records(ns, svc, |views| {
+            catalog.records(ns, svc, |views, _| {
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 seen = Some(views.to_vec());
                 Records::default()
@@ -239,23 +241,26 @@ mod tests {
     }
 
     #[test]
-    fn records_compiled_across_a_change_are_not_kept() {
+    fn records_compiled_across_a_change_are_not_served_but_build_the_next() {
         let (catalog, calls) = (Catalog::default(), AtomicUsize::new(0));
         catalog.changed(&key("prod", "web"), 1);
-        let read = || {
-            catalog.records("prod", "web", |_| {
-                calls.fetch_add(1, Ordering::Relaxed);
+        let mut previous = Vec::new();
+        let mut read = || {
+            catalog.records("prod", "web", |_, last: Option<&Records>| {
+                previous.push(last.map(|r| r as *const Records));
                 // The writer changes the view while this query compiles.
-                if calls.load(Ordering::Relaxed) == 1 {
+                if calls.fetch_add(1, Ordering::Relaxed) == 0 {
                     catalog.changed(&key("prod", "web"), 2);
                 }
                 Records::default()
             })
         };
-        assert!(read().is_some());
-        assert!(read().is_some());
+        let first = read().expect("known");
+        let second = read().expect("known");
         assert_eq!(calls.load(Ordering::Relaxed), 2, "the first compile was behind: compiled again");
         assert!(read().is_some());
         assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(previous, vec![None, Some(Arc::as_ptr(&first))], "the second compile started from the first");
+        assert!(!Arc::ptr_eq(&first, &second));
     }
 }
