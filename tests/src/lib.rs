@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use registry_node::auth::tokens::sha256_hex;
+use registry_node::auth::{Grant, Role, TokenEntry};
 use registry_node::{NodeConfig, NodeHandle};
 pub use registry_proto::v1;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -58,6 +60,18 @@ impl<T> GrpcTransport for T where
 
 /// Generous bound for things that happen "at once" (one local round trip).
 pub const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// A grant of `role` on the services matching `services` (a name, a prefix
+/// ending in `*`, or `*`) in `namespace` (or `*`).
+pub fn grant(namespace: &str, services: &str, role: Role) -> Grant {
+    Grant { namespace: namespace.into(), services: services.into(), role }
+}
+
+/// A principal known by bearer `token`, stored as a tokens file holds it
+/// (its SHA-256, never the token), with `grants`.
+pub fn token_entry(name: &str, token: &str, grants: Vec<Grant>) -> TokenEntry {
+    TokenEntry { name: name.into(), sha256: sha256_hex(token.as_bytes()), grants }
+}
 
 /// A node configuration for tests: loopback, free ports, short timers.
 ///

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use anyhow::{Result, ensure};
 use rand::Rng as _;
 use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
+use registry_node::auth::{AuthMode, Role, TokenEntry};
 use registry_node::{NodeConfig, NodeHandle};
 use registry_proto::v1;
 use registry_proto::v1::register_response::Kind as Out;
-use registry_tests::{PROMPTLY, http_get, http_get_with, instance, start_node, test_config};
+use registry_tests::{PROMPTLY, grant, http_get, http_get_with, instance, start_node, test_config, token_entry};
 use tokio_stream::StreamExt as _;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -24,10 +24,6 @@ type Cluster = v1::cluster_client::ClusterClient<Channel>;
 fn token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn grant(namespace: &str, services: &str, role: Role) -> Grant {
-    Grant { namespace: namespace.into(), services: services.into(), role }
 }
 
 /// The principals of the matrix, each with a token made now.
@@ -45,17 +41,12 @@ impl Principals {
     }
 
     fn entries(&self) -> Vec<TokenEntry> {
-        let entry = |name: &str, token: &str, grants| TokenEntry {
-            name: name.into(),
-            sha256: sha256_hex(token.as_bytes()),
-            grants,
-        };
         vec![
-            entry("reader", &self.reader, vec![grant("default", "orders*", Role::Read)]),
-            entry("writer", &self.writer, vec![grant("default", "orders*", Role::Write)]),
-            entry("other", &self.other, vec![grant("default", "payments", Role::Write)]),
-            entry("admin", &self.admin, vec![grant("default", "nothing-in-particular", Role::Admin)]),
-            entry("elsewhere", &self.elsewhere, vec![grant("prod", "*", Role::Admin)]),
+            token_entry("reader", &self.reader, vec![grant("default", "orders*", Role::Read)]),
+            token_entry("writer", &self.writer, vec![grant("default", "orders*", Role::Write)]),
+            token_entry("other", &self.other, vec![grant("default", "payments", Role::Write)]),
+            token_entry("admin", &self.admin, vec![grant("default", "nothing-in-particular", Role::Admin)]),
+            token_entry("elsewhere", &self.elsewhere, vec![grant("prod", "*", Role::Admin)]),
         ]
     }
 }
@@ -396,21 +387,9 @@ async fn a_changed_tokens_file_is_reloaded_and_a_bad_one_keeps_the_old_tokens() 
 async fn an_instance_is_replaced_or_removed_by_its_principal_only_across_nodes() -> Result<()> {
     let (alice, bob, admin) = (token(), token(), token());
     let entries = vec![
-        TokenEntry {
-            name: "alice".into(),
-            sha256: sha256_hex(alice.as_bytes()),
-            grants: vec![grant("default", "orders", Role::Write)],
-        },
-        TokenEntry {
-            name: "bob".into(),
-            sha256: sha256_hex(bob.as_bytes()),
-            grants: vec![grant("default", "orders", Role::Write)],
-        },
-        TokenEntry {
-            name: "ops".into(),
-            sha256: sha256_hex(admin.as_bytes()),
-            grants: vec![grant("default", "*", Role::Admin)],
-        },
+        token_entry("alice", &alice, vec![grant("default", "orders", Role::Write)]),
+        token_entry("bob", &bob, vec![grant("default", "orders", Role::Write)]),
+        token_entry("ops", &admin, vec![grant("default", "*", Role::Admin)]),
     ];
     let nats = registry_tests::nats::NatsServer::start().await?;
     let mut nodes = Vec::new();
@@ -509,19 +488,14 @@ async fn admin_actions_denied_writes_and_ownership_refusals_go_to_the_audit_file
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("audit.jsonl");
     let (owner, intruder, ops, reader) = (token(), token(), token(), token());
-    let entry = |name: &str, token: &str, grants| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(token.as_bytes()),
-        grants,
-    };
     let mut config = test_config("audit");
     config.auth.mode = Some(AuthMode::Enforce);
     config.auth.audit_file = Some(path.clone());
     config.auth.tokens = vec![
-        entry("owner", &owner, vec![grant("default", "orders*", Role::Write)]),
-        entry("intruder", &intruder, vec![grant("default", "orders*", Role::Write)]),
-        entry("ops", &ops, vec![grant("default", "*", Role::Admin)]),
-        entry("reader", &reader, vec![grant("default", "*", Role::Read)]),
+        token_entry("owner", &owner, vec![grant("default", "orders*", Role::Write)]),
+        token_entry("intruder", &intruder, vec![grant("default", "orders*", Role::Write)]),
+        token_entry("ops", &ops, vec![grant("default", "*", Role::Admin)]),
+        token_entry("reader", &reader, vec![grant("default", "*", Role::Read)]),
     ];
     let node = start_node(config).await?;
     let (mut c, mut cluster) = client(node.grpc_addr).await?;

@@ -12,14 +12,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
+use registry_node::auth::{AuthMode, Role};
 use registry_proto::v1;
 use registry_proto::v1::registry_client::RegistryClient;
 use registry_tests::nats::NatsServer;
 use registry_tests::procs::{NodeProc, node_bin};
 use registry_tests::tools::{npm_project, target_dir};
-use registry_tests::{Session, Watch, channel, start_node, test_config};
+use registry_tests::{Session, Watch, channel, grant, start_node, test_config, token_entry};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -175,11 +174,7 @@ async fn the_console_shows_a_service_live_and_obeys_grants() -> Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let token = || format!("{:032x}", rand::random::<u128>());
     let (admin, reader, provider) = (token(), token(), token());
-    let entry = |name: &str, t: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(t.as_bytes()),
-        grants: vec![Grant { namespace: "*".into(), services: "*".into(), role }],
-    };
+    let entry = |name: &str, t: &str, role| token_entry(name, t, vec![grant("*", "*", role)]);
     let mut config = test_config("console-node");
     config.auth.mode = Some(AuthMode::Enforce);
     config.auth.tokens = vec![

@@ -9,11 +9,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
+use registry_node::auth::{AuthMode, Role};
 use registry_proto::v1;
 use registry_tests::tools::python_module;
-use registry_tests::{PROMPTLY, Watch, client, eventually, http_json, http_request, metric, start_node, test_config};
+use registry_tests::{
+    PROMPTLY, Watch, client, eventually, grant, http_json, http_request, metric, start_node, test_config, token_entry,
+};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
@@ -274,11 +275,7 @@ async fn eureka_calls_authenticate_with_basic_auth() -> Result<()> {
     let token = format!("{:032x}", rand::random::<u128>());
     let mut config = test_config("eureka-auth");
     config.auth.mode = Some(AuthMode::Enforce);
-    config.auth.tokens = vec![TokenEntry {
-        name: "shop".into(),
-        sha256: sha256_hex(token.as_bytes()),
-        grants: vec![Grant { namespace: "default".into(), services: "orders".into(), role: Role::Write }],
-    }];
+    config.auth.tokens = vec![token_entry("shop", &token, vec![grant("default", "orders", Role::Write)])];
     let node = start_node(config).await?;
     let http = node.http_addr;
     let body = "{\"instance\": {\"instanceId\": \"o-1\", \"ipAddr\": \"10.0.0.1\", \"port\": {\"$\": 80, \"@enabled\": \"true\"}}}";
@@ -333,10 +330,8 @@ async fn eureka_calls_authenticate_with_basic_auth() -> Result<()> {
 async fn a_provider_takes_itself_out_of_service_with_its_own_credential() -> Result<()> {
     let token = || format!("{:032x}", rand::random::<u128>());
     let (shop, rival, ops) = (token(), token(), token());
-    let entry = |name: &str, token: &str, services: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(token.as_bytes()),
-        grants: vec![Grant { namespace: "default".into(), services: services.into(), role }],
+    let entry = |name: &str, token: &str, services: &str, role| {
+        token_entry(name, token, vec![grant("default", services, role)])
     };
     let mut config = test_config("eureka-self-status");
     config.auth.mode = Some(AuthMode::Enforce);

@@ -8,9 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{AuthMode, Grant, Role, TokenEntry};
-use registry_tests::{PROMPTLY, SseStream, http_json, start_node, test_config};
+use registry_node::auth::{AuthMode, Role};
+use registry_tests::{PROMPTLY, SseStream, grant, http_json, start_node, test_config, token_entry};
 use serde_json::{Value, json};
 
 fn body(host: &str, port: u32) -> Value {
@@ -207,10 +206,8 @@ async fn errors_are_json_with_their_status() -> Result<()> {
 async fn the_api_obeys_grants_and_ownership() -> Result<()> {
     let token = || format!("{:032x}", rand::random::<u128>());
     let (writer, reader, admin, other) = (token(), token(), token(), token());
-    let entry = |name: &str, t: &str, namespace: &str, services: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(t.as_bytes()),
-        grants: vec![Grant { namespace: namespace.into(), services: services.into(), role }],
+    let entry = |name: &str, t: &str, namespace: &str, services: &str, role| {
+        token_entry(name, t, vec![grant(namespace, services, role)])
     };
     let mut config = test_config("http-auth");
     config.auth.mode = Some(AuthMode::Enforce);
@@ -294,16 +291,8 @@ async fn an_admin_status_override_reaches_every_node_and_outlasts_re_registratio
     let token = || format!("{:032x}", rand::random::<u128>());
     let (writer, admin) = (token(), token());
     let entries = vec![
-        TokenEntry {
-            name: "writer".into(),
-            sha256: sha256_hex(writer.as_bytes()),
-            grants: vec![Grant { namespace: "default".into(), services: "orders".into(), role: Role::Write }],
-        },
-        TokenEntry {
-            name: "ops".into(),
-            sha256: sha256_hex(admin.as_bytes()),
-            grants: vec![Grant { namespace: "default".into(), services: "*".into(), role: Role::Admin }],
-        },
+        token_entry("writer", &writer, vec![grant("default", "orders", Role::Write)]),
+        token_entry("ops", &admin, vec![grant("default", "*", Role::Admin)]),
     ];
     let nats = registry_tests::nats::NatsServer::start().await?;
     let mut nodes = Vec::new();
@@ -473,11 +462,7 @@ async fn an_override_of_an_instance_gone_for_the_retention_is_dropped_on_every_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_drains_a_node_over_http_and_it_stops() -> Result<()> {
     let (reader, admin) = (format!("{:032x}", rand::random::<u128>()), format!("{:032x}", rand::random::<u128>()));
-    let entry = |name: &str, t: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(t.as_bytes()),
-        grants: vec![Grant { namespace: "*".into(), services: "*".into(), role }],
-    };
+    let entry = |name: &str, t: &str, role| token_entry(name, t, vec![grant("*", "*", role)]);
     let mut config = test_config("http-drain");
     config.auth.mode = Some(AuthMode::Enforce);
     config.auth.tokens = vec![entry("reader", &reader, Role::Read), entry("ops", &admin, Role::Admin)];
@@ -501,11 +486,7 @@ async fn an_admin_drains_a_node_over_http_and_it_stops() -> Result<()> {
 async fn the_session_and_the_dashboard_feed() -> Result<()> {
     let token = || format!("{:032x}", rand::random::<u128>());
     let (reader, admin, stranger) = (token(), token(), token());
-    let entry = |name: &str, t: &str, namespace: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: sha256_hex(t.as_bytes()),
-        grants: vec![Grant { namespace: namespace.into(), services: "*".into(), role }],
-    };
+    let entry = |name: &str, t: &str, namespace: &str, role| token_entry(name, t, vec![grant(namespace, "*", role)]);
     let mut config = test_config("http-feed");
     config.auth.mode = Some(AuthMode::Enforce);
     config.auth.tokens = vec![entry("viewer", &reader, "default", Role::Read), entry("ops", &admin, "*", Role::Admin)];

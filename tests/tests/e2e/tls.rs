@@ -8,13 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
-use registry_node::auth::tokens::sha256_hex;
-use registry_node::auth::{AuthMode, CertEntry, Grant, Role, TokenEntry};
+use registry_node::auth::{AuthMode, CertEntry, Role};
 use registry_node::listen::{ClientAuth, TlsSettings};
 use registry_node::{NodeConfig, NodeHandle};
 use registry_proto::v1;
 use registry_tests::pki::{ClientTls, Pem, TestCa, Validity, cert_dir};
-use registry_tests::{PROMPTLY, http_get, instance, metric, start_node, test_config};
+use registry_tests::{PROMPTLY, grant, http_get, instance, metric, start_node, test_config, token_entry};
 use tokio_stream::StreamExt as _;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -150,19 +149,11 @@ async fn a_client_certificate_is_its_principal() -> Result<()> {
         CertEntry {
             name: "billing-service".into(),
             subject: "billing.prod".into(),
-            grants: vec![Grant { namespace: "prod".into(), services: "billing*".into(), role: Role::Write }],
+            grants: vec![grant("prod", "billing*", Role::Write)],
         },
-        CertEntry {
-            name: "ops".into(),
-            subject: "ops-cn".into(),
-            grants: vec![Grant { namespace: "*".into(), services: "*".into(), role: Role::Admin }],
-        },
+        CertEntry { name: "ops".into(), subject: "ops-cn".into(), grants: vec![grant("*", "*", Role::Admin)] },
     ];
-    s.config.auth.tokens = vec![TokenEntry {
-        name: "orders-team".into(),
-        sha256: sha256_hex(token.as_bytes()),
-        grants: vec![Grant { namespace: "default".into(), services: "orders*".into(), role: Role::Write }],
-    }];
+    s.config.auth.tokens = vec![token_entry("orders-team", &token, vec![grant("default", "orders*", Role::Write)])];
     let node = start_node(s.config).await?;
     let billing =
         ClientTls::trusting(&s.ca).with_identity(s.ca.client("billing-cn", &["billing.prod"], Validity::Current)?);
@@ -289,7 +280,7 @@ async fn the_client_library_speaks_tls_and_mtls_to_a_real_node() -> Result<()> {
     s.config.auth.certs = vec![CertEntry {
         name: "orders-service".into(),
         subject: "orders.prod".into(),
-        grants: vec![Grant { namespace: "default".into(), services: "orders*".into(), role: Role::Write }],
+        grants: vec![grant("default", "orders*", Role::Write)],
     }];
     let node = start_node(s.config).await?;
     let id = s.ca.client("orders-cn", &["orders.prod"], Validity::Current)?;

@@ -136,9 +136,10 @@ struct SecuredNode {
 /// client certificate (subject, services), and a token (name, token,
 /// services).
 async fn secured_node(test: &str, readers: &[(&str, &str)], token: (&str, &str, &str)) -> Result<SecuredNode> {
-    use registry_node::auth::{AuthMode, CertEntry, Grant, Role, TokenEntry};
+    use registry_node::auth::{AuthMode, CertEntry, Role};
     use registry_node::listen::{ClientAuth, TlsSettings};
     use registry_tests::pki::{ClientTls, TestCa, Validity, cert_dir};
+    use registry_tests::{grant, token_entry};
 
     let ca = TestCa::new(&format!("{test} CA"))?;
     let dir = cert_dir(test)?;
@@ -152,17 +153,12 @@ async fn secured_node(test: &str, readers: &[(&str, &str)], token: (&str, &str, 
         client_auth: Some(ClientAuth::Optional),
     });
     config.auth.mode = Some(AuthMode::Enforce);
-    let grant = |services: &str, role| Grant { namespace: "default".into(), services: services.into(), role };
     let cert = |name: &str, grants| CertEntry { name: name.into(), subject: name.into(), grants };
-    config.auth.certs = std::iter::once(cert("ops", vec![grant("*", Role::Admin)]))
-        .chain(readers.iter().map(|(name, services)| cert(name, vec![grant(services, Role::Read)])))
+    config.auth.certs = std::iter::once(cert("ops", vec![grant("default", "*", Role::Admin)]))
+        .chain(readers.iter().map(|(name, services)| cert(name, vec![grant("default", services, Role::Read)])))
         .collect();
     let (name, secret, services) = token;
-    config.auth.tokens = vec![TokenEntry {
-        name: name.into(),
-        sha256: registry_node::auth::tokens::sha256_hex(secret.as_bytes()),
-        grants: vec![grant(services, Role::Read)],
-    }];
+    config.auth.tokens = vec![token_entry(name, secret, vec![grant("default", services, Role::Read)])];
     let node = start_node(config).await?;
     let ops = ClientTls::trusting(&ca).with_identity(ca.client("ops", &[], Validity::Current)?);
     Ok(SecuredNode { node, ca, dir, ca_file, ops })
