@@ -466,7 +466,9 @@ mod hostile {
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    };
     use envoy_types::pb::google::rpc;
     use prost::Message as _;
     use tokio::sync::mpsc;
@@ -527,6 +529,56 @@ mod hostile {
                 }
             }
         }
+    }
+
+    /// An incremental (delta) ADS stream, driven by hand.
+    struct DeltaAds {
+        tx: mpsc::Sender<DeltaDiscoveryRequest>,
+        rx: Streaming<DeltaDiscoveryResponse>,
+    }
+
+    impl DeltaAds {
+        async fn open(channel: tonic::transport::Channel) -> Result<Self> {
+            let (tx, rx) = mpsc::channel(64);
+            let rx = AggregatedDiscoveryServiceClient::new(channel)
+                .delta_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            Ok(Self { tx, rx })
+        }
+
+        /// Subscribes to `names` of `type_url`, answering `nonce` (an ACK, or
+        /// a NACK with `error`).
+        async fn send(&self, type_url: &str, names: &[&str], nonce: &str, error: Option<&str>) -> Result<()> {
+            let request = DeltaDiscoveryRequest {
+                node: Some(Node { id: "hostile".into(), ..Default::default() }),
+                type_url: type_url.into(),
+                resource_names_subscribe: names.iter().map(|s| s.to_string()).collect(),
+                response_nonce: nonce.into(),
+                error_detail: error.map(|m| rpc::Status { code: 3, message: m.into(), details: vec![] }),
+                ..Default::default()
+            };
+            self.tx.send(request).await.context("the stream is closed")
+        }
+
+        async fn next(&mut self) -> Result<DeltaDiscoveryResponse> {
+            match tokio::time::timeout(PROMPTLY, self.rx.message()).await {
+                Err(_) => bail!("no response within {PROMPTLY:?}"),
+                Ok(Ok(Some(r))) => Ok(r),
+                Ok(Ok(None)) => bail!("the stream ended"),
+                Ok(Err(s)) => bail!("the stream failed: {s}"),
+            }
+        }
+    }
+
+    fn delta_cla(r: &DeltaDiscoveryResponse) -> Result<Vec<ClusterLoadAssignment>> {
+        r.resources
+            .iter()
+            .map(|r| {
+                let any = r.resource.as_ref().context("a resource without its body")?;
+                Ok(ClusterLoadAssignment::decode(any.value.as_slice())?)
+            })
+            .collect()
     }
 
     async fn xds_metric(node: &registry_node::NodeHandle, name: &str) -> Result<u64> {
@@ -654,6 +706,32 @@ mod hostile {
         let next = ads.next().await?;
         assert_ne!(next.nonce, first.nonce);
         assert_eq!(cla(&next)?[0].endpoints[0].lb_endpoints.len(), 2, "the change after the NACK");
+        let (_, body) = http_get(node.http_addr, "/metrics").await?;
+        assert!(body.contains("registry_xds_nacks_total{node=\"n1\",type=\"eds\"} 1"), "{body}");
+        node.shutdown().await;
+        Ok(())
+    }
+
+    /// The same over incremental xDS: a NACK repeated 50 times is counted
+    /// once and answered with nothing (the refused resource is not sent
+    /// again as it is); the next change comes, as a new version.
+    #[tokio::test]
+    async fn a_delta_nack_is_counted_once_and_the_next_change_still_comes() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut c = client(node.grpc_addr).await?;
+        register(&mut c, "", instance("echo", "e1", 9001), "").await?;
+        let mut ads = DeltaAds::open(channel(node.grpc_addr).await?).await?;
+        ads.send(EDS, &["echo"], "", None).await?;
+        let first = ads.next().await?;
+        assert_eq!(delta_cla(&first)?[0].endpoints[0].lb_endpoints.len(), 1);
+        for _ in 0..50 {
+            ads.send(EDS, &[], &first.nonce, Some("I refuse")).await?;
+        }
+        register(&mut c, "", instance("echo", "e2", 9002), "").await?;
+        let next = ads.next().await?;
+        assert_ne!(next.nonce, first.nonce);
+        assert_ne!(next.resources[0].version, first.resources[0].version);
+        assert_eq!(delta_cla(&next)?[0].endpoints[0].lb_endpoints.len(), 2, "the change after the NACK");
         let (_, body) = http_get(node.http_addr, "/metrics").await?;
         assert!(body.contains("registry_xds_nacks_total{node=\"n1\",type=\"eds\"} 1"), "{body}");
         node.shutdown().await;
