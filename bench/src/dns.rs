@@ -34,7 +34,14 @@ fn dns_config(port: u16) -> String {
     format!("[dns]\naddr = \"127.0.0.1:{port}\"\n")
 }
 
-pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u64, qps: u32) -> Result<Vec<Row>> {
+pub(crate) async fn dns(
+    setup: &Setup,
+    instances: u32,
+    services: u32,
+    seconds: u64,
+    qps: u32,
+    churn_rate: u32,
+) -> Result<Vec<Row>> {
     if setup.label().is_some() {
         bail!("the dns scenario has no TLS or tokens to measure (drop --tls and --token)");
     }
@@ -73,6 +80,10 @@ pub(crate) async fn dns(setup: &Setup, instances: u32, services: u32, seconds: u
             }
         }
         None => eprintln!("nsd not installed (Debian package nsd): no side-by-side comparison"),
+    }
+    if churn_rate > 0 {
+        let load = Churn { seconds, qps, rate: churn_rate };
+        rows.extend(churn(setup, &node, dns, &dir, services, load).await?);
     }
     drop(node);
     rows.extend(propagation(setup).await?);
@@ -299,6 +310,89 @@ async fn dnsperf(server: SocketAddr, queries: &Path, seconds: u64, load: Load) -
         max_ms: number(max)? * 1e3,
         latency,
     })
+}
+
+/// The load of the churn run: `qps` queries a second offered for `seconds`,
+/// `rate` changes a second to the big service.
+struct Churn {
+    seconds: u64,
+    qps: u32,
+    rate: u32,
+}
+
+/// Instances of the churning service: a big service of a big deployment.
+const BIG: u32 = 10_000;
+
+/// A service of [`BIG`] instances changing `rate` times a second (one
+/// instance re-registered on another port each time, as a rolling deploy
+/// does), asked for one query in a hundred, while dnsperf offers `qps`
+/// queries a second over it and the `services` others. Every change makes
+/// the next query of the big service compile its records again, on one of
+/// the node's UDP threads, while the datagrams of its batch wait: the
+/// latency of all queries shows what a change to a big service costs.
+async fn churn(
+    setup: &Setup,
+    node: &NodeProc,
+    server: SocketAddr,
+    dir: &Path,
+    services: u32,
+    Churn { seconds, qps, rate }: Churn,
+) -> Result<Vec<Row>> {
+    let mut client = setup.client(node.grpc).await?;
+    // Hosts after every other instance's.
+    let first = 1 << 22;
+    for k in 0..BIG {
+        register(&mut client, "big", &format!("b-{k}"), first + k, 8080).await?;
+    }
+    let queries = dir.join("churn-queries.txt");
+    let mut text = String::new();
+    for s in 0..services {
+        let s = (u64::from(s) * 7_919 % u64::from(services)) as u32;
+        text.push_str(&format!("svc-{s}.{NAMESPACE}.{DOMAIN}. A\n"));
+        if s.is_multiple_of(100) {
+            text.push_str(&format!("big.{NAMESPACE}.{DOMAIN}. A\n"));
+        }
+    }
+    std::fs::write(&queries, text)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churner = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut changes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let k = changes % BIG;
+                register(&mut client, "big", &format!("b-{k}"), first + k, 9000 + changes / BIG % 2).await?;
+                changes += 1;
+            }
+            anyhow::Ok(changes)
+        })
+    };
+    let started = Instant::now();
+    let load = Load::Offered(qps);
+    let cpu0 = node.cpu_seconds()?;
+    let perf = dnsperf(server, &queries, seconds, load).await;
+    let used = node.cpu_seconds()? - cpu0;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = churner.await.context("the churner panicked")??;
+    let perf = perf?;
+    let scenario = format!("dns: dnsperf, {qps} queries/s offered, a service of {BIG} instances changing");
+    let variant = format!("{rate} changes/s asked, 1 query in 100 for it");
+    let mut rows = perf.rows(load, &variant);
+    for r in &mut rows {
+        r.scenario = scenario.clone();
+    }
+    rows.push(row(
+        &scenario,
+        &variant,
+        "changes made per second",
+        f64::from(changes) / started.elapsed().as_secs_f64(),
+        "/s",
+    ));
+    rows.push(row(&scenario, &variant, "server CPU per query", used * 1e6 / perf.completed, "µs"));
+    Ok(rows)
 }
 
 /// A registration on node a, then queries to node c's DNS until it shows:

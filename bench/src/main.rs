@@ -122,6 +122,10 @@ enum Scenario {
         /// Queries per second offered in the latency run.
         #[arg(long, default_value_t = 100_000)]
         qps: u32,
+        /// Changes a second to a service of 10,000 instances during one more
+        /// latency run (0: no such run).
+        #[arg(long, default_value_t = 100)]
+        churn_rate: u32,
     },
     /// Memory per instance and GetService latency under writes.
     Scale {
@@ -235,14 +239,15 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         }
         Scenario::SseFanout { watchers, flaps } => scenarios::sse_fanout(setup, watchers, flaps).await?,
         Scenario::Eureka { instances, fetches } => eureka::eureka(setup, instances, fetches).await?,
-        Scenario::Dns { instances, services, seconds, qps } => {
-            dns::dns(setup, instances, services, seconds, qps).await?
+        Scenario::Dns { instances, services, seconds, qps, churn_rate } => {
+            dns::dns(setup, instances, services, seconds, qps, churn_rate).await?
         }
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
         Scenario::Xds { streams, connections, flaps, rate, seconds } => {
-            let mut rows = xds::fanout(setup, streams, connections, flaps).await?;
+            let mut rows = xds::fanout(setup, streams, connections, flaps, xds::Protocol::Sotw).await?;
+            rows.extend(xds::fanout(setup, streams, connections, flaps, xds::Protocol::Delta).await?);
             rows.extend(xds::propagation(setup, rate, seconds).await?);
             rows
         }
@@ -259,7 +264,8 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             rows.extend(scenarios::scale(setup, 2_000, 200).await?);
             rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
             rows.extend(scenarios::failure(setup, 1).await?);
-            rows.extend(xds::fanout(setup, 50, 2, 3).await?);
+            rows.extend(xds::fanout(setup, 50, 2, 3, xds::Protocol::Sotw).await?);
+            rows.extend(xds::fanout(setup, 50, 2, 3, xds::Protocol::Delta).await?);
             rows.extend(xds::propagation(setup, 100, 1).await?);
             rows
         }

@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result};
 use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::Any;
 use prost::Message as _;
 use registry_tests::{Session, instance};
 use tokio::sync::mpsc;
@@ -49,15 +50,48 @@ async fn follow(channel: NodeChannel, id: String, service: &str, mut seen: impl 
         .await?
         .into_inner();
     while let Some(r) = stream.message().await? {
-        seen(ports(&r)?);
+        seen(ports(&r.resources)?);
         tx.send(request(&r.nonce)).await?;
     }
     Ok(())
 }
 
-fn ports(r: &DiscoveryResponse) -> Result<Vec<u32>> {
+/// [`follow`] over incremental xDS (`DeltaAggregatedResources`): each
+/// response carries only the resources that changed.
+async fn follow_delta(channel: NodeChannel, id: String, service: &str, mut seen: impl FnMut(Vec<u32>)) -> Result<()> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(Node { id, ..Default::default() }),
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![service.to_string()],
+        ..Default::default()
+    })
+    .await?;
+    let mut stream = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(r) = stream.message().await? {
+        seen(ports(delta_resources(&r))?);
+        tx.send(DeltaDiscoveryRequest { type_url: EDS.into(), response_nonce: r.nonce, ..Default::default() }).await?;
+    }
+    Ok(())
+}
+
+fn delta_resources(r: &DeltaDiscoveryResponse) -> impl Iterator<Item = &Any> {
+    r.resources.iter().filter_map(|r| r.resource.as_ref())
+}
+
+/// State of the world or incremental.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Sotw,
+    Delta,
+}
+
+fn ports<'a>(resources: impl IntoIterator<Item = &'a Any>) -> Result<Vec<u32>> {
     let mut out = Vec::new();
-    for any in &r.resources {
+    for any in resources {
         let cla = ClusterLoadAssignment::decode(any.value.as_slice())?;
         for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
             let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else { continue };
@@ -72,11 +106,21 @@ fn ports(r: &DiscoveryResponse) -> Result<Vec<u32>> {
     Ok(out)
 }
 
-/// Fan-out over xDS: `streams` ADS streams watching one service's
-/// endpoints, one instance flapping (its port is the flap's number); the
-/// time until the last stream has each flap, and node CPU per push.
-pub(crate) async fn fanout(setup: &Setup, streams: u32, connections: u32, flaps: u32) -> Result<Vec<Row>> {
-    let variant = format!("{streams} ADS streams over {connections} connections");
+/// Fan-out over xDS: `streams` ADS streams (state of the world or
+/// incremental) watching one service's endpoints, one instance flapping
+/// (its port is the flap's number); the time until the last stream has
+/// each flap, and node CPU per push.
+pub(crate) async fn fanout(
+    setup: &Setup,
+    streams: u32,
+    connections: u32,
+    flaps: u32,
+    protocol: Protocol,
+) -> Result<Vec<Row>> {
+    let variant = match protocol {
+        Protocol::Sotw => format!("{streams} ADS streams over {connections} connections"),
+        Protocol::Delta => format!("{streams} delta ADS streams over {connections} connections"),
+    };
     let node = setup.start_node("a", &[], "xds-fanout").await?;
     let ready = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
@@ -92,7 +136,7 @@ pub(crate) async fn fanout(setup: &Setup, streams: u32, connections: u32, flaps:
         let (ready, got, last) = (ready.clone(), got.clone(), last.clone());
         tasks.push(tokio::spawn(async move {
             let mut first = true;
-            follow(channel, format!("bench-{s}"), "flap", move |ports| {
+            let seen = move |ports: Vec<u32>| {
                 if std::mem::take(&mut first) {
                     ready.fetch_add(1, Ordering::Relaxed);
                 }
@@ -103,8 +147,12 @@ pub(crate) async fn fanout(setup: &Setup, streams: u32, connections: u32, flaps:
                         last[f as usize].fetch_max(now, Ordering::Relaxed);
                     }
                 }
-            })
-            .await
+            };
+            let id = format!("bench-{s}");
+            match protocol {
+                Protocol::Sotw => follow(channel, id, "flap", seen).await,
+                Protocol::Delta => follow_delta(channel, id, "flap", seen).await,
+            }
         }));
     }
     registry_tests::eventually("every ADS stream has its first response", Duration::from_secs(120), || {

@@ -230,37 +230,34 @@ pub struct Records {
     placed: Placed,
 }
 
-type Placed = HashMap<Stored, Place, foldhash::fast::RandomState>;
+/// Each instance compiled, in the order the views gave them, with where
+/// its records sit.
+type Placed = Vec<(Stored, Place)>;
 
 /// A stored instance, told by identity: the views keep an instance's
-/// stored bytes until it changes, and a change stores new ones. Hashing
-/// an address rather than the bytes, and comparing one, is what makes a
-/// compile after a change cheap. An instance stored again with the same
-/// bytes is encoded again: the same records.
+/// stored bytes until it changes, and a change stores new ones. Comparing
+/// addresses rather than bytes is what makes a compile after a change
+/// cheap. An instance stored again with the same bytes is encoded again:
+/// the same records.
 #[derive(Debug)]
 struct Stored(EncodedInstance);
 
 impl Stored {
-    fn address(&self) -> *const u8 {
-        self.0.bytes().as_ptr()
+    /// The address of its bytes: no other instance has it while this one
+    /// holds them (and none is empty: every one has a name).
+    fn address(&self) -> usize {
+        address(&self.0)
     }
 }
 
-impl std::hash::Hash for Stored {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.address().hash(state);
-    }
+fn address(stored: &EncodedInstance) -> usize {
+    stored.bytes().as_ptr() as usize
 }
 
-impl PartialEq for Stored {
-    /// The key holds its bytes, so no other instance can have their address
-    /// while it is in the map (and none is empty: every one has a name).
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.address(), other.address()) && self.0.bytes().len() == other.0.bytes().len()
-    }
-}
-
-impl Eq for Stored {}
+/// How far ahead of where the last one was found an instance is looked
+/// for among the last records' (an instance changed, added or removed
+/// shifts the others by one).
+const LOOK_AHEAD: usize = 8;
 
 /// The fewest instances whose places a service's records keep: a smaller
 /// service is compiled from nothing at every change (64 instances: about
@@ -304,6 +301,41 @@ enum Zone<'a> {
 }
 
 impl Records {
+    /// Where each of `instances` sits in these records, if it is one of
+    /// theirs. The views give a service's instances in the same order from
+    /// one read to the next, but for the changed ones: each is looked for
+    /// a little after the last one found, in turn. When more than a few
+    /// are not found that way (a view that grew and rehashed, many removed
+    /// at once), those are looked up by address.
+    fn find(&self, instances: &[EncodedInstance]) -> Vec<Option<Place>> {
+        let before = &self.placed;
+        let mut next = 0;
+        let mut missed = 0;
+        let mut found: Vec<Option<Place>> = instances
+            .iter()
+            .map(|instance| {
+                let end = before.len().min(next + LOOK_AHEAD);
+                let at = (next..end).find(|&at| before[at].0.address() == address(instance));
+                if let Some(at) = at {
+                    next = at + 1;
+                } else {
+                    missed += 1;
+                }
+                at.map(|at| before[at].1)
+            })
+            .collect();
+        if missed > LOOK_AHEAD && !before.is_empty() {
+            let by_address: HashMap<usize, Place, foldhash::fast::RandomState> =
+                before.iter().map(|(stored, place)| (stored.address(), *place)).collect();
+            for (instance, place) in instances.iter().zip(&mut found) {
+                if place.is_none() {
+                    *place = by_address.get(&address(instance)).copied();
+                }
+            }
+        }
+        found
+    }
+
     /// Where `zone`'s set is, added if new (with room for as many records
     /// as it had in `previous`).
     fn zone(&mut self, zone: Zone<'_>, previous: Option<&Records>) -> usize {
@@ -644,86 +676,91 @@ impl Responder {
     /// records of an instance still stored as it was when `previous` was
     /// compiled are copied from there, not decoded and encoded again: a
     /// change to a service of 10,000 instances costs the next query a copy
-    /// of the records (1.4 ms), where encoding them all took 25-28 ms.
+    /// of the records (under 1 ms), where encoding them all took 25-28 ms.
     pub fn compile(&self, instances: Vec<EncodedInstance>, previous: Option<&Records>) -> Records {
         /// Where an instance's records come from.
         enum Source {
             /// `previous`, where they sit.
             Kept(Place),
             /// Encoded now (`None`: not UP, or not for DNS); zone lowercase.
-            New(Option<String>, Option<InstanceRecords>),
+            New(Box<(Option<String>, Option<InstanceRecords>)>),
         }
+        let found = previous.map(|p| p.find(&instances)).unwrap_or_default();
+        let mut stored = Vec::with_capacity(instances.len());
         let mut sources = Vec::with_capacity(instances.len());
-        for stored in instances {
-            let stored = Stored(stored);
-            let (rank, source) = match previous.and_then(|p| p.placed.get(&stored)) {
-                Some(place) => (place.rank, Source::Kept(*place)),
+        for (k, instance) in instances.into_iter().enumerate() {
+            let (rank, source) = match found.get(k).copied().flatten() {
+                Some(place) => (place.rank, Source::Kept(place)),
                 // Stored instances were validated; one that does not decode
                 // cannot exist, and would be skipped rather than fail the name.
-                None => match stored.0.decode() {
+                None => match instance.decode() {
                     Ok(i) => {
                         let zone = (!i.zone.is_empty()).then(|| i.zone.to_ascii_lowercase());
                         let up = i.status().effective() == v1::Status::Up;
                         let records = up.then(|| self.encode_instance(&i)).flatten();
-                        (RANK.hash_one((&i.host, i.port)), Source::New(zone, records))
+                        (RANK.hash_one((&i.host, i.port)), Source::New(Box::new((zone, records))))
                     }
                     Err(_) => continue,
                 },
             };
-            sources.push(Some((rank, stored, source)));
+            stored.push(Stored(instance));
+            sources.push((rank, source));
         }
-        // A stable order before the rotation, whatever order the views keep.
-        let rank = |k: usize| sources[k].as_ref().map(|(rank, stored, _)| (*rank, stored.0.bytes()));
-        let mut order: Vec<usize> = (0..sources.len()).collect();
-        order.sort_unstable_by(|a, b| rank(*a).cmp(&rank(*b)));
+        // A stable order before the rotation, whatever order the views keep:
+        // by rank, sorted as numbers side by side (ties, if ever, by bytes).
+        let mut order: Vec<(u64, usize)> = sources.iter().enumerate().map(|(k, (rank, _))| (*rank, k)).collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| stored[a.1].0.bytes().cmp(stored[b.1].0.bytes())));
+        // The zones of `previous` by index, as found or added in these.
+        let mut zones_then: Vec<Option<usize>> = vec![None; previous.map_or(0, |p| p.zones.len())];
 
         let mut records = Records::default();
-        let keep_places = sources.len() >= KEEP_PLACES_FROM;
-        let capacity = if keep_places { sources.len() } else { 0 };
-        let mut placed = Placed::with_capacity_and_hasher(capacity, Default::default());
         let last = previous.map(|p| &p.all);
         if let Some(last) = last {
             // Room for as many records as last time: a change moves few.
             records.all.reserve_as(last);
         }
-        for k in order {
-            let Some((rank, stored, source)) = sources[k].take() else { continue };
+        let unplaced = Place { rank: 0, zone: NONE, address: NONE, v6: false, srv: NONE, target: NONE };
+        let mut places = vec![unplaced; sources.len()];
+        for (rank, k) in order {
             records.all.exists = true;
-            let (zone, parts) = match &source {
+            let (zone, parts) = match &sources[k].1 {
                 Source::Kept(place) => {
-                    let zone = previous.and_then(|p| p.zones.get(place.zone as usize)).map(|(z, _)| Zone::Shared(z));
+                    let then = place.zone as usize;
+                    let zone = match (zones_then.get(then).copied().flatten(), previous.and_then(|p| p.zones.get(then)))
+                    {
+                        (Some(at), _) => Some(at),
+                        (None, Some((name, _))) => {
+                            let at = records.zone(Zone::Shared(name), previous);
+                            zones_then[then] = Some(at);
+                            Some(at)
+                        }
+                        (None, None) => None,
+                    };
                     (zone, last.and_then(|all| all.parts(place)))
                 }
-                Source::New(zone, encoded) => {
-                    (zone.as_deref().map(Zone::Text), encoded.as_ref().map(InstanceRecords::parts))
+                Source::New(new) => {
+                    let (zone, encoded) = &**new;
+                    let zone = zone.as_deref().map(|z| records.zone(Zone::Text(z), previous));
+                    (zone, encoded.as_ref().map(InstanceRecords::parts))
                 }
             };
-            let zone = zone.map(|zone| {
-                let at = records.zone(zone, previous);
+            if let Some(at) = zone {
                 records.zones[at].1.exists = true;
-                at
-            });
-            let mut place = Place {
-                rank,
-                zone: zone.map_or(NONE, |at| at as u32),
-                address: NONE,
-                v6: false,
-                srv: NONE,
-                target: NONE,
-            };
+            }
+            let place = &mut places[k];
+            *place = Place { rank, zone: zone.map_or(NONE, |at| at as u32), ..unplaced };
             if let Some(parts) = parts {
-                records.all.add(&parts, &mut place);
+                records.all.add(&parts, place);
                 if let Some(at) = zone {
                     // Where they sit in a zone's set is not kept.
-                    let mut in_zone = place;
+                    let mut in_zone = *place;
                     records.zones[at].1.add(&parts, &mut in_zone);
                 }
             }
-            if keep_places {
-                placed.insert(stored, place);
-            }
         }
-        records.placed = placed;
+        if stored.len() >= KEEP_PLACES_FROM {
+            records.placed = stored.into_iter().zip(places).collect();
+        }
         records
     }
 
@@ -1045,6 +1082,10 @@ mod tests {
         let copied = other.compile(stored.clone(), Some(&first));
         assert_eq!(ttls(&copied), [(5, 97), (60, 3)], "97 copied, the 3 changed or new UP ones encoded");
         assert_eq!(ttls(&other.compile(anew(), Some(&first))), [(60, 100)], "stored anew: all encoded");
+        // In another order (a view that grew and rehashed): all found.
+        let mut reordered = stored.clone();
+        reordered.reverse();
+        assert_eq!(ttls(&other.compile(reordered, Some(&second))), [(5, 100)], "reordered: all copied");
         // A small service keeps no places: compiled from nothing each time.
         stored.truncate(KEEP_PLACES_FROM - 1);
         let small = r.compile(stored.clone(), Some(&second));
@@ -1254,7 +1295,7 @@ mod tests {
                 // Across the size from which places are kept.
                 start in prop::collection::vec((host(), 1u32..65536, 0usize..3, status()), 56..72),
                 steps in prop::collection::vec(
-                    prop::collection::vec((0usize..3, any::<prop::sample::Index>(), host(), 1u32..65536, 0usize..3, status()), 1..8),
+                    prop::collection::vec((0usize..5, any::<prop::sample::Index>(), host(), 1u32..65536, 0usize..3, status()), 1..8),
                     1..6,
                 ),
             ) {
@@ -1272,7 +1313,10 @@ mod tests {
                             0 => stored.push(i),
                             _ if stored.is_empty() => {}
                             1 => { stored.remove(at.index(stored.len())); }
-                            _ => { let at = at.index(stored.len()); stored[at] = i; }
+                            2 => { let at = at.index(stored.len()); stored[at] = i; }
+                            // As a view that grew and rehashed gives them.
+                            3 => { let at = at.index(stored.len()); stored.rotate_left(at); }
+                            _ => stored.reverse(),
                         }
                     }
                     let next = r.compile(stored.clone(), Some(&last));

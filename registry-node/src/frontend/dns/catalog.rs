@@ -66,6 +66,11 @@ struct Slot {
     /// current when they were compiled at this version.
     version: u64,
     compiled: Option<(u64, Arc<Records>)>,
+    /// Held while compiling: a query that finds the records behind while
+    /// another compiles them waits for those rather than compile them too
+    /// (both UDP threads compiling a big service at every change doubled
+    /// the cost of a change).
+    compiling: Arc<parking_lot::Mutex<()>>,
 }
 
 /// See the module's documentation.
@@ -90,8 +95,9 @@ impl Catalog {
     /// if current, else `compile`d from the views behind the name and the
     /// last records compiled (whose unchanged instances it reuses), and
     /// kept. Records compiled while a change came are kept too, not served:
-    /// the next query compiles again from them. `None` if no view has that
-    /// name.
+    /// the next query compiles again from them. A query that finds the
+    /// records behind while another compiles them waits for those. `None`
+    /// if no view has that name.
     pub fn records(
         &self,
         namespace: &str,
@@ -99,11 +105,20 @@ impl Catalog {
         compile: impl FnOnce(&[ServiceKey], Option<&Records>) -> Records,
     ) -> Option<Arc<Records>> {
         let names = self.names.pin();
+        let current = |slot: &Slot| match &slot.compiled {
+            Some((version, records)) if *version == slot.version => Some(records.clone()),
+            _ => None,
+        };
         let slot = names.get(&NameRef(namespace, service))?;
-        if let Some((version, records)) = &slot.compiled
-            && *version == slot.version
-        {
-            return Some(records.clone());
+        if let Some(records) = current(slot) {
+            return Some(records);
+        }
+        let compiling = slot.compiling.clone();
+        let _compiling = compiling.lock();
+        // Compiled meanwhile by the query that held the lock?
+        let slot = names.get(&NameRef(namespace, service))?;
+        if let Some(records) = current(slot) {
+            return Some(records);
         }
         let version = slot.version;
         let views: Vec<ServiceKey> = slot.views.iter().map(|(k, _)| k.clone()).collect();
@@ -262,5 +277,36 @@ mod tests {
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert_eq!(previous, vec![None, Some(Arc::as_ptr(&first))], "the second compile started from the first");
         assert!(!Arc::ptr_eq(&first, &second));
+    }
+
+    /// Two queries finding the records behind: one compiles, the other
+    /// waits for its records rather than compile them too.
+    #[test]
+    fn one_query_compiles_while_the_others_wait() {
+        let catalog = Arc::new(Catalog::default());
+        catalog.changed(&key("prod", "web"), 1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let other = std::sync::Mutex::new(None);
+        let first = catalog.records("prod", "web", |_, _| {
+            let catalog = catalog.clone();
+            let done = done_tx.clone();
+            *other.lock().expect("not poisoned") = Some(std::thread::spawn(move || {
+                let mut compiled = false;
+                let records = catalog.records("prod", "web", |_, _| {
+                    compiled = true;
+                    Records::default()
+                });
+                let _ = done.send(());
+                (compiled, records)
+            }));
+            // The other query cannot be done before this compile is: it waits.
+            let waited = done_rx.recv_timeout(std::time::Duration::from_millis(200));
+            assert!(waited.is_err(), "the other query was answered while this one compiled");
+            Records::default()
+        });
+        let other = other.lock().expect("not poisoned").take().expect("spawned");
+        let (compiled, records) = other.join().expect("the other query");
+        assert!(!compiled, "the other query compiled too");
+        assert!(Arc::ptr_eq(&first.expect("known"), &records.expect("known")), "it got the records compiled");
     }
 }
