@@ -249,12 +249,23 @@ fn hello_of(origin: &Origin) -> Bytes {
 /// Two nodes of `cluster`, each logged in as its own user; the cluster
 /// replicates (a registration on registry-0 is seen on registry-1).
 async fn two_nodes(nats: &AuthNats, scratch: &Scratch, cluster: &str) -> Result<(Vec<NodeHandle>, Session)> {
+    two_nodes_as(nats, scratch, cluster, "registry-1", "real").await
+}
+
+/// [`two_nodes`], registry-0 and `second`, replicating instance `id`.
+async fn two_nodes_as(
+    nats: &AuthNats,
+    scratch: &Scratch,
+    cluster: &str,
+    second: &str,
+    id: &str,
+) -> Result<(Vec<NodeHandle>, Session)> {
     let a = nats.start_node(scratch, "registry-0", cluster).await?;
-    let b = nats.start_node(scratch, "registry-1", cluster).await?;
+    let b = nats.start_node(scratch, second, cluster).await?;
     let mut provider = Session::open(&mut client(a.grpc_addr).await?, 0).await?;
-    provider.upsert(instance("svc", "real", 8000)).await?;
-    eventually("registry-1 sees registry-0's instance", PROMPTLY, || async {
-        service_ids(b.grpc_addr, "svc").await.ok().filter(|ids| ids == &["real"])
+    provider.upsert(instance("svc", id, 8000)).await?;
+    eventually(&format!("{second} sees registry-0's instance"), PROMPTLY, || async {
+        service_ids(b.grpc_addr, "svc").await.ok().filter(|ids| ids == &[id])
     })
     .await?;
     Ok((vec![a, b], provider))
@@ -496,16 +507,7 @@ async fn rotated_nats_passwords_are_read_again_at_the_next_reconnect() -> Result
     let scratch = Scratch::new("rotate")?;
     // Both read their password from a file (registry-1 takes it from the
     // environment, which only a restart changes).
-    let nodes = vec![
-        nats.start_node(&scratch, "registry-0", "rotate").await?,
-        nats.start_node(&scratch, "registry-2", "rotate").await?,
-    ];
-    let mut provider = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
-    provider.upsert(instance("svc", "before", 8000)).await?;
-    eventually("registry-2 sees the instance", PROMPTLY, || async {
-        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["before"])
-    })
-    .await?;
+    let (nodes, mut provider) = two_nodes_as(&nats, &scratch, "rotate", "registry-2", "before").await?;
     let old = nats.password("registry-0").to_string();
     nats.rotate_by_restart(&scratch).await?;
     ensure!(nats.connect("registry-0", &old).await.is_err(), "the old password still works");
@@ -531,16 +533,7 @@ async fn a_nats_server_reload_cuts_off_old_logins_and_nodes_log_in_again_from_th
     let mut nats = AuthNats::start().await?;
     let scratch = Scratch::new("reload")?;
     // Both read their password from a file (see the restart test above).
-    let nodes = vec![
-        nats.start_node(&scratch, "registry-0", "reload").await?,
-        nats.start_node(&scratch, "registry-2", "reload").await?,
-    ];
-    let mut provider = Session::open(&mut client(nodes[0].grpc_addr).await?, 0).await?;
-    provider.upsert(instance("svc", "before", 8000)).await?;
-    eventually("registry-2 sees the instance", PROMPTLY, || async {
-        service_ids(nodes[1].grpc_addr, "svc").await.ok().filter(|ids| ids == &["before"])
-    })
-    .await?;
+    let (nodes, mut provider) = two_nodes_as(&nats, &scratch, "reload", "registry-2", "before").await?;
     // A login the new configuration keeps.
     let admin = nats.admin().await?;
     admin.flush().await?;

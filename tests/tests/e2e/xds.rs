@@ -510,12 +510,7 @@ mod hostile {
         }
 
         async fn next(&mut self) -> Result<DiscoveryResponse> {
-            match tokio::time::timeout(PROMPTLY, self.rx.message()).await {
-                Err(_) => bail!("no response within {PROMPTLY:?}"),
-                Ok(Ok(Some(r))) => Ok(r),
-                Ok(Ok(None)) => bail!("the stream ended"),
-                Ok(Err(s)) => bail!("the stream failed: {s}"),
-            }
+            next_response(&mut self.rx).await
         }
 
         /// How the node ended the stream.
@@ -528,6 +523,16 @@ mod hostile {
                     Ok(Err(s)) => return Ok(s),
                 }
             }
+        }
+    }
+
+    /// The next response on an ADS stream, either variant.
+    async fn next_response<T>(rx: &mut Streaming<T>) -> Result<T> {
+        match tokio::time::timeout(PROMPTLY, rx.message()).await {
+            Err(_) => bail!("no response within {PROMPTLY:?}"),
+            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(None)) => bail!("the stream ended"),
+            Ok(Err(s)) => bail!("the stream failed: {s}"),
         }
     }
 
@@ -562,12 +567,7 @@ mod hostile {
         }
 
         async fn next(&mut self) -> Result<DeltaDiscoveryResponse> {
-            match tokio::time::timeout(PROMPTLY, self.rx.message()).await {
-                Err(_) => bail!("no response within {PROMPTLY:?}"),
-                Ok(Ok(Some(r))) => Ok(r),
-                Ok(Ok(None)) => bail!("the stream ended"),
-                Ok(Err(s)) => bail!("the stream failed: {s}"),
-            }
+            next_response(&mut self.rx).await
         }
     }
 
