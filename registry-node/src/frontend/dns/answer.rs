@@ -261,7 +261,7 @@ const LOOK_AHEAD: usize = 8;
 
 /// The fewest instances whose places a service's records keep: a smaller
 /// service is compiled from nothing at every change (64 instances: about
-/// 130 µs), and its records weigh no map.
+/// 130 µs), and its records keep no placements.
 const KEEP_PLACES_FROM: usize = 64;
 
 /// Not a record: an index in no `Chunks`.
