@@ -95,11 +95,8 @@ impl Directory for NodeDirectory {
 
     fn records(&self, namespace: &str, service: &str, responder: &Responder) -> Option<Arc<Records>> {
         self.catalog.records(namespace, service, |views, previous| {
-            let stored = match views {
-                [(namespace, service)] => self.api.registry().views().get_stored(namespace, service),
-                _ => views.iter().flat_map(|(ns, svc)| self.api.registry().views().get_stored(ns, svc)).collect(),
-            };
-            responder.compile(stored, previous)
+            let stored = views.iter().flat_map(|(ns, svc)| self.api.registry().views().get_stored(ns, svc));
+            responder.compile(stored.collect(), previous)
         })
     }
 
