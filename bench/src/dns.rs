@@ -55,13 +55,7 @@ pub(crate) async fn dns(
     let dir = std::env::temp_dir().join(format!("registry-bench-dns-{port}"));
     std::fs::create_dir_all(&dir)?;
     let queries = dir.join("queries.txt");
-    let mut text = String::new();
-    for s in 0..services {
-        // Spread over the services in a fixed shuffled order.
-        let s = (u64::from(s) * 7_919 % u64::from(services)) as u32;
-        text.push_str(&format!("svc-{s}.{NAMESPACE}.{DOMAIN}. A\n"));
-    }
-    std::fs::write(&queries, text)?;
+    write_queries(&queries, services, false)?;
 
     let mut rows = Vec::new();
     let ours_variant = format!("registry-node, {variant}");
@@ -89,6 +83,20 @@ pub(crate) async fn dns(
     rows.extend(propagation(setup).await?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
+}
+
+/// dnsperf's queries: the A records of every service, spread in a fixed
+/// shuffled order; with `big`, the big service's after every hundredth.
+fn write_queries(path: &Path, services: u32, big: bool) -> Result<()> {
+    let mut text = String::new();
+    for s in 0..services {
+        let s = (u64::from(s) * 7_919 % u64::from(services)) as u32;
+        text.push_str(&format!("svc-{s}.{NAMESPACE}.{DOMAIN}. A\n"));
+        if big && s.is_multiple_of(100) {
+            text.push_str(&format!("big.{NAMESPACE}.{DOMAIN}. A\n"));
+        }
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 async fn register_all(setup: &Setup, node: &NodeProc, instances: u32, services: u32) -> Result<()> {
@@ -345,15 +353,7 @@ async fn churn(
         register(&mut client, "big", &format!("b-{k}"), first + k, 8080).await?;
     }
     let queries = dir.join("churn-queries.txt");
-    let mut text = String::new();
-    for s in 0..services {
-        let s = (u64::from(s) * 7_919 % u64::from(services)) as u32;
-        text.push_str(&format!("svc-{s}.{NAMESPACE}.{DOMAIN}. A\n"));
-        if s.is_multiple_of(100) {
-            text.push_str(&format!("big.{NAMESPACE}.{DOMAIN}. A\n"));
-        }
-    }
-    std::fs::write(&queries, text)?;
+    write_queries(&queries, services, true)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churner = {
         let stop = stop.clone();
