@@ -242,11 +242,9 @@ impl NatsServer {
     /// Which server process answers and when it last loaded its
     /// configuration, from `/varz`.
     pub async fn varz(&self) -> Result<Varz> {
-        let monitor = SocketAddr::new(self.host, self.monitor_port);
-        let (_, body) = http_get(monitor, "/varz").await?;
-        let varz: serde_json::Value = serde_json::from_str(&body).context("/varz is not JSON")?;
+        let varz = self.monitor("/varz").await?;
         let field =
-            |name: &str| varz[name].as_str().map(str::to_string).with_context(|| format!("no {name} in /varz: {body}"));
+            |name: &str| varz[name].as_str().map(str::to_string).with_context(|| format!("no {name} in /varz: {varz}"));
         Ok(Varz {
             server_id: field("server_id")?,
             start: field("start")?,
@@ -256,11 +254,9 @@ impl NatsServer {
 
     /// The client connections open now, with the user each logged in as.
     pub async fn logins(&self) -> Result<Vec<Login>> {
-        let monitor = SocketAddr::new(self.host, self.monitor_port);
-        let (_, body) = http_get(monitor, "/connz?auth=true").await?;
-        let connz: serde_json::Value = serde_json::from_str(&body).context("/connz is not JSON")?;
+        let connz = self.monitor("/connz?auth=true").await?;
         let connections =
-            connz["connections"].as_array().with_context(|| format!("no connections in /connz: {body}"))?;
+            connz["connections"].as_array().with_context(|| format!("no connections in /connz: {connz}"))?;
         connections
             .iter()
             .map(|c| {
@@ -269,6 +265,13 @@ impl NatsServer {
                 Ok(Login { cid, user })
             })
             .collect()
+    }
+
+    /// A monitoring endpoint's answer (`/varz`, `/connz`...), as JSON.
+    async fn monitor(&self, path: &str) -> Result<serde_json::Value> {
+        let monitor = SocketAddr::new(self.host, self.monitor_port);
+        let (_, body) = http_get(monitor, path).await?;
+        serde_json::from_str(&body).with_context(|| format!("{path} is not JSON: {body}"))
     }
 
     /// Number of routes to other servers of its cluster.
