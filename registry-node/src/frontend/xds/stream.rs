@@ -436,7 +436,7 @@ impl AdsStream {
             if !self.book.want().maybe_due(t) {
                 continue;
             }
-            let named: Vec<String> = self.book.want().names(t).map(String::from).collect();
+            let named: BTreeSet<String> = self.book.want().names(t).map(String::from).collect();
             let names: Vec<String> = if self.book.want().is_wildcard(t) {
                 // Every service of the namespace that has instances. The
                 // listing walks the views: a wildcard is for the few Envoys
@@ -449,7 +449,7 @@ impl AdsStream {
                 self.retain_slots(&keep);
                 all.into_iter().collect()
             } else {
-                named.clone()
+                named.iter().cloned().collect()
             };
             // What exists of each name now.
             let mut current = Vec::with_capacity(names.len());
