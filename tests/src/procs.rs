@@ -29,6 +29,9 @@ pub struct NodeProc {
     cluster: String,
     child: Option<Child>,
     config: PathBuf,
+    /// Where its log (warnings and errors) goes when `NODE_LOG` does not
+    /// send it elsewhere: kept for [`Self::log`], removed on drop.
+    log: Option<PathBuf>,
 }
 
 impl NodeProc {
@@ -54,6 +57,9 @@ impl NodeProc {
             cluster: cluster.into(),
             child: None,
             config: path,
+            log: std::env::var_os("NODE_LOG")
+                .is_none()
+                .then(|| std::env::temp_dir().join(format!("registry-node-{name}-{}.log", http.port()))),
         };
         node.child = Some(node.command().spawn().with_context(|| format!("starting {}", bin.display()))?);
         Ok(node)
@@ -73,7 +79,15 @@ impl NodeProc {
         .arg(&self.config)
         .args(["--cluster", &self.cluster])
         .env("RUST_LOG", std::env::var("NODE_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(node_log(&self.cluster, &self.name))
+        .stdout(match &self.log {
+            // Appended to: a restarted node adds to what it said before.
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_or_else(|_| Stdio::null(), Stdio::from),
+            None => node_log(&self.cluster, &self.name),
+        })
         .stderr(Stdio::inherit());
         for url in &self.nats {
             cmd.args(["--nats-url", url]);
@@ -87,6 +101,12 @@ impl NodeProc {
             http_get(http, "/readyz").await.ok().filter(|(s, _)| *s == 200).map(|_| ())
         })
         .await
+    }
+
+    /// What it logged (warnings and errors, across restarts); empty when
+    /// `NODE_LOG` sends the log elsewhere.
+    pub fn log(&self) -> String {
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// The process id (0 once killed).
@@ -178,6 +198,9 @@ impl Drop for NodeProc {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.config);
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
 
