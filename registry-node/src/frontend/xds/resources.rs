@@ -131,12 +131,15 @@ impl ServiceResources {
     }
 }
 
-/// A hash of `bytes`, as text.
+/// A hash of `bytes`, as text: the first 64 bits of their SHA-256, in hex.
+/// A standard hash, so nodes built by different toolchains (a rolling
+/// upgrade) give the same resource the same version; the standard library's
+/// hasher may change between Rust releases, and a client reconnecting to an
+/// upgraded node would be sent again everything it holds.
 fn version_of(bytes: &[u8]) -> String {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    format!("{:016x}", h.finish())
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The resources of a service at `revision`, all named `service` (the name
@@ -478,6 +481,20 @@ mod tests {
             eds.eds_config.and_then(|s| s.config_source_specifier),
             Some(config_source::ConfigSourceSpecifier::Ads(_))
         ));
+    }
+
+    #[test]
+    fn versions_are_a_standard_hash_of_the_bytes() {
+        // SHA-256("abc") begins ba7816bf 8f01cfea (FIPS 180-2, appendix B.1):
+        // the version does not depend on the build that computed it.
+        assert_eq!(version_of(b"abc"), "ba7816bf8f01cfea");
+        let up = build("orders", 1, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).unwrap();
+        let same = build("orders", 2, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).unwrap();
+        let down = build("orders", 3, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Down)]).unwrap();
+        let e = ResourceType::Endpoints;
+        assert_eq!(up.version(e), same.version(e), "same bytes, same version, whatever the revision");
+        assert_ne!(up.version(e), down.version(e));
+        assert_eq!(up.version(ResourceType::Cluster), down.version(ResourceType::Cluster));
     }
 
     #[test]
