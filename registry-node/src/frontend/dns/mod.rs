@@ -10,7 +10,8 @@
 //!   (`recvmmsg`), answer each datagram in turn and send the answers in one
 //!   call (`sendmmsg`): a flood costs at most those threads, and every
 //!   answer is short work. A task per TCP connection, bounded in number,
-//!   each closed when its client says nothing for `dns.tcp_idle_timeout_ms`.
+//!   each closed when its client says nothing for `dns.tcp_idle_timeout_ms`,
+//!   answering on the blocking pool (an answer may wait for a compile).
 //!
 //! The registry's writer tells the catalog of every change as it makes it
 //! ([`crate::views::ViewListener`]): a registration is visible to the next
@@ -158,7 +159,7 @@ pub fn spawn_dns(
             };
             let (responder, dir, metrics, stop) = (responder.clone(), dir.clone(), metrics.clone(), stop.clone());
             connections.spawn(async move {
-                serve_tcp(stream, &responder, &dir, &metrics, idle, stop).await;
+                serve_tcp(stream, responder, dir, &metrics, idle, stop).await;
                 drop(slot);
             });
         }
@@ -344,8 +345,8 @@ fn serve_udp_singly(
 /// frame.
 async fn serve_tcp(
     mut stream: TcpStream,
-    responder: &Responder,
-    dir: &NodeDirectory,
+    responder: Arc<Responder>,
+    dir: Arc<NodeDirectory>,
     metrics: &Metrics,
     idle: Duration,
     stop: CancellationToken,
@@ -371,7 +372,17 @@ async fn serve_tcp(
                 return;
             }
         }
-        let (answer, outcome) = responder.respond(&buf, Transport::Tcp, dir);
+        // Off the runtime: the answer may wait for a compile of the name's
+        // records (tens of ms for a first compile of a service of 10,000
+        // instances, or the wait for a UDP thread compiling it), which
+        // would hold up every other task on this worker.
+        let (r, d, query) = (responder.clone(), dir.clone(), std::mem::take(&mut buf));
+        let answered = tokio::task::spawn_blocking(move || {
+            let (answer, outcome) = r.respond(&query, Transport::Tcp, &*d);
+            (answer, outcome, query)
+        });
+        let Ok((answer, outcome, query)) = answered.await else { return };
+        buf = query;
         count(&metrics.dns, outcome);
         let Some(answer) = answer else {
             // Nothing to answer: a client that sends responses is not one.
