@@ -488,9 +488,12 @@ mod tests {
         // SHA-256("abc") begins ba7816bf 8f01cfea (FIPS 180-2, appendix B.1):
         // the version does not depend on the build that computed it.
         assert_eq!(version_of(b"abc"), "ba7816bf8f01cfea");
-        let up = build("orders", 1, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).unwrap();
-        let same = build("orders", 2, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).unwrap();
-        let down = build("orders", 3, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Down)]).unwrap();
+        let up =
+            build("orders", 1, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).expect("instances, so resources");
+        let same =
+            build("orders", 2, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Up)]).expect("instances, so resources");
+        let down =
+            build("orders", 3, &[inst("a", "10.0.0.1", "z1", 1, v1::Status::Down)]).expect("instances, so resources");
         let e = ResourceType::Endpoints;
         assert_eq!(up.version(e), same.version(e), "same bytes, same version, whatever the revision");
         assert_ne!(up.version(e), down.version(e));
