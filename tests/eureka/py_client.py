@@ -3,6 +3,7 @@ tests/tests/e2e/eureka.rs: it registers (renewing every second, a 3 s lease),
 then answers commands on stdin:
 
   discover APP   print the UP instances of APP as the client sees them (JSON)
+  metadata APP   print the metadata of each instance of APP, by id (JSON)
   status VALUE   override its own status (PUT .../status?value=VALUE)
   clear-status   clear the override (DELETE .../status)
   stop           stop the client (it marks itself DOWN and cancels)
@@ -35,6 +36,10 @@ for line in sys.stdin:
         found = client.applications.get_application(words[1].upper())
         ups = sorted(f"{i.ipAddr}:{i.port.port}" for i in found.up_instances) if found else []
         print(json.dumps(ups), flush=True)
+    elif words[0] == "metadata":
+        found = client.applications.get_application(words[1].upper())
+        instances = found.instances if found else []
+        print(json.dumps({i.instanceId: i.metadata for i in instances}), flush=True)
     elif words[0] == "status":
         eureka_client.get_event_loop().run_until_complete(client.status_update(words[1]))
         print("status sent", flush=True)

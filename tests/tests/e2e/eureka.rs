@@ -146,7 +146,17 @@ async fn metrics_of(http: SocketAddr) -> Result<String> {
 async fn py_eureka_client_registers_renews_discovers_by_delta_and_leaves() -> Result<()> {
     let node = start_node(test_config("eureka-py")).await?;
     let (grpc, http) = (node.grpc_addr, node.http_addr);
-    register_grpc(grpc, grpc_instance("inventory", "inv-1", "10.0.0.1", 7001)).await?;
+    // Metadata the gRPC API takes but no XML element name can hold as it
+    // is, and a value with a control character. The client reads XML with
+    // a strict parser: written as they are, they made the whole document
+    // unreadable, and the client found nothing at all.
+    let mut inv_1 = grpc_instance("inventory", "inv-1", "10.0.0.1", 7001);
+    inv_1.metadata =
+        [("app.kubernetes.io/name", "inventory"), ("build_id", "42"), ("1st", "a"), ("note", "bell\u{7}!")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    register_grpc(grpc, inv_1).await?;
     register_grpc(grpc, grpc_instance("inventory", "inv-2", "10.0.0.2", 7002)).await?;
 
     // It registers: GetService and Subscribe see it, with what it sent.
@@ -176,6 +186,14 @@ async fn py_eureka_client_registers_renews_discovers_by_delta_and_leaves() -> Re
     let full_before = metric(&metrics_of(http).await?, "eureka_full_fetches_total").unwrap_or(0);
     let want = ["10.0.0.1:7001", "10.0.0.2:7002"];
     py.until_discovers("inventory", &want).await?;
+    // Keys coded as a Eureka server codes them (XStream's name coder, which
+    // Java clients decode; this client does not), the control character
+    // replaced.
+    let seen: serde_json::Value = serde_json::from_str(&py.ask("metadata inventory").await?)?;
+    let want_metadata = serde_json::json!({
+        "app.kubernetes.io_.002fname": "inventory", "build__id": "42", "_.0031st": "a", "note": "bell\u{FFFD}!",
+    });
+    ensure!(seen["inv-1"] == want_metadata, "inv-1's metadata as the client reads it: {seen}");
     register_grpc(grpc, grpc_instance("inventory", "inv-3", "10.0.0.3", 7003)).await?;
     py.until_discovers("inventory", &["10.0.0.1:7001", "10.0.0.2:7002", "10.0.0.3:7003"])
         .await

@@ -34,13 +34,15 @@ impl Node {
         }
     }
 
-    /// A field's text (a number reads as its digits; `{"$": ..}` as its `$`).
+    /// A field's text, without surrounding whitespace (a number reads as its
+    /// digits; `{"$": ..}` as its `$`). Metadata values are read exactly,
+    /// from the fields themselves.
     pub fn str(&self, name: &str) -> Option<String> {
         match self.get(name)? {
-            Node::Text(s) => Some(s.clone()),
+            Node::Text(s) => Some(s.trim().to_string()),
             Node::Num(n) => Some(n.to_string()),
             m @ Node::Map(_) => match m.get("$")? {
-                Node::Text(s) => Some(s.clone()),
+                Node::Text(s) => Some(s.trim().to_string()),
                 Node::Num(n) => Some(n.to_string()),
                 Node::Map(_) => None,
             },
@@ -121,8 +123,9 @@ type Open = (String, Vec<(String, Node)>, String);
 
 fn from_xml(text: &str) -> Result<Node, BadInput> {
     use quick_xml::events::Event;
+    // Text is kept as sent (a metadata value's spaces are its own); the
+    // whitespace between child elements is dropped by `finish`.
     let mut reader = quick_xml::Reader::from_str(text);
-    reader.config_mut().trim_text(true);
     let mut stack: Vec<Open> = vec![(String::new(), Vec::new(), String::new())];
     let xml_err = |e: &dyn std::fmt::Display| bad("body", format!("malformed XML: {e}"));
     loop {
@@ -149,8 +152,14 @@ fn from_xml(text: &str) -> Result<Node, BadInput> {
                 stack.last_mut().ok_or_else(|| bad("body", "malformed XML"))?.2.push_str(&t);
             }
             Event::End(_) => {
-                let (name, attrs, text) = stack.pop().ok_or_else(|| bad("body", "malformed XML"))?;
-                let node = finish(attrs, text);
+                let (name, mut fields, text) = stack.pop().ok_or_else(|| bad("body", "malformed XML"))?;
+                if name == "metadata" {
+                    // Map keys, coded as XML names by Eureka's XML writers.
+                    for (k, _) in fields.iter_mut().filter(|(k, _)| !k.starts_with('@')) {
+                        *k = from_xml_name(k);
+                    }
+                }
+                let node = finish(fields, text);
                 stack.last_mut().ok_or_else(|| bad("body", "malformed XML: unbalanced"))?.1.push((name, node));
             }
             Event::Eof => break,
@@ -175,15 +184,90 @@ fn element(e: &quick_xml::events::BytesStart<'_>) -> Result<(String, Vec<(String
     Ok((name, attrs))
 }
 
-/// An element's node: its text alone, or a map of attributes, children and `$`.
+/// An element's node: its text alone, or a map of attributes, children and
+/// `$` (the text, unless it is only the whitespace between children).
 fn finish(mut fields: Vec<(String, Node)>, text: String) -> Node {
     if fields.is_empty() {
         return Node::Text(text);
     }
-    if !text.is_empty() {
+    let has_children = fields.iter().any(|(k, _)| !k.starts_with('@'));
+    let between_children = has_children && text.trim().is_empty();
+    if !text.is_empty() && !between_children {
         fields.push(("$".into(), Node::Text(text)));
     }
     Node::Map(fields)
+}
+
+// ------------------------------------------------------------------ XML names
+
+/// A map key (metadata) as an XML element name, coded as Eureka's XML
+/// writer codes it (XStream's name coder with Eureka's defaults): `$` is
+/// `_-`, `_` is `__`, and a character an XML name may not hold there is `_.`
+/// and its UTF-16 code in four hex digits, so `app.kubernetes.io/name` is
+/// `app.kubernetes.io_.002fname` and `1st` is `_.0031st`. Eureka's XML
+/// readers decode it back ([`from_xml_name`]); one written as it is would
+/// make the whole document malformed.
+fn xml_name(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 8);
+    for (i, c) in key.chars().enumerate() {
+        match c {
+            '$' => out.push_str("_-"),
+            '_' => out.push_str("__"),
+            c if (i == 0 && is_name_start(c)) || (i > 0 && is_name_char(c)) => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("_.{unit:04x}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An element name decoded as [`xml_name`] codes it. A `_.` without four
+/// hex digits after it is read as it is; an unpaired UTF-16 surrogate
+/// becomes U+FFFD.
+fn from_xml_name(name: &str) -> String {
+    if !name.contains('_') {
+        return name.to_string();
+    }
+    let mut units: Vec<u16> = Vec::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        let hex = rest.get(2..6).filter(|h| rest.starts_with("_.") && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if rest.starts_with("_-") {
+            units.push(u16::from(b'$'));
+            rest = &rest[2..];
+        } else if let Some(unit) = hex.and_then(|h| u16::from_str_radix(h, 16).ok()) {
+            units.push(unit);
+            rest = &rest[6..];
+        } else if rest.starts_with("__") {
+            units.push(u16::from(b'_'));
+            rest = &rest[2..];
+        } else {
+            let mut buf = [0u16; 2];
+            units.extend_from_slice(c.encode_utf16(&mut buf));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    String::from_utf16_lossy(&units)
+}
+
+/// XML 1.0's NameStartChar, less `:`, which XStream leaves as it is but a
+/// namespace-aware parser (Python's ElementTree) reads as a prefix it does
+/// not know: coded, it still decodes to `:` in Eureka's readers.
+fn is_name_start(c: char) -> bool {
+    matches!(c as u32,
+        0x41..=0x5A | 0x5F | 0x61..=0x7A | 0xC0..=0xD6 | 0xD8..=0xF6 | 0xF8..=0x2FF
+        | 0x370..=0x37D | 0x37F..=0x1FFF | 0x200C..=0x200D | 0x2070..=0x218F | 0x2C00..=0x2FEF
+        | 0x3001..=0xD7FF | 0xF900..=0xFDCF | 0xFDF0..=0xFFFD)
+}
+
+/// XML 1.0's NameChar. Characters beyond the BMP are coded (as XStream,
+/// which reads UTF-16 units, does).
+fn is_name_char(c: char) -> bool {
+    is_name_start(c) || matches!(c as u32, 0x2D | 0x2E | 0x30..=0x39 | 0xB7 | 0x300..=0x36F | 0x203F..=0x2040)
 }
 
 // ------------------------------------------------------------------ instances
@@ -492,7 +576,8 @@ fn is_document(fields: &[(String, Node)]) -> bool {
     fields.len() == 1
 }
 
-/// As Eureka's XML: `@name` fields are attributes, `$` the text.
+/// As Eureka's XML: `@name` fields are attributes, `$` the text; the keys
+/// of a `metadata` element are coded as XML names ([`xml_name`]).
 pub fn to_xml(node: &Node) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n");
     if let Node::Map(fields) = node {
@@ -504,6 +589,9 @@ pub fn to_xml(node: &Node) -> String {
 }
 
 fn write_xml(out: &mut String, name: &str, node: &Node) {
+    if name.is_empty() {
+        return; // no XML name holds it: a metadata entry with an empty key
+    }
     match node {
         Node::Text(s) => {
             out.push_str(&format!("<{name}>{}</{name}>", escape(s)));
@@ -528,6 +616,8 @@ fn write_xml(out: &mut String, name: &str, node: &Node) {
                         Node::Num(n) => out.push_str(&n.to_string()),
                         Node::Map(_) => {}
                     }
+                } else if name == "metadata" {
+                    write_xml(out, &xml_name(k), v);
                 } else {
                     write_xml(out, k, v);
                 }
@@ -537,8 +627,29 @@ fn write_xml(out: &mut String, name: &str, node: &Node) {
     }
 }
 
+/// Text as XML character data or an attribute value. Tabs, line feeds and
+/// carriage returns are character references, so a parser gives them back
+/// as they were (it would turn `\r\n` into `\n`, and in an attribute any
+/// of them into a space). A character XML 1.0 cannot carry at all (other
+/// controls, U+FFFE, U+FFFF) becomes U+FFFD: one such metadata value would
+/// otherwise make the whole document unreadable to a strict parser.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -655,6 +766,165 @@ mod tests {
         }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert_eq!(parse(deep.as_bytes()).expect_err("deep").field, "body");
+    }
+
+    /// A strict XML 1.0 parser's verdict, as py-eureka-client's ElementTree
+    /// (expat) or a Java client's DOM parser gives it.
+    fn well_formed(xml: &str) -> Result<(), String> {
+        roxmltree::Document::parse(xml).map(|_| ()).map_err(|e| format!("{e}: {xml}"))
+    }
+
+    #[test]
+    fn metadata_keys_are_coded_as_eurekas_xml_codes_them() {
+        for (key, name) in [
+            ("zone", "zone"),
+            ("my_key", "my__key"),
+            ("a$b", "a_-b"),
+            ("app.kubernetes.io/name", "app.kubernetes.io_.002fname"),
+            ("1st", "_.0031st"),
+            ("-x", "_.002dx"),
+            ("x-1.2", "x-1.2"),
+            ("a:b", "a_.003ab"),
+            ("é", "é"),
+            ("\u{1F600}", "_.d83d_.de00"),
+        ] {
+            assert_eq!(xml_name(key), name, "{key}");
+            assert_eq!(from_xml_name(name), key, "{name}");
+            well_formed(&format!("<{name}/>")).expect("a name");
+        }
+        // A code cut short is read as it is; a lone surrogate is U+FFFD.
+        for name in ["_.", "_.zz12", "_.12", "_", "a_", "x_.00"] {
+            assert_eq!(from_xml_name(name), name, "{name}");
+        }
+        assert_eq!(from_xml_name("_.d83d"), "\u{FFFD}");
+        assert!(
+            well_formed("<m><app.kubernetes.io/name>x</app.kubernetes.io/name></m>").is_err(),
+            "the check can fail"
+        );
+    }
+
+    /// An instance as the registry holds it, with `metadata`.
+    fn held(metadata: BTreeMap<String, String>) -> v1::Instance {
+        v1::Instance {
+            namespace: "default".into(),
+            service: "orders".into(),
+            instance_id: "o-1".into(),
+            host: "10.0.0.1".into(),
+            port: 8080,
+            metadata: metadata.into_iter().collect(),
+            status: v1::Status::Up as i32,
+            ..Default::default()
+        }
+    }
+
+    /// What a client reads back of `i`'s own metadata (not the `eureka.` keys).
+    fn metadata_read_back(text: &str) -> BTreeMap<String, String> {
+        let reg = registration(&parse(text.as_bytes()).expect("parses"), "default", "orders").expect("registers");
+        reg.instance.metadata.into_iter().filter(|(k, _)| !k.starts_with("eureka.")).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, ..Default::default() })]
+
+        /// Whatever the metadata (the API's keys and any value), the XML
+        /// shown to Eureka clients is well formed, and the keys and values
+        /// read back are those held; JSON gives everything back exactly.
+        #[test]
+        fn shown_metadata_reads_back(
+            metadata in proptest::collection::btree_map("[A-Za-z0-9._/$-]{1,12}|\\PC{1,6}", proptest::prelude::any::<String>(), 0..6)
+        ) {
+            let metadata: BTreeMap<String, String> = metadata
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with('@') && !k.starts_with("eureka.") && k != "$")
+                .collect();
+            let i = held(metadata.clone());
+            let node = Node::Map(vec![("instance".into(), instance_node(&i, "ADDED", 0))]);
+            let xml = to_xml(&node);
+            if let Err(e) = well_formed(&xml) {
+                proptest::prop_assert!(false, "{}", e);
+            }
+            // XML cannot carry control characters (other than tab, line
+            // feed and carriage return), U+FFFE or U+FFFF: they read U+FFFD.
+            let in_xml: BTreeMap<String, String> = metadata
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .chars()
+                        .map(|c| if (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}' { '\u{FFFD}' } else { c })
+                        .collect();
+                    (k.clone(), v)
+                })
+                .collect();
+            proptest::prop_assert_eq!(metadata_read_back(&xml), in_xml);
+            proptest::prop_assert_eq!(metadata_read_back(&to_json(&node).to_string()), metadata);
+        }
+
+        /// Any bytes: a typed error or a registration, never a panic.
+        #[test]
+        fn any_body_is_read_or_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(doc) = parse(&body) {
+                let _ = registration(&doc, "default", "orders");
+            }
+        }
+
+        /// XML-like text (tags, attributes, references, CDATA in any order)
+        /// and JSON documents built of Eureka's field names reach deeper:
+        /// still a typed error or a registration whose fields hold.
+        #[test]
+        fn eureka_shaped_bodies_are_read_or_refused(
+            xml in "(<(instance|port|metadata|leaseInfo|a_.002f|_-)( enabled=\"(true|x)\")?/?>|</(instance|port|metadata|leaseInfo|a_.002f|_-)>|[^<&]{0,4}|&(#x?[0-9a-f]{1,6}|amp|lt|bogus);|<!\\[CDATA\\[[^\\]]{0,3}\\]\\]>){0,24}",
+            json in json_instance(),
+        ) {
+            for body in [xml.clone(), format!("<instance>{xml}</instance>"), json.to_string()] {
+                let Ok(doc) = parse(body.as_bytes()) else { continue };
+                let Ok(reg) = registration(&doc, "default", "orders") else { continue };
+                let i = reg.instance;
+                proptest::prop_assert!(!i.host.is_empty() && !i.instance_id.is_empty(), "{}", body);
+                proptest::prop_assert!((1..=65_535).contains(&i.port), "{}", body);
+                proptest::prop_assert!(reg.duration_secs > 0, "{}", body);
+            }
+        }
+    }
+
+    /// `{"instance": {...}}` of Eureka's field names, with values of any shape.
+    fn json_instance() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (0u64..70_000).prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+            prop_oneof![Just("UP"), Just("SLEEPY"), Just("10.0.0.1"), Just("8080"), Just("true")]
+                .prop_map(serde_json::Value::from),
+        ];
+        let field = prop_oneof![
+            Just("instanceId"),
+            Just("hostName"),
+            Just("app"),
+            Just("ipAddr"),
+            Just("status"),
+            Just("port"),
+            Just("securePort"),
+            Just("$"),
+            Just("@enabled"),
+            Just("metadata"),
+            Just("leaseInfo"),
+            Just("durationInSecs"),
+            Just("dataCenterInfo"),
+            Just("availability-zone"),
+            Just("zone"),
+            Just("eureka.secure"),
+        ];
+        let value = leaf.prop_recursive(3, 24, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((field.clone(), inner), 0..6).prop_map(|fields| serde_json::Value::Object(
+                    fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        });
+        value.prop_map(|v| serde_json::json!({ "instance": v }))
     }
 
     #[test]
