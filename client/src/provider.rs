@@ -54,6 +54,12 @@ pub struct ProviderState {
     /// When the attempt that opened the current session began, after its
     /// backoff delay: the moment the node saw this provider come.
     pub attempted_at: Option<Instant>,
+    /// When the backoff let that attempt begin: the end of its jittered
+    /// delay, or the attempt's start when it waited none. A busy machine
+    /// starts attempts late and so bunches `attempted_at`; this is what the
+    /// backoff itself chose, which is how it spreads the reconnects of a
+    /// lost node's providers.
+    pub due_at: Option<Instant>,
 }
 
 /// (service, instance id): instances of one provider are unique by it.
@@ -119,6 +125,7 @@ impl Client {
             retry: Vec::new(),
             retiring: None,
             refresh: mpsc::channel(1),
+            due: None,
         };
         let first = task.first_session().await?;
         let task = tokio::spawn(task.run(first));
@@ -356,6 +363,8 @@ struct SessionTask {
     /// node: the current session then registers everything again (see
     /// [`Self::open`]).
     refresh: (mpsc::Sender<()>, mpsc::Receiver<()>),
+    /// When the backoff lets the next attempt begin; `None`: at once.
+    due: Option<Instant>,
 }
 
 impl SessionTask {
@@ -375,6 +384,7 @@ impl SessionTask {
                         return Err(e);
                     }
                     attempt += 1;
+                    self.due = Some(Instant::now() + delay);
                     sleep(delay).await;
                 }
             }
@@ -523,6 +533,7 @@ impl SessionTask {
             s.sessions += 1;
             s.since = Some(Instant::now());
             s.attempted_at = Some(attempted_at);
+            s.due_at = Some(self.due.unwrap_or(attempted_at));
         });
         Ok(session)
     }
@@ -581,8 +592,10 @@ impl SessionTask {
         let mut attempt = 0;
         let mut wait = wait_first;
         loop {
+            self.due = None;
             if wait {
                 let delay = self.client.config.backoff.random_delay(attempt);
+                self.due = Some(Instant::now() + delay);
                 tokio::select! {
                     _ = self.stop.cancelled() => return None,
                     _ = sleep(delay) => {}

@@ -597,13 +597,16 @@ impl Fleet {
         Ok(())
     }
 
-    /// When each provider's current session began its attempt, relative to
-    /// `since` (providers connected before `since` are left out).
+    /// When the backoff let each provider's current session begin its
+    /// attempt (`ProviderState::due_at`), relative to `since` (providers
+    /// connected before `since` are left out): the spread the clients chose.
+    /// When the attempts really began also depends on the machine: a stall
+    /// of the test process starts every attempt due during it at once.
     pub fn reconnected_after(&self, since: Instant) -> Vec<Duration> {
         let mut at: Vec<Duration> = self
             .providers
             .values()
-            .filter_map(|p| p.state().borrow().attempted_at)
+            .filter_map(|p| p.state().borrow().due_at)
             .filter(|t| *t >= since)
             .map(|t| t - since)
             .collect();
