@@ -210,13 +210,21 @@ async fn until_metric(node: &NodeHandle, name: &str, at_least: u64) -> Result<u6
     eventually(&what, PROMPTLY, || async { sync_metric(node, name).await.filter(|n| *n >= at_least) }).await
 }
 
-/// `peer`'s origin as `node` knows it, and the last seq of it `node` applied
-/// (waiting for the node's view, which it mirrors every tick).
-async fn known_origin(node: &NodeHandle, peer: &str) -> Result<(Origin, u64)> {
+/// `peer`'s origin as `node` knows it, and the last seq of it `node` applied,
+/// once `peer` has published at least `batches` and `node` applied them all.
+/// Both are read from the views nodes mirror every tick, as their metrics
+/// are: the store has a batch before the mirror counts it, so a count read
+/// as soon as the change shows can still rise by one (it did:
+/// `batches_applied_total` read 0, then 1, with no batch sent in between).
+async fn known_origin(node: &NodeHandle, peer: &NodeHandle, batches: u64) -> Result<(Origin, u64)> {
     let sync = node.registry.sync_state().context("a clustered node")?;
-    eventually(&format!("{peer} is known"), PROMPTLY, || async {
+    let published = &peer.registry.sync_state().context("a clustered peer")?.own_seq;
+    let name = peer.registry.config().node_id.clone();
+    eventually(&format!("{name} is known, all its batches applied"), PROMPTLY, || async {
         let peers = sync.peers.lock();
-        peers.iter().find(|p| &*p.origin.node == peer && !p.retired).map(|p| (p.origin.clone(), p.applied))
+        let seen = peers.iter().find(|p| *p.origin.node == *name && !p.retired)?;
+        let published = published.load(std::sync::atomic::Ordering::Relaxed);
+        (published >= batches && seen.applied == published).then(|| (seen.origin.clone(), seen.applied))
     })
     .await
 }
@@ -323,7 +331,8 @@ async fn the_server_refuses_a_node_publishing_as_another() -> Result<()> {
     admin.flush().await?;
     let victim = Subjects::new("registry", cluster, "registry-1");
     let own = Subjects::new("registry", cluster, "registry-0");
-    let (origin, applied) = known_origin(&nodes[0], "registry-1").await?;
+    // registry-1 has written nothing.
+    let (origin, applied) = known_origin(&nodes[0], &nodes[1], 0).await?;
     let forged = [
         (victim.changes.clone(), batch_of(&origin, applied, "impostor")),
         (victim.beat.clone(), beat_of(&origin, applied)),
@@ -403,7 +412,8 @@ async fn a_forged_message_that_gets_through_is_dropped_and_counted() -> Result<(
     let victim = Subjects::new("registry", cluster, "registry-1");
     let own = Subjects::new("registry", cluster, "registry-0");
     // registry-0 writes nothing more, so registry-1 expects its next seq.
-    let (origin, applied) = known_origin(&nodes[1], "registry-0").await?;
+    // registry-0 has written one batch: the registration of "real".
+    let (origin, applied) = known_origin(&nodes[1], &nodes[0], 1).await?;
     let batch = batch_of(&origin, applied, "forged");
     let applied_before = sync_metric(&nodes[1], "batches_applied_total").await.context("metrics")?;
 
