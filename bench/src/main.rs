@@ -156,6 +156,10 @@ enum Scenario {
         connections: u32,
         #[arg(long, default_value_t = 20)]
         flaps: u32,
+        /// Services each stream watches: the flapping one and the rest
+        /// quiet (where delta sends only what changed).
+        #[arg(long, default_value_t = 1)]
+        resources: u32,
         #[arg(long, default_value_t = 1_000)]
         rate: u32,
         #[arg(long, default_value_t = 10)]
@@ -245,9 +249,9 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
         Scenario::Scale { instances, metadata } => scenarios::scale(setup, instances, metadata).await?,
         Scenario::Catchup { instances, metadata } => scenarios::catchup(setup, instances, metadata).await?,
         Scenario::Failure { rounds } => scenarios::failure(setup, rounds).await?,
-        Scenario::Xds { streams, connections, flaps, rate, seconds } => {
-            let mut rows = xds::fanout(setup, streams, connections, flaps, xds::Protocol::Sotw).await?;
-            rows.extend(xds::fanout(setup, streams, connections, flaps, xds::Protocol::Delta).await?);
+        Scenario::Xds { streams, connections, flaps, resources, rate, seconds } => {
+            let mut rows = xds::fanout(setup, streams, connections, flaps, resources, xds::Protocol::Sotw).await?;
+            rows.extend(xds::fanout(setup, streams, connections, flaps, resources, xds::Protocol::Delta).await?);
             rows.extend(xds::propagation(setup, rate, seconds).await?);
             rows
         }
@@ -264,8 +268,8 @@ async fn registry(setup: &procs::Setup, scenario: &Scenario) -> Result<Vec<Row>>
             rows.extend(scenarios::scale(setup, 2_000, 200).await?);
             rows.extend(scenarios::catchup(setup, 2_000, 200).await?);
             rows.extend(scenarios::failure(setup, 1).await?);
-            rows.extend(xds::fanout(setup, 50, 2, 3, xds::Protocol::Sotw).await?);
-            rows.extend(xds::fanout(setup, 50, 2, 3, xds::Protocol::Delta).await?);
+            rows.extend(xds::fanout(setup, 50, 2, 3, 1, xds::Protocol::Sotw).await?);
+            rows.extend(xds::fanout(setup, 50, 2, 3, 5, xds::Protocol::Delta).await?);
             rows.extend(xds::propagation(setup, 100, 1).await?);
             rows
         }

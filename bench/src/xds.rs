@@ -31,15 +31,20 @@ use registry_proto::v1;
 
 const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
-/// One ADS stream subscribed to the endpoints of `service`: calls `seen`
-/// with the ports of every response's endpoints, ACKs it, until the stream
-/// ends.
-async fn follow(channel: NodeChannel, id: String, service: &str, mut seen: impl FnMut(Vec<u32>)) -> Result<()> {
+/// One ADS stream subscribed to the endpoints of `services`: calls `seen`
+/// with the ports of every response's endpoints and its encoded size, ACKs
+/// it, until the stream ends.
+async fn follow(
+    channel: NodeChannel,
+    id: String,
+    services: &[String],
+    mut seen: impl FnMut(Vec<u32>, usize),
+) -> Result<()> {
     let (tx, rx) = mpsc::channel(4);
     let request = |nonce: &str| DiscoveryRequest {
         node: Some(Node { id: id.clone(), ..Default::default() }),
         type_url: EDS.into(),
-        resource_names: vec![service.to_string()],
+        resource_names: services.to_vec(),
         response_nonce: nonce.into(),
         version_info: nonce.into(),
         ..Default::default()
@@ -50,7 +55,7 @@ async fn follow(channel: NodeChannel, id: String, service: &str, mut seen: impl 
         .await?
         .into_inner();
     while let Some(r) = stream.message().await? {
-        seen(ports(&r.resources)?);
+        seen(ports(&r.resources)?, r.encoded_len());
         tx.send(request(&r.nonce)).await?;
     }
     Ok(())
@@ -58,12 +63,17 @@ async fn follow(channel: NodeChannel, id: String, service: &str, mut seen: impl 
 
 /// [`follow`] over incremental xDS (`DeltaAggregatedResources`): each
 /// response carries only the resources that changed.
-async fn follow_delta(channel: NodeChannel, id: String, service: &str, mut seen: impl FnMut(Vec<u32>)) -> Result<()> {
+async fn follow_delta(
+    channel: NodeChannel,
+    id: String,
+    services: &[String],
+    mut seen: impl FnMut(Vec<u32>, usize),
+) -> Result<()> {
     let (tx, rx) = mpsc::channel(4);
     tx.send(DeltaDiscoveryRequest {
         node: Some(Node { id, ..Default::default() }),
         type_url: EDS.into(),
-        resource_names_subscribe: vec![service.to_string()],
+        resource_names_subscribe: services.to_vec(),
         ..Default::default()
     })
     .await?;
@@ -72,7 +82,7 @@ async fn follow_delta(channel: NodeChannel, id: String, service: &str, mut seen:
         .await?
         .into_inner();
     while let Some(r) = stream.message().await? {
-        seen(ports(delta_resources(&r))?);
+        seen(ports(delta_resources(&r))?, r.encoded_len());
         tx.send(DeltaDiscoveryRequest { type_url: EDS.into(), response_nonce: r.nonce, ..Default::default() }).await?;
     }
     Ok(())
@@ -106,22 +116,39 @@ fn ports<'a>(resources: impl IntoIterator<Item = &'a Any>) -> Result<Vec<u32>> {
     Ok(out)
 }
 
+/// The port of every quiet service's instance: above any flap's number.
+const QUIET_PORT: u32 = 60_000;
+
 /// Fan-out over xDS: `streams` ADS streams (state of the world or
-/// incremental) watching one service's endpoints, one instance flapping
-/// (its port is the flap's number); the time until the last stream has
-/// each flap, and node CPU per push.
+/// incremental), each watching the endpoints of `resources` services: one
+/// whose instance flaps (its port is the flap's number), the others quiet.
+/// The time until the last stream has each flap, node CPU per push, and
+/// the bytes a stream receives per push: state of the world sends every
+/// watched resource again, delta only the one that changed.
 pub(crate) async fn fanout(
     setup: &Setup,
     streams: u32,
     connections: u32,
     flaps: u32,
+    resources: u32,
     protocol: Protocol,
 ) -> Result<Vec<Row>> {
+    let resources = resources.max(1);
+    let watched = if resources == 1 { String::new() } else { format!(", {resources} resources each") };
     let variant = match protocol {
-        Protocol::Sotw => format!("{streams} ADS streams over {connections} connections"),
-        Protocol::Delta => format!("{streams} delta ADS streams over {connections} connections"),
+        Protocol::Sotw => format!("{streams} ADS streams over {connections} connections{watched}"),
+        Protocol::Delta => format!("{streams} delta ADS streams over {connections} connections{watched}"),
     };
     let node = setup.start_node("a", &[], "xds-fanout").await?;
+    let mut provider = Session::open(&mut setup.client(node.grpc).await?, 0).await?;
+    let mut services = vec!["flap".to_string()];
+    for q in 1..resources {
+        let service = format!("quiet-{q}");
+        provider.upsert(instance(&service, "q", QUIET_PORT)).await?;
+        services.push(service);
+    }
+    let services = Arc::new(services);
+    let bytes = Arc::new(AtomicU64::new(0));
     let ready = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     let got: Arc<Vec<AtomicU64>> = Arc::new((0..=flaps).map(|_| AtomicU64::new(0)).collect());
@@ -133,10 +160,12 @@ pub(crate) async fn fanout(
     let mut tasks = Vec::new();
     for s in 0..streams {
         let channel = chans[(s % connections) as usize].clone();
-        let (ready, got, last) = (ready.clone(), got.clone(), last.clone());
+        let (ready, got, last, services, bytes) =
+            (ready.clone(), got.clone(), last.clone(), services.clone(), bytes.clone());
         tasks.push(tokio::spawn(async move {
             let mut first = true;
-            let seen = move |ports: Vec<u32>| {
+            let seen = move |ports: Vec<u32>, size: usize| {
+                bytes.fetch_add(size as u64, Ordering::Relaxed);
                 if std::mem::take(&mut first) {
                     ready.fetch_add(1, Ordering::Relaxed);
                 }
@@ -150,8 +179,8 @@ pub(crate) async fn fanout(
             };
             let id = format!("bench-{s}");
             match protocol {
-                Protocol::Sotw => follow(channel, id, "flap", seen).await,
-                Protocol::Delta => follow_delta(channel, id, "flap", seen).await,
+                Protocol::Sotw => follow(channel, id, &services, seen).await,
+                Protocol::Delta => follow_delta(channel, id, &services, seen).await,
             }
         }));
     }
@@ -160,9 +189,9 @@ pub(crate) async fn fanout(
         async move { (ready.load(Ordering::Relaxed) == u64::from(streams)).then_some(()) }
     })
     .await?;
-    let mut provider = Session::open(&mut setup.client(node.grpc).await?, 0).await?;
     let mut h = histogram()?;
     let cpu0 = node.cpu_seconds()?;
+    let bytes0 = bytes.load(Ordering::Relaxed);
     for f in 1..=flaps {
         let t0 = epoch.elapsed().as_micros() as u64;
         provider.upsert(instance("flap", "x", f)).await?;
@@ -175,12 +204,20 @@ pub(crate) async fn fanout(
         h.record(last[i].load(Ordering::Relaxed).saturating_sub(t0).max(1))?;
     }
     let cpu = node.cpu_seconds()? - cpu0;
+    let received = bytes.load(Ordering::Relaxed) - bytes0;
     for t in tasks {
         t.abort();
     }
     let mut rows = latency_rows("xds fan-out: last stream updated", &variant, &h);
     let pushes = f64::from(flaps) * f64::from(streams);
     rows.push(row("xds fan-out: last stream updated", &variant, "node CPU per push", cpu * 1e6 / pushes, "µs"));
+    rows.push(row(
+        "xds fan-out: last stream updated",
+        &variant,
+        "bytes received per push",
+        received as f64 / pushes,
+        "B",
+    ));
     Ok(rows)
 }
 
@@ -203,7 +240,7 @@ pub(crate) async fn propagation(setup: &Setup, rate: u32, seconds: u64) -> Resul
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Vec<u32>)>();
     let channel = setup.channel(procs[2].grpc).await?;
     let follower = tokio::spawn(async move {
-        follow(channel, "bench-prop".into(), "prop", move |p| {
+        follow(channel, "bench-prop".into(), &["prop".to_string()], move |p, _| {
             let _ = tx.send((epoch.elapsed().as_micros() as u64, p));
         })
         .await

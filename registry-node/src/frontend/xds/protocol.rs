@@ -67,16 +67,30 @@ struct Interest {
     wildcard: bool,
     /// A response is owed whatever the state (a new subscription).
     owed: bool,
-    /// A subscribed service changed since the last response: compare.
+    /// Compare every resource of the type before the next response (the
+    /// subscription changed, or a wildcard's namespace did).
     dirty: bool,
+    /// Names asked for that changed since the last response: unless
+    /// `dirty` or `owed`, only these need comparing (what delta does; a
+    /// state-of-the-world response holds every resource anyway).
+    touched: BTreeSet<String>,
 }
 
 /// What a stream wants of each of the four types: the part of the
-/// bookkeeping both variants share.
+/// bookkeeping both variants share, and whether it changed since the
+/// caller last looked ([`Self::take_resubscribed`]).
 #[derive(Debug, Default)]
-pub struct Interests([Interest; 4]);
+pub struct Interests([Interest; 4], bool);
 
 impl Interests {
+    /// Whether a request changed what the stream asks for (names, wildcard,
+    /// a first subscription) since the last call: only then are the
+    /// services it watches worth working out again. An ACK that changes
+    /// nothing, the usual request, costs nothing more.
+    pub fn take_resubscribed(&mut self) -> bool {
+        std::mem::take(&mut self.1)
+    }
+
     fn of(&mut self, t: ResourceType) -> &mut Interest {
         &mut self.0[t.index()]
     }
@@ -98,11 +112,14 @@ impl Interests {
     }
 
     /// `service` changed: each type that subscribes to it (by name or by
-    /// wildcard) compares its state again before the next response.
+    /// wildcard) compares its state again before the next response, that
+    /// name alone when it is asked for by name.
     pub fn touch(&mut self, service: &str) {
         for s in &mut self.0 {
-            if s.wildcard || s.names.contains(service) {
+            if s.wildcard {
                 s.dirty = true;
+            } else if s.names.contains(service) && !s.touched.contains(service) {
+                s.touched.insert(service.to_string());
             }
         }
     }
@@ -118,7 +135,15 @@ impl Interests {
     /// Whether a response of type `t` may be owed (the variant's book tells).
     pub fn maybe_due(&self, t: ResourceType) -> bool {
         let s = &self.0[t.index()];
-        s.subscribed && (s.owed || s.dirty)
+        s.subscribed && (s.owed || s.dirty || !s.touched.is_empty())
+    }
+
+    /// The names of type `t` that changed since the last response, when
+    /// they are all that needs comparing; `None` when everything does (a
+    /// response is owed, the subscription changed, or a wildcard).
+    pub fn changed_only(&self, t: ResourceType) -> Option<&BTreeSet<String>> {
+        let s = &self.0[t.index()];
+        (!s.owed && !s.dirty && !s.wildcard).then_some(&s.touched)
     }
 
     /// The names of type `t` asked for by name, sorted (a wildcard adds
@@ -132,6 +157,7 @@ impl Interests {
         let s = self.of(t);
         s.owed = false;
         s.dirty = false;
+        s.touched.clear();
     }
 }
 
@@ -209,7 +235,9 @@ impl Sotw {
         let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!w.subscribed || w.wildcard)));
         if verdict == Verdict::Subscribe || names != w.names || wildcard != w.wildcard {
             w.owed = true;
+            self.want.1 = true;
         }
+        let w = self.want.of(t);
         w.subscribed = true;
         w.names = names;
         w.wildcard = wildcard;
@@ -224,11 +252,12 @@ impl Sotw {
         if w.owed {
             return true;
         }
-        if !w.dirty {
+        if !w.dirty && w.touched.is_empty() {
             return false;
         }
         if &self.types[t.index()].sent == now {
             w.dirty = false;
+            w.touched.clear();
             return false;
         }
         true
@@ -338,6 +367,9 @@ impl Delta {
             // A nonce this stream never sent: its subscription changes still apply.
             _ => Verdict::Stale,
         };
+        if !self.want.0[t.index()].subscribed || !subscribe.is_empty() || !unsubscribe.is_empty() {
+            self.want.1 = true;
+        }
         let w = self.want.of(t);
         if !w.subscribed {
             w.subscribed = true;
@@ -372,12 +404,15 @@ impl Delta {
 
     /// What a response of type `t` must carry, given `now`: the version of
     /// every subscribed resource that exists, and `None` for a name asked
-    /// for that does not. `None` when nothing is owed (the dirty mark is
-    /// cleared then).
+    /// for that does not; or, when [`Interests::changed_only`] gives names,
+    /// of those names only (a resource the client holds and `now` leaves
+    /// out is then unchanged, not gone). `None` when nothing is owed (the
+    /// dirty and touched marks are cleared then).
     pub fn changes(&mut self, t: ResourceType, now: &BTreeMap<String, Option<String>>) -> Option<Changes> {
         if !self.want.maybe_due(t) {
             return None;
         }
+        let partial = self.want.changed_only(t).is_some();
         let known = &self.types[t.index()].known;
         let mut c = Changes::default();
         for (name, version) in now {
@@ -388,14 +423,17 @@ impl Delta {
                 (None, _) => c.removed.push(name.clone()),
             }
         }
-        for (name, held) in known {
-            if held.is_some() && !now.contains_key(name) {
-                c.removed.push(name.clone());
+        if !partial {
+            for (name, held) in known {
+                if held.is_some() && !now.contains_key(name) {
+                    c.removed.push(name.clone());
+                }
             }
         }
         let w = self.want.of(t);
         if c.send.is_empty() && c.removed.is_empty() && !w.owed {
             w.dirty = false;
+            w.touched.clear();
             return None;
         }
         Some(c)
@@ -620,6 +658,63 @@ mod tests {
         d.on_request(C, vec![], names(&["*"]), BTreeMap::new(), "", None).expect("ok");
         assert!(!d.want().any_wildcard());
         assert_eq!(d.changes(C, &now(&[])), None);
+    }
+
+    #[test]
+    fn delta_compares_only_the_names_that_changed() {
+        let mut d = Delta::new(10);
+        d.on_request(E, names(&["a", "b", "c"]), vec![], BTreeMap::new(), "", None).expect("ok");
+        assert_eq!(d.want().changed_only(E), None, "a first request compares everything");
+        let c = d.changes(E, &now(&[("a", Some("a1")), ("b", Some("b1")), ("c", None)])).expect("owed");
+        let n1 = d.record_sent(E, &c);
+        d.on_request(E, vec![], vec![], BTreeMap::new(), &n1, None).expect("ack");
+        // b changes, then goes; a and c are not compared, and a, which the
+        // client holds and the caller leaves out, is not taken as gone.
+        d.want_mut().touch("b");
+        d.want_mut().touch("elsewhere");
+        assert_eq!(d.want().changed_only(E), Some(&["b".to_string()].into()));
+        let c = d.changes(E, &now(&[("b", Some("b2"))])).expect("b changed");
+        assert_eq!((c.send.clone(), c.removed.clone()), (sends(&[("b", "b2")]), vec![]));
+        d.record_sent(E, &c);
+        assert!(!d.want().maybe_due(E), "the touched mark is cleared");
+        d.want_mut().touch("b");
+        let c = d.changes(E, &now(&[("b", None)])).expect("b went");
+        assert_eq!((c.send.clone(), c.removed.clone()), (vec![], vec!["b".to_string()]));
+        d.record_sent(E, &c);
+        d.want_mut().touch("a");
+        assert_eq!(d.changes(E, &now(&[("a", Some("a1"))])), None, "a touched but unchanged");
+        // A subscription change compares everything again.
+        d.on_request(E, names(&["d"]), vec![], BTreeMap::new(), "", None).expect("ok");
+        assert_eq!(d.want().changed_only(E), None);
+        // A wildcard always compares everything (what exists comes and goes).
+        let mut w = Delta::new(10);
+        w.on_request(C, vec![], vec![], BTreeMap::new(), "", None).expect("ok");
+        let c = w.changes(C, &now(&[])).expect("owed");
+        w.record_sent(C, &c);
+        w.want_mut().touch("orders");
+        assert_eq!(w.want().changed_only(C), None);
+    }
+
+    #[test]
+    fn only_a_changed_subscription_is_worked_out_again() {
+        let mut p = Sotw::new(10);
+        p.on_request(E, names(&["a"]), "", "", None).expect("ok");
+        assert!(p.want_mut().take_resubscribed(), "a first request");
+        assert!(!p.want_mut().take_resubscribed(), "taken");
+        let v = p.record_sent(E, Sent::new());
+        p.on_request(E, names(&["a"]), &v, &v, None).expect("ack");
+        assert!(!p.want_mut().take_resubscribed(), "an ACK with the same names");
+        p.on_request(E, names(&["a", "b"]), &v, &v, None).expect("ok");
+        assert!(p.want_mut().take_resubscribed(), "a name added");
+        let mut d = Delta::new(10);
+        d.on_request(E, names(&["a"]), vec![], BTreeMap::new(), "", None).expect("ok");
+        assert!(d.want_mut().take_resubscribed());
+        let c = d.changes(E, &now(&[("a", Some("a1"))])).expect("owed");
+        let n = d.record_sent(E, &c);
+        d.on_request(E, vec![], vec![], BTreeMap::new(), &n, None).expect("ack");
+        assert!(!d.want_mut().take_resubscribed(), "an ACK changes nothing");
+        d.on_request(E, vec![], names(&["a"]), BTreeMap::new(), &n, None).expect("ok");
+        assert!(d.want_mut().take_resubscribed(), "a name dropped");
     }
 
     #[test]

@@ -337,6 +337,9 @@ impl AdsStream {
     /// namespace it names, a new watch (a consumer record naming the new
     /// services, or the whole namespace for a wildcard) replaces the old one.
     fn rewatch_if_changed(&mut self) -> Result<(), StreamError> {
+        if !self.book.want_mut().take_resubscribed() {
+            return Ok(());
+        }
         let named: BTreeSet<String> =
             self.book.want().watched().into_iter().filter(|n| self.resolve(n).is_some()).collect();
         let mut want: BTreeMap<String, Watching> = BTreeMap::new();
@@ -436,8 +439,20 @@ impl AdsStream {
             if !self.book.want().maybe_due(t) {
                 continue;
             }
-            let named: BTreeSet<String> = self.book.want().names(t).map(String::from).collect();
-            let names: Vec<String> = if self.book.want().is_wildcard(t) {
+            // Delta compares only the names that changed, when it can: a
+            // stream asking for many resources is not walked whole at every
+            // change of one of them.
+            let changed: Option<Vec<String>> = match &self.book {
+                Book::Delta(p) => p.want().changed_only(t).map(|c| c.iter().cloned().collect()),
+                Book::Sotw(_) => None,
+            };
+            let named: BTreeSet<String> = match &changed {
+                Some(c) => c.iter().cloned().collect(),
+                None => self.book.want().names(t).map(String::from).collect(),
+            };
+            let names: Vec<String> = if changed.is_some() {
+                named.iter().cloned().collect()
+            } else if self.book.want().is_wildcard(t) {
                 // Every service of the namespace that has instances. The
                 // listing walks the views: a wildcard is for the few Envoys
                 // of a fleet, not for every client.
