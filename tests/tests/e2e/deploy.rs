@@ -110,10 +110,12 @@ fn deploy_files_use_only_settings_the_node_knows() -> Result<()> {
 
 /// deploy/nats/nats.conf made runnable on loopback: its listen, monitoring and
 /// route addresses moved to free local ports, with the per-node users of
-/// auth.conf (their passwords made for the run).
+/// auth.conf, their passwords made for the run by deploy/nats/make-passwords.sh
+/// as an operator makes them.
 struct AuthNats {
     child: Child,
     port: u16,
+    monitor: u16,
     dir: PathBuf,
     passwords: Vec<String>,
 }
@@ -121,14 +123,23 @@ struct AuthNats {
 /// The node ids deploy/nats/auth.conf has users for.
 const NODES: [&str; 3] = ["registry-0", "registry-1", "registry-2"];
 
-/// A password per node, made now. Each starts with a letter: nats-server
-/// reads a `$VARIABLE`'s value as configuration, so `1e5...` would be a number.
-fn passwords() -> Vec<String> {
+/// Runs deploy/nats/make-passwords.sh for `dir`: new passwords in
+/// `dir/passwords.conf` (the servers' copy) and `dir/.env` (the nodes'),
+/// returned in node order, as read back from `.env`.
+fn make_passwords(dir: &Path) -> Result<Vec<String>> {
+    let script = repo_root().join("deploy/nats/make-passwords.sh");
+    let env = dir.join(".env");
+    let out =
+        Command::new(&script).arg(dir).arg(&env).output().with_context(|| format!("running {}", script.display()))?;
+    ensure!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&env)?;
     NODES
         .iter()
-        .map(|_| {
-            let bytes: [u8; 16] = rand::random();
-            format!("p{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .enumerate()
+        .map(|(i, node)| {
+            let prefix = format!("REGISTRY_{i}_NATS_PASSWORD=");
+            let password = text.lines().find_map(|l| l.strip_prefix(&prefix));
+            Ok(password.with_context(|| format!("{}: no password for {node}", env.display()))?.to_string())
         })
         .collect()
 }
@@ -156,33 +167,36 @@ impl AuthNats {
         Ok(out)
     }
 
-    fn prepare(port: u16, monitor: u16, route: u16) -> Result<PathBuf> {
+    /// A directory with the configuration and new passwords; the passwords.
+    fn prepare(port: u16, monitor: u16, route: u16) -> Result<(PathBuf, Vec<String>)> {
         let dir = std::env::temp_dir().join(format!("registry-deploy-nats-{port}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("nats.conf"), Self::config(port, monitor, route)?)?;
         std::fs::copy(repo_root().join("deploy/nats/auth.conf"), dir.join("auth.conf"))?;
-        Ok(dir)
+        let passwords = make_passwords(&dir)?;
+        Ok((dir, passwords))
     }
 
-    fn command(dir: &Path, passwords: &[String]) -> Command {
+    /// nats-server in `dir`, with none of the passwords' variables in its
+    /// environment: they must come from passwords.conf.
+    fn command(dir: &Path) -> Command {
         let mut cmd = Command::new("nats-server");
         cmd.current_dir(dir).env("SERVER_NAME", "deploy-test").stdout(Stdio::null());
-        for (i, password) in passwords.iter().enumerate() {
-            cmd.env(format!("REGISTRY_{i}_NATS_PASSWORD"), password);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("REGISTRY_")) {
+            cmd.env_remove(k);
         }
         cmd
     }
 
     async fn start() -> Result<Self> {
         let (port, monitor) = (free_port()?, free_port()?);
-        let dir = Self::prepare(port, monitor, free_port()?)?;
-        let passwords = passwords();
-        let child = Self::command(&dir, &passwords)
+        let (dir, passwords) = Self::prepare(port, monitor, free_port()?)?;
+        let child = Self::command(&dir)
             .args(["-c", "nats.conf", "-l", "nats.log"])
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server (scripts/test.sh installs it)")?;
-        let server = Self { child, port, dir, passwords };
+        let server = Self { child, port, monitor, dir, passwords };
         let addr = format!("127.0.0.1:{monitor}").parse()?;
         eventually("nats-server with the deploy config answers", Duration::from_secs(10), || async move {
             http_get(addr, "/healthz").await.ok().filter(|(s, _)| *s == 200).map(|_| ())
@@ -221,12 +235,52 @@ impl Drop for AuthNats {
 
 #[test]
 fn nats_config_loads_in_nats_server() -> Result<()> {
-    let dir = AuthNats::prepare(free_port()?, free_port()?, free_port()?)?;
-    let out = AuthNats::command(&dir, &passwords()).args(["-c", "nats.conf", "-t"]).output();
+    let (dir, _) = AuthNats::prepare(free_port()?, free_port()?, free_port()?)?;
+    let out = AuthNats::command(&dir).args(["-c", "nats.conf", "-t"]).output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.context("running nats-server -t (scripts/test.sh installs it)")?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     ensure!(out.status.success() && said.contains("valid"), "nats-server -t: {said}");
+    Ok(())
+}
+
+/// The rotation of deploy/README.md, with the shipped files: new passwords
+/// from make-passwords.sh, then a reload of the running server (SIGHUP, as
+/// `docker compose kill -s HUP` sends it). The server is not restarted,
+/// refuses the old passwords and takes the new ones.
+#[tokio::test]
+async fn nats_passwords_rotate_by_reload_as_shipped() -> Result<()> {
+    let mut nats = AuthNats::start().await?;
+    let old = nats.password("registry-0").to_string();
+    let before = nats.connect("registry-0", &old).await?;
+    let config_loaded = |nats: &AuthNats| {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], nats.monitor).into();
+        async move {
+            let (_, body) = http_get(addr, "/varz").await.ok()?;
+            let varz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            varz.get("config_load_time").map(ToString::to_string)
+        }
+    };
+    let loaded = config_loaded(&nats).await.context("/varz has config_load_time")?;
+    nats.passwords = make_passwords(&nats.dir)?;
+    ensure!(nats.password("registry-0") != old, "make-passwords.sh made new passwords");
+    let pid = nats.child.id();
+    let signalled = Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    ensure!(signalled.success(), "kill -HUP {pid}");
+    eventually("nats-server reloads its configuration", PROMPTLY, || async {
+        config_loaded(&nats).await.filter(|now| *now != loaded)
+    })
+    .await?;
+    ensure!(nats.child.try_wait()?.is_none(), "the server kept running (a reload, not a restart)");
+    ensure!(nats.connect("registry-0", &old).await.is_err(), "the old password is refused after the reload");
+    for node in NODES {
+        nats.connect_as(node).await.with_context(|| format!("{node} logs in with its new password"))?;
+    }
+    // The reload closed the connection made with the old password.
+    eventually("the old login is closed", PROMPTLY, || async {
+        (before.connection_state() != async_nats::connection::State::Connected).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

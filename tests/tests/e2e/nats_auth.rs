@@ -78,8 +78,8 @@ impl Drop for Scratch {
 
 /// nats-server with `deploy/nats/auth.conf` and a user `admin` without
 /// permissions (so allowed everything). Passwords come from the server's
-/// environment, as in the deploy files, until a rotation by reload writes
-/// them into its configuration ([`Self::rotate_by_reload`]).
+/// environment (not the file's `passwords.conf`), until a rotation by reload
+/// writes them into its configuration ([`Self::rotate_by_reload`]).
 struct AuthNats {
     server: NatsServer,
     /// Its configuration, which names the passwords as `$VAR`s.
@@ -96,6 +96,11 @@ impl AuthNats {
     async fn start() -> Result<Self> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let auth = std::fs::read_to_string(root.join("deploy/nats/auth.conf"))?;
+        // The passwords come from the server's environment here, not from
+        // the passwords.conf the file includes (deploy.rs runs it with one).
+        let include = "include \"passwords.conf\"";
+        ensure!(auth.lines().filter(|l| *l == include).count() == 1, "deploy/nats/auth.conf has one `{include}`");
+        let auth = auth.replacen(include, "", 1);
         let users = "users: [";
         ensure!(auth.matches(users).count() == 1, "deploy/nats/auth.conf has one `{users}` list");
         let config = auth.replacen(users, "users: [\n    { user: admin, password: $TEST_ADMIN_NATS_PASSWORD }", 1);
