@@ -80,7 +80,10 @@ struct Interest {
 /// bookkeeping both variants share, and whether it changed since the
 /// caller last looked ([`Self::take_resubscribed`]).
 #[derive(Debug, Default)]
-pub struct Interests([Interest; 4], bool);
+pub struct Interests {
+    types: [Interest; 4],
+    resubscribed: bool,
+}
 
 impl Interests {
     /// Whether a request changed what the stream asks for (names, wildcard,
@@ -88,34 +91,34 @@ impl Interests {
     /// services it watches worth working out again. An ACK that changes
     /// nothing, the usual request, costs nothing more.
     pub fn take_resubscribed(&mut self) -> bool {
-        std::mem::take(&mut self.1)
+        std::mem::take(&mut self.resubscribed)
     }
 
     fn of(&mut self, t: ResourceType) -> &mut Interest {
-        &mut self.0[t.index()]
+        &mut self.types[t.index()]
     }
 
     /// Every name any type subscribes to: the services to watch.
     pub fn watched(&self) -> BTreeSet<String> {
-        self.0.iter().flat_map(|s| s.names.iter().cloned()).collect()
+        self.types.iter().flat_map(|s| s.names.iter().cloned()).collect()
     }
 
     /// Whether some type subscribes to every resource: the stream must
     /// watch its whole namespace.
     pub fn any_wildcard(&self) -> bool {
-        self.0.iter().any(|s| s.wildcard)
+        self.types.iter().any(|s| s.wildcard)
     }
 
     /// Whether type `t` subscribes to every resource that exists.
     pub fn is_wildcard(&self, t: ResourceType) -> bool {
-        self.0[t.index()].wildcard
+        self.types[t.index()].wildcard
     }
 
     /// `service` changed: each type that subscribes to it (by name or by
     /// wildcard) compares its state again before the next response, that
     /// name alone when it is asked for by name.
     pub fn touch(&mut self, service: &str) {
-        for s in &mut self.0 {
+        for s in &mut self.types {
             if s.wildcard {
                 s.dirty = true;
             } else if s.names.contains(service) && !s.touched.contains(service) {
@@ -127,14 +130,14 @@ impl Interests {
     /// Every type asked for: compare again (the watched services were
     /// watched anew, and any of them may have changed meanwhile).
     pub fn touch_all(&mut self) {
-        for s in &mut self.0 {
+        for s in &mut self.types {
             s.dirty = s.subscribed;
         }
     }
 
     /// Whether a response of type `t` may be owed (the variant's book tells).
     pub fn maybe_due(&self, t: ResourceType) -> bool {
-        let s = &self.0[t.index()];
+        let s = &self.types[t.index()];
         s.subscribed && (s.owed || s.dirty || !s.touched.is_empty())
     }
 
@@ -142,14 +145,14 @@ impl Interests {
     /// they are all that needs comparing; `None` when everything does (a
     /// response is owed, the subscription changed, or a wildcard).
     pub fn changed_only(&self, t: ResourceType) -> Option<&BTreeSet<String>> {
-        let s = &self.0[t.index()];
+        let s = &self.types[t.index()];
         (!s.owed && !s.dirty && !s.wildcard).then_some(&s.touched)
     }
 
     /// The names of type `t` asked for by name, sorted (a wildcard adds
     /// every resource that exists: see [`Self::is_wildcard`]).
     pub fn names(&self, t: ResourceType) -> impl Iterator<Item = &str> {
-        self.0[t.index()].names.iter().map(String::as_str)
+        self.types[t.index()].names.iter().map(String::as_str)
     }
 
     /// A response of type `t` went: nothing is owed until the next change.
@@ -235,7 +238,7 @@ impl Sotw {
         let wildcard = t.may_be_wildcard() && (star || (names.is_empty() && (!w.subscribed || w.wildcard)));
         if verdict == Verdict::Subscribe || names != w.names || wildcard != w.wildcard {
             w.owed = true;
-            self.want.1 = true;
+            self.want.resubscribed = true;
         }
         let w = self.want.of(t);
         w.subscribed = true;
@@ -248,7 +251,7 @@ impl Sotw {
     /// a response is owed, or it differs from the last one. Clears the
     /// dirty mark when nothing changed.
     pub fn due(&mut self, t: ResourceType, now: &Sent) -> bool {
-        let w = &mut self.want.0[t.index()];
+        let w = &mut self.want.types[t.index()];
         if w.owed {
             return true;
         }
@@ -367,8 +370,8 @@ impl Delta {
             // A nonce this stream never sent: its subscription changes still apply.
             _ => Verdict::Stale,
         };
-        if !self.want.0[t.index()].subscribed || !subscribe.is_empty() || !unsubscribe.is_empty() {
-            self.want.1 = true;
+        if !self.want.types[t.index()].subscribed || !subscribe.is_empty() || !unsubscribe.is_empty() {
+            self.want.resubscribed = true;
         }
         let w = self.want.of(t);
         if !w.subscribed {
@@ -442,7 +445,7 @@ impl Delta {
     /// Records a response of type `t` carrying `c`; returns its nonce.
     pub fn record_sent(&mut self, t: ResourceType, c: &Changes) -> String {
         self.counter += 1;
-        let names = &self.want.0[t.index()].names;
+        let names = &self.want.types[t.index()].names;
         let known = &mut self.types[t.index()].known;
         for (name, version) in &c.send {
             known.insert(name.clone(), Some(version.clone()));
