@@ -720,6 +720,91 @@ mod tests {
         assert!(d.want_mut().take_resubscribed(), "a name dropped");
     }
 
+    /// One step of a delta stream's life, for the model test below.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Resource `n` changes to version `v`, or (0) goes away.
+        Change(usize, u8),
+        Subscribe(usize),
+        Unsubscribe(usize),
+        /// The stream sends what it owes, and the client ACKs it.
+        Respond,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..5usize, 0..3u8).prop_map(|(n, v)| Step::Change(n, v)),
+            (0..5usize).prop_map(Step::Subscribe),
+            (0..5usize).prop_map(Step::Unsubscribe),
+            Just(Step::Respond),
+            Just(Step::Respond),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of changes, subscriptions and responses, a
+        /// client that applies every delta response holds, once nothing is
+        /// owed, exactly the current version of every resource it subscribes
+        /// to, and nothing of those that do not exist: comparing only the
+        /// touched names loses nothing. `now` is built as the stream builds
+        /// it: the touched names when `changed_only` gives them, else every
+        /// subscribed name.
+        #[test]
+        fn a_delta_client_converges_on_what_exists(steps in proptest::collection::vec(step(), 1..60)) {
+            let name = |n: usize| format!("s{n}");
+            let mut exists: [u8; 5] = [1, 1, 0, 2, 1];
+            let mut d = Delta::new(100);
+            let mut held: BTreeMap<String, String> = BTreeMap::new();
+            let mut nonce = String::new();
+            let version_of = |v: u8| (v > 0).then(|| format!("v{v}"));
+            for step in steps.into_iter().chain([Step::Respond]) {
+                match step {
+                    Step::Change(n, v) => {
+                        exists[n] = v;
+                        d.want_mut().touch(&name(n));
+                    }
+                    Step::Subscribe(n) => {
+                        d.on_request(E, vec![name(n)], vec![], BTreeMap::new(), &nonce, None).expect("within limits");
+                    }
+                    Step::Unsubscribe(n) => {
+                        d.on_request(E, vec![], vec![name(n)], BTreeMap::new(), &nonce, None).expect("within limits");
+                        held.remove(&name(n));
+                    }
+                    Step::Respond => {
+                        let scope: Vec<String> = match d.want().changed_only(E) {
+                            Some(touched) => touched.iter().cloned().collect(),
+                            None => d.want().names(E).map(String::from).collect(),
+                        };
+                        let now: BTreeMap<String, Option<String>> = scope
+                            .into_iter()
+                            .map(|s| {
+                                let n: usize = s[1..].parse().expect("s<n>");
+                                (s, version_of(exists[n]))
+                            })
+                            .collect();
+                        if let Some(c) = d.changes(E, &now) {
+                            nonce = d.record_sent(E, &c);
+                            for (s, v) in c.send {
+                                held.insert(s, v);
+                            }
+                            for s in c.removed {
+                                held.remove(&s);
+                            }
+                            d.on_request(E, vec![], vec![], BTreeMap::new(), &nonce, None).expect("ack");
+                        }
+                    }
+                }
+            }
+            let subscribed: Vec<String> = d.want().names(E).map(String::from).collect();
+            let want: BTreeMap<String, String> = subscribed
+                .iter()
+                .filter_map(|s| version_of(exists[s[1..].parse::<usize>().expect("s<n>")]).map(|v| (s.clone(), v)))
+                .collect();
+            proptest::prop_assert_eq!(held, want);
+        }
+    }
+
     #[test]
     fn delta_too_many_names_are_refused() {
         let mut d = Delta::new(2);
