@@ -447,9 +447,28 @@ pub struct Fleet {
     /// Times a consumer's view turned stale (it lost its node).
     disconnects: Arc<std::sync::atomic::AtomicUsize>,
     recorders: Vec<JoinHandle<()>>,
+    /// What each recorder has yet to read (see [`Self::settle`]).
+    progress: Mutex<Vec<Progress>>,
     /// Providers' heartbeat interval (lease TTL: three of them); [`HEARTBEAT`] unless set.
     pub heartbeat: Option<Duration>,
 }
+
+/// How far one recorder has read its consumer's events, against a probe
+/// that counts what was sent: a second receiver on the same channel, from
+/// the recorder's start on.
+struct Progress {
+    consumer: usize,
+    /// Events already queued for the recorder when the probe was made.
+    base: u64,
+    probe: tokio::sync::broadcast::Receiver<WatchEvent>,
+    /// Events the probe has counted so far.
+    sent: u64,
+    /// Events the recorder has read (or counted as lost), from its start.
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How long [`Fleet::settle`] waits for a recorder to read what was sent.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// A removal one consumer saw.
 #[derive(Clone)]
@@ -497,6 +516,9 @@ pub struct Recording {
     lost: BTreeMap<usize, u64>,
     /// Consumers whose recorder stopped listening before the fleet did.
     stopped: BTreeSet<usize>,
+    /// Events a recorder had still not read when a check looked, by
+    /// consumer: a removal among them would have gone unseen.
+    behind: BTreeMap<usize, u64>,
 }
 
 impl Recording {
@@ -511,6 +533,10 @@ impl Recording {
         if !self.stopped.is_empty() {
             why.push(format!("recorder stopped listening at consumers {:?}", self.stopped));
         }
+        if !self.behind.is_empty() {
+            let at: Vec<String> = self.behind.iter().map(|(c, n)| format!("consumer {c}: {n}")).collect();
+            why.push(format!("recorder still behind after {SETTLE:?} ({})", at.join(", ")));
+        }
         (!why.is_empty()).then(|| why.join("; "))
     }
 }
@@ -522,10 +548,20 @@ async fn record(
     mut events: tokio::sync::broadcast::Receiver<WatchEvent>,
     recording: Arc<Mutex<Recording>>,
     disconnects: Arc<std::sync::atomic::AtomicUsize>,
+    read: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    use std::sync::atomic::Ordering::Release;
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        match events.recv().await {
+        let event = events.recv().await;
+        // Counted once recorded (below), so that a check that sees the
+        // count sees the removal too.
+        let count = match &event {
+            Ok(_) => 1,
+            Err(RecvError::Lagged(n)) => *n,
+            Err(RecvError::Closed) => 0,
+        };
+        match event {
             Ok(WatchEvent::Changed(InstanceChange::Removed(i))) => recording.lock().removals.push(Removal {
                 consumer,
                 service: i.service.clone(),
@@ -545,6 +581,7 @@ async fn record(
                 return;
             }
         }
+        read.fetch_add(count, Release);
     }
 }
 
@@ -645,10 +682,49 @@ impl Fleet {
         Ok(())
     }
 
-    /// Starts the recorder of consumer `consumer` on `events`.
+    /// Starts the recorder of consumer `consumer` on `events`, and the
+    /// probe that tells how far it has read.
     fn record_from(&mut self, consumer: usize, events: tokio::sync::broadcast::Receiver<WatchEvent>) {
+        // In this order: an event sent between the two is the probe's alone.
+        let base = events.len() as u64;
+        let probe = events.resubscribe();
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.progress.lock().push(Progress { consumer, base, probe, sent: 0, read: read.clone() });
         let (recording, disconnects) = (self.recording.clone(), self.disconnects.clone());
-        self.recorders.push(tokio::spawn(record(consumer, events, recording, disconnects)));
+        self.recorders.push(tokio::spawn(record(consumer, events, recording, disconnects, read)));
+    }
+
+    /// Waits until every recorder has read every event its consumer was
+    /// sent so far. Views are updated before the recorders read the events
+    /// that told them, so a check made as soon as the views show a change
+    /// would count removals still queued, as if they never happened (once
+    /// 800 of 3,202). A recorder still behind after [`SETTLE`] is a gap in
+    /// the recording (see [`Recording`]): the check then fails, saying so.
+    pub async fn settle(&self) {
+        use std::sync::atomic::Ordering::Acquire;
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut want = Vec::new();
+        for p in self.progress.lock().iter_mut() {
+            loop {
+                match p.probe.try_recv() {
+                    Ok(_) => p.sent += 1,
+                    Err(TryRecvError::Lagged(n)) => p.sent += n,
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+            want.push((p.consumer, p.base + p.sent, p.read.clone()));
+        }
+        let deadline = Instant::now() + SETTLE;
+        for (consumer, sent, read) in want {
+            while read.load(Acquire) < sent && !self.recording.lock().stopped.contains(&consumer) {
+                if Instant::now() >= deadline {
+                    let behind = sent - read.load(Acquire);
+                    self.recording.lock().behind.insert(consumer, behind);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
     }
 
     /// Times a consumer lost its node (its view turned stale until it
@@ -707,7 +783,8 @@ impl Fleet {
     }
 
     /// Removals consumers saw of instances whose providers never stopped.
-    pub fn flaps(&self) -> Vec<Removal> {
+    pub async fn flaps(&self) -> Vec<Removal> {
+        self.settle().await;
         self.recording
             .lock()
             .removals
@@ -717,8 +794,9 @@ impl Fleet {
             .collect()
     }
 
-    /// Every removal seen so far.
-    pub fn removals(&self) -> Vec<Removal> {
+    /// Every removal sent to the consumers so far.
+    pub async fn removals(&self) -> Vec<Removal> {
+        self.settle().await;
         self.recording.lock().removals.clone()
     }
 
@@ -732,8 +810,8 @@ impl Fleet {
     /// was ever removed from a consumer's view (the first few named, with
     /// when and where), and the recorders saw every event, so that "0"
     /// means none happened rather than none was heard.
-    pub fn check_flaps(&self, report: &mut Report) {
-        let flaps = self.flaps();
+    pub async fn check_flaps(&self, report: &mut Report) {
+        let flaps = self.flaps().await;
         let some: Vec<String> = flaps.iter().take(3).map(|f| format!("{f:?}")).collect();
         let measured =
             if some.is_empty() { "0".to_string() } else { format!("{} ({}…)", flaps.len(), some.join(", ")) };
@@ -741,12 +819,13 @@ impl Fleet {
         if !flaps.is_empty() {
             println!("flaps: {flaps:?}");
         }
-        self.check_recording(report);
+        self.check_recording(report).await;
     }
 
     /// A row of `report` that fails if a recorder missed events (see
     /// [`Recording`]), for scenarios that report removals without bounding them.
-    pub fn check_recording(&self, report: &mut Report) {
+    pub async fn check_recording(&self, report: &mut Report) {
+        self.settle().await;
         let gaps = self.recording_gaps();
         report.row(
             "events the flap recorders missed",
@@ -1063,6 +1142,44 @@ mod tests {
         }
     }
 
+    /// A check waits for the recorders to read what their consumers were
+    /// sent: views change before the recorders run, and removals still
+    /// queued must not read as none.
+    #[tokio::test]
+    async fn a_check_waits_for_the_recorders_to_read_what_was_sent() {
+        let mut fleet = Fleet::default();
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        tx.send(removed("before")).expect("a receiver");
+        fleet.record_from(0, rx);
+        for i in 0..10 {
+            tx.send(removed(&format!("x-{i}"))).expect("a receiver");
+        }
+        // One thread, and no await since: the recorder has read nothing yet.
+        assert!(fleet.recording.lock().removals.is_empty());
+        assert_eq!(fleet.removals().await.len(), 11, "the one queued before the probe too");
+        let mut report = Report::new("recorder self-test: settle");
+        fleet.check_flaps(&mut report).await;
+        report.finish().expect("nothing missed, no flap");
+    }
+
+    /// A recorder that does not read what was sent (here: gone, its channel
+    /// still open) fails the check, naming how far behind it is, rather than
+    /// reading as "0 flaps". The clock is paused: the 10 s wait is instant.
+    #[tokio::test(start_paused = true)]
+    async fn a_recorder_that_does_not_catch_up_fails_the_flap_check() {
+        let mut fleet = Fleet::default();
+        let (tx, rx) = tokio::sync::broadcast::channel(64);
+        fleet.record_from(2, rx);
+        fleet.recorders[0].abort();
+        for i in 0..3 {
+            tx.send(removed(&format!("x-{i}"))).expect("a receiver");
+        }
+        let mut report = Report::new("recorder self-test: behind");
+        fleet.check_flaps(&mut report).await;
+        let err = report.finish().expect_err("a recorder behind must fail the check").to_string();
+        assert!(err.contains("recorder still behind after 10s (consumer 2: 3)"), "{err}");
+    }
+
     /// A recorder that falls behind its channel fails the flap check with
     /// the number of events it lost, instead of reading as "0 flaps".
     #[tokio::test]
@@ -1077,7 +1194,7 @@ mod tests {
         }
         until(&fleet, |r| r.removals.len() == 4).await;
         let mut report = Report::new("recorder self-test: lag");
-        fleet.check_flaps(&mut report);
+        fleet.check_flaps(&mut report).await;
         let err = report.finish().expect_err("a lagging recorder must fail the check").to_string();
         assert!(err.contains("recorder lagged: 6 events lost (consumer 0: 6)"), "{err}");
     }
@@ -1092,7 +1209,7 @@ mod tests {
         drop(tx);
         until(&fleet, |r| !r.stopped.is_empty()).await;
         let mut report = Report::new("recorder self-test: stopped");
-        fleet.check_flaps(&mut report);
+        fleet.check_flaps(&mut report).await;
         let err = report.finish().expect_err("a stopped recorder must fail the check").to_string();
         assert!(err.contains("recorder stopped listening at consumers {3}"), "{err}");
     }
@@ -1107,9 +1224,9 @@ mod tests {
         tx.send(removed("stranger")).expect("a receiver");
         until(&fleet, |r| r.removals.len() == 1).await;
         let mut report = Report::new("recorder self-test: no flap");
-        fleet.check_flaps(&mut report);
+        fleet.check_flaps(&mut report).await;
         report.finish().expect("a removal of an unknown instance is no flap");
-        assert!(fleet.flaps().is_empty());
+        assert!(fleet.flaps().await.is_empty());
         drop(tx);
     }
 

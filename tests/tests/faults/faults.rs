@@ -84,7 +84,7 @@ async fn an_injected_flap_fails_the_flap_check_and_is_named() -> Result<()> {
 
             // What a scenario's flap check makes of it.
             let mut check = Report::new("self-test: a scenario with an injected flap (must fail)");
-            fleet.check_flaps(&mut check);
+            fleet.check_flaps(&mut check).await;
             let verdict = check.finish();
             let named_it =
                 verdict.as_ref().err().map(|e| e.to_string()).is_some_and(|e| e.contains("api/p-2 at consumer"));
@@ -99,14 +99,14 @@ async fn an_injected_flap_fails_the_flap_check_and_is_named() -> Result<()> {
                 named_it,
             );
             let consumers = fleet.watches().len();
-            let removals = fleet.removals().len();
+            let removals = fleet.removals().await.len();
             report.row(
                 "removals recorded (each consumer: the flap and the noise)",
                 (consumers * (NOISE + 1)).to_string(),
                 removals.to_string(),
                 removals == consumers * (NOISE + 1),
             );
-            fleet.check_recording(report);
+            fleet.check_recording(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -146,7 +146,7 @@ async fn node_killed_and_restarted() -> Result<()> {
             cluster.nodes[0].restart().await?;
             let back = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(15)).await?;
             report.within("restarted node ready and converged", Duration::from_secs(5), restarted.elapsed().max(back));
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             rss_row(report, &cluster);
             fleet.shutdown().await;
             Ok(())
@@ -195,7 +195,7 @@ async fn node_stopped_past_dead_time_then_continued() -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             report.at_most("checks with a wrong view after convergence", 0, wrong);
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -233,7 +233,7 @@ async fn nats_killed_and_stopped_while_writes_continue() -> Result<()> {
             let resumed = Instant::now();
             let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
             report.within("converged after NATS SIGCONT", Duration::from_secs(5), t.max(resumed.elapsed()));
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             rss_row(report, &cluster);
             fleet.shutdown().await;
             Ok(())
@@ -418,7 +418,7 @@ async fn provider_processes_killed_and_stopped() -> Result<()> {
                 ttl + Duration::from_millis(1_000),
                 gone.max(t0.elapsed()),
             );
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             drop(stopped);
             fleet.shutdown().await;
             Ok(())
@@ -649,7 +649,7 @@ async fn hostile_bus_traffic_changes_nothing() -> Result<()> {
                 if t.is_ok() { "none" } else { "changed" },
                 t.is_ok(),
             );
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -707,7 +707,7 @@ async fn nats_partition(one_way: bool, security: Security) -> Result<()> {
                 if cleared.is_ok() { "yes" } else { "no" },
                 matches!(cleared, Ok(Ok(_))),
             );
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -776,10 +776,10 @@ async fn full_cluster_restart_keeps_consumers_views() -> Result<()> {
             report.row(
                 "removals of live providers seen while coming back",
                 "reported",
-                fleet.flaps().len().to_string(),
+                fleet.flaps().await.len().to_string(),
                 true,
             );
-            fleet.check_recording(report);
+            fleet.check_recording(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -865,7 +865,7 @@ async fn hostile_api_input_is_refused_and_the_node_stays_healthy() -> Result<()>
     let t = converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await;
     report.row("views unchanged", "only the fleet's instances", if t.is_ok() { "yes" } else { "no" }, t.is_ok());
     rss_row(report, &cluster);
-    fleet.check_flaps(report);
+    fleet.check_flaps(report).await;
     fleet.shutdown().await;
         Ok(())
     })
@@ -927,7 +927,7 @@ async fn reconnect_stampede_after_a_node_dies() -> Result<()> {
             let cpu: f64 = cluster.nodes[1..].iter().map(|n| n.cpu_seconds().unwrap_or(0.0)).sum::<f64>() - cpu_before;
             report.row("survivors' CPU to take the sessions over", "≤ 5 s", format!("{cpu:.2} s"), cpu <= 5.0);
             rss_row(report, &cluster);
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -1037,7 +1037,7 @@ async fn soak_random_churn_and_faults() -> Result<()> {
                 format!("{} → {} MiB", warm / 1024, last / 1024),
                 last <= warm * 3 / 2 + 16 * 1024,
             );
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -1074,7 +1074,7 @@ async fn slow_routes_between_nats_servers() -> Result<()> {
             report.within("registrations visible on every node and consumer", Duration::from_millis(1_500), slowest);
             report.at_most("peers seen as suspect or orphaned (5 checks of 3 nodes)", 0, not_live);
             routes.heal();
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -1137,7 +1137,7 @@ async fn rolling_restart(security: Security) -> Result<()> {
         // Draining nodes ask Subscribe streams to move: consumers open the new
         // stream before the old one closes, so no view is ever marked stale.
         report.at_most("consumer views that went stale", 0, fleet.disconnects());
-        fleet.check_flaps(report);
+        fleet.check_flaps(report).await;
         rss_row(report, &cluster);
         fleet.shutdown().await;
         Ok(())
@@ -1226,7 +1226,7 @@ async fn scale_out_rebalances_sessions_without_flaps() -> Result<()> {
             );
             converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(20)).await?;
             report.at_most("consumer views that went stale", 0, fleet.disconnects());
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -1299,7 +1299,7 @@ async fn a_stopping_node_says_farewell() -> Result<()> {
             );
             converge(&named(&cluster), fleet.watches(), &fleet.expected(), Duration::from_secs(10)).await?;
             report.at_most("consumer views that went stale", 0, fleet.disconnects());
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -1377,7 +1377,7 @@ async fn move_across_a_fresh_partition(security: Security) -> Result<()> {
                 Duration::from_secs(5),
                 taken_over.unwrap_or(Duration::MAX),
             );
-            let removals = fleet.removals().iter().filter(|r| r.id == "mover").count();
+            let removals = fleet.removals().await.iter().filter(|r| r.id == "mover").count();
             report.at_most("removals of the moved provider any consumer saw", 0, removals);
             on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
             fleet.shutdown().await;

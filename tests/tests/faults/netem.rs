@@ -183,7 +183,7 @@ async fn lossy_routes(
                 report.row("peers taken for dead (orphaned)", "(informational)", pairs(&tally.orphaned), true);
             }
             report.within("converged after the heal", Duration::from_secs(2), back.max(healed.elapsed()));
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
@@ -300,7 +300,7 @@ async fn lossy_link_between_a_node_and_its_nats_server() -> Result<()> {
             let after_heal = RTO_MIN * 8 + Duration::from_millis(900);
             report.within("converged after the heal", after_heal, back.max(healed.elapsed()));
             report.within("every peer live after the heal", after_heal, live);
-            fleet.check_flaps(report);
+            fleet.check_flaps(report).await;
             fleet.shutdown().await;
             Ok(())
         })
