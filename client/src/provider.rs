@@ -623,6 +623,17 @@ impl SessionTask {
         }
     }
 
+    /// The old session's goodbye, on a task of its own: it waits (up to
+    /// 2 s) for the old node to end the stream, and the new session's
+    /// heartbeats must not wait with it. They did, and a lease shorter than
+    /// that wait (600 ms in the fault suite) expired on the new node while
+    /// the old one was slow to answer: live instances removed, a flap.
+    fn retire_in_background(&mut self) {
+        if let Some((old, _)) = self.retiring.take() {
+            tokio::spawn(old.goodbye(true));
+        }
+    }
+
     fn requeue(&mut self) {
         for p in self.pending.drain(..) {
             if let Pending::Command(c) = p {
@@ -647,7 +658,7 @@ impl SessionTask {
             let retire_at = self.retiring.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stop,
-                _ = sleep_until(retire_at.unwrap_or(heard)), if retire_at.is_some() => self.retire_now().await,
+                _ = sleep_until(retire_at.unwrap_or(heard)), if retire_at.is_some() => self.retire_in_background(),
                 Some(()) = self.refresh.1.recv() => {
                     let instances: Vec<v1::Instance> = lock(&self.desired).values().cloned().collect();
                     debug!(instances = instances.len(), "registering again after a session given up on");
