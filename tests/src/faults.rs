@@ -819,13 +819,19 @@ impl Fleet {
         if !flaps.is_empty() {
             println!("flaps: {flaps:?}");
         }
-        self.check_recording(report).await;
+        // `flaps` has settled the recorders.
+        self.recording_row(report);
     }
 
     /// A row of `report` that fails if a recorder missed events (see
     /// [`Recording`]), for scenarios that report removals without bounding them.
     pub async fn check_recording(&self, report: &mut Report) {
         self.settle().await;
+        self.recording_row(report);
+    }
+
+    /// [`Self::check_recording`]'s row, once the recorders have settled.
+    fn recording_row(&self, report: &mut Report) {
         let gaps = self.recording_gaps();
         report.row(
             "events the flap recorders missed",

@@ -155,12 +155,18 @@ impl Interests {
         self.types[t.index()].names.iter().map(String::as_str)
     }
 
-    /// A response of type `t` went: nothing is owed until the next change.
-    fn answered(&mut self, t: ResourceType) {
+    /// Type `t` was compared and found as the client holds it: nothing to
+    /// compare again until the next change.
+    fn compared(&mut self, t: ResourceType) {
         let s = self.of(t);
-        s.owed = false;
         s.dirty = false;
         s.touched.clear();
+    }
+
+    /// A response of type `t` went: nothing is owed until the next change.
+    fn answered(&mut self, t: ResourceType) {
+        self.of(t).owed = false;
+        self.compared(t);
     }
 }
 
@@ -259,8 +265,7 @@ impl Sotw {
             return false;
         }
         if &self.types[t.index()].sent == now {
-            w.dirty = false;
-            w.touched.clear();
+            self.want.compared(t);
             return false;
         }
         true
@@ -433,10 +438,8 @@ impl Delta {
                 }
             }
         }
-        let w = self.want.of(t);
-        if c.send.is_empty() && c.removed.is_empty() && !w.owed {
-            w.dirty = false;
-            w.touched.clear();
+        if c.send.is_empty() && c.removed.is_empty() && !self.want.types[t.index()].owed {
+            self.want.compared(t);
             return None;
         }
         Some(c)

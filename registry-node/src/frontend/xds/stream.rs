@@ -441,18 +441,15 @@ impl AdsStream {
             }
             // Delta compares only the names that changed, when it can: a
             // stream asking for many resources is not walked whole at every
-            // change of one of them.
-            let changed: Option<Vec<String>> = match &self.book {
-                Book::Delta(p) => p.want().changed_only(t).map(|c| c.iter().cloned().collect()),
+            // change of one of them. (Never for a wildcard: `changed_only`
+            // gives none then.)
+            let changed = match &self.book {
+                Book::Delta(p) => p.want().changed_only(t).cloned(),
                 Book::Sotw(_) => None,
             };
-            let named: BTreeSet<String> = match &changed {
-                Some(c) => c.iter().cloned().collect(),
-                None => self.book.want().names(t).map(String::from).collect(),
-            };
-            let names: Vec<String> = if changed.is_some() {
-                named.iter().cloned().collect()
-            } else if self.book.want().is_wildcard(t) {
+            let named: BTreeSet<String> =
+                changed.unwrap_or_else(|| self.book.want().names(t).map(String::from).collect());
+            let names: Vec<String> = if self.book.want().is_wildcard(t) {
                 // Every service of the namespace that has instances. The
                 // listing walks the views: a wildcard is for the few Envoys
                 // of a fleet, not for every client.
