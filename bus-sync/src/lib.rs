@@ -28,7 +28,7 @@ pub mod nats;
 pub mod runtime;
 pub mod wire;
 
-pub use crate::core::{Action, Counters, PeerState, PeerView, SyncConfig, SyncCore, UnsettledWriters};
+pub use crate::core::{Action, Counters, KnownWriters, PeerState, PeerView, SyncConfig, SyncCore};
 pub use crate::cuts::{Cuts, SliceCut};
 pub use crate::nats::{NatsConfig, NatsCredentials, NatsSecurity, Secret, SyncError, SyncHandle, spawn_sync};
 pub use crate::runtime::{

@@ -136,6 +136,10 @@ pub struct MemoryBus {
     counter: u64,
     /// Cut links, (from, to). Few: a scan is cheaper than hashing.
     blocked: Vec<(Arc<str>, Arc<str>)>,
+    /// Links (from, to) that hold what they carry until the heal.
+    holding: Vec<(Arc<str>, Arc<str>)>,
+    /// What the holding links took, in the order it was sent.
+    held: Vec<Delivery>,
     faults: Faults,
     rng: SimRng,
 }
@@ -148,6 +152,8 @@ impl MemoryBus {
             queue: BTreeMap::new(),
             counter: 0,
             blocked: Vec::new(),
+            holding: Vec::new(),
+            held: Vec::new(),
             faults: Faults::default(),
             rng: SimRng::new(seed),
         }
@@ -194,12 +200,34 @@ impl MemoryBus {
         }
     }
 
+    /// Holds what goes `from` → `to` until the heal, which delivers it all,
+    /// in order and before anything sent later: a link that lost every
+    /// packet one way, as TCP sees it (the sender retransmits; the receiver
+    /// gets the backlog at once when the link is back). A route between NATS
+    /// servers is such a link.
+    pub fn hold_one_way(&mut self, from: &str, to: &str) {
+        if !self.is_holding(from, to) {
+            self.holding.push((from.into(), to.into()));
+        }
+    }
+
     fn is_blocked(&self, from: &str, to: &str) -> bool {
         self.blocked.iter().any(|(f, t)| &**f == from && &**t == to)
     }
 
+    fn is_holding(&self, from: &str, to: &str) -> bool {
+        self.holding.iter().any(|(f, t)| &**f == from && &**t == to)
+    }
+
+    /// Every link up again; what held links took is due at once.
     pub fn heal(&mut self) {
         self.blocked.clear();
+        self.holding.clear();
+        for delivery in std::mem::take(&mut self.held) {
+            // Due time 0: ahead of everything queued, in the order sent.
+            self.counter += 1;
+            self.queue.insert((0, self.counter), delivery);
+        }
     }
 
     /// Publishes to every subscription that matches the subject, the
@@ -224,7 +252,11 @@ impl MemoryBus {
                 let delay = self.rng.below(self.faults.max_delay_ms + 1);
                 self.counter += 1;
                 let delivery = Delivery { from: from.clone(), to: to.clone(), connection, message: message.clone() };
-                self.queue.insert((now + delay, self.counter), delivery);
+                if self.is_holding(&from, &to) {
+                    self.held.push(delivery);
+                } else {
+                    self.queue.insert((now + delay, self.counter), delivery);
+                }
             }
         }
     }
@@ -242,7 +274,7 @@ impl MemoryBus {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.queue.len()
+        self.queue.len() + self.held.len()
     }
 }
 

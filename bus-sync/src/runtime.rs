@@ -5,7 +5,7 @@
 //!
 //! Why one runtime: the glue (which subject a message came on and whether its
 //! origin matches it, serving ranges and pages, carrying out every [`Action`],
-//! flushing local changes before a beat, the unsettled-writers bookkeeping)
+//! flushing local changes before a beat, the known-writers bookkeeping)
 //! used to exist twice, once in the NATS task and once in the simulation, and
 //! the two drifted. The simulation's tens of thousands of fault schedules
 //! tested a copy of the glue, not the one that runs. Now both drive this one.
@@ -39,7 +39,7 @@ use registry_store::{Change, Entry, Key, Origin, SliceStats};
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
-use crate::core::{Action, Counters, PeerView, SyncConfig, SyncCore, UnsettledWriters};
+use crate::core::{Action, Counters, KnownWriters, PeerView, SyncConfig, SyncCore};
 use crate::cuts::{Cuts, SliceCut};
 use crate::wire::{self, BeatInfo, Reply, Request, WireError};
 
@@ -59,10 +59,10 @@ pub trait Replica: Send + Sync + 'static {
     /// so a checker (the simulation) can tell that nothing is applied out of
     /// order or twice; the node needs only the changes.
     fn apply(&self, origin: &Origin, first_seq: u64, changes: Vec<Change>);
-    /// The peers whose copies may still be on their way (node hashes, see
-    /// `SyncCore::unsettled_writers`), given before changes are applied
+    /// How far this node holds each peer's copies ((node hash, HLC) pairs,
+    /// see `SyncCore::writers_known`), given around changes applied
     /// whenever it changed.
-    fn set_unsettled_writers(&self, writers: Vec<u64>);
+    fn set_writers_known(&self, writers: Vec<(u64, u64)>);
     /// Replaces this node's copy of `origin`'s slice with a transferred copy
     /// of it as of `cut_seq`.
     fn replace_slice(&self, origin: &Origin, cut_seq: u64, entries: Vec<(Key, Entry)>);
@@ -277,8 +277,8 @@ pub struct Runtime<R: Replica, T: Transport> {
     transfers: HashMap<Origin, u64>,
     /// Stopping: the next beat is this node's farewell.
     farewell: bool,
-    /// The unsettled writers given to the replica.
-    unsettled: UnsettledWriters,
+    /// How far each writer is known, as given to the replica.
+    known: KnownWriters,
 }
 
 impl<R: Replica, T: Transport> std::fmt::Debug for Runtime<R, T> {
@@ -311,7 +311,7 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
             shared,
             transfers: HashMap::new(),
             farewell: false,
-            unsettled: UnsettledWriters::default(),
+            known: KnownWriters::default(),
         }
     }
 
@@ -340,8 +340,8 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
     }
 
     /// Handles one input and carries out what the core asks, in order, with
-    /// the unsettled writers given to the replica around it (widened before,
-    /// narrowed after: see [`UnsettledWriters`]); then publishes the own
+    /// how far each writer is known given to the replica around it (lower
+    /// marks before, higher after: see [`KnownWriters`]); then publishes the own
     /// changes made meanwhile.
     pub fn step(&mut self, input: Input<'_, T::ReplyTo>, now: u64) {
         let actions = match input {
@@ -386,13 +386,13 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
             // Nothing but the flush below.
             Input::LocalChanged => Vec::new(),
         };
-        let unsettled = self.core.unsettled_writers();
-        if let Some(widened) = self.unsettled.before(&unsettled) {
-            self.replica.set_unsettled_writers(widened);
+        let known = self.core.writers_known();
+        if let Some(lower) = self.known.before(&known) {
+            self.replica.set_writers_known(lower);
         }
         self.execute(actions, now);
-        if let Some(narrowed) = self.unsettled.after(unsettled) {
-            self.replica.set_unsettled_writers(narrowed);
+        if let Some(higher) = self.known.after(known) {
+            self.replica.set_writers_known(higher);
         }
         self.flush_local(now);
     }
@@ -540,6 +540,7 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
             advertise_addr: self.cfg.advertise_addr.clone(),
             start_unix_ms: self.cfg.start_unix_ms,
             leaving: farewell || self.replica.leaving(),
+            hlc: Some(stats.hlc),
             members: self.core.members_digest(),
             sessions: self.replica.session_count(),
             subscriptions: self.replica.subscription_count(),

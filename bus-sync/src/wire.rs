@@ -276,6 +276,10 @@ pub struct BeatInfo {
     pub subscriptions: u64,
     /// The sender's last message: it stopped on purpose.
     pub farewell: bool,
+    /// The sender's clock (HLC) when it took `seq`: every copy it wrote up
+    /// to `seq` has a version at most this, every later one above it.
+    /// `None` from a node of an older release.
+    pub hlc: Option<u64>,
 }
 
 pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
@@ -293,6 +297,7 @@ pub fn beat_to_wire(origin: &Origin, b: &BeatInfo) -> pb::Beat {
         sessions: b.sessions,
         subscriptions: b.subscriptions,
         farewell: b.farewell,
+        hlc: b.hlc,
     }
 }
 
@@ -320,6 +325,7 @@ pub fn decode_beat(bytes: &[u8]) -> Result<(Origin, BeatInfo), WireError> {
             sessions: b.sessions,
             subscriptions: b.subscriptions,
             farewell: b.farewell,
+            hlc: b.hlc,
         },
     ))
 }

@@ -617,11 +617,11 @@ impl Registry {
         self.apply(&mut st, all);
     }
 
-    /// The peers whose copies may still be on their way (see
-    /// `Store::set_unsettled_writers`).
-    pub fn set_unsettled_writers(&self, writers: Vec<u64>) {
+    /// How far this node holds each peer's copies (see
+    /// `Store::set_writers_known`).
+    pub fn set_writers_known(&self, writers: Vec<(u64, u64)>) {
         let mut st = self.lock_for_peers();
-        let out = st.store.set_unsettled_writers(writers);
+        let out = st.store.set_writers_known(writers);
         self.apply(&mut st, out);
     }
 

@@ -65,6 +65,12 @@ pub struct SliceStats {
     pub digest: u64,
     pub entries: u64,
     pub live: u64,
+    /// Own slice: this node's clock (HLC) now. Every version the node has
+    /// written so far is at most this, and every version it writes later is
+    /// above it, so a peer caught up with this snapshot's `seq` holds every
+    /// copy of the node's with a version up to it that still exists (see
+    /// [`Store::set_writers_known`]). Peers: 0.
+    pub hlc: u64,
 }
 
 #[derive(Debug)]
@@ -112,11 +118,14 @@ pub struct Store {
     /// The time of the last [`Store::sweep_moved`]: moved copies are aged
     /// from it.
     moved_clock: u64,
-    /// Writers (node hashes, as in [`Version::node`]) whose copies may still
-    /// be on their way here: a copy dropped as moved to one of theirs is
-    /// kept in view; to any other writer's, it is not (that copy is already
-    /// here, or gone). Set by the replication layer.
-    unsettled: HashSet<u64>,
+    /// How far each writer's copies are known here (node hashes, as in
+    /// [`Version::node`], to an HLC): every copy the writer wrote with a
+    /// version up to its mark that still exists is here. A copy dropped as
+    /// moved to a writer's copy above its mark is kept in view (that copy
+    /// may be on its way); at or below it, it is not (that copy is here, or
+    /// gone). Writers not named are known entirely. Set by the replication
+    /// layer.
+    known: HashMap<u64, u64>,
 }
 
 /// A peer's copy kept in view after its origin dropped it as moved.
@@ -144,7 +153,7 @@ impl Store {
             tombstones: std::collections::VecDeque::new(),
             moved: HashMap::default(),
             moved_clock: 0,
-            unsettled: HashSet::new(),
+            known: HashMap::new(),
         };
         store.local = store.origin_id(&local);
         store
@@ -186,6 +195,7 @@ impl Store {
             digest: s.digest,
             entries: s.entries,
             live: s.live,
+            hlc: if id == self.local { self.hlc.last() } else { 0 },
         })
     }
 
@@ -349,7 +359,7 @@ impl Store {
                 let keep = shown_entry(&self.slices, holders, self.moved.get(&key))
                     .filter(|(o, e)| *o == origin && e.is_live() && e.version < to)
                     .map(|(_, e)| e.clone())
-                    .filter(|_| self.unsettled.contains(&to.node))
+                    .filter(|_| !self.is_known(to))
                     .filter(|_| !holders.iter().any(|(_, e)| e.version >= to));
                 if let Some(entry) = keep {
                     self.moved.insert(key.clone(), Moved { origin, entry, to, since_ms: self.moved_clock });
@@ -398,23 +408,38 @@ impl Store {
         self.moved.values().map(|m| m.since_ms + hold_ms).min()
     }
 
-    /// Tells the store which writers' copies may still be on their way to
-    /// it (node hashes, as in [`Version::node`]): the peers it is not caught
-    /// up with. Moved copies waiting for a copy of a writer that is now
-    /// caught up stop being shown: had that copy still existed, it would be
-    /// here.
-    pub fn set_unsettled_writers(&mut self, writers: impl IntoIterator<Item = u64>) -> Outcome {
-        self.unsettled = writers.into_iter().collect();
+    /// Tells the store how far it holds each writer's copies: pairs of a
+    /// node hash (as in [`Version::node`]) and an HLC such that every copy
+    /// the writer wrote with a version up to it, if it still exists, is
+    /// here. 0 for a writer whose copies may still be on their way, whatever
+    /// their version (a peer this node is not caught up with); writers not
+    /// named are known entirely. Moved copies waiting for a writer's copy
+    /// that is now known stop being shown: had that copy still existed, it
+    /// would be here.
+    ///
+    /// A mark, not a yes or no: a node can be caught up with a peer's last
+    /// beat while that beat is old (a link that held the peer's messages
+    /// delivers them late, in order, the old beat first). A copy the peer
+    /// wrote after that beat is above the mark, and its moved copy stays
+    /// shown until it comes.
+    pub fn set_writers_known(&mut self, writers: impl IntoIterator<Item = (u64, u64)>) -> Outcome {
+        self.known = writers.into_iter().collect();
         let mut out = Outcome::default();
         if self.moved.is_empty() {
             return out;
         }
-        let settled: Vec<Key> =
-            self.moved.iter().filter(|(_, m)| !self.unsettled.contains(&m.to.node)).map(|(k, _)| k.clone()).collect();
-        for key in settled {
+        let arrived: Vec<Key> =
+            self.moved.iter().filter(|(_, m)| self.is_known(m.to)).map(|(k, _)| k.clone()).collect();
+        for key in arrived {
             self.end_moved(key, &mut out);
         }
         out
+    }
+
+    /// Whether the copy `version` names would be here if it still existed
+    /// (see [`Store::set_writers_known`]).
+    fn is_known(&self, version: Version) -> bool {
+        self.known.get(&version.node).is_none_or(|mark| version.hlc <= *mark)
     }
 
     /// Stops showing the moved copy kept for `key`.

@@ -72,6 +72,12 @@ impl Hlc {
         self.node
     }
 
+    /// The last value issued or observed: every version ticked from now on
+    /// is above it.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
     /// Takes note of a version issued elsewhere.
     pub fn observe(&mut self, seen: Version) {
         self.last = self.last.max(seen.hlc);

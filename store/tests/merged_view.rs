@@ -447,16 +447,17 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     let k = key("i1");
     // b's copies may still be on their way to the third nodes: they are not
     // caught up with b (the replication layer says so).
-    let b_writes = [registry_store::version::stable_hash(b"b")];
+    let b_hash = registry_store::version::stable_hash(b"b");
+    let b_writes = [(b_hash, 0)];
     let (_, first) = a.put_local(k.clone(), instance("i1", 1), 1_000);
     replicate(&first, &oa, &mut b);
     replicate(&first, &oa, &mut c);
     // The provider moves to b; a drops its copy as moved. c hears a first.
-    let (_, moved) = b.put_local(k.clone(), instance("i1", 2), 2_000);
+    let (to, moved) = b.put_local(k.clone(), instance("i1", 2), 2_000);
     replicate(&moved, &ob, &mut a);
     let dropped = a.purge_stale(&k);
     c.sweep_moved(10_000, 3_000);
-    c.set_unsettled_writers(b_writes);
+    c.set_writers_known(b_writes);
     let on_c = replicate(&dropped, &oa, &mut c);
     assert!(on_c.iter().all(|o| o.view.is_empty()), "no view change yet: {on_c:?}");
     assert_eq!(port_shown(&c, &k), Some(1), "still shown as it was");
@@ -471,7 +472,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     let mut d = Store::new(Origin::new("d", 1));
     replicate(&first, &oa, &mut d);
     d.sweep_moved(10_000, 3_000);
-    d.set_unsettled_writers(b_writes);
+    d.set_writers_known(b_writes);
     replicate(&dropped, &oa, &mut d);
     assert!(d.sweep_moved(12_999, 3_000).view.is_empty(), "kept during the hold");
     assert_eq!(port_shown(&d, &k), Some(1));
@@ -483,7 +484,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     // applying: the copy is aged from then, and says when it is due.
     let mut e = Store::new(Origin::new("e", 1));
     replicate(&first, &oa, &mut e);
-    e.set_unsettled_writers(b_writes);
+    e.set_writers_known(b_writes);
     assert_eq!(e.next_moved_due(3_000), None);
     e.set_clock(50_000);
     replicate(&dropped, &oa, &mut e);
@@ -496,7 +497,7 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     // And a deregistration while the record is shown only as moved writes
     // a tombstone above the copy on its way, which then stays hidden.
     let mut e = Store::new(Origin::new("e", 1));
-    e.set_unsettled_writers(b_writes);
+    e.set_writers_known(b_writes);
     replicate(&first, &oa, &mut e);
     replicate(&dropped, &oa, &mut e);
     let (_, removed) = e.remove_local(&k, 3_000).expect("shown, so removable");
@@ -514,10 +515,54 @@ fn a_copy_dropped_as_moved_stays_shown_until_the_newer_copy_arrives() {
     assert!(matches!(removed[0].view.as_slice(), [ViewChange::Remove { .. }]), "{removed:?}");
     // And a kept copy ends, as a removal, once b is caught up with.
     let mut g = Store::new(Origin::new("g", 1));
-    g.set_unsettled_writers(b_writes);
+    g.set_writers_known(b_writes);
     replicate(&first, &oa, &mut g);
     replicate(&dropped, &oa, &mut g);
     assert_eq!(port_shown(&g, &k), Some(1));
-    let settled = g.set_unsettled_writers([]);
+    let settled = g.set_writers_known([]);
     assert!(matches!(settled.view.as_slice(), [ViewChange::Remove { .. }]), "{settled:?}");
+
+    // Caught up with b only as of a beat older than b's copy (a link held
+    // b's messages and delivers them late, that beat first): b's copy may
+    // still come, so the moved copy stays, at the drop and after; once b is
+    // known up to the copy's version, it goes.
+    let mut h = Store::new(Origin::new("h", 1));
+    h.set_writers_known([(b_hash, to.hlc - 1)]);
+    replicate(&first, &oa, &mut h);
+    let kept = replicate(&dropped, &oa, &mut h);
+    assert!(kept.iter().all(|o| o.view.is_empty()), "{kept:?}");
+    assert!(h.set_writers_known([(b_hash, to.hlc - 1)]).view.is_empty());
+    assert_eq!(port_shown(&h, &k), Some(1));
+    let known = h.set_writers_known([(b_hash, to.hlc)]);
+    assert!(matches!(known.view.as_slice(), [ViewChange::Remove { .. }]), "{known:?}");
+    // Known that far before the drop comes: removed at once.
+    let mut i = Store::new(Origin::new("i", 1));
+    i.set_writers_known([(b_hash, to.hlc)]);
+    replicate(&first, &oa, &mut i);
+    let removed = replicate(&dropped, &oa, &mut i);
+    assert!(matches!(removed[0].view.as_slice(), [ViewChange::Remove { .. }]), "{removed:?}");
+}
+
+/// The own slice's stats carry the node's clock: every version written so
+/// far is at most it, every later one above it (what a peer's mark of how
+/// far it knows this node's copies rests on).
+#[test]
+fn own_stats_carry_a_clock_that_bounds_the_versions_written() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let stats = |s: &Store| s.slice_stats(s.local_id()).expect("own slice");
+    assert_eq!(stats(&a).hlc, 0, "nothing written or seen");
+    let (v1, _) = a.put_local(key("i1"), instance("i1", 1), 5_000);
+    assert_eq!(stats(&a).hlc, v1.hlc);
+    // Another node's newer version, observed, raises it too.
+    let (vb, out) = b.put_local(key("i2"), instance("i2", 1), 9_000);
+    replicate(&out, &ob, &mut a);
+    let seen = stats(&a).hlc;
+    assert!(seen >= vb.hlc && seen >= v1.hlc);
+    // Even with the wall clock behind, the next write is above it.
+    let (v2, _) = a.put_local(key("i1"), instance("i1", 2), 1_000);
+    assert!(v2.hlc > seen);
+    // A peer's slice carries none.
+    let ib = a.find_origin(&ob).expect("b's slice");
+    assert_eq!(a.slice_stats(ib).expect("b's slice").hlc, 0);
 }

@@ -18,7 +18,7 @@
 //! - `discovery`: hellos, the membership digest, readiness;
 //! - `liveness`: beats out, suspect/orphaned/dropped peers, the safety valve,
 //!   retired incarnations, this node's own bus outages;
-//! - `unsettled`: which writers' copies may still be on their way.
+//! - `known`: how far this node holds each writer's copies.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -30,14 +30,14 @@ use registry_store::{Change, Entry, Key, Origin};
 use crate::wire::{Batch, BeatInfo, Page, Reply, Request, change_to_wire};
 
 mod discovery;
+mod known;
 mod liveness;
 mod publish;
 mod repair;
 mod transfer;
-mod unsettled;
 
+pub use known::KnownWriters;
 use transfer::Transfer;
-pub use unsettled::UnsettledWriters;
 
 /// Timers and bounds of the protocol. All durations in milliseconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -216,7 +216,7 @@ enum Pull {
 struct Peer {
     origin: Origin,
     /// The stable hash of the node id, as versions carry it (asked for
-    /// every step by `SyncCore::unsettled_writers`).
+    /// every step by `SyncCore::writers_known`).
     node_hash: u64,
     applied: u64,
     /// Holds a consistent copy up to `applied` (from seq 1 or a slice).
@@ -330,21 +330,32 @@ impl SyncCore {
         &self.cfg
     }
 
-    /// The peers whose copies may still be on their way to this node, as the
-    /// node hashes versions carry (see `Store::set_unsettled_writers`): every
-    /// peer but those live, loaded, not pulling, with nothing buffered and
-    /// caught up with their last beat; every peer while the bus is down.
-    /// Sorted, so callers can tell when it changed.
-    pub fn unsettled_writers(&self) -> Vec<u64> {
-        let settled = |p: &Peer| {
-            self.bus_up
+    /// How far this node holds each peer's copies, as (node hash, as
+    /// versions carry it; HLC) pairs for `Store::set_writers_known`: every
+    /// copy the peer wrote with a version up to the HLC that still exists
+    /// is here.
+    ///
+    /// A peer that is live, loaded, not pulling, with nothing buffered and
+    /// caught up with its last beat is known up to the clock that beat
+    /// carried (entirely if it carried none: a node of an older release).
+    /// Any other peer, and every peer while the bus is down, is known up to
+    /// 0: nothing it wrote is known to be here. Caught up with a beat is not
+    /// caught up with the peer: the beat may be old (a link that held the
+    /// peer's messages delivers them late, in order, that beat first).
+    /// Sorted by node hash, so callers can tell when it changed.
+    pub fn writers_known(&self) -> Vec<(u64, u64)> {
+        let known = |p: &Peer| {
+            let settled = self.bus_up
                 && p.state == PeerState::Live
                 && p.loaded
                 && matches!(p.pull, Pull::Idle)
-                && p.buffer.is_empty()
-                && p.beat.as_ref().is_some_and(|b| p.applied >= b.seq)
+                && p.buffer.is_empty();
+            match &p.beat {
+                Some(b) if settled && p.applied >= b.seq => b.hlc.unwrap_or(u64::MAX),
+                _ => 0,
+            }
         };
-        let mut out: Vec<u64> = self.peers.values().filter(|p| !settled(p)).map(|p| p.node_hash).collect();
+        let mut out: Vec<(u64, u64)> = self.peers.values().map(|p| (p.node_hash, known(p))).collect();
         out.sort_unstable();
         out
     }

@@ -128,6 +128,7 @@ fn samples() -> Vec<Sample> {
         sessions: 12,
         subscriptions: 7,
         farewell: true,
+        hlc: Some(117_743_689_382_363_136),
     };
     let page = Page { cut_id: 3, cut_seq: 9, offset: 2, total: 5, digest: 77, entries: slice(2) };
     let sample = |name, bytes, decode, prefixes_invalid| Sample { name, bytes, decode, prefixes_invalid };

@@ -44,8 +44,8 @@ impl Replica for NodeReplica {
         self.registry.apply_remote(origin, changes);
     }
 
-    fn set_unsettled_writers(&self, writers: Vec<u64>) {
-        self.registry.set_unsettled_writers(writers);
+    fn set_writers_known(&self, writers: Vec<(u64, u64)>) {
+        self.registry.set_writers_known(writers);
     }
 
     fn replace_slice(&self, origin: &Origin, _cut_seq: u64, entries: Vec<(Key, Entry)>) {
