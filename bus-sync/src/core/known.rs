@@ -19,19 +19,24 @@ impl KnownWriters {
     /// writer's is below what it was given (each writer at the lower of the
     /// two; a writer missing from one side is known entirely there).
     pub fn before(&self, now: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
+        // Every step asks; almost always nothing went down, and that is
+        // told without allocating (`given` is sorted by writer).
+        let given =
+            |writer: u64| self.given.binary_search_by_key(&writer, |(w, _)| *w).map_or(u64::MAX, |i| self.given[i].1);
+        if now.iter().all(|&(writer, mark)| mark >= given(writer)) {
+            return None;
+        }
         let mut lower: BTreeMap<u64, u64> = self.given.iter().copied().collect();
-        let mut changed = false;
         for &(writer, mark) in now {
             let given = lower.entry(writer).or_insert(u64::MAX);
-            if mark < *given {
-                *given = mark;
-                changed = true;
-            }
+            *given = (*given).min(mark);
         }
-        changed.then(|| lower.into_iter().collect())
+        Some(lower.into_iter().collect())
     }
 
-    /// After the step's actions: `now`, if it is not what was last given.
+    /// After the step's actions: `now` (sorted by writer, as
+    /// [`super::SyncCore::writers_known`] gives it), if it is not what was
+    /// last given.
     pub fn after(&mut self, now: Vec<(u64, u64)>) -> Option<Vec<(u64, u64)>> {
         if now == self.given {
             return None;
