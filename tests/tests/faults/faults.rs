@@ -1386,6 +1386,84 @@ async fn move_across_a_fresh_partition(security: Security) -> Result<()> {
         .await
 }
 
+/// A provider moves from a to c while the route from c's NATS server to
+/// b's holds everything one way (lost packets, as TCP sees them: the backlog
+/// comes at the heal, all at once, in order). b gets a's drop of its copy as
+/// moved, not c's copy, and keeps showing the provider. At the heal, the first
+/// of c's held messages is a beat sent before the move: b is caught up with
+/// it, and must still wait for c's copy, a few messages behind, rather than
+/// remove the provider and add it back (found by the soak: 23 flaps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_held_on_a_one_way_route_removes_nothing() -> Result<()> {
+    use v1::register_request::Kind as In;
+    Report::new("a provider moves while a route holds the new node's messages one way")
+        .run(async |report| {
+            let cluster = ProcCluster::start("f4h", &["a", "b", "c"], 3).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.watch(&endpoints, "api").await?;
+            // 5 s heartbeats (15 s leases): nothing ends these but the move.
+            let mut on_a =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[0].grpc).await?, 5_000).await?;
+            on_a.upsert(registry_tests::instance("api", "mover", 1)).await?;
+            let mut expected = fleet.expected();
+            expected.entry("api".into()).or_default().insert("mover".into());
+            converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
+
+            // c's beats, as its own server has them.
+            let nats = async_nats::connect(cluster.nats.urls()[2].as_str()).await?;
+            let routes = cluster.nats.routes().context("a NATS cluster")?;
+            let mut beats = nats.subscribe("registry.f4h.bus.beat.c").await?;
+            nats.flush().await?;
+            // Nothing from server 2 (c's) reaches server 1 (b's) until the heal.
+            routes.cut(1, 2, true);
+            // A beat of c's into the held route before the move: b is caught up
+            // with it, and it is the first thing b gets at the heal. (The one
+            // after the cut may have been on its way before it: wait for two.)
+            for _ in 0..2 {
+                tokio::time::timeout(BEAT * 10, futures_next(&mut beats))
+                    .await
+                    .context("c beats")?
+                    .context("c's beats ended")?;
+            }
+            let mut on_c =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[2].grpc).await?, 5_000).await?;
+            on_c.upsert(registry_tests::instance("api", "mover", 2)).await?;
+            on_a.goodbye_moved().await?;
+            let moved = Instant::now();
+            // a drops its copy as moved a dead time after c's copy reached it
+            // (and b gets that drop); b's consumer must go on listing the
+            // provider all along.
+            let mut missing = 0;
+            while moved.elapsed() < DEAD_AFTER + Duration::from_secs(1) {
+                for (i, w) in fleet.watches().iter().enumerate() {
+                    if !w.current().instances.contains_key("mover") {
+                        missing += 1;
+                        println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            report.at_most("checks where a consumer lacked the moved provider (2.5 s, 3 consumers)", 0, missing);
+            routes.heal();
+            let healed = Instant::now();
+            let shown = eventually("every consumer shows c's copy", Duration::from_secs(10), || async {
+                let ports: Vec<Option<u32>> =
+                    fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
+                ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
+            })
+            .await;
+            report.within("c's copy everywhere after the heal", Duration::from_secs(5), shown.unwrap_or(Duration::MAX));
+            let removals = fleet.removals().await.iter().filter(|r| r.id == "mover").count();
+            report.at_most("removals of the moved provider any consumer saw", 0, removals);
+            fleet.check_recording(report).await;
+            on_c.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
+}
+
 /// How a report names the security a scenario ran with.
 fn label(security: Security) -> &'static str {
     match security {
