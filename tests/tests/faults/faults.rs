@@ -1464,6 +1464,86 @@ async fn a_move_held_on_a_one_way_route_removes_nothing() -> Result<()> {
         .await
 }
 
+/// An admin's override outlives a partition longer than its retention. a,
+/// where the admin set it, is cut off from b and c both ways: each side
+/// drops the other's slice after the orphan grace, and a, no longer showing
+/// the instance (its provider is on b), drops the override once the
+/// retention passes. b and c adopted the override when they dropped a's
+/// slice, as every node does with a departing node's overrides, so it stays
+/// on their side, and after the heal it is a's again: the instance shows out
+/// of service everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<()> {
+    use v1::register_request::Kind as In;
+    Report::new("an admin's override across a partition longer than its retention (1 s)")
+        .run(async |report| {
+            let config = FAULT_CONFIG.replace("[sessions]\n", "[sessions]\nstatus_override_retention_ms = 1000\n");
+            let cluster = ProcCluster::start_with("f4o", &["a", "b", "c"], 3, &config).await?;
+            let endpoints = cluster.endpoints();
+            let mut fleet = Fleet::default();
+            fleet.watch(&endpoints, "api").await?;
+            // 5 s heartbeats (15 s leases): the session outlives the partition.
+            let mut on_b =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[1].grpc).await?, 5_000).await?;
+            on_b.upsert(registry_tests::instance("api", "kept", 1)).await?;
+            let out = v1::Status::OutOfService as i32;
+            let path = "/v1/namespaces/default/services/api/instances/kept/status";
+            let body = serde_json::json!({ "status": "STATUS_OUT_OF_SERVICE" });
+            let (status, r) = registry_tests::http_json(cluster.nodes[0].http, "PUT", path, &[], Some(&body)).await?;
+            ensure!(status == 200, "setting the override on a: {status} {r}");
+            let statuses = || -> Vec<Option<i32>> {
+                fleet.watches().iter().map(|w| w.current().instances.get("kept").map(|i| i.status)).collect()
+            };
+            eventually("every consumer shows the override", Duration::from_secs(10), || async {
+                statuses().iter().all(|s| *s == Some(out)).then_some(())
+            })
+            .await?;
+
+            let routes = cluster.nats.routes().context("a NATS cluster")?;
+            routes.cut(0, 1, false);
+            routes.cut(0, 2, false);
+            let cut = Instant::now();
+            // a drops b's and c's slices after the orphan grace, then the
+            // override once the retention has passed without the instance.
+            let dropped = eventually("a drops the override", Duration::from_secs(20), || async {
+                (cluster.nodes[0].metric("status_overrides").await? == 0).then(|| cut.elapsed())
+            })
+            .await
+            .ok();
+            report.row(
+                "a dropped the override (its view lost the instance)",
+                "yes",
+                dropped.map_or("no".into(), |t| format!("after {:.1} s", t.as_secs_f64())),
+                dropped.is_some(),
+            );
+            let b_side =
+                fleet.watches()[1..].iter().all(|w| w.current().instances.get("kept").map(|i| i.status) == Some(out));
+            report.row("b's and c's consumers still show it out of service", "yes", b_side.to_string(), b_side);
+            routes.heal();
+            let healed = Instant::now();
+            let back = eventually("every consumer shows the override again", Duration::from_secs(15), || async {
+                statuses().iter().all(|s| *s == Some(out)).then(|| healed.elapsed())
+            })
+            .await
+            .ok();
+            report.within(
+                "out of service on every consumer after the heal",
+                Duration::from_secs(10),
+                back.unwrap_or(Duration::MAX),
+            );
+            let held = eventually("a holds the override again", Duration::from_secs(10), || async {
+                (cluster.nodes[0].metric("status_overrides").await? == 1).then_some(())
+            })
+            .await
+            .ok();
+            report.row("a holds the override again", "yes", held.is_some().to_string(), held.is_some());
+            on_b.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
+            fleet.shutdown().await;
+            Ok(())
+        })
+        .await
+}
+
 /// How a report names the security a scenario ran with.
 fn label(security: Security) -> &'static str {
     match security {
