@@ -55,6 +55,9 @@ pub trait Replica: Send + Sync + 'static {
     fn own_cut(&self) -> SliceCut;
     /// (digest, entries) of this node's copy of `origin`'s slice; (0, 0) if none.
     fn copy_stats(&self, origin: &Origin) -> (u64, u64);
+    /// Live records of this node's copy of `origin`'s slice; `None` if it
+    /// holds no copy. What the safety valve weighs a removal by.
+    fn copy_live(&self, origin: &Origin) -> Option<u64>;
     /// Applies `origin`'s changes `first_seq..`, in order. The seq is given
     /// so a checker (the simulation) can tell that nothing is applied out of
     /// order or twice; the node needs only the changes.
@@ -379,7 +382,8 @@ impl<R: Replica, T: Transport> Runtime<R, T> {
             }
             Input::Tick => {
                 let live = self.replica.own_live();
-                let actions = self.core.on_tick(now, live);
+                let replica = &self.replica;
+                let actions = self.core.on_tick_holding(now, live, &|origin| replica.copy_live(origin));
                 self.publish_state(now);
                 actions
             }

@@ -587,6 +587,13 @@ impl Registry {
         st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
     }
 
+    /// Live records of this node's copy of `origin`'s slice; `None` if it
+    /// holds none.
+    pub fn copy_live(&self, origin: &Origin) -> Option<u64> {
+        let st = self.state.lock();
+        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map(|s| s.live)
+    }
+
     /// Milliseconds of `now` on the store's clock (moved copies are aged on it).
     fn store_ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.epoch).as_millis() as u64

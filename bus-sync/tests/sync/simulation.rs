@@ -231,6 +231,11 @@ impl Replica for SimReplica {
         st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
     }
 
+    fn copy_live(&self, origin: &Origin) -> Option<u64> {
+        let st = self.state.lock();
+        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map(|s| s.live)
+    }
+
     fn apply(&self, origin: &Origin, first_seq: u64, changes: Vec<Change>) {
         let mut st = self.state.lock();
         if !self.check_peer(&mut st, origin, "applying") {

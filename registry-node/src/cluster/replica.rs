@@ -40,6 +40,10 @@ impl Replica for NodeReplica {
         self.registry.copy_stats(origin)
     }
 
+    fn copy_live(&self, origin: &Origin) -> Option<u64> {
+        self.registry.copy_live(origin)
+    }
+
     fn apply(&self, origin: &Origin, _first_seq: u64, changes: Vec<Change>) {
         self.registry.apply_remote(origin, changes);
     }
