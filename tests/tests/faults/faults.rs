@@ -1350,33 +1350,15 @@ async fn move_across_a_fresh_partition(security: Security) -> Result<()> {
             let moved = Instant::now();
             // Past the reconnect grace (1 s) and well into the partition, b's and c's
             // consumers still list the provider.
-            let mut missing = 0;
-            while moved.elapsed() < RECONNECT_GRACE * 2 {
-                for (i, w) in fleet.watches().iter().enumerate() {
-                    if !w.current().instances.contains_key("mover") {
-                        missing += 1;
-                        println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let missing = checks_missing(&fleet, "mover", moved, RECONNECT_GRACE * 2).await;
             report.at_most("checks where a consumer lacked the moved provider (2 s, 3 consumers)", 0, missing);
             routes.heal();
             let healed = Instant::now();
             let t = converge(&named(&cluster), fleet.watches(), &expected, Duration::from_secs(10)).await?;
             report.within("converged after the heal", Duration::from_secs(5), t.max(healed.elapsed()));
             // a's copy (port 2) is newer: once it arrives, every consumer shows it.
-            let taken_over = eventually("every consumer shows a's copy", Duration::from_secs(10), || async {
-                let ports: Vec<Option<u32>> =
-                    fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
-                ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
-            })
-            .await;
-            report.within(
-                "a's copy everywhere after the heal",
-                Duration::from_secs(5),
-                taken_over.unwrap_or(Duration::MAX),
-            );
+            let taken_over = all_show_port(&fleet, "mover", 2, healed).await;
+            report.within("a's copy everywhere after the heal", Duration::from_secs(5), taken_over);
             let removals = fleet.removals().await.iter().filter(|r| r.id == "mover").count();
             report.at_most("removals of the moved provider any consumer saw", 0, removals);
             on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
@@ -1434,26 +1416,12 @@ async fn a_move_held_on_a_one_way_route_removes_nothing() -> Result<()> {
             // a drops its copy as moved a dead time after c's copy reached it
             // (and b gets that drop); b's consumer must go on listing the
             // provider all along.
-            let mut missing = 0;
-            while moved.elapsed() < DEAD_AFTER + Duration::from_secs(1) {
-                for (i, w) in fleet.watches().iter().enumerate() {
-                    if !w.current().instances.contains_key("mover") {
-                        missing += 1;
-                        println!("consumer {i} lost the provider {:?} after its move", moved.elapsed());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let missing = checks_missing(&fleet, "mover", moved, DEAD_AFTER + Duration::from_secs(1)).await;
             report.at_most("checks where a consumer lacked the moved provider (2.5 s, 3 consumers)", 0, missing);
             routes.heal();
             let healed = Instant::now();
-            let shown = eventually("every consumer shows c's copy", Duration::from_secs(10), || async {
-                let ports: Vec<Option<u32>> =
-                    fleet.watches().iter().map(|w| w.current().instances.get("mover").map(|i| i.port)).collect();
-                ports.iter().all(|p| *p == Some(2)).then(|| healed.elapsed())
-            })
-            .await;
-            report.within("c's copy everywhere after the heal", Duration::from_secs(5), shown.unwrap_or(Duration::MAX));
+            let shown = all_show_port(&fleet, "mover", 2, healed).await;
+            report.within("c's copy everywhere after the heal", Duration::from_secs(5), shown);
             let removals = fleet.removals().await.iter().filter(|r| r.id == "mover").count();
             report.at_most("removals of the moved provider any consumer saw", 0, removals);
             fleet.check_recording(report).await;
@@ -1542,6 +1510,34 @@ async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<
             Ok(())
         })
         .await
+}
+
+/// Looks every 100 ms, for `span` from `since`, whether every consumer
+/// lists instance `id`; the number of looks where one did not (each named).
+async fn checks_missing(fleet: &Fleet, id: &str, since: Instant, span: Duration) -> usize {
+    let mut missing = 0;
+    while since.elapsed() < span {
+        for (i, w) in fleet.watches().iter().enumerate() {
+            if !w.current().instances.contains_key(id) {
+                missing += 1;
+                println!("consumer {i} lacked {id} {:?} after its move", since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    missing
+}
+
+/// How long after `from` every consumer showed instance `id` on `port`
+/// (looked for up to 10 s; `Duration::MAX` if not by then).
+async fn all_show_port(fleet: &Fleet, id: &str, port: u32, from: Instant) -> Duration {
+    eventually(&format!("every consumer shows {id} on port {port}"), Duration::from_secs(10), || async {
+        let ports: Vec<Option<u32>> =
+            fleet.watches().iter().map(|w| w.current().instances.get(id).map(|i| i.port)).collect();
+        ports.iter().all(|p| *p == Some(port)).then(|| from.elapsed())
+    })
+    .await
+    .unwrap_or(Duration::MAX)
 }
 
 /// How a report names the security a scenario ran with.
