@@ -583,15 +583,13 @@ impl Registry {
     }
 
     pub fn copy_stats(&self, origin: &Origin) -> (u64, u64) {
-        let st = self.state.lock();
-        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
+        self.state.lock().store.stats_of(origin).map_or((0, 0), |s| (s.digest, s.entries))
     }
 
     /// Live records of this node's copy of `origin`'s slice; `None` if it
     /// holds none.
     pub fn copy_live(&self, origin: &Origin) -> Option<u64> {
-        let st = self.state.lock();
-        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map(|s| s.live)
+        self.state.lock().store.stats_of(origin).map(|s| s.live)
     }
 
     /// Milliseconds of `now` on the store's clock (moved copies are aged on it).

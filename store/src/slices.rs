@@ -199,6 +199,11 @@ impl Store {
         })
     }
 
+    /// [`Store::slice_stats`] of `origin`'s slice, if this store holds one.
+    pub fn stats_of(&self, origin: &Origin) -> Option<SliceStats> {
+        self.slice_stats(self.find_origin(origin)?)
+    }
+
     /// The shared copy of `name`; `slot` 0 is for namespaces, 1 for services.
     fn intern(&mut self, name: &str, slot: usize) -> Arc<str> {
         if let Some(recent) = &self.recent[slot]

@@ -227,13 +227,11 @@ impl Replica for SimReplica {
     }
 
     fn copy_stats(&self, origin: &Origin) -> (u64, u64) {
-        let st = self.state.lock();
-        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map_or((0, 0), |s| (s.digest, s.entries))
+        self.with_store(|s| s.stats_of(origin)).map_or((0, 0), |s| (s.digest, s.entries))
     }
 
     fn copy_live(&self, origin: &Origin) -> Option<u64> {
-        let st = self.state.lock();
-        st.store.find_origin(origin).and_then(|id| st.store.slice_stats(id)).map(|s| s.live)
+        self.with_store(|s| s.stats_of(origin)).map(|s| s.live)
     }
 
     fn apply(&self, origin: &Origin, first_seq: u64, changes: Vec<Change>) {
