@@ -16,7 +16,9 @@ use bus_sync::{SliceCut, SyncShared};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use registry_proto::v1;
-use registry_store::{Change, Entry, InstanceKey, Key, Origin, Outcome, Record, SliceStats, Store, ViewChange};
+use registry_store::{
+    Change, Entry, InstanceKey, Key, Origin, OriginId, Outcome, Record, SliceStats, Store, ViewChange,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -246,7 +248,10 @@ impl Registry {
         let key = Key::StatusOverride(st.store.intern_key(key.clone()));
         let out = match o {
             Some(o) => Some(st.store.put_local(key, Record::StatusOverride(Arc::new(o)), wall_ms()).1),
-            None => st.store.remove_local(&key, wall_ms()).map(|(_, out)| out),
+            // Always a tombstone: nodes that cannot hear this one now may
+            // hold copies (adopted from this node while it was silent to
+            // them); it hides those when it reaches them.
+            None => st.store.hide_local(&key, wall_ms()).map(|(_, out)| out),
         };
         let changed = out.is_some();
         if let Some(out) = out {
@@ -640,36 +645,66 @@ impl Registry {
     pub fn drop_origin(&self, origin: &Origin) {
         let mut st = self.lock_for_peers();
         if let Some(id) = st.store.find_origin(origin) {
-            // Status overrides outlive the node an admin reached: those the
-            // departing slice shows are adopted into this node's own (every
-            // node does the same; last writer wins among equal copies).
-            let adopt: Vec<(Key, Record)> = st
-                .store
-                .slice_entries(id)
-                .into_iter()
-                .filter(|(k, _)| matches!(k, Key::StatusOverride(_)))
-                .filter(|(k, _)| st.store.visible_entry(k).is_some_and(|(o, _)| o == id))
-                .filter_map(|(k, e)| e.record.map(|r| (k, r)))
-                .collect();
-            let mut out = st.store.drop_origin(id);
-            for (key, record) in adopt {
-                if st.store.visible_entry(&key).is_none() {
-                    out.extend(st.store.put_local(key, record, wall_ms()).1);
-                }
-            }
+            // Status overrides outlive the node an admin reached (see
+            // `adopt_overrides`); mostly adopted already, when it went silent.
+            let mut out = self.adopt_overrides(&mut st, id);
+            out.extend(st.store.drop_origin(id));
             self.apply(&mut st, out);
         }
         drop(st);
         self.orphaned.lock().remove(origin);
     }
 
+    /// Flags a silent peer's records as orphaned (or no longer). A peer
+    /// going silent also has its status overrides adopted.
     pub fn set_orphaned(&self, origin: &Origin, orphaned: bool) {
+        if orphaned {
+            let mut st = self.lock_for_peers();
+            if let Some(id) = st.store.find_origin(origin) {
+                let out = self.adopt_overrides(&mut st, id);
+                self.apply(&mut st, out);
+            }
+        }
         let mut set = self.orphaned.lock();
         if orphaned {
             set.insert(origin.clone());
         } else {
             set.remove(origin);
         }
+    }
+
+    /// Copies the status overrides that `id`'s slice shows into the own
+    /// slice, at their versions ([`Store::adopt`]): an admin's override
+    /// outlives the node the admin happened to reach. Done when a peer goes
+    /// silent, not only when its slice is dropped: a slice this node keeps
+    /// (its safety valve holds) may lose the override when the peer comes
+    /// back, because the peer, cut off from the instance, dropped it after
+    /// the retention. The own copy stays, so the override is kept wherever
+    /// the instance is shown, and returns to the peer with the heal. Every
+    /// node does the same; the copies are the same write. An admin's clear
+    /// is a tombstone above that version, so it hides every copy.
+    fn adopt_overrides(&self, st: &mut State, id: OriginId) -> Outcome {
+        let shown: Vec<(Key, Entry)> = st
+            .store
+            .slice_entries(id)
+            .into_iter()
+            .filter(|(k, e)| matches!(k, Key::StatusOverride(_)) && e.is_live())
+            .filter(|(k, _)| st.store.visible_entry(k).is_some_and(|(o, _)| o == id))
+            .collect();
+        let mut out = Outcome::default();
+        for (key, entry) in shown {
+            let adopted = st.store.adopt(key.clone(), entry);
+            if !adopted.is_empty()
+                && let Key::StatusOverride(k) = &key
+            {
+                tracing::debug!(key = %display_key(k), "status override adopted from a silent or departed peer");
+                // Owned here now: dropped by this node's reaper if its
+                // instance stays gone.
+                self.track_override(st, k);
+            }
+            out.extend(adopted);
+        }
+        out
     }
 
     pub fn set_bus_connected(&self, connected: bool) {
@@ -712,10 +747,13 @@ impl Registry {
     /// the instance has not been shown for
     /// `sessions.status_override_retention_ms` (it outlives the instance's
     /// restarts and moves, not the instance), a provider's own as soon as the
-    /// instance is gone (`ends_with_instance`, as in Eureka). Every node does
-    /// the same (the deletes agree). Not while this node's view is degraded
-    /// (cut off from the bus, or a peer orphaned): an instance missing from a
-    /// partial view may be alive. Returns how many were dropped.
+    /// instance is gone (`ends_with_instance`, as in Eureka). Each node drops
+    /// only its own copy ([`Store::purge_own`]), never another node's: every
+    /// node holding a copy decides from its own view, so a copy stays where
+    /// the instance is still shown (the other side of a partition) and comes
+    /// back from there. Not while this node's view is degraded (cut off from
+    /// the bus, or a peer orphaned): an instance missing from a partial view
+    /// may be alive. Returns how many were due.
     pub fn drop_gone_overrides(&self, now: Instant) -> usize {
         let mut st = self.state.lock();
         if st.overrides_due.is_none_or(|due| now < due) {
@@ -732,7 +770,7 @@ impl Registry {
         for key in &due {
             st.overridden_gone.remove(key);
             tracing::info!(key = %display_key(key), "status override dropped: its instance is gone");
-            if let Some((_, out)) = st.store.remove_local(&Key::StatusOverride(key.clone()), wall_ms()) {
+            if let Some(out) = st.store.purge_own(&Key::StatusOverride(key.clone())) {
                 all.extend(out);
             }
         }
@@ -799,6 +837,11 @@ impl Registry {
                 // An override changed: the instance (if shown) is shown again
                 // with the status now in force.
                 ViewChange::Upsert { key: Key::StatusOverride(k), record: Record::StatusOverride(o), .. } => {
+                    // The same override shown from another copy (adopted):
+                    // nothing changed for anyone.
+                    if st.overrides.get(&k).is_some_and(|old| **old == *o) {
+                        continue;
+                    }
                     st.overrides.insert(k.clone(), o);
                     instance_changes.extend(shown_with_override(st, &k));
                     overridden.push(k);
@@ -1114,6 +1157,74 @@ mod tests {
         assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService, "still in force: adopted into this node's slice");
         let st = r.state.lock();
         assert_eq!(st.store.visible_entry(&key).map(|(o, _)| o), Some(st.store.local_id()));
+    }
+
+    /// What a store wrote, as the bus would deliver it to a peer.
+    fn changes(out: Outcome) -> Vec<Change> {
+        out.local.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Peer `b`'s store with an admin's override of `id` set there, after
+    /// `r` got it: the store, the key and the override's version.
+    fn override_from_b(r: &Registry, id: &str) -> (Origin, Store, Key, registry_store::Version) {
+        let b = Origin::new("b", 7);
+        let mut on_b = Store::new(b.clone());
+        let key = Key::StatusOverride(InstanceKey::new("default", "orders", id));
+        let (version, out) =
+            on_b.put_local(key.clone(), Record::StatusOverride(Arc::new(oos("ops").expect("o"))), wall_ms());
+        r.apply_remote(&b, changes(out));
+        (b, on_b, key, version)
+    }
+
+    #[tokio::test]
+    async fn a_silent_peers_override_is_adopted_and_kept_when_the_peer_drops_it() {
+        let r = registry();
+        let (_, owner, _) = r.lease("", Duration::from_secs(30), None).expect("lease");
+        r.upsert(owner, instance("i1", 1), &Writer::default()).expect("upsert");
+        let (b, mut on_b, key, version) = override_from_b(&r, "i1");
+        assert_eq!(statuses(&r)[0].1, v1::Status::OutOfService);
+        // b goes silent: its override is copied into the own slice at its
+        // version, the same write held twice, so nobody is shown a change.
+        let revision = r.views().get("default", "orders").0;
+        r.set_orphaned(&b, true);
+        assert_eq!(r.state.lock().store.local_entry(&key).map(|e| e.version), Some(version));
+        assert_eq!(r.views().get("default", "orders").0, revision, "nothing pushed");
+        // b, cut off from the instance, drops its copy after the retention;
+        // at the heal the own copy keeps the override in force.
+        r.set_orphaned(&b, false);
+        r.apply_remote(&b, changes(on_b.purge_own(&key).expect("b holds it")));
+        assert_eq!(statuses(&r)[0], ("i1".into(), v1::Status::OutOfService, Some("ops".into())));
+        // An admin's clear hides every copy: a tombstone above the version,
+        // though this node holds no other copy now.
+        assert!(set_override(&r, &InstanceKey::new("default", "orders", "i1"), None));
+        assert_eq!(statuses(&r)[0].1, v1::Status::Unspecified);
+        let st = r.state.lock();
+        let entry = st.store.local_entry(&key).expect("a tombstone");
+        assert!(!entry.is_live());
+        assert_eq!(entry.version.hlc, version.hlc + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retention_drops_only_the_own_copy_of_an_override() {
+        let mut config = NodeConfig::default();
+        config.sessions.status_override_retention_ms = 10_000;
+        let r = Registry::new(Arc::new(config), 1);
+        let t0 = Instant::now();
+        // An override of an instance shown nowhere, set on b and adopted
+        // here while b was silent.
+        let (b, mut on_b, key, _) = override_from_b(&r, "gone");
+        r.set_orphaned(&b, true);
+        assert!(r.state.lock().store.local_entry(&key).is_some(), "adopted");
+        assert_eq!(r.drop_gone_overrides(t0 + Duration::from_secs(60)), 0, "not while b is orphaned");
+        r.set_orphaned(&b, false);
+        let due = r.next_deadline().expect("looked at again");
+        assert_eq!(r.drop_gone_overrides(due), 1);
+        // The own copy is gone; b's is b's to drop (by its own view), and
+        // until it does this node shows it.
+        assert!(r.state.lock().store.local_entry(&key).is_none());
+        assert_eq!(overrides_kept(&r), ["gone"]);
+        r.apply_remote(&b, changes(on_b.purge_own(&key).expect("b holds it")));
+        assert!(overrides_kept(&r).is_empty());
     }
 
     fn overrides_kept(r: &Registry) -> Vec<String> {

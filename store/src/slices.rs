@@ -299,6 +299,18 @@ impl Store {
     /// provider moved, and this node's lease or grace for the old copy ran
     /// out) is newer, and wins everywhere, as it should.
     pub fn remove_local(&mut self, key: &Key, wall_ms: u64) -> Option<(Version, Outcome)> {
+        self.remove_local_with(key, wall_ms, false)
+    }
+
+    /// Like [`Store::remove_local`], but always by a tombstone, even when no
+    /// other origin holds a copy here: for records that nodes this one
+    /// cannot hear may have copied ([`Store::adopt`]), so that the removal
+    /// hides their copies too when it reaches them.
+    pub fn hide_local(&mut self, key: &Key, wall_ms: u64) -> Option<(Version, Outcome)> {
+        self.remove_local_with(key, wall_ms, true)
+    }
+
+    fn remove_local_with(&mut self, key: &Key, wall_ms: u64, always_tombstone: bool) -> Option<(Version, Outcome)> {
         let moved = self.moved.get(key).map(|m| m.to);
         let holders = self.keys.get(key).map_or(&[][..], |h| &h[..]);
         let local_live = holders.iter().any(|(o, e)| *o == self.local && e.is_live());
@@ -308,7 +320,7 @@ impl Store {
         }
         // A moved copy still shown stands for the copy it moved to, which
         // is on its way: the tombstone must hide that one too.
-        let others = moved.is_some() || holders.iter().any(|(o, _)| *o != self.local);
+        let others = always_tombstone || moved.is_some() || holders.iter().any(|(o, _)| *o != self.local);
         let mut out = Outcome::default();
         let version = if others {
             let newest = holders.iter().map(|(_, e)| e.version.hlc).chain(moved.map(|v| v.hlc)).max().unwrap_or(0);
@@ -322,6 +334,31 @@ impl Store {
             self.hlc.tick(wall_ms)
         };
         Some((version, out))
+    }
+
+    /// Copies a peer's entry into the own slice as it is, version included,
+    /// so that the own slice keeps it if the peer's copy goes: the same
+    /// write, held twice. A removal of it (a tombstone above its version)
+    /// hides both copies, and a newer write of the key supersedes both.
+    /// Does nothing if the own slice holds the key at that version or newer.
+    pub fn adopt(&mut self, key: Key, entry: Entry) -> Outcome {
+        let mut out = Outcome::default();
+        if self.local_entry(&key).is_some_and(|e| e.version >= entry.version) {
+            return out;
+        }
+        self.hlc.observe(entry.version);
+        self.write_local(Change::Put { key, entry }, &mut out);
+        out
+    }
+
+    /// Drops the own slice's entry for `key`, leaving every other origin's
+    /// copy as it is (unlike [`Store::remove_local`], which hides them).
+    /// Returns `None` if the own slice holds nothing for `key`.
+    pub fn purge_own(&mut self, key: &Key) -> Option<Outcome> {
+        self.local_entry(key)?;
+        let mut out = Outcome::default();
+        self.write_local(Change::Purge { key: key.clone() }, &mut out);
+        Some(out)
     }
 
     /// Applies one change of a peer's slice, in that origin's order.

@@ -89,6 +89,54 @@ fn deregistering_at_a_non_owner_hides_the_copy_and_tells_the_owner() {
     assert!(a.local_entry(&k).is_none(), "owner dropped its copy");
 }
 
+fn status_override(id: &str) -> (Key, Record) {
+    let o = v1::StatusOverride { status: v1::Status::OutOfService as i32, set_by: "ops".into(), ..Default::default() };
+    (Key::StatusOverride(InstanceKey::new("default", "orders", id)), Record::StatusOverride(o.into()))
+}
+
+#[test]
+fn an_adopted_copy_is_the_same_write_and_outlives_its_origins_purge() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let (k, o) = status_override("i");
+    let (version, out) = a.put_local(k.clone(), o, 1_000);
+    replicate(&out, &oa, &mut b);
+    let entry = b.visible_entry(&k).map(|(_, e)| e.clone()).expect("shown on b");
+    let adopted = b.adopt(k.clone(), entry.clone());
+    assert_eq!(b.local_entry(&k).map(|e| e.version), Some(version), "at the origin's version");
+    assert!(matches!(adopted.local.as_slice(), [(1, Change::Put { .. })]), "published as b's own");
+    assert!(b.adopt(k.clone(), entry).is_empty(), "held already: nothing to do");
+    // a drops its copy alone (its own view lost the instance): b's stays.
+    let purge = a.purge_own(&k).expect("a holds one");
+    assert!(matches!(purge.local.as_slice(), [(_, Change::Purge { .. })]));
+    assert!(a.purge_own(&k).is_none(), "nothing left to purge");
+    replicate(&purge, &oa, &mut b);
+    assert!(b.visible(&k).is_some());
+}
+
+#[test]
+fn hiding_writes_a_tombstone_even_alone_and_it_hides_adopted_copies() {
+    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let (k, o) = status_override("i");
+    let (version, out) = a.put_local(k.clone(), o, 1_000);
+    replicate(&out, &oa, &mut b);
+    let entry = b.visible_entry(&k).map(|(_, e)| e.clone()).expect("shown on b");
+    // b adopts it while a is cut off from b; a holds no other copy.
+    b.adopt(k.clone(), entry);
+    let (hidden_at, cleared) = a.hide_local(&k, 60_000).expect("shown on a");
+    assert_eq!(hidden_at.hlc, version.hlc + 1, "just above the copy, not now");
+    assert!(a.local_entry(&k).is_some_and(|e| !e.is_live()), "a tombstone, not a purge");
+    let on_b = replicate(&cleared, &oa, &mut b);
+    assert!(b.visible(&k).is_none(), "the adopted copy is hidden too");
+    assert_eq!(on_b[0].stale, vec![k.clone()], "and b purges it later");
+    // remove_local, alone, purges instead (no copy elsewhere to hide).
+    let (k2, o2) = status_override("j");
+    a.put_local(k2.clone(), o2, 2_000);
+    let (_, removed) = a.remove_local(&k2, 3_000).expect("shown");
+    assert!(matches!(removed.local.as_slice(), [(_, Change::Purge { .. })]));
+}
+
 #[test]
 fn removing_what_is_not_there_is_not_found() {
     let mut a = Store::new(Origin::new("a", 1));

@@ -1435,25 +1435,48 @@ async fn a_move_held_on_a_one_way_route_removes_nothing() -> Result<()> {
 /// An admin's override outlives a partition longer than its retention. a,
 /// where the admin set it, is cut off from b and c both ways: each side
 /// drops the other's slice after the orphan grace, and a, no longer showing
-/// the instance (its provider is on b), drops the override once the
-/// retention passes. b and c adopted the override when they dropped a's
-/// slice, as every node does with a departing node's overrides, so it stays
-/// on their side, and after the heal it is a's again: the instance shows out
-/// of service everywhere.
+/// the instance (its provider is on b), drops its copy of the override once
+/// the retention passes. b and c adopted the override when a went silent, as
+/// every node does with a silent peer's overrides, so it stays on their
+/// side, and after the heal it is a's again: the instance shows out of
+/// service everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<()> {
+    override_across_a_partition("f4o", 0).await
+}
+
+/// The same, with most of the cluster's instances on a: b's and c's safety
+/// valves hold, so they keep a's slice through the partition, and at the
+/// heal a's slice comes back without the override. The copies b and c
+/// adopted when a went silent keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_outlives_a_long_partition_where_the_safety_valve_holds() -> Result<()> {
+    override_across_a_partition("f4v", 12).await
+}
+
+/// The two scenarios above: `bulk_on_a` more providers on a.
+async fn override_across_a_partition(cluster_name: &str, bulk_on_a: u32) -> Result<()> {
     use v1::register_request::Kind as In;
-    Report::new("an admin's override across a partition longer than its retention (1 s)")
+    let valve = if bulk_on_a > 0 { ", b's and c's safety valves holding" } else { "" };
+    Report::new(&format!("an admin's override across a partition longer than its retention (1 s){valve}"))
         .run(async |report| {
             let config = FAULT_CONFIG.replace("[sessions]\n", "[sessions]\nstatus_override_retention_ms = 1000\n");
-            let cluster = ProcCluster::start_with("f4o", &["a", "b", "c"], 3, &config).await?;
+            let cluster = ProcCluster::start_with(cluster_name, &["a", "b", "c"], 3, &config).await?;
             let endpoints = cluster.endpoints();
             let mut fleet = Fleet::default();
             fleet.watch(&endpoints, "api").await?;
-            // 5 s heartbeats (15 s leases): the session outlives the partition.
+            // 5 s heartbeats (15 s leases): the sessions outlive the partition.
             let mut on_b =
                 registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[1].grpc).await?, 5_000).await?;
             on_b.upsert(registry_tests::instance("api", "kept", 1)).await?;
+            let mut on_a =
+                registry_tests::Session::open(&mut registry_tests::client(cluster.nodes[0].grpc).await?, 5_000).await?;
+            for i in 0..bulk_on_a {
+                on_a.upsert(registry_tests::instance("bulk", &format!("bulk-{i}"), 100 + i)).await?;
+            }
+            for node in &cluster.nodes {
+                node.wait_instances(u64::from(bulk_on_a) + 1, Duration::from_secs(10)).await?;
+            }
             let out = v1::Status::OutOfService as i32;
             let path = "/v1/namespaces/default/services/api/instances/kept/status";
             let body = serde_json::json!({ "status": "STATUS_OUT_OF_SERVICE" });
@@ -1471,8 +1494,9 @@ async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<
             routes.cut(0, 1, false);
             routes.cut(0, 2, false);
             let cut = Instant::now();
-            // a drops b's and c's slices after the orphan grace, then the
-            // override once the retention has passed without the instance.
+            // a drops b's and c's slices after the orphan grace, then its
+            // copy of the override once the retention has passed without
+            // the instance.
             let dropped = eventually("a drops the override", Duration::from_secs(20), || async {
                 (cluster.nodes[0].metric("status_overrides").await? == 0).then(|| cut.elapsed())
             })
@@ -1484,6 +1508,14 @@ async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<
                 dropped.map_or("no".into(), |t| format!("after {:.1} s", t.as_secs_f64())),
                 dropped.is_some(),
             );
+            if bulk_on_a > 0 {
+                let mut holding = Vec::new();
+                for node in &cluster.nodes[1..] {
+                    holding.push(node.metric("sync_safety_valve_holding").await == Some(1));
+                }
+                let both = holding.iter().all(|h| *h);
+                report.row("b's and c's safety valves hold a's slice", "yes", format!("{holding:?}"), both);
+            }
             let b_side =
                 fleet.watches()[1..].iter().all(|w| w.current().instances.get("kept").map(|i| i.status) == Some(out));
             report.row("b's and c's consumers still show it out of service", "yes", b_side.to_string(), b_side);
@@ -1505,7 +1537,13 @@ async fn an_override_outlives_a_partition_longer_than_its_retention() -> Result<
             .await
             .ok();
             report.row("a holds the override again", "yes", held.is_some().to_string(), held.is_some());
+            // Whatever the heal brought, every node applied it by now (a
+            // holds b's copy): the override is still in force everywhere.
+            let kept = statuses();
+            let everywhere = kept.iter().all(|s| *s == Some(out));
+            report.row("still out of service on every consumer", "yes", format!("{kept:?}"), everywhere);
             on_b.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
+            on_a.send(In::Goodbye(v1::Goodbye { moved: false })).await?;
             fleet.shutdown().await;
             Ok(())
         })
