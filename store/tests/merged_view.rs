@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use registry_proto::v1;
-use registry_store::{Change, InstanceKey, Key, Origin, Outcome, Record, Store, ViewChange};
+use registry_store::{Change, InstanceKey, Key, Origin, Outcome, Record, Store, Version, ViewChange};
 
 fn key(id: &str) -> Key {
     Key::Instance(InstanceKey::new("default", "orders", id))
@@ -94,18 +94,26 @@ fn status_override(id: &str) -> (Key, Record) {
     (Key::StatusOverride(InstanceKey::new("default", "orders", id)), Record::StatusOverride(o.into()))
 }
 
-#[test]
-fn an_adopted_copy_is_the_same_write_and_outlives_its_origins_purge() {
+/// An override written on a, then adopted by b (as when a goes silent to
+/// b): a and its origin, b, the key, its version, and b's adoption.
+fn override_adopted_by_b() -> (Origin, Store, Store, Key, Version, Outcome) {
     let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
-    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
+    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob));
     let (k, o) = status_override("i");
     let (version, out) = a.put_local(k.clone(), o, 1_000);
     replicate(&out, &oa, &mut b);
     let entry = b.visible_entry(&k).map(|(_, e)| e.clone()).expect("shown on b");
     let adopted = b.adopt(k.clone(), entry.clone());
+    assert!(b.adopt(k.clone(), entry).is_empty(), "held already: nothing to do");
+    (oa, a, b, k, version, adopted)
+}
+
+#[test]
+fn an_adopted_copy_is_the_same_write_and_outlives_its_origins_purge() {
+    let (oa, mut a, mut b, k, version, adopted) = override_adopted_by_b();
     assert_eq!(b.local_entry(&k).map(|e| e.version), Some(version), "at the origin's version");
     assert!(matches!(adopted.local.as_slice(), [(1, Change::Put { .. })]), "published as b's own");
-    assert!(b.adopt(k.clone(), entry).is_empty(), "held already: nothing to do");
+    assert!(adopted.view.iter().all(|c| !matches!(c, ViewChange::Remove { .. })));
     // a drops its copy alone (its own view lost the instance): b's stays.
     let purge = a.purge_own(&k).expect("a holds one");
     assert!(matches!(purge.local.as_slice(), [(_, Change::Purge { .. })]));
@@ -116,14 +124,8 @@ fn an_adopted_copy_is_the_same_write_and_outlives_its_origins_purge() {
 
 #[test]
 fn hiding_writes_a_tombstone_even_alone_and_it_hides_adopted_copies() {
-    let (oa, ob) = (Origin::new("a", 1), Origin::new("b", 1));
-    let (mut a, mut b) = (Store::new(oa.clone()), Store::new(ob.clone()));
-    let (k, o) = status_override("i");
-    let (version, out) = a.put_local(k.clone(), o, 1_000);
-    replicate(&out, &oa, &mut b);
-    let entry = b.visible_entry(&k).map(|(_, e)| e.clone()).expect("shown on b");
-    // b adopts it while a is cut off from b; a holds no other copy.
-    b.adopt(k.clone(), entry);
+    // a holds no other copy: b adopted it while cut off from a.
+    let (oa, mut a, mut b, k, version, _) = override_adopted_by_b();
     let (hidden_at, cleared) = a.hide_local(&k, 60_000).expect("shown on a");
     assert_eq!(hidden_at.hlc, version.hlc + 1, "just above the copy, not now");
     assert!(a.local_entry(&k).is_some_and(|e| !e.is_live()), "a tombstone, not a purge");
