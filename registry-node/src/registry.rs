@@ -769,9 +769,11 @@ impl Registry {
         let mut all = Outcome::default();
         for key in &due {
             st.overridden_gone.remove(key);
-            tracing::info!(key = %display_key(key), "status override dropped: its instance is gone");
             if let Some(out) = st.store.purge_own(&Key::StatusOverride(key.clone())) {
+                tracing::info!(key = %display_key(key), "status override dropped: its instance is gone");
                 all.extend(out);
+            } else {
+                tracing::debug!(key = %display_key(key), "status override of a gone instance: its holders drop it");
             }
         }
         st.overrides_due = st.overridden_gone.values().min().copied();

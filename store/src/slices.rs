@@ -351,11 +351,12 @@ impl Store {
         out
     }
 
-    /// Drops the own slice's entry for `key`, leaving every other origin's
-    /// copy as it is (unlike [`Store::remove_local`], which hides them).
-    /// Returns `None` if the own slice holds nothing for `key`.
+    /// Drops the own slice's live entry for `key`, leaving every other
+    /// origin's copy as it is (unlike [`Store::remove_local`], which hides
+    /// them). Returns `None` if the own slice holds no live entry for `key`
+    /// (a tombstone stays until it is collected).
     pub fn purge_own(&mut self, key: &Key) -> Option<Outcome> {
-        self.local_entry(key)?;
+        self.local_entry(key).filter(|e| e.is_live())?;
         let mut out = Outcome::default();
         self.write_local(Change::Purge { key: key.clone() }, &mut out);
         Some(out)

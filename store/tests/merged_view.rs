@@ -129,6 +129,7 @@ fn hiding_writes_a_tombstone_even_alone_and_it_hides_adopted_copies() {
     let (hidden_at, cleared) = a.hide_local(&k, 60_000).expect("shown on a");
     assert_eq!(hidden_at.hlc, version.hlc + 1, "just above the copy, not now");
     assert!(a.local_entry(&k).is_some_and(|e| !e.is_live()), "a tombstone, not a purge");
+    assert!(a.purge_own(&k).is_none(), "a tombstone is left to the collection");
     let on_b = replicate(&cleared, &oa, &mut b);
     assert!(b.visible(&k).is_none(), "the adopted copy is hidden too");
     assert_eq!(on_b[0].stale, vec![k.clone()], "and b purges it later");
