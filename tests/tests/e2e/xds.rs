@@ -688,6 +688,57 @@ mod hostile {
         Ok(())
     }
 
+    /// State of the world sends every listener (one left out is removed)
+    /// but, for endpoints, only the assignment that changed: a stream
+    /// watching many services is not sent all of them at every change.
+    #[tokio::test]
+    async fn state_of_the_world_sends_the_endpoints_that_changed_and_every_listener() -> Result<()> {
+        let node = start_node(test_config("n1")).await?;
+        let mut c = client(node.grpc_addr).await?;
+        let services = ["alpha", "beta", "gamma"];
+        for (i, s) in services.iter().enumerate() {
+            register(&mut c, "", instance(s, &format!("{s}-1"), 9001 + i as u32), "").await?;
+        }
+        let mut ads = Ads::open(channel(node.grpc_addr).await?).await?;
+        let names_of = |r: &DiscoveryResponse| -> Result<Vec<String>> {
+            Ok(cla(r)?.into_iter().map(|a| a.cluster_name).collect())
+        };
+        ads.send(EDS, &services, "", None).await?;
+        let first = ads.next().await?;
+        assert_eq!(names_of(&first)?, services, "a subscription gets every assignment");
+        ads.send(EDS, &services, &first.nonce, None).await?;
+        ads.send(LDS, &services, "", None).await?;
+        let listeners = ads.next().await?;
+        assert_eq!((listeners.type_url.as_str(), listeners.resources.len()), (LDS, 3));
+        ads.send(LDS, &services, &listeners.nonce, None).await?;
+
+        register(&mut c, "", instance("beta", "beta-2", 9100), "").await?;
+        let next = ads.next().await?;
+        assert_eq!(next.type_url, EDS, "a new instance changes endpoints only");
+        assert_eq!(names_of(&next)?, ["beta"], "only the assignment that changed");
+        assert_eq!(cla(&next)?[0].endpoints[0].lb_endpoints.len(), 2);
+        ads.send(EDS, &services, &next.nonce, None).await?;
+
+        // gamma's last instance leaves: the listeners say so, by leaving it
+        // out; no endpoints response is owed for it.
+        deregister(&mut c, "", "gamma", "gamma-1").await?;
+        let gone = ads.next().await?;
+        assert_eq!(gone.type_url, LDS, "{gone:?}");
+        assert_eq!(gone.resources.len(), 2, "every listener but gamma's");
+        ads.send(LDS, &services, &gone.nonce, None).await?;
+        // And when it comes back, its assignment alone.
+        register(&mut c, "", instance("gamma", "gamma-2", 9200), "").await?;
+        let mut back = ads.next().await?;
+        if back.type_url == LDS {
+            assert_eq!(back.resources.len(), 3);
+            ads.send(LDS, &services, &back.nonce, None).await?;
+            back = ads.next().await?;
+        }
+        assert_eq!(names_of(&back)?, ["gamma"]);
+        node.shutdown().await;
+        Ok(())
+    }
+
     /// A NACK is counted (once, however often it is repeated), the refused
     /// state is not pushed again, and the next change is.
     #[tokio::test]

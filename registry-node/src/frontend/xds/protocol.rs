@@ -15,8 +15,14 @@
 //! - A request carrying an older nonce was overtaken by a response in
 //!   flight; it is ignored (its names come again with the next ACK).
 //! - Between requests, a response is owed when a subscribed resource came,
-//!   went or (endpoints) changed revision. Responses are state of the world:
-//!   each names every subscribed resource that exists.
+//!   went or (endpoints) changed revision. Listener and cluster responses
+//!   are state of the world: each names every subscribed resource that
+//!   exists, and one left out is removed. Endpoint and route responses
+//!   hold only the resources the client does not hold at their revision
+//!   (the protocol groups these types as the incremental variant does,
+//!   and a client keeps one left out), so a stream watching many services
+//!   is sent the one that changed, not all of them. A response to a
+//!   subscription holds everything, of every type.
 //! - Listeners and clusters may be asked for by wildcard (Envoy's CDS): a
 //!   first request with no names, or the name `*`. The stream then owes every
 //!   resource of the type that exists (the caller lists them), and compares
@@ -170,11 +176,14 @@ impl Interests {
     }
 }
 
-/// What the state of the world of one type last sent, and the client's verdicts.
+/// What the client holds of one type, and its verdicts.
 #[derive(Debug, Default)]
 struct SotwType {
     /// Nonce of the last response of this type (0: none yet).
     nonce: u64,
+    /// Each resource the client holds, at the revision sent: the last
+    /// response's for listeners and clusters, every response's since the
+    /// last whole one for endpoints and routes.
     sent: Sent,
     /// Version the client last accepted.
     acked: Option<String>,
@@ -253,32 +262,63 @@ impl Sotw {
         Ok(verdict)
     }
 
-    /// Whether `now` (what a response of type `t` would hold) must be sent:
-    /// a response is owed, or it differs from the last one. Clears the
-    /// dirty mark when nothing changed.
-    pub fn due(&mut self, t: ResourceType, now: &Sent) -> bool {
-        let w = &mut self.want.types[t.index()];
+    /// What a response of type `t` must hold, if one is owed, given `now`:
+    /// the subscribed resources that exist, with their revisions; for
+    /// endpoints and routes, when [`Interests::changed_only`] gives names,
+    /// only those of them (the rest are as the client holds them).
+    ///
+    /// Listeners and clusters: all of `now`, if a response is owed or it
+    /// differs from the last one. Endpoints and routes: all of `now` if a
+    /// response is owed (a subscription), else the resources whose revision
+    /// the client does not hold; those gone are forgotten (the client
+    /// learns it from their listener and cluster). `None`: nothing to send,
+    /// and nothing to compare until the next change.
+    pub fn response(&mut self, t: ResourceType, now: &Sent) -> Option<Sent> {
+        let w = &self.want.types[t.index()];
+        let s = &mut self.types[t.index()];
         if w.owed {
-            return true;
+            if !t.whole_in_sotw() {
+                s.sent.clear();
+            }
+            return Some(now.clone());
         }
         if !w.dirty && w.touched.is_empty() {
-            return false;
+            return None;
         }
-        if &self.types[t.index()].sent == now {
+        let send = if t.whole_in_sotw() {
+            (s.sent != *now).then(|| now.clone())
+        } else {
+            // Gone: of every name the client holds, or of the changed ones.
+            if w.dirty {
+                s.sent.retain(|name, _| now.contains_key(name));
+            } else {
+                for name in w.touched.iter().filter(|n| !now.contains_key(*n)) {
+                    s.sent.remove(name);
+                }
+            }
+            let changed: Sent =
+                now.iter().filter(|(name, r)| s.sent.get(*name) != Some(r)).map(|(n, r)| (n.clone(), *r)).collect();
+            (!changed.is_empty()).then_some(changed)
+        };
+        if send.is_none() {
             self.want.compared(t);
-            return false;
         }
-        true
+        send
     }
 
-    /// Records a response of type `t` holding `sent`; returns its version
-    /// and nonce (the same number, as text).
+    /// Records a response of type `t` holding `sent` (what
+    /// [`Self::response`] gave); returns its version and nonce (the same
+    /// number, as text).
     pub fn record_sent(&mut self, t: ResourceType, sent: Sent) -> String {
         self.counter += 1;
         let n = self.counter;
         let s = &mut self.types[t.index()];
         s.nonce = n;
-        s.sent = sent;
+        if t.whole_in_sotw() {
+            s.sent = sent;
+        } else {
+            s.sent.extend(sent);
+        }
         self.want.answered(t);
         n.to_string()
     }
@@ -486,7 +526,7 @@ mod tests {
         assert!(!p.want().maybe_due(L));
         assert_eq!(p.on_request(L, names(&["orders"]), "", "", None), Ok(Verdict::Subscribe));
         assert!(p.want().maybe_due(L));
-        assert!(p.due(L, &Sent::new()), "empty, but owed");
+        assert_eq!(p.response(L, &Sent::new()), Some(Sent::new()), "empty, but owed");
         assert_eq!(p.record_sent(L, Sent::new()), "1");
         assert!(!p.want().maybe_due(L));
         assert!(!p.want().maybe_due(E), "other types are not subscribed");
@@ -502,7 +542,7 @@ mod tests {
         assert!(!p.want().maybe_due(E), "an ACK with the same names asks for nothing");
 
         p.want_mut().touch("orders");
-        assert!(p.due(E, &sent(&[("orders", 6)])));
+        assert_eq!(p.response(E, &sent(&[("orders", 6)])), Some(sent(&[("orders", 6)])));
         let v2 = p.record_sent(E, sent(&[("orders", 6)]));
         let nack = p.on_request(E, names(&["orders"]), &v2, &v1, Some("bad weight".into()));
         assert_eq!(nack, Ok(Verdict::Nack { version: v1.clone(), message: "bad weight".into() }));
@@ -511,7 +551,7 @@ mod tests {
         assert_eq!(p.acked(E), Some(v1.as_str()), "the client keeps its last good config");
         assert!(!p.want().maybe_due(E), "what was refused is not sent again until it changes");
         p.want_mut().touch("orders");
-        assert!(!p.due(E, &sent(&[("orders", 6)])), "unchanged: nothing owed, dirty cleared");
+        assert_eq!(p.response(E, &sent(&[("orders", 6)])), None, "unchanged: nothing owed, dirty cleared");
         assert!(!p.want().maybe_due(E));
     }
 
@@ -537,7 +577,7 @@ mod tests {
         assert_eq!(p.want().watched().into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(p.on_request(L, names(&["a", "d"]), &v, &v, None), Ok(Verdict::Ack { version: v.clone() }));
         assert!(p.want().maybe_due(L), "a new name is answered");
-        assert!(p.due(L, &Sent::new()), "even when the answer did not change");
+        assert_eq!(p.response(L, &Sent::new()), Some(Sent::new()), "even when the answer did not change");
     }
 
     #[test]
@@ -550,7 +590,43 @@ mod tests {
         p.want_mut().touch("b");
         assert!(!p.want().maybe_due(L));
         assert!(p.want().maybe_due(E));
-        assert!(p.due(E, &Sent::new()), "b is gone");
+        assert_eq!(p.response(E, &Sent::new()), None, "b is gone: its listener and cluster say so");
+        p.want_mut().touch("a");
+        assert!(p.want().maybe_due(L));
+        assert_eq!(p.response(L, &Sent::new()), Some(Sent::new()), "a is gone: left out, so removed");
+    }
+
+    #[test]
+    fn endpoint_responses_hold_what_the_client_does_not_hold() {
+        let mut p = Sotw::new(10);
+        p.on_request(E, names(&["a", "b", "c"]), "", "", None).expect("ok");
+        let all = sent(&[("a", 1), ("b", 1), ("c", 1)]);
+        assert_eq!(p.response(E, &all), Some(all.clone()), "a subscription gets everything");
+        let v = p.record_sent(E, all);
+        assert_eq!(p.on_request(E, names(&["a", "b", "c"]), &v, &v, None), Ok(Verdict::Ack { version: v.clone() }));
+        // One changes: compared alone, and sent alone.
+        p.want_mut().touch("b");
+        let only: Vec<&String> = p.want().changed_only(E).expect("names").iter().collect();
+        assert_eq!(only, ["b"]);
+        assert_eq!(p.response(E, &sent(&[("b", 2)])), Some(sent(&[("b", 2)])));
+        p.record_sent(E, sent(&[("b", 2)]));
+        // It goes (nothing to send), and comes back: sent again.
+        p.want_mut().touch("b");
+        assert_eq!(p.response(E, &Sent::new()), None);
+        p.want_mut().touch("b");
+        assert_eq!(p.response(E, &sent(&[("b", 3)])), Some(sent(&[("b", 3)])), "the client is owed it again");
+        p.record_sent(E, sent(&[("b", 3)]));
+        // Everything compared (watched anew): only what changed meanwhile.
+        p.want_mut().touch_all();
+        assert_eq!(p.want().changed_only(E), None);
+        assert_eq!(p.response(E, &sent(&[("a", 1), ("b", 3), ("c", 1)])), None, "all as the client holds them");
+        p.want_mut().touch_all();
+        assert_eq!(p.response(E, &sent(&[("a", 1), ("b", 3), ("c", 4)])), Some(sent(&[("c", 4)])));
+        let v = p.record_sent(E, sent(&[("c", 4)]));
+        // A new name is a new subscription: everything again.
+        p.on_request(E, names(&["a", "b", "c", "d"]), &v, &v, None).expect("ok");
+        let all = sent(&[("a", 1), ("b", 3), ("c", 4), ("d", 1)]);
+        assert_eq!(p.response(E, &all), Some(all.clone()));
     }
 
     #[test]

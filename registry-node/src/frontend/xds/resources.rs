@@ -92,6 +92,16 @@ impl ResourceType {
         matches!(self, Self::Listener | Self::Cluster)
     }
 
+    /// Whether every state-of-the-world response of the type holds every
+    /// subscribed resource (listeners and clusters: one left out is
+    /// removed). Responses of the other types hold the resources that
+    /// changed, as in the incremental variant, and one left out is kept by
+    /// the client (the xDS protocol's "grouping resources into responses";
+    /// gRPC's `AllResourcesRequiredInSotW`).
+    pub fn whole_in_sotw(self) -> bool {
+        matches!(self, Self::Listener | Self::Cluster)
+    }
+
     /// Whether the resource changes with the service's instances. The
     /// others depend on its name alone, so they are sent again only when
     /// the service comes or goes.

@@ -439,13 +439,13 @@ impl AdsStream {
             if !self.book.want().maybe_due(t) {
                 continue;
             }
-            // Delta compares only the names that changed, when it can: a
-            // stream asking for many resources is not walked whole at every
-            // change of one of them. (Never for a wildcard: `changed_only`
-            // gives none then.)
+            // Delta, and state of the world's endpoints and routes, compare
+            // only the names that changed, when they can: a stream asking
+            // for many resources is not walked whole at every change of one
+            // of them. (Never for a wildcard: `changed_only` gives none then.)
             let changed = match &self.book {
-                Book::Delta(p) => p.want().changed_only(t).cloned(),
-                Book::Sotw(_) => None,
+                Book::Sotw(_) if t.whole_in_sotw() => None,
+                book => book.want().changed_only(t).cloned(),
             };
             let named: BTreeSet<String> =
                 changed.unwrap_or_else(|| self.book.want().names(t).map(String::from).collect());
@@ -471,18 +471,17 @@ impl AdsStream {
             }
             let frame = match &mut self.book {
                 Book::Sotw(p) => {
-                    let mut sent = Sent::new();
-                    let mut resources = Vec::new();
+                    let mut now = Sent::new();
+                    let mut bytes = HashMap::new();
                     for (name, r) in current {
                         if let Some(r) = r {
-                            resources.push(r.get(t).clone());
-                            sent.insert(name, if t.follows_instances() { r.revision } else { 0 });
+                            now.insert(name.clone(), if t.follows_instances() { r.revision } else { 0 });
+                            bytes.insert(name, r.get(t).clone());
                         }
                     }
-                    if !p.due(t, &sent) {
-                        continue;
-                    }
-                    let version = p.record_sent(t, sent);
+                    let Some(send) = p.response(t, &now) else { continue };
+                    let resources = send.keys().filter_map(|name| bytes.remove(name)).collect();
+                    let version = p.record_sent(t, send);
                     AdsFrame::Sotw(DiscoveryFrame {
                         nonce: version.clone(),
                         version_info: version,
