@@ -884,6 +884,111 @@ mod tests {
         }
     }
 
+    /// One step of a state-of-the-world stream's life, for the model test
+    /// below.
+    #[derive(Clone, Debug)]
+    enum SotwStep {
+        /// Service `n` changes to revision `v`, or (0) goes away.
+        Change(usize, u8),
+        /// The client asks for listeners and endpoints of one more name, or
+        /// one fewer (a request with the new names, ACKing the last response).
+        Subscribe(usize),
+        Unsubscribe(usize),
+        /// The watched services were watched anew: compare everything.
+        TouchAll,
+        /// The stream sends what it owes, and the client ACKs it.
+        Respond,
+    }
+
+    fn sotw_step() -> impl proptest::strategy::Strategy<Value = SotwStep> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..5usize, 0..4u8).prop_map(|(n, v)| SotwStep::Change(n, v)),
+            (0..5usize).prop_map(SotwStep::Subscribe),
+            (0..5usize).prop_map(SotwStep::Unsubscribe),
+            Just(SotwStep::TouchAll),
+            Just(SotwStep::Respond),
+            Just(SotwStep::Respond),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of changes, subscriptions and responses, a
+        /// state-of-the-world client that takes every listener response as
+        /// the whole set (dropping the endpoints of a listener left out)
+        /// and merges every endpoint response into what it holds (the
+        /// protocol's rules) holds, once nothing is owed, exactly
+        /// the listeners of the subscribed services that exist and the
+        /// current endpoints of each: sending endpoints only where they
+        /// changed loses nothing. `now` is built as the stream builds it.
+        #[test]
+        fn a_sotw_client_converges_on_what_exists(steps in proptest::collection::vec(sotw_step(), 1..60)) {
+            let name = |n: usize| format!("s{n}");
+            let index = |s: &str| s[1..].parse::<usize>().expect("s<n>");
+            let mut exists: [u8; 5] = [1, 1, 0, 2, 1];
+            let mut p = Sotw::new(100);
+            let mut names: BTreeSet<String> = BTreeSet::new();
+            let mut nonces: BTreeMap<usize, String> = BTreeMap::new();
+            let mut listeners: BTreeSet<String> = BTreeSet::new();
+            let mut endpoints: BTreeMap<String, u64> = BTreeMap::new();
+            for step in steps.into_iter().chain([SotwStep::Respond]) {
+                match step {
+                    SotwStep::Change(n, v) => {
+                        exists[n] = v;
+                        p.want_mut().touch(&name(n));
+                    }
+                    SotwStep::Subscribe(n) | SotwStep::Unsubscribe(n) => {
+                        if matches!(step, SotwStep::Subscribe(_)) {
+                            names.insert(name(n));
+                        } else {
+                            names.remove(&name(n));
+                        }
+                        for t in [L, E] {
+                            let nonce = nonces.get(&t.index()).cloned().unwrap_or_default();
+                            p.on_request(t, names.iter().cloned().collect(), &nonce, &nonce, None).expect("within limits");
+                        }
+                    }
+                    SotwStep::TouchAll => p.want_mut().touch_all(),
+                    SotwStep::Respond => {
+                        for t in [E, L] {
+                            loop {
+                                let scope: Vec<String> = match p.want().changed_only(t).filter(|_| !t.whole_in_sotw()) {
+                                    Some(touched) => touched.iter().cloned().collect(),
+                                    None => p.want().names(t).map(String::from).collect(),
+                                };
+                                let now: Sent = scope
+                                    .into_iter()
+                                    .filter(|s| exists[index(s)] > 0)
+                                    .map(|s| {
+                                        let r = if t.follows_instances() { u64::from(exists[index(&s)]) } else { 0 };
+                                        (s, r)
+                                    })
+                                    .collect();
+                                let Some(send) = p.response(t, &now) else { break };
+                                if t.whole_in_sotw() {
+                                    // A listener left out is removed, and
+                                    // the client drops what it held for it.
+                                    listeners = send.keys().cloned().collect();
+                                    endpoints.retain(|s, _| listeners.contains(s));
+                                } else {
+                                    endpoints.extend(send.clone());
+                                }
+                                let nonce = p.record_sent(t, send);
+                                p.on_request(t, names.iter().cloned().collect(), &nonce, &nonce, None).expect("ack");
+                                nonces.insert(t.index(), nonce);
+                            }
+                        }
+                    }
+                }
+            }
+            let live: BTreeSet<String> = names.iter().filter(|s| exists[index(s)] > 0).cloned().collect();
+            proptest::prop_assert_eq!(&listeners, &live);
+            for s in &live {
+                proptest::prop_assert_eq!(endpoints.get(s).copied(), Some(u64::from(exists[index(s)])), "{}", s);
+            }
+        }
+    }
+
     #[test]
     fn delta_too_many_names_are_refused() {
         let mut d = Delta::new(2);
