@@ -683,13 +683,19 @@ impl Registry {
     /// the instance is shown, and returns to the peer with the heal. Every
     /// node does the same; the copies are the same write. An admin's clear
     /// is a tombstone above that version, so it hides every copy.
+    ///
+    /// Looks only at the overrides in force (`State::overrides`), not the
+    /// peer's whole slice: this runs under the state lock whenever a peer
+    /// goes silent, and a slice may hold a million instances.
     fn adopt_overrides(&self, st: &mut State, id: OriginId) -> Outcome {
         let shown: Vec<(Key, Entry)> = st
-            .store
-            .slice_entries(id)
-            .into_iter()
-            .filter(|(k, e)| matches!(k, Key::StatusOverride(_)) && e.is_live())
-            .filter(|(k, _)| st.store.visible_entry(k).is_some_and(|(o, _)| o == id))
+            .overrides
+            .keys()
+            .filter_map(|k| {
+                let key = Key::StatusOverride(k.clone());
+                let (origin, entry) = st.store.visible_entry(&key)?;
+                (origin == id).then(|| (key, entry.clone()))
+            })
             .collect();
         let mut out = Outcome::default();
         for (key, entry) in shown {
